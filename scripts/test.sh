@@ -14,5 +14,21 @@ cargo fmt --all -- --check
 step "cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Python for the environment tests (kaizen-envs: remote protocol, TextWorld)"
+KAIZEN_TEST_PYTHON=$(command -v python3) || { echo "python3 is needed by the environment tests" >&2; exit 1; }
+KAIZEN_TEXTWORLD_PYTHON=$(kaizen_venv textworld textworld==1.7.0)
+export KAIZEN_TEST_PYTHON KAIZEN_TEXTWORLD_PYTHON
+# Tests that need a service or venv fail (instead of returning early) when it is missing.
+export KAIZEN_REQUIRE_SERVICES=1
+
+step "MLflow server for the tracking tests (kaizen-tracking: REST client, spool, sync)"
+source scripts/lib/mlflow.sh
+KAIZEN_MLFLOW_PYTHON=$(kaizen_venv mlflow "mlflow==3.17.2")
+kaizen_mlflow_dir=$(mktemp -d -t kaizen-mlflow.XXXXXX)
+trap 'kaizen_mlflow_stop; rm -rf "$kaizen_mlflow_dir"' EXIT
+kaizen_mlflow_start "$KAIZEN_MLFLOW_PYTHON" "$kaizen_mlflow_dir"
+KAIZEN_TEST_MLFLOW_URI=$KAIZEN_MLFLOW_URI
+export KAIZEN_MLFLOW_PYTHON KAIZEN_TEST_MLFLOW_URI
+
 step "cargo test"
 cargo test --workspace --locked

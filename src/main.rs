@@ -1,1 +1,42 @@
-fn main() {}
+//! `kaizen`: the command line. Thin: parses arguments, calls the library crates, reports errors.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// kaizen: reinforcement learning for LLM self-improvement.
+#[derive(Parser, Debug)]
+#[command(name = "kaizen", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the registered environments, or play one episode in the terminal.
+    Envs(commands::envs::Args),
+    /// Generate text with a model (the built-in tiny model or a checkpoint) and print tokens/s.
+    Generate(commands::generate::Args),
+    /// List, show and sync runs of the local run store (`runs/<experiment>/<run-id>/`).
+    Runs(commands::runs::Args),
+    /// Plot metric curves of one or several runs, overlaid, to a PNG or SVG file.
+    Report(commands::report::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Envs(args) => commands::envs::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Runs(args) => commands::runs::run(args),
+        Command::Report(args) => commands::report::run(args),
+    }
+}

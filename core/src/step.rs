@@ -106,6 +106,19 @@ impl Request {
         self.sampling = sampling;
         self
     }
+
+    /// Whether this request continues `previous` after the agent answered it with `answer`:
+    /// same agent, and the messages start with `previous.messages` unchanged followed by the
+    /// answer as an assistant message (verbatim). An actor that sees `true` extends the token
+    /// thread of `previous` (keeping the sampled ids) instead of re-encoding the conversation.
+    pub fn continues(&self, previous: &Request, answer: &str) -> bool {
+        let n = previous.messages.len();
+        self.agent == previous.agent
+            && self.messages.len() > n
+            && self.messages[..n] == previous.messages[..]
+            && self.messages[n].role == crate::Role::Assistant
+            && self.messages[n].content == answer
+    }
 }
 
 /// How an episode ended: rewards and metrics.
@@ -172,6 +185,25 @@ mod tests {
         let text = serde_json::to_string(&done).unwrap();
         assert!(text.starts_with(r#"{"kind":"done""#), "{text}");
         assert_eq!(serde_json::from_str::<Step>(&text).unwrap(), done);
+    }
+
+    #[test]
+    fn continuation_needs_same_agent_same_prefix_and_verbatim_answer() {
+        let first = Request::new("solver", vec![Message::user("2+2?")]);
+        let mut messages = first.messages.clone();
+        messages.push(Message::assistant("4"));
+        messages.push(Message::user("Sure?"));
+        let next = Request::new("solver", messages.clone());
+        assert!(next.continues(&first, "4"));
+        assert!(!next.continues(&first, "4 "), "answer must be verbatim");
+        assert!(!Request::new("critic", messages.clone()).continues(&first, "4"));
+        let mut edited = messages;
+        edited[0] = Message::user("2+3?");
+        assert!(!Request::new("solver", edited).continues(&first, "4"));
+        assert!(
+            !first.continues(&first, "4"),
+            "a request does not continue itself"
+        );
     }
 
     #[test]

@@ -1,0 +1,58 @@
+use async_trait::async_trait;
+use kaizen_core::{AgentId, Step};
+
+use crate::Result;
+
+/// A multi-turn, multi-agent text environment.
+///
+/// One instance plays one episode at a time: [`Env::reset`] starts an episode from a seed and
+/// returns the first [`Step`]; every [`Env::step`] gives the text of the agent that was asked and
+/// returns the next step, until [`Step::Done`]. The same seed must give the same episode.
+///
+/// Conversations follow the rule documented on [`kaizen_core::Request::messages`]: when the
+/// same agent is asked again in the same thread, the new request starts with the previous
+/// request's messages unchanged, then the agent's answer verbatim, then the new messages
+/// ([`crate::Dialogue`] does this bookkeeping). `Outcome.rewards[agent][k]` is the reward of
+/// the agent's `k`-th answered request.
+///
+/// Errors end the episode (the runner reports them); they never end the run.
+#[async_trait]
+pub trait Env: Send {
+    /// Starts a new episode from `seed` and returns its first step.
+    ///
+    /// # Errors
+    /// When the episode cannot start (e.g. a remote environment is unreachable).
+    async fn reset(&mut self, seed: u64) -> Result<Step>;
+
+    /// Gives `agent`'s answer `text` to the pending request and returns the next step.
+    ///
+    /// # Errors
+    /// [`crate::Error::WrongAgent`] when `agent` was not asked, [`crate::Error::NoEpisode`]
+    /// outside an episode, or the environment's own failures.
+    async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step>;
+
+    /// What an expert would answer to the pending request, when the environment knows one
+    /// (used to make demonstrations for supervised warm starts and to test that episodes can
+    /// be won). `None` by default.
+    fn expert_answer(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Makes fresh environment instances, one per episode.
+///
+/// A factory is built once from an environment's parameters (see [`crate::Registry`]) and
+/// holds what episodes share (a problem set, an HTTP client); [`EnvFactory::make`] is cheap.
+pub trait EnvFactory: Send + Sync {
+    /// A new environment instance, ready for [`Env::reset`].
+    fn make(&self) -> Box<dyn Env>;
+}
+
+impl<F> EnvFactory for F
+where
+    F: Fn() -> Box<dyn Env> + Send + Sync,
+{
+    fn make(&self) -> Box<dyn Env> {
+        self()
+    }
+}

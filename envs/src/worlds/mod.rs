@@ -1,0 +1,58 @@
+//! kaizen's built-in environments, each registered under its name by
+//! [`crate::Registry::with_builtins`]:
+//!
+//! - `self_correct` ([`SelfCorrectFactory`]): two-attempt self-correction on math problems.
+//! - `spc` ([`SpcFactory`]): the Self-Play Critic game, sneaky generator against critic.
+//! - `household` ([`household::HouseholdFactory`]): an ALFWorld-like text world.
+//! - `translate` ([`TranslateFactory`]): translation with a self-judged reward.
+
+pub mod household;
+mod self_correct;
+mod spc;
+pub mod synthetic_language;
+mod translate;
+
+use std::sync::Arc;
+
+pub use self_correct::{SOLVER, SelfCorrectConfig, SelfCorrectFactory};
+pub use spc::{CRITIC, SNEAKY, SpcConfig, SpcFactory};
+pub use translate::{
+    Direction, JUDGE, SentenceToTranslate, TRANSLATOR, TranslateConfig, TranslateFactory,
+    read_pairs,
+};
+
+use crate::{Builder, EnvFactory};
+
+/// `(name, description, builder)` of every built-in environment.
+pub(crate) fn builtins() -> Vec<(&'static str, &'static str, Builder)> {
+    fn boxed<F: EnvFactory + 'static>(f: F) -> Arc<dyn EnvFactory> {
+        Arc::new(f)
+    }
+    vec![
+        (
+            "self_correct",
+            "two-attempt self-correction (SCoRe) on math problems: JSONL sets or generated",
+            Arc::new(|p| SelfCorrectFactory::from_params("self_correct", p).map(boxed)),
+        ),
+        (
+            "spc",
+            "Self-Play Critic: a sneaky agent corrupts a solution step, a critic judges it",
+            Arc::new(|p| SpcFactory::from_params("spc", p).map(boxed)),
+        ),
+        (
+            "household",
+            "ALFWorld-like text world: six task types, admissible actions, step limit",
+            Arc::new(|p| household::HouseholdFactory::from_params("household", p).map(boxed)),
+        ),
+        (
+            "translate",
+            "translation with a self-judged 0-100 score; chrF/BLEU against references as metrics",
+            Arc::new(|p| TranslateFactory::from_params("translate", p).map(boxed)),
+        ),
+        (
+            "remote",
+            "an environment served over HTTP/JSON by any language (`url = \"http://...\"`)",
+            Arc::new(|p| crate::remote::RemoteFactory::from_params("remote", p).map(boxed)),
+        ),
+    ]
+}

@@ -1,0 +1,294 @@
+//! `self_correct`: multi-attempt self-correction on math problems (SCoRe, Kumar et al. 2024,
+//! <https://arxiv.org/abs/2409.12917>).
+//!
+//! Turn 1: the `solver` answers a problem. Each later turn: the environment says there may be
+//! an error and asks for a corrected solution (the conversation continues). Every attempt is
+//! rewarded by the verifier; metrics carry `correct@t1` ... `correct@tN` and the transitions
+//! between the first and last attempt, `i->c` (incorrect to correct) and `c->i`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kaizen_core::{AgentId, Message, Outcome, Step};
+use serde::{Deserialize, Serialize};
+
+use crate::problems::{Problem, ProblemGenerator, ProblemSet};
+use crate::rewards::{BuiltinVerifier, Verifier, final_answer_span};
+use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
+
+/// The agent that solves.
+pub const SOLVER: &str = "solver";
+
+/// Parameters of `self_correct` (its TOML table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfCorrectConfig {
+    /// A JSONL problem set; without it, problems come from `generator`.
+    #[serde(default)]
+    pub problems: Option<PathBuf>,
+    /// The problem generator (default: easy arithmetic) when `problems` is not given.
+    #[serde(default)]
+    pub generator: Option<ProblemGenerator>,
+    /// Number of attempts (>= 1; 2 in SCoRe).
+    #[serde(default = "default_attempts")]
+    pub attempts: usize,
+    /// An optional system message.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Appended to each question (how to answer).
+    #[serde(default = "default_instruction")]
+    pub instruction: String,
+    /// The message that asks for another attempt.
+    #[serde(default = "default_correction_prompt")]
+    pub correction_prompt: String,
+}
+
+fn default_attempts() -> usize {
+    2
+}
+
+fn default_instruction() -> String {
+    "Solve the problem step by step. Put your final answer within \\boxed{}.".into()
+}
+
+/// The self-correction instruction of the SCoRe paper (its Appendix), answer format adapted.
+fn default_correction_prompt() -> String {
+    "There might be an error in the solution above because of lack of understanding of the \
+     question. Please correct the error, if any, and rewrite the solution. Put your final \
+     answer within \\boxed{}."
+        .into()
+}
+
+impl Default for SelfCorrectConfig {
+    fn default() -> Self {
+        Self {
+            problems: None,
+            generator: None,
+            attempts: default_attempts(),
+            system_prompt: None,
+            instruction: default_instruction(),
+            correction_prompt: default_correction_prompt(),
+        }
+    }
+}
+
+struct Shared {
+    problems: ProblemSet,
+    verifier: Arc<dyn Verifier>,
+    config: SelfCorrectConfig,
+}
+
+/// Makes `self_correct` episodes over a problem set, scored by a [`Verifier`].
+#[derive(Clone)]
+pub struct SelfCorrectFactory {
+    shared: Arc<Shared>,
+}
+
+impl SelfCorrectFactory {
+    /// A factory over `problems` with the built-in verifier.
+    ///
+    /// # Errors
+    /// [`Error::Params`] when `config.attempts` is 0.
+    pub fn new(problems: ProblemSet, config: SelfCorrectConfig) -> Result<Self> {
+        Self::with_verifier(problems, config, Arc::new(BuiltinVerifier))
+    }
+
+    /// A factory whose rewards come from a user `verifier`.
+    ///
+    /// # Errors
+    /// [`Error::Params`] when `config.attempts` is 0.
+    pub fn with_verifier(
+        problems: ProblemSet,
+        config: SelfCorrectConfig,
+        verifier: Arc<dyn Verifier>,
+    ) -> Result<Self> {
+        if config.attempts == 0 {
+            return Err(Error::Params {
+                env: "self_correct".into(),
+                message: "`attempts` must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                problems,
+                verifier,
+                config,
+            }),
+        })
+    }
+
+    /// A factory from a TOML table (see [`SelfCorrectConfig`]); `env` names the environment
+    /// in errors.
+    ///
+    /// # Errors
+    /// [`Error::Params`] for unknown or invalid fields; problem-set read errors.
+    pub fn from_params(env: &str, params: &toml::Table) -> Result<Self> {
+        let config: SelfCorrectConfig = parse_params(env, params)?;
+        let problems = ProblemSet::from_params(env, config.problems.as_ref(), config.generator)?;
+        Self::new(problems, config)
+    }
+}
+
+impl EnvFactory for SelfCorrectFactory {
+    fn make(&self) -> Box<dyn Env> {
+        Box::new(SelfCorrect {
+            shared: self.shared.clone(),
+            problem: None,
+            dialogue: Dialogue::new(),
+            scores: Vec::new(),
+        })
+    }
+}
+
+struct SelfCorrect {
+    shared: Arc<Shared>,
+    problem: Option<Problem>,
+    dialogue: Dialogue,
+    scores: Vec<f32>,
+}
+
+impl SelfCorrect {
+    fn outcome(&self) -> Outcome {
+        let correct: Vec<bool> = self.scores.iter().map(|&s| s >= 1.0).collect();
+        let mut outcome = Outcome::single(SOLVER, self.scores.clone());
+        for (t, c) in correct.iter().enumerate() {
+            outcome
+                .metrics
+                .insert(format!("correct@t{}", t + 1), f64::from(u8::from(*c)));
+        }
+        let (first, last) = (correct[0], correct[correct.len() - 1]);
+        outcome
+            .metrics
+            .insert("i->c".into(), f64::from(u8::from(!first && last)));
+        outcome
+            .metrics
+            .insert("c->i".into(), f64::from(u8::from(first && !last)));
+        outcome
+    }
+}
+
+#[async_trait]
+impl Env for SelfCorrect {
+    async fn reset(&mut self, seed: u64) -> Result<Step> {
+        let config = &self.shared.config;
+        let problem = self.shared.problems.problem(seed);
+        self.dialogue = Dialogue::new();
+        self.scores.clear();
+        let mut messages = Vec::new();
+        if let Some(system) = &config.system_prompt {
+            messages.push(Message::system(system));
+        }
+        messages.push(Message::user(format!(
+            "{}\n\n{}",
+            problem.question, config.instruction
+        )));
+        self.problem = Some(problem);
+        Ok(Step::Request(self.dialogue.ask(SOLVER, messages)))
+    }
+
+    async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
+        self.dialogue.answer(agent, text)?;
+        let problem = self.problem.as_ref().ok_or(Error::NoEpisode)?;
+        self.scores.push(self.shared.verifier.score(problem, text));
+        if self.scores.len() < self.shared.config.attempts {
+            let prompt = Message::user(&self.shared.config.correction_prompt);
+            return Ok(Step::Request(self.dialogue.ask(SOLVER, [prompt])));
+        }
+        self.dialogue.finish();
+        Ok(Step::Done(self.outcome()))
+    }
+
+    fn expert_answer(&self) -> Option<String> {
+        self.dialogue.pending()?;
+        let problem = self.problem.as_ref()?;
+        let answer = final_answer_span(&problem.answer);
+        let mut text = String::new();
+        for step in &problem.steps {
+            text.push_str(step);
+            text.push('\n');
+        }
+        text.push_str(&format!("The answer is \\boxed{{{answer}}}."));
+        Some(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EpisodeLimits, demonstrate};
+
+    fn factory(attempts: usize) -> SelfCorrectFactory {
+        let config = SelfCorrectConfig {
+            attempts,
+            ..SelfCorrectConfig::default()
+        };
+        SelfCorrectFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap()
+    }
+
+    async fn play(
+        attempts: usize,
+        seed: u64,
+        answers: &[&str],
+    ) -> (Vec<kaizen_core::Request>, Outcome) {
+        let mut env = factory(attempts).make();
+        let mut step = env.reset(seed).await.unwrap();
+        let mut requests = Vec::new();
+        for answer in answers {
+            let Step::Request(r) = step else {
+                panic!("ended early")
+            };
+            requests.push(r.clone());
+            step = env.step(&r.agent, answer).await.unwrap();
+        }
+        let Step::Done(outcome) = step else {
+            panic!("not done")
+        };
+        (requests, outcome)
+    }
+
+    #[tokio::test]
+    async fn two_attempts_reward_each_turn_and_count_transitions() {
+        let gold = ProblemGenerator::default().generate(3).answer;
+        let right = format!("so \\boxed{{{gold}}}");
+        let (requests, outcome) = play(2, 3, &["\\boxed{-1}", &right]).await;
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
+        assert_eq!(outcome.metrics["correct@t1"], 0.0);
+        assert_eq!(outcome.metrics["correct@t2"], 1.0);
+        assert_eq!(outcome.metrics["i->c"], 1.0);
+        assert_eq!(outcome.metrics["c->i"], 0.0);
+        assert!(requests[1].continues(&requests[0], "\\boxed{-1}"));
+        assert!(
+            requests[1]
+                .messages
+                .last()
+                .unwrap()
+                .content
+                .contains("might be an error")
+        );
+
+        let (_, outcome) = play(2, 3, &[&right, "\\boxed{-1}"]).await;
+        assert_eq!(outcome.metrics["c->i"], 1.0);
+    }
+
+    #[tokio::test]
+    async fn attempts_are_configurable_and_the_same_seed_gives_the_same_episode() {
+        let (requests, outcome) = play(3, 9, &["a", "b", "c"]).await;
+        assert_eq!(requests.len(), 3);
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)].len(), 3);
+        assert!(outcome.metrics.contains_key("correct@t3"));
+        let (again, _) = play(3, 9, &["a", "b", "c"]).await;
+        assert_eq!(requests, again);
+        let params: toml::Table = toml::from_str("attempts = 0").unwrap();
+        assert!(SelfCorrectFactory::from_params("self_correct", &params).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_expert_demonstration_is_correct_on_every_turn() {
+        for seed in 0..50 {
+            let ep = demonstrate(factory(2).make(), seed, EpisodeLimits::default()).await;
+            let outcome = ep.outcome().unwrap();
+            assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
+        }
+    }
+}

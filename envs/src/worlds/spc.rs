@@ -1,0 +1,522 @@
+//! `spc`: the Self-Play Critic game (Chen et al. 2025, <https://arxiv.org/abs/2504.19162>)
+//! over step-by-step arithmetic solutions.
+//!
+//! The environment takes a problem with a correct step-by-step solution and picks a step. In a
+//! *sneaky* round (probability `sneaky_probability`) the `sneaky` agent is asked to rewrite
+//! that step so that it is wrong but hard to spot; the environment checks whether the rewrite
+//! is really wrong (its left side or its value differs from the true value). In an honest
+//! round the step is shown unchanged. The `critic` agent then judges the step
+//! (`Verdict: correct|incorrect` and a reason).
+//!
+//! Rewards are zero-sum: the critic gets +1 when its verdict matches the truth and -1
+//! otherwise (also when no verdict can be read); a sneaky step that is wrong gets the
+//! opposite of the critic's reward. A rewrite that is not actually wrong earns
+//! `invalid_penalty` (the critic still judges it, as a correct step); one that cannot be read
+//! as `expression = value` earns the penalty and ends the episode. Both agents are trainable.
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use kaizen_core::{AgentId, Message, Outcome, Step};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::problems::{Problem, ProblemGenerator, ProblemSet};
+use crate::rewards::math_expression::{self, Expr};
+use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
+
+/// The agent that rewrites a step to be wrong.
+pub const SNEAKY: &str = "sneaky";
+/// The agent that judges a step.
+pub const CRITIC: &str = "critic";
+
+/// Parameters of `spc` (its TOML table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpcConfig {
+    /// A JSONL problem set whose problems have `steps`; without it, `generator` is used.
+    #[serde(default)]
+    pub problems: Option<PathBuf>,
+    /// The problem generator (default: easy arithmetic).
+    #[serde(default)]
+    pub generator: Option<ProblemGenerator>,
+    /// Probability that a round is sneaky (the step is rewritten) rather than honest.
+    #[serde(default = "default_sneaky_probability")]
+    pub sneaky_probability: f64,
+    /// Reward of a sneaky rewrite that is not actually wrong or cannot be read.
+    #[serde(default = "default_invalid_penalty")]
+    pub invalid_penalty: f32,
+}
+
+fn default_sneaky_probability() -> f64 {
+    0.5
+}
+
+fn default_invalid_penalty() -> f32 {
+    -1.0
+}
+
+impl Default for SpcConfig {
+    fn default() -> Self {
+        Self {
+            problems: None,
+            generator: None,
+            sneaky_probability: default_sneaky_probability(),
+            invalid_penalty: default_invalid_penalty(),
+        }
+    }
+}
+
+/// Makes `spc` episodes.
+#[derive(Clone)]
+pub struct SpcFactory {
+    shared: Arc<(ProblemSet, SpcConfig)>,
+}
+
+impl SpcFactory {
+    /// A factory over `problems` (each needs at least one step).
+    ///
+    /// # Errors
+    /// [`Error::Params`] when `sneaky_probability` is outside [0, 1] or the penalty is not
+    /// finite.
+    pub fn new(problems: ProblemSet, config: SpcConfig) -> Result<Self> {
+        let bad = |message: &str| Error::Params {
+            env: "spc".into(),
+            message: message.into(),
+        };
+        if !(0.0..=1.0).contains(&config.sneaky_probability) {
+            return Err(bad("`sneaky_probability` must be in [0, 1]"));
+        }
+        if !config.invalid_penalty.is_finite() {
+            return Err(bad("`invalid_penalty` must be a finite number"));
+        }
+        Ok(Self {
+            shared: Arc::new((problems, config)),
+        })
+    }
+
+    /// A factory from a TOML table (see [`SpcConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::Params`] for unknown or invalid fields; problem-set read errors.
+    pub fn from_params(env: &str, params: &toml::Table) -> Result<Self> {
+        let config: SpcConfig = parse_params(env, params)?;
+        let problems = ProblemSet::from_params(env, config.problems.as_ref(), config.generator)?;
+        Self::new(problems, config)
+    }
+}
+
+impl EnvFactory for SpcFactory {
+    fn make(&self) -> Box<dyn Env> {
+        Box::new(Spc {
+            shared: self.shared.clone(),
+            round: None,
+            dialogue: Dialogue::new(),
+        })
+    }
+}
+
+/// Whether a step is right, as far as the environment can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truth {
+    Correct,
+    Incorrect,
+}
+
+/// What the sneaky agent's rewrite turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    Wrong,
+    NotWrong,
+    Unreadable,
+}
+
+struct Round {
+    problem: Problem,
+    /// 0-based index of the chosen step.
+    index: usize,
+    /// The value the chosen step must have.
+    value: Expr,
+    sneaky: bool,
+    rewrite: Option<Rewrite>,
+    /// The step the critic is shown.
+    shown: Option<String>,
+}
+
+struct Spc {
+    shared: Arc<(ProblemSet, SpcConfig)>,
+    round: Option<Round>,
+    dialogue: Dialogue,
+}
+
+static STEP_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(?:\*\*)?step\s*\d+\s*(?:\*\*)?\s*[:.)-]?\s*").expect("valid regex")
+});
+static VERDICT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)verdict\W*(correct|incorrect|wrong|right)").expect("valid regex")
+});
+
+/// The step the sneaky agent wrote: its last line with an `=`, without a `Step k:` prefix,
+/// backticks or bold.
+fn rewritten_step(text: &str) -> Option<String> {
+    let line = text.lines().rev().find(|l| l.contains('='))?;
+    let line = STEP_PREFIX.replace(line, "");
+    let line = line.trim_matches(|c: char| c == '`' || c == '*' || c.is_whitespace());
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// Classifies a rewritten step against the true value of the original step: wrong when its
+/// left side or its stated value differs from the true value.
+fn classify(step: &str, value: &Expr) -> Rewrite {
+    let Some((lhs, rhs)) = step.rsplit_once('=') else {
+        return Rewrite::Unreadable;
+    };
+    let lhs = lhs.rsplit('=').next().unwrap_or(lhs);
+    match (math_expression::parse(lhs), math_expression::parse(rhs)) {
+        (Some(l), Some(r)) if l.equals(value) && r.equals(value) => Rewrite::NotWrong,
+        (Some(_), Some(_)) => Rewrite::Wrong,
+        _ => Rewrite::Unreadable,
+    }
+}
+
+/// The critic's verdict: `Verdict: correct|incorrect` (also `wrong`/`right`), else the words
+/// "incorrect"/"not correct"/"wrong" or "correct" anywhere; `None` when there is none.
+fn parse_verdict(text: &str) -> Option<Truth> {
+    let word = match VERDICT.captures_iter(text).last() {
+        Some(c) => c.get(1).map(|m| m.as_str().to_lowercase())?,
+        None => {
+            let lower = text.to_lowercase();
+            if lower.contains("incorrect")
+                || lower.contains("not correct")
+                || lower.contains("wrong")
+            {
+                "incorrect".into()
+            } else if lower.contains("correct") {
+                "correct".into()
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(if word == "correct" || word == "right" {
+        Truth::Correct
+    } else {
+        Truth::Incorrect
+    })
+}
+
+fn numbered(steps: &[String]) -> String {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("Step {}: {s}", i + 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Spc {
+    fn round(&self) -> Result<&Round> {
+        self.round.as_ref().ok_or(Error::NoEpisode)
+    }
+
+    fn ask_critic(&mut self, shown: String) -> Result<Step> {
+        let round = self.round.as_mut().ok_or(Error::NoEpisode)?;
+        let k = round.index;
+        let mut steps = round.problem.steps[..k].to_vec();
+        steps.push(shown.clone());
+        let prompt = format!(
+            "Here is a math problem and a partial step-by-step solution.\n\nProblem: {}\n\nSolution:\n{}\n\n\
+             Is step {} correct? Reply with `Verdict: correct` or `Verdict: incorrect`, then one sentence explaining why.",
+            round.problem.question,
+            numbered(&steps),
+            k + 1
+        );
+        round.shown = Some(shown);
+        Ok(Step::Request(
+            self.dialogue.ask(CRITIC, [Message::user(prompt)]),
+        ))
+    }
+
+    fn truth(round: &Round) -> Truth {
+        if round.rewrite == Some(Rewrite::Wrong) {
+            Truth::Incorrect
+        } else {
+            Truth::Correct
+        }
+    }
+
+    fn finish(&mut self, verdict: Option<Option<Truth>>) -> Result<Step> {
+        let penalty = self.shared.1.invalid_penalty;
+        let round = self.round()?;
+        let mut outcome = Outcome::default();
+        let metric = |b: bool| f64::from(u8::from(b));
+        let truth = Self::truth(round);
+        let critic_reward = verdict.map(|v| if v == Some(truth) { 1.0 } else { -1.0 });
+        if let Some(r) = critic_reward {
+            outcome.rewards.insert(AgentId::new(CRITIC), vec![r]);
+            outcome
+                .metrics
+                .insert("critic_correct".into(), metric(r > 0.0));
+            outcome
+                .metrics
+                .insert("critic_unparsed".into(), metric(verdict == Some(None)));
+        }
+        if round.sneaky {
+            let sneaky_reward = match (round.rewrite, critic_reward) {
+                (Some(Rewrite::Wrong), Some(r)) => -r,
+                _ => penalty,
+            };
+            outcome
+                .rewards
+                .insert(AgentId::new(SNEAKY), vec![sneaky_reward]);
+            outcome.metrics.insert(
+                "sneaky_valid".into(),
+                metric(round.rewrite == Some(Rewrite::Wrong)),
+            );
+            outcome.metrics.insert(
+                "sneaky_fooled_critic".into(),
+                metric(round.rewrite == Some(Rewrite::Wrong) && critic_reward == Some(-1.0)),
+            );
+        }
+        outcome
+            .metrics
+            .insert("sneaky_round".into(), metric(round.sneaky));
+        outcome.info = serde_json::json!({
+            "step": round.index + 1,
+            "original": round.problem.steps[round.index],
+            "shown": round.shown,
+            "truth": if truth == Truth::Correct { "correct" } else { "incorrect" },
+        });
+        self.dialogue.finish();
+        Ok(Step::Done(outcome))
+    }
+}
+
+#[async_trait]
+impl Env for Spc {
+    async fn reset(&mut self, seed: u64) -> Result<Step> {
+        let (problems, config) = &*self.shared;
+        let problem = problems.problem(seed);
+        if problem.steps.is_empty() {
+            return Err(Error::Env(format!(
+                "spc needs problems with `steps`; problem of seed {seed} has none"
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let index = rng.random_range(0..problem.steps.len());
+        let value = problem.steps[index]
+            .rsplit('=')
+            .next()
+            .and_then(math_expression::parse)
+            .ok_or_else(|| {
+                Error::Env(format!(
+                    "step `{}` of seed {seed} is not `expression = value`",
+                    problem.steps[index]
+                ))
+            })?;
+        let sneaky = rng.random_bool(config.sneaky_probability);
+        self.dialogue = Dialogue::new();
+        self.round = Some(Round {
+            problem,
+            index,
+            value,
+            sneaky,
+            rewrite: None,
+            shown: None,
+        });
+        let round = self.round()?;
+        if !sneaky {
+            let shown = round.problem.steps[index].clone();
+            return self.ask_critic(shown);
+        }
+        let prompt = format!(
+            "Here is a math problem and a correct step-by-step solution.\n\nProblem: {}\n\nSolution:\n{}\n\n\
+             Rewrite step {} so that it becomes wrong, in a way that is hard to notice. Keep the form \
+             `expression = value`. Reply with the rewritten step only.",
+            round.problem.question,
+            numbered(&round.problem.steps),
+            index + 1
+        );
+        Ok(Step::Request(
+            self.dialogue.ask(SNEAKY, [Message::user(prompt)]),
+        ))
+    }
+
+    async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
+        self.dialogue.answer(agent, text)?;
+        if agent.as_str() == CRITIC {
+            return self.finish(Some(parse_verdict(text)));
+        }
+        let round = self.round.as_mut().ok_or(Error::NoEpisode)?;
+        let step = rewritten_step(text);
+        let rewrite = step
+            .as_deref()
+            .map_or(Rewrite::Unreadable, |s| classify(s, &round.value));
+        round.rewrite = Some(rewrite);
+        match (rewrite, step) {
+            (Rewrite::Unreadable, _) | (_, None) => self.finish(None),
+            (_, Some(step)) => self.ask_critic(step),
+        }
+    }
+
+    fn expert_answer(&self) -> Option<String> {
+        let round = self.round.as_ref()?;
+        match self.dialogue.pending()?.as_str() {
+            SNEAKY => {
+                let original = &round.problem.steps[round.index];
+                let (lhs, _) = original.rsplit_once('=')?;
+                let wrong = round.value.exact()?.to_f64() + 1.0;
+                Some(format!("{} = {wrong}", lhs.trim()))
+            }
+            _ => Some(match Self::truth(round) {
+                Truth::Correct => "Verdict: correct. The arithmetic checks out.".into(),
+                Truth::Incorrect => format!(
+                    "Verdict: incorrect. The step should give {}.",
+                    round.problem.steps[round.index].rsplit('=').next()?.trim()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EpisodeLimits, demonstrate};
+
+    fn factory(sneaky_probability: f64) -> SpcFactory {
+        let config = SpcConfig {
+            sneaky_probability,
+            ..SpcConfig::default()
+        };
+        let generator = ProblemGenerator {
+            difficulty: crate::problems::Difficulty::Medium,
+            ..ProblemGenerator::default()
+        };
+        SpcFactory::new(ProblemSet::generated(generator), config).unwrap()
+    }
+
+    /// Plays a sneaky round with the given rewrite and critic answer.
+    async fn sneaky_round(rewrite: &str, critic: &str) -> (Outcome, Vec<kaizen_core::Request>) {
+        let mut env = factory(1.0).make();
+        let mut requests = Vec::new();
+        let Step::Request(r) = env.reset(4).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.agent.as_str(), SNEAKY);
+        requests.push(r);
+        let mut step = env.step(&AgentId::new(SNEAKY), rewrite).await.unwrap();
+        if let Step::Request(r) = step {
+            assert_eq!(r.agent.as_str(), CRITIC);
+            requests.push(r);
+            step = env.step(&AgentId::new(CRITIC), critic).await.unwrap();
+        }
+        let Step::Done(outcome) = step else { panic!() };
+        (outcome, requests)
+    }
+
+    fn original_step() -> (String, Expr) {
+        let p = ProblemGenerator {
+            difficulty: crate::problems::Difficulty::Medium,
+            ..ProblemGenerator::default()
+        }
+        .generate(4);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let k = rng.random_range(0..p.steps.len());
+        let step = p.steps[k].clone();
+        let value = math_expression::parse(step.rsplit('=').next().unwrap()).unwrap();
+        (step, value)
+    }
+
+    fn rewards(o: &Outcome, agent: &str) -> Vec<f32> {
+        o.rewards[&AgentId::new(agent)].clone()
+    }
+
+    #[tokio::test]
+    async fn a_wrong_step_that_fools_the_critic_wins_for_the_sneaky_agent() {
+        let (step, value) = original_step();
+        let lhs = step.rsplit_once('=').unwrap().0;
+        let wrong = format!("Step 1: {lhs}= {}", value.exact().unwrap().to_f64() + 10.0);
+        let (fooled, requests) = sneaky_round(&wrong, "Verdict: correct. Looks fine.").await;
+        assert_eq!(rewards(&fooled, SNEAKY), vec![1.0]);
+        assert_eq!(rewards(&fooled, CRITIC), vec![-1.0]);
+        assert_eq!(fooled.metrics["sneaky_fooled_critic"], 1.0);
+        assert!(
+            requests[1].messages[0]
+                .content
+                .contains(&wrong["Step 1: ".len()..])
+        );
+        let (caught, _) = sneaky_round(&wrong, "Verdict: incorrect, the sum is off").await;
+        assert_eq!(rewards(&caught, SNEAKY), vec![-1.0]);
+        assert_eq!(rewards(&caught, CRITIC), vec![1.0]);
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_that_is_not_wrong_is_penalised_and_judged_as_correct() {
+        let (step, _) = original_step();
+        let (o, _) = sneaky_round(&step, "Verdict: incorrect").await;
+        assert_eq!(rewards(&o, SNEAKY), vec![-1.0]);
+        assert_eq!(rewards(&o, CRITIC), vec![-1.0], "the step was correct");
+        assert_eq!(o.metrics["sneaky_valid"], 0.0);
+        let (o, requests) = sneaky_round("I refuse.", "unused").await;
+        assert_eq!(rewards(&o, SNEAKY), vec![-1.0]);
+        assert!(!o.rewards.contains_key(&AgentId::new(CRITIC)));
+        assert_eq!(requests.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn honest_rounds_ask_only_the_critic() {
+        let mut env = factory(0.0).make();
+        let Step::Request(r) = env.reset(1).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.agent.as_str(), CRITIC);
+        let Step::Done(o) = env.step(&r.agent, "no idea").await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(rewards(&o, CRITIC), vec![-1.0]);
+        assert_eq!(o.metrics["critic_unparsed"], 1.0);
+        assert!(!o.rewards.contains_key(&AgentId::new(SNEAKY)));
+    }
+
+    #[test]
+    fn verdicts_and_rewrites_parse_robustly() {
+        assert_eq!(
+            parse_verdict("**Verdict:** Incorrect — 3*4 is 12"),
+            Some(Truth::Incorrect)
+        );
+        assert_eq!(parse_verdict("Verdict: correct"), Some(Truth::Correct));
+        assert_eq!(parse_verdict("This step is wrong."), Some(Truth::Incorrect));
+        assert_eq!(parse_verdict("hmm"), None);
+        assert_eq!(
+            rewritten_step("Sure!\n**Step 2:** `7 * 5 = 36`").as_deref(),
+            Some("7 * 5 = 36")
+        );
+        let value = math_expression::parse("35").unwrap();
+        assert_eq!(classify("7 * 5 = 36", &value), Rewrite::Wrong);
+        assert_eq!(classify("5 * 7 = 35", &value), Rewrite::NotWrong);
+        assert_eq!(classify("8 * 5 = 35", &value), Rewrite::Wrong);
+        assert_eq!(classify("seven = 35", &value), Rewrite::Unreadable);
+    }
+
+    #[tokio::test]
+    async fn expert_play_wins_for_whoever_the_expert_plays() {
+        let mut sneaky_rounds = 0;
+        for seed in 0..100 {
+            let ep = demonstrate(factory(0.5).make(), seed, EpisodeLimits::default()).await;
+            let o = ep.outcome().unwrap();
+            assert_eq!(rewards(o, CRITIC), vec![1.0], "seed {seed}");
+            if o.metrics["sneaky_round"] == 1.0 {
+                sneaky_rounds += 1;
+                assert_eq!(
+                    o.metrics["sneaky_valid"], 1.0,
+                    "the expert's rewrite is wrong"
+                );
+            }
+        }
+        assert!((30..=70).contains(&sneaky_rounds), "{sneaky_rounds}");
+    }
+}

@@ -1,0 +1,451 @@
+//! `translate`: machine translation with a self-judged reward (SSR-Zero style,
+//! <https://arxiv.org/abs/2505.16637>).
+//!
+//! Turn 1: the `translator` translates a source sentence. Turn 2: a judging request (agent
+//! `judge`, `trainable = false`, greedy) asks the same policy to score the translation from 0
+//! to 100 against the source, without the reference. The translator's reward is score / 100;
+//! a score that cannot be parsed gives 0 and `judge_unparsed = 1`. When a reference exists,
+//! chrF and BLEU (sacrebleu-exact) are reported as metrics, never as rewards.
+//!
+//! Sentences come from the built-in English ↔ Zelan generator
+//! ([`super::synthetic_language`]) or from a user file of pairs: TSV (`source<TAB>reference`,
+//! reference optional) or JSONL (`{"source": ..., "reference": ...}`).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kaizen_core::{AgentId, Message, Outcome, SamplingOverrides, Step};
+use serde::{Deserialize, Serialize};
+
+use super::synthetic_language::sentence_pair;
+use crate::metrics::{ChrF, sentence_bleu};
+use crate::rewards::parse_judge_score;
+use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
+
+/// The agent that translates.
+pub const TRANSLATOR: &str = "translator";
+/// The agent that judges (answered by the policy, not trained).
+pub const JUDGE: &str = "judge";
+
+/// The top of the judge's scale.
+const MAX_SCORE: f64 = 100.0;
+
+/// Which way the built-in language pair is translated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// English to Zelan.
+    #[default]
+    #[serde(rename = "en-zl")]
+    EnglishToZelan,
+    /// Zelan to English.
+    #[serde(rename = "zl-en")]
+    ZelanToEnglish,
+}
+
+/// Parameters of `translate` (its TOML table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranslateConfig {
+    /// A TSV or JSONL file of sentence pairs; without it, the built-in language pair is used.
+    #[serde(default)]
+    pub pairs: Option<PathBuf>,
+    /// Direction of the built-in pair.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Source language name shown to the model (defaults follow `direction`).
+    #[serde(default)]
+    pub source_language: Option<String>,
+    /// Target language name shown to the model.
+    #[serde(default)]
+    pub target_language: Option<String>,
+    /// Example pairs (from other seeds of the built-in generator) shown before the sentence.
+    #[serde(default)]
+    pub shots: usize,
+    /// Token budget of the judging turn.
+    #[serde(default = "default_judge_max_tokens")]
+    pub judge_max_tokens: usize,
+}
+
+fn default_judge_max_tokens() -> usize {
+    32
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            pairs: None,
+            direction: Direction::default(),
+            source_language: None,
+            target_language: None,
+            shots: 0,
+            judge_max_tokens: default_judge_max_tokens(),
+        }
+    }
+}
+
+/// One sentence to translate, with its reference translation when known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentenceToTranslate {
+    /// The sentence in the source language.
+    pub source: String,
+    /// A reference translation.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// Reads sentence pairs from TSV (`source<TAB>reference`) or, for `.jsonl` files, JSON lines.
+///
+/// # Errors
+/// [`Error::Io`] when unreadable; [`Error::Data`] naming the line for a malformed one or an
+/// empty file.
+pub fn read_pairs(path: &Path) -> Result<Vec<SentenceToTranslate>> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let data = |line: usize, message: String| Error::Data {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let pair = if jsonl {
+            serde_json::from_str::<SentenceToTranslate>(&line).map_err(|e| {
+                data(
+                    i + 1,
+                    format!("expected {{\"source\", \"reference\"}}: {e}"),
+                )
+            })?
+        } else {
+            let mut cols = line.split('\t');
+            let source = cols.next().unwrap_or("").trim().to_string();
+            let reference = cols
+                .next()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty());
+            SentenceToTranslate { source, reference }
+        };
+        if pair.source.trim().is_empty() {
+            return Err(data(i + 1, "empty source sentence".into()));
+        }
+        out.push(pair);
+    }
+    if out.is_empty() {
+        return Err(data(0, "no sentence pairs".into()));
+    }
+    Ok(out)
+}
+
+struct Shared {
+    pairs: Option<Arc<[SentenceToTranslate]>>,
+    config: TranslateConfig,
+    source_language: String,
+    target_language: String,
+}
+
+impl Shared {
+    fn sentence(&self, seed: u64) -> SentenceToTranslate {
+        match &self.pairs {
+            Some(pairs) => pairs[(seed % pairs.len() as u64) as usize].clone(),
+            None => {
+                let p = sentence_pair(seed);
+                let (source, reference) = match self.config.direction {
+                    Direction::EnglishToZelan => (p.english, p.zelan),
+                    Direction::ZelanToEnglish => (p.zelan, p.english),
+                };
+                SentenceToTranslate {
+                    source,
+                    reference: Some(reference),
+                }
+            }
+        }
+    }
+}
+
+/// Makes `translate` episodes.
+#[derive(Clone)]
+pub struct TranslateFactory {
+    shared: Arc<Shared>,
+}
+
+impl TranslateFactory {
+    /// A factory over the built-in pair or `pairs` (when given).
+    ///
+    /// # Errors
+    /// [`Error::Params`] when `judge_max_tokens` is 0.
+    pub fn new(config: TranslateConfig, pairs: Option<Vec<SentenceToTranslate>>) -> Result<Self> {
+        if config.judge_max_tokens == 0 {
+            return Err(Error::Params {
+                env: "translate".into(),
+                message: "`judge_max_tokens` must be at least 1".into(),
+            });
+        }
+        let (default_source, default_target) = match (&pairs, config.direction) {
+            (Some(_), _) => ("the source language", "the target language"),
+            (None, Direction::EnglishToZelan) => ("English", "Zelan"),
+            (None, Direction::ZelanToEnglish) => ("Zelan", "English"),
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                source_language: config
+                    .source_language
+                    .clone()
+                    .unwrap_or(default_source.into()),
+                target_language: config
+                    .target_language
+                    .clone()
+                    .unwrap_or(default_target.into()),
+                pairs: pairs.map(Into::into),
+                config,
+            }),
+        })
+    }
+
+    /// A factory from a TOML table (see [`TranslateConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::Params`] for unknown or invalid fields; pair-file read errors.
+    pub fn from_params(env: &str, params: &toml::Table) -> Result<Self> {
+        let config: TranslateConfig = parse_params(env, params)?;
+        let pairs = config.pairs.as_deref().map(read_pairs).transpose()?;
+        Self::new(config, pairs)
+    }
+}
+
+impl EnvFactory for TranslateFactory {
+    fn make(&self) -> Box<dyn Env> {
+        Box::new(Translate {
+            shared: self.shared.clone(),
+            sentence: None,
+            translation: None,
+            dialogue: Dialogue::new(),
+        })
+    }
+}
+
+struct Translate {
+    shared: Arc<Shared>,
+    sentence: Option<SentenceToTranslate>,
+    translation: Option<String>,
+    dialogue: Dialogue,
+}
+
+impl Translate {
+    fn judge_request(&mut self, translation: &str) -> Result<Step> {
+        let s = &self.shared;
+        let source = &self.sentence.as_ref().ok_or(Error::NoEpisode)?.source;
+        let prompt = format!(
+            "You are judging a translation from {} to {}.\n\nSource: {source}\nTranslation: {}\n\n\
+             Rate the translation's accuracy and fluency from 0 to 100. Reply in the form `Score: N`.",
+            s.source_language,
+            s.target_language,
+            translation.trim()
+        );
+        let sampling = SamplingOverrides {
+            temperature: Some(0.0),
+            max_new_tokens: Some(s.config.judge_max_tokens),
+            ..SamplingOverrides::default()
+        };
+        let request = self
+            .dialogue
+            .ask(JUDGE, [Message::user(prompt)])
+            .untrained()
+            .with_sampling(sampling);
+        Ok(Step::Request(request))
+    }
+
+    fn outcome(&self, judge_text: &str) -> Result<Outcome> {
+        let sentence = self.sentence.as_ref().ok_or(Error::NoEpisode)?;
+        let translation = self.translation.as_deref().unwrap_or("").trim();
+        let score = parse_judge_score(judge_text, MAX_SCORE);
+        let reward = score.unwrap_or(0.0);
+        let mut outcome = Outcome::single(TRANSLATOR, vec![reward as f32]);
+        outcome.rewards.insert(AgentId::new(JUDGE), vec![0.0]);
+        outcome.metrics.insert("judge_score".into(), reward);
+        outcome.metrics.insert(
+            "judge_unparsed".into(),
+            f64::from(u8::from(score.is_none())),
+        );
+        if let Some(reference) = &sentence.reference {
+            outcome.metrics.insert(
+                "chrf".into(),
+                ChrF::default().sentence(translation, reference),
+            );
+            outcome
+                .metrics
+                .insert("bleu".into(), sentence_bleu(translation, reference));
+        }
+        outcome.info = serde_json::json!({
+            "source": sentence.source,
+            "reference": sentence.reference,
+            "translation": translation,
+        });
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl Env for Translate {
+    async fn reset(&mut self, seed: u64) -> Result<Step> {
+        let s = self.shared.clone();
+        let sentence = s.sentence(seed);
+        let mut prompt = format!(
+            "Translate the following sentence from {} to {}. Reply with the translation only.\n\n",
+            s.source_language, s.target_language
+        );
+        for k in 1..=s.config.shots as u64 {
+            let example = s.sentence(seed.wrapping_add(k.wrapping_mul(0x9E37_79B9)));
+            if let Some(reference) = &example.reference {
+                prompt.push_str(&format!(
+                    "{}: {}\n{}: {reference}\n\n",
+                    s.source_language, example.source, s.target_language
+                ));
+            }
+        }
+        prompt.push_str(&format!(
+            "{}: {}\n{}:",
+            s.source_language, sentence.source, s.target_language
+        ));
+        self.dialogue = Dialogue::new();
+        self.sentence = Some(sentence);
+        self.translation = None;
+        Ok(Step::Request(
+            self.dialogue.ask(TRANSLATOR, [Message::user(prompt)]),
+        ))
+    }
+
+    async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
+        self.dialogue.answer(agent, text)?;
+        if self.translation.is_none() {
+            self.translation = Some(text.to_string());
+            return self.judge_request(text);
+        }
+        self.dialogue.finish();
+        Ok(Step::Done(self.outcome(text)?))
+    }
+
+    fn expert_answer(&self) -> Option<String> {
+        let reference = self.sentence.as_ref()?.reference.as_ref()?;
+        match self.dialogue.pending()?.as_str() {
+            TRANSLATOR => Some(reference.clone()),
+            _ => {
+                let chrf = ChrF::default().sentence(self.translation.as_deref()?.trim(), reference);
+                Some(format!("Score: {}", chrf.round()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EpisodeLimits, demonstrate};
+    use std::io::Write;
+
+    async fn play(
+        factory: &TranslateFactory,
+        seed: u64,
+        translation: &str,
+        judge: &str,
+    ) -> (Outcome, Vec<kaizen_core::Request>) {
+        let mut env = factory.make();
+        let Step::Request(first) = env.reset(seed).await.unwrap() else {
+            panic!()
+        };
+        let Step::Request(judging) = env.step(&first.agent, translation).await.unwrap() else {
+            panic!()
+        };
+        let Step::Done(o) = env.step(&judging.agent, judge).await.unwrap() else {
+            panic!()
+        };
+        (o, vec![first, judging])
+    }
+
+    #[tokio::test]
+    async fn the_judges_score_is_the_reward_and_metrics_use_the_reference() {
+        let factory = TranslateFactory::new(TranslateConfig::default(), None).unwrap();
+        let reference = sentence_pair(5).zelan;
+        let (o, requests) = play(&factory, 5, &reference, "Score: 85").await;
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.85]);
+        assert_eq!(o.rewards[&AgentId::new(JUDGE)], vec![0.0]);
+        assert_eq!(o.metrics["chrf"], 100.0);
+        assert!((o.metrics["bleu"] - 100.0).abs() < 1e-9);
+        assert_eq!(o.metrics["judge_unparsed"], 0.0);
+        let judging = &requests[1];
+        assert!(!judging.trainable);
+        assert_eq!(judging.sampling.temperature, Some(0.0));
+        assert!(
+            judging.messages[0]
+                .content
+                .contains(&sentence_pair(5).english)
+        );
+        let (_, requests) = play(&factory, 5, "Miro.", "Score: 10").await;
+        assert!(
+            !requests[1].messages[0].content.contains(&reference),
+            "the judge never sees the reference"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unparseable_score_is_zero_and_counted() {
+        let factory = TranslateFactory::new(TranslateConfig::default(), None).unwrap();
+        let (o, _) = play(&factory, 1, "", "I like it").await;
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.0]);
+        assert_eq!(o.metrics["judge_unparsed"], 1.0);
+        assert_eq!(o.metrics["chrf"], 0.0);
+    }
+
+    #[tokio::test]
+    async fn user_pairs_from_tsv_and_jsonl() {
+        let mut tsv = tempfile::Builder::new().suffix(".tsv").tempfile().unwrap();
+        writeln!(tsv, "Guten Morgen.\tGood morning.\nDanke\t").unwrap();
+        let pairs = read_pairs(tsv.path()).unwrap();
+        assert_eq!(pairs[1].reference, None);
+        let mut params = toml::Table::new();
+        params.insert("pairs".into(), tsv.path().display().to_string().into());
+        let factory = TranslateFactory::from_params("translate", &params).unwrap();
+        let (o, _) = play(&factory, 0, "Good morning.", "90/100").await;
+        assert_eq!(o.metrics["chrf"], 100.0);
+        let (o, _) = play(&factory, 1, "Thanks", "Score: 100").await;
+        assert!(!o.metrics.contains_key("chrf"), "no reference, no metric");
+
+        let mut jsonl = tempfile::Builder::new()
+            .suffix(".jsonl")
+            .tempfile()
+            .unwrap();
+        writeln!(jsonl, r#"{{"source":"chat","reference":"cat"}}"#).unwrap();
+        writeln!(jsonl, r#"{{"text":"chien"}}"#).unwrap();
+        let err = read_pairs(jsonl.path()).unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("source"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn shots_show_examples_and_the_expert_scores_100() {
+        let config = TranslateConfig {
+            shots: 2,
+            direction: Direction::ZelanToEnglish,
+            ..TranslateConfig::default()
+        };
+        let factory = TranslateFactory::new(config, None).unwrap();
+        let mut env = factory.make();
+        let Step::Request(r) = env.reset(3).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.messages[0].content.matches("English:").count(), 3);
+        let ep = demonstrate(factory.make(), 3, EpisodeLimits::default()).await;
+        let o = ep.outcome().unwrap();
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![1.0]);
+        assert_eq!(ep.turns[0].answer, sentence_pair(3).english);
+    }
+}

@@ -1,0 +1,456 @@
+//! Batched, ragged, seeded generation with a KV cache, behaviour log-probs and shared prefill.
+
+use std::collections::HashMap;
+
+use burn::tensor::Tensor;
+use kaizen_core::FinishReason;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::kv_cache::KvCache;
+use crate::llama::{Llama, token_tensor};
+use crate::sampler::{SamplingParams, sample};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// One prompt to complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// Prompt token ids (non-empty).
+    pub prompt: Vec<u32>,
+    /// How to sample, including the row's seed.
+    pub params: SamplingParams,
+}
+
+/// One completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Sampled ids, including the EOS id when one was sampled.
+    pub tokens: Vec<u32>,
+    /// Behaviour log-prob of each sampled id (see [`crate::Sampled::logprob`]).
+    pub logprobs: Vec<f32>,
+    /// Entropy (nats) of the tempered distribution at each step; empty unless
+    /// [`GenerateOptions::entropy`] is set.
+    pub entropies: Vec<f32>,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
+    /// Decoded text (special tokens skipped, cut before the stop string that ended it); `None`
+    /// when no tokenizer was given.
+    pub text: Option<String>,
+}
+
+/// Settings shared by all rows of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Ids that end a completion (e.g. `<|im_end|>`).
+    pub eos_token_ids: Vec<u32>,
+    /// Prefill each distinct prompt once and fork its KV cache to every request with that
+    /// prompt (the G samples of a GRPO group), instead of prefilling every copy.
+    pub share_prefill: bool,
+    /// Record per-token entropy.
+    pub entropy: bool,
+    /// Most (padded) prompt tokens prefilled in one forward pass; longer batches are split.
+    pub prefill_chunk_tokens: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            eos_token_ids: Vec::new(),
+            share_prefill: true,
+            entropy: false,
+            prefill_chunk_tokens: 8192,
+        }
+    }
+}
+
+/// Work counters of a [`DecodeBatch`], for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Prompt positions run through prefill forward passes, padding included.
+    pub prefill_tokens: usize,
+    /// Prompt tokens of all requests (what prefilling every request separately would cost,
+    /// without padding).
+    pub prompt_tokens: usize,
+    /// Decode forward passes.
+    pub decode_steps: usize,
+    /// Row-steps spent on rows that had already finished (waiting for compaction).
+    pub dead_row_steps: usize,
+    /// Tokens sampled.
+    pub generated_tokens: usize,
+}
+
+struct Row {
+    id: u64,
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    prompt_len: usize,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    entropies: Vec<f32>,
+    /// Set when the row stops; the row stays in the cache until compaction.
+    finish: Option<FinishReason>,
+    /// Whether the finished row was moved to `done`.
+    collected: bool,
+}
+
+impl Row {
+    fn finished(&self) -> bool {
+        self.finish.is_some()
+    }
+}
+
+/// A set of completions decoding in lock-step over one [`KvCache`] (continuous batching).
+///
+/// [`DecodeBatch::add`] prefills new requests (identical prompts once) and samples their first
+/// token; [`DecodeBatch::step`] samples one more token for every unfinished row;
+/// [`DecodeBatch::take_finished`] hands out completed rows. Requests can be added between steps,
+/// so a caller can keep the batch full while rows finish at different times. Finished rows are
+/// dropped from the cache once they are a quarter of the batch.
+pub struct DecodeBatch<'a> {
+    model: &'a Llama,
+    tokenizer: Option<&'a Tokenizer>,
+    options: GenerateOptions,
+    cache: KvCache,
+    rows: Vec<Row>,
+    done: Vec<(u64, Generation)>,
+    stats: GenerationStats,
+}
+
+impl<'a> DecodeBatch<'a> {
+    /// An empty batch. Pass a tokenizer to get text and to honour stop strings.
+    pub fn new(model: &'a Llama, tokenizer: Option<&'a Tokenizer>, options: GenerateOptions) -> Self {
+        Self {
+            cache: model.new_cache(Vec::new()),
+            model,
+            tokenizer,
+            options,
+            rows: Vec::new(),
+            done: Vec::new(),
+            stats: GenerationStats::default(),
+        }
+    }
+
+    /// Rows still generating.
+    pub fn active(&self) -> usize {
+        self.rows.iter().filter(|r| !r.finished()).count()
+    }
+
+    /// Work counters so far.
+    pub fn stats(&self) -> GenerationStats {
+        self.stats
+    }
+
+    /// The KV cache (for inspection: rows, columns, bytes).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Prefills `requests` (tagged with caller ids) and samples their first tokens.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an empty prompt, a token id outside the vocabulary or a prompt that
+    /// fills the context; [`Error::Sampling`] for invalid parameters or stop strings without a
+    /// tokenizer. Nothing is added when an error is returned.
+    pub fn add(&mut self, requests: Vec<(u64, GenerationRequest)>) -> Result<()> {
+        let max_pos = self.model.config().max_position_embeddings;
+        for (id, r) in &requests {
+            r.params.validate()?;
+            if r.prompt.is_empty() {
+                return Err(Error::Input(format!("request {id}: empty prompt")));
+            }
+            if r.prompt.len() >= max_pos {
+                return Err(Error::Input(format!(
+                    "request {id}: prompt of {} tokens leaves no room to generate (max_position_embeddings {max_pos})",
+                    r.prompt.len()
+                )));
+            }
+            if !r.params.stop.is_empty() && self.tokenizer.is_none() {
+                return Err(Error::Sampling(format!(
+                    "request {id}: stop strings need a tokenizer"
+                )));
+            }
+        }
+        let prompts: Vec<&[u32]> = requests.iter().map(|(_, r)| r.prompt.as_slice()).collect();
+        self.model.check_tokens(&prompts)?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.compact(true);
+
+        // Distinct prompts, each prefilled once (or every request alone when not sharing).
+        let mut unique: Vec<usize> = Vec::new();
+        let mut of_request = Vec::with_capacity(requests.len());
+        let mut index: HashMap<&[u32], usize> = HashMap::new();
+        for (i, (_, r)) in requests.iter().enumerate() {
+            let u = if self.options.share_prefill {
+                *index.entry(r.prompt.as_slice()).or_insert_with(|| {
+                    unique.push(i);
+                    unique.len() - 1
+                })
+            } else {
+                unique.push(i);
+                unique.len() - 1
+            };
+            of_request.push(u);
+        }
+        self.stats.prompt_tokens += requests.iter().map(|(_, r)| r.prompt.len()).sum::<usize>();
+
+        // Prefill in chunks of similar length, shortest first.
+        let mut order: Vec<usize> = (0..unique.len()).collect();
+        order.sort_by_key(|&u| requests[unique[u]].1.prompt.len());
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        for u in order {
+            let len = requests[unique[u]].1.prompt.len();
+            match chunks.last_mut() {
+                Some(chunk) if (chunk.len() + 1) * len <= self.options.prefill_chunk_tokens => {
+                    chunk.push(u)
+                }
+                _ => chunks.push(vec![u]),
+            }
+        }
+        let mut rows_of_unique: Vec<Vec<usize>> = vec![Vec::new(); unique.len()];
+        for (i, &u) in of_request.iter().enumerate() {
+            rows_of_unique[u].push(i);
+        }
+        let mut requests: Vec<Option<(u64, GenerationRequest)>> =
+            requests.into_iter().map(Some).collect();
+        for chunk in chunks {
+            let prompts: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&u| {
+                    // `unique[u]` indexes a request that is still present: each is taken
+                    // below only after its chunk is prefilled.
+                    requests[unique[u]]
+                        .as_ref()
+                        .map(|(_, r)| r.prompt.as_slice())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let (mut cache, logits) = self.prefill(&prompts);
+            // Fork: one cache row per request of each distinct prompt.
+            let mut fork = Vec::new();
+            let mut new_rows = Vec::new();
+            for (c, &u) in chunk.iter().enumerate() {
+                for &i in &rows_of_unique[u] {
+                    fork.push(c);
+                    let Some((id, request)) = requests[i].take() else {
+                        continue;
+                    };
+                    let mut row = Row {
+                        id,
+                        rng: ChaCha8Rng::seed_from_u64(request.params.seed),
+                        prompt_len: request.prompt.len(),
+                        params: request.params,
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        entropies: Vec::new(),
+                        finish: None,
+                        collected: false,
+                    };
+                    self.sample_into(&mut row, &logits[c]);
+                    new_rows.push(row);
+                }
+            }
+            cache.select_rows(&fork);
+            self.cache.append(cache);
+            self.rows.extend(new_rows);
+        }
+        self.collect_finished();
+        Ok(())
+    }
+
+    /// Samples one more token for every unfinished row. Does nothing when no row is active.
+    pub fn step(&mut self) {
+        if self.active() == 0 {
+            return;
+        }
+        self.compact(false);
+        let device = self.model.device();
+        let feed: Vec<Vec<u32>> = self
+            .rows
+            .iter()
+            .map(|r| vec![r.tokens.last().copied().unwrap_or(0)])
+            .collect();
+        let n = feed.len();
+        let hidden = self
+            .model
+            .forward_hidden(token_tensor(&feed, &device), &[], Some(&mut self.cache));
+        let logits = self.last_logits(hidden);
+        self.stats.decode_steps += 1;
+        for (row, logits) in self.rows.iter_mut().zip(&logits) {
+            if row.finished() {
+                self.stats.dead_row_steps += 1;
+                continue;
+            }
+            Self::sample_row(
+                row,
+                logits,
+                &self.options,
+                self.tokenizer,
+                self.model.config().max_position_embeddings,
+                &mut self.stats,
+            );
+        }
+        debug_assert_eq!(n, self.rows.len());
+        self.collect_finished();
+    }
+
+    /// Completed rows since the last call, with their caller ids.
+    pub fn take_finished(&mut self) -> Vec<(u64, Generation)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Runs prompts (left-padded to the longest) through the model with a fresh cache; returns
+    /// the cache and each prompt's last-position logits.
+    fn prefill(&mut self, prompts: &[&[u32]]) -> (KvCache, Vec<Vec<f32>>) {
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let starts: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![0; longest - p.len()];
+                row.extend_from_slice(p);
+                row
+            })
+            .collect();
+        self.stats.prefill_tokens += prompts.len() * longest;
+        let device = self.model.device();
+        let mut cache = self.model.new_cache(starts);
+        let hidden = self
+            .model
+            .forward_hidden(token_tensor(&padded, &device), &[], Some(&mut cache));
+        (cache, self.last_logits(hidden))
+    }
+
+    /// `[rows, seq, hidden]` → the last position's logits of each row, on the host.
+    fn last_logits(&self, hidden: Tensor<3>) -> Vec<Vec<f32>> {
+        let [rows, seq, h] = hidden.dims();
+        let last = hidden.slice([0..rows, seq - 1..seq, 0..h]).reshape([rows, h]);
+        let vocab = self.model.config().vocab_size;
+        let data = self.model.logits(last).into_data();
+        // f32 logits always convert to Vec<f32>.
+        let flat: Vec<f32> = data.try_into_vec().expect("logits are f32");
+        flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+    }
+
+    fn sample_into(&mut self, row: &mut Row, logits: &[f32]) {
+        Self::sample_row(
+            row,
+            logits,
+            &self.options,
+            self.tokenizer,
+            self.model.config().max_position_embeddings,
+            &mut self.stats,
+        );
+    }
+
+    fn sample_row(
+        row: &mut Row,
+        logits: &[f32],
+        options: &GenerateOptions,
+        tokenizer: Option<&Tokenizer>,
+        max_positions: usize,
+        stats: &mut GenerationStats,
+    ) {
+        let s = sample(logits, &row.params, &mut row.rng);
+        row.tokens.push(s.token);
+        row.logprobs.push(s.logprob);
+        if options.entropy {
+            row.entropies.push(s.entropy);
+        }
+        stats.generated_tokens += 1;
+        let reason = if options.eos_token_ids.contains(&s.token) {
+            Some(FinishReason::Eos)
+        } else if !row.params.stop.is_empty() && stop_index(row, tokenizer).is_some() {
+            Some(FinishReason::Stop)
+        } else if row.tokens.len() >= row.params.max_new_tokens
+            || row.prompt_len + row.tokens.len() >= max_positions
+        {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        row.finish = reason;
+    }
+
+    fn collect_finished(&mut self) {
+        for row in self.rows.iter_mut().filter(|r| !r.collected) {
+            let Some(reason) = row.finish else {
+                continue;
+            };
+            row.collected = true;
+            let text = self.tokenizer.map(|tok| {
+                let text = tok.decode(&row.tokens, true).unwrap_or_default();
+                cut_at_stop(text, &row.params.stop)
+            });
+            self.done.push((
+                row.id,
+                Generation {
+                    tokens: std::mem::take(&mut row.tokens),
+                    logprobs: std::mem::take(&mut row.logprobs),
+                    entropies: std::mem::take(&mut row.entropies),
+                    finish_reason: reason,
+                    text,
+                },
+            ));
+        }
+    }
+
+    /// Drops finished rows from the cache when they are at least a quarter of the batch (or
+    /// any, when `force`).
+    fn compact(&mut self, force: bool) {
+        let dead = self.rows.iter().filter(|r| r.finished()).count();
+        if dead == 0 || (!force && dead * 4 < self.rows.len()) {
+            return;
+        }
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !self.rows[i].finished())
+            .collect();
+        self.cache.select_rows(&keep);
+        self.rows.retain(|r| !r.finished());
+    }
+}
+
+/// Byte offset of the earliest stop string in the row's decoded completion.
+fn stop_index(row: &Row, tokenizer: Option<&Tokenizer>) -> Option<usize> {
+    let text = tokenizer?.decode(&row.tokens, true).ok()?;
+    row.params.stop.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+fn cut_at_stop(mut text: String, stop: &[String]) -> String {
+    if let Some(i) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(i);
+    }
+    text
+}
+
+/// Completes every request and returns the completions in request order.
+///
+/// Rows run as one batch ([`DecodeBatch`]): ragged prompts are left-padded (padding is masked
+/// out of attention), each row stops on its own (EOS ids, stop strings, `max_new_tokens`, the
+/// context length), and each row draws from its own seeded stream, so a row's tokens do not
+/// depend on the rest of the batch.
+///
+/// # Errors
+/// As [`DecodeBatch::add`].
+pub fn generate(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    requests: &[GenerationRequest],
+    options: &GenerateOptions,
+) -> Result<Vec<Generation>> {
+    let mut batch = DecodeBatch::new(model, tokenizer, options.clone());
+    batch.add(requests.iter().cloned().enumerate().map(|(i, r)| (i as u64, r)).collect())?;
+    let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
+    loop {
+        for (id, g) in batch.take_finished() {
+            out[id as usize] = Some(g);
+        }
+        if batch.active() == 0 {
+            break;
+        }
+        batch.step();
+    }
+    Ok(out.into_iter().flatten().collect())
+}

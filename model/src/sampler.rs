@@ -1,0 +1,408 @@
+//! Turning one row of logits into a token: temperature, top-k, top-p, min-p, and the
+//! log-probability of the token under the distribution actually sampled from.
+
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How to sample one completion. Field names and semantics follow Hugging Face
+/// `GenerationConfig` (and TRL's `GRPOConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0` means greedy decoding.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; `0` = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; `1` = off.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p × p_max`; `0` = off.
+    pub min_p: f32,
+    /// Maximum number of tokens to generate.
+    pub max_new_tokens: usize,
+    /// Stop strings: generation stops once the decoded completion contains one (the returned
+    /// text ends before it; the sampled tokens are all kept).
+    pub stop: Vec<String>,
+    /// Seed of this row's random stream. The same seed gives the same tokens whatever else is
+    /// in the batch.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            max_new_tokens: 64,
+            stop: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            max_new_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// [`Error::Sampling`] naming the field and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Sampling(format!(
+                "`temperature` must be finite and >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Sampling(format!(
+                "`top_p` must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        if !(self.min_p >= 0.0 && self.min_p < 1.0) {
+            return Err(Error::Sampling(format!(
+                "`min_p` must be in [0, 1), got {}",
+                self.min_p
+            )));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::Sampling("`max_new_tokens` must be >= 1".into()));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::Sampling("`stop` strings must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether sampling is greedy.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// One sampled token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    /// The token id.
+    pub token: u32,
+    /// `log π(token)` under the distribution sampled from: `softmax(logits / T)` restricted
+    /// to the tokens kept by top-k / top-p / min-p and renormalised. `0` for greedy decoding
+    /// (a point mass).
+    pub logprob: f32,
+    /// Entropy (nats) of `softmax(logits / T)` before truncation — the quantity the learner's
+    /// teacher-forced scoring computes. `0` for greedy decoding.
+    pub entropy: f32,
+}
+
+/// Samples one token from a row of logits.
+///
+/// With `T = temperature`, `p = softmax(logits / T)`; top-k keeps the `k` largest `p`;
+/// top-p keeps the smallest prefix of the remaining tokens (by decreasing `p`) whose
+/// renormalised mass reaches `top_p`; min-p keeps tokens with `p ≥ min_p · max p`. The token is
+/// drawn from `p` restricted to the kept set `K` and renormalised, so its log-prob is
+/// `log p(token) − log Σ_{j∈K} p(j)`. Filters apply in Hugging Face's order (temperature,
+/// top-k, top-p, min-p).
+///
+/// Draws exactly one `f64` from `rng` per call (none when greedy), so a row's stream does not
+/// depend on other rows.
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> Sampled {
+    if params.is_greedy() {
+        let token = argmax(logits);
+        return Sampled {
+            token,
+            logprob: 0.0,
+            entropy: 0.0,
+        };
+    }
+    let inv_t = 1.0 / params.temperature as f64;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    // Unnormalised probabilities exp((l - max) / T), and their sum.
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l as f64 - max) * inv_t).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let log_total = total.ln();
+    let entropy = weights
+        .iter()
+        .zip(logits)
+        .filter(|(w, _)| **w > 0.0)
+        .map(|(w, &l)| {
+            let logp = (l as f64 - max) * inv_t - log_total;
+            -(w / total) * logp
+        })
+        .sum::<f64>();
+
+    let kept = kept_set(&weights, total, params);
+    let kept_mass: f64 = match &kept {
+        Some(ids) => ids.iter().map(|&i| weights[i]).sum(),
+        None => total,
+    };
+    let target = rng.random::<f64>() * kept_mass;
+    let token = match &kept {
+        Some(ids) => pick(ids.iter().map(|&i| (i, weights[i])), target),
+        None => pick(weights.iter().copied().enumerate(), target),
+    };
+    let logprob = (weights[token].ln() - kept_mass.ln()) as f32;
+    Sampled {
+        token: token as u32,
+        logprob,
+        entropy: entropy as f32,
+    }
+}
+
+/// Walks the cumulative weights until `target` is passed.
+fn pick(items: impl Iterator<Item = (usize, f64)>, target: f64) -> usize {
+    let mut acc = 0.0;
+    let mut last = 0;
+    for (i, w) in items {
+        if w <= 0.0 {
+            continue;
+        }
+        acc += w;
+        last = i;
+        if acc > target {
+            return i;
+        }
+    }
+    last
+}
+
+/// The index of the largest logit (the lowest index on ties, as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Token ids kept by top-k / top-p / min-p, or `None` when no filter is active.
+fn kept_set(weights: &[f64], total: f64, params: &SamplingParams) -> Option<Vec<usize>> {
+    let top_k = params.top_k > 0 && params.top_k < weights.len();
+    let top_p = params.top_p < 1.0;
+    let min_p = params.min_p > 0.0;
+    if !(top_k || top_p || min_p) {
+        return None;
+    }
+    // Candidates sorted by decreasing weight. Only the head of the distribution can be kept,
+    // so sort the tokens above a threshold and widen it only if they are not enough.
+    let mut threshold = total * 1e-6;
+    let mut sorted: Vec<usize>;
+    loop {
+        sorted = (0..weights.len())
+            .filter(|&i| weights[i] >= threshold && weights[i] > 0.0)
+            .collect();
+        sorted.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+        let mass: f64 = sorted.iter().map(|&i| weights[i]).sum();
+        let enough_for_k = !top_k || sorted.len() >= params.top_k;
+        let enough_for_p = !top_p || mass >= params.top_p as f64 * total;
+        if (enough_for_k && enough_for_p) || threshold == 0.0 {
+            break;
+        }
+        threshold = if threshold < total * 1e-30 {
+            0.0
+        } else {
+            threshold * 1e-4
+        };
+    }
+    if top_k {
+        sorted.truncate(params.top_k);
+    }
+    if top_p {
+        let mass: f64 = sorted.iter().map(|&i| weights[i]).sum();
+        let limit = params.top_p as f64 * mass;
+        let mut acc = 0.0;
+        let mut keep = sorted.len();
+        for (n, &i) in sorted.iter().enumerate() {
+            acc += weights[i];
+            if acc >= limit {
+                keep = n + 1;
+                break;
+            }
+        }
+        sorted.truncate(keep.max(1));
+    }
+    if min_p {
+        let cut = weights[sorted[0]] * params.min_p as f64;
+        sorted.retain(|&i| weights[i] >= cut);
+    }
+    Some(sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
+    }
+
+    fn probs(logits: &[f32], t: f32) -> Vec<f64> {
+        let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / t as f64).exp()).collect();
+        let s: f64 = w.iter().sum();
+        w.iter().map(|x| x / s).collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_with_zero_logprob() {
+        let s = sample(&[0.1, 3.0, 3.0, -1.0], &SamplingParams::greedy(4), &mut rng(0));
+        assert_eq!(s.token, 1);
+        assert_eq!(s.logprob, 0.0);
+    }
+
+    #[test]
+    fn logprob_is_log_softmax_at_temperature() {
+        let logits = [1.0f32, 2.0, 0.5, -0.3];
+        for t in [1.0f32, 0.7] {
+            let params = SamplingParams {
+                temperature: t,
+                ..SamplingParams::default()
+            };
+            let p = probs(&logits, t);
+            let entropy: f64 = -p.iter().map(|x| x * x.ln()).sum::<f64>();
+            for seed in 0..20 {
+                let s = sample(&logits, &params, &mut rng(seed));
+                let expected = p[s.token as usize].ln() as f32;
+                assert!((s.logprob - expected).abs() < 1e-6, "{} vs {expected}", s.logprob);
+                assert!((s.entropy as f64 - entropy).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_logprob_is_renormalised_over_the_kept_set() {
+        let logits = [3.0f32, 2.0, 1.0, 0.0, -1.0];
+        let p = probs(&logits, 1.0);
+        let params = SamplingParams {
+            top_k: 2,
+            ..SamplingParams::default()
+        };
+        for seed in 0..50 {
+            let s = sample(&logits, &params, &mut rng(seed));
+            assert!(s.token < 2, "top_k=2 sampled {}", s.token);
+            let expected = (p[s.token as usize] / (p[0] + p[1])).ln() as f32;
+            assert!((s.logprob - expected).abs() < 1e-6);
+        }
+        // top_p = 0.8: p ≈ [0.636, 0.234, 0.086, ...]; cumulative reaches 0.8 at token 1.
+        let params = SamplingParams {
+            top_p: 0.8,
+            ..SamplingParams::default()
+        };
+        let mut seen = [false; 5];
+        for seed in 0..200 {
+            seen[sample(&logits, &params, &mut rng(seed)).token as usize] = true;
+        }
+        assert_eq!(seen, [true, true, false, false, false]);
+        // min_p = 0.2: keep p >= 0.2 * 0.636 = 0.127 -> tokens 0 and 1.
+        let params = SamplingParams {
+            min_p: 0.2,
+            ..SamplingParams::default()
+        };
+        let mut seen = [false; 5];
+        for seed in 0..200 {
+            seen[sample(&logits, &params, &mut rng(seed)).token as usize] = true;
+        }
+        assert_eq!(seen, [true, true, false, false, false]);
+    }
+
+    #[test]
+    fn top_p_keeps_at_least_one_token() {
+        let params = SamplingParams {
+            top_p: 1e-9,
+            ..SamplingParams::default()
+        };
+        let s = sample(&[0.0, 5.0, 1.0], &params, &mut rng(3));
+        assert_eq!(s.token, 1);
+        assert!(s.logprob.abs() < 1e-6, "a single kept token has probability 1");
+    }
+
+    #[test]
+    fn top_p_over_a_flat_large_vocabulary_widens_the_candidates() {
+        // 50k equal logits: every token is below the first threshold's share, so the candidate
+        // set must widen to reach the nucleus.
+        let logits = vec![0.0f32; 50_000];
+        let params = SamplingParams {
+            top_p: 0.5,
+            ..SamplingParams::default()
+        };
+        let s = sample(&logits, &params, &mut rng(1));
+        let expected = -(25_000f64.ln()) as f32;
+        assert!((s.logprob - expected).abs() < 1e-3, "{}", s.logprob);
+    }
+
+    #[test]
+    fn sampling_frequencies_match_the_distribution_chi_square() {
+        let logits = [0.5f32, 1.5, -0.2, 1.0, 0.0];
+        let t = 0.8;
+        let p = probs(&logits, t);
+        let params = SamplingParams {
+            temperature: t,
+            ..SamplingParams::default()
+        };
+        let n = 20_000;
+        let mut counts = [0usize; 5];
+        let mut r = rng(42);
+        for _ in 0..n {
+            counts[sample(&logits, &params, &mut r).token as usize] += 1;
+        }
+        let chi2: f64 = counts
+            .iter()
+            .zip(&p)
+            .map(|(&c, &q)| {
+                let e = q * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        // 4 degrees of freedom: P(chi2 > 18.47) = 0.001.
+        assert!(chi2 < 18.47, "chi2 = {chi2}, counts {counts:?}, p {p:?}");
+    }
+
+    #[test]
+    fn same_seed_same_token_different_seeds_differ() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let params = SamplingParams::default();
+        let a: Vec<u32> = (0..30).map(|s| sample(&logits, &params, &mut rng(s)).token).collect();
+        let b: Vec<u32> = (0..30).map(|s| sample(&logits, &params, &mut rng(s)).token).collect();
+        let c: Vec<u32> = (100..130)
+            .map(|s| sample(&logits, &params, &mut rng(s)).token)
+            .collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn invalid_params_name_the_field() {
+        let bad = SamplingParams {
+            top_p: 1.5,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("`top_p`"));
+        let bad = SamplingParams {
+            temperature: f32::NAN,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("`temperature`"));
+        let bad = SamplingParams {
+            max_new_tokens: 0,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("`max_new_tokens`"));
+    }
+}
