@@ -30,7 +30,9 @@ fn config() -> LlamaConfig {
 }
 
 fn prompt(len: usize, salt: usize) -> Vec<u32> {
-    (0..len).map(|i| ((i * 31 + salt * 17) % 500) as u32).collect()
+    (0..len)
+        .map(|i| ((i * 31 + salt * 17) % 500) as u32)
+        .collect()
 }
 
 fn sampling(max_new_tokens: usize, seed: u64) -> SamplingParams {
@@ -82,10 +84,17 @@ fn bench_generate_group(c: &mut Criterion) {
                 share_prefill: share,
                 ..GenerateOptions::default()
             };
-            let id = if share { "shared_prefill" } else { "separate_prefill" };
-            group.bench_function(BenchmarkId::new(format!("g8_p256_n16/{id}"), name), |bench| {
-                bench.iter(|| black_box(generate(&model, None, &requests, &options).unwrap()))
-            });
+            let id = if share {
+                "shared_prefill"
+            } else {
+                "separate_prefill"
+            };
+            group.bench_function(
+                BenchmarkId::new(format!("g8_p256_n16/{id}"), name),
+                |bench| {
+                    bench.iter(|| black_box(generate(&model, None, &requests, &options).unwrap()))
+                },
+            );
         }
     }
     group.finish();
@@ -115,5 +124,10 @@ fn bench_score_backward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_generate, bench_generate_group, bench_score_backward);
+criterion_group!(
+    benches,
+    bench_generate,
+    bench_generate_group,
+    bench_score_backward
+);
 criterion_main!(benches);

@@ -6,7 +6,8 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// SmolLM2's default system prompt, inserted by its chat template when a conversation has none.
-pub const SMOLLM2_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+pub const SMOLLM2_DEFAULT_SYSTEM: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 /// How a conversation becomes text.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +61,9 @@ impl ChatTemplate {
     /// [`Error::Template`] for an empty conversation.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         if messages.is_empty() {
-            return Err(Error::Template("cannot render an empty conversation".into()));
+            return Err(Error::Template(
+                "cannot render an empty conversation".into(),
+            ));
         }
         let mut out = String::new();
         if let ChatTemplate::ChatMl {
@@ -247,7 +250,9 @@ mod tests {
     #[test]
     fn chatml_inserts_smollm2_default_system_prompt() {
         let t = ChatTemplate::smollm2();
-        let text = t.render(&[Message::user("What is 12 + 30?")], true).unwrap();
+        let text = t
+            .render(&[Message::user("What is 12 + 30?")], true)
+            .unwrap();
         assert_eq!(
             text,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
@@ -275,7 +280,10 @@ mod tests {
             .unwrap();
         assert_eq!(ids[0], 257);
         assert!(ids.contains(&258));
-        assert_eq!(&ids[ids.len() - 10..], tok.encode("assistant\n", false).unwrap().as_slice());
+        assert_eq!(
+            &ids[ids.len() - 10..],
+            tok.encode("assistant\n", false).unwrap().as_slice()
+        );
         assert_eq!(ids[ids.len() - 11], 257);
     }
 
@@ -292,14 +300,21 @@ mod tests {
         sampled.push(258);
         let text = tok.decode(&sampled, true).unwrap();
         let re_encoded = tok.encode(&text, false).unwrap();
-        assert_ne!(re_encoded, sampled[..sampled.len() - 1], "the case must be a real one");
+        assert_ne!(
+            re_encoded,
+            sampled[..sampled.len() - 1],
+            "the case must be a real one"
+        );
         let prompt_len = thread.tokens().len();
         thread.push_completion(&tok, &sampled, &text).unwrap();
         let mut conversation = thread.messages().to_vec();
         conversation.push(Message::user("There may be an error. Try again."));
         let new_ids = thread.continue_with(&tok, &conversation).unwrap().unwrap();
         let tokens = thread.tokens();
-        assert_eq!(&tokens[prompt_len..prompt_len + sampled.len()], sampled.as_slice());
+        assert_eq!(
+            &tokens[prompt_len..prompt_len + sampled.len()],
+            sampled.as_slice()
+        );
         assert_eq!(&tokens[prompt_len + sampled.len()..], new_ids.as_slice());
         // EOS was sampled, so the continuation starts with the separator, not another <|im_end|>.
         assert_eq!(new_ids[0], b'\n' as u32);
@@ -319,7 +334,9 @@ mod tests {
         assert_eq!(ids[0], 258, "the template's <|im_end|> closes the cut turn");
         // The whole thread equals rendering the whole conversation, since nothing re-encodes
         // differently here.
-        let full = ChatTemplate::chatml().render_ids(&tok, &conversation, true).unwrap();
+        let full = ChatTemplate::chatml()
+            .render_ids(&tok, &conversation, true)
+            .unwrap();
         assert_eq!(thread.tokens(), full.as_slice());
     }
 

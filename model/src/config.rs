@@ -117,20 +117,23 @@ impl LlamaConfig {
                 return Err(Error::Config(format!("`{name}` must be > 0, got 0")));
             }
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::Config(format!(
                 "`num_attention_heads` ({}) must divide `hidden_size` ({}) when `head_dim` is not given",
                 self.num_attention_heads, self.hidden_size
             )));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::Config(format!(
                 "`num_key_value_heads` ({}) must divide `num_attention_heads` ({})",
                 self.num_key_value_heads, self.num_attention_heads
             )));
         }
         let head_dim = self.head_dim();
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "`head_dim` must be even and > 0 for rotary embeddings, got {head_dim}"
             )));
@@ -277,7 +280,10 @@ mod tests {
         let err = LlamaConfig::from_json_str(r#"{"vocab_size": "many"}"#)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("vocab_size") || err.contains("invalid type"), "{err}");
+        assert!(
+            err.contains("vocab_size") || err.contains("invalid type"),
+            "{err}"
+        );
         let err = LlamaConfig::from_json_str(r#"{"vocab_size": 5}"#)
             .unwrap_err()
             .to_string();

@@ -78,7 +78,7 @@ impl GgmlType {
     /// blocks (or overflows).
     pub fn byte_size(self, elements: usize) -> Option<usize> {
         let (per_block, bytes) = self.block();
-        if elements % per_block != 0 {
+        if !elements.is_multiple_of(per_block) {
             return None;
         }
         (elements / per_block).checked_mul(bytes)
@@ -95,7 +95,11 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// If `raw` has the wrong length (callers check sizes with [`GgmlType::byte_size`]).
 pub fn dequantize(ty: GgmlType, raw: &[u8], out: &mut [f32]) {
     let (per_block, bytes) = ty.block();
-    assert_eq!(Some(raw.len()), ty.byte_size(out.len()), "dequantize: size mismatch");
+    assert_eq!(
+        Some(raw.len()),
+        ty.byte_size(out.len()),
+        "dequantize: size mismatch"
+    );
     let blocks = raw.chunks_exact(bytes).zip(out.chunks_exact_mut(per_block));
     match ty {
         GgmlType::F32 => {

@@ -119,7 +119,11 @@ pub struct DecodeBatch<'a> {
 
 impl<'a> DecodeBatch<'a> {
     /// An empty batch. Pass a tokenizer to get text and to honour stop strings.
-    pub fn new(model: &'a Llama, tokenizer: Option<&'a Tokenizer>, options: GenerateOptions) -> Self {
+    pub fn new(
+        model: &'a Llama,
+        tokenizer: Option<&'a Tokenizer>,
+        options: GenerateOptions,
+    ) -> Self {
         Self {
             cache: model.new_cache(Vec::new()),
             model,
@@ -273,9 +277,9 @@ impl<'a> DecodeBatch<'a> {
             .map(|r| vec![r.tokens.last().copied().unwrap_or(0)])
             .collect();
         let n = feed.len();
-        let hidden = self
-            .model
-            .forward_hidden(token_tensor(&feed, &device), &[], Some(&mut self.cache));
+        let hidden =
+            self.model
+                .forward_hidden(token_tensor(&feed, &device), &[], Some(&mut self.cache));
         let logits = self.last_logits(hidden);
         self.stats.decode_steps += 1;
         for (row, logits) in self.rows.iter_mut().zip(&logits) {
@@ -317,16 +321,18 @@ impl<'a> DecodeBatch<'a> {
         self.stats.prefill_tokens += prompts.len() * longest;
         let device = self.model.device();
         let mut cache = self.model.new_cache(starts);
-        let hidden = self
-            .model
-            .forward_hidden(token_tensor(&padded, &device), &[], Some(&mut cache));
+        let hidden =
+            self.model
+                .forward_hidden(token_tensor(&padded, &device), &[], Some(&mut cache));
         (cache, self.last_logits(hidden))
     }
 
     /// `[rows, seq, hidden]` → the last position's logits of each row, on the host.
     fn last_logits(&self, hidden: Tensor<3>) -> Vec<Vec<f32>> {
         let [rows, seq, h] = hidden.dims();
-        let last = hidden.slice([0..rows, seq - 1..seq, 0..h]).reshape([rows, h]);
+        let last = hidden
+            .slice([0..rows, seq - 1..seq, 0..h])
+            .reshape([rows, h]);
         let vocab = self.model.config().vocab_size;
         let data = self.model.logits(last).into_data();
         // f32 logits always convert to Vec<f32>.
@@ -415,7 +421,11 @@ impl<'a> DecodeBatch<'a> {
 /// Byte offset of the earliest stop string in the row's decoded completion.
 fn stop_index(row: &Row, tokenizer: Option<&Tokenizer>) -> Option<usize> {
     let text = tokenizer?.decode(&row.tokens, true).ok()?;
-    row.params.stop.iter().filter_map(|s| text.find(s.as_str())).min()
+    row.params
+        .stop
+        .iter()
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 fn cut_at_stop(mut text: String, stop: &[String]) -> String {
@@ -441,7 +451,14 @@ pub fn generate(
     options: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
     let mut batch = DecodeBatch::new(model, tokenizer, options.clone());
-    batch.add(requests.iter().cloned().enumerate().map(|(i, r)| (i as u64, r)).collect())?;
+    batch.add(
+        requests
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| (i as u64, r))
+            .collect(),
+    )?;
     let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
     loop {
         for (id, g) in batch.take_finished() {

@@ -255,7 +255,9 @@ impl GgufFile {
         }
         let version = c.u32("version")?;
         if version != 3 {
-            return Err(c.err(format!("GGUF version {version} is not supported (expected 3)")));
+            return Err(c.err(format!(
+                "GGUF version {version} is not supported (expected 3)"
+            )));
         }
         let tensor_count = c.u64("tensor count")?;
         let kv_count = c.u64("metadata count")?;
@@ -279,7 +281,9 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&format!("dimension count of `{name}`"))?;
             if n_dims == 0 || n_dims > 4 {
-                return Err(c.err(format!("tensor `{name}` has {n_dims} dimensions (expected 1-4)")));
+                return Err(c.err(format!(
+                    "tensor `{name}` has {n_dims} dimensions (expected 1-4)"
+                )));
             }
             let dims = (0..n_dims)
                 .map(|_| c.u64(&format!("dimensions of `{name}`")))
@@ -343,8 +347,15 @@ impl GgufFile {
         let elements = t
             .dims
             .iter()
-            .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
-            .ok_or_else(|| self.err(format!("tensor `{}` dimensions {:?} overflow", t.name, t.dims)))?;
+            .try_fold(1usize, |acc, &d| {
+                usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+            })
+            .ok_or_else(|| {
+                self.err(format!(
+                    "tensor `{}` dimensions {:?} overflow",
+                    t.name, t.dims
+                ))
+            })?;
         let size = ty.byte_size(elements).ok_or_else(|| {
             self.err(format!(
                 "tensor `{}` has {elements} elements, not a whole number of {:?} blocks of {}",
@@ -405,7 +416,11 @@ impl GgufFile {
         let v = self.get(key)?;
         v.as_u64()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| self.err(format!("metadata `{key}` = {v:?} is not a non-negative integer")))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "metadata `{key}` = {v:?} is not a non-negative integer"
+                ))
+            })
     }
 
     /// A numeric metadata value as f64.

@@ -136,13 +136,15 @@ impl TensorSource for GgufTensors<'_> {
             return Ok(None);
         }
         let t = self.file.tensor_f32(&gguf)?;
-        Ok(Some(if self.permuted && name.contains("self_attn.q_proj") {
-            unpermute_rows(t, self.heads)
-        } else if self.permuted && name.contains("self_attn.k_proj") {
-            unpermute_rows(t, self.kv_heads)
-        } else {
-            t
-        }))
+        Ok(Some(
+            if self.permuted && name.contains("self_attn.q_proj") {
+                unpermute_rows(t, self.heads)
+            } else if self.permuted && name.contains("self_attn.k_proj") {
+                unpermute_rows(t, self.kv_heads)
+            } else {
+                t
+            },
+        ))
     }
 
     fn remaining(&self) -> Vec<String> {
@@ -244,6 +246,9 @@ mod tests {
             chatml_default_system(t).as_deref(),
             Some(crate::chat::SMOLLM2_DEFAULT_SYSTEM)
         );
-        assert_eq!(chatml_default_system("{{'<|im_start|>' + message['role']}}"), None);
+        assert_eq!(
+            chatml_default_system("{{'<|im_start|>' + message['role']}}"),
+            None
+        );
     }
 }

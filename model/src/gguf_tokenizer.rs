@@ -54,7 +54,9 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
                     .as_str()
                     .ok_or_else(|| err(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
                 let (a, b) = m.split_once(' ').ok_or_else(|| {
-                    err(format!("`tokenizer.ggml.merges`[{i}] = {m:?} is not `left right`"))
+                    err(format!(
+                        "`tokenizer.ggml.merges`[{i}] = {m:?} is not `left right`"
+                    ))
                 })?;
                 Ok(json!([a, b]))
             })
@@ -85,8 +87,10 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
         let special = ty == TOKEN_TYPE_CONTROL && in_alphabet(t);
         let user = ty == TOKEN_TYPE_USER_DEFINED;
         if special || user {
-            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                              "rstrip": false, "normalized": false, "special": special}));
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": special}),
+            );
         }
     }
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});

@@ -33,7 +33,12 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `rows` rows, where row `b` will start at column `starts[b]`.
-    pub(crate) fn new(num_layers: usize, starts: Vec<usize>, kv_heads: usize, head_dim: usize) -> Self {
+    pub(crate) fn new(
+        num_layers: usize,
+        starts: Vec<usize>,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
         Self {
             layers: vec![None; num_layers],
             starts,
@@ -106,7 +111,12 @@ impl KvCache {
     /// # Shapes
     /// - `k`, `v`: `[rows, kv_heads, new, head_dim]`
     /// - returns `[rows, kv_heads, capacity, head_dim]` each.
-    pub(crate) fn write(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let [rows, heads, new, dim] = k.dims();
         let start = self.len;
         let (ck, cv) = self.layers[layer]
@@ -132,7 +142,10 @@ impl KvCache {
     /// If an index is out of range (a programmer error).
     pub fn select_rows(&mut self, rows: &[usize]) {
         let old_rows = self.rows();
-        assert!(rows.iter().all(|&r| r < old_rows), "KvCache::select_rows: row out of range");
+        assert!(
+            rows.iter().all(|&r| r < old_rows),
+            "KvCache::select_rows: row out of range"
+        );
         let same = rows.len() == old_rows && rows.iter().enumerate().all(|(i, &r)| i == r);
         if !same {
             let device = self.device();
@@ -156,7 +169,11 @@ impl KvCache {
     /// Appends the rows of `other` below this cache's rows, aligning both on their last
     /// written column (the shorter one is left-padded).
     pub fn append(&mut self, mut other: KvCache) {
-        assert_eq!(self.layers.len(), other.layers.len(), "KvCache::append: layer count");
+        assert_eq!(
+            self.layers.len(),
+            other.layers.len(),
+            "KvCache::append: layer count"
+        );
         if other.rows() == 0 {
             return;
         }
@@ -213,7 +230,12 @@ impl KvCache {
         if capacity <= self.capacity {
             return;
         }
-        let shape = [self.rows(), self.kv_heads, capacity - self.capacity, self.head_dim];
+        let shape = [
+            self.rows(),
+            self.kv_heads,
+            capacity - self.capacity,
+            self.head_dim,
+        ];
         for layer in &mut self.layers {
             if let Some((k, v)) = layer.take() {
                 *layer = Some((
@@ -234,7 +256,8 @@ impl KvCache {
         if drop == 0 {
             return;
         }
-        let (rows, heads, dim, capacity) = (self.rows(), self.kv_heads, self.head_dim, self.capacity);
+        let (rows, heads, dim, capacity) =
+            (self.rows(), self.kv_heads, self.head_dim, self.capacity);
         for layer in &mut self.layers {
             if let Some((k, v)) = layer.take() {
                 let range = [0..rows, 0..heads, drop..capacity, 0..dim];
@@ -275,7 +298,11 @@ pub(crate) fn attention_mask(
         for t in 0..new {
             let q = past + t;
             for c in 0..columns {
-                let visible = if q < start { c == q } else { c >= start && c <= q };
+                let visible = if q < start {
+                    c == q
+                } else {
+                    c >= start && c <= q
+                };
                 row_mask.push(!visible);
             }
         }

@@ -36,12 +36,12 @@ pub use chat::{ChatTemplate, ChatThread, SMOLLM2_DEFAULT_SYSTEM};
 pub use config::LlamaConfig;
 pub use dequant::{GgmlType, dequantize};
 pub use error::{Error, Result};
-pub use gguf::{GgufFile, MetaValue, TensorInfo};
-pub use gguf_llama::{gguf_chat_template, gguf_config, load_gguf_model, unpermute_rows};
-pub use gguf_tokenizer::gguf_tokenizer;
 pub use generate::{
     DecodeBatch, GenerateOptions, Generation, GenerationRequest, GenerationStats, generate,
 };
+pub use gguf::{GgufFile, MetaValue, TensorInfo};
+pub use gguf_llama::{gguf_chat_template, gguf_config, load_gguf_model, unpermute_rows};
+pub use gguf_tokenizer::gguf_tokenizer;
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use llama::{DecoderLayer, Llama};

@@ -70,7 +70,11 @@ impl Rope {
         seq: usize,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
-        assert_eq!(positions.len(), batch * seq, "Rope::tables: positions length");
+        assert_eq!(
+            positions.len(),
+            batch * seq,
+            "Rope::tables: positions length"
+        );
         let d = self.head_dim;
         let mut cos = Vec::with_capacity(positions.len() * d);
         let mut sin = Vec::with_capacity(positions.len() * d);

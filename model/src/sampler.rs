@@ -255,14 +255,21 @@ mod tests {
     }
 
     fn probs(logits: &[f32], t: f32) -> Vec<f64> {
-        let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / t as f64).exp()).collect();
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|&l| (l as f64 / t as f64).exp())
+            .collect();
         let s: f64 = w.iter().sum();
         w.iter().map(|x| x / s).collect()
     }
 
     #[test]
     fn greedy_takes_the_argmax_with_zero_logprob() {
-        let s = sample(&[0.1, 3.0, 3.0, -1.0], &SamplingParams::greedy(4), &mut rng(0));
+        let s = sample(
+            &[0.1, 3.0, 3.0, -1.0],
+            &SamplingParams::greedy(4),
+            &mut rng(0),
+        );
         assert_eq!(s.token, 1);
         assert_eq!(s.logprob, 0.0);
     }
@@ -280,7 +287,11 @@ mod tests {
             for seed in 0..20 {
                 let s = sample(&logits, &params, &mut rng(seed));
                 let expected = p[s.token as usize].ln() as f32;
-                assert!((s.logprob - expected).abs() < 1e-6, "{} vs {expected}", s.logprob);
+                assert!(
+                    (s.logprob - expected).abs() < 1e-6,
+                    "{} vs {expected}",
+                    s.logprob
+                );
                 assert!((s.entropy as f64 - entropy).abs() < 1e-6);
             }
         }
@@ -330,7 +341,10 @@ mod tests {
         };
         let s = sample(&[0.0, 5.0, 1.0], &params, &mut rng(3));
         assert_eq!(s.token, 1);
-        assert!(s.logprob.abs() < 1e-6, "a single kept token has probability 1");
+        assert!(
+            s.logprob.abs() < 1e-6,
+            "a single kept token has probability 1"
+        );
     }
 
     #[test]
@@ -378,8 +392,12 @@ mod tests {
     fn same_seed_same_token_different_seeds_differ() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let params = SamplingParams::default();
-        let a: Vec<u32> = (0..30).map(|s| sample(&logits, &params, &mut rng(s)).token).collect();
-        let b: Vec<u32> = (0..30).map(|s| sample(&logits, &params, &mut rng(s)).token).collect();
+        let a: Vec<u32> = (0..30)
+            .map(|s| sample(&logits, &params, &mut rng(s)).token)
+            .collect();
+        let b: Vec<u32> = (0..30)
+            .map(|s| sample(&logits, &params, &mut rng(s)).token)
+            .collect();
         let c: Vec<u32> = (100..130)
             .map(|s| sample(&logits, &params, &mut rng(s)).token)
             .collect();
@@ -398,11 +416,21 @@ mod tests {
             temperature: f32::NAN,
             ..SamplingParams::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("`temperature`"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`temperature`")
+        );
         let bad = SamplingParams {
             max_new_tokens: 0,
             ..SamplingParams::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("`max_new_tokens`"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`max_new_tokens`")
+        );
     }
 }

@@ -121,7 +121,10 @@ pub fn score(
 
     // The hidden state that predicts token t sits at position t - 1.
     let n = positions.len();
-    let source: Vec<i64> = positions.iter().map(|&(b, t)| (b * seq + t - 1) as i64).collect();
+    let source: Vec<i64> = positions
+        .iter()
+        .map(|&(b, t)| (b * seq + t - 1) as i64)
+        .collect();
     let targets: Vec<i64> = positions
         .iter()
         .map(|&(b, t)| batch.sequences[b][t] as i64)

@@ -172,7 +172,8 @@ pub fn byte_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut next = 256u32;
     for (b, slot) in map.iter_mut().enumerate() {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         *slot = if printable {
             char::from_u32(b as u32).unwrap_or('\0')
         } else {
@@ -222,7 +223,13 @@ mod tests {
     fn byte_level_round_trips_any_text() {
         let tok = Tokenizer::byte_level();
         assert_eq!(tok.vocab_size(), 259);
-        for text in ["hello world", "  two  spaces\n\ttab", "naïve café 猫 🙂", "12+30=42", ""] {
+        for text in [
+            "hello world",
+            "  two  spaces\n\ttab",
+            "naïve café 猫 🙂",
+            "12+30=42",
+            "",
+        ] {
             let ids = tok.encode(text, false).unwrap();
             assert_eq!(ids.len(), text.len(), "one id per byte for {text:?}");
             assert!(ids.iter().all(|&i| i < 256));
@@ -249,7 +256,10 @@ mod tests {
         tok.save(&path).unwrap();
         let back = Tokenizer::from_file(&path).unwrap();
         let text = "round trip ✓ <|im_end|>";
-        assert_eq!(back.encode(text, false).unwrap(), tok.encode(text, false).unwrap());
+        assert_eq!(
+            back.encode(text, false).unwrap(),
+            tok.encode(text, false).unwrap()
+        );
     }
 
     #[test]
@@ -268,6 +278,10 @@ mod tests {
     #[test]
     fn unknown_ids_are_skipped_when_decoding() {
         let tok = Tokenizer::byte_level();
-        assert_eq!(tok.decode(&[b'o' as u32, 9999, b'k' as u32], false).unwrap(), "ok");
+        assert_eq!(
+            tok.decode(&[b'o' as u32, 9999, b'k' as u32], false)
+                .unwrap(),
+            "ok"
+        );
     }
 }

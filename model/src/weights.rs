@@ -62,7 +62,10 @@ struct Source<'a> {
 impl Source<'_> {
     fn take(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor<2>> {
         let t = self.take_raw(name, shape)?;
-        Ok(Tensor::from_data(TensorData::new(t.data, [shape[0], shape[1]]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, [shape[0], shape[1]]),
+            device,
+        ))
     }
 
     fn take_1d(&mut self, name: &str, len: usize, device: &Device) -> Result<Tensor<1>> {
@@ -78,13 +81,19 @@ impl Source<'_> {
         if t.shape != shape {
             return Err(Error::weights(
                 self.path,
-                format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape),
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.shape
+                ),
             ));
         }
         if t.data.len() != shape.iter().product::<usize>() {
             return Err(Error::weights(
                 self.path,
-                format!("tensor `{name}` has {} values for shape {shape:?}", t.data.len()),
+                format!(
+                    "tensor `{name}` has {} values for shape {shape:?}",
+                    t.data.len()
+                ),
             ));
         }
         Ok(t)
@@ -140,10 +149,34 @@ impl Llama {
                     config.rms_norm_eps,
                 ),
                 self_attn: Attention {
-                    q_proj: src.linear(&format!("{p}.self_attn.q_proj"), heads * hd, h, bias, device)?,
-                    k_proj: src.linear(&format!("{p}.self_attn.k_proj"), kv_heads * hd, h, bias, device)?,
-                    v_proj: src.linear(&format!("{p}.self_attn.v_proj"), kv_heads * hd, h, bias, device)?,
-                    o_proj: src.linear(&format!("{p}.self_attn.o_proj"), h, heads * hd, false, device)?,
+                    q_proj: src.linear(
+                        &format!("{p}.self_attn.q_proj"),
+                        heads * hd,
+                        h,
+                        bias,
+                        device,
+                    )?,
+                    k_proj: src.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        kv_heads * hd,
+                        h,
+                        bias,
+                        device,
+                    )?,
+                    v_proj: src.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        kv_heads * hd,
+                        h,
+                        bias,
+                        device,
+                    )?,
+                    o_proj: src.linear(
+                        &format!("{p}.self_attn.o_proj"),
+                        h,
+                        heads * hd,
+                        false,
+                        device,
+                    )?,
                     num_heads: heads,
                     num_kv_heads: kv_heads,
                     head_dim: hd,
@@ -153,13 +186,28 @@ impl Llama {
                     config.rms_norm_eps,
                 ),
                 mlp: Mlp {
-                    gate_proj: src.linear(&format!("{p}.mlp.gate_proj"), inter, h, false, device)?,
+                    gate_proj: src.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        inter,
+                        h,
+                        false,
+                        device,
+                    )?,
                     up_proj: src.linear(&format!("{p}.mlp.up_proj"), inter, h, false, device)?,
-                    down_proj: src.linear(&format!("{p}.mlp.down_proj"), h, inter, false, device)?,
+                    down_proj: src.linear(
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        inter,
+                        false,
+                        device,
+                    )?,
                 },
             });
         }
-        let norm = RmsNorm::new(src.take_1d("model.norm.weight", h, device)?, config.rms_norm_eps);
+        let norm = RmsNorm::new(
+            src.take_1d("model.norm.weight", h, device)?,
+            config.rms_norm_eps,
+        );
         let lm_head = if config.tie_word_embeddings {
             src.tensors.take("lm_head.weight")?;
             None
@@ -203,10 +251,17 @@ impl Llama {
         fn host<const D: usize>(t: Tensor<D>) -> HostTensor {
             let shape = t.dims().to_vec();
             // Model weights are f32 tensors, which always convert.
-            let data = t.into_data().convert::<f32>().try_into_vec().expect("f32 weights");
+            let data = t
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .expect("f32 weights");
             HostTensor::new(shape, data)
         }
-        let mut out = vec![("model.embed_tokens.weight".to_string(), host(self.embed_tokens.val()))];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            host(self.embed_tokens.val()),
+        )];
         let linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
             out.push((format!("{name}.weight"), host(l.weight.val())));
             if let Some(b) = &l.bias {
@@ -215,7 +270,10 @@ impl Llama {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), host(layer.input_layernorm.weight.val())));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                host(layer.input_layernorm.weight.val()),
+            ));
             let a = &layer.self_attn;
             linear(&mut out, format!("{p}.self_attn.q_proj"), &a.q_proj);
             linear(&mut out, format!("{p}.self_attn.k_proj"), &a.k_proj);
@@ -229,7 +287,10 @@ impl Llama {
             linear(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
             linear(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
         }
-        out.push(("model.norm.weight".to_string(), host(self.norm.weight.val())));
+        out.push((
+            "model.norm.weight".to_string(),
+            host(self.norm.weight.val()),
+        ));
         if let Some(head) = &self.lm_head {
             linear(&mut out, "lm_head".to_string(), head);
         }
@@ -253,7 +314,11 @@ impl Llama {
     ///
     /// # Errors
     /// [`Error::Io`], or [`Error::Weights`] naming the file and the tensor at fault.
-    pub fn load_safetensors(config: &LlamaConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    pub fn load_safetensors(
+        config: &LlamaConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let mut tensors = read_safetensors(path)?;
         Self::from_named(config, &mut tensors, path, device)
@@ -302,8 +367,15 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
         .map_err(|e| Error::weights(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let data = to_f32(view.dtype(), view.data())
-            .ok_or_else(|| Error::weights(path, format!("tensor `{name}` has unsupported dtype {:?} (expected F32, F16 or BF16)", view.dtype())))?;
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            Error::weights(
+                path,
+                format!(
+                    "tensor `{name}` has unsupported dtype {:?} (expected F32, F16 or BF16)",
+                    view.dtype()
+                ),
+            )
+        })?;
         out.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     Ok(out)

@@ -13,7 +13,11 @@ fn tokens(rows: &[Vec<u32>]) -> Tensor<2, Int> {
 }
 
 fn full_logits(model: &Llama, rows: &[Vec<u32>]) -> Vec<f32> {
-    model.forward(tokens(rows)).into_data().try_to_vec::<f32>().unwrap()
+    model
+        .forward(tokens(rows))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -27,14 +31,29 @@ fn kv_cache_decoding_matches_full_forward() {
     let mut cache = model.new_cache(vec![0]);
     let mut got = Vec::new();
     let h = model.forward_hidden(tokens(&[seq[..7].to_vec()]), &[], Some(&mut cache));
-    got.extend(model.logits(h.reshape([7, 64])).into_data().try_to_vec::<f32>().unwrap());
-    for t in 7..seq.len() {
-        let h = model.forward_hidden(tokens(&[vec![seq[t]]]), &[], Some(&mut cache));
-        got.extend(model.logits(h.reshape([1, 64])).into_data().try_to_vec::<f32>().unwrap());
+    got.extend(
+        model
+            .logits(h.reshape([7, 64]))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    for &token in &seq[7..] {
+        let h = model.forward_hidden(tokens(&[vec![token]]), &[], Some(&mut cache));
+        got.extend(
+            model
+                .logits(h.reshape([1, 64]))
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+        );
     }
     assert_eq!(got.len(), seq.len() * vocab);
     let diff = max_abs_diff(&got, &full);
-    assert!(diff < 1e-4, "KV-cache logits differ from the full forward by {diff}");
+    assert!(
+        diff < 1e-4,
+        "KV-cache logits differ from the full forward by {diff}"
+    );
     // The cache grew past one 64-column chunk boundary? (40 tokens: one chunk.)
     assert_eq!(cache.len(), 40);
 }
@@ -47,15 +66,23 @@ fn kv_cache_across_chunk_growth_matches_full_forward() {
     let vocab = model.config().vocab_size;
     let mut cache = model.new_cache(vec![0]);
     let h = model.forward_hidden(tokens(&[seq[..100].to_vec()]), &[], Some(&mut cache));
-    let first = model.logits(h.reshape([100, 64])).into_data().try_to_vec::<f32>().unwrap();
+    let first = model
+        .logits(h.reshape([100, 64]))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert!(max_abs_diff(&first, &full[..100 * vocab]) < 1e-4);
     for t in 100..150 {
         let h = model.forward_hidden(tokens(&[vec![seq[t]]]), &[], Some(&mut cache));
-        let got = model.logits(h.reshape([1, 64])).into_data().try_to_vec::<f32>().unwrap();
+        let got = model
+            .logits(h.reshape([1, 64]))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let diff = max_abs_diff(&got, &full[t * vocab..(t + 1) * vocab]);
         assert!(diff < 1e-4, "position {t}: {diff}");
     }
-    assert!(cache.capacity() >= 150 && cache.capacity() % 64 == 0);
+    assert!(cache.capacity() >= 150 && cache.capacity().is_multiple_of(64));
 }
 
 #[test]
@@ -68,7 +95,11 @@ fn changing_a_later_token_never_changes_earlier_logits() {
     b[19] = 5;
     let la = full_logits(&model, &[a]);
     let lb = full_logits(&model, &[b]);
-    assert_eq!(la[..12 * vocab], lb[..12 * vocab], "positions before 12 must be bit-identical");
+    assert_eq!(
+        la[..12 * vocab],
+        lb[..12 * vocab],
+        "positions before 12 must be bit-identical"
+    );
     assert!(max_abs_diff(&la[12 * vocab..13 * vocab], &lb[12 * vocab..13 * vocab]) > 1e-3);
 }
 

@@ -71,7 +71,12 @@ fn sampled_rows_do_not_depend_on_the_rest_of_the_batch() {
         .map(|(i, p)| request(p, params(900 + i as u64)))
         .collect();
     let other = generate(&model, None, &other, &options).unwrap();
-    assert!(other.iter().zip(&batched).any(|(a, b)| a.tokens != b.tokens));
+    assert!(
+        other
+            .iter()
+            .zip(&batched)
+            .any(|(a, b)| a.tokens != b.tokens)
+    );
 }
 
 #[test]
@@ -104,11 +109,27 @@ fn shared_prefill_gives_the_same_tokens_as_separate_prefills() {
             assert!((x - y).abs() < 1e-4);
         }
     }
-    assert!(shared.iter().any(|g| g.tokens != shared[0].tokens), "different seeds differ");
+    assert!(
+        shared.iter().any(|g| g.tokens != shared[0].tokens),
+        "different seeds differ"
+    );
 
     let mut batch = DecodeBatch::new(&model, None, shared_options);
-    batch.add(group.iter().cloned().enumerate().map(|(i, r)| (i as u64, r)).collect()).unwrap();
-    assert_eq!(batch.stats().prefill_tokens, 40, "the prompt is prefilled once");
+    batch
+        .add(
+            group
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, r)| (i as u64, r))
+                .collect(),
+        )
+        .unwrap();
+    assert_eq!(
+        batch.stats().prefill_tokens,
+        40,
+        "the prompt is prefilled once"
+    );
     assert_eq!(batch.stats().prompt_tokens, 8 * 40);
     assert_eq!(batch.cache().rows(), 8);
 }
@@ -162,8 +183,13 @@ fn rows_stop_on_eos_max_tokens_and_stop_strings() {
             stop: vec![stop.clone()],
             ..SamplingParams::greedy(12)
         };
-        let out = generate(&model, Some(&tok), &[request(vec![72, 105], params)], &GenerateOptions::default())
-            .unwrap();
+        let out = generate(
+            &model,
+            Some(&tok),
+            &[request(vec![72, 105], params)],
+            &GenerateOptions::default(),
+        )
+        .unwrap();
         assert_eq!(out[0].finish_reason, FinishReason::Stop);
         let cut = out[0].text.clone().unwrap();
         assert!(!cut.contains(&stop), "text {cut:?} still contains {stop:?}");
@@ -185,7 +211,9 @@ fn continuous_batching_admits_rows_between_steps() {
     batch.add(vec![(0, reqs[0].clone())]).unwrap();
     batch.step();
     batch.step();
-    batch.add(vec![(1, reqs[1].clone()), (2, reqs[2].clone())]).unwrap();
+    batch
+        .add(vec![(1, reqs[1].clone()), (2, reqs[2].clone())])
+        .unwrap();
     batch.step();
     batch.add(vec![(3, reqs[3].clone())]).unwrap();
     let mut got = vec![None; 4];
@@ -207,17 +235,32 @@ fn continuous_batching_admits_rows_between_steps() {
 fn bad_requests_are_errors_not_panics() {
     let model = tiny_model(&device(), 16);
     let options = GenerateOptions::default();
-    let err = generate(&model, None, &[request(vec![], SamplingParams::default())], &options)
-        .unwrap_err()
-        .to_string();
+    let err = generate(
+        &model,
+        None,
+        &[request(vec![], SamplingParams::default())],
+        &options,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("empty prompt"), "{err}");
-    let err = generate(&model, None, &[request(vec![1, 999], SamplingParams::default())], &options)
-        .unwrap_err()
-        .to_string();
+    let err = generate(
+        &model,
+        None,
+        &[request(vec![1, 999], SamplingParams::default())],
+        &options,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("999") && err.contains("vocab"), "{err}");
-    let err = generate(&model, None, &[request(vec![1; 256], SamplingParams::default())], &options)
-        .unwrap_err()
-        .to_string();
+    let err = generate(
+        &model,
+        None,
+        &[request(vec![1; 256], SamplingParams::default())],
+        &options,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("max_position_embeddings"), "{err}");
     let params = SamplingParams {
         stop: vec!["x".into()],

@@ -41,12 +41,20 @@ fn sample_and_score(temperature: f32) {
     }
     let scores = score(&model, &batch, temperature, true).unwrap();
     let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
-    let entropy = scores.entropy.unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let entropy = scores
+        .entropy
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     let sampled: Vec<f32> = gens.iter().flat_map(|g| g.logprobs.clone()).collect();
     let sampled_entropy: Vec<f32> = gens.iter().flat_map(|g| g.entropies.clone()).collect();
     assert_eq!(scored.len(), sampled.len());
     let gap = common::max_abs_diff(&scored, &sampled);
-    assert!(gap < 1e-4, "T={temperature}: sampler/learner log-prob gap {gap}");
+    assert!(
+        gap < 1e-4,
+        "T={temperature}: sampler/learner log-prob gap {gap}"
+    );
     let gap = common::max_abs_diff(&entropy, &sampled_entropy);
     assert!(gap < 1e-4, "T={temperature}: entropy gap {gap}");
 }
@@ -106,7 +114,11 @@ fn gradients_reach_every_parameter() {
     // value head weight and bias.
     let expected = 2 + 2 * (2 + 6 + 1 + 3) + 1 + 2;
     assert_eq!(visitor.norms.len(), expected);
-    assert!(visitor.norms.iter().all(|n| n.is_finite() && *n > 0.0), "{:?}", visitor.norms);
+    assert!(
+        visitor.norms.iter().all(|n| n.is_finite() && *n > 0.0),
+        "{:?}",
+        visitor.norms
+    );
 }
 
 #[test]
@@ -116,15 +128,30 @@ fn invalid_score_input_is_an_error() {
         sequences: vec![vec![1, 2]],
         loss_masks: vec![vec![true, true]],
     };
-    assert!(score(&model, &bad, 1.0, false).unwrap_err().to_string().contains("first token"));
+    assert!(
+        score(&model, &bad, 1.0, false)
+            .unwrap_err()
+            .to_string()
+            .contains("first token")
+    );
     let bad = ScoreBatch {
         sequences: vec![vec![1, 2]],
         loss_masks: vec![vec![false]],
     };
-    assert!(score(&model, &bad, 1.0, false).unwrap_err().to_string().contains("loss-mask"));
+    assert!(
+        score(&model, &bad, 1.0, false)
+            .unwrap_err()
+            .to_string()
+            .contains("loss-mask")
+    );
     let ok = ScoreBatch {
         sequences: vec![vec![1, 2]],
         loss_masks: vec![vec![false, true]],
     };
-    assert!(score(&model, &ok, 0.0, false).unwrap_err().to_string().contains("temperature"));
+    assert!(
+        score(&model, &ok, 0.0, false)
+            .unwrap_err()
+            .to_string()
+            .contains("temperature")
+    );
 }

@@ -26,17 +26,26 @@ fn malformed_weights_name_the_file_and_tensor() {
     let err = Llama::load_safetensors(&tiny_config(), &path, &device())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("model.safetensors") && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
 
     let mut named = tiny_model(&device(), 1).to_named();
     // Wrong shape.
-    let i = named.iter().position(|(n, _)| n == "model.norm.weight").unwrap();
+    let i = named
+        .iter()
+        .position(|(n, _)| n == "model.norm.weight")
+        .unwrap();
     named[i].1 = HostTensor::new(vec![3], vec![1.0; 3]);
     write_safetensors(&path, &named, None).unwrap();
     let err = Llama::load_safetensors(&tiny_config(), &path, &device())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`model.norm.weight`") && err.contains("[3]"), "{err}");
+    assert!(
+        err.contains("`model.norm.weight`") && err.contains("[3]"),
+        "{err}"
+    );
     // Missing tensor.
     named.remove(i);
     write_safetensors(&path, &named, None).unwrap();
@@ -45,17 +54,30 @@ fn malformed_weights_name_the_file_and_tensor() {
         .to_string();
     assert!(err.contains("missing tensor `model.norm.weight`"), "{err}");
     // Unexpected tensor.
-    named.push(("model.norm.weight".into(), HostTensor::new(vec![64], vec![1.0; 64])));
-    named.push(("model.extra.weight".into(), HostTensor::new(vec![1], vec![1.0])));
+    named.push((
+        "model.norm.weight".into(),
+        HostTensor::new(vec![64], vec![1.0; 64]),
+    ));
+    named.push((
+        "model.extra.weight".into(),
+        HostTensor::new(vec![1], vec![1.0]),
+    ));
     write_safetensors(&path, &named, None).unwrap();
     let err = Llama::load_safetensors(&tiny_config(), &path, &device())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unexpected tensor `model.extra.weight`"), "{err}");
+    assert!(
+        err.contains("unexpected tensor `model.extra.weight`"),
+        "{err}"
+    );
     // Missing file.
-    let err = Llama::load_safetensors(&tiny_config(), dir.path().join("none.safetensors"), &device())
-        .unwrap_err()
-        .to_string();
+    let err = Llama::load_safetensors(
+        &tiny_config(),
+        dir.path().join("none.safetensors"),
+        &device(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("none.safetensors"), "{err}");
 }
 
@@ -67,6 +89,9 @@ fn truncated_weights_file_is_an_error() {
     let bytes = std::fs::read(&path).unwrap();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        assert!(Llama::load_safetensors(&tiny_config(), &path, &device()).is_err(), "cut at {cut}");
+        assert!(
+            Llama::load_safetensors(&tiny_config(), &path, &device()).is_err(),
+            "cut at {cut}"
+        );
     }
 }

@@ -51,9 +51,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "model loaded"
     );
     let prompt = if args.chat {
-        policy
-            .template
-            .render_ids(&policy.tokenizer, &[Message::user(args.prompt.as_str())], true)?
+        policy.template.render_ids(
+            &policy.tokenizer,
+            &[Message::user(args.prompt.as_str())],
+            true,
+        )?
     } else {
         policy.tokenizer.encode(&args.prompt, false)?
     };

@@ -308,10 +308,21 @@ mod tests {
         }
         tracker.finish(RunStatus::Finished).unwrap();
         let store = LocalStore::new(root.path());
-        let listing = list(&store, None).unwrap();
+        let listing = list(&store, None, "reward").unwrap();
+        let row = listing.lines().nth(1).unwrap();
         assert!(
-            listing.contains("math-1") && listing.contains("FINISHED") && listing.contains("grpo"),
+            row.contains("math-1") && row.contains("FINISHED") && row.contains("grpo"),
             "{listing}"
+        );
+        let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words(row).contains("0.9 @9 0.9 @9 -"),
+            "last and best reward: {listing}"
+        );
+        let by_loss = list(&store, None, "loss").unwrap();
+        assert!(
+            words(by_loss.lines().nth(1).unwrap()).contains("1 @9 1 @9 -"),
+            "{by_loss}"
         );
         assert_eq!(
             list(&store, Some("other"), "reward").unwrap(),
