@@ -16,6 +16,10 @@ struct Cli {
 enum Command {
     /// List the registered environments, or play one episode in the terminal.
     Envs(commands::envs::Args),
+    /// Measure generation and training throughput on this machine (JSON lines).
+    Bench(commands::bench::Args),
+    /// Export a model (a checkpoint, GGUF file or directory) as a Hugging Face directory.
+    Export(commands::export::Args),
     /// Generate text with a model (the built-in tiny model or a checkpoint) and print tokens/s.
     Generate(commands::generate::Args),
     /// List, show and sync runs of the local run store (`runs/<experiment>/<run-id>/`).
@@ -35,6 +39,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Envs(args) => commands::envs::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Runs(args) => commands::runs::run(args),
         Command::Report(args) => commands::report::run(args),

@@ -1,6 +1,7 @@
 //! Batched, ragged, seeded generation with a KV cache, behaviour log-probs and shared prefill.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use kaizen_core::FinishReason;
@@ -107,9 +108,9 @@ impl Row {
 /// [`DecodeBatch::take_finished`] hands out completed rows. Requests can be added between steps,
 /// so a caller can keep the batch full while rows finish at different times. Finished rows are
 /// dropped from the cache once they are a quarter of the batch.
-pub struct DecodeBatch<'a> {
-    model: &'a Llama,
-    tokenizer: Option<&'a Tokenizer>,
+pub struct DecodeBatch {
+    model: Llama,
+    tokenizer: Option<Arc<Tokenizer>>,
     options: GenerateOptions,
     cache: KvCache,
     rows: Vec<Row>,
@@ -117,13 +118,10 @@ pub struct DecodeBatch<'a> {
     stats: GenerationStats,
 }
 
-impl<'a> DecodeBatch<'a> {
-    /// An empty batch. Pass a tokenizer to get text and to honour stop strings.
-    pub fn new(
-        model: &'a Llama,
-        tokenizer: Option<&'a Tokenizer>,
-        options: GenerateOptions,
-    ) -> Self {
+impl DecodeBatch {
+    /// An empty batch decoding with `model` (a cheap handle: burn modules share their
+    /// tensors when cloned). Pass a tokenizer to get text and to honour stop strings.
+    pub fn new(model: Llama, tokenizer: Option<Arc<Tokenizer>>, options: GenerateOptions) -> Self {
         Self {
             cache: model.new_cache(Vec::new()),
             model,
@@ -138,6 +136,11 @@ impl<'a> DecodeBatch<'a> {
     /// Rows still generating.
     pub fn active(&self) -> usize {
         self.rows.iter().filter(|r| !r.finished()).count()
+    }
+
+    /// The weights this batch decodes with.
+    pub fn model(&self) -> &Llama {
+        &self.model
     }
 
     /// Work counters so far.
@@ -291,7 +294,7 @@ impl<'a> DecodeBatch<'a> {
                 row,
                 logits,
                 &self.options,
-                self.tokenizer,
+                self.tokenizer.as_deref(),
                 self.model.config().max_position_embeddings,
                 &mut self.stats,
             );
@@ -345,7 +348,7 @@ impl<'a> DecodeBatch<'a> {
             row,
             logits,
             &self.options,
-            self.tokenizer,
+            self.tokenizer.as_deref(),
             self.model.config().max_position_embeddings,
             &mut self.stats,
         );
@@ -386,7 +389,7 @@ impl<'a> DecodeBatch<'a> {
                 continue;
             };
             row.collected = true;
-            let text = self.tokenizer.map(|tok| {
+            let text = self.tokenizer.as_deref().map(|tok| {
                 let text = tok.decode(&row.tokens, true).unwrap_or_default();
                 cut_at_stop(text, &row.params.stop)
             });
@@ -450,7 +453,8 @@ pub fn generate(
     requests: &[GenerationRequest],
     options: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
-    let mut batch = DecodeBatch::new(model, tokenizer, options.clone());
+    let tokenizer = tokenizer.map(|t| Arc::new(t.clone()));
+    let mut batch = DecodeBatch::new(model.clone(), tokenizer, options.clone());
     batch.add(
         requests
             .iter()

@@ -19,6 +19,7 @@ mod generate;
 mod gguf;
 mod gguf_llama;
 mod gguf_tokenizer;
+mod hf;
 mod kv_cache;
 mod linear;
 mod llama;
@@ -42,6 +43,7 @@ pub use generate::{
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
 pub use gguf_llama::{gguf_chat_template, gguf_config, load_gguf_model, unpermute_rows};
 pub use gguf_tokenizer::gguf_tokenizer;
+pub use hf::{hf_config, read_hf_weights};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use llama::{DecoderLayer, Llama};

@@ -91,34 +91,4 @@ impl Policy {
             "model `{spec}`: expected `tiny`, `smollm2`, a .gguf file or a Hugging Face model directory (config.json, model.safetensors, tokenizer.json)"
         )))
     }
-
-    /// Loads a directory written by [`Policy::save_dir`].
-    ///
-    /// # Errors
-    /// Loader errors naming the file at fault.
-    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let config = LlamaConfig::from_file(dir.join("config.json"))?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-        let model = Llama::load_safetensors(&config, dir.join("model.safetensors"), device)?;
-        Ok(Self {
-            model,
-            tokenizer,
-            template: ChatTemplate::chatml(),
-            name: dir.display().to_string(),
-        })
-    }
-
-    /// Writes `config.json`, `model.safetensors` and `tokenizer.json` into `dir` (created if
-    /// needed).
-    ///
-    /// # Errors
-    /// [`Error::Io`] naming the file.
-    pub fn save_dir(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let config = dir.join("config.json");
-        std::fs::write(&config, self.model.config().to_json_string())
-            .map_err(|e| Error::io(&config, e))?;
-        self.tokenizer.save(dir.join("tokenizer.json"))?;
-        self.model.save_safetensors(dir.join("model.safetensors"))
-    }
 }

@@ -114,7 +114,7 @@ fn shared_prefill_gives_the_same_tokens_as_separate_prefills() {
         "different seeds differ"
     );
 
-    let mut batch = DecodeBatch::new(&model, None, shared_options);
+    let mut batch = DecodeBatch::new(model.clone(), None, shared_options);
     batch
         .add(
             group
@@ -207,7 +207,7 @@ fn continuous_batching_admits_rows_between_steps() {
         .map(|p| request(p, SamplingParams::greedy(8)))
         .collect();
     let expected = generate(&model, None, &reqs, &options).unwrap();
-    let mut batch = DecodeBatch::new(&model, None, options);
+    let mut batch = DecodeBatch::new(model.clone(), None, options);
     batch.add(vec![(0, reqs[0].clone())]).unwrap();
     batch.step();
     batch.step();

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod envs;
+pub mod export;
 pub mod generate;
 pub mod report;
 pub mod runs;

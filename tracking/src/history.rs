@@ -45,11 +45,7 @@ impl Goal {
             "ppl",
             "time",
         ];
-        let words: Vec<String> = key
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words = crate::metric::name_words(key);
         let per_second = words.windows(2).any(|w| w[0] == "per" && w[1] == "s");
         let time_unit = matches!(words.last().map(String::as_str), Some("s" | "ms")) && !per_second;
         if time_unit || words.iter().any(|w| LOWER_IS_BETTER.contains(&w.as_str())) {

@@ -11,7 +11,7 @@
 //!   step, timestamp in ms), [`Tracker::log_artifact`], [`Tracker::set_tags`], and
 //!   [`Tracker::finish`] with a [`RunStatus`] (`FINISHED`, `FAILED`, `KILLED` on Ctrl-C).
 //! - Every tracker owns a bounded queue and one background thread. A logging call only enqueues
-//!   (tens of nanoseconds, see `BENCHMARKS.md`): no runtime is needed, so the learner's plain
+//!   (100–250 ns, see `BENCHMARKS.md`): no runtime is needed, so the learner's plain
 //!   thread and tokio actors call the same methods, and neither a slow disk nor a dead server
 //!   stalls training.
 //! - [`LocalTracker`] writes the local run store, `runs/<experiment>/<run-id>/` ([`store`] has

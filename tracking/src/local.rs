@@ -1,6 +1,5 @@
 //! `LocalTracker`: writes a run into the local run store.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,9 +8,9 @@ use std::time::Duration;
 
 use crate::mlflow::spool::write_json_atomically;
 use crate::params::redact_tags;
-use crate::queue::{Command, DEFAULT_QUEUE_CAPACITY, Drained, POLL_INTERVAL, Queue, drain};
+use crate::queue::{Command, DEFAULT_QUEUE_CAPACITY, Drained, POLL_INTERVAL, Queue, Queued, drain};
 use crate::store::{ARTIFACTS_DIR, METRICS_FILE, PARAMS_FILE, RUN_FILE, read_json};
-use crate::{Error, Metric, Params, RunId, RunRecord, RunSpec, RunStatus, Tracker};
+use crate::{Error, Params, RunId, RunRecord, RunSpec, RunStatus};
 
 /// How long `finish` waits for the local writer (it only writes files).
 const FINISH_WAIT: Duration = Duration::from_secs(120);
@@ -147,36 +146,16 @@ impl LocalTracker {
     }
 }
 
-impl Tracker for LocalTracker {
-    fn log_params(&self, params: &Params) {
-        self.queue.send(Command::Params(Arc::new(params.clone())));
+impl Queued for LocalTracker {
+    fn queue(&self) -> &Queue {
+        &self.queue
     }
 
-    fn log_metrics(&self, metrics: &[Metric]) {
-        self.queue.send(Command::Metrics(metrics.into()));
+    fn finish_wait(&self) -> Duration {
+        FINISH_WAIT
     }
 
-    fn log_metrics_shared(&self, metrics: Arc<[Metric]>) {
-        self.queue.send(Command::Metrics(metrics));
-    }
-
-    fn set_tags(&self, tags: &BTreeMap<String, String>) {
-        self.queue.send(Command::Tags(Arc::new(tags.clone())));
-    }
-
-    fn log_artifact(&self, path: &Path, artifact_dir: Option<&str>) {
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        self.queue.send(Command::Artifact {
-            path: Arc::new(path),
-            dir: artifact_dir.map(Arc::from),
-        });
-    }
-
-    fn finish(&self, status: RunStatus) -> Result<(), Error> {
-        self.queue.finish(status, FINISH_WAIT)
-    }
-
-    fn last_error(&self) -> Option<String> {
+    fn background_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 }
@@ -288,8 +267,10 @@ impl Writer {
     }
 
     fn check(&mut self, result: std::io::Result<()>, action: &'static str, file: &str) {
-        let result = result.map_err(Error::io(action, self.dir.join(file)));
-        self.record_error(result);
+        // The path is built only on error: this runs for every metric written.
+        if let Err(e) = result {
+            self.record_error(Err(Error::io(action, self.dir.join(file))(e)));
+        }
     }
 
     fn record_error(&mut self, result: Result<(), Error>) {
@@ -330,8 +311,11 @@ fn copy_recursively(source: &Path, dest: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::store::StoredRun;
+    use crate::{Metric, Tracker};
 
     #[test]
     fn run_store_round_trips_params_metrics_tags_artifacts_and_status() {

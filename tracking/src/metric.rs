@@ -71,11 +71,9 @@ impl Metric {
                  ' ', ':' and '/'"
             ));
         }
-        let segments: Vec<&str> = key.split('/').collect();
-        let bad_path = key.starts_with('/')
-            || segments
-                .iter()
-                .any(|s| s.is_empty() || *s == "." || *s == "..");
+        let bad_path = key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
         if bad_path {
             return Some(
                 "names are used as paths and must not contain empty, '.' or '..' segments".into(),
@@ -83,6 +81,15 @@ impl Metric {
         }
         None
     }
+}
+
+/// The words of a metric or param name, lower-cased: `train/Approx_KL` → `train`, `approx`,
+/// `kl`. Naming conventions (units, goals, secrets) are read from these.
+pub(crate) fn name_words(name: &str) -> Vec<String> {
+    name.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0.

@@ -170,11 +170,7 @@ pub fn is_secret_key(key: &str) -> bool {
         "auth",
     ];
     const KEY_QUALIFIERS: &[&str] = &["api", "access", "private", "secret", "signing"];
-    let words: Vec<String> = key
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
+    let words = crate::metric::name_words(key);
     words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
         || words
             .windows(2)

@@ -1,13 +1,13 @@
 //! The bounded queue between a tracker's callers and its background thread.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::{Error, Metric, Params, RunStatus};
+use crate::{Error, Metric, Params, RunStatus, Tracker};
 
 /// What callers hand to a tracker's background thread. Payloads sit behind `Arc` so that
 /// [`crate::Trackers`] shares one copy between all its trackers.
@@ -37,6 +37,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 /// call costing more than the rest of the call); the price is up to this much latency before
 /// logged data reaches the disk or the server.
 pub(crate) const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a logging call sleeps before trying a full queue again.
+const FULL_QUEUE_PAUSE: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Why [`drain`] stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,8 +111,13 @@ impl Queue {
     }
 
     /// Enqueues without waiting unless the queue is full; after `finish`, warns once and drops.
+    ///
+    /// When the queue is full, the call waits for room by sleeping in short steps rather than
+    /// blocking on the channel: a blocked sender would be woken (a system call) for every single
+    /// command the background thread takes, and the two threads would take turns command by
+    /// command; sleeping lets the background thread drain in bulk.
     pub(crate) fn send(&self, command: Command) {
-        let command = match self.tx.try_send(command) {
+        let mut command = match self.tx.try_send(command) {
             Ok(()) => return,
             Err(flume::TrySendError::Full(command)) => command,
             Err(flume::TrySendError::Disconnected(_)) => return self.warn_closed(),
@@ -121,8 +129,13 @@ impl Queue {
                 "tracker queue full: logging calls wait for the background thread (is the disk stalled?)"
             );
         }
-        if self.tx.send(command).is_err() {
-            self.warn_closed();
+        loop {
+            std::thread::sleep(FULL_QUEUE_PAUSE);
+            match self.tx.try_send(command) {
+                Ok(()) => return,
+                Err(flume::TrySendError::Full(back)) => command = back,
+                Err(flume::TrySendError::Disconnected(_)) => return self.warn_closed(),
+            }
         }
     }
 
@@ -187,5 +200,50 @@ impl Drop for Queue {
             let _ = self.tx.send(Command::Close);
             self.join();
         }
+    }
+}
+
+/// A tracker whose work all happens on a [`Queue`]'s background thread ([`crate::LocalTracker`],
+/// [`crate::MlflowTracker`]): it gets [`Tracker`] from the blanket impl below.
+pub(crate) trait Queued: Send + Sync {
+    /// The queue to the background thread.
+    fn queue(&self) -> &Queue;
+    /// How long `finish` waits for the background thread.
+    fn finish_wait(&self) -> Duration;
+    /// The background thread's last problem.
+    fn background_error(&self) -> Option<String>;
+}
+
+impl<T: Queued> Tracker for T {
+    fn log_params(&self, params: &Params) {
+        self.queue().send(Command::Params(Arc::new(params.clone())));
+    }
+
+    fn log_metrics(&self, metrics: &[Metric]) {
+        self.queue().send(Command::Metrics(metrics.into()));
+    }
+
+    fn log_metrics_shared(&self, metrics: Arc<[Metric]>) {
+        self.queue().send(Command::Metrics(metrics));
+    }
+
+    fn set_tags(&self, tags: &BTreeMap<String, String>) {
+        self.queue().send(Command::Tags(Arc::new(tags.clone())));
+    }
+
+    fn log_artifact(&self, path: &Path, artifact_dir: Option<&str>) {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        self.queue().send(Command::Artifact {
+            path: Arc::new(path),
+            dir: artifact_dir.map(Arc::from),
+        });
+    }
+
+    fn finish(&self, status: RunStatus) -> Result<(), Error> {
+        self.queue().finish(status, self.finish_wait())
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.background_error()
     }
 }

@@ -105,17 +105,17 @@ pub struct RunId(String);
 impl RunId {
     /// A fresh id for a run starting at `start_ms` (milliseconds since the Unix epoch).
     pub fn generate(start_ms: i64) -> Self {
-        let t = utc(start_ms);
+        // "2026-11-30 12:34:56" -> "20261130-123456"
+        let time: String = format_utc(start_ms)
+            .chars()
+            .filter_map(|c| match c {
+                '-' | ':' => None,
+                ' ' => Some('-'),
+                digit => Some(digit),
+            })
+            .collect();
         let suffix = rand::random::<u32>() & 0x00ff_ffff;
-        Self(format!(
-            "{:04}{:02}{:02}-{:02}{:02}{:02}-{suffix:06x}",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ))
+        Self(format!("{time}-{suffix:06x}"))
     }
 
     /// Wraps an existing id (a directory name read back from the store).

@@ -290,3 +290,34 @@ fn local_run_syncs_once_and_later_syncs_add_only_what_is_new() {
     let artifacts = common::block_on(client.list_artifacts(&run_id, Some("config"))).unwrap();
     assert_eq!(artifacts[0].path, "config/config.toml");
 }
+
+#[test]
+fn entries_spooled_while_the_server_was_unreachable_are_delivered_at_the_next_start() {
+    let Some(uri) = common::mlflow_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = RunSpec::new(common::unique("next-start"), "next-start");
+    // First process: the server cannot be reached, and the process ends without `finish`.
+    let mut unreachable = common::config("http://127.0.0.1:9");
+    unreachable.drop_timeout = Duration::from_millis(100);
+    let first = MlflowTracker::start(&unreachable, &spec, dir.path()).unwrap();
+    for step in 0..500u64 {
+        first.log_metric("loss", step as f64, step);
+    }
+    drop(first);
+    // The job is resumed with the server reachable: the spool goes first, then the new points.
+    let second = MlflowTracker::start(&common::config(&uri), &spec, dir.path()).unwrap();
+    for step in 500..700u64 {
+        second.log_metric("loss", step as f64, step);
+    }
+    second.finish(RunStatus::Finished).unwrap();
+    let run_id = second.mlflow_run_id().unwrap();
+    let loss = history(&common::client(&uri), &run_id, "loss");
+    assert_eq!(loss.len(), 700);
+    assert!(
+        loss.iter()
+            .enumerate()
+            .all(|(i, p)| p.step == i as u64 && p.value == i as f64)
+    );
+}

@@ -2,10 +2,10 @@
 //! output, the spool, or saved params. The "server" here is a plain TCP listener that records
 //! each request and answers 401 with a message that echoes the credential back.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+mod common;
+
+use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use kaizen_tracking::{Params, RunSpec, RunStatus, Tracker, TrackingConfig};
 
@@ -41,48 +41,28 @@ impl Write for Sink {
     }
 }
 
-/// Starts the fake server; returns its URI and the request heads it receives.
+/// A server that answers 401 to everything, echoing the credentials it got back in its
+/// message, as a careless server might. Returns its URI and the request heads it received.
 fn refusing_server() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let uri = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&requests);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            // Echo the credentials back, as a careless server might.
-            let auth = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .starts_with("authorization:")
-                        .then(|| l[14..].trim().to_owned())
-                })
-                .unwrap_or_default();
-            let echoed = if auth.starts_with("Bearer") {
-                TOKEN
-            } else {
-                PASSWORD
-            };
-            seen.lock().unwrap().push(head);
-            let body = format!(
-                r#"{{"error_code":"UNAUTHENTICATED","message":"credentials {auth} ({echoed}) refused"}}"#
-            );
-            let response = format!(
-                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes());
-        }
-    });
-    (uri, requests)
+    common::fake_server(|head| {
+        let auth = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("authorization:")
+                    .then(|| l[14..].trim().to_owned())
+            })
+            .unwrap_or_default();
+        let echoed = if auth.starts_with("Bearer") {
+            TOKEN
+        } else {
+            PASSWORD
+        };
+        let body = format!(
+            r#"{{"error_code":"UNAUTHENTICATED","message":"credentials {auth} ({echoed}) refused"}}"#
+        );
+        ("401 Unauthorized", body)
+    })
 }
 
 /// base64("alice:pw-SECRET-4c3b2a"), the basic-auth header value.

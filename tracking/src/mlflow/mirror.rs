@@ -167,13 +167,18 @@ impl Mirror {
         let mut open = rx.is_some();
         loop {
             if let Some(rx) = rx.as_ref().filter(|_| open) {
+                // Stop taking commands after `Finish`: the run is over.
                 let (drained, took) = drain(rx, |command| {
+                    let finish = matches!(command, Command::Finish { .. });
                     self.apply(command, &mut closing);
-                    true
+                    !finish
                 });
                 if took {
                     let flushed = self.spool.flush();
                     self.note_io(flushed);
+                }
+                if closing.as_ref().is_some_and(|c| c.reply.is_some()) {
+                    open = false;
                 }
                 if drained == Drained::Disconnected {
                     open = false;

@@ -119,6 +119,34 @@ pub(crate) struct MirrorState {
     pub origin: Origin,
 }
 
+impl MirrorState {
+    /// The state of a mirror that has not reached the server yet (fresh random `mirror_id`).
+    pub(crate) fn new(
+        uri: String,
+        experiment: String,
+        run_name: String,
+        tags: BTreeMap<String, String>,
+        start_time: i64,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            uri,
+            experiment,
+            run_name,
+            tags,
+            start_time,
+            mirror_id: format!("{:016x}", rand::random::<u64>()),
+            experiment_id: None,
+            run_id: None,
+            artifact_uri: None,
+            acked: 0,
+            delivered: 0,
+            rejected: 0,
+            origin,
+        }
+    }
+}
+
 /// The spool of one mirrored run: the files above plus the not-yet-acknowledged entries in
 /// memory, oldest first.
 pub(crate) struct Spool {
@@ -219,7 +247,7 @@ impl Spool {
         }
         self.pending.push_back(entry);
         self.lines += 1;
-        written.map_err(Error::io("appending to", self.dir.join(SPOOL_FILE)))
+        written.map_err(|e| Error::io("appending to", self.dir.join(SPOOL_FILE))(e))
     }
 
     /// Appends an entry whose name MLflow accepts (see [`Metric::mlflow_key_problem`]); sets
@@ -409,21 +437,15 @@ mod tests {
     use super::*;
 
     fn state() -> MirrorState {
-        MirrorState {
-            uri: "http://127.0.0.1:5000".into(),
-            experiment: "exp".into(),
-            run_name: "r".into(),
-            tags: BTreeMap::new(),
-            start_time: 1,
-            mirror_id: "m".into(),
-            experiment_id: None,
-            run_id: None,
-            artifact_uri: None,
-            acked: 0,
-            delivered: 0,
-            rejected: 0,
-            origin: Origin::Live,
-        }
+        let uri = "http://127.0.0.1:5000".to_owned();
+        MirrorState::new(
+            uri,
+            "exp".into(),
+            "r".into(),
+            BTreeMap::new(),
+            1,
+            Origin::Live,
+        )
     }
 
     fn metric(step: u64) -> Entry {

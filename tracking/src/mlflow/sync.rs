@@ -43,26 +43,27 @@ pub struct SyncReport {
 pub fn sync_run(run_dir: &Path, config: &MlflowConfig) -> Result<SyncReport, Error> {
     let run = StoredRun::open(run_dir)?;
     let record = &run.record;
-    let mut spool = Spool::open(&run_dir.join(MLFLOW_DIR), || MirrorState {
-        uri: config.uri.to_string(),
-        experiment: record.experiment.clone(),
-        run_name: record.name.clone(),
-        tags: record.tags.clone(),
-        start_time: record.start_time,
-        mirror_id: format!("{:016x}", rand::random::<u64>()),
-        experiment_id: None,
-        run_id: None,
-        artifact_uri: None,
-        acked: 0,
-        delivered: 0,
-        rejected: 0,
-        origin: Origin::Import {
+    let mut spool = Spool::open(&run_dir.join(MLFLOW_DIR), || {
+        let origin = Origin::Import {
             metrics_lines: 0,
             params: BTreeMap::new(),
             tags: record.tags.clone(),
             artifacts: Vec::new(),
             status: None,
-        },
+        };
+        let (experiment, name, tags) = (
+            record.experiment.clone(),
+            record.name.clone(),
+            record.tags.clone(),
+        );
+        MirrorState::new(
+            config.uri.to_string(),
+            experiment,
+            name,
+            tags,
+            record.start_time,
+            origin,
+        )
     })?;
     check_same_server(&mut spool, config, run_dir)?;
     let imported = import_new(&run, &mut spool)?;

@@ -1,6 +1,5 @@
 //! `MlflowTracker`: a [`Tracker`] that mirrors a run to an MLflow tracking server.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,9 +8,9 @@ use super::client::MlflowClient;
 use super::credentials::{Credentials, TrackingUri};
 use super::mirror::{Mirror, MirrorHealth, MirrorOptions};
 use super::spool::{MirrorState, Origin, Spool};
-use crate::queue::{Command, DEFAULT_QUEUE_CAPACITY, Queue};
+use crate::queue::{DEFAULT_QUEUE_CAPACITY, Queue, Queued};
 use crate::store::MLFLOW_DIR;
-use crate::{Error, Metric, Params, RunSpec, RunStatus, Tracker};
+use crate::{Error, RunSpec};
 
 /// Where and how to reach the MLflow server.
 ///
@@ -143,20 +142,17 @@ impl MlflowTracker {
         spec.validate()?;
         let spool_dir = run_dir.join(MLFLOW_DIR);
         let tags = crate::params::redact_tags(&spec.tags);
-        let mut spool = Spool::open(&spool_dir, || MirrorState {
-            uri: config.uri.to_string(),
-            experiment: spec.experiment.clone(),
-            run_name: spec.run_name.clone(),
-            tags,
-            start_time: crate::metric::now_ms(),
-            mirror_id: format!("{:016x}", rand::random::<u64>()),
-            experiment_id: None,
-            run_id: None,
-            artifact_uri: None,
-            acked: 0,
-            delivered: 0,
-            rejected: 0,
-            origin: Origin::Live,
+        let mut spool = Spool::open(&spool_dir, || {
+            let (experiment, name) = (spec.experiment.clone(), spec.run_name.clone());
+            let start = crate::metric::now_ms();
+            MirrorState::new(
+                config.uri.to_string(),
+                experiment,
+                name,
+                tags,
+                start,
+                Origin::Live,
+            )
         })?;
         check_same_server(&mut spool, config, run_dir)?;
         let health = Arc::new(Mutex::new(MirrorHealth::default()));
@@ -230,36 +226,16 @@ pub(crate) fn check_same_server(
     })
 }
 
-impl Tracker for MlflowTracker {
-    fn log_params(&self, params: &Params) {
-        self.queue.send(Command::Params(Arc::new(params.clone())));
+impl Queued for MlflowTracker {
+    fn queue(&self) -> &Queue {
+        &self.queue
     }
 
-    fn log_metrics(&self, metrics: &[Metric]) {
-        self.queue.send(Command::Metrics(metrics.into()));
+    fn finish_wait(&self) -> Duration {
+        self.finish_wait
     }
 
-    fn log_metrics_shared(&self, metrics: Arc<[Metric]>) {
-        self.queue.send(Command::Metrics(metrics));
-    }
-
-    fn set_tags(&self, tags: &BTreeMap<String, String>) {
-        self.queue.send(Command::Tags(Arc::new(tags.clone())));
-    }
-
-    fn log_artifact(&self, path: &Path, artifact_dir: Option<&str>) {
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        self.queue.send(Command::Artifact {
-            path: Arc::new(path),
-            dir: artifact_dir.map(Arc::from),
-        });
-    }
-
-    fn finish(&self, status: RunStatus) -> Result<(), Error> {
-        self.queue.finish(status, self.finish_wait)
-    }
-
-    fn last_error(&self) -> Option<String> {
+    fn background_error(&self) -> Option<String> {
         let health = self.health();
         health.stopped.or(health.last_error)
     }

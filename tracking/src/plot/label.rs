@@ -13,11 +13,7 @@
 /// | words `delta` (`delta_t1_t2`) | `… (difference)` |
 /// | anything else | the name itself |
 pub fn axis_label(key: &str) -> String {
-    let words: Vec<String> = key
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
+    let words = crate::metric::name_words(key);
     let has = |w: &str| words.iter().any(|x| x == w);
     let n = words.len();
     if n >= 3 && words[n - 2] == "per" && words[n - 1] == "s" {

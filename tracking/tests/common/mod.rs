@@ -2,8 +2,11 @@
 //! server a test starts and stops itself, and a blocking way to call the async client.
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kaizen_tracking::MlflowConfig;
@@ -178,4 +181,39 @@ impl Drop for OwnServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A fake HTTP server on 127.0.0.1: every request gets `answer(request head)` =
+/// `(status line, JSON body)`. Returns its URI and the request heads it has received.
+pub fn fake_server(
+    answer: impl Fn(&str) -> (&'static str, String) + Send + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let uri = format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let (status, body) = answer(&head);
+            seen.lock().expect("lock").push(head);
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (uri, requests)
 }

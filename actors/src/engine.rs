@@ -1,0 +1,277 @@
+//! The decode engine: one thread per actor that batches the generation requests of all the
+//! actor's episodes (continuous batching) and answers each when its row finishes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kaizen_core::WeightsVersion;
+use kaizen_model::{DecodeBatch, GenerateOptions, Generation, GenerationRequest, Tokenizer};
+use tokio::sync::oneshot;
+
+use crate::weights::{Published, WeightSubscriber};
+
+/// A finished generation and the weights version that produced it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Tokens, behaviour log-probs, finish reason, text.
+    pub generation: Generation,
+    /// The version of the weights every token was sampled with.
+    pub version: WeightsVersion,
+}
+
+/// The engine's answer to a [`Job`]: the completion, with the episode already marked busy
+/// again (before the engine takes its next step), or why the request was rejected.
+pub(crate) type Reply = Result<(Completion, BusyGuard), String>;
+
+/// One request to the engine. `key` orders requests admitted together, so the batch
+/// composition does not depend on arrival timing.
+pub(crate) struct Job {
+    pub key: (u64, u32),
+    pub request: GenerationRequest,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Counts episodes that are busy outside the engine (in environment calls). Before each
+/// decode step the engine waits until it is zero — every live episode is then either waiting
+/// for a generation or finished — so requests that become ready together are batched together
+/// (and deterministically: the same episodes, the same rows, in sync mode).
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    busy: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        // The counter stays consistent even if a holder panicked: it is a plain integer.
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks one more episode busy; the returned guard marks it idle again when dropped.
+    pub(crate) fn busy(self: &Arc<Self>) -> BusyGuard {
+        *self.lock() += 1;
+        BusyGuard(self.clone())
+    }
+
+    /// Waits until no episode is busy, or `timeout` passes (`None` = no limit).
+    fn wait_idle(&self, timeout: Option<Duration>) {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut busy = self.lock();
+        while *busy > 0 {
+            match deadline {
+                None => busy = self.idle.wait(busy).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return;
+                    }
+                    busy = self
+                        .idle
+                        .wait_timeout(busy, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+/// Marks an episode busy until dropped (also on panic or fault).
+pub(crate) struct BusyGuard(Arc<Gate>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut busy = self.0.lock();
+        *busy = busy.saturating_sub(1);
+        if *busy == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// Live counters of an engine (read by the runtime for metrics).
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    /// Tokens sampled.
+    pub generated_tokens: AtomicU64,
+    /// Prompt positions run through prefill (padding included).
+    pub prefill_tokens: AtomicU64,
+    /// Prompt tokens of all requests.
+    pub prompt_tokens: AtomicU64,
+    /// Microseconds spent in forward passes and sampling.
+    pub busy_micros: AtomicU64,
+    /// Requests answered.
+    pub completions: AtomicU64,
+}
+
+/// How the engine batches.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// EOS ids, prefill sharing, entropy, prefill chunking.
+    pub generate: GenerateOptions,
+    /// Longest wait for busy episodes before a decode step (`None`: wait until all are ready,
+    /// which makes batching deterministic — sync mode).
+    pub max_env_wait: Option<Duration>,
+}
+
+/// The sending side of an engine, cloned into every episode.
+#[derive(Clone)]
+pub(crate) struct EngineHandle {
+    pub tx: flume::Sender<Job>,
+    pub gate: Arc<Gate>,
+}
+
+struct Slot {
+    version: WeightsVersion,
+    batch: DecodeBatch,
+    replies: HashMap<u64, oneshot::Sender<Reply>>,
+}
+
+impl Slot {
+    fn deliver(&mut self, gate: &Arc<Gate>, counters: &EngineCounters) {
+        for (id, generation) in self.batch.take_finished() {
+            counters.completions.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = self.replies.remove(&id) {
+                // The episode is busy (back in its environment) from this moment, so the next
+                // step waits for its next request. If it is gone (e.g. timed out), the guard
+                // comes back with the failed send and is dropped.
+                let _ = reply.send(Ok((
+                    Completion {
+                        generation,
+                        version: self.version,
+                    },
+                    gate.busy(),
+                )));
+            }
+        }
+    }
+}
+
+/// Starts an engine thread decoding with the newest weights of `weights`.
+pub(crate) fn spawn_engine(
+    name: String,
+    weights: WeightSubscriber,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    counters: Arc<EngineCounters>,
+) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = flume::unbounded();
+    let gate = Arc::new(Gate::default());
+    let handle = EngineHandle {
+        tx,
+        gate: gate.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || engine_loop(rx, gate, weights, tokenizer, config, counters))?;
+    Ok((handle, thread))
+}
+
+fn engine_loop(
+    rx: flume::Receiver<Job>,
+    gate: Arc<Gate>,
+    mut weights: WeightSubscriber,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    counters: Arc<EngineCounters>,
+) {
+    let mut current: Arc<Published> = weights.latest();
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut next_id = 0u64;
+    loop {
+        let active: usize = slots.iter().map(|s| s.batch.active()).sum();
+        let mut jobs = Vec::new();
+        if active == 0 {
+            match rx.recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        gate.wait_idle(config.max_env_wait);
+        jobs.extend(rx.try_iter());
+        if weights.has_new() {
+            current = weights.latest();
+        }
+        let start = Instant::now();
+        if !jobs.is_empty() {
+            jobs.sort_by_key(|j| j.key);
+            let slot = match slots.iter().position(|s| s.version == current.version) {
+                Some(i) => &mut slots[i],
+                None => {
+                    slots.push(Slot {
+                        version: current.version,
+                        batch: DecodeBatch::new(
+                            current.model.clone(),
+                            Some(tokenizer.clone()),
+                            config.generate.clone(),
+                        ),
+                        replies: HashMap::new(),
+                    });
+                    slots.last_mut().expect("just pushed")
+                }
+            };
+            admit(slot, jobs, &mut next_id, &counters);
+            slot.deliver(&gate, &counters);
+        }
+        for slot in &mut slots {
+            if slot.batch.active() > 0 {
+                let before = slot.batch.stats().generated_tokens;
+                slot.batch.step();
+                let after = slot.batch.stats().generated_tokens;
+                counters
+                    .generated_tokens
+                    .fetch_add((after - before) as u64, Ordering::Relaxed);
+                slot.deliver(&gate, &counters);
+            }
+        }
+        counters
+            .busy_micros
+            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        slots.retain(|s| s.version == current.version || s.batch.active() > 0);
+    }
+}
+
+/// Adds jobs to a slot's batch. A request the batch rejects (bad ids, too long) is answered
+/// with the error alone; the others proceed.
+fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCounters) {
+    let stats_before = slot.batch.stats();
+    let mut tagged = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let id = *next_id;
+        *next_id += 1;
+        tagged.push((id, job.request));
+        replies.push((id, job.reply));
+    }
+    match slot.batch.add(tagged.clone()) {
+        Ok(()) => slot.replies.extend(replies),
+        Err(_) => {
+            // Find the culprits one by one (rare path).
+            for ((id, request), (_, reply)) in tagged.into_iter().zip(replies) {
+                match slot.batch.add(vec![(id, request)]) {
+                    Ok(()) => {
+                        slot.replies.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    let after = slot.batch.stats();
+    counters.generated_tokens.fetch_add(
+        (after.generated_tokens - stats_before.generated_tokens) as u64,
+        Ordering::Relaxed,
+    );
+    counters.prefill_tokens.fetch_add(
+        (after.prefill_tokens - stats_before.prefill_tokens) as u64,
+        Ordering::Relaxed,
+    );
+    counters.prompt_tokens.fetch_add(
+        (after.prompt_tokens - stats_before.prompt_tokens) as u64,
+        Ordering::Relaxed,
+    );
+}

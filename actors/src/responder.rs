@@ -1,0 +1,224 @@
+//! Answering one episode's requests with the policy, keeping every model turn as tokens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kaizen_core::{AgentId, Request, SamplingOverrides, Segment};
+use kaizen_envs::Responder;
+use kaizen_model::{ChatTemplate, ChatThread, GenerationRequest, SamplingParams, Tokenizer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::engine::{BusyGuard, EngineHandle, Job};
+
+/// Default sampling of an actor (TRL `GRPOConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Softmax temperature (0 = greedy). The learner scores at the same temperature.
+    pub temperature: f32,
+    /// Nucleus mass (1 = off).
+    pub top_p: f32,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Minimum probability relative to the most likely token (0 = off).
+    pub min_p: f32,
+    /// Most tokens generated per turn.
+    pub max_completion_length: usize,
+    /// Longest prompt (whole conversation thread so far, in tokens); a longer one ends the
+    /// episode as a policy fault.
+    pub max_prompt_length: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            max_completion_length: 256,
+            max_prompt_length: 1024,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// The parameters of one turn: these defaults, then `task` overrides, then the request's.
+    pub fn resolve(
+        &self,
+        task: &SamplingOverrides,
+        request: &SamplingOverrides,
+        seed: u64,
+    ) -> SamplingParams {
+        let pick = |a: Option<f32>, b: Option<f32>, d: f32| b.or(a).unwrap_or(d);
+        let mut stop = task.stop.clone();
+        stop.extend(request.stop.iter().cloned());
+        SamplingParams {
+            temperature: pick(task.temperature, request.temperature, self.temperature),
+            top_p: pick(task.top_p, request.top_p, self.top_p),
+            top_k: request.top_k.or(task.top_k).unwrap_or(self.top_k),
+            min_p: pick(task.min_p, request.min_p, self.min_p),
+            max_new_tokens: request
+                .max_new_tokens
+                .or(task.max_new_tokens)
+                .unwrap_or(self.max_completion_length),
+            stop,
+            seed,
+        }
+    }
+}
+
+/// splitmix64: decorrelated sub-seeds from one seed.
+pub(crate) fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The policy side of one episode: renders requests into token threads, asks the engine,
+/// records each model turn as a [`Segment`].
+pub(crate) struct PolicyResponder {
+    pub engine: EngineHandle,
+    pub busy: Option<BusyGuard>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+    pub sampling: SamplingConfig,
+    pub task_sampling: SamplingOverrides,
+    pub episode: u64,
+    pub sampling_seed: u64,
+    pub threads: HashMap<AgentId, (u32, ChatThread)>,
+    pub next_thread: u32,
+    pub segments: Vec<Segment>,
+}
+
+#[async_trait]
+impl Responder for PolicyResponder {
+    async fn respond(&mut self, request: &Request) -> Result<String, String> {
+        let turn = self.segments.len() as u32;
+        let tok = self.tokenizer.clone();
+        // Continue the agent's thread when the request extends it; start a new one otherwise.
+        let continued = match self.threads.get_mut(&request.agent) {
+            Some((_, thread)) => thread
+                .continue_with(&tok, &request.messages)
+                .map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let prompt_delta = match continued {
+            Some(delta) => delta,
+            None => {
+                let thread = ChatThread::start(self.template.clone(), &tok, &request.messages)
+                    .map_err(|e| e.to_string())?;
+                let tokens = thread.tokens().to_vec();
+                self.threads
+                    .insert(request.agent.clone(), (self.next_thread, thread));
+                self.next_thread += 1;
+                tokens
+            }
+        };
+        let (thread_id, thread) = self
+            .threads
+            .get_mut(&request.agent)
+            .ok_or("internal: thread missing")?;
+        let prompt = thread.tokens().to_vec();
+        if prompt.len() > self.sampling.max_prompt_length {
+            return Err(format!(
+                "prompt of {} tokens exceeds max_prompt_length {}",
+                prompt.len(),
+                self.sampling.max_prompt_length
+            ));
+        }
+        let params = self.sampling.resolve(
+            &self.task_sampling,
+            &request.sampling,
+            mix(self.sampling_seed, turn as u64),
+        );
+        let temperature = params.temperature;
+        let (reply, answer) = oneshot::channel();
+        // This episode now waits on the engine: it is no longer busy.
+        self.busy = None;
+        let sent = self.engine.tx.send_async(Job {
+            key: (self.episode, turn),
+            request: GenerationRequest { prompt, params },
+            reply,
+        });
+        let result = match sent.await {
+            Ok(()) => answer
+                .await
+                .map_err(|_| "the decode engine stopped".to_string())
+                .and_then(|r| r),
+            Err(_) => Err("the decode engine stopped".to_string()),
+        };
+        let (completion, busy) = match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.busy = Some(self.engine.gate.busy());
+                return Err(e);
+            }
+        };
+        self.busy = Some(busy);
+        let g = completion.generation;
+        let text = g.text.clone().unwrap_or_default();
+        thread
+            .push_completion(&tok, &g.tokens, &text)
+            .map_err(|e| e.to_string())?;
+        self.segments.push(Segment {
+            agent: request.agent.clone(),
+            thread: *thread_id,
+            prompt_tokens: prompt_delta,
+            completion_tokens: g.tokens,
+            behavior_logprobs: g.logprobs,
+            trainable: request.trainable,
+            temperature,
+            weights_version: completion.version,
+            finish_reason: g.finish_reason,
+        });
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_overrides_win_over_task_overrides_and_defaults() {
+        let config = SamplingConfig {
+            temperature: 0.9,
+            max_completion_length: 100,
+            ..SamplingConfig::default()
+        };
+        let task = SamplingOverrides {
+            temperature: Some(0.0),
+            max_new_tokens: Some(50),
+            ..SamplingOverrides::default()
+        };
+        let request = SamplingOverrides {
+            max_new_tokens: Some(8),
+            stop: vec!["\n".into()],
+            ..SamplingOverrides::default()
+        };
+        let p = config.resolve(&task, &request, 7);
+        assert_eq!(p.temperature, 0.0);
+        assert_eq!(p.max_new_tokens, 8);
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+        assert_eq!(p.seed, 7);
+        let p = config.resolve(
+            &SamplingOverrides::default(),
+            &SamplingOverrides::default(),
+            1,
+        );
+        assert_eq!((p.temperature, p.max_new_tokens), (0.9, 100));
+    }
+
+    #[test]
+    fn mixed_seeds_differ_per_salt() {
+        assert_ne!(mix(1, 0), mix(1, 1));
+        assert_ne!(mix(1, 0), mix(2, 0));
+        assert_eq!(mix(5, 3), mix(5, 3));
+    }
+}

@@ -1,0 +1,188 @@
+//! `kaizen bench`: measure generation and training throughput of a model on this machine.
+//!
+//! Prints one JSON object per measurement, so scripts (e.g. `scripts/bench/compare_torch.py`)
+//! can compare kaizen with other stacks in the same run.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::Device;
+use kaizen_model::{
+    ChatTemplate, GenerateOptions, GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams,
+    ScoreBatch, Tokenizer, generate, score,
+};
+
+/// Arguments of `kaizen bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// Batched sampling with a KV cache: new tokens per second.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Distinct prompts.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Samples per prompt (a GRPO group); prompts are prefilled once unless --no-share.
+        #[arg(long, default_value_t = 1)]
+        group: usize,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 32)]
+        prompt_len: usize,
+        /// New tokens per sample (no early stop).
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Prefill every sample separately instead of once per prompt.
+        #[arg(long)]
+        no_share: bool,
+    },
+    /// Teacher-forced scoring forward + backward (the learner's pass): tokens per second.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Sequences per batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ModelArgs {
+    /// `tiny` (random weights, `LlamaConfig::tiny(--vocab)`), `smollm2`, a .gguf or a directory.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Vocabulary of the `tiny` model.
+    #[arg(long, default_value_t = 512)]
+    vocab: usize,
+    /// Timed repetitions (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Also write the benchmarked model as a Hugging Face directory (for side-by-side runs).
+    #[arg(long)]
+    export: Option<std::path::PathBuf>,
+}
+
+fn load(args: &ModelArgs, device: &Device) -> anyhow::Result<Policy> {
+    let policy = if args.model == "tiny" {
+        let config = LlamaConfig::tiny(args.vocab);
+        Policy {
+            model: Llama::init(&config, device, 0)?,
+            tokenizer: Tokenizer::byte_level(),
+            template: ChatTemplate::chatml(),
+            name: format!("tiny-{}", args.vocab),
+        }
+    } else {
+        Policy::load(&args.model, device).with_context(|| format!("loading `{}`", args.model))?
+    };
+    if let Some(dir) = &args.export {
+        policy.save_dir(dir)?;
+    }
+    Ok(policy)
+}
+
+fn tokens(len: usize, salt: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((i * 31 + salt * 17 + 7) % vocab.min(256)) as u32)
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Runs `kaizen bench`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = Device::default();
+    match args.what {
+        What::Generate {
+            model,
+            batch,
+            group,
+            prompt_len,
+            new_tokens,
+            no_share,
+        } => {
+            let policy = load(&model, &device)?;
+            let vocab = policy.model.config().vocab_size;
+            let requests: Vec<GenerationRequest> = (0..batch)
+                .flat_map(|b| {
+                    (0..group).map(move |g| GenerationRequest {
+                        prompt: tokens(prompt_len, b, vocab),
+                        params: SamplingParams {
+                            temperature: 1.0,
+                            max_new_tokens: new_tokens,
+                            seed: (b * group + g) as u64,
+                            ..SamplingParams::default()
+                        },
+                    })
+                })
+                .collect();
+            let options = GenerateOptions {
+                share_prefill: !no_share,
+                ..GenerateOptions::default()
+            };
+            let mut times = Vec::new();
+            let mut produced = 0;
+            for i in 0..=model.repeats.max(1) {
+                let start = Instant::now();
+                let out = generate(&policy.model, None, &requests, &options)?;
+                let t = start.elapsed().as_secs_f64();
+                produced = out.iter().map(|g| g.tokens.len()).sum::<usize>();
+                if i > 0 {
+                    times.push(t);
+                }
+            }
+            let seconds = median(times);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": "generate", "model": policy.name, "batch": batch, "group": group,
+                    "prompt_len": prompt_len, "new_tokens": new_tokens, "shared_prefill": !no_share,
+                    "seconds": seconds, "tokens": produced,
+                    "tokens_per_s": produced as f64 / seconds,
+                })
+            );
+        }
+        What::Train { model, batch, seq } => {
+            let device = device.autodiff();
+            let policy = load(&model, &device)?;
+            let vocab = policy.model.config().vocab_size;
+            let batch_data = ScoreBatch {
+                sequences: (0..batch).map(|b| tokens(seq, b, vocab)).collect(),
+                loss_masks: (0..batch)
+                    .map(|_| (0..seq).map(|t| t > 0).collect())
+                    .collect(),
+            };
+            let mut times = Vec::new();
+            for i in 0..=model.repeats.max(1) {
+                let start = Instant::now();
+                let scores = score(&policy.model, &batch_data, 1.0, false)?;
+                let loss = scores.logprobs.mean().neg();
+                let grads = loss.backward();
+                drop(grads);
+                let t = start.elapsed().as_secs_f64();
+                if i > 0 {
+                    times.push(t);
+                }
+            }
+            let seconds = median(times);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": "train", "model": policy.name, "batch": batch, "seq": seq,
+                    "seconds": seconds, "tokens_per_s": (batch * seq) as f64 / seconds,
+                })
+            );
+        }
+    }
+    Ok(())
+}
