@@ -27,6 +27,8 @@ mod weights;
 pub use actor::{ActorConfig, ActorPool, EnvSlot};
 pub use engine::{Completion, EngineConfig, EngineCounters};
 pub use error::Error;
-pub use responder::SamplingConfig;
+pub use responder::{SamplingConfig, derive_seed};
 pub use task::{EpisodeReport, EpisodeTask};
-pub use weights::{Published, WeightPublisher, WeightSubscriber, weight_broadcast};
+pub use weights::{
+    Published, WeightPublisher, WeightSubscriber, weight_broadcast, weight_broadcast_at,
+};

@@ -70,8 +70,8 @@ impl SamplingConfig {
     }
 }
 
-/// splitmix64: decorrelated sub-seeds from one seed.
-pub(crate) fn mix(seed: u64, salt: u64) -> u64 {
+/// A sub-seed of `seed` for `salt` (splitmix64 finalizer): decorrelated streams from one seed.
+pub fn derive_seed(seed: u64, salt: u64) -> u64 {
     let mut z = seed
         .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -135,7 +135,7 @@ impl Responder for PolicyResponder {
         let params = self.sampling.resolve(
             &self.task_sampling,
             &request.sampling,
-            mix(self.sampling_seed, turn as u64),
+            derive_seed(self.sampling_seed, turn as u64),
         );
         let temperature = params.temperature;
         let (reply, answer) = oneshot::channel();
@@ -217,8 +217,8 @@ mod tests {
 
     #[test]
     fn mixed_seeds_differ_per_salt() {
-        assert_ne!(mix(1, 0), mix(1, 1));
-        assert_ne!(mix(1, 0), mix(2, 0));
-        assert_eq!(mix(5, 3), mix(5, 3));
+        assert_ne!(derive_seed(1, 0), derive_seed(1, 1));
+        assert_ne!(derive_seed(1, 0), derive_seed(2, 0));
+        assert_eq!(derive_seed(5, 3), derive_seed(5, 3));
     }
 }

@@ -31,8 +31,17 @@ pub struct WeightSubscriber {
 
 /// A broadcast starting from `initial` weights (version 0).
 pub fn weight_broadcast(initial: Llama) -> (WeightPublisher, WeightSubscriber) {
+    weight_broadcast_at(initial, WeightsVersion(0))
+}
+
+/// A broadcast starting from `initial` weights at `version` (a resumed run continues its
+/// version numbers).
+pub fn weight_broadcast_at(
+    initial: Llama,
+    version: WeightsVersion,
+) -> (WeightPublisher, WeightSubscriber) {
     let (tx, rx) = watch::channel(Arc::new(Published {
-        version: WeightsVersion(0),
+        version,
         model: initial,
     }));
     (

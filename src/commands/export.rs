@@ -9,7 +9,8 @@ use kaizen_model::Policy;
 /// Arguments of `kaizen export`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// What to export: `tiny`, `smollm2`, a .gguf file or a model directory.
+    /// What to export: a run directory (its newest checkpoint), `tiny`, `smollm2`, a .gguf
+    /// file or a model directory.
     pub source: String,
     /// Output directory (created if needed).
     #[arg(long)]
@@ -19,8 +20,9 @@ pub struct Args {
 /// Runs `kaizen export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::default();
-    let policy = Policy::load(&args.source, &device)
-        .with_context(|| format!("loading `{}`", args.source))?;
+    let source = kaizen_learner::resolve_model_source(&args.source)?;
+    let policy =
+        Policy::load(&source, &device).with_context(|| format!("loading `{}`", args.source))?;
     policy
         .save_dir(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;

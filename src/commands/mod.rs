@@ -2,7 +2,9 @@
 
 pub mod bench;
 pub mod envs;
+pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod report;
 pub mod runs;
+pub mod train;

@@ -1,0 +1,158 @@
+//! Checkpoints: the policy (as a Hugging Face directory), optimizer moments and the trainer's
+//! counters, written atomically; the last `keep` are kept.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kaizen_model::{HostTensor, Policy, read_safetensors, write_safetensors};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Everything besides weights and moments that a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// RL steps completed.
+    pub step: u64,
+    /// Supervised warm-start steps completed.
+    pub sft_steps: u64,
+    /// Optimizer steps of the current phase (its AdamW step count).
+    pub optimizer_steps: u64,
+    /// The newest published weights version.
+    pub weights_version: u64,
+    /// Next environment seed to hand out (the data position).
+    pub next_seed: u64,
+    /// Next group id.
+    pub next_group: u64,
+    /// Next episode (trajectory) id.
+    pub next_task: u64,
+}
+
+/// Where a run's checkpoints live: `<run_dir>/checkpoints/step-NNNNNN/`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Writes a checkpoint for `state.step` and deletes all but the newest `keep`.
+///
+/// The directory is assembled under a temporary name and renamed into place, so a kill during
+/// the write never leaves a checkpoint that loads wrong (a half-written one has the temporary
+/// name and is ignored, then removed by the next save).
+///
+/// # Errors
+/// [`Error::Io`] / model write errors naming the file.
+pub fn save(
+    run_dir: &Path,
+    policy: &Policy,
+    optimizer: (u64, Vec<(String, HostTensor)>),
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf, Error> {
+    let root = checkpoints_dir(run_dir);
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let name = format!("step-{:06}", state.step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    policy.save_dir(&tmp.join("policy"))?;
+    let mut metadata = HashMap::new();
+    metadata.insert("step".to_string(), optimizer.0.to_string());
+    write_safetensors(
+        &tmp.join("optimizer.safetensors"),
+        &optimizer.1,
+        Some(metadata),
+    )?;
+    let state_path = tmp.join("trainer_state.json");
+    let text = serde_json::to_string_pretty(state).map_err(|e| Error::Checkpoint {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&state_path, text).map_err(|e| Error::io(&state_path, e))?;
+    let target = root.join(&name);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    let mut all = list(run_dir)?;
+    while all.len() > keep.max(1) {
+        let (_, old) = all.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    // Leftovers of interrupted saves.
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            if file.to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(target)
+}
+
+/// Complete checkpoints of a run, oldest first, with their step.
+///
+/// # Errors
+/// [`Error::Io`] if the directory exists but cannot be read.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    let root = checkpoints_dir(run_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&root, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest complete checkpoint of a run.
+///
+/// # Errors
+/// [`Error::Checkpoint`] when the run has none.
+pub fn latest(run_dir: &Path) -> Result<PathBuf, Error> {
+    list(run_dir)?
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| Error::Checkpoint {
+            path: checkpoints_dir(run_dir),
+            message: "no checkpoint to resume from".into(),
+        })
+}
+
+/// Reads a checkpoint's trainer state and optimizer moments (the policy loads with
+/// `Policy::load_dir(dir/policy)`).
+///
+/// # Errors
+/// [`Error::Checkpoint`] / [`Error::Io`] naming the file.
+pub fn load_state(dir: &Path) -> Result<(TrainerState, u64, HashMap<String, HostTensor>), Error> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
+    let st = safetensors_metadata_step(&bytes).ok_or_else(|| Error::Checkpoint {
+        path: opt_path.clone(),
+        message: "missing `step` metadata".into(),
+    })?;
+    let tensors = read_safetensors(&opt_path)?;
+    Ok((state, st, tensors))
+}
+
+fn safetensors_metadata_step(bytes: &[u8]) -> Option<u64> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
+    meta.metadata().as_ref()?.get("step")?.parse().ok()
+}

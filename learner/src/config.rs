@@ -1,0 +1,542 @@
+//! The job configuration: one TOML file describes a training job.
+
+use std::path::{Path, PathBuf};
+
+use kaizen_actors::SamplingConfig;
+use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
+use kaizen_model::LlamaConfig;
+use kaizen_tracking::TrackingConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::learner::LearnerConfig;
+use crate::optimizer::AdamWConfig;
+use crate::schedule::SchedulerType;
+
+/// A whole training job. Every section but `[run]`, `[model]` and `[[env]]` has defaults; every
+/// unknown key is an error naming the key and the file. See `docs/configuration.md` for each
+/// field; names follow TRL's `GRPOConfig` where the concept is the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Run identity, seed, mode, length.
+    pub run: RunConfig,
+    /// The policy to train.
+    pub model: ModelConfig,
+    /// Environments (at least one), mixed by weight.
+    #[serde(rename = "env")]
+    pub envs: Vec<EnvConfig>,
+    /// Actor count and concurrency.
+    #[serde(default)]
+    pub actors: ActorsConfig,
+    /// Sampling of training episodes.
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    /// GRPO batch shape and sampling schedule.
+    #[serde(default)]
+    pub grpo: GrpoConfig,
+    /// Policy loss (`epsilon`, `epsilon_high`, `beta`, `loss_type`, …).
+    #[serde(default)]
+    pub loss: GrpoLossConfig,
+    /// Advantages (`scale_rewards`, `adv_estimator`, `gamma`).
+    #[serde(default)]
+    pub advantage: AdvantageConfig,
+    /// Micro-batching and off-policy control.
+    #[serde(default)]
+    pub learner: LearnerConfig,
+    /// Optimizer and learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Optional supervised warm start before RL.
+    #[serde(default)]
+    pub sft: Option<SftConfig>,
+    /// Held-out evaluation.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Checkpointing.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Run store and MLflow mirror.
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Experiment name (the run store groups runs by it; MLflow experiment).
+    pub experiment: String,
+    /// Run name (default: generated).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seed of everything random in the run (environment seeds, sampling streams).
+    #[serde(default)]
+    pub seed: u64,
+    /// `sync`: actors wait while the learner steps (on-policy, bit-reproducible on CPU);
+    /// `async`: generation and learning overlap, bounded by `learner.max_policy_lag`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Optimizer steps of RL.
+    pub max_steps: u64,
+    /// Trajectories per step written to `samples.jsonl` in the run directory (readable text).
+    #[serde(default = "default_log_samples")]
+    pub log_samples: usize,
+}
+
+fn default_log_samples() -> usize {
+    2
+}
+
+/// Sync or async training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Actors wait while the learner steps.
+    #[default]
+    Sync,
+    /// Actors keep generating with the newest weights they have.
+    Async,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `tiny`, `smollm2`, a `.gguf` file or a Hugging Face directory.
+    pub source: String,
+    /// Seed of the random initialisation (`tiny` only).
+    #[serde(default)]
+    pub init_seed: u64,
+    /// Architecture of the `tiny` model (default `LlamaConfig::tiny(vocab of the byte tokenizer)`).
+    #[serde(default)]
+    pub tiny: Option<LlamaConfig>,
+    /// `model` (the model's own template) or `plain`.
+    #[serde(default = "default_template")]
+    pub chat_template: String,
+}
+
+fn default_template() -> String {
+    "model".into()
+}
+
+/// One `[[env]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    /// Registered environment name (see `kaizen envs list`).
+    pub name: String,
+    /// Relative frequency of this environment's groups.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The environment's parameters (its own TOML table).
+    #[serde(default)]
+    pub params: toml::Table,
+    /// Parameters of the held-out evaluation variant (default: `params`, with evaluation seeds
+    /// far from training seeds).
+    #[serde(default)]
+    pub eval_params: Option<toml::Table>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `[actors]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// Number of actors.
+    pub count: usize,
+    /// Episodes each actor plays at once (their generations share batches).
+    pub episodes_in_flight: usize,
+    /// Longest a single environment call may take, seconds.
+    pub env_timeout_s: f64,
+    /// Most requests per episode.
+    pub max_turns: usize,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            episodes_in_flight: 64,
+            env_timeout_s: 30.0,
+            max_turns: 64,
+        }
+    }
+}
+
+/// `[grpo]`: the batch of one optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    /// G, samples per prompt (TRL `num_generations`).
+    pub num_generations: usize,
+    /// Prompts (groups) per optimizer step.
+    pub prompts_per_step: usize,
+    /// DAPO dynamic sampling: replace groups whose rewards are all equal (no signal) with new
+    /// ones, up to `max_resample_rounds` extra rounds per step.
+    pub dynamic_sampling: bool,
+    /// Extra sampling rounds per step for dynamic sampling.
+    pub max_resample_rounds: usize,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            num_generations: 8,
+            prompts_per_step: 8,
+            dynamic_sampling: false,
+            max_resample_rounds: 2,
+        }
+    }
+}
+
+/// `[optim]`: AdamW and the learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// `constant`, `linear` or `cosine`.
+    pub lr_scheduler_type: SchedulerType,
+    /// Warm-up steps.
+    pub warmup_steps: u64,
+    /// β₁.
+    pub adam_beta1: f64,
+    /// β₂.
+    pub adam_beta2: f64,
+    /// ε.
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay (matrices only).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-6,
+            lr_scheduler_type: SchedulerType::Constant,
+            warmup_steps: 0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The AdamW part.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+            adam_epsilon: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+        }
+    }
+}
+
+/// `[sft]`: supervised warm start before RL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    /// `demonstrations` (expert episodes of the configured environments) or a JSONL file of
+    /// `{"messages": [...]}` chat data (loss on assistant turns).
+    pub source: String,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per step.
+    #[serde(default = "default_sft_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (cosine decay, 5% warm-up).
+    #[serde(default = "default_sft_lr")]
+    pub learning_rate: f64,
+}
+
+fn default_sft_batch() -> usize {
+    16
+}
+
+fn default_sft_lr() -> f64 {
+    1e-4
+}
+
+/// `[eval]`: held-out evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many RL steps (0 = only at start and end).
+    pub every: u64,
+    /// Evaluate before training.
+    pub at_start: bool,
+    /// Evaluate after training.
+    pub at_end: bool,
+    /// Problems (episodes) per environment.
+    pub num_problems: usize,
+    /// Sampling temperature (0 = greedy).
+    pub temperature: f32,
+    /// Samples per problem for pass@k (0 = off); at `pass_k_temperature`.
+    pub pass_k: usize,
+    /// Temperature of the pass@k samples.
+    pub pass_k_temperature: f32,
+    /// The episode metric that says "solved" for pass@k.
+    pub pass_metric: String,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            at_start: true,
+            at_end: true,
+            num_problems: 200,
+            temperature: 0.0,
+            pass_k: 0,
+            pass_k_temperature: 1.0,
+            pass_metric: "correct@t1".into(),
+        }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save every this many RL steps (0 = only at the end).
+    pub every: u64,
+    /// Checkpoints kept (older ones are deleted).
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every: 10, keep: 2 }
+    }
+}
+
+impl JobConfig {
+    /// Reads `path`, applies `--set key.path=value` overrides, and validates.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for an unreadable file; [`Error::Config`] naming the file and the key for
+    /// TOML syntax errors, unknown keys, wrong types and invalid values.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<(Self, toml::Table), Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses config text (`path` labels errors).
+    ///
+    /// # Errors
+    /// As [`JobConfig::load`].
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<(Self, toml::Table), Error> {
+        let fail = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o).map_err(|message| Error::Config {
+                path: PathBuf::from("--set"),
+                message,
+            })?;
+        }
+        let config: JobConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| fail(e.to_string()))?;
+        config.validate().map_err(fail)?;
+        Ok((config, table))
+    }
+
+    /// Checks values serde cannot.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.envs.is_empty() {
+            return Err("at least one [[env]] is required".into());
+        }
+        for (i, e) in self.envs.iter().enumerate() {
+            if !(e.weight.is_finite() && e.weight > 0.0) {
+                return Err(format!("env[{i}].weight must be > 0, got {}", e.weight));
+            }
+        }
+        let positive = [
+            ("grpo.num_generations", self.grpo.num_generations),
+            ("grpo.prompts_per_step", self.grpo.prompts_per_step),
+            ("actors.count", self.actors.count),
+            ("actors.episodes_in_flight", self.actors.episodes_in_flight),
+            (
+                "learner.gradient_accumulation_steps",
+                self.learner.gradient_accumulation_steps,
+            ),
+            (
+                "sampling.max_completion_length",
+                self.sampling.max_completion_length,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("`{key}` must be >= 1"));
+            }
+        }
+        if !(self.optim.learning_rate.is_finite() && self.optim.learning_rate >= 0.0) {
+            return Err(format!(
+                "`optim.learning_rate` must be >= 0, got {}",
+                self.optim.learning_rate
+            ));
+        }
+        if !(self.actors.env_timeout_s.is_finite() && self.actors.env_timeout_s > 0.0) {
+            return Err("`actors.env_timeout_s` must be > 0".into());
+        }
+        if let Some(sft) = &self.sft
+            && sft.batch_size == 0
+        {
+            return Err("`sft.batch_size` must be >= 1".into());
+        }
+        if self.sampling.temperature <= 0.0 {
+            return Err(
+                "`sampling.temperature` must be > 0 for training (the learner scores at it)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Applies `a.b.c=value` to a TOML table; `value` is parsed as TOML (`1e-5`, `true`,
+/// `"text"`, `[1, 2]`) and taken as a plain string when it does not parse.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("`{assignment}`: expected key.path=value"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("`{assignment}`: empty key"));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) if items.len() == 1 => match items.first_mut() {
+                Some(toml::Value::Table(t)) => t,
+                _ => return Err(format!("`{key}`: `{part}` is not a table")),
+            },
+            toml::Value::Array(_) => {
+                return Err(format!(
+                    "`{key}`: `{part}` is an array of several tables; `--set` reaches only a single [[{part}]]"
+                ));
+            }
+            _ => return Err(format!("`{key}`: `{part}` is not a table")),
+        };
+    }
+    node.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[run]
+experiment = "t"
+max_steps = 3
+
+[model]
+source = "tiny"
+
+[[env]]
+name = "self_correct"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (c, _) = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[]).unwrap();
+        assert_eq!(c.grpo.num_generations, 8);
+        assert_eq!(c.run.mode, Mode::Sync);
+        assert_eq!(c.envs[0].weight, 1.0);
+        assert_eq!(c.loss.epsilon, 0.2);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let text = format!("{MINIMAL}\n[grpo]\nnum_generation = 4\n");
+        let err = JobConfig::parse(&text, Path::new("jobs/x.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("jobs/x.toml") && err.contains("num_generation"),
+            "{err}"
+        );
+        let err = JobConfig::parse(
+            &format!("{MINIMAL}\n[loss]\nepsilonn = 1\n"),
+            Path::new("a.toml"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("epsilonn"), "{err}");
+    }
+
+    #[test]
+    fn set_overrides_any_field() {
+        let (c, table) = JobConfig::parse(
+            MINIMAL,
+            Path::new("job.toml"),
+            &[
+                "optim.learning_rate=3e-5".into(),
+                "grpo.num_generations=4".into(),
+                "run.name=my-run".into(),
+                "env.params.attempts=3".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.optim.learning_rate, 3e-5);
+        assert_eq!(c.grpo.num_generations, 4);
+        assert_eq!(c.run.name.as_deref(), Some("my-run"));
+        assert_eq!(c.envs[0].params["attempts"].as_integer(), Some(3));
+        assert_eq!(table["optim"]["learning_rate"].as_float(), Some(3e-5));
+        let err = JobConfig::parse(MINIMAL, Path::new("job.toml"), &["grpo.bogus=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = JobConfig::parse(MINIMAL, Path::new("job.toml"), &["novalue".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set") && err.contains("key.path=value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = JobConfig::parse(
+            MINIMAL,
+            Path::new("job.toml"),
+            &["grpo.num_generations=0".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("grpo.num_generations"), "{err}");
+    }
+}

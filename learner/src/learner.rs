@@ -1,0 +1,313 @@
+//! The learner's math loop: one GRPO (or SFT) optimizer step from a batch of trajectories.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Tensor, TensorData};
+use kaizen_algorithms::{
+    AdvantageConfig, GrpoBatch, GrpoLossConfig, GrpoMetrics, StepNormalizers, grpo_loss,
+    segment_advantages, sft_loss,
+};
+use kaizen_core::{Trajectory, WeightsVersion};
+use kaizen_model::{Llama, ScoreBatch, score};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::samples::{Sample, build_samples, micro_batches};
+use crate::schedule::Schedule;
+
+/// Hyper-parameters of the learner's update (TRL `GRPOConfig` names where they exist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerConfig {
+    /// Micro-batches per optimizer step; the step's loss and gradient do not depend on it.
+    pub gradient_accumulation_steps: usize,
+    /// Samples sampled by weights more than this many versions older than the newest are
+    /// dropped (and counted). 0 = strictly on-policy.
+    pub max_policy_lag: u64,
+    /// Skip the forward/backward pass of samples whose every advantage is 0 when no KL or
+    /// entropy term needs them (their loss and gradient are exactly 0; they still count in the
+    /// loss normalisers, so the result is unchanged).
+    pub skip_zero_signal: bool,
+    /// TRL `max_completion_length`, Dr. GRPO's normaliser.
+    pub max_completion_length: usize,
+}
+
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        Self {
+            gradient_accumulation_steps: 1,
+            max_policy_lag: 0,
+            skip_zero_signal: true,
+            max_completion_length: 256,
+        }
+    }
+}
+
+/// The trainable policy, its optimizer, and the frozen reference for the KL penalty.
+pub struct Learner {
+    model: Llama,
+    reference: Option<Llama>,
+    optimizer: AdamW,
+    schedule: Schedule,
+    config: LearnerConfig,
+    loss: GrpoLossConfig,
+    advantage: AdvantageConfig,
+}
+
+/// Metrics of one step, keyed by their logged names.
+pub type StepMetrics = BTreeMap<String, f64>;
+
+impl Learner {
+    /// A learner training `model` (on an autodiff device). With `loss.beta > 0`, a frozen copy
+    /// of `model`'s current weights becomes the KL reference.
+    pub fn new(
+        model: Llama,
+        optimizer: AdamW,
+        schedule: Schedule,
+        config: LearnerConfig,
+        loss: GrpoLossConfig,
+        advantage: AdvantageConfig,
+    ) -> Self {
+        let reference = (loss.beta > 0.0).then(|| model.valid());
+        Self {
+            model,
+            reference,
+            optimizer,
+            schedule,
+            config,
+            loss,
+            advantage,
+        }
+    }
+
+    /// The trainable model (autodiff device).
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// An inference copy of the current weights (plain device; shares tensors).
+    pub fn policy(&self) -> Llama {
+        self.model.valid()
+    }
+
+    /// The optimizer (for checkpoints).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.step_count()
+    }
+
+    /// One GRPO step on `trajectories` (a step's groups, in a deterministic order), given the
+    /// newest published weights version (for policy lag).
+    ///
+    /// Advantages are group-relative per turn (`kaizen_algorithms::segment_advantages`);
+    /// each conversation thread is one sequence; the loss is `kaizen_algorithms::grpo_loss`
+    /// summed over `gradient_accumulation_steps` micro-batches with step-level normalisers;
+    /// then one AdamW update with global-norm clipping.
+    ///
+    /// # Errors
+    /// Invalid trajectories (reward counts), model input errors, loss input errors.
+    pub fn grpo_step(
+        &mut self,
+        trajectories: &[Trajectory],
+        newest: WeightsVersion,
+    ) -> Result<StepMetrics, Error> {
+        let start = Instant::now();
+        let advantages = segment_advantages(trajectories, &self.advantage)?;
+        let (samples, skipped) = build_samples(trajectories, &advantages.advantages);
+        let total = samples.len();
+        let (fresh, stale): (Vec<Sample>, Vec<Sample>) = samples
+            .into_iter()
+            .partition(|s| s.version.lag(newest) <= self.config.max_policy_lag);
+        let mut metrics = StepMetrics::new();
+        metrics.insert("samples".into(), total as f64);
+        metrics.insert("dropped_stale".into(), stale.len() as f64);
+        metrics.insert(
+            "zero_signal_groups".into(),
+            advantages.zero_signal_groups as f64,
+        );
+        metrics.insert("groups".into(), advantages.num_groups as f64);
+        metrics.insert(
+            "skipped_threads".into(),
+            (skipped.untrained + skipped.mixed_temperature) as f64,
+        );
+        let lags: Vec<u64> = fresh.iter().map(|s| s.version.lag(newest)).collect();
+        if let Some(&max_lag) = lags.iter().max() {
+            metrics.insert("policy_lag_max".into(), max_lag as f64);
+            metrics.insert(
+                "policy_lag_mean".into(),
+                lags.iter().sum::<u64>() as f64 / lags.len() as f64,
+            );
+        }
+        let normalizers = StepNormalizers {
+            num_sequences: fresh.len(),
+            num_tokens: fresh.iter().map(Sample::trained_tokens).sum(),
+            max_completion_length: self.config.max_completion_length,
+        };
+        metrics.insert("trained_tokens".into(), normalizers.num_tokens as f64);
+        let needs_all = self.loss.beta > 0.0 || self.loss.entropy_coef != 0.0;
+        let used: Vec<&Sample> = fresh
+            .iter()
+            .filter(|s| {
+                s.trained_tokens() > 0
+                    && (needs_all || !self.config.skip_zero_signal || !s.zero_signal())
+            })
+            .collect();
+        metrics.insert(
+            "zero_signal_samples".into(),
+            (fresh.len() - used.len()) as f64,
+        );
+        let lr = self.schedule.at(self.optimizer.step_count());
+        metrics.insert("lr".into(), lr);
+        if used.is_empty() {
+            metrics.insert("learner_seconds".into(), start.elapsed().as_secs_f64());
+            metrics.insert("skipped_update".into(), 1.0);
+            return Ok(metrics);
+        }
+        let owned: Vec<Sample> = used.into_iter().cloned().collect();
+        let parts = micro_batches(&owned, self.config.gradient_accumulation_steps);
+        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut merged: Option<GrpoMetrics> = None;
+        let mut scored_tokens = 0usize;
+        let device = self.model.device();
+        for part in parts {
+            let batch: Vec<&Sample> = part.iter().map(|&i| &owned[i]).collect();
+            // One temperature per forward pass.
+            let mut by_temperature: BTreeMap<u32, Vec<&Sample>> = BTreeMap::new();
+            for s in batch {
+                by_temperature
+                    .entry(s.temperature.to_bits())
+                    .or_default()
+                    .push(s);
+            }
+            for (bits, group) in by_temperature {
+                let temperature = f32::from_bits(bits);
+                let score_batch = ScoreBatch {
+                    sequences: group.iter().map(|s| s.tokens.clone()).collect(),
+                    loss_masks: group.iter().map(|s| s.loss_mask.clone()).collect(),
+                };
+                scored_tokens += score_batch.sequences.iter().map(Vec::len).sum::<usize>();
+                let scores = score(&self.model, &score_batch, temperature, true)?;
+                let n = scores.rows.len();
+                let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
+                let advantages: Vec<f32> = group
+                    .iter()
+                    .flat_map(|s| s.trained(&s.advantages))
+                    .collect();
+                let behavior: Vec<f32> = group
+                    .iter()
+                    .flat_map(|s| s.trained(&s.behavior_logprobs))
+                    .collect();
+                let off_policy = group.iter().any(|s| s.version != newest);
+                let behavior = floats(behavior);
+                let ref_logprobs = match &self.reference {
+                    Some(reference) => {
+                        Some(score(reference, &score_batch, temperature, false)?.logprobs)
+                    }
+                    None => None,
+                };
+                let out = grpo_loss(
+                    GrpoBatch {
+                        logprobs: scores.logprobs,
+                        old_logprobs: off_policy.then(|| behavior.clone()),
+                        behavior_logprobs: Some(behavior),
+                        advantages: floats(advantages),
+                        ref_logprobs: ref_logprobs.map(|t| Tensor::from_inner(t.inner())),
+                        entropy: scores.entropy,
+                        rows: &scores.rows,
+                    },
+                    &normalizers,
+                    &self.loss,
+                )?;
+                let grads = out.loss.backward();
+                accumulator
+                    .accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+                merged = Some(match merged {
+                    Some(m) => m.merge(out.metrics),
+                    None => out.metrics,
+                });
+            }
+        }
+        let grads = accumulator.grads();
+        // Cloning a module shares its tensors; the update builds new ones.
+        let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
+        self.model = model;
+        if let Some(m) = merged {
+            let value = serde_json::to_value(m).unwrap_or_default();
+            if let Some(map) = value.as_object() {
+                for (k, v) in map {
+                    if let Some(x) = v.as_f64() {
+                        metrics.insert(k.clone(), x);
+                    }
+                }
+            }
+        }
+        metrics.insert("grad_norm".into(), report.grad_norm);
+        metrics.insert("grad_clip_scale".into(), report.clip_scale);
+        let seconds = start.elapsed().as_secs_f64();
+        metrics.insert("learner_seconds".into(), seconds);
+        metrics.insert(
+            "learner_tokens_per_s".into(),
+            scored_tokens as f64 / seconds.max(1e-9),
+        );
+        Ok(metrics)
+    }
+
+    /// One supervised step (negative log-likelihood of the masked tokens, token mean over the
+    /// step) on `samples`, split into `gradient_accumulation_steps` micro-batches.
+    ///
+    /// # Errors
+    /// Model input errors, empty batches.
+    pub fn sft_step(&mut self, samples: &[Sample]) -> Result<StepMetrics, Error> {
+        let start = Instant::now();
+        let num_tokens: usize = samples.iter().map(Sample::trained_tokens).sum();
+        let lr = self.schedule.at(self.optimizer.step_count());
+        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut loss = 0.0f64;
+        for part in micro_batches(samples, self.config.gradient_accumulation_steps) {
+            let batch = ScoreBatch {
+                sequences: part.iter().map(|&i| samples[i].tokens.clone()).collect(),
+                loss_masks: part.iter().map(|&i| samples[i].loss_mask.clone()).collect(),
+            };
+            let scores = score(&self.model, &batch, 1.0, false)?;
+            let out = sft_loss(scores.logprobs, num_tokens)?;
+            loss += out.metrics.loss as f64;
+            let grads = out.loss.backward();
+            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+        }
+        let grads = accumulator.grads();
+        // Cloning a module shares its tensors; the update builds new ones.
+        let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
+        self.model = model;
+        let mut metrics = StepMetrics::new();
+        metrics.insert("sft/loss".into(), loss);
+        metrics.insert("sft/tokens".into(), num_tokens as f64);
+        metrics.insert("sft/grad_norm".into(), report.grad_norm);
+        metrics.insert("sft/lr".into(), lr);
+        metrics.insert("sft/seconds".into(), start.elapsed().as_secs_f64());
+        Ok(metrics)
+    }
+
+    /// Replaces the optimizer and schedule (e.g. after an SFT warm start, RL starts fresh).
+    pub fn reset_optimizer(&mut self, optimizer: AdamW, schedule: Schedule) {
+        self.optimizer = optimizer;
+        self.schedule = schedule;
+    }
+
+    /// The AdamW configuration in use.
+    pub fn optim_config(&self) -> AdamWConfig {
+        self.optimizer.config().clone()
+    }
+}

@@ -1,0 +1,48 @@
+//! # kaizen-learner
+//!
+//! The learner side of kaizen and the training loop that ties everything together.
+//!
+//! - [`JobConfig`] is one TOML file describing a job (model, environments, actors, sampling,
+//!   GRPO batch, loss, advantages, optimizer, warm start, evaluation, checkpoints, tracking);
+//!   `--set key.path=value` overrides any field.
+//! - [`Learner`] owns the trainable policy (on an autodiff device), its [`AdamW`] optimizer and
+//!   [`Schedule`]: [`Learner::grpo_step`] turns a step's trajectories into samples
+//!   ([`build_samples`]: one sequence per conversation thread, loss on trainable model tokens),
+//!   computes group-relative per-turn advantages and the GRPO loss (`kaizen-algorithms`) over
+//!   micro-batches, clips the global gradient norm and updates the weights.
+//! - [`train`] runs a job: actors (`kaizen-actors`) play the environments with the newest
+//!   published weights, the learner steps (sync: actors wait; async: they keep generating,
+//!   bounded by `max_policy_lag`), weights are published, metrics go to the trackers
+//!   (`kaizen-tracking`), evaluation runs on held-out problems, checkpoints are written
+//!   atomically and a run resumes exactly from its newest one.
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod config;
+mod error;
+mod eval;
+mod learner;
+mod optimizer;
+mod samples;
+mod schedule;
+mod sft_data;
+mod trainer;
+
+pub use checkpoint::{
+    TrainerState, checkpoints_dir, latest as latest_checkpoint, list as list_checkpoints,
+};
+pub use config::{
+    ActorsConfig, CheckpointConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig, Mode,
+    ModelConfig, OptimConfig, RunConfig, SftConfig,
+};
+pub use error::Error;
+pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
+pub use learner::{Learner, LearnerConfig, StepMetrics};
+pub use optimizer::{AdamW, AdamWConfig, StepReport};
+pub use samples::{Sample, SkippedThreads, build_samples, micro_batches};
+pub use schedule::{Schedule, SchedulerType};
+pub use sft_data::{chat_samples, demonstration_samples};
+pub use trainer::{
+    EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, is_training_group,
+    load_policy, resolve_model_source, train,
+};

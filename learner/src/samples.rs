@@ -1,0 +1,256 @@
+//! From trajectories to training sequences: one sequence per conversation thread, loss on the
+//! trainable model tokens only, each token carrying its turn's advantage.
+
+use std::collections::BTreeMap;
+
+use kaizen_core::{Trajectory, WeightsVersion};
+
+/// One training sequence: a conversation thread of one trajectory, exactly as the model saw
+/// and produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Thread tokens: `prompt ++ completion` of each of its segments, in order.
+    pub tokens: Vec<u32>,
+    /// `true` on completion tokens of trainable segments (an EOS the model sampled included).
+    pub loss_mask: Vec<bool>,
+    /// Advantage of each token (that of its segment's turn; 0 where the mask is false).
+    pub advantages: Vec<f32>,
+    /// Behaviour log-prob of each token (0 where the mask is false).
+    pub behavior_logprobs: Vec<f32>,
+    /// The sampling temperature of the trained segments (the learner scores at it).
+    pub temperature: f32,
+    /// Index of the trajectory in the step's list.
+    pub trajectory: usize,
+    /// Oldest weights version among the trained segments.
+    pub version: WeightsVersion,
+}
+
+impl Sample {
+    /// Number of trained tokens.
+    pub fn trained_tokens(&self) -> usize {
+        self.loss_mask.iter().filter(|&&m| m).count()
+    }
+
+    /// Whether every trained token has advantage exactly 0 (no policy-gradient signal).
+    pub fn zero_signal(&self) -> bool {
+        self.advantages.iter().all(|&a| a == 0.0)
+    }
+
+    /// Trained tokens' values of `per_token` (advantages, behaviour log-probs), in order.
+    pub fn trained<'a>(&'a self, per_token: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
+        per_token
+            .iter()
+            .zip(&self.loss_mask)
+            .filter(|(_, m)| **m)
+            .map(|(v, _)| *v)
+    }
+}
+
+/// Why a thread did not become a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SkippedThreads {
+    /// Threads without trainable segments (e.g. judging turns).
+    pub untrained: usize,
+    /// Threads whose trained segments were sampled at different temperatures.
+    pub mixed_temperature: usize,
+}
+
+/// Builds the training sequences of `trajectories`, with `advantages[t][s]` the advantage of
+/// segment `s` of trajectory `t` (from `kaizen_algorithms::segment_advantages`).
+///
+/// Each conversation thread becomes one sequence (one forward pass), whatever number of turns it
+/// has; its loss mask covers the completion tokens of its trainable segments, whose tokens take
+/// their segment's advantage. The prompt tokens of later turns (rendered environment messages)
+/// are context only.
+pub fn build_samples(
+    trajectories: &[Trajectory],
+    advantages: &[Vec<f32>],
+) -> (Vec<Sample>, SkippedThreads) {
+    let mut samples = Vec::new();
+    let mut skipped = SkippedThreads::default();
+    for (t, trajectory) in trajectories.iter().enumerate() {
+        let mut threads: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (s, segment) in trajectory.segments.iter().enumerate() {
+            threads.entry(segment.thread).or_default().push(s);
+        }
+        for segments in threads.values() {
+            let trained: Vec<usize> = segments
+                .iter()
+                .copied()
+                .filter(|&s| trajectory.segments[s].trainable)
+                .collect();
+            let Some(&first) = trained.first() else {
+                skipped.untrained += 1;
+                continue;
+            };
+            let temperature = trajectory.segments[first].temperature;
+            if trained
+                .iter()
+                .any(|&s| trajectory.segments[s].temperature != temperature)
+            {
+                skipped.mixed_temperature += 1;
+                continue;
+            }
+            let mut sample = Sample {
+                tokens: Vec::new(),
+                loss_mask: Vec::new(),
+                advantages: Vec::new(),
+                behavior_logprobs: Vec::new(),
+                temperature,
+                trajectory: t,
+                version: trained
+                    .iter()
+                    .map(|&s| trajectory.segments[s].weights_version)
+                    .min()
+                    .unwrap_or_default(),
+            };
+            for &s in segments {
+                let seg = &trajectory.segments[s];
+                let n_prompt = seg.prompt_tokens.len();
+                sample.tokens.extend_from_slice(&seg.prompt_tokens);
+                sample
+                    .loss_mask
+                    .extend(std::iter::repeat_n(false, n_prompt));
+                sample.advantages.extend(std::iter::repeat_n(0.0, n_prompt));
+                sample
+                    .behavior_logprobs
+                    .extend(std::iter::repeat_n(0.0, n_prompt));
+                let advantage = advantages
+                    .get(t)
+                    .and_then(|a| a.get(s))
+                    .copied()
+                    .unwrap_or(0.0);
+                sample.tokens.extend_from_slice(&seg.completion_tokens);
+                for (i, _) in seg.completion_tokens.iter().enumerate() {
+                    sample.loss_mask.push(seg.trainable);
+                    sample
+                        .advantages
+                        .push(if seg.trainable { advantage } else { 0.0 });
+                    sample
+                        .behavior_logprobs
+                        .push(seg.behavior_logprobs.get(i).copied().unwrap_or(0.0));
+                }
+            }
+            // The first token has no prefix to be predicted from.
+            if sample.loss_mask.first() == Some(&true) {
+                sample.loss_mask[0] = false;
+            }
+            samples.push(sample);
+        }
+    }
+    (samples, skipped)
+}
+
+/// Splits samples into at most `parts` micro-batches of similar token counts, keeping similar
+/// lengths together (less padding). Returns sample indices per micro-batch.
+pub fn micro_batches(samples: &[Sample], parts: usize) -> Vec<Vec<usize>> {
+    let parts = parts.max(1).min(samples.len().max(1));
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(samples[i].tokens.len()));
+    let total: usize = samples.iter().map(|s| s.tokens.len()).sum();
+    let target = total.div_ceil(parts);
+    let mut out: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut filled = 0;
+    for i in order {
+        let len = samples[i].tokens.len();
+        if filled > 0 && filled + len > target && out.len() < parts {
+            out.push(Vec::new());
+            filled = 0;
+        }
+        out.last_mut().expect("never empty").push(i);
+        filled += len;
+    }
+    out.retain(|b| !b.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use kaizen_core::{FinishReason, Outcome, Segment};
+
+    use super::*;
+
+    fn segment(
+        thread: u32,
+        prompt: &[u32],
+        completion: &[u32],
+        trainable: bool,
+        v: u64,
+    ) -> Segment {
+        Segment {
+            agent: "solver".into(),
+            thread,
+            prompt_tokens: prompt.to_vec(),
+            completion_tokens: completion.to_vec(),
+            behavior_logprobs: completion.iter().map(|&t| -(t as f32) / 10.0).collect(),
+            trainable,
+            temperature: 0.7,
+            weights_version: WeightsVersion(v),
+            finish_reason: FinishReason::Eos,
+        }
+    }
+
+    #[test]
+    fn a_two_turn_thread_is_one_sequence_with_per_turn_advantages() {
+        let t = Trajectory {
+            id: 0,
+            env: "e".into(),
+            seed: 0,
+            group_id: 0,
+            segments: vec![
+                segment(0, &[1, 2, 3], &[4, 5], true, 3),
+                segment(1, &[9, 9], &[8], false, 3),
+                segment(0, &[6], &[7, 2], true, 4),
+            ],
+            outcome: Outcome::default(),
+        };
+        let (samples, skipped) = build_samples(&[t], &[vec![0.5, 9.0, -1.0]]);
+        assert_eq!(
+            skipped.untrained, 1,
+            "the untrained judging thread is skipped"
+        );
+        assert_eq!(samples.len(), 1);
+        let s = &samples[0];
+        assert_eq!(s.tokens, vec![1, 2, 3, 4, 5, 6, 7, 2]);
+        assert_eq!(
+            s.loss_mask,
+            vec![false, false, false, true, true, false, true, true]
+        );
+        assert_eq!(s.advantages, vec![0.0, 0.0, 0.0, 0.5, 0.5, 0.0, -1.0, -1.0]);
+        assert_eq!(
+            s.trained(&s.behavior_logprobs).collect::<Vec<_>>(),
+            vec![-0.4, -0.5, -0.7, -0.2]
+        );
+        assert_eq!(s.version, WeightsVersion(3));
+        assert_eq!(s.trained_tokens(), 4);
+        assert!(!s.zero_signal());
+    }
+
+    #[test]
+    fn micro_batches_cover_every_sample_once_and_balance_tokens() {
+        let mk = |n: usize| Sample {
+            tokens: vec![1; n],
+            loss_mask: vec![true; n],
+            advantages: vec![1.0; n],
+            behavior_logprobs: vec![0.0; n],
+            temperature: 1.0,
+            trajectory: 0,
+            version: WeightsVersion(0),
+        };
+        let samples: Vec<Sample> = [10, 50, 20, 40, 30, 60].iter().map(|&n| mk(n)).collect();
+        for parts in 1..=7 {
+            let batches = micro_batches(&samples, parts);
+            assert!(batches.len() <= parts.min(6));
+            let mut all: Vec<usize> = batches.iter().flatten().copied().collect();
+            all.sort();
+            assert_eq!(all, (0..6).collect::<Vec<_>>());
+        }
+        let three = micro_batches(&samples, 3);
+        let sizes: Vec<usize> = three
+            .iter()
+            .map(|b| b.iter().map(|&i| samples[i].tokens.len()).sum())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 210);
+        assert!(sizes.iter().all(|&s| s <= 110), "{sizes:?}");
+    }
+}

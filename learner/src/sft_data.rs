@@ -1,0 +1,203 @@
+//! Supervised warm-start data: expert demonstrations of the configured environments, or a JSONL
+//! file of chat conversations.
+
+use std::path::Path;
+
+use kaizen_actors::EnvSlot;
+use kaizen_core::{Message, Role, WeightsVersion};
+use kaizen_envs::{EpisodeLimits, demonstrate};
+use kaizen_model::{ChatTemplate, ChatThread, Tokenizer};
+
+use crate::Error;
+use crate::samples::Sample;
+
+fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
+    let n = tokens.len();
+    let mut loss_mask = vec![false; prompt_len];
+    loss_mask.extend(std::iter::repeat_n(true, n - prompt_len));
+    Sample {
+        tokens,
+        loss_mask,
+        advantages: vec![0.0; n],
+        behavior_logprobs: vec![0.0; n],
+        temperature: 1.0,
+        trajectory: index,
+        version: WeightsVersion(0),
+    }
+}
+
+/// The answer as trained tokens: its encoding followed by the tokenizer's first EOS id, so the
+/// model learns to stop.
+fn answer_tokens(tokenizer: &Tokenizer, answer: &str) -> Result<Vec<u32>, Error> {
+    let mut ids = tokenizer.encode(answer, false)?;
+    ids.extend(tokenizer.eos_token_ids().first());
+    Ok(ids)
+}
+
+/// `count` expert demonstrations: episodes of `envs` (picked round-robin) from seeds
+/// `first_seed..`, answered by each environment's expert; every answered turn becomes one
+/// sequence (prompt rendered with `template`, loss on the answer and EOS).
+///
+/// # Errors
+/// [`Error::Config`] when an environment has no expert (naming it); tokenizer errors.
+pub fn demonstration_samples(
+    runtime: &tokio::runtime::Runtime,
+    envs: &[EnvSlot],
+    count: usize,
+    first_seed: u64,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<Vec<Sample>, Error> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let slot = &envs[i % envs.len()];
+        let seed = first_seed + i as u64;
+        let episode = runtime.block_on(demonstrate(
+            slot.factory.make(),
+            seed,
+            EpisodeLimits::default(),
+        ));
+        if let Err(fault) = &episode.end {
+            return Err(Error::Config {
+                path: "[sft]".into(),
+                message: format!(
+                    "`source = \"demonstrations\"` needs environments with an expert; `{}` seed {seed}: {fault}",
+                    slot.name
+                ),
+            });
+        }
+        for turn in &episode.turns {
+            if !turn.request.trainable {
+                continue;
+            }
+            let thread = ChatThread::start(template.clone(), tokenizer, &turn.request.messages)?;
+            let mut tokens = thread.tokens().to_vec();
+            let prompt_len = tokens.len();
+            tokens.extend(answer_tokens(tokenizer, &turn.answer)?);
+            out.push(sample(tokens, prompt_len, out.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// Chat conversations from a JSONL file (`{"messages": [{"role", "content"}, ...]}` per line):
+/// one sequence per conversation, loss on every assistant message (and its EOS).
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::Config`] naming the file and line for malformed lines or
+/// conversations without an assistant message.
+pub fn chat_samples(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<Vec<Sample>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let fail = |line: usize, message: String| Error::Config {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    };
+    #[derive(serde::Deserialize)]
+    struct Conversation {
+        messages: Vec<Message>,
+    }
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let conv: Conversation =
+            serde_json::from_str(line).map_err(|e| fail(i + 1, e.to_string()))?;
+        let assistants: Vec<usize> = conv
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .map(|(j, _)| j)
+            .collect();
+        let Some(&first) = assistants.first() else {
+            return Err(fail(i + 1, "no assistant message to train on".into()));
+        };
+        if first == 0 {
+            return Err(fail(
+                i + 1,
+                "the conversation starts with an assistant message".into(),
+            ));
+        }
+        let mut thread = ChatThread::start(template.clone(), tokenizer, &conv.messages[..first])?;
+        let mut mask = vec![false; thread.tokens().len()];
+        for (k, &a) in assistants.iter().enumerate() {
+            if k > 0 {
+                let Some(new) = thread.continue_with(tokenizer, &conv.messages[..a])? else {
+                    return Err(fail(
+                        i + 1,
+                        "assistant messages must follow other messages".into(),
+                    ));
+                };
+                mask.extend(std::iter::repeat_n(false, new.len()));
+            }
+            let ids = answer_tokens(tokenizer, &conv.messages[a].content)?;
+            mask.extend(std::iter::repeat_n(true, ids.len()));
+            thread.push_completion(tokenizer, &ids, &conv.messages[a].content)?;
+        }
+        let tokens = thread.tokens().to_vec();
+        let n = tokens.len();
+        out.push(Sample {
+            tokens,
+            loss_mask: mask,
+            advantages: vec![0.0; n],
+            behavior_logprobs: vec![0.0; n],
+            temperature: 1.0,
+            trajectory: out.len(),
+            version: WeightsVersion(0),
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: "no conversations".into(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_jsonl_masks_exactly_the_assistant_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.jsonl");
+        std::fs::write(
+            &path,
+            r#"{"messages":[{"role":"user","content":"2+2?"},{"role":"assistant","content":"4"},{"role":"user","content":"sure?"},{"role":"assistant","content":"yes"}]}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::byte_level();
+        let samples = chat_samples(&path, &tok, &ChatTemplate::chatml()).unwrap();
+        assert_eq!(samples.len(), 1);
+        let s = &samples[0];
+        let trained: Vec<u32> = s
+            .tokens
+            .iter()
+            .zip(&s.loss_mask)
+            .filter(|(_, m)| **m)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut expected: Vec<u32> = b"4".iter().map(|&b| b as u32).collect();
+        expected.push(258);
+        expected.extend(b"yes".iter().map(|&b| b as u32));
+        expected.push(258);
+        assert_eq!(trained, expected);
+        std::fs::write(
+            &path,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
+        )
+        .unwrap();
+        let err = chat_samples(&path, &tok, &ChatTemplate::chatml())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1") && err.contains("assistant"), "{err}");
+    }
+}

@@ -1,0 +1,639 @@
+//! kaizen's own CPU kernels for inference: the products, attention and element-wise steps of a
+//! decoder forward pass, on plain row-major `f32` slices.
+//!
+//! burn's CPU backends run a matrix product through a packing GEMM (`gemm` crate) whatever its
+//! shape. Decoding multiplies a few rows of activations by every weight matrix (`x · Wᵀ` with
+//! `x: [m, k]`, `m` = rows decoding, often 1–64), where packing the weight costs as much as the
+//! product and a single call below burn's parallel threshold runs on one core. The kernels here
+//! read `W` in its stored `[n, k]` layout without packing, split the output columns over the
+//! rayon pool, and serve several weights that share one input (q/k/v, gate/up) in one parallel
+//! region. Attention reads each row's keys and values straight from the KV cache, only over the
+//! columns that row can see.
+//!
+//! Each kernel has an AVX2 + FMA version (selected at run time) and a portable one; both compute
+//! the same sums up to float reassociation (tests compare them with burn's results).
+
+use rayon::prelude::*;
+
+/// Products with more rows than this go to the packing GEMM (`gemm` crate): with many rows the
+/// packed weight is reused enough to pay for itself.
+const SKINNY_MAX_ROWS: usize = 48;
+
+/// Work below this many multiply-adds runs on the calling thread (a rayon fork costs a few µs).
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// One weight `[n, k]` (row-major: the Hugging Face / GGUF layout) and the `[m, n]` buffer its
+/// product with the shared input is written to.
+pub(crate) struct Product<'a> {
+    /// `[n, k]`.
+    pub weight: &'a [f32],
+    /// `[m, n]`, overwritten.
+    pub out: &'a mut [f32],
+}
+
+/// `out_j = x · W_jᵀ` for every product `j`, all sharing `x: [m, k]` (fused projections: one
+/// parallel region for q/k/v or gate/up).
+///
+/// # Panics
+/// If a slice length does not match `m`, `k` and the weight's row count.
+pub(crate) fn matmul_transb(x: &[f32], m: usize, k: usize, products: &mut [Product<'_>]) {
+    assert_eq!(x.len(), m * k, "matmul_transb: x is not [m, k]");
+    let mut total_n = 0;
+    for p in products.iter() {
+        assert!(k > 0 && p.weight.len() % k == 0, "matmul_transb: W is not [n, k]");
+        let n = p.weight.len() / k;
+        assert_eq!(p.out.len(), m * n, "matmul_transb: out is not [m, n]");
+        total_n += n;
+    }
+    if m == 0 || total_n == 0 {
+        return;
+    }
+    if m > SKINNY_MAX_ROWS {
+        for p in products.iter_mut() {
+            gemm_transb(x, m, k, p.weight, p.out);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1 && m * total_n * k >= PARALLEL_MIN_MACS;
+    // Column chunks: a few per thread so uneven products still balance.
+    let chunk = if parallel {
+        total_n.div_ceil(threads * 4).max(16)
+    } else {
+        total_n
+    };
+    let mut tasks = Vec::new();
+    for p in products.iter_mut() {
+        let n = p.weight.len() / k;
+        let mut rows: Vec<&mut [f32]> = p.out.chunks_mut(n).collect();
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let out: Vec<&mut [f32]> = rows
+                .iter_mut()
+                .map(|row| {
+                    let (head, tail) = std::mem::take(row).split_at_mut(len);
+                    *row = tail;
+                    head
+                })
+                .collect();
+            tasks.push(ColumnTask {
+                weight: &p.weight[start * k..(start + len) * k],
+                out,
+            });
+            start += len;
+        }
+    }
+    if parallel {
+        tasks
+            .into_par_iter()
+            .for_each(|mut task| skinny(x, m, k, task.weight, &mut task.out));
+    } else {
+        for mut task in tasks {
+            skinny(x, m, k, task.weight, &mut task.out);
+        }
+    }
+}
+
+/// A run of weight rows and, for each input row, the slice of its output they produce.
+struct ColumnTask<'a> {
+    weight: &'a [f32],
+    out: Vec<&'a mut [f32]>,
+}
+
+/// `out[i][j] = x_i · w_j` for `x: [m, k]`, `w: [n, k]`, `out`: `m` slices of `n`.
+fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { avx2::skinny(x, m, k, w, out) };
+        return;
+    }
+    portable::skinny(x, m, k, w, out);
+}
+
+/// The packing GEMM for tall products, parallel over the rayon pool.
+fn gemm_transb(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    let n = w.len() / k;
+    assert!(x.len() == m * k && out.len() == m * n, "gemm_transb: shapes");
+    let parallelism = if m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three pointers cover the asserted lengths and the strides describe them:
+    // `x` is [m, k] row-major (column stride 1, row stride k); the right-hand side is Wᵀ, whose
+    // element (p, j) is `w[j * k + p]` (column stride k, row stride 1); `out` is [m, n]
+    // row-major. `out` is written only (alpha = 0, read_dst = false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Whether the AVX2 + FMA kernels can run (cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Shape of the attention inputs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (each serves `heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Columns allocated per row in the cache.
+    pub capacity: usize,
+}
+
+/// Causal grouped-query attention of `seq` new queries per row over the cached keys/values.
+///
+/// Query `t` of row `b` sits at column `past + t` and attends to columns
+/// `starts[b]..=past + t` (a padding query, `past + t < starts[b]`, only to itself), as
+/// `kv_cache::attention_mask` describes; scores are scaled by `1/√head_dim`.
+///
+/// # Shapes
+/// - `q`: `[rows, seq, heads, head_dim]` (rotary positions applied)
+/// - `k_cache`, `v_cache`: `[rows, kv_heads, capacity, head_dim]`, columns `..past + seq` written
+/// - `out`: `[rows, seq, heads, head_dim]`, overwritten
+///
+/// # Panics
+/// If a length does not match the shape.
+pub(crate) fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    starts: &[usize],
+    past: usize,
+    seq: usize,
+    shape: AttentionShape,
+    out: &mut [f32],
+) {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+        capacity,
+    } = shape;
+    let rows = starts.len();
+    let groups = heads / kv_heads;
+    assert_eq!(q.len(), rows * seq * heads * d, "attention: q shape");
+    assert_eq!(out.len(), q.len(), "attention: out shape");
+    assert_eq!(k_cache.len(), rows * kv_heads * capacity * d, "attention: k shape");
+    assert_eq!(v_cache.len(), k_cache.len(), "attention: v shape");
+    assert!(past + seq <= capacity, "attention: columns beyond the cache");
+    if q.is_empty() {
+        return;
+    }
+    // One task per (row, KV head): the outputs of its query heads at every position.
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..rows * kv_heads)
+        .map(|_| Vec::with_capacity(seq))
+        .collect();
+    for (bt, row) in out.chunks_mut(heads * d).enumerate() {
+        let b = bt / seq;
+        for (h, group) in row.chunks_mut(groups * d).enumerate() {
+            tasks[b * kv_heads + h].push(group);
+        }
+    }
+    let run = |(task, mut outs): (usize, Vec<&mut [f32]>)| {
+        let (b, h) = (task / kv_heads, task % kv_heads);
+        let block = (b * kv_heads + h) * capacity * d..(b * kv_heads + h + 1) * capacity * d;
+        let head = HeadTask {
+            q,
+            keys: &k_cache[block.clone()],
+            values: &v_cache[block],
+            q_offset: |t: usize| ((b * seq + t) * heads + h * groups) * d,
+            start: starts[b],
+            past,
+            groups,
+            d,
+        };
+        head.run(&mut outs);
+    };
+    let work = rows * kv_heads * seq * groups * (past + seq) * d;
+    if work >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        tasks.into_par_iter().enumerate().for_each(run);
+    } else {
+        tasks.into_iter().enumerate().for_each(run);
+    }
+}
+
+/// The attention of one KV head's query group of one row.
+struct HeadTask<'a, F: Fn(usize) -> usize> {
+    q: &'a [f32],
+    /// `[capacity, d]`.
+    keys: &'a [f32],
+    /// `[capacity, d]`.
+    values: &'a [f32],
+    /// Offset in `q` of the group's first query head at position `t`.
+    q_offset: F,
+    start: usize,
+    past: usize,
+    groups: usize,
+    d: usize,
+}
+
+impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
+    fn run(&self, outs: &mut [&mut [f32]]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+            unsafe { self.run_avx2(outs) };
+            return;
+        }
+        self.run_with::<Plain>(outs);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, outs: &mut [&mut [f32]]) {
+        self.run_with::<Fused>(outs);
+    }
+
+    #[inline(always)]
+    fn run_with<A: MulAdd>(&self, outs: &mut [&mut [f32]]) {
+        let (g, d) = (self.groups, self.d);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut scores = Vec::new();
+        for (t, out) in outs.iter_mut().enumerate() {
+            let pos = self.past + t;
+            let first = if pos < self.start { pos } else { self.start };
+            let cols = pos + 1 - first;
+            let q = &self.q[(self.q_offset)(t)..][..g * d];
+            scores.clear();
+            scores.resize(g * cols, 0.0);
+            for (c, key) in self.keys[first * d..(pos + 1) * d].chunks_exact(d).enumerate() {
+                for (i, qh) in q.chunks_exact(d).enumerate() {
+                    scores[i * cols + c] = dot::<A>(qh, key) * scale;
+                }
+            }
+            for s in scores.chunks_exact_mut(cols) {
+                softmax_in_place(s);
+            }
+            out.fill(0.0);
+            for (c, value) in self.values[first * d..(pos + 1) * d]
+                .chunks_exact(d)
+                .enumerate()
+            {
+                for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                    axpy::<A>(scores[i * cols + c], value, o);
+                }
+            }
+        }
+    }
+}
+
+/// `a · b + c`, fused where the CPU has FMA.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// Separate multiply and add (no FMA unit assumed).
+struct Plain;
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// One fused multiply-add (compiled inside `target_feature(enable = "fma")` functions only).
+#[cfg(target_arch = "x86_64")]
+struct Fused;
+#[cfg(target_arch = "x86_64")]
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Lanes of the portable vector loops (one AVX register of f32).
+const LANES: usize = 8;
+
+/// `Σ a_i b_i` with `LANES` independent partial sums (vectorizable).
+#[inline(always)]
+fn dot<A: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (a8, a_tail) = a.split_at(a.len() - a.len() % LANES);
+    let (b8, b_tail) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(LANES).zip(b8.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] = A::mul_add(x[l], y[l], acc[l]);
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        sum = A::mul_add(*x, *y, sum);
+    }
+    sum
+}
+
+/// `y += alpha · x`.
+#[inline(always)]
+fn axpy<A: MulAdd>(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = A::mul_add(alpha, *xi, *yi);
+    }
+}
+
+/// `s ← softmax(s)`.
+#[inline(always)]
+fn softmax_in_place(s: &mut [f32]) {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in s.iter_mut() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `e^x` in f32, branch-free so loops over it vectorize: Cody–Waite range reduction to
+/// `r ∈ [-ln2/2, ln2/2]` and the Cephes `expf` polynomial (≤ 2 ulp on the whole range);
+/// `0` below `-87.3` (where `e^x` leaves the normal floats), `+∞` above `88.7`.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.3, 88.7);
+    let n = (xc * LOG2E + 0.5).floor();
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let y = p * (r * r) + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let e = y * scale;
+    if x < -87.3 {
+        0.0
+    } else if x > 88.7 {
+        f32::INFINITY
+    } else {
+        e
+    }
+}
+
+/// `y_r = x_r / √(mean(x_r²) + ε) · γ` for every row `x_r` of width `γ.len()`.
+pub(crate) fn rms_norm(x: &[f32], gamma: &[f32], eps: f32, y: &mut [f32]) {
+    let width = gamma.len();
+    assert_eq!(x.len(), y.len(), "rms_norm: shapes");
+    for (xr, yr) in x.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
+        let mut acc = [0.0f32; LANES];
+        let (body, tail) = xr.split_at(width - width % LANES);
+        for c in body.chunks_exact(LANES) {
+            for l in 0..LANES {
+                acc[l] += c[l] * c[l];
+            }
+        }
+        let ss = acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>();
+        let inv_rms = 1.0 / (ss / width as f32 + eps).sqrt();
+        for ((o, v), g) in yr.iter_mut().zip(xr).zip(gamma) {
+            *o = v * inv_rms * g;
+        }
+    }
+}
+
+/// Rotates every head of every token in place ("rotate half" convention, see
+/// [`crate::Rope`]): `x' = x · cos + rotate_half(x) · sin`.
+///
+/// # Shapes
+/// - `x`: `[tokens, heads, head_dim]`; `cos`, `sin`: `[tokens, head_dim]`.
+pub(crate) fn rope(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    assert_eq!(x.len() / (heads * d), cos.len() / d, "rope: shapes");
+    for (token, (c, s)) in x
+        .chunks_exact_mut(heads * d)
+        .zip(cos.chunks_exact(d).zip(sin.chunks_exact(d)))
+    {
+        for head in token.chunks_exact_mut(d) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] + (-b) * s[i];
+                x2[i] = b * c[half + i] + a * s[half + i];
+            }
+        }
+    }
+}
+
+/// `gate ← SiLU(gate) ⊙ up`, `SiLU(g) = g · σ(g) = g / (1 + e^{-g})`.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { silu_mul_avx2(gate, up) };
+        return;
+    }
+    silu_mul_portable(gate, up);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    silu_mul_portable(gate, up);
+}
+
+#[inline(always)]
+fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: shapes");
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+/// `e^{x_i - shift}` for every element, returned in `out`, with their sum.
+pub(crate) fn exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        return unsafe { exp_shifted_avx2(x, shift, scale, out) };
+    }
+    exp_shifted_portable(x, shift, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_shifted_avx2(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    exp_shifted_portable(x, shift, scale, out)
+}
+
+/// `out_i = e^{(x_i − shift) · scale}`; returns `Σ out_i` (summed in `LANES` partial sums).
+#[inline(always)]
+fn exp_shifted_portable(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_shifted: shapes");
+    let mut acc = [0.0f32; LANES];
+    let body = x.len() - x.len() % LANES;
+    for (xc, oc) in x[..body]
+        .chunks_exact(LANES)
+        .zip(out[..body].chunks_exact_mut(LANES))
+    {
+        for l in 0..LANES {
+            let e = exp((xc[l] - shift) * scale);
+            oc[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (xi, oi) in x[body..].iter().zip(&mut out[body..]) {
+        *oi = exp((xi - shift) * scale);
+        sum += *oi;
+    }
+    sum
+}
+
+/// The portable kernels (and the reference the SIMD ones are tested against).
+mod portable {
+    use super::LANES;
+
+    /// `out[i][j] = x_i · w_j`, four weight rows at a time, `LANES`-wide partial sums.
+    pub(super) fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+        let n = w.len() / k;
+        let body = k - k % LANES;
+        for (j, wj) in w.chunks_exact(k).enumerate().take(n) {
+            for i in 0..m {
+                let xi = &x[i * k..(i + 1) * k];
+                let mut acc = [0.0f32; LANES];
+                for (a, b) in xi[..body]
+                    .chunks_exact(LANES)
+                    .zip(wj[..body].chunks_exact(LANES))
+                {
+                    for l in 0..LANES {
+                        acc[l] += a[l] * b[l];
+                    }
+                }
+                let mut s = acc.iter().sum::<f32>();
+                for p in body..k {
+                    s += xi[p] * wj[p];
+                }
+                out[i][j] = s;
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA register-blocked kernel: a block of `MR` input rows × `NR` weight rows keeps
+/// `MR × NR` accumulators in registers while streaming `k` (the weight rows stay in L1 while
+/// every input row passes).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Input rows per block.
+    const MR: usize = 4;
+    /// Weight rows per block (`MR × NR` accumulators + `NR` weights + 1 input ≤ 16 registers).
+    const NR: usize = 3;
+
+    /// As `portable::skinny`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+        let n = w.len() / k;
+        let mut j = 0;
+        while j < n {
+            let nr = (n - j).min(NR);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(MR);
+                match (mr, nr) {
+                    (4, 3) => block::<4, 3>(x, i, j, k, w, out),
+                    (4, 2) => block::<4, 2>(x, i, j, k, w, out),
+                    (4, _) => block::<4, 1>(x, i, j, k, w, out),
+                    (3, 3) => block::<3, 3>(x, i, j, k, w, out),
+                    (3, 2) => block::<3, 2>(x, i, j, k, w, out),
+                    (3, _) => block::<3, 1>(x, i, j, k, w, out),
+                    (2, 3) => block::<2, 3>(x, i, j, k, w, out),
+                    (2, 2) => block::<2, 2>(x, i, j, k, w, out),
+                    (2, _) => block::<2, 1>(x, i, j, k, w, out),
+                    (_, 3) => block::<1, 3>(x, i, j, k, w, out),
+                    (_, 2) => block::<1, 2>(x, i, j, k, w, out),
+                    (_, _) => block::<1, 1>(x, i, j, k, w, out),
+                }
+                i += mr;
+            }
+            j += nr;
+        }
+    }
+
+    /// `out[i0 + a][j0 + b] = x_{i0+a} · w_{j0+b}` for `a < R`, `b < C`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn block<const R: usize, const C: usize>(
+        x: &[f32],
+        i0: usize,
+        j0: usize,
+        k: usize,
+        w: &[f32],
+        out: &mut [&mut [f32]],
+    ) {
+        let xs = &x[i0 * k..(i0 + R) * k];
+        let ws = &w[j0 * k..(j0 + C) * k];
+        let (xp, wp) = (xs.as_ptr(), ws.as_ptr());
+        let body = k - k % 8;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut p = 0;
+        while p < body {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (b, v) in wv.iter_mut().enumerate() {
+                // SAFETY: row b < C of `ws` spans [b*k, (b+1)*k) and p + 8 <= body <= k.
+                *v = unsafe { _mm256_loadu_ps(wp.add(b * k + p)) };
+            }
+            for (a, row) in acc.iter_mut().enumerate() {
+                // SAFETY: row a < R of `xs` spans [a*k, (a+1)*k) and p + 8 <= k.
+                let xv = unsafe { _mm256_loadu_ps(xp.add(a * k + p)) };
+                for (b, v) in row.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(xv, wv[b], *v);
+                }
+            }
+            p += 8;
+        }
+        for (a, row) in acc.iter().enumerate() {
+            for (b, v) in row.iter().enumerate() {
+                let mut s = hsum(*v);
+                for q in body..k {
+                    s = xs[a * k + q].mul_add(ws[b * k + q], s);
+                }
+                out[i0 + a][j0 + b] = s;
+            }
+        }
+    }
+
+    /// Sum of the 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+}

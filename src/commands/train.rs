@@ -1,0 +1,99 @@
+//! `kaizen train`: run a training job from a TOML config.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use burn::tensor::Device;
+use kaizen_envs::Registry;
+use kaizen_learner::{JobConfig, TrainOptions, train};
+
+/// Arguments of `kaizen train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The job config (TOML). With `--resume`, defaults to the run's saved `config.toml`.
+    pub config: Option<PathBuf>,
+    /// Override any config field: `--set optim.learning_rate=1e-5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue a run directory (`runs/<experiment>/<run-id>`) from its newest checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// No progress bar (log lines instead).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Runs `kaizen train`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config_path = match (&args.config, &args.resume) {
+        (Some(path), _) => path.clone(),
+        (None, Some(run)) => run.join("config.toml"),
+        (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
+    };
+    let (config, resolved) = JobConfig::load(&config_path, &args.overrides)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nkaizen: second Ctrl-C, exiting now");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nkaizen: stopping after this step (checkpoint, then exit); Ctrl-C again to abort"
+            );
+        })?;
+    }
+    let options = TrainOptions {
+        device: Device::default(),
+        stop,
+        progress: !args.no_progress,
+        registry: Registry::with_builtins(),
+        resume: args.resume.clone(),
+    };
+    let summary = train(config, resolved, options)
+        .with_context(|| format!("training job {}", config_path.display()))?;
+    println!("run: {}", summary.run_dir.display());
+    println!("steps: {} ({:?})", summary.steps, summary.status);
+    let show = |label: &str, eval: &Option<std::collections::BTreeMap<String, f64>>| {
+        if let Some(eval) = eval {
+            let line: Vec<String> = eval
+                .iter()
+                .filter(|(k, _)| {
+                    k.contains("correct@t") || k.contains("pass@") || k.contains("delta")
+                })
+                .map(|(k, v)| format!("{k}={v:.3}"))
+                .collect();
+            println!("{label}: {}", line.join(" "));
+        }
+    };
+    show("eval before", &summary.eval_start);
+    show("eval after", &summary.eval_end);
+    let e = summary.episodes;
+    println!(
+        "episodes: submitted {} reported {} trained {} faulted {} unused {}",
+        e.submitted, e.reported, e.trained, e.faulted, e.unused
+    );
+    Ok(())
+}
+
+/// Installs a Ctrl-C handler on a small background runtime.
+fn ctrlc_handler(on_signal: impl Fn() + Send + 'static) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    std::thread::Builder::new()
+        .name("kaizen-signal".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    on_signal();
+                }
+            })
+        })
+        .context("signal thread")?;
+    Ok(())
+}
