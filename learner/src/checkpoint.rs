@@ -26,6 +26,9 @@ pub struct TrainerState {
     pub next_group: u64,
     /// Next episode (trajectory) id.
     pub next_task: u64,
+    /// Episode accounting so far.
+    #[serde(default)]
+    pub episodes: crate::trainer::EpisodeCounts,
 }
 
 /// Where a run's checkpoints live: `<run_dir>/checkpoints/step-NNNNNN/`.

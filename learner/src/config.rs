@@ -352,9 +352,15 @@ impl JobConfig {
                 message,
             })?;
         }
-        let config: JobConfig = toml::Value::Table(table.clone())
+        let mut config: JobConfig = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| fail(e.to_string()))?;
+        for env in &mut config.envs {
+            expand_table(&mut env.params);
+            if let Some(p) = &mut env.eval_params {
+                expand_table(p);
+            }
+        }
         config.validate().map_err(fail)?;
         Ok((config, table))
     }
@@ -411,6 +417,36 @@ impl JobConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The kaizen cache directory: `$KAIZEN_CACHE`, else `~/.cache/kaizen`.
+pub fn kaizen_cache() -> PathBuf {
+    std::env::var_os("KAIZEN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kaizen")))
+        .unwrap_or_else(|| PathBuf::from(".cache/kaizen"))
+}
+
+/// Expands `${KAIZEN_CACHE}` and a leading `~/` in a string (environment parameters name data
+/// files under the cache that `scripts/data/` fills).
+pub fn expand_path(value: &str) -> String {
+    let mut out = value.replace("${KAIZEN_CACHE}", &kaizen_cache().display().to_string());
+    if let Some(rest) = out.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        out = Path::new(&home).join(rest).display().to_string();
+    }
+    out
+}
+
+fn expand_table(table: &mut toml::Table) {
+    for (_, value) in table.iter_mut() {
+        match value {
+            toml::Value::String(s) => *s = expand_path(s),
+            toml::Value::Table(t) => expand_table(t),
+            _ => {}
+        }
     }
 }
 
@@ -526,6 +562,16 @@ name = "self_correct"
             err.contains("--set") && err.contains("key.path=value"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cache_paths_in_env_params_expand() {
+        let text =
+            format!("{MINIMAL}[env.params]\nproblems = \"${{KAIZEN_CACHE}}/data/x.jsonl\"\n");
+        let (c, _) = JobConfig::parse(&text, Path::new("job.toml"), &[]).unwrap();
+        let p = c.envs[0].params["problems"].as_str().unwrap().to_string();
+        assert!(p.ends_with("/data/x.jsonl") && !p.contains("${"), "{p}");
+        assert!(p.starts_with(&kaizen_cache().display().to_string()));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use checkpoint::{
 };
 pub use config::{
     ActorsConfig, CheckpointConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig, Mode,
-    ModelConfig, OptimConfig, RunConfig, SftConfig,
+    ModelConfig, OptimConfig, RunConfig, SftConfig, expand_path, kaizen_cache,
 };
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};

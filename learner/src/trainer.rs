@@ -50,7 +50,7 @@ pub struct TrainOptions {
 
 /// Counts of episodes, so nothing is lost silently: `reported = trained + faulted +
 /// dropped_stale + unused` and `submitted = reported` at the end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpisodeCounts {
     /// Training episodes queued on the actors.
     pub submitted: u64,
@@ -217,6 +217,7 @@ pub fn train(
                 next_seed: 0,
                 next_group: 0,
                 next_task: 0,
+                episodes: EpisodeCounts::default(),
             };
             (policy, state, None, run_dir, trackers)
         }
@@ -326,8 +327,8 @@ pub fn train(
         publisher,
         learner,
         policy_parts: (tokenizer, template),
+        counts: state.episodes,
         state,
-        counts: EpisodeCounts::default(),
         targets,
         stray: Vec::new(),
         samples_file,
@@ -832,6 +833,7 @@ impl Run {
     }
 
     fn save_checkpoint(&mut self) -> Result<(), Error> {
+        self.state.episodes = self.counts;
         let (tokenizer, template) = &self.policy_parts;
         let policy = Policy {
             model: self.learner.policy(),

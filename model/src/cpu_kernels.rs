@@ -40,7 +40,10 @@ pub(crate) fn matmul_transb(x: &[f32], m: usize, k: usize, products: &mut [Produ
     assert_eq!(x.len(), m * k, "matmul_transb: x is not [m, k]");
     let mut total_n = 0;
     for p in products.iter() {
-        assert!(k > 0 && p.weight.len() % k == 0, "matmul_transb: W is not [n, k]");
+        assert!(
+            k > 0 && p.weight.len() % k == 0,
+            "matmul_transb: W is not [n, k]"
+        );
         let n = p.weight.len() / k;
         assert_eq!(p.out.len(), m * n, "matmul_transb: out is not [m, n]");
         total_n += n;
@@ -115,7 +118,10 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
 /// The packing GEMM for tall products, parallel over the rayon pool.
 fn gemm_transb(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
     let n = w.len() / k;
-    assert!(x.len() == m * k && out.len() == m * n, "gemm_transb: shapes");
+    assert!(
+        x.len() == m * k && out.len() == m * n,
+        "gemm_transb: shapes"
+    );
     let parallelism = if m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -202,9 +208,16 @@ pub(crate) fn attention(
     let groups = heads / kv_heads;
     assert_eq!(q.len(), rows * seq * heads * d, "attention: q shape");
     assert_eq!(out.len(), q.len(), "attention: out shape");
-    assert_eq!(k_cache.len(), rows * kv_heads * capacity * d, "attention: k shape");
+    assert_eq!(
+        k_cache.len(),
+        rows * kv_heads * capacity * d,
+        "attention: k shape"
+    );
     assert_eq!(v_cache.len(), k_cache.len(), "attention: v shape");
-    assert!(past + seq <= capacity, "attention: columns beyond the cache");
+    assert!(
+        past + seq <= capacity,
+        "attention: columns beyond the cache"
+    );
     if q.is_empty() {
         return;
     }
@@ -285,7 +298,10 @@ impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
             let q = &self.q[(self.q_offset)(t)..][..g * d];
             scores.clear();
             scores.resize(g * cols, 0.0);
-            for (c, key) in self.keys[first * d..(pos + 1) * d].chunks_exact(d).enumerate() {
+            for (c, key) in self.keys[first * d..(pos + 1) * d]
+                .chunks_exact(d)
+                .enumerate()
+            {
                 for (i, qh) in q.chunks_exact(d).enumerate() {
                     scores[i * cols + c] = dot::<A>(qh, key) * scale;
                 }
@@ -472,44 +488,95 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `e^{x_i - shift}` for every element, returned in `out`, with their sum.
-pub(crate) fn exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+/// Elements per block of [`exp_weights`]' sums.
+pub(crate) const EXP_BLOCK: usize = 512;
+
+/// The sums [`exp_weights`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ExpSums {
+    /// `Σ w_i`.
+    pub total: f64,
+    /// `Σ w_i s_i`.
+    pub weighted: f64,
+}
+
+/// `w_i = e^{s_i}` with `s_i = (x_i − shift) · scale` (the unnormalised softmax of a row of
+/// logits at temperature `1/scale`), written to `w`. Each block of [`EXP_BLOCK`] elements is
+/// summed in f32 lanes and its sum pushed onto `block_sums` (f64); the returned totals add the
+/// blocks in f64, so they stay accurate over a 50k-token vocabulary.
+///
+/// # Panics
+/// If `w.len() != x.len()`.
+pub(crate) fn exp_weights(
+    x: &[f32],
+    shift: f32,
+    scale: f32,
+    w: &mut [f32],
+    block_sums: &mut Vec<f64>,
+) -> ExpSums {
+    assert_eq!(x.len(), w.len(), "exp_weights: shapes");
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        return unsafe { exp_shifted_avx2(x, shift, scale, out) };
+        return unsafe { exp_weights_avx2(x, shift, scale, w, block_sums) };
     }
-    exp_shifted_portable(x, shift, scale, out)
+    exp_weights_portable(x, shift, scale, w, block_sums)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn exp_shifted_avx2(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
-    exp_shifted_portable(x, shift, scale, out)
+fn exp_weights_avx2(
+    x: &[f32],
+    shift: f32,
+    scale: f32,
+    w: &mut [f32],
+    block_sums: &mut Vec<f64>,
+) -> ExpSums {
+    exp_weights_portable(x, shift, scale, w, block_sums)
 }
 
-/// `out_i = e^{(x_i − shift) · scale}`; returns `Σ out_i` (summed in `LANES` partial sums).
 #[inline(always)]
-fn exp_shifted_portable(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
-    assert_eq!(x.len(), out.len(), "exp_shifted: shapes");
-    let mut acc = [0.0f32; LANES];
-    let body = x.len() - x.len() % LANES;
-    for (xc, oc) in x[..body]
-        .chunks_exact(LANES)
-        .zip(out[..body].chunks_exact_mut(LANES))
-    {
-        for l in 0..LANES {
-            let e = exp((xc[l] - shift) * scale);
-            oc[l] = e;
-            acc[l] += e;
+fn exp_weights_portable(
+    x: &[f32],
+    shift: f32,
+    scale: f32,
+    w: &mut [f32],
+    block_sums: &mut Vec<f64>,
+) -> ExpSums {
+    let mut sums = ExpSums {
+        total: 0.0,
+        weighted: 0.0,
+    };
+    for (xb, wb) in x.chunks(EXP_BLOCK).zip(w.chunks_mut(EXP_BLOCK)) {
+        let mut total = [0.0f32; LANES];
+        let mut weighted = [0.0f32; LANES];
+        let body = xb.len() - xb.len() % LANES;
+        for (xc, wc) in xb[..body]
+            .chunks_exact(LANES)
+            .zip(wb[..body].chunks_exact_mut(LANES))
+        {
+            for l in 0..LANES {
+                let s = (xc[l] - shift) * scale;
+                let e = exp(s);
+                wc[l] = e;
+                total[l] += e;
+                // `e = 0` where `s = -∞` (a masked logit): no contribution, not NaN.
+                weighted[l] += if e > 0.0 { e * s } else { 0.0 };
+            }
         }
+        let mut block_total = total.iter().sum::<f32>();
+        let mut block_weighted = weighted.iter().sum::<f32>();
+        for (xi, wi) in xb[body..].iter().zip(&mut wb[body..]) {
+            let s = (xi - shift) * scale;
+            *wi = exp(s);
+            block_total += *wi;
+            block_weighted += if *wi > 0.0 { *wi * s } else { 0.0 };
+        }
+        block_sums.push(block_total as f64);
+        sums.total += block_total as f64;
+        sums.weighted += block_weighted as f64;
     }
-    let mut sum = acc.iter().sum::<f32>();
-    for (xi, oi) in x[body..].iter().zip(&mut out[body..]) {
-        *oi = exp((xi - shift) * scale);
-        sum += *oi;
-    }
-    sum
+    sums
 }
 
 /// The portable kernels (and the reference the SIMD ones are tested against).
@@ -635,5 +702,312 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
         _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::silu;
+    use burn::tensor::{Device, Tensor, TensorData};
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    fn tensor<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values.to_vec(), shape), &Device::default())
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// `|a - b| <= tol · max(1, |b|)` element-wise.
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1.0),
+                "{what}: element {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// `x · Wᵀ` in f64.
+    fn reference_matmul_transb(x: &[f32], m: usize, k: usize, w: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for xi in x.chunks(k).take(m) {
+            for wj in w.chunks(k) {
+                out.push(
+                    xi.iter()
+                        .zip(wj)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>() as f32,
+                );
+            }
+        }
+        out
+    }
+
+    /// Products agree with burn's within `1e-5 · ‖x_i‖ ‖w_j‖` (the scale of a dot product's
+    /// rounding error: a sum with cancellation is not accurate relative to its own value in
+    /// either implementation).
+    fn assert_close_scaled(got: &[f32], burn: &[f32], x: &[f32], w: &[f32], k: usize, what: &str) {
+        let norms = |v: &[f32]| -> Vec<f32> {
+            v.chunks(k)
+                .map(|r| r.iter().map(|a| a * a).sum::<f32>().sqrt())
+                .collect()
+        };
+        let (nx, nw) = (norms(x), norms(w));
+        for (idx, (a, b)) in got.iter().zip(burn).enumerate() {
+            let (i, j) = (idx / nw.len(), idx % nw.len());
+            let tol = 1e-5 * (nx[i] * nw[j]).max(1.0);
+            assert!((a - b).abs() <= tol, "{what}: ({i}, {j}): {a} vs burn {b}");
+        }
+    }
+
+    /// burn's `x · Wᵀ`.
+    fn burn_matmul_transb(x: &[f32], m: usize, k: usize, w: &[f32]) -> Vec<f32> {
+        let n = w.len() / k;
+        values(tensor(x, [m, k]).matmul(tensor(w, [n, k]).transpose()))
+    }
+
+    #[test]
+    fn skinny_and_tall_products_match_burn_matmul() {
+        // Rows around the register block (4) and the skinny/GEMM switch; widths with and
+        // without a SIMD tail; weight row counts around the 3-row block.
+        for (seed, &(m, k)) in [
+            (1, 1),
+            (2, 7),
+            (3, 8),
+            (4, 9),
+            (5, 64),
+            (7, 67),
+            (16, 576),
+            (SKINNY_MAX_ROWS, 33),
+            (SKINNY_MAX_ROWS + 1, 40),
+            (130, 96),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for n in [1, 2, 3, 5, 64, 301] {
+                let x = random(m * k, seed as u64);
+                let w = random(n * k, 100 + seed as u64);
+                let mut out = vec![f32::NAN; m * n];
+                matmul_transb(
+                    &x,
+                    m,
+                    k,
+                    &mut [Product {
+                        weight: &w,
+                        out: &mut out,
+                    }],
+                );
+                let what = format!("m={m} k={k} n={n}");
+                assert_close(&out, &reference_matmul_transb(&x, m, k, &w), 1e-5, &what);
+                assert_close_scaled(&out, &burn_matmul_transb(&x, m, k, &w), &x, &w, k, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_products_equal_separate_ones() {
+        let (m, k) = (5, 64);
+        let x = random(m * k, 1);
+        let (wq, wk, wv) = (random(96 * k, 2), random(32 * k, 3), random(32 * k, 4));
+        let (mut q, mut kk, mut v) = (vec![0.0; m * 96], vec![0.0; m * 32], vec![0.0; m * 32]);
+        matmul_transb(
+            &x,
+            m,
+            k,
+            &mut [
+                Product {
+                    weight: &wq,
+                    out: &mut q,
+                },
+                Product {
+                    weight: &wk,
+                    out: &mut kk,
+                },
+                Product {
+                    weight: &wv,
+                    out: &mut v,
+                },
+            ],
+        );
+        assert_close(&q, &reference_matmul_transb(&x, m, k, &wq), 1e-5, "q");
+        assert_close(&kk, &reference_matmul_transb(&x, m, k, &wk), 1e-5, "k");
+        assert_close(&v, &reference_matmul_transb(&x, m, k, &wv), 1e-5, "v");
+    }
+
+    #[test]
+    fn simd_and_portable_kernels_agree() {
+        let (m, k, n) = (7, 131, 11);
+        let x = random(m * k, 5);
+        let w = random(n * k, 6);
+        let run = |f: &dyn Fn(&mut [&mut [f32]])| {
+            let mut out = vec![0.0; m * n];
+            let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
+            f(&mut rows);
+            out
+        };
+        let portable = run(&|rows| portable::skinny(&x, m, k, &w, rows));
+        let dispatched = run(&|rows| skinny(&x, m, k, &w, rows));
+        assert_close(&dispatched, &portable, 1e-5, "skinny");
+    }
+
+    /// Attention by the definition, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_attention(
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        starts: &[usize],
+        past: usize,
+        seq: usize,
+        s: AttentionShape,
+    ) -> Vec<f32> {
+        let (h, kvh, d, cap) = (s.heads, s.kv_heads, s.head_dim, s.capacity);
+        let g = h / kvh;
+        let mut out = vec![0.0; q.len()];
+        for (b, &start) in starts.iter().enumerate() {
+            for t in 0..seq {
+                let pos = past + t;
+                let cols: Vec<usize> = if pos < start {
+                    vec![pos]
+                } else {
+                    (start..=pos).collect()
+                };
+                for head in 0..h {
+                    let kv = head / g;
+                    let qv = &q[((b * seq + t) * h + head) * d..][..d];
+                    let at = |c: usize| ((b * kvh + kv) * cap + c) * d;
+                    let scores: Vec<f64> = cols
+                        .iter()
+                        .map(|&c| {
+                            (0..d)
+                                .map(|i| qv[i] as f64 * kc[at(c) + i] as f64)
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for i in 0..d {
+                        let o: f64 = cols
+                            .iter()
+                            .zip(&e)
+                            .map(|(&c, p)| p / z * vc[at(c) + i] as f64)
+                            .sum();
+                        out[((b * seq + t) * h + head) * d + i] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_definition_with_padding_and_groups() {
+        let shape = AttentionShape {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 12,
+            capacity: 24,
+        };
+        // Prefill (past 0, 9 columns, left padding 0/3/8) and a decode step after 17 columns.
+        for (past, seq) in [(0, 9), (17, 1)] {
+            let starts = [0, 3, 8];
+            let rows = starts.len();
+            let (h, d) = (shape.heads, shape.head_dim);
+            let q = random(rows * seq * h * d, 7);
+            let kc = random(rows * shape.kv_heads * shape.capacity * d, 8);
+            let vc = random(kc.len(), 9);
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&q, &kc, &vc, &starts, past, seq, shape, &mut out);
+            let want = reference_attention(&q, &kc, &vc, &starts, past, seq, shape);
+            assert_close(&out, &want, 1e-5, &format!("past={past} seq={seq}"));
+        }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_std() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "exp({x}) = {got}, std {want}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_weights_sums_match_f64() {
+        let x: Vec<f32> = random(50_000, 10).iter().map(|v| v * 8.0).collect();
+        let (shift, scale) = (8.0, 1.0 / 0.7);
+        let mut w = vec![0.0; x.len()];
+        let mut blocks = Vec::new();
+        let sums = exp_weights(&x, shift, scale, &mut w, &mut blocks);
+        let s: Vec<f64> = x.iter().map(|&v| ((v - shift) * scale) as f64).collect();
+        let total: f64 = s.iter().map(|v| v.exp()).sum();
+        let weighted: f64 = s.iter().map(|v| v.exp() * v).sum();
+        assert!(
+            (sums.total - total).abs() < 1e-6 * total,
+            "{sums:?} vs {total}"
+        );
+        assert!((sums.weighted - weighted).abs() < 1e-6 * weighted.abs());
+        assert_eq!(blocks.len(), x.len().div_ceil(EXP_BLOCK));
+        assert!((blocks.iter().sum::<f64>() - total).abs() < 1e-6 * total);
+    }
+
+    #[test]
+    fn rms_norm_rope_and_silu_match_burn() {
+        let (tokens, heads, d) = (5, 3, 8);
+        let width = heads * d;
+        let x = random(tokens * width, 11);
+        let gamma = random(width, 12);
+        let mut y = vec![0.0; x.len()];
+        rms_norm(&x, &gamma, 1e-5, &mut y);
+        let norm = crate::RmsNorm::new(tensor(&gamma, [width]), 1e-5);
+        assert_close(
+            &y,
+            &values(norm.forward(tensor(&x, [tokens, width]))),
+            1e-6,
+            "rms",
+        );
+
+        let rope_tables = crate::Rope::new(d, 64, 10_000.0);
+        let positions = [0, 3, 7, 12, 63];
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &p in &positions {
+            let (c, s) = rope_tables.row(p);
+            cos.extend_from_slice(c);
+            sin.extend_from_slice(s);
+        }
+        let mut rotated = x.clone();
+        rope(&mut rotated, heads, d, &cos, &sin);
+        // burn: [batch 1, heads, seq, d] with tables [1, 1, seq, d].
+        let xt = tensor(&x, [1, tokens, heads, d]).swap_dims(1, 2);
+        let (ct, st) = rope_tables.tables(&positions, 1, tokens, &Device::default());
+        let want = values(crate::Rope::apply(xt, &ct, &st).swap_dims(1, 2));
+        assert_close(&rotated, &want, 1e-6, "rope");
+
+        let mut gate: Vec<f32> = x.iter().map(|v| v * 6.0).collect();
+        let up = random(gate.len(), 13);
+        let want = values(silu(tensor(&gate, [gate.len()])) * tensor(&up, [up.len()]));
+        silu_mul(&mut gate, &up);
+        assert_close(&gate, &want, 1e-6, "silu");
     }
 }

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
 use kaizen_core::FinishReason;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::cpu_forward::{self, CpuWeights};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, token_tensor};
 use crate::sampler::{SamplingParams, sample};
@@ -110,6 +110,8 @@ impl Row {
 /// dropped from the cache once they are a quarter of the batch.
 pub struct DecodeBatch {
     model: Llama,
+    /// The model's weights as the CPU kernels read them, when they apply.
+    cpu: Option<CpuWeights>,
     tokenizer: Option<Arc<Tokenizer>>,
     options: GenerateOptions,
     cache: KvCache,
@@ -124,6 +126,7 @@ impl DecodeBatch {
     pub fn new(model: Llama, tokenizer: Option<Arc<Tokenizer>>, options: GenerateOptions) -> Self {
         Self {
             cache: model.new_cache(Vec::new()),
+            cpu: CpuWeights::of(&model),
             model,
             tokenizer,
             options,
@@ -255,7 +258,8 @@ impl DecodeBatch {
                         finish: None,
                         collected: false,
                     };
-                    self.sample_into(&mut row, &logits[c]);
+                    let vocab = self.model.config().vocab_size;
+                    self.sample_into(&mut row, &logits[c * vocab..(c + 1) * vocab]);
                     new_rows.push(row);
                 }
             }
@@ -273,19 +277,16 @@ impl DecodeBatch {
             return;
         }
         self.compact(false);
-        let device = self.model.device();
         let feed: Vec<Vec<u32>> = self
             .rows
             .iter()
             .map(|r| vec![r.tokens.last().copied().unwrap_or(0)])
             .collect();
         let n = feed.len();
-        let hidden =
-            self.model
-                .forward_hidden(token_tensor(&feed, &device), &[], Some(&mut self.cache));
-        let logits = self.last_logits(hidden);
+        let logits = last_logits(&self.model, self.cpu.as_ref(), &feed, &mut self.cache);
+        let vocab = self.model.config().vocab_size;
         self.stats.decode_steps += 1;
-        for (row, logits) in self.rows.iter_mut().zip(&logits) {
+        for (row, logits) in self.rows.iter_mut().zip(logits.chunks_exact(vocab)) {
             if row.finished() {
                 self.stats.dead_row_steps += 1;
                 continue;
@@ -309,8 +310,8 @@ impl DecodeBatch {
     }
 
     /// Runs prompts (left-padded to the longest) through the model with a fresh cache; returns
-    /// the cache and each prompt's last-position logits.
-    fn prefill(&mut self, prompts: &[&[u32]]) -> (KvCache, Vec<Vec<f32>>) {
+    /// the cache and each prompt's last-position logits (`[prompts, vocab]`, flat).
+    fn prefill(&mut self, prompts: &[&[u32]]) -> (KvCache, Vec<f32>) {
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let starts: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
         let padded: Vec<Vec<u32>> = prompts
@@ -322,25 +323,9 @@ impl DecodeBatch {
             })
             .collect();
         self.stats.prefill_tokens += prompts.len() * longest;
-        let device = self.model.device();
         let mut cache = self.model.new_cache(starts);
-        let hidden =
-            self.model
-                .forward_hidden(token_tensor(&padded, &device), &[], Some(&mut cache));
-        (cache, self.last_logits(hidden))
-    }
-
-    /// `[rows, seq, hidden]` → the last position's logits of each row, on the host.
-    fn last_logits(&self, hidden: Tensor<3>) -> Vec<Vec<f32>> {
-        let [rows, seq, h] = hidden.dims();
-        let last = hidden
-            .slice([0..rows, seq - 1..seq, 0..h])
-            .reshape([rows, h]);
-        let vocab = self.model.config().vocab_size;
-        let data = self.model.logits(last).into_data();
-        // f32 logits always convert to Vec<f32>.
-        let flat: Vec<f32> = data.try_into_vec().expect("logits are f32");
-        flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+        let logits = last_logits(&self.model, self.cpu.as_ref(), &padded, &mut cache);
+        (cache, logits)
     }
 
     fn sample_into(&mut self, row: &mut Row, logits: &[f32]) {
@@ -419,6 +404,39 @@ impl DecodeBatch {
         self.cache.select_rows(&keep);
         self.rows.retain(|r| !r.finished());
     }
+}
+
+/// Runs the next columns `tokens` (`[rows, seq]`) through `model`, extending `cache`, and returns
+/// the last column's logits of each row on the host (`[rows, vocab]`, flat). Uses the CPU
+/// kernels when `cpu` holds the model's weights, burn's ops otherwise.
+fn last_logits(
+    model: &Llama,
+    cpu: Option<&CpuWeights>,
+    tokens: &[Vec<u32>],
+    cache: &mut KvCache,
+) -> Vec<f32> {
+    let (rows, seq) = (tokens.len(), tokens.first().map_or(0, Vec::len));
+    let h = model.config().hidden_size;
+    if let Some(weights) = cpu.filter(|_| !cache.is_tensor()) {
+        let hidden = cpu_forward::forward_hidden(model, weights, &tokens.concat(), seq, cache);
+        let last: Vec<f32> = hidden
+            .chunks_exact(seq * h)
+            .flat_map(|row| &row[(seq - 1) * h..])
+            .copied()
+            .collect();
+        return weights.logits(&last, h);
+    }
+    let device = model.device();
+    let hidden = model.forward_hidden(token_tensor(tokens, &device), &[], Some(cache));
+    let last = hidden
+        .slice([0..rows, seq - 1..seq, 0..h])
+        .reshape([rows, h]);
+    // f32 logits always convert to Vec<f32>.
+    model
+        .logits(last)
+        .into_data()
+        .try_into_vec()
+        .expect("logits are f32")
 }
 
 /// Byte offset of the earliest stop string in the row's decoded completion.

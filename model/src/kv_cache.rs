@@ -19,11 +19,18 @@ const CHUNK: usize = 64;
 /// ([`KvCache::select_rows`] with repeated indices — GRPO groups) and batches merged
 /// ([`KvCache::append`]) for continuous batching.
 ///
+/// Keys and values live either in burn tensors on the model's device, or, when the model runs on
+/// kaizen's CPU kernels (`crate::cpu_forward`), in host buffers those kernels read directly;
+/// the forward pass picks the storage when it first writes.
+///
 /// # Shapes
 /// Each layer holds `k`, `v`: `[rows, num_key_value_heads, capacity, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Host storage (CPU kernels): one `(k, v)` pair of row-major buffers per layer; empty
+    /// while the cache uses tensors or holds nothing.
+    host: Vec<(Vec<f32>, Vec<f32>)>,
     starts: Vec<usize>,
     len: usize,
     capacity: usize,
@@ -41,6 +48,7 @@ impl KvCache {
     ) -> Self {
         Self {
             layers: vec![None; num_layers],
+            host: Vec::new(),
             starts,
             len: 0,
             capacity: 0,
@@ -84,8 +92,79 @@ impl KvCache {
         2 * self.layers.len() * self.rows() * self.kv_heads * self.capacity * self.head_dim * 4
     }
 
+    /// Whether keys and values live in host buffers (CPU kernels).
+    pub(crate) fn is_host(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    /// Whether keys and values live in tensors.
+    pub(crate) fn is_tensor(&self) -> bool {
+        self.layers.iter().any(Option::is_some)
+    }
+
+    /// Makes room for `new` more columns in host storage, growing by whole chunks (the CPU
+    /// kernels' counterpart of [`KvCache::reserve`]).
+    ///
+    /// # Panics
+    /// If the cache already holds tensors.
+    pub(crate) fn reserve_host(&mut self, new: usize) {
+        assert!(
+            !self.is_tensor(),
+            "KvCache: tensor storage used by the CPU kernels"
+        );
+        let needed = self.len + new;
+        if self.is_host() && needed <= self.capacity {
+            return;
+        }
+        let capacity = needed.div_ceil(CHUNK) * CHUNK;
+        self.remap_host(self.rows(), capacity.max(self.capacity), 0);
+    }
+
+    /// The host keys and values of `layer`, `[rows, kv_heads, capacity, head_dim]` each.
+    pub(crate) fn host_layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
+        let (k, v) = &mut self.host[layer];
+        (k, v)
+    }
+
+    /// Re-lays out every host layer for `capacity` columns, moving column `c` to `c + shift`
+    /// (columns that fall outside are dropped, new ones are zero).
+    fn remap_host(&mut self, rows: usize, capacity: usize, shift: isize) {
+        if self.host.is_empty() {
+            self.host = vec![(Vec::new(), Vec::new()); self.layers.len()];
+        }
+        let (heads, dim, old) = (self.kv_heads, self.head_dim, self.capacity);
+        let remap = |src: &[f32]| {
+            let mut dst = vec![0.0; rows * heads * capacity * dim];
+            if src.is_empty() {
+                return dst;
+            }
+            // Source columns that land inside the new range.
+            let lo = (-shift).max(0) as usize;
+            let hi = (capacity as isize - shift).clamp(0, old as isize) as usize;
+            if lo >= hi {
+                return dst;
+            }
+            let to = (lo as isize + shift) as usize;
+            for (s, d) in src
+                .chunks_exact(old * dim)
+                .zip(dst.chunks_exact_mut(capacity * dim))
+            {
+                d[to * dim..(to + hi - lo) * dim].copy_from_slice(&s[lo * dim..hi * dim]);
+            }
+            dst
+        };
+        for (k, v) in &mut self.host {
+            *k = remap(k);
+            *v = remap(v);
+        }
+        self.capacity = capacity;
+    }
+
     /// Makes room for `new` more columns, growing every layer by whole chunks.
     pub(crate) fn reserve(&mut self, new: usize, device: &Device) {
+        if self.is_host() {
+            self.host_to_tensors(device);
+        }
         let needed = self.len + new;
         if needed <= self.capacity {
             return;
@@ -147,7 +226,21 @@ impl KvCache {
             "KvCache::select_rows: row out of range"
         );
         let same = rows.len() == old_rows && rows.iter().enumerate().all(|(i, &r)| i == r);
-        if !same {
+        if !same && self.is_host() {
+            let block = self.kv_heads * self.capacity * self.head_dim;
+            let gather = |src: &[f32]| {
+                let mut dst = Vec::with_capacity(rows.len() * block);
+                for &r in rows {
+                    dst.extend_from_slice(&src[r * block..(r + 1) * block]);
+                }
+                dst
+            };
+            for (k, v) in &mut self.host {
+                *k = gather(k);
+                *v = gather(v);
+            }
+            self.starts = rows.iter().map(|&r| self.starts[r]).collect();
+        } else if !same {
             let device = self.device();
             if let Some(device) = device {
                 let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
@@ -181,12 +274,32 @@ impl KvCache {
             *self = other;
             return;
         }
+        // Mixed storage (a cache filled by the CPU kernels meets one filled by burn): move the
+        // host one into tensors.
+        if self.is_host() != other.is_host() {
+            if let Some(device) = other.device() {
+                self.host_to_tensors(&device);
+            } else if let Some(device) = self.device() {
+                other.host_to_tensors(&device);
+            }
+        }
         if self.len < other.len {
             self.shift_right(other.len - self.len);
         } else if other.len < self.len {
             other.shift_right(self.len - other.len);
         }
         let capacity = self.capacity.max(other.capacity);
+        if self.is_host() {
+            let rows = self.rows();
+            self.remap_host(rows, capacity, 0);
+            other.remap_host(other.rows(), capacity, 0);
+            for ((k1, v1), (k2, v2)) in self.host.iter_mut().zip(other.host) {
+                k1.extend_from_slice(&k2);
+                v1.extend_from_slice(&v2);
+            }
+            self.starts.extend(other.starts);
+            return;
+        }
         if let Some(device) = self.device() {
             self.pad_capacity(capacity, &device);
             other.pad_capacity(capacity, &device);
@@ -208,7 +321,10 @@ impl KvCache {
 
     /// Inserts `shift` empty columns on the left of every row.
     fn shift_right(&mut self, shift: usize) {
-        if let Some(device) = self.device() {
+        if self.is_host() {
+            let (rows, capacity) = (self.rows(), self.capacity + shift);
+            self.remap_host(rows, capacity, shift as isize);
+        } else if let Some(device) = self.device() {
             let shape = [self.rows(), self.kv_heads, shift, self.head_dim];
             for layer in &mut self.layers {
                 if let Some((k, v)) = layer.take() {
@@ -258,6 +374,9 @@ impl KvCache {
         }
         let (rows, heads, dim, capacity) =
             (self.rows(), self.kv_heads, self.head_dim, self.capacity);
+        if self.is_host() {
+            self.remap_host(rows, capacity - drop, -(drop as isize));
+        }
         for layer in &mut self.layers {
             if let Some((k, v)) = layer.take() {
                 let range = [0..rows, 0..heads, drop..capacity, 0..dim];
@@ -268,7 +387,20 @@ impl KvCache {
             *s -= drop;
         }
         self.len -= drop;
-        self.capacity -= drop;
+        if !self.is_host() {
+            self.capacity -= drop;
+        }
+    }
+
+    /// Moves host storage into tensors on `device`.
+    fn host_to_tensors(&mut self, device: &Device) {
+        let shape = [self.rows(), self.kv_heads, self.capacity, self.head_dim];
+        for (layer, (k, v)) in self.layers.iter_mut().zip(std::mem::take(&mut self.host)) {
+            *layer = Some((
+                Tensor::from_data(TensorData::new(k, shape), device),
+                Tensor::from_data(TensorData::new(v, shape), device),
+            ));
+        }
     }
 }
 

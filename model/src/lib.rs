@@ -13,6 +13,8 @@
 mod attention;
 mod chat;
 mod config;
+mod cpu_forward;
+mod cpu_kernels;
 mod dequant;
 mod error;
 mod generate;

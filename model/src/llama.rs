@@ -8,6 +8,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::attention::Attention;
 use crate::config::LlamaConfig;
+use crate::cpu_forward::{self, CpuWeights};
 use crate::kv_cache::{KvCache, attention_mask, positions};
 use crate::linear::Linear;
 use crate::mlp::Mlp;
@@ -71,6 +72,9 @@ pub struct Llama {
     config: LlamaConfig,
     #[module(skip)]
     rope: Rope,
+    /// Whether inference on the flex backend runs on kaizen's CPU kernels.
+    #[module(skip)]
+    cpu_kernels: bool,
 }
 
 /// Host-side random initialisation, so the same seed gives the same weights on every backend.
@@ -167,7 +171,29 @@ impl Llama {
             value_head,
             config,
             rope,
+            cpu_kernels: true,
         }
+    }
+
+    /// Turns kaizen's CPU kernels ([`crate::cpu_kernels`]) on or off for this model (on by
+    /// default). They serve inference on burn's flex device — forward passes without autodiff,
+    /// KV-cache decoding, [`crate::generate`], [`Llama::logits`] — and compute the same values
+    /// as burn's ops (up to float reassociation) several times faster for decode-shaped
+    /// products. Autodiff devices and other backends always use burn's ops.
+    pub fn with_cpu_kernels(mut self, on: bool) -> Self {
+        self.cpu_kernels = on;
+        self
+    }
+
+    /// Whether kaizen's CPU kernels are enabled (see [`Llama::with_cpu_kernels`]); they run only
+    /// where they apply (flex device, no autodiff, f32 weights).
+    pub fn uses_cpu_kernels(&self) -> bool {
+        self.cpu_kernels
+    }
+
+    /// The rotary tables.
+    pub(crate) fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// The model's hyper-parameters.
@@ -211,6 +237,27 @@ impl Llama {
     ) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
+        let cpu = match cache.as_deref() {
+            Some(cache) if cache.is_tensor() => None,
+            _ => CpuWeights::of(self),
+        };
+        if let Some(weights) = cpu {
+            let ids: Vec<u32> = tokens
+                .into_data()
+                .iter::<i64>()
+                .map(|t| u32::try_from(t).unwrap_or(u32::MAX))
+                .collect();
+            let hidden = match cache {
+                Some(cache) => cpu_forward::forward_hidden(self, &weights, &ids, seq, cache),
+                None => {
+                    assert_eq!(starts.len(), batch, "forward_hidden: one start per row");
+                    let mut cache = self.new_cache(starts.to_vec());
+                    cpu_forward::forward_hidden(self, &weights, &ids, seq, &mut cache)
+                }
+            };
+            let shape = [batch, seq, self.config.hidden_size];
+            return Tensor::from_data(TensorData::new(hidden, shape), &device);
+        }
         let (past, columns, starts) = match cache.as_deref_mut() {
             Some(cache) => {
                 cache.reserve(seq, &device);
@@ -247,6 +294,9 @@ impl Llama {
 
     /// Output logits of hidden states. `[n, hidden]` → `[n, vocab]`.
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        if let Some(logits) = cpu_forward::logits(self, &hidden) {
+            return logits;
+        }
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(self.embed_tokens.val().transpose()),

