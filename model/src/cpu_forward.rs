@@ -195,6 +195,18 @@ pub(crate) fn forward_hidden(
     seq: usize,
     cache: &mut KvCache,
 ) -> Vec<f32> {
+    // Run on a pool thread: the kernels' parallel regions then fork from inside the pool (work
+    // stealing) instead of waking the pool from outside at every product.
+    rayon::scope(|_| run_layers(model, weights, tokens, seq, cache))
+}
+
+fn run_layers(
+    model: &Llama,
+    weights: &CpuWeights,
+    tokens: &[u32],
+    seq: usize,
+    cache: &mut KvCache,
+) -> Vec<f32> {
     let config = model.config();
     let hidden = config.hidden_size;
     let (heads, kv_heads, d) = (
@@ -241,6 +253,8 @@ pub(crate) fn forward_hidden(
         kv_heads,
         head_dim: d,
         capacity,
+        past,
+        seq,
     };
 
     for (l, w) in weights.layers.iter().enumerate() {
@@ -273,9 +287,9 @@ pub(crate) fn forward_hidden(
         cpu_kernels::rope(&mut q, heads, d, &cos, &sin);
         cpu_kernels::rope(&mut k, kv_heads, d, &cos, &sin);
         let (k_cache, v_cache) = cache.host_layer_mut(l);
-        write_columns(&k, k_cache, rows, seq, past, shape);
-        write_columns(&v, v_cache, rows, seq, past, shape);
-        cpu_kernels::attention(&q, k_cache, v_cache, &starts, past, seq, shape, &mut attn);
+        write_columns(&k, k_cache, rows, shape);
+        write_columns(&v, v_cache, rows, shape);
+        cpu_kernels::attention(&q, k_cache, v_cache, &starts, shape, &mut attn);
         cpu_kernels::matmul_transb(
             &attn,
             n,
@@ -323,15 +337,9 @@ pub(crate) fn forward_hidden(
 
 /// Copies the new keys (or values) `[rows, seq, kv_heads, d]` into cache columns
 /// `past..past + seq` of `[rows, kv_heads, capacity, d]`.
-fn write_columns(
-    new: &[f32],
-    cache: &mut [f32],
-    rows: usize,
-    seq: usize,
-    past: usize,
-    shape: AttentionShape,
-) {
+fn write_columns(new: &[f32], cache: &mut [f32], rows: usize, shape: AttentionShape) {
     let (heads, d, capacity) = (shape.kv_heads, shape.head_dim, shape.capacity);
+    let (past, seq) = (shape.past, shape.seq);
     for b in 0..rows {
         for t in 0..seq {
             for h in 0..heads {

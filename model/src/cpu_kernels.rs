@@ -173,9 +173,14 @@ pub(crate) struct AttentionShape {
     pub head_dim: usize,
     /// Columns allocated per row in the cache.
     pub capacity: usize,
+    /// Columns written before this call's queries.
+    pub past: usize,
+    /// New queries per row.
+    pub seq: usize,
 }
 
-/// Causal grouped-query attention of `seq` new queries per row over the cached keys/values.
+/// Causal grouped-query attention of `shape.seq` new queries per row over the cached
+/// keys/values.
 ///
 /// Query `t` of row `b` sits at column `past + t` and attends to columns
 /// `starts[b]..=past + t` (a padding query, `past + t < starts[b]`, only to itself), as
@@ -193,8 +198,6 @@ pub(crate) fn attention(
     k_cache: &[f32],
     v_cache: &[f32],
     starts: &[usize],
-    past: usize,
-    seq: usize,
     shape: AttentionShape,
     out: &mut [f32],
 ) {
@@ -203,6 +206,8 @@ pub(crate) fn attention(
         kv_heads,
         head_dim: d,
         capacity,
+        past,
+        seq,
     } = shape;
     let rows = starts.len();
     let groups = heads / kv_heads;
@@ -287,7 +292,7 @@ impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
     }
 
     #[inline(always)]
-    fn run_with<A: MulAdd>(&self, outs: &mut [&mut [f32]]) {
+    fn run_with<A: Isa>(&self, outs: &mut [&mut [f32]]) {
         let (g, d) = (self.groups, self.d);
         let scale = 1.0 / (d as f32).sqrt();
         let mut scores = Vec::new();
@@ -298,16 +303,11 @@ impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
             let q = &self.q[(self.q_offset)(t)..][..g * d];
             scores.clear();
             scores.resize(g * cols, 0.0);
-            for (c, key) in self.keys[first * d..(pos + 1) * d]
-                .chunks_exact(d)
-                .enumerate()
-            {
-                for (i, qh) in q.chunks_exact(d).enumerate() {
-                    scores[i * cols + c] = dot::<A>(qh, key) * scale;
-                }
-            }
+            // Scores of the group's query heads against the visible keys: [g, d] · [cols, d]ᵀ.
+            let mut rows: Vec<&mut [f32]> = scores.chunks_exact_mut(cols).collect();
+            A::skinny(q, g, d, &self.keys[first * d..(pos + 1) * d], &mut rows);
             for s in scores.chunks_exact_mut(cols) {
-                softmax_in_place(s);
+                softmax_scaled_in_place(s, scale);
             }
             out.fill(0.0);
             for (c, value) in self.values[first * d..(pos + 1) * d]
@@ -322,67 +322,63 @@ impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
     }
 }
 
-/// `a · b + c`, fused where the CPU has FMA.
-trait MulAdd {
+/// The instruction set a kernel is compiled for.
+trait Isa {
+    /// `a · b + c`, fused where the CPU has FMA.
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
+    /// As [`skinny`].
+    fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]);
 }
 
-/// Separate multiply and add (no FMA unit assumed).
+/// Portable code (no FMA unit assumed).
 struct Plain;
-impl MulAdd for Plain {
+impl Isa for Plain {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
+
+    fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+        portable::skinny(x, m, k, w, out);
+    }
 }
 
-/// One fused multiply-add (compiled inside `target_feature(enable = "fma")` functions only).
+/// AVX2 + FMA. Used only inside `target_feature(enable = "avx2,fma")` functions, which run
+/// after [`avx2_fma`] said the CPU has them.
 #[cfg(target_arch = "x86_64")]
 struct Fused;
 #[cfg(target_arch = "x86_64")]
-impl MulAdd for Fused {
+impl Isa for Fused {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+        // SAFETY: `Fused` code runs only on CPUs with AVX2 and FMA (see the type's doc).
+        unsafe { avx2::skinny(x, m, k, w, out) };
     }
 }
 
 /// Lanes of the portable vector loops (one AVX register of f32).
 const LANES: usize = 8;
 
-/// `Σ a_i b_i` with `LANES` independent partial sums (vectorizable).
-#[inline(always)]
-fn dot<A: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (a8, a_tail) = a.split_at(a.len() - a.len() % LANES);
-    let (b8, b_tail) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(LANES).zip(b8.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = A::mul_add(x[l], y[l], acc[l]);
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        sum = A::mul_add(*x, *y, sum);
-    }
-    sum
-}
-
 /// `y += alpha · x`.
 #[inline(always)]
-fn axpy<A: MulAdd>(alpha: f32, x: &[f32], y: &mut [f32]) {
+fn axpy<A: Isa>(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi = A::mul_add(alpha, *xi, *yi);
     }
 }
 
-/// `s ← softmax(s)`.
+/// `s ← softmax(scale · s)` (`scale > 0`).
 #[inline(always)]
-fn softmax_in_place(s: &mut [f32]) {
+fn softmax_scaled_in_place(s: &mut [f32], scale: f32) {
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in s.iter_mut() {
-        *v = exp(*v - max);
+        *v = exp((*v - max) * scale);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -407,7 +403,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     let e = y * scale;
@@ -611,15 +607,16 @@ mod portable {
 
 /// AVX2 + FMA register-blocked kernel: a block of `MR` input rows × `NR` weight rows keeps
 /// `MR × NR` accumulators in registers while streaming `k` (the weight rows stay in L1 while
-/// every input row passes).
+/// every input row passes, and the next weight rows are prefetched meanwhile).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     /// Input rows per block.
-    const MR: usize = 4;
-    /// Weight rows per block (`MR × NR` accumulators + `NR` weights + 1 input ≤ 16 registers).
-    const NR: usize = 3;
+    const MR: usize = 3;
+    /// Weight rows per block (`MR × NR` accumulators + `MR` inputs + 1 weight = 16 registers;
+    /// the `NR = 4` sums of an input row reduce into one 128-bit store).
+    const NR: usize = 4;
 
     /// As `portable::skinny`.
     #[target_feature(enable = "avx2,fma")]
@@ -631,19 +628,21 @@ mod avx2 {
             let mut i = 0;
             while i < m {
                 let mr = (m - i).min(MR);
+                // The first input block of each weight block prefetches the next weight block.
+                let prefetch = i == 0;
                 match (mr, nr) {
-                    (4, 3) => block::<4, 3>(x, i, j, k, w, out),
-                    (4, 2) => block::<4, 2>(x, i, j, k, w, out),
-                    (4, _) => block::<4, 1>(x, i, j, k, w, out),
-                    (3, 3) => block::<3, 3>(x, i, j, k, w, out),
-                    (3, 2) => block::<3, 2>(x, i, j, k, w, out),
-                    (3, _) => block::<3, 1>(x, i, j, k, w, out),
-                    (2, 3) => block::<2, 3>(x, i, j, k, w, out),
-                    (2, 2) => block::<2, 2>(x, i, j, k, w, out),
-                    (2, _) => block::<2, 1>(x, i, j, k, w, out),
-                    (_, 3) => block::<1, 3>(x, i, j, k, w, out),
-                    (_, 2) => block::<1, 2>(x, i, j, k, w, out),
-                    (_, _) => block::<1, 1>(x, i, j, k, w, out),
+                    (3, 4) => block::<3, 4>(x, i, j, k, w, out, prefetch),
+                    (3, 3) => block::<3, 3>(x, i, j, k, w, out, prefetch),
+                    (3, 2) => block::<3, 2>(x, i, j, k, w, out, prefetch),
+                    (3, _) => block::<3, 1>(x, i, j, k, w, out, prefetch),
+                    (2, 4) => block::<2, 4>(x, i, j, k, w, out, prefetch),
+                    (2, 3) => block::<2, 3>(x, i, j, k, w, out, prefetch),
+                    (2, 2) => block::<2, 2>(x, i, j, k, w, out, prefetch),
+                    (2, _) => block::<2, 1>(x, i, j, k, w, out, prefetch),
+                    (_, 4) => block::<1, 4>(x, i, j, k, w, out, prefetch),
+                    (_, 3) => block::<1, 3>(x, i, j, k, w, out, prefetch),
+                    (_, 2) => block::<1, 2>(x, i, j, k, w, out, prefetch),
+                    (_, _) => block::<1, 1>(x, i, j, k, w, out, prefetch),
                 }
                 i += mr;
             }
@@ -654,6 +653,7 @@ mod avx2 {
     /// `out[i0 + a][j0 + b] = x_{i0+a} · w_{j0+b}` for `a < R`, `b < C`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn block<const R: usize, const C: usize>(
         x: &[f32],
         i0: usize,
@@ -661,6 +661,7 @@ mod avx2 {
         k: usize,
         w: &[f32],
         out: &mut [&mut [f32]],
+        prefetch: bool,
     ) {
         let xs = &x[i0 * k..(i0 + R) * k];
         let ws = &w[j0 * k..(j0 + C) * k];
@@ -669,39 +670,57 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut p = 0;
         while p < body {
-            let mut wv = [_mm256_setzero_ps(); C];
-            for (b, v) in wv.iter_mut().enumerate() {
-                // SAFETY: row b < C of `ws` spans [b*k, (b+1)*k) and p + 8 <= body <= k.
-                *v = unsafe { _mm256_loadu_ps(wp.add(b * k + p)) };
+            if prefetch && p % 16 == 0 {
+                for b in 0..C {
+                    // The same columns of the next block's rows (a hint: never dereferenced,
+                    // may point past the weights).
+                    let ahead = wp.wrapping_add((C + b) * k + p);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
             }
-            for (a, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row a < R of `xs` spans [a*k, (a+1)*k) and p + 8 <= k.
-                let xv = unsafe { _mm256_loadu_ps(xp.add(a * k + p)) };
-                for (b, v) in row.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(xv, wv[b], *v);
+            // R inputs stay in registers while the C weights stream through one register:
+            // R·C accumulators + R + 1 ≤ 16 registers.
+            let mut xv = [_mm256_setzero_ps(); R];
+            for (a, v) in xv.iter_mut().enumerate() {
+                // SAFETY: row a < R of `xs` spans [a*k, (a+1)*k) and p + 8 <= body <= k.
+                *v = unsafe { _mm256_loadu_ps(xp.add(a * k + p)) };
+            }
+            for b in 0..C {
+                // SAFETY: row b < C of `ws` spans [b*k, (b+1)*k) and p + 8 <= k.
+                let wv = unsafe { _mm256_loadu_ps(wp.add(b * k + p)) };
+                for (row, x) in acc.iter_mut().zip(&xv) {
+                    row[b] = _mm256_fmadd_ps(*x, wv, row[b]);
                 }
             }
             p += 8;
         }
+        let zero = _mm256_setzero_ps();
         for (a, row) in acc.iter().enumerate() {
-            for (b, v) in row.iter().enumerate() {
-                let mut s = hsum(*v);
+            let lane = |b: usize| if b < C { row[b] } else { zero };
+            let mut sums = [0.0f32; 4];
+            // SAFETY: `sums` holds 4 floats.
+            unsafe { _mm_storeu_ps(sums.as_mut_ptr(), hsum4(lane(0), lane(1), lane(2), lane(3))) };
+            for (b, s) in sums.iter_mut().take(C).enumerate() {
                 for q in body..k {
-                    s = xs[a * k + q].mul_add(ws[b * k + q], s);
+                    *s = xs[a * k + q].mul_add(ws[b * k + q], *s);
                 }
-                out[i0 + a][j0 + b] = s;
             }
+            out[i0 + a][j0..j0 + C].copy_from_slice(&sums[..C]);
         }
     }
 
-    /// Sum of the 8 lanes.
+    /// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
+    fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+        // Pairwise adds within 128-bit halves, then the two halves.
+        let ab = _mm256_hadd_ps(a, b);
+        let cd = _mm256_hadd_ps(c, d);
+        let abcd = _mm256_hadd_ps(ab, cd);
+        _mm_add_ps(
+            _mm256_castps256_ps128(abcd),
+            _mm256_extractf128_ps::<1>(abcd),
+        )
     }
 }
 
@@ -863,17 +882,15 @@ mod tests {
     }
 
     /// Attention by the definition, in f64.
-    #[allow(clippy::too_many_arguments)]
     fn reference_attention(
         q: &[f32],
         kc: &[f32],
         vc: &[f32],
         starts: &[usize],
-        past: usize,
-        seq: usize,
         s: AttentionShape,
     ) -> Vec<f32> {
         let (h, kvh, d, cap) = (s.heads, s.kv_heads, s.head_dim, s.capacity);
+        let (past, seq) = (s.past, s.seq);
         let g = h / kvh;
         let mut out = vec![0.0; q.len()];
         for (b, &start) in starts.iter().enumerate() {
@@ -921,9 +938,12 @@ mod tests {
             kv_heads: 2,
             head_dim: 12,
             capacity: 24,
+            past: 0,
+            seq: 0,
         };
         // Prefill (past 0, 9 columns, left padding 0/3/8) and a decode step after 17 columns.
         for (past, seq) in [(0, 9), (17, 1)] {
+            let shape = AttentionShape { past, seq, ..shape };
             let starts = [0, 3, 8];
             let rows = starts.len();
             let (h, d) = (shape.heads, shape.head_dim);
@@ -931,8 +951,8 @@ mod tests {
             let kc = random(rows * shape.kv_heads * shape.capacity * d, 8);
             let vc = random(kc.len(), 9);
             let mut out = vec![f32::NAN; q.len()];
-            attention(&q, &kc, &vc, &starts, past, seq, shape, &mut out);
-            let want = reference_attention(&q, &kc, &vc, &starts, past, seq, shape);
+            attention(&q, &kc, &vc, &starts, shape, &mut out);
+            let want = reference_attention(&q, &kc, &vc, &starts, shape);
             assert_close(&out, &want, 1e-5, &format!("past={past} seq={seq}"));
         }
     }

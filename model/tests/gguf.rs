@@ -97,7 +97,7 @@ impl Writer {
             offsets.push(offset);
             offset += (data.len() as u64).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
@@ -105,7 +105,7 @@ impl Writer {
             assert_eq!(start % 32, 0);
             let _ = off;
             out.extend(data);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
         }
@@ -223,7 +223,7 @@ fn mutated_headers_and_tensor_tables_never_panic() {
             let at = (next(&mut state) as usize) % table_end;
             bytes[at] = next(&mut state) as u8;
         }
-        if next(&mut state) % 5 == 0 {
+        if next(&mut state).is_multiple_of(5) {
             let keep = (next(&mut state) as usize) % bytes.len();
             bytes.truncate(keep);
         }

@@ -28,11 +28,16 @@ pub enum Difficulty {
     Medium,
     /// 4-6 terms, numbers up to 999, results may be negative.
     Hard,
+    /// 2 terms, one-digit numbers, `+` and `-` only, non-negative results: small enough for a
+    /// tiny model trained from scratch in minutes (tests, demos). (Last, so the other levels
+    /// keep their seeds' problems.)
+    Starter,
 }
 
 impl Difficulty {
     fn terms(self) -> std::ops::RangeInclusive<usize> {
         match self {
+            Difficulty::Starter => 2..=2,
             Difficulty::Easy => 2..=3,
             Difficulty::Medium => 3..=4,
             Difficulty::Hard => 4..=6,
@@ -41,6 +46,7 @@ impl Difficulty {
 
     fn max_operand(self) -> i64 {
         match self {
+            Difficulty::Starter => 9,
             Difficulty::Easy => 20,
             Difficulty::Medium => 99,
             Difficulty::Hard => 999,
@@ -93,7 +99,7 @@ fn arithmetic(rng: &mut ChaCha8Rng, difficulty: Difficulty) -> (String, i64, Vec
     let mut low_precedence = false;
     let mut steps = Vec::new();
     for _ in 1..terms {
-        let ops: &[char] = if difficulty == Difficulty::Easy {
+        let ops: &[char] = if matches!(difficulty, Difficulty::Easy | Difficulty::Starter) {
             &['+', '-']
         } else {
             &['+', '-', '*']
