@@ -65,6 +65,20 @@ pub struct EpisodeCounts {
     pub unused: u64,
 }
 
+/// The `episodes/*` metrics of `counts`.
+fn count_metrics(counts: &EpisodeCounts) -> BTreeMap<String, f64> {
+    [
+        ("episodes/submitted", counts.submitted),
+        ("episodes/reported", counts.reported),
+        ("episodes/trained", counts.trained),
+        ("episodes/faulted", counts.faulted),
+        ("episodes/unused", counts.unused),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v as f64))
+    .collect()
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -350,6 +364,18 @@ pub fn train(
         Ok(_) => (run.eval_start.take(), run.eval_end.take()),
         Err(_) => (None, None),
     };
+    // Episodes still running or unread when the run ends come back here: they are reported and
+    // unused, so the final accounting (logged as `episodes/*`) closes:
+    // submitted = reported = trained + faulted + unused.
+    let pool = run.pool;
+    let leftovers = runtime.block_on(pool.shutdown());
+    run.counts.reported += leftovers.len() as u64;
+    run.counts.unused += leftovers.len() as u64;
+    let final_counts: Vec<Metric> = count_metrics(&run.counts)
+        .into_iter()
+        .map(|(k, v)| Metric::new(k, v, run.state.step))
+        .collect();
+    run.trackers.log_metrics(&final_counts);
     // The end-of-run plot, logged as an artifact.
     if let Ok(stored) = LocalStore::new(&run.config.tracking.runs_dir).find(
         run.run_dir
@@ -370,9 +396,6 @@ pub fn train(
         }
     }
     let finished = run.trackers.finish(status);
-    let pool = run.pool;
-    let leftovers = runtime.block_on(pool.shutdown());
-    run.counts.unused += leftovers.len() as u64;
     let summary = TrainSummary {
         run_dir: run.run_dir.clone(),
         steps: run.state.step,
@@ -772,10 +795,7 @@ impl Run {
         self.state.step += 1;
         self.state.optimizer_steps = self.learner.steps();
         let step = self.state.step;
-        metrics.insert("episodes/submitted".into(), self.counts.submitted as f64);
-        metrics.insert("episodes/reported".into(), self.counts.reported as f64);
-        metrics.insert("episodes/trained".into(), self.counts.trained as f64);
-        metrics.insert("episodes/faulted".into(), self.counts.faulted as f64);
+        metrics.extend(count_metrics(&self.counts));
         self.log(&metrics, step);
         if let Some(bar) = &self.progress {
             let get = |k: &str| metrics.get(k).copied().unwrap_or(f64::NAN);
