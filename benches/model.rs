@@ -14,6 +14,7 @@ use kaizen_model::{
     score,
 };
 
+#[allow(clippy::vec_init_then_push)] // one push per CPU backend compiled in
 fn backends() -> Vec<(&'static str, Device)> {
     #[allow(unused_mut)]
     let mut out = Vec::new();

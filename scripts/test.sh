@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 step "cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "SmolLM2-135M-Instruct (GGUF) for the parity tests (kaizen-model: tests/smollm2.rs, export)"
+scripts/fetch_model.sh >/dev/null
+
 step "Python for the environment tests (kaizen-envs: remote protocol, TextWorld)"
 KAIZEN_TEST_PYTHON=$(command -v python3) || { echo "python3 is needed by the environment tests" >&2; exit 1; }
 KAIZEN_TEXTWORLD_PYTHON=$(kaizen_venv textworld textworld==1.7.0)

@@ -411,11 +411,39 @@ impl JobConfig {
         {
             return Err("`sft.batch_size` must be >= 1".into());
         }
-        if self.sampling.temperature <= 0.0 {
-            return Err(
-                "`sampling.temperature` must be > 0 for training (the learner scores at it)".into(),
-            );
+        if !(self.sampling.temperature.is_finite() && self.sampling.temperature > 0.0) {
+            return Err(format!(
+                "`sampling.temperature` must be a finite value > 0 for training (the learner \
+                 scores at it), got {}",
+                self.sampling.temperature
+            ));
         }
+        if !(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0) {
+            return Err(format!(
+                "`sampling.top_p` must be in (0, 1], got {}",
+                self.sampling.top_p
+            ));
+        }
+        if !(self.sampling.min_p >= 0.0 && self.sampling.min_p < 1.0) {
+            return Err(format!(
+                "`sampling.min_p` must be in [0, 1), got {}",
+                self.sampling.min_p
+            ));
+        }
+        if self.grpo.num_generations < 2 {
+            return Err(format!(
+                "`grpo.num_generations` must be >= 2 (group-relative advantages of a group of \
+                 one are always 0), got {}",
+                self.grpo.num_generations
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.advantage.gamma) {
+            return Err(format!(
+                "`advantage.gamma` must be in [0, 1], got {}",
+                self.advantage.gamma
+            ));
+        }
+        self.loss.validate().map_err(|e| format!("[loss]: {e}"))?;
         Ok(())
     }
 }

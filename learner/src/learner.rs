@@ -300,6 +300,28 @@ impl Learner {
         Ok(metrics)
     }
 
+    /// Makes a frozen copy of the current weights the KL reference (with `loss.beta > 0`; a
+    /// no-op otherwise). The trainer calls it after an SFT warm start, so the penalty anchors RL
+    /// to the warm-started policy rather than to the model as loaded.
+    pub fn freeze_reference(&mut self) {
+        if self.loss.beta > 0.0 {
+            self.reference = Some(self.model.valid());
+        }
+    }
+
+    /// Replaces the KL reference (a resumed run restores the one it started RL with); ignored
+    /// with `loss.beta = 0`. `reference` must have the policy's architecture.
+    pub fn set_reference(&mut self, reference: Llama) {
+        if self.loss.beta > 0.0 {
+            self.reference = Some(reference.valid());
+        }
+    }
+
+    /// The frozen KL reference, when `loss.beta > 0`.
+    pub fn reference(&self) -> Option<&Llama> {
+        self.reference.as_ref()
+    }
+
     /// Replaces the optimizer and schedule (e.g. after an SFT warm start, RL starts fresh).
     pub fn reset_optimizer(&mut self, optimizer: AdamW, schedule: Schedule) {
         self.optimizer = optimizer;

@@ -48,8 +48,10 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
 }
 
-/// Counts of episodes, so nothing is lost silently: `reported = trained + faulted +
-/// dropped_stale + unused` and `submitted = reported` at the end.
+/// Counts of episodes, so nothing is lost silently: at the end of a run `submitted = reported`
+/// and `reported = trained + faulted + unused` (logged as `episodes/*`). `trained` counts the
+/// trajectories handed to the learner; the learner may still drop sequences of one that lag
+/// more than `max_policy_lag` (async mode), counted per step as `dropped_stale`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpisodeCounts {
     /// Training episodes queued on the actors.
@@ -64,6 +66,10 @@ pub struct EpisodeCounts {
     /// sampling.
     pub unused: u64,
 }
+
+/// Where a run keeps its KL reference policy when it differs from the model as loaded (after an
+/// SFT warm start with `loss.beta > 0`).
+const REFERENCE_DIR: &str = "reference";
 
 /// The `episodes/*` metrics of `counts`.
 fn count_metrics(counts: &EpisodeCounts) -> BTreeMap<String, f64> {
@@ -291,20 +297,36 @@ pub fn train(
         })?,
         None => AdamW::new(config.optim.adamw()),
     };
+    // A resumed run with a KL penalty restores the reference it started RL with: the
+    // warm-started policy saved under `reference/`, else the model as the config loads it.
+    let resumed_reference = match &options.resume {
+        Some(run_dir) if config.loss.beta > 0.0 => {
+            let saved = run_dir.join(REFERENCE_DIR);
+            Some(if saved.is_dir() {
+                Policy::load_dir(&saved, &train_device)?.model
+            } else {
+                load_policy(&config, &train_device)?.model
+            })
+        }
+        _ => None,
+    };
     let Policy {
         model,
         tokenizer,
         template,
         ..
     } = policy;
-    let learner = Learner::new(
+    let mut learner = Learner::new(
         model,
         optimizer,
         schedule,
         config.learner.clone(),
-        config.loss.clone(),
-        config.advantage.clone(),
+        config.loss,
+        config.advantage,
     );
+    if let Some(reference) = resumed_reference {
+        learner.set_reference(reference);
+    }
     let (publisher, _) =
         weight_broadcast_at(learner.policy(), WeightsVersion(state.weights_version));
     let actor_config = actor_config(&config, &tokenizer);
@@ -964,6 +986,18 @@ impl Run {
                 );
             }
         }
+        // The KL reference is the warm-started policy, saved so a resumed run restores it.
+        if self.config.loss.beta > 0.0 {
+            self.learner.freeze_reference();
+            let policy = Policy {
+                model: self.learner.policy(),
+                tokenizer: tokenizer.clone(),
+                template: template.clone(),
+                name: "reference".into(),
+            };
+            let dir = self.run_dir.join(REFERENCE_DIR);
+            policy.save_dir(&dir)?;
+        }
         // RL starts with a fresh optimizer and its own schedule.
         self.learner.reset_optimizer(
             AdamW::new(self.config.optim.adamw()),
@@ -975,14 +1009,17 @@ impl Run {
     }
 }
 
-/// Whether every episode of a group got the same total reward (no GRPO signal).
+/// Whether every episode of a group got the same reward for every agent and turn: then every
+/// advantage of the group is 0 (advantages are normalised per agent and turn index across the
+/// group), so it carries no GRPO signal. Comparing summed rewards instead would call a group
+/// flat whose per-turn returns differ (e.g. zero-sum SPC rounds, or `[1, 0]` vs `[0, 1]`).
 fn zero_signal(reports: &[EpisodeReport]) -> bool {
-    let totals: Vec<f32> = reports
+    let rewards: Vec<_> = reports
         .iter()
         .filter_map(|r| r.result.as_ref().ok())
-        .map(|t| t.outcome.rewards.values().flatten().sum())
+        .map(|t| &t.outcome.rewards)
         .collect();
-    totals.windows(2).all(|w| w[0] == w[1])
+    rewards.windows(2).all(|w| w[0] == w[1])
 }
 
 /// Step metrics computed from the episodes: rewards, environment metrics, lengths, faults.

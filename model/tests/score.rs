@@ -155,3 +155,159 @@ fn invalid_score_input_is_an_error() {
             .contains("temperature")
     );
 }
+
+/// A deterministic direction for the parameter at `path`: values in [-1, 1].
+fn direction(path: &str, len: usize) -> Vec<f32> {
+    let mut state = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Tracks the module path while visiting or mapping parameters.
+#[derive(Default)]
+struct Path(Vec<String>);
+
+impl Path {
+    fn current(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// `Σ ⟨∂L/∂θ, d⟩` over the parameters whose path contains `filter`.
+struct DirectionalGrad<'a> {
+    path: Path,
+    grads: &'a burn::tensor::Gradients,
+    filter: &'a str,
+    dot: f64,
+    params: usize,
+}
+
+impl ModuleVisitor for DirectionalGrad<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.current();
+        if !path.contains(self.filter) {
+            return;
+        }
+        let grad: Vec<f32> = param
+            .val()
+            .grad(self.grads)
+            .expect("gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let d = direction(&path, grad.len());
+        self.dot += grad
+            .iter()
+            .zip(&d)
+            .map(|(g, d)| f64::from(*g) * f64::from(*d))
+            .sum::<f64>();
+        self.params += 1;
+    }
+}
+
+/// θ + eps·d on the parameters whose path contains `filter`.
+struct Shift<'a> {
+    path: Path,
+    filter: &'a str,
+    eps: f32,
+}
+
+impl burn::module::ModuleMapper for Shift<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.current();
+        if !path.contains(self.filter) {
+            return param;
+        }
+        let eps = self.eps;
+        param.map(|t| {
+            let shape = t.shape();
+            let d = direction(&path, shape.num_elements());
+            let d = Tensor::<1>::from_floats(d.as_slice(), &t.device()).reshape(shape);
+            t + d * eps
+        })
+    }
+}
+
+/// The learner's gradient is the true gradient: for each part of the model (attention scores
+/// through q/k, values, output and MLP products, norms, embeddings), the autodiff directional
+/// derivative equals a central finite difference of the scored loss, on a ragged, left-padded
+/// batch. (A wrong backward — e.g. through the attention softmax or the padding mask — would
+/// still give non-zero gradients, which is all `gradients_reach_every_parameter` checks.)
+#[test]
+fn gradients_match_finite_differences() {
+    let device = device().autodiff();
+    let model = Llama::init(&tiny_config(), &device, 17).unwrap();
+    let batch = ScoreBatch {
+        sequences: vec![
+            vec![3, 14, 15, 92, 65, 35, 89, 79, 32, 38],
+            vec![26, 43, 38, 32],
+            vec![7, 1, 8, 28, 18, 28],
+        ],
+        loss_masks: vec![
+            vec![
+                false, false, false, true, true, true, true, true, true, true,
+            ],
+            vec![false, true, true, true],
+            vec![false, false, true, true, true, true],
+        ],
+    };
+    let loss = |m: &Llama| score(m, &batch, 0.9, false).unwrap().logprobs.sum().neg();
+    let grads = loss(&model).backward();
+    let eps = 2e-3;
+    for filter in [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "norm",
+        "embed",
+        "lm_head",
+    ] {
+        let mut visitor = DirectionalGrad {
+            path: Path::default(),
+            grads: &grads,
+            filter,
+            dot: 0.0,
+            params: 0,
+        };
+        model.visit(&mut visitor);
+        assert!(visitor.params > 0, "no parameter matches {filter}");
+        let at = |eps: f32| {
+            let shifted = model.clone().valid().map(&mut Shift {
+                path: Path::default(),
+                filter,
+                eps,
+            });
+            f64::from(loss(&shifted).into_scalar::<f32>())
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * f64::from(eps));
+        let analytic = visitor.dot;
+        assert!(
+            (numeric - analytic).abs() <= 1e-2 + 2e-2 * analytic.abs(),
+            "{filter}: autodiff {analytic:.5} vs finite difference {numeric:.5}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //! Turn 1: the `solver` answers a problem. Each later turn: the environment says there may be
 //! an error and asks for a corrected solution (the conversation continues). Every attempt is
 //! rewarded by the verifier; metrics carry `correct@t1` ... `correct@tN` and the transitions
-//! between the first and last attempt, `i->c` (incorrect to correct) and `c->i`.
+//! between the first and last attempt, `i_to_c` (incorrect to correct) and `c_to_i`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,10 +160,10 @@ impl SelfCorrect {
         let (first, last) = (correct[0], correct[correct.len() - 1]);
         outcome
             .metrics
-            .insert("i->c".into(), f64::from(u8::from(!first && last)));
+            .insert("i_to_c".into(), f64::from(u8::from(!first && last)));
         outcome
             .metrics
-            .insert("c->i".into(), f64::from(u8::from(first && !last)));
+            .insert("c_to_i".into(), f64::from(u8::from(first && !last)));
         outcome
     }
 }
@@ -255,8 +255,8 @@ mod tests {
         assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
         assert_eq!(outcome.metrics["correct@t1"], 0.0);
         assert_eq!(outcome.metrics["correct@t2"], 1.0);
-        assert_eq!(outcome.metrics["i->c"], 1.0);
-        assert_eq!(outcome.metrics["c->i"], 0.0);
+        assert_eq!(outcome.metrics["i_to_c"], 1.0);
+        assert_eq!(outcome.metrics["c_to_i"], 0.0);
         assert!(requests[1].continues(&requests[0], "\\boxed{-1}"));
         assert!(
             requests[1]
@@ -268,7 +268,7 @@ mod tests {
         );
 
         let (_, outcome) = play(2, 3, &[&right, "\\boxed{-1}"]).await;
-        assert_eq!(outcome.metrics["c->i"], 1.0);
+        assert_eq!(outcome.metrics["c_to_i"], 1.0);
     }
 
     #[tokio::test]
