@@ -108,7 +108,7 @@ fn episodes_become_trajectories_with_token_threads_and_versions() {
         assert!(r.metrics.contains_key("correct@t1"));
         assert_eq!(r.turns.len(), 2);
         // The answer text the environment saw is the decoding of the sampled tokens.
-        assert_eq!(r.turns[0].answer.len() <= 12 * 4, true);
+        assert!(r.turns[0].answer.len() <= 12 * 4);
     }
     // Samples of one group share the problem but sample differently.
     let g0: Vec<_> = reports[..4]
@@ -163,7 +163,7 @@ struct Flaky;
 #[async_trait]
 impl Env for Flaky {
     async fn reset(&mut self, seed: u64) -> kaizen_envs::Result<Step> {
-        assert!(seed % 2 == 0, "flaky env panics on odd seeds");
+        assert!(seed.is_multiple_of(2), "flaky env panics on odd seeds");
         Ok(Step::Request(Request::new(
             "a",
             vec![kaizen_core::Message::user("say something")],
