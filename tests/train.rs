@@ -115,7 +115,18 @@ fn metrics(run: &Path) -> BTreeMap<(String, u64), f64> {
 }
 
 fn assert_same(a: &BTreeMap<(String, u64), f64>, b: &BTreeMap<(String, u64), f64>) {
-    assert_eq!(a.len(), b.len(), "different metric sets");
+    let only = |x: &BTreeMap<(String, u64), f64>, y: &BTreeMap<(String, u64), f64>| {
+        x.keys()
+            .filter(|k| !y.contains_key(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        a.len() == b.len(),
+        "different metric sets: only in the first {:?}, only in the second {:?}",
+        only(a, b),
+        only(b, a)
+    );
     for ((k, s), v) in a {
         let w = b
             .get(&(k.clone(), *s))

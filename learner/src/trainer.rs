@@ -875,6 +875,9 @@ impl Run {
     }
 
     fn save_checkpoint(&mut self) -> Result<(), Error> {
+        // Every metric up to this step reaches the disk before the checkpoint does: a run
+        // killed after the checkpoint and resumed from it has lost none of them.
+        self.trackers.flush()?;
         self.state.episodes = self.counts;
         let (tokenizer, template) = &self.policy_parts;
         let policy = Policy {

@@ -114,6 +114,17 @@ impl Tracker for Trackers {
         }
     }
 
+    /// Flushes every tracker; the first error.
+    fn flush(&self) -> Result<(), Error> {
+        let mut first = None;
+        for t in &self.trackers {
+            if let Err(e) = t.flush() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Finishes every tracker (all of them, even after a failure) and returns the first error;
     /// the others are logged.
     fn finish(&self, status: RunStatus) -> Result<(), Error> {

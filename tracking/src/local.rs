@@ -191,6 +191,12 @@ impl Writer {
                     finished = true;
                     false
                 }
+                Command::Flush(done) => {
+                    let flushed = self.metrics.flush();
+                    self.check(flushed, "writing", METRICS_FILE);
+                    let _ = done.send(());
+                    true
+                }
                 other => {
                     self.apply(other);
                     true
@@ -231,7 +237,7 @@ impl Writer {
                 let copied = self.copy_artifact(&path, dir.as_deref());
                 self.record_error(copied);
             }
-            Command::Finish { .. } | Command::Close => {}
+            Command::Finish { .. } | Command::Close | Command::Flush(_) => {}
         }
     }
 
@@ -396,6 +402,26 @@ mod tests {
             .map(|p| p.step)
             .collect();
         assert_eq!(steps, vec![0, 1]);
+    }
+
+    #[test]
+    fn flush_puts_every_metric_logged_before_on_disk_while_the_run_goes_on() {
+        let root = tempfile::tempdir().unwrap();
+        let tracker = LocalTracker::start(root.path(), &RunSpec::new("e", "r")).unwrap();
+        for step in 0..2000 {
+            tracker.log_metric("loss", 1.0, step);
+        }
+        tracker.flush().unwrap();
+        // Read while the tracker is alive (a process killed now would leave this on disk).
+        let run = StoredRun::open(tracker.run_dir()).unwrap();
+        assert_eq!(run.metrics().unwrap().series("loss").unwrap().len(), 2000);
+        assert_eq!(run.record.status, RunStatus::Running);
+        tracker.log_metric("loss", 0.5, 2000);
+        tracker.finish(RunStatus::Finished).unwrap();
+        assert!(
+            tracker.flush().is_ok(),
+            "flush after finish has nothing to do"
+        );
     }
 
     #[test]

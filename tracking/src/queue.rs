@@ -27,7 +27,13 @@ pub(crate) enum Command {
     },
     /// The tracker was dropped without `finish`: write out what is queued and stop.
     Close,
+    /// A barrier: answer once everything queued before it is durable on disk (the local
+    /// store's files; the MLflow mirror's spool), without ending the run.
+    Flush(flume::Sender<()>),
 }
+
+/// How long [`Queue::flush`] waits for the background thread.
+const FLUSH_WAIT: Duration = Duration::from_secs(60);
 
 /// Default capacity, in commands (one logging call = one command).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
@@ -145,6 +151,24 @@ impl Queue {
         }
     }
 
+    /// Waits until everything sent before is durable on disk (see [`Command::Flush`]).
+    ///
+    /// # Errors
+    /// [`Error::WorkerGone`] when the background thread does not answer within a minute or has
+    /// stopped (after `finish` there is nothing left to flush: `Ok`).
+    pub(crate) fn flush(&self) -> Result<(), Error> {
+        let (done, answer) = flume::bounded(1);
+        if self.tx.send(Command::Flush(done)).is_err() {
+            return Ok(());
+        }
+        answer
+            .recv_timeout(FLUSH_WAIT)
+            .map_err(|e| Error::WorkerGone {
+                run: self.label.clone(),
+                message: format!("no answer to flush: {e}"),
+            })
+    }
+
     /// Sends `Finish` and waits up to `wait` for the background thread's answer.
     ///
     /// # Errors
@@ -237,6 +261,10 @@ impl<T: Queued> Tracker for T {
             path: Arc::new(path),
             dir: artifact_dir.map(Arc::from),
         });
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        self.queue().flush()
     }
 
     fn finish(&self, status: RunStatus) -> Result<(), Error> {

@@ -46,6 +46,15 @@ pub trait Tracker: Send + Sync {
     /// place until the run finishes (files in the run directory do).
     fn log_artifact(&self, path: &Path, artifact_dir: Option<&str>);
 
+    /// Waits until everything logged before is durable on disk — the local store's files, the
+    /// MLflow mirror's spool (delivery to the server may come later; the spool guarantees it) —
+    /// without ending the run. The trainer calls it before it writes a checkpoint, so a run
+    /// killed afterwards and resumed from that checkpoint has every metric up to it.
+    ///
+    /// # Errors
+    /// [`Error::WorkerGone`] when the background thread does not answer.
+    fn flush(&self) -> Result<(), Error>;
+
     /// Ends the run with `status` and waits until everything logged before is written (and, for
     /// MLflow, delivered or spooled after the configured shutdown timeout). Later calls to the
     /// logging methods are ignored with a warning.

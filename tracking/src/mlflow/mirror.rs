@@ -281,6 +281,11 @@ impl Mirror {
                 // One immediate try, whatever the backoff said.
                 self.next_attempt = now;
             }
+            Command::Flush(done) => {
+                let flushed = self.spool.flush();
+                self.note_io(flushed);
+                let _ = done.send(());
+            }
             Command::Close => {
                 closing.get_or_insert(Closing {
                     deadline: Instant::now() + self.options.drop_timeout,
