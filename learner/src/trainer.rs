@@ -944,6 +944,39 @@ impl Run {
         } else {
             chat_samples(Path::new(&sft.source), tokenizer, template)?
         };
+        // Turns the actors would never play (a prompt over `sampling.max_prompt_length`) or the
+        // model cannot hold (over `max_position_embeddings`) are left out, and counted.
+        let max_positions = self.learner.policy().config().max_position_embeddings;
+        let max_prompt = self.config.sampling.max_prompt_length;
+        let before = samples.len();
+        let samples: Vec<Sample> = samples
+            .into_iter()
+            .filter(|s| {
+                let prompt = s.loss_mask.iter().position(|&m| m).unwrap_or(s.tokens.len());
+                prompt <= max_prompt && s.tokens.len() <= max_positions
+            })
+            .collect();
+        let too_long = before - samples.len();
+        if samples.is_empty() {
+            return Err(Error::Config {
+                path: "[sft]".into(),
+                message: format!(
+                    "every one of the {before} warm-start sequences is longer than \
+                     `sampling.max_prompt_length` ({max_prompt}) or the model's context \
+                     ({max_positions} tokens)"
+                ),
+            });
+        }
+        if too_long > 0 {
+            tracing::warn!(
+                too_long,
+                max_prompt,
+                max_positions,
+                "warm-start sequences left out: prompt or whole sequence too long"
+            );
+        }
+        self.trackers
+            .log_metrics(&[Metric::new("sft/too_long", too_long as f64, 0)]);
         tracing::info!(
             sequences = samples.len(),
             steps = sft.steps,
