@@ -952,7 +952,11 @@ impl Run {
         let samples: Vec<Sample> = samples
             .into_iter()
             .filter(|s| {
-                let prompt = s.loss_mask.iter().position(|&m| m).unwrap_or(s.tokens.len());
+                let prompt = s
+                    .loss_mask
+                    .iter()
+                    .position(|&m| m)
+                    .unwrap_or(s.tokens.len());
                 prompt <= max_prompt && s.tokens.len() <= max_positions
             })
             .collect();
