@@ -35,7 +35,7 @@ use kaizen_actors::{
 };
 use kaizen_core::{AgentId, Message, Outcome, Request, SamplingOverrides, Step, WeightsVersion};
 use kaizen_envs::{Env, EnvFactory, EpisodeLimits, Registry};
-use kaizen_model::{ChatTemplate, GenerateOptions, Llama, LlamaConfig, Tokenizer};
+use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Tokenizer};
 
 /// Episodes per GRPO group (`num_generations` of `configs/self_correct_tiny.toml`).
 const GROUP: usize = 8;
@@ -175,15 +175,7 @@ impl Bench {
                 ..SamplingConfig::default()
             },
             limits: EpisodeLimits::default(),
-            engine: EngineConfig {
-                generate: GenerateOptions {
-                    eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-                    share_prefill: true,
-                    entropy: false,
-                    prefill_chunk_tokens: 8192,
-                },
-                max_env_wait: None,
-            },
+            engine: EngineConfig::new(&tokenizer, None),
             results_capacity: 64,
         };
         let pool = ActorPool::spawn(

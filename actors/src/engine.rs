@@ -116,6 +116,20 @@ pub struct EngineConfig {
     pub max_env_wait: Option<Duration>,
 }
 
+impl EngineConfig {
+    /// The engine of an RL job: stops on `tokenizer`'s EOS ids, shares each group's prompt
+    /// prefill, no entropy, the default prefill chunking; `max_env_wait` as above.
+    pub fn new(tokenizer: &Tokenizer, max_env_wait: Option<Duration>) -> Self {
+        Self {
+            generate: GenerateOptions {
+                eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+                ..GenerateOptions::default()
+            },
+            max_env_wait,
+        }
+    }
+}
+
 /// The sending side of an engine, cloned into every episode.
 #[derive(Clone)]
 pub(crate) struct EngineHandle {

@@ -16,7 +16,7 @@ use kaizen_actors::{
 };
 use kaizen_core::{SamplingOverrides, Trajectory, WeightsVersion};
 use kaizen_envs::{EpisodeLimits, Registry};
-use kaizen_model::{ChatTemplate, GenerateOptions, Llama, LlamaConfig, Policy};
+use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Policy};
 use kaizen_tracking::{
     LocalStore, LocalTracker, Metric, MlflowTracker, Params, RunSpec, RunStatus, Tracker, Trackers,
 };
@@ -444,18 +444,13 @@ fn actor_config(config: &JobConfig, tokenizer: &kaizen_model::Tokenizer) -> Acto
             respond_timeout: None,
             max_turns: config.actors.max_turns,
         },
-        engine: EngineConfig {
-            generate: GenerateOptions {
-                eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-                share_prefill: true,
-                entropy: false,
-                prefill_chunk_tokens: 8192,
-            },
-            max_env_wait: match config.run.mode {
+        engine: EngineConfig::new(
+            tokenizer,
+            match config.run.mode {
                 Mode::Sync => None,
                 Mode::Async => Some(Duration::from_millis(20)),
             },
-        },
+        ),
         results_capacity: (config.grpo.prompts_per_step * config.grpo.num_generations).max(16),
     }
 }

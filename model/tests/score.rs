@@ -173,9 +173,9 @@ fn direction(path: &str, len: usize) -> Vec<f32> {
 
 /// Tracks the module path while visiting or mapping parameters.
 #[derive(Default)]
-struct Path(Vec<String>);
+struct ModulePath(Vec<String>);
 
-impl Path {
+impl ModulePath {
     fn current(&self) -> String {
         self.0.join(".")
     }
@@ -183,7 +183,7 @@ impl Path {
 
 /// `Σ ⟨∂L/∂θ, d⟩` over the parameters whose path contains `filter`.
 struct DirectionalGrad<'a> {
-    path: Path,
+    path: ModulePath,
     grads: &'a burn::tensor::Gradients,
     filter: &'a str,
     dot: f64,
@@ -221,7 +221,7 @@ impl ModuleVisitor for DirectionalGrad<'_> {
 
 /// θ + eps·d on the parameters whose path contains `filter`.
 struct Shift<'a> {
-    path: Path,
+    path: ModulePath,
     filter: &'a str,
     eps: f32,
 }
@@ -287,7 +287,7 @@ fn gradients_match_finite_differences() {
         "lm_head",
     ] {
         let mut visitor = DirectionalGrad {
-            path: Path::default(),
+            path: ModulePath::default(),
             grads: &grads,
             filter,
             dot: 0.0,
@@ -297,7 +297,7 @@ fn gradients_match_finite_differences() {
         assert!(visitor.params > 0, "no parameter matches {filter}");
         let at = |eps: f32| {
             let shifted = model.clone().valid().map(&mut Shift {
-                path: Path::default(),
+                path: ModulePath::default(),
                 filter,
                 eps,
             });

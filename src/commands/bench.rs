@@ -94,9 +94,20 @@ fn tokens(len: usize, salt: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+/// Median seconds of `repeats` (at least 1) timed calls of `run`, after one untimed warm-up.
+fn median_seconds(
+    repeats: usize,
+    mut run: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    run()?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Runs `kaizen bench`.
@@ -130,18 +141,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 share_prefill: !no_share,
                 ..GenerateOptions::default()
             };
-            let mut times = Vec::new();
             let mut produced = 0;
-            for i in 0..=model.repeats.max(1) {
-                let start = Instant::now();
+            let seconds = median_seconds(model.repeats, || {
                 let out = generate(&policy.model, None, &requests, &options)?;
-                let t = start.elapsed().as_secs_f64();
                 produced = out.iter().map(|g| g.tokens.len()).sum::<usize>();
-                if i > 0 {
-                    times.push(t);
-                }
-            }
-            let seconds = median(times);
+                Ok(())
+            })?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -162,19 +167,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .map(|_| (0..seq).map(|t| t > 0).collect())
                     .collect(),
             };
-            let mut times = Vec::new();
-            for i in 0..=model.repeats.max(1) {
-                let start = Instant::now();
+            let seconds = median_seconds(model.repeats, || {
                 let scores = score(&policy.model, &batch_data, 1.0, false)?;
-                let loss = scores.logprobs.mean().neg();
-                let grads = loss.backward();
-                drop(grads);
-                let t = start.elapsed().as_secs_f64();
-                if i > 0 {
-                    times.push(t);
-                }
-            }
-            let seconds = median(times);
+                drop(scores.logprobs.mean().neg().backward());
+                Ok(())
+            })?;
             println!(
                 "{}",
                 serde_json::json!({
