@@ -11,4 +11,4 @@ if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]]; then
     scripts/data/make_problem_sets.sh --families basic_arithmetic_easy --train 2000 --heldout 200
 fi
 cargo build --release --quiet --bin kaizen
-exec target/release/kaizen train configs/self_correct_smollm2.toml "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/kaizen" train configs/self_correct_smollm2.toml "$@"

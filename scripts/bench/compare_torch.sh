@@ -6,4 +6,5 @@ source scripts/reference/venv.sh
 preset="${1:-tiny}"
 [[ "$preset" == smollm2 ]] && scripts/fetch_model.sh >/dev/null
 cargo build --release --quiet --bin kaizen
-OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$REF_PY" scripts/bench/compare_torch.py "$preset" "${@:2}"
+OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$REF_PY" scripts/bench/compare_torch.py "$preset" \
+    --kaizen "${CARGO_TARGET_DIR:-target}/release/kaizen" "${@:2}"

@@ -10,6 +10,7 @@ data="$KAIZEN_CACHE/data/basic_arithmetic_easy"
 if [[ ! -s "$data/train.jsonl" ]]; then
     scripts/data/make_problem_sets.sh --families basic_arithmetic_easy --train 2000 --heldout 200
 fi
-[[ -x target/release/kaizen ]] || cargo build --release --quiet --bin kaizen
+cargo build --release --quiet --bin kaizen
 OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$REF_PY" scripts/bench/compare_trl.py \
+    --kaizen "${CARGO_TARGET_DIR:-target}/release/kaizen" \
     --gguf "$gguf" --problems "$data/train.jsonl" "$@"

@@ -32,7 +32,7 @@ for mode in sync async; do
     # skip_zero_signal=false: the untrained model earns no reward, so every group is flat; the
     # learner must still run its forward and backward passes for the figures to mean anything.
     start=$(date +%s%N)
-    target/release/kaizen train "$dir/job.toml" --no-progress \
+    "${CARGO_TARGET_DIR:-target}/release/kaizen" train "$dir/job.toml" --no-progress \
         --set run.mode="$mode" --set run.max_steps="$steps" \
         --set run.experiment="runtime_$mode" --set tracking.runs_dir="$dir/runs" \
         --set learner.max_policy_lag=1 --set learner.skip_zero_signal=false \
