@@ -11,7 +11,7 @@ use kaizen_algorithms::{
     segment_advantages, sft_loss,
 };
 use kaizen_core::{Trajectory, WeightsVersion};
-use kaizen_model::{Llama, ScoreBatch, score};
+use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -34,6 +34,9 @@ pub struct LearnerConfig {
     pub skip_zero_signal: bool,
     /// TRL `max_completion_length`, Dr. GRPO's normaliser.
     pub max_completion_length: usize,
+    /// Compute the prompt a GRPO group's samples share once per micro-batch instead of once
+    /// per sample (`kaizen_model::score_with`); same loss and gradient up to float rounding.
+    pub share_prompt_prefix: bool,
 }
 
 impl Default for LearnerConfig {
@@ -43,6 +46,7 @@ impl Default for LearnerConfig {
             max_policy_lag: 0,
             skip_zero_signal: true,
             max_completion_length: 256,
+            share_prompt_prefix: true,
         }
     }
 }
@@ -92,6 +96,16 @@ impl Learner {
     /// An inference copy of the current weights (plain device; shares tensors).
     pub fn policy(&self) -> Llama {
         self.model.valid()
+    }
+
+    /// The update's hyper-parameters.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.config
+    }
+
+    /// Replaces the update's hyper-parameters (they hold no state).
+    pub fn set_config(&mut self, config: LearnerConfig) {
+        self.config = config;
     }
 
     /// The optimizer (for checkpoints).
@@ -199,7 +213,12 @@ impl Learner {
                     loss_masks: group.iter().map(|s| s.loss_mask.clone()).collect(),
                 };
                 scored_tokens += score_batch.sequences.iter().map(Vec::len).sum::<usize>();
-                let scores = score(&self.model, &score_batch, temperature, true)?;
+                let options = ScoreOptions {
+                    temperature,
+                    with_entropy: true,
+                    share_prefixes: self.config.share_prompt_prefix,
+                };
+                let scores = score_with(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
                 let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
                 let advantages: Vec<f32> = group
@@ -214,7 +233,11 @@ impl Learner {
                 let behavior = floats(behavior);
                 let ref_logprobs = match &self.reference {
                     Some(reference) => {
-                        Some(score(reference, &score_batch, temperature, false)?.logprobs)
+                        let options = ScoreOptions {
+                            with_entropy: false,
+                            ..options
+                        };
+                        Some(score_with(reference, &score_batch, &options)?.logprobs)
                     }
                     None => None,
                 };
@@ -281,7 +304,11 @@ impl Learner {
                 sequences: part.iter().map(|&i| samples[i].tokens.clone()).collect(),
                 loss_masks: part.iter().map(|&i| samples[i].loss_mask.clone()).collect(),
             };
-            let scores = score(&self.model, &batch, 1.0, false)?;
+            let options = ScoreOptions {
+                share_prefixes: self.config.share_prompt_prefix,
+                ..ScoreOptions::new(1.0)
+            };
+            let scores = score_with(&self.model, &batch, &options)?;
             let out = sft_loss(scores.logprobs, num_tokens)?;
             loss += out.metrics.loss as f64;
             let grads = out.loss.backward();

@@ -141,12 +141,36 @@ pub fn build_samples(
     (samples, skipped)
 }
 
-/// Splits samples into at most `parts` micro-batches of similar token counts, keeping similar
-/// lengths together (less padding). Returns sample indices per micro-batch.
+impl Sample {
+    /// The tokens before the predictor of the first trained token: the context this sample
+    /// shares with the other samples of its GRPO group (the rendered prompt, less its last
+    /// token), which `kaizen_model::score` computes once per micro-batch.
+    pub fn shared_prefix(&self) -> &[u32] {
+        let first = self.loss_mask.iter().position(|&m| m).unwrap_or(0);
+        &self.tokens[..first.saturating_sub(1)]
+    }
+}
+
+/// Splits samples into at most `parts` micro-batches of similar token counts. Returns sample
+/// indices per micro-batch.
+///
+/// Samples that share a prefix ([`Sample::shared_prefix`], e.g. a GRPO group) are laid out
+/// next to each other (clusters in order of first appearance, longest first inside one) and the
+/// micro-batches are contiguous runs of that order, so a group lands in one micro-batch (or, at
+/// a cut, two) and its prompt is computed once there; similar lengths stay together (less
+/// padding).
 pub fn micro_batches(samples: &[Sample], parts: usize) -> Vec<Vec<usize>> {
     let parts = parts.max(1).min(samples.len().max(1));
+    let mut cluster_of: std::collections::HashMap<&[u32], usize> = Default::default();
+    let clusters: Vec<usize> = samples
+        .iter()
+        .map(|s| {
+            let next = cluster_of.len();
+            *cluster_of.entry(s.shared_prefix()).or_insert(next)
+        })
+        .collect();
     let mut order: Vec<usize> = (0..samples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(samples[i].tokens.len()));
+    order.sort_by_key(|&i| (clusters[i], std::cmp::Reverse(samples[i].tokens.len())));
     let total: usize = samples.iter().map(|s| s.tokens.len()).sum();
     let target = total.div_ceil(parts);
     let mut out: Vec<Vec<usize>> = vec![Vec::new()];
@@ -252,5 +276,35 @@ mod tests {
             .collect();
         assert_eq!(sizes.iter().sum::<usize>(), 210);
         assert!(sizes.iter().all(|&s| s <= 110), "{sizes:?}");
+    }
+
+    #[test]
+    fn micro_batches_keep_groups_together() {
+        let mk = |prompt: u32, n: usize| {
+            let mut tokens = vec![prompt; 6];
+            tokens.extend(vec![1; n]);
+            let mut loss_mask = vec![false; 6];
+            loss_mask.extend(vec![true; n]);
+            Sample {
+                advantages: vec![1.0; tokens.len()],
+                behavior_logprobs: vec![0.0; tokens.len()],
+                tokens,
+                loss_mask,
+                temperature: 1.0,
+                trajectory: 0,
+                version: WeightsVersion(0),
+            }
+        };
+        // Three groups of four, interleaved as trajectories may arrive.
+        let samples: Vec<Sample> = (0..12).map(|i| mk(100 + (i % 3) as u32, 4 + i)).collect();
+        assert_eq!(samples[0].shared_prefix(), &[100; 5]);
+        let batches = micro_batches(&samples, 3);
+        assert_eq!(batches.len(), 3);
+        for batch in &batches {
+            let prefixes: std::collections::BTreeSet<&[u32]> =
+                batch.iter().map(|&i| samples[i].shared_prefix()).collect();
+            assert_eq!(prefixes.len(), 1, "{batches:?}");
+            assert_eq!(batch.len(), 4);
+        }
     }
 }

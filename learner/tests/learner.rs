@@ -121,6 +121,28 @@ fn gradient_accumulation_does_not_change_the_step() {
     }
 }
 
+/// Computing each group's shared prompt once gives the step that scoring every sample in full
+/// gives.
+#[test]
+fn sharing_the_prompt_prefix_does_not_change_the_step() {
+    let mut shared = learner(2, LossType::Dapo);
+    let mut full = learner(2, LossType::Dapo);
+    full.set_config(LearnerConfig {
+        share_prompt_prefix: false,
+        ..full.config().clone()
+    });
+    let a = shared.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+    let b = full.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+    let diff = weights(&shared)
+        .iter()
+        .zip(weights(&full))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-6, "weights differ by {diff}");
+    assert!((a["loss"] - b["loss"]).abs() < 1e-6);
+    assert!((a["grad_norm"] - b["grad_norm"]).abs() < 1e-4 * b["grad_norm"]);
+}
+
 #[test]
 fn stale_samples_are_dropped_and_counted() {
     let mut l = learner(1, LossType::Dapo);

@@ -6,7 +6,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use common::{device, tiny_config, tiny_model};
 use kaizen_model::{
-    GenerateOptions, GenerationRequest, Llama, SamplingParams, ScoreBatch, generate, score,
+    GenerateOptions, GenerationRequest, Llama, SamplingParams, ScoreBatch, ScoreOptions, generate,
+    score, score_with,
 };
 
 fn sample_and_score(temperature: f32) {
@@ -310,4 +311,102 @@ fn gradients_match_finite_differences() {
             "{filter}: autodiff {analytic:.5} vs finite difference {numeric:.5}"
         );
     }
+}
+
+/// Every parameter's gradient, flattened, in visiting order.
+struct AllGrads<'a> {
+    grads: &'a burn::tensor::Gradients,
+    out: Vec<f32>,
+}
+
+impl ModuleVisitor for AllGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            self.out.extend(g.into_data().iter::<f32>());
+        }
+    }
+}
+
+/// A batch shaped like a learner step: two GRPO groups (one prompt, several ragged two-turn
+/// completions each, the environment's reply in between unscored), a row alone, and a row with
+/// nothing scored.
+fn grouped_batch() -> ScoreBatch {
+    let prompt_a: Vec<u32> = vec![1, 40, 41, 42, 43, 44, 45];
+    let prompt_b: Vec<u32> = vec![1, 50, 51, 52];
+    let mut batch = ScoreBatch::default();
+    let mut push = |prompt: &[u32], turns: &[(&[u32], &[u32])]| {
+        let mut seq = prompt.to_vec();
+        let mut mask = vec![false; prompt.len()];
+        for (i, (reply, answer)) in turns.iter().enumerate() {
+            if i > 0 {
+                seq.extend_from_slice(reply);
+                mask.extend(vec![false; reply.len()]);
+            }
+            seq.extend_from_slice(answer);
+            mask.extend(vec![true; answer.len()]);
+        }
+        batch.sequences.push(seq);
+        batch.loss_masks.push(mask);
+    };
+    push(&prompt_a, &[(&[], &[7, 8, 9]), (&[60, 61], &[10, 11])]);
+    push(&prompt_b, &[(&[], &[200, 201, 202, 203, 204, 205, 206])]);
+    push(&prompt_a, &[(&[], &[7]), (&[60, 61], &[12, 13, 14, 15])]);
+    push(&prompt_a, &[(&[], &[9, 9, 9, 9, 9, 9])]);
+    push(&prompt_b, &[(&[], &[3])]);
+    push(&[2, 70, 71], &[(&[], &[5, 6])]);
+    batch.sequences.push(vec![1, 40, 41, 42]);
+    batch.loss_masks.push(vec![false; 4]);
+    batch
+}
+
+/// Computing a group's shared prompt once (prefix pass, repeated KV cache, suffix pass) gives
+/// the plain forward's log-probs, entropies and gradients.
+#[test]
+fn shared_prefix_scoring_equals_the_plain_forward() {
+    let device = device().autodiff();
+    let model = Llama::init(&tiny_config(), &device, 29).unwrap();
+    let batch = grouped_batch();
+    let run = |share_prefixes: bool| {
+        let scores = score_with(
+            &model,
+            &batch,
+            &ScoreOptions {
+                temperature: 0.8,
+                with_entropy: true,
+                share_prefixes,
+            },
+        )
+        .unwrap();
+        let logprobs: Vec<f32> = scores.logprobs.clone().into_data().iter::<f32>().collect();
+        let entropy: Vec<f32> = scores.entropy.unwrap().into_data().iter::<f32>().collect();
+        let grads = scores.logprobs.sum().neg().backward();
+        let mut all = AllGrads {
+            grads: &grads,
+            out: Vec::new(),
+        };
+        model.visit(&mut all);
+        (logprobs, entropy, scores.rows, all.out)
+    };
+    let (lp_plain, ent_plain, rows_plain, g_plain) = run(false);
+    let (lp_shared, ent_shared, rows_shared, g_shared) = run(true);
+    assert_eq!(lp_plain.len(), batch.num_scored());
+    assert_eq!(rows_plain, rows_shared);
+    let gap = common::max_abs_diff(&lp_plain, &lp_shared);
+    assert!(gap < 1e-5, "log-prob gap {gap}");
+    let gap = common::max_abs_diff(&ent_plain, &ent_shared);
+    assert!(gap < 1e-5, "entropy gap {gap}");
+    assert_eq!(g_plain.len(), g_shared.len());
+    let scale = g_plain.iter().fold(0f32, |m, g| m.max(g.abs()));
+    let gap = common::max_abs_diff(&g_plain, &g_shared);
+    assert!(
+        scale > 0.0 && gap < 1e-4 * scale,
+        "gradient gap {gap} (scale {scale})"
+    );
+
+    // And without autodiff (the KL reference, the CPU kernels' cache).
+    let plain = model.valid();
+    let inference = score(&plain, &batch, 0.8, false).unwrap();
+    let values: Vec<f32> = inference.logprobs.into_data().iter::<f32>().collect();
+    let gap = common::max_abs_diff(&lp_plain, &values);
+    assert!(gap < 1e-4, "inference log-prob gap {gap}");
 }

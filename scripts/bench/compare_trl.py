@@ -105,6 +105,7 @@ beta = 0.0
 gradient_accumulation_steps = {MICRO_BATCHES}
 max_completion_length = {args.max_new_tokens}
 skip_zero_signal = {str(args.skip_zero_signal).lower()}
+share_prompt_prefix = {str(not args.no_share_prompt_prefix).lower()}
 
 [optim]
 learning_rate = {args.lr}
@@ -291,6 +292,8 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--skip-zero-signal", action="store_true",
                         help="let kaizen skip the forward/backward pass of zero-advantage samples")
+    parser.add_argument("--no-share-prompt-prefix", action="store_true",
+                        help="make kaizen recompute each group's prompt per sample, as TRL does")
     parser.add_argument("--kaizen", default="target/release/kaizen")
     parser.add_argument("--gguf", default=str(cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     parser.add_argument("--problems", default=str(cache_dir() / "data" / "basic_arithmetic_easy" / "train.jsonl"))
@@ -316,13 +319,15 @@ def main():
     print(f"\nGRPO step: SmolLM2-135M-Instruct (f32), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} generations, "
           f"<= {args.max_new_tokens} new tokens, lr {args.lr:g}, beta 0, {MICRO_BATCHES} micro-batches, "
           f"{THREADS} threads; median of steps 2..{args.steps}"
-          + (" (kaizen skips zero-signal samples)" if args.skip_zero_signal else ""))
+          + (" (kaizen skips zero-signal samples)" if args.skip_zero_signal else "")
+          + (" (kaizen recomputes shared prompts)" if args.no_share_prompt_prefix else ""))
     print(f"{'side':8} {'s/step':>8} {'generation':>11} {'learning':>9} {'tokens/step':>12} {'reward':>7}")
     for side, r in results.items():
         print(f"{side:8} {r['s_per_step']:8.2f} {r['generation_s']:11.2f} {r['learning_s']:9.2f} "
               f"{r['tokens_per_step']:12.0f} {r['reward']:7.3f}")
     summary = {"steps": args.steps, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
-               "skip_zero_signal": args.skip_zero_signal, **results}
+               "skip_zero_signal": args.skip_zero_signal,
+               "share_prompt_prefix": not args.no_share_prompt_prefix, **results}
     if len(results) == 2:
         ratio = results["trl"]["s_per_step"] / results["kaizen"]["s_per_step"]
         summary["speedup"] = ratio
