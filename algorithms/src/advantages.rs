@@ -50,6 +50,9 @@ pub struct AdvantageConfig {
     pub scale_rewards: ScaleRewards,
     /// Discount of later turns' rewards in a turn's return (1.0: undiscounted sum).
     pub gamma: f32,
+    /// SCoRe's progress bonus `α ≥ 0`: turn `k ≥ 1`'s own return gains `α · (r_k − r_{k−1})`
+    /// (see `multi_turn`); 0 turns it off.
+    pub progress_bonus: f32,
 }
 
 impl Default for AdvantageConfig {
@@ -58,6 +61,7 @@ impl Default for AdvantageConfig {
             adv_estimator: AdvantageEstimator::Grpo,
             scale_rewards: ScaleRewards::Group,
             gamma: 1.0,
+            progress_bonus: 0.0,
         }
     }
 }

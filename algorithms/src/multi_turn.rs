@@ -29,6 +29,22 @@
 //!
 //! Sample a's first attempt is credited for the correction it led to; b, right at once, is
 //! compared with a and c at turn 0 only.
+//!
+//! # Progress bonus (SCoRe)
+//!
+//! With `progress_bonus = α > 0`, turn `k ≥ 1` is judged on
+//!
+//! ```text
+//! G'_k = G_k + α · (r_k − r_{k−1})
+//! ```
+//!
+//! the reward shaping of SCoRe's stage II (Kumar et al. 2024, "Training Language Models to
+//! Self-Correct via Reinforcement Learning", <https://arxiv.org/abs/2409.12917>, §5.2): a revision
+//! that turns a wrong answer right earns `α` more, one that turns a right answer wrong loses `α`,
+//! and repeating the first answer earns nothing extra — the pressure toward real correction that
+//! plain rewards lack (a model that repeats itself scores Δ(t1→t2) = 0 and is not penalised).
+//! The bonus enters turn `k`'s own advantage only; earlier turns' returns use the unshaped
+//! rewards, so a first attempt gains nothing by being wrong.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +109,13 @@ pub fn turn_advantages<K: Ord + Clone>(
             expected: "a discount in [0, 1]",
         });
     }
+    if !(config.progress_bonus.is_finite() && config.progress_bonus >= 0.0) {
+        return Err(Error::Config {
+            field: "progress_bonus",
+            value: f64::from(config.progress_bonus),
+            expected: "a finite coefficient >= 0",
+        });
+    }
     for rewards in turn_rewards {
         if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
             return Err(Error::NonFiniteReward { index, value });
@@ -100,7 +123,15 @@ pub fn turn_advantages<K: Ord + Clone>(
     }
     let returns: Vec<Vec<f32>> = turn_rewards
         .iter()
-        .map(|r| returns_to_go(r, config.gamma))
+        .map(|r| {
+            let mut g = returns_to_go(r, config.gamma);
+            if config.progress_bonus > 0.0 {
+                for k in 1..r.len() {
+                    g[k] += config.progress_bonus * (r[k] - r[k - 1]);
+                }
+            }
+            g
+        })
         .collect();
     let mut advantages: Vec<Vec<f32>> = returns.iter().map(|g| vec![0.0; g.len()]).collect();
     let max_turns = returns.iter().map(Vec::len).max().unwrap_or(0);
@@ -197,6 +228,7 @@ mod tests {
             adv_estimator: AdvantageEstimator::Grpo,
             scale_rewards,
             gamma,
+            progress_bonus: 0.0,
         }
     }
 
@@ -223,6 +255,41 @@ mod tests {
         close(&out.advantages[1], &[1.0 / 3.0]);
         close(&out.advantages[2], &[-2.0 / 3.0, -0.5]);
         assert_eq!((out.num_groups, out.zero_signal_groups), (1, 0));
+    }
+
+    /// SCoRe's bonus, by hand: four two-attempt episodes (wrong→right, right→right,
+    /// right→wrong, wrong→wrong), α = 2, γ = 1, no scaling.
+    #[test]
+    fn progress_bonus_rewards_corrections_and_only_the_revising_turn() {
+        let rewards = vec![
+            vec![0.0, 1.0],
+            vec![1.0, 1.0],
+            vec![1.0, 0.0],
+            vec![0.0, 0.0],
+        ];
+        let mut cfg = config(ScaleRewards::None, 1.0);
+        cfg.progress_bonus = 2.0;
+        let out = turn_advantages(&rewards, &[0; 4], &cfg).unwrap();
+        // Turn 0 returns are unshaped: 1, 2, 1, 0 -> mean 1.
+        // Turn 1 returns: 1 + 2·1 = 3, 1 + 0 = 1, 0 − 2 = −2, 0 -> mean 0.5.
+        close(&out.advantages[0], &[0.0, 2.5]);
+        close(&out.advantages[1], &[1.0, 0.5]);
+        close(&out.advantages[2], &[0.0, -2.5]);
+        close(&out.advantages[3], &[-1.0, -0.5]);
+        // Off, it is the plain rule; negative or NaN coefficients are errors.
+        cfg.progress_bonus = 0.0;
+        let plain = turn_advantages(&rewards, &[0; 4], &cfg).unwrap();
+        close(&plain.advantages[0], &[0.0, 0.5]);
+        for bad in [-1.0, f32::NAN] {
+            cfg.progress_bonus = bad;
+            assert!(matches!(
+                turn_advantages(&rewards, &[0; 4], &cfg),
+                Err(Error::Config {
+                    field: "progress_bonus",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub struct RunConfig {
     pub mode: Mode,
     /// Optimizer steps of RL.
     pub max_steps: u64,
+    /// Wall-clock budget in minutes (0: none). Counted from the start of training (SFT warm
+    /// start and the first evaluation included; a resumed run starts a new budget); when it is
+    /// spent, RL stops at the next step boundary and the run ends as if `max_steps` were
+    /// reached (final evaluation, checkpoint). The schedule still spans `max_steps`.
+    #[serde(default)]
+    pub time_limit_minutes: f64,
     /// Trajectories per step written to `samples.jsonl` in the run directory (readable text).
     #[serde(default = "default_log_samples")]
     pub log_samples: usize,
@@ -441,6 +447,18 @@ impl JobConfig {
             return Err(format!(
                 "`advantage.gamma` must be in [0, 1], got {}",
                 self.advantage.gamma
+            ));
+        }
+        let limit = self.run.time_limit_minutes;
+        if !(limit.is_finite() && limit >= 0.0) {
+            return Err(format!(
+                "`run.time_limit_minutes` must be finite and >= 0 (0 = no limit), got {limit}"
+            ));
+        }
+        let bonus = self.advantage.progress_bonus;
+        if !(bonus.is_finite() && bonus >= 0.0) {
+            return Err(format!(
+                "`advantage.progress_bonus` must be finite and >= 0, got {bonus}"
             ));
         }
         self.loss.validate().map_err(|e| format!("[loss]: {e}"))?;

@@ -187,6 +187,8 @@ struct Run {
     progress: Option<ProgressBar>,
     eval_start: Option<BTreeMap<String, f64>>,
     eval_end: Option<BTreeMap<String, f64>>,
+    /// When `run.time_limit_minutes` runs out.
+    deadline: Option<Instant>,
 }
 
 /// Runs a training job to the end (or until `options.stop` is set) and returns its summary.
@@ -371,6 +373,7 @@ pub fn train(
         progress,
         eval_start: None,
         eval_end: None,
+        deadline: None,
     };
 
     let outcome = run.execute(&runtime, &slots, &options);
@@ -570,6 +573,9 @@ impl Run {
         slots: &[EnvSlot],
         options: &TrainOptions,
     ) -> Result<bool, Error> {
+        let limit = self.config.run.time_limit_minutes;
+        self.deadline =
+            (limit > 0.0).then(|| Instant::now() + Duration::from_secs_f64(limit * 60.0));
         if let Some(sft) = self.config.sft.clone()
             && self.state.step == 0
             && self.state.sft_steps < sft.steps
@@ -585,6 +591,18 @@ impl Run {
             Mode::Sync => self.sync_loop(&options.stop)?,
             Mode::Async => self.async_loop(&options.stop)?,
         };
+        if !killed && self.state.step < self.config.run.max_steps {
+            tracing::warn!(
+                step = self.state.step,
+                max_steps = self.config.run.max_steps,
+                minutes = limit,
+                "time limit reached: training stops early"
+            );
+            self.log(
+                &BTreeMap::from([("run/time_limit_reached".to_string(), 1.0)]),
+                self.state.step,
+            );
+        }
         if !killed && self.config.eval.at_end {
             let eval = self.evaluate()?;
             self.log(&eval, self.state.step);
@@ -667,10 +685,16 @@ impl Run {
         Ok(r)
     }
 
+    /// Whether RL goes on: steps left and time left.
+    fn more_steps(&self) -> bool {
+        self.state.step < self.config.run.max_steps
+            && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
     fn sync_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
         let b = self.config.grpo.prompts_per_step;
         let g = self.config.grpo.num_generations;
-        while self.state.step < self.config.run.max_steps {
+        while self.more_steps() {
             if stop.load(Ordering::SeqCst) {
                 return Ok(true);
             }
@@ -743,7 +767,7 @@ impl Run {
         let mut ready: Vec<Vec<EpisodeReport>> = Vec::new();
         let mut tokens_mark = self.pool.generated_tokens();
         let mut mark = Instant::now();
-        while self.state.step < self.config.run.max_steps {
+        while self.more_steps() {
             if stop.load(Ordering::SeqCst) {
                 return Ok(true);
             }

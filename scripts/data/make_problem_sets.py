@@ -23,15 +23,17 @@ import reasoning_gym as rg
 
 # family name -> (reasoning-gym dataset, config kwargs, kaizen verifier)
 FAMILIES = {
-    "basic_arithmetic": ("basic_arithmetic", {}, "math"),
+    # Arithmetic answers must be computed numbers ("numeric"): "math"'s symbolic equality would
+    # accept the question restated ("9 + 1" for 10), a reward a policy learns to hack.
+    "basic_arithmetic": ("basic_arithmetic", {}, "numeric"),
     "basic_arithmetic_easy": (
         "basic_arithmetic",
         dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1, operators=("+", "-"),
              allow_parentheses=False, allow_negation=False),
-        "math",
+        "numeric",
     ),
-    "chain_sum": ("chain_sum", {}, "math"),
-    "chain_sum_easy": ("chain_sum", dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1), "math"),
+    "chain_sum": ("chain_sum", {}, "numeric"),
+    "chain_sum_easy": ("chain_sum", dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1), "numeric"),
     "gsm_symbolic": ("gsm_symbolic", {}, "math"),
     "knights_knaves": ("knights_knaves", {}, "knights_knaves"),
 }

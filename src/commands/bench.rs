@@ -9,7 +9,7 @@ use anyhow::Context;
 use burn::tensor::Device;
 use kaizen_model::{
     ChatTemplate, GenerateOptions, GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams,
-    ScoreBatch, Tokenizer, generate, score,
+    ScoreBatch, ScoreOptions, Tokenizer, generate, score_with,
 };
 
 /// Arguments of `kaizen bench`.
@@ -51,6 +51,17 @@ enum What {
         /// Tokens per sequence.
         #[arg(long, default_value_t = 256)]
         seq: usize,
+        /// Sequences per prompt (a GRPO group): with `--prompt-len`, the first `prompt_len`
+        /// tokens of a group's sequences are equal and only the rest is scored.
+        #[arg(long, default_value_t = 1)]
+        group: usize,
+        /// Unscored prompt tokens at the start of each sequence (0: every token but the first
+        /// is scored).
+        #[arg(long, default_value_t = 0)]
+        prompt_len: usize,
+        /// Compute each sequence in full instead of a group's shared prompt once.
+        #[arg(long)]
+        no_share: bool,
     },
 }
 
@@ -157,18 +168,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
             );
         }
-        What::Train { model, batch, seq } => {
+        What::Train {
+            model,
+            batch,
+            seq,
+            group,
+            prompt_len,
+            no_share,
+        } => {
+            anyhow::ensure!(
+                prompt_len < seq,
+                "--prompt-len {prompt_len} must be shorter than --seq {seq}"
+            );
             let device = device.autodiff();
             let policy = load(&model, &device)?;
             let vocab = policy.model.config().vocab_size;
+            let group = group.max(1);
             let batch_data = ScoreBatch {
-                sequences: (0..batch).map(|b| tokens(seq, b, vocab)).collect(),
+                sequences: (0..batch)
+                    .map(|b| {
+                        let mut row = tokens(prompt_len, b / group, vocab);
+                        row.extend(tokens(seq - prompt_len, 1000 + b, vocab));
+                        row
+                    })
+                    .collect(),
                 loss_masks: (0..batch)
-                    .map(|_| (0..seq).map(|t| t > 0).collect())
+                    .map(|_| (0..seq).map(|t| t > prompt_len).collect())
                     .collect(),
             };
+            let options = ScoreOptions {
+                share_prefixes: !no_share,
+                ..ScoreOptions::new(1.0)
+            };
             let seconds = median_seconds(model.repeats, || {
-                let scores = score(&policy.model, &batch_data, 1.0, false)?;
+                let scores = score_with(&policy.model, &batch_data, &options)?;
                 drop(scores.logprobs.mean().neg().backward());
                 Ok(())
             })?;
@@ -176,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({
                     "bench": "train", "model": policy.name, "batch": batch, "seq": seq,
+                    "group": group, "prompt_len": prompt_len, "shared_prefix": !no_share,
                     "seconds": seconds, "tokens_per_s": (batch * seq) as f64 / seconds,
                 })
             );

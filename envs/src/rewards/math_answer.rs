@@ -90,6 +90,46 @@ pub fn answers_match(gold: &str, prediction: &str) -> bool {
         .any(|g| readings(&pred).iter().any(|p| g.equals(p)))
 }
 
+/// The computed number `text` ends its final answer with: the last number in its
+/// [`final_answer_span`], unless that number is an operand of an expression left uncomputed
+/// (preceded by `+ - * / × ÷ ^`, `\times`, `\cdot` or `\div`). `9 + 1 = 10` gives `10`,
+/// `2 - 5 = -3` gives `-3`, `9 + 1` and `3 - 3 + 7` give `None`.
+pub fn final_number(text: &str) -> Option<String> {
+    let span = final_answer_span(text);
+    let m = NUMBER.find_iter(span).last()?;
+    let before = span[..m.start()].trim_end();
+    let signed = before.strip_suffix('-').filter(|rest| {
+        !rest
+            .trim_end()
+            .ends_with(|c: char| c.is_alphanumeric() || c == ')' || c == '}')
+    });
+    let rest = signed.map_or(before, str::trim_end);
+    let operand = rest.ends_with(['+', '-', '*', '/', '×', '÷', '^', '−'])
+        || ["\\times", "\\cdot", "\\div"]
+            .iter()
+            .any(|op| rest.ends_with(op));
+    if operand {
+        return None;
+    }
+    Some(format!(
+        "{}{}",
+        if signed.is_some() { "-" } else { "" },
+        m.as_str().replace(',', "")
+    ))
+}
+
+/// Whether `prediction`'s [`final_number`] equals `gold`'s, as numbers (`16.0` equals `16`,
+/// `1,000` equals `1000`). Unlike [`answers_match`], the answer must be computed: a restated
+/// question (`9 + 1` for 10, `\boxed{9+1}`) is wrong, as in reasoning-gym's own scoring of its
+/// arithmetic tasks.
+pub fn numbers_match(gold: &str, prediction: &str) -> bool {
+    let number = |text: &str| math_expression::parse(&final_number(text)?);
+    match (number(gold), number(prediction)) {
+        (Some(g), Some(p)) => g.equals(&p),
+        _ => false,
+    }
+}
+
 /// An expression and, when it is a top-level percentage, its number without the percent sign.
 fn readings(e: &Expr) -> Vec<&Expr> {
     match e {
@@ -113,6 +153,36 @@ mod tests {
         assert_eq!(final_answer_span("The answer is 17."), "17.");
         assert_eq!(final_answer_span("Answer: -3"), "-3");
         assert_eq!(final_answer_span("\\boxed{unclosed"), "\\boxed{unclosed");
+    }
+
+    #[test]
+    fn numbers_match_needs_a_computed_number() {
+        for (gold, prediction, expected) in [
+            ("10", "10", true),
+            ("10", "\\boxed{10}", true),
+            ("10", "9 + 1 = 10", true),
+            ("16", "10 + 6 - 0 = 16.", true),
+            ("16", "The answer is 16.0", true),
+            ("1000", "\\boxed{1,000}", true),
+            ("-3", "2 - 5 = -3", true),
+            ("10", "9 + 1", false),
+            ("10", "\\boxed{9+1}", false),
+            ("7", "3 - 3 + 7", false),
+            ("12", "\\boxed{3 \\times 4}", false),
+            ("4", "3 - 3 + 7", false),
+            ("10", "no answer", false),
+        ] {
+            assert_eq!(
+                numbers_match(gold, prediction),
+                expected,
+                "{gold} vs {prediction}"
+            );
+            if expected {
+                assert!(answers_match(gold, prediction), "{gold} vs {prediction}");
+            }
+        }
+        // The restated question that `answers_match` accepts.
+        assert!(answers_match("10", "9 + 1"));
     }
 
     #[test]

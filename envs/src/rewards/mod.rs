@@ -11,5 +11,7 @@ mod verifier;
 pub use judge_score::parse_judge_score;
 pub use knights_knaves::{assignments, knights_knaves_match};
 pub use majority_vote::{MajorityVote, majority_vote};
-pub use math_answer::{answers_match, final_answer_span, last_number, parse_final_answer};
+pub use math_answer::{
+    answers_match, final_answer_span, final_number, last_number, numbers_match, parse_final_answer,
+};
 pub use verifier::{BuiltinVerifier, Verifier, VerifierKind};

@@ -32,6 +32,10 @@ pub enum VerifierKind {
     /// Numeric/symbolic equality of final answers ([`super::answers_match`]).
     #[default]
     Math,
+    /// The final answer is a number equal to the gold number ([`super::numbers_match`]): an
+    /// expression left uncomputed (`9 + 1` for 10) is wrong. The scoring of reasoning-gym's
+    /// arithmetic tasks, whose answer is the computed value.
+    Numeric,
     /// Same set of name-role assignments ([`super::knights_knaves_match`]).
     KnightsKnaves,
     /// The final answer equals the gold text, ignoring case and surrounding space.
@@ -46,6 +50,7 @@ impl Verifier for BuiltinVerifier {
     fn score(&self, problem: &Problem, response: &str) -> f32 {
         let correct = match problem.verifier {
             VerifierKind::Math => answers_match(&problem.answer, response),
+            VerifierKind::Numeric => super::numbers_match(&problem.answer, response),
             VerifierKind::KnightsKnaves => knights_knaves_match(&problem.answer, response),
             VerifierKind::Exact => super::final_answer_span(response)
                 .trim_end_matches('.')

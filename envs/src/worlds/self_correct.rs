@@ -14,7 +14,7 @@ use kaizen_core::{AgentId, Message, Outcome, Step};
 use serde::{Deserialize, Serialize};
 
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
-use crate::rewards::{BuiltinVerifier, Verifier, final_answer_span};
+use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind, final_answer_span};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that solves.
@@ -42,6 +42,11 @@ pub struct SelfCorrectConfig {
     /// The message that asks for another attempt.
     #[serde(default = "default_correction_prompt")]
     pub correction_prompt: String,
+    /// The check every problem is scored with, overriding each problem's own `verifier`
+    /// (e.g. `"numeric"` for arithmetic, where `"math"`'s symbolic equality would accept the
+    /// question restated: `9 + 1` for 10).
+    #[serde(default)]
+    pub verifier: Option<VerifierKind>,
 }
 
 fn default_attempts() -> usize {
@@ -69,6 +74,7 @@ impl Default for SelfCorrectConfig {
             system_prompt: None,
             instruction: default_instruction(),
             correction_prompt: default_correction_prompt(),
+            verifier: None,
         }
     }
 }
@@ -172,7 +178,10 @@ impl SelfCorrect {
 impl Env for SelfCorrect {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
         let config = &self.shared.config;
-        let problem = self.shared.problems.problem(seed);
+        let mut problem = self.shared.problems.problem(seed);
+        if let Some(kind) = self.shared.config.verifier {
+            problem.verifier = kind;
+        }
         self.dialogue = Dialogue::new();
         self.scores.clear();
         let mut messages = Vec::new();
