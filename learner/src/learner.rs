@@ -98,16 +98,6 @@ impl Learner {
         self.model.valid()
     }
 
-    /// The update's hyper-parameters.
-    pub fn config(&self) -> &LearnerConfig {
-        &self.config
-    }
-
-    /// Replaces the update's hyper-parameters (they hold no state).
-    pub fn set_config(&mut self, config: LearnerConfig) {
-        self.config = config;
-    }
-
     /// The optimizer (for checkpoints).
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer

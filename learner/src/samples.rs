@@ -142,12 +142,11 @@ pub fn build_samples(
 }
 
 impl Sample {
-    /// The tokens before the predictor of the first trained token: the context this sample
-    /// shares with the other samples of its GRPO group (the rendered prompt, less its last
-    /// token), which `kaizen_model::score` computes once per micro-batch.
+    /// The context this sample shares with the other samples of its GRPO group
+    /// ([`kaizen_model::shared_prefix`]: the rendered prompt, less its last token), which
+    /// `kaizen_model::score_with` computes once per micro-batch; empty without trained tokens.
     pub fn shared_prefix(&self) -> &[u32] {
-        let first = self.loss_mask.iter().position(|&m| m).unwrap_or(0);
-        &self.tokens[..first.saturating_sub(1)]
+        kaizen_model::shared_prefix(&self.tokens, &self.loss_mask).unwrap_or_default()
     }
 }
 

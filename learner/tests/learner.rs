@@ -53,6 +53,17 @@ fn batch() -> Vec<Trajectory> {
 }
 
 fn learner(accumulation: usize, loss_type: LossType) -> Learner {
+    learner_with(
+        LearnerConfig {
+            gradient_accumulation_steps: accumulation,
+            max_completion_length: 8,
+            ..LearnerConfig::default()
+        },
+        loss_type,
+    )
+}
+
+fn learner_with(learner_config: LearnerConfig, loss_type: LossType) -> Learner {
     let device = Device::default().autodiff();
     let model = Llama::init(&config(), &device, 7).unwrap();
     Learner::new(
@@ -67,11 +78,7 @@ fn learner(accumulation: usize, loss_type: LossType) -> Learner {
             total_steps: 10,
             kind: SchedulerType::Constant,
         },
-        LearnerConfig {
-            gradient_accumulation_steps: accumulation,
-            max_completion_length: 8,
-            ..LearnerConfig::default()
-        },
+        learner_config,
         GrpoLossConfig {
             loss_type,
             ..GrpoLossConfig::default()
@@ -126,11 +133,15 @@ fn gradient_accumulation_does_not_change_the_step() {
 #[test]
 fn sharing_the_prompt_prefix_does_not_change_the_step() {
     let mut shared = learner(2, LossType::Dapo);
-    let mut full = learner(2, LossType::Dapo);
-    full.set_config(LearnerConfig {
-        share_prompt_prefix: false,
-        ..full.config().clone()
-    });
+    let mut full = learner_with(
+        LearnerConfig {
+            gradient_accumulation_steps: 2,
+            max_completion_length: 8,
+            share_prompt_prefix: false,
+            ..LearnerConfig::default()
+        },
+        LossType::Dapo,
+    );
     let a = shared.grpo_step(&batch(), WeightsVersion(0)).unwrap();
     let b = full.grpo_step(&batch(), WeightsVersion(0)).unwrap();
     let diff = weights(&shared)

@@ -54,6 +54,6 @@ pub use policy::{Policy, smollm2_path};
 pub use rms_norm::RmsNorm;
 pub use rope::Rope;
 pub use sampler::{Sampled, SamplingParams, argmax, sample};
-pub use score::{ScoreBatch, ScoreOptions, Scores, score, score_with};
+pub use score::{ScoreBatch, ScoreOptions, Scores, score, score_with, shared_prefix};
 pub use tokenizer::{Tokenizer, byte_to_unicode};
 pub use weights::{HostTensor, TensorSource, read_safetensors, write_safetensors};

@@ -37,6 +37,15 @@ impl ScoreBatch {
     }
 }
 
+/// The tokens of a row before the predictor of its first scored token: the context it shares
+/// with other rows of the same prompt (a GRPO group), which [`score_with`] computes once per
+/// cluster. `None` when nothing in the row is scored; empty when the first scored token is the
+/// second one.
+pub fn shared_prefix<'a>(tokens: &'a [u32], loss_mask: &[bool]) -> Option<&'a [u32]> {
+    let first = loss_mask.iter().position(|&m| m)?;
+    tokens.get(..first.saturating_sub(1))
+}
+
 /// Per-token results of [`score`], flattened over the scored tokens in row-major order
 /// (see [`ScoreBatch::scored_positions`]).
 #[derive(Debug, Clone)]
@@ -223,6 +232,8 @@ struct PrefixPlan {
     prefixes: Vec<Vec<u32>>,
     /// Rows with scored tokens, in batch order, and the cluster of each.
     rows: Vec<(usize, usize)>,
+    /// The longest suffix (row tokens after its cluster's prefix): the suffix pass's width.
+    suffix_width: usize,
 }
 
 impl PrefixPlan {
@@ -234,10 +245,12 @@ impl PrefixPlan {
         let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
         let mut rows = Vec::new();
         for (b, (seq, mask)) in batch.sequences.iter().zip(&batch.loss_masks).enumerate() {
-            let Some(first) = mask.iter().position(|&m| m) else {
+            let Some(prefix) = shared_prefix(seq, mask) else {
                 continue;
             };
-            let prefix = &seq[..first.checked_sub(1).filter(|&l| l > 0)?];
+            if prefix.is_empty() {
+                return None;
+            }
             let cluster = *index.entry(prefix).or_insert_with(|| {
                 prefixes.push(prefix.to_vec());
                 prefixes.len() - 1
@@ -248,12 +261,16 @@ impl PrefixPlan {
             return None;
         }
         let longest_prefix = prefixes.iter().map(Vec::len).max().unwrap_or(0);
-        let longest_suffix = rows
+        let suffix_width = rows
             .iter()
             .map(|&(b, c)| batch.sequences[b].len() - prefixes[c].len())
             .max()
             .unwrap_or(0);
-        (longest_prefix + longest_suffix <= max_positions).then_some(Self { prefixes, rows })
+        (longest_prefix + suffix_width <= max_positions).then_some(Self {
+            prefixes,
+            rows,
+            suffix_width,
+        })
     }
 
     /// Prefix pass, then suffix pass on the repeated cache. Returns the suffix hidden states
@@ -282,13 +299,7 @@ impl PrefixPlan {
         let clusters: Vec<usize> = self.rows.iter().map(|&(_, c)| c).collect();
         cache.select_rows(&clusters);
 
-        let suffix_len = |b: usize, c: usize| batch.sequences[b].len() - self.prefixes[c].len();
-        let seq = self
-            .rows
-            .iter()
-            .map(|&(b, c)| suffix_len(b, c))
-            .max()
-            .unwrap_or(0);
+        let seq = self.suffix_width;
         let suffixes: Vec<Vec<u32>> = self
             .rows
             .iter()

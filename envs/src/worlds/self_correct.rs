@@ -179,7 +179,7 @@ impl Env for SelfCorrect {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
         let config = &self.shared.config;
         let mut problem = self.shared.problems.problem(seed);
-        if let Some(kind) = self.shared.config.verifier {
+        if let Some(kind) = config.verifier {
             problem.verifier = kind;
         }
         self.dialogue = Dialogue::new();
