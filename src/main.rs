@@ -1,5 +1,6 @@
 //! `kaizen`: the command line. Thin: parses arguments, calls the library crates, reports errors.
 
+mod allocator;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Envs(args) => commands::envs::run(args),

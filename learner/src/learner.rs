@@ -186,6 +186,8 @@ impl Learner {
         let mut merged: Option<GrpoMetrics> = None;
         let mut scored_tokens = 0usize;
         let device = self.model.device();
+        // Seconds in the forward pass and loss, in the backward pass and gradient accumulation.
+        let (mut forward_s, mut backward_s) = (0.0, 0.0);
         for part in parts {
             let batch: Vec<&Sample> = part.iter().map(|&i| &owned[i]).collect();
             // One temperature per forward pass.
@@ -208,6 +210,7 @@ impl Learner {
                     with_entropy: true,
                     share_prefixes: self.config.share_prompt_prefix,
                 };
+                let forward_start = Instant::now();
                 let scores = score_with(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
                 let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
@@ -244,19 +247,29 @@ impl Learner {
                     &normalizers,
                     &self.loss,
                 )?;
+                let backward_start = Instant::now();
+                forward_s += (backward_start - forward_start).as_secs_f64();
                 let grads = out.loss.backward();
                 accumulator
                     .accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+                backward_s += backward_start.elapsed().as_secs_f64();
                 merged = Some(match merged {
                     Some(m) => m.merge(out.metrics),
                     None => out.metrics,
                 });
             }
         }
+        let optimizer_start = Instant::now();
         let grads = accumulator.grads();
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
         self.model = model;
+        metrics.insert("time/learner_forward".into(), forward_s);
+        metrics.insert("time/learner_backward".into(), backward_s);
+        metrics.insert(
+            "time/learner_optimizer".into(),
+            optimizer_start.elapsed().as_secs_f64(),
+        );
         if let Some(m) = merged {
             let value = serde_json::to_value(m).unwrap_or_default();
             if let Some(map) = value.as_object() {
