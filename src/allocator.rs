@@ -8,7 +8,7 @@
 //! the kernel faults in and zeroes again: `perf record` on the learner's pass showed 15–17% of
 //! the process in page faults and `clear_page_erms`. Raising both thresholds keeps those pages
 //! in the heap, where the next allocation of the same size reuses them (the learner's pass
-//! 4.8–5.8 s → 4.0–4.2 s on 2 cores; `BENCHMARKS.md`, "Allocator").
+//! 4.8–5.8 s → 4.0–4.4 s on 2 cores; `BENCHMARKS.md`, "Allocator").
 //!
 //! The cost is a resident size that stays at its peak. A `GLIBC_TUNABLES` that sets any
 //! `glibc.malloc.*` tunable wins: kaizen then leaves `malloc` as the user configured it.
