@@ -11,7 +11,7 @@ use kaizen_algorithms::{
     segment_advantages, sft_loss,
 };
 use kaizen_core::{Trajectory, WeightsVersion};
-use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
+use kaizen_model::{CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -37,6 +37,11 @@ pub struct LearnerConfig {
     /// Compute the prompt a GRPO group's samples share once per micro-batch instead of once
     /// per sample (`kaizen_model::score_with`); same loss and gradient up to float rounding.
     pub share_prompt_prefix: bool,
+    /// Run the scoring pass and its backward on kaizen's CPU kernels
+    /// (`kaizen_model::CpuScorePass`: packed rows, fused element-wise steps, hand-written
+    /// backward) where they apply (float32 model on the CPU device, no value head); burn's
+    /// autodiff otherwise. Same loss and gradient up to float rounding.
+    pub cpu_kernels: bool,
 }
 
 impl Default for LearnerConfig {
@@ -47,6 +52,7 @@ impl Default for LearnerConfig {
             skip_zero_signal: true,
             max_completion_length: 256,
             share_prompt_prefix: true,
+            cpu_kernels: true,
         }
     }
 }
@@ -182,7 +188,7 @@ impl Learner {
         }
         let owned: Vec<Sample> = used.into_iter().cloned().collect();
         let parts = micro_batches(&owned, self.config.gradient_accumulation_steps);
-        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
         let mut merged: Option<GrpoMetrics> = None;
         let mut scored_tokens = 0usize;
         let device = self.model.device();
@@ -211,7 +217,7 @@ impl Learner {
                     share_prefixes: self.config.share_prompt_prefix,
                 };
                 let forward_start = Instant::now();
-                let scores = score_with(&self.model, &score_batch, &options)?;
+                let (scores, pass) = accumulator.score(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
                 let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
                 let advantages: Vec<f32> = group
@@ -249,9 +255,7 @@ impl Learner {
                 )?;
                 let backward_start = Instant::now();
                 forward_s += (backward_start - forward_start).as_secs_f64();
-                let grads = out.loss.backward();
-                accumulator
-                    .accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+                accumulator.backward(&self.model, out.loss, pass)?;
                 backward_s += backward_start.elapsed().as_secs_f64();
                 merged = Some(match merged {
                     Some(m) => m.merge(out.metrics),
@@ -260,7 +264,7 @@ impl Learner {
             }
         }
         let optimizer_start = Instant::now();
-        let grads = accumulator.grads();
+        let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
         self.model = model;
@@ -300,7 +304,7 @@ impl Learner {
         let start = Instant::now();
         let num_tokens: usize = samples.iter().map(Sample::trained_tokens).sum();
         let lr = self.schedule.at(self.optimizer.step_count());
-        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
         let mut loss = 0.0f64;
         for part in micro_batches(samples, self.config.gradient_accumulation_steps) {
             let batch = ScoreBatch {
@@ -311,13 +315,12 @@ impl Learner {
                 share_prefixes: self.config.share_prompt_prefix,
                 ..ScoreOptions::new(1.0)
             };
-            let scores = score_with(&self.model, &batch, &options)?;
+            let (scores, pass) = accumulator.score(&self.model, &batch, &options)?;
             let out = sft_loss(scores.logprobs, num_tokens)?;
             loss += out.metrics.loss as f64;
-            let grads = out.loss.backward();
-            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+            accumulator.backward(&self.model, out.loss, pass)?;
         }
-        let grads = accumulator.grads();
+        let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
         self.model = model;
@@ -361,5 +364,67 @@ impl Learner {
     /// The AdamW configuration in use.
     pub fn optim_config(&self) -> AdamWConfig {
         self.optimizer.config().clone()
+    }
+}
+
+/// Gradients summed over a step's micro-batches, from kaizen's CPU training pass where it
+/// applies (host buffers, no tensor additions) or from burn's autodiff.
+enum Accumulator {
+    Cpu(CpuGrads),
+    Burn(GradientsAccumulator<Llama>),
+}
+
+impl Accumulator {
+    fn new(model: &Llama, cpu_kernels: bool) -> Self {
+        match cpu_kernels.then(|| CpuGrads::new(model)).flatten() {
+            Some(grads) if CpuScorePass::applies(model) => Self::Cpu(grads),
+            _ => Self::Burn(GradientsAccumulator::new()),
+        }
+    }
+
+    /// The scores of `batch` (differentiable), and the CPU pass that back-propagates them.
+    fn score(
+        &self,
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+    ) -> Result<(Scores, Option<CpuScorePass>), Error> {
+        if let Self::Cpu(_) = self
+            && let Some((scores, pass)) = CpuScorePass::forward(model, batch, options)?
+        {
+            return Ok((scores, Some(pass)));
+        }
+        Ok((score_with(model, batch, options)?, None))
+    }
+
+    /// Back-propagates `loss` (built on the scores of `pass`, or on burn's scores when `None`)
+    /// and adds the gradients.
+    fn backward(
+        &mut self,
+        model: &Llama,
+        loss: Tensor<1>,
+        pass: Option<CpuScorePass>,
+    ) -> Result<(), Error> {
+        let grads = loss.backward();
+        match (self, pass) {
+            (Self::Cpu(into), Some(pass)) => pass.backward(&grads, into)?,
+            (Self::Burn(acc), None) => {
+                acc.accumulate(model, GradientsParams::from_grads(grads, model));
+            }
+            _ => {
+                return Err(Error::Model(kaizen_model::Error::Input(
+                    "a scoring pass and the gradient accumulator disagree on the backend".into(),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The step's summed gradients.
+    fn grads(self, model: &Llama) -> GradientsParams {
+        match self {
+            Self::Cpu(grads) => grads.into_params(&model.device().inner()),
+            Self::Burn(mut acc) => acc.grads(),
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::llama::Llama;
 
 /// A tensor's values, borrowed from a flex tensor (which stays alive with the view).
 #[derive(Debug, Clone)]
-struct HostView {
+pub(crate) struct HostView {
     #[cfg(feature = "flex")]
     tensor: burn::backend::flex::FlexTensor,
     #[cfg(feature = "flex")]
@@ -41,7 +41,7 @@ impl HostView {
     /// The view of a float32, contiguous tensor on the flex device that autodiff does not
     /// track; `None` for any other.
     #[cfg(feature = "flex")]
-    fn of_tensor<const D: usize>(tensor: Tensor<D>) -> Option<Self> {
+    pub(crate) fn of_tensor<const D: usize>(tensor: Tensor<D>) -> Option<Self> {
         let tensor = tensor.try_into_primitive::<burn::backend::Flex>().ok()?;
         let layout = tensor.layout();
         if tensor.dtype() != burn::tensor::DType::F32 || !layout.is_contiguous() {
@@ -53,17 +53,17 @@ impl HostView {
     }
 
     #[cfg(not(feature = "flex"))]
-    fn of_tensor<const D: usize>(_tensor: Tensor<D>) -> Option<Self> {
+    pub(crate) fn of_tensor<const D: usize>(_tensor: Tensor<D>) -> Option<Self> {
         None
     }
 
     #[cfg(feature = "flex")]
-    fn data(&self) -> &[f32] {
+    pub(crate) fn data(&self) -> &[f32] {
         &self.tensor.storage::<f32>()[self.range.clone()]
     }
 
     #[cfg(not(feature = "flex"))]
-    fn data(&self) -> &[f32] {
+    pub(crate) fn data(&self) -> &[f32] {
         match self._none {}
     }
 }

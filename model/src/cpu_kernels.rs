@@ -396,7 +396,10 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E + 0.5).floor();
+    // Round to nearest by adding and subtracting 1.5·2²³ (exact for |v| < 2²²): no call to
+    // `floorf` where the SSE4.1 rounding instruction is not enabled.
+    const ROUND: f32 = 12_582_912.0;
+    let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;

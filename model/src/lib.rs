@@ -15,6 +15,7 @@ mod chat;
 mod config;
 mod cpu_forward;
 mod cpu_kernels;
+mod cpu_train;
 mod dequant;
 mod error;
 mod generate;
@@ -37,6 +38,7 @@ mod weights;
 pub use attention::Attention;
 pub use chat::{ChatTemplate, ChatThread, SMOLLM2_DEFAULT_SYSTEM};
 pub use config::LlamaConfig;
+pub use cpu_train::{CpuGrads, CpuScorePass};
 pub use dequant::{GgmlType, dequantize};
 pub use error::{Error, Result};
 pub use generate::{

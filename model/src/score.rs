@@ -132,35 +132,7 @@ pub fn score(
 /// finite and > 0.
 pub fn score_with(model: &Llama, batch: &ScoreBatch, options: &ScoreOptions) -> Result<Scores> {
     let temperature = options.temperature;
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::Input(format!(
-            "scoring temperature must be finite and > 0, got {temperature}"
-        )));
-    }
-    if batch.sequences.len() != batch.loss_masks.len() {
-        return Err(Error::Input(format!(
-            "{} sequences but {} loss masks",
-            batch.sequences.len(),
-            batch.loss_masks.len()
-        )));
-    }
-    for (b, (seq, mask)) in batch.sequences.iter().zip(&batch.loss_masks).enumerate() {
-        if seq.len() != mask.len() {
-            return Err(Error::Input(format!(
-                "row {b}: {} tokens but {} loss-mask flags",
-                seq.len(),
-                mask.len()
-            )));
-        }
-        if mask.first() == Some(&true) {
-            return Err(Error::Input(format!(
-                "row {b}: the first token cannot be scored (it has no prefix)"
-            )));
-        }
-    }
-    let rows: Vec<&[u32]> = batch.sequences.iter().map(Vec::as_slice).collect();
-    model.check_tokens(&rows)?;
-
+    validate(model, batch, temperature)?;
     let device = model.device();
     let positions = batch.scored_positions();
     let plan = options
@@ -325,4 +297,36 @@ impl PrefixPlan {
             .collect();
         (hidden, source)
     }
+}
+
+/// The input checks of [`score_with`] (see its errors).
+pub(crate) fn validate(model: &Llama, batch: &ScoreBatch, temperature: f32) -> Result<()> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::Input(format!(
+            "scoring temperature must be finite and > 0, got {temperature}"
+        )));
+    }
+    if batch.sequences.len() != batch.loss_masks.len() {
+        return Err(Error::Input(format!(
+            "{} sequences but {} loss masks",
+            batch.sequences.len(),
+            batch.loss_masks.len()
+        )));
+    }
+    for (b, (seq, mask)) in batch.sequences.iter().zip(&batch.loss_masks).enumerate() {
+        if seq.len() != mask.len() {
+            return Err(Error::Input(format!(
+                "row {b}: {} tokens but {} loss-mask flags",
+                seq.len(),
+                mask.len()
+            )));
+        }
+        if mask.first() == Some(&true) {
+            return Err(Error::Input(format!(
+                "row {b}: the first token cannot be scored (it has no prefix)"
+            )));
+        }
+    }
+    let rows: Vec<&[u32]> = batch.sequences.iter().map(Vec::as_slice).collect();
+    model.check_tokens(&rows)
 }

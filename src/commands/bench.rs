@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::Device;
 use kaizen_model::{
-    ChatTemplate, GenerateOptions, GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams,
-    ScoreBatch, ScoreOptions, Tokenizer, generate, score_with,
+    ChatTemplate, CpuGrads, CpuScorePass, GenerateOptions, GenerationRequest, Llama, LlamaConfig,
+    Policy, SamplingParams, ScoreBatch, ScoreOptions, Tokenizer, generate, score_with,
 };
 
 /// Arguments of `kaizen bench`.
@@ -62,6 +62,10 @@ enum What {
         /// Compute each sequence in full instead of a group's shared prompt once.
         #[arg(long)]
         no_share: bool,
+        /// Run the pass on burn's autodiff instead of kaizen's CPU training pass
+        /// (`learner.cpu_kernels = false`).
+        #[arg(long)]
+        burn: bool,
     },
 }
 
@@ -175,6 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             group,
             prompt_len,
             no_share,
+            burn,
         } => {
             anyhow::ensure!(
                 prompt_len < seq,
@@ -196,11 +201,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .map(|_| (0..seq).map(|t| t > prompt_len).collect())
                     .collect(),
             };
+            // As the learner scores: with entropy.
             let options = ScoreOptions {
                 share_prefixes: !no_share,
+                with_entropy: true,
                 ..ScoreOptions::new(1.0)
             };
+            let cpu = !burn && CpuScorePass::applies(&policy.model);
             let seconds = median_seconds(model.repeats, || {
+                if cpu
+                    && let Some(mut grads) = CpuGrads::new(&policy.model)
+                    && let Some((scores, pass)) =
+                        CpuScorePass::forward(&policy.model, &batch_data, &options)?
+                {
+                    let loss = scores.logprobs.mean().neg();
+                    pass.backward(&loss.backward(), &mut grads)?;
+                    drop(grads.into_params(&device.clone().inner()));
+                    return Ok(());
+                }
                 let scores = score_with(&policy.model, &batch_data, &options)?;
                 drop(scores.logprobs.mean().neg().backward());
                 Ok(())
@@ -210,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 serde_json::json!({
                     "bench": "train", "model": policy.name, "batch": batch, "seq": seq,
                     "group": group, "prompt_len": prompt_len, "shared_prefix": !no_share,
+                    "pass": if cpu { "kaizen_cpu" } else { "burn_autodiff" },
                     "seconds": seconds, "tokens_per_s": (batch * seq) as f64 / seconds,
                 })
             );

@@ -1,0 +1,1252 @@
+//! The learner's scoring pass on kaizen's CPU kernels: a forward pass that keeps what its
+//! backward needs, and a hand-written backward pass that produces every parameter's gradient.
+//!
+//! burn's autodiff records ~40 tensor operations per decoder block and runs each backward step
+//! as separate element-wise passes, single-threaded below its size thresholds; on 2 cores that
+//! bookkeeping took more time than the matrix products (a profile of the learner's pass had the
+//! products at ~45% of its time). Here the whole pass is one program over host buffers:
+//!
+//! - **Packed tokens, shared prompts.** The rows of a [`ScoreBatch`] are packed without padding.
+//!   Rows with the same context before their first scored token (a GRPO group) form a cluster
+//!   whose prefix is computed once; each row's suffix attends to its cluster's prefix and to
+//!   itself. A row stops at its last scored token's predictor (later tokens cannot change any
+//!   scored log-prob).
+//! - **Products** go to the packing GEMM (`gemm` crate), parallel over the rayon pool; weight
+//!   gradients accumulate straight into their buffers (`dW += dYᵀ·X`).
+//! - **Attention** (causal, grouped-query) keeps only the log-sum-exp of each query's scores and
+//!   recomputes the probabilities in the backward pass (as FlashAttention does, Dao et al. 2022,
+//!   <https://arxiv.org/abs/2205.14135>), parallel over clusters.
+//! - **Element-wise steps** (RMSNorm, rotary positions, SwiGLU, log-softmax) are fused loops,
+//!   parallel over rows.
+//!
+//! The result equals [`crate::score_with`] plus burn's backward on the same model up to float
+//! reassociation; `tests/cpu_train.rs` compares log-probs, entropies and every parameter's
+//! gradient on tied and untied models, with and without q/k/v biases, shared prefixes and
+//! temperature.
+//!
+//! Applies to float32 models on the flex device with autodiff, without a value head and
+//! without biases outside q/k/v ([`CpuScorePass::applies`]); the learner falls back to burn's
+//! path otherwise.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use burn::module::{Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::cpu_forward::HostView;
+use crate::cpu_kernels::exp;
+use crate::llama::Llama;
+use crate::score::{ScoreBatch, ScoreOptions, Scores, shared_prefix};
+use crate::{Error, Result};
+
+/// Rows per parallel task of the element-wise loops.
+const ROWS_PER_TASK: usize = 16;
+
+/// Work below this many multiply-adds runs a product on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Host views of one decoder block's parameters and their ids.
+#[derive(Debug, Clone)]
+struct LayerParams {
+    input_norm: (HostView, ParamId),
+    q: (HostView, ParamId),
+    k: (HostView, ParamId),
+    v: (HostView, ParamId),
+    /// q/k/v biases, all or none.
+    qkv_bias: Option<[(HostView, ParamId); 3]>,
+    o: (HostView, ParamId),
+    post_norm: (HostView, ParamId),
+    gate: (HostView, ParamId),
+    up: (HostView, ParamId),
+    down: (HostView, ParamId),
+}
+
+/// Host views of every parameter a scoring pass reads (the model's values, not copies).
+#[derive(Debug, Clone)]
+struct ModelParams {
+    embed: (HostView, ParamId),
+    layers: Vec<LayerParams>,
+    norm: (HostView, ParamId),
+    /// `None` when the output projection is tied to `embed`.
+    lm_head: Option<(HostView, ParamId)>,
+}
+
+fn view<const D: usize>(param: &Param<Tensor<D>>) -> Option<(HostView, ParamId)> {
+    Some((HostView::of_tensor(param.val().inner())?, param.id))
+}
+
+impl ModelParams {
+    fn of(model: &Llama) -> Option<Self> {
+        if model.value_head.is_some() {
+            return None;
+        }
+        let layers = model
+            .layers
+            .iter()
+            .map(|layer| {
+                let attn = &layer.self_attn;
+                let mlp = &layer.mlp;
+                if [&attn.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj]
+                    .iter()
+                    .any(|l| l.bias.is_some())
+                {
+                    return None;
+                }
+                let qkv_bias = match (&attn.q_proj.bias, &attn.k_proj.bias, &attn.v_proj.bias) {
+                    (None, None, None) => None,
+                    (Some(q), Some(k), Some(v)) => Some([view(q)?, view(k)?, view(v)?]),
+                    _ => return None,
+                };
+                Some(LayerParams {
+                    input_norm: view(&layer.input_layernorm.weight)?,
+                    q: view(&attn.q_proj.weight)?,
+                    k: view(&attn.k_proj.weight)?,
+                    v: view(&attn.v_proj.weight)?,
+                    qkv_bias,
+                    o: view(&attn.o_proj.weight)?,
+                    post_norm: view(&layer.post_attention_layernorm.weight)?,
+                    gate: view(&mlp.gate_proj.weight)?,
+                    up: view(&mlp.up_proj.weight)?,
+                    down: view(&mlp.down_proj.weight)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let lm_head = match &model.lm_head {
+            Some(head) if head.bias.is_some() => return None,
+            Some(head) => Some(view(&head.weight)?),
+            None => None,
+        };
+        Some(Self {
+            embed: view(&model.embed_tokens)?,
+            layers,
+            norm: view(&model.norm.weight)?,
+            lm_head,
+        })
+    }
+
+    /// Every parameter's id and element count, in a fixed order (that of [`CpuGrads`]).
+    fn ids(&self) -> Vec<(ParamId, usize, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut push = |p: &(HostView, ParamId), shape: Vec<usize>| {
+            out.push((p.1, p.0.data().len(), shape));
+        };
+        let hidden = self.norm.0.data().len();
+        let vocab = self.embed.0.data().len() / hidden;
+        push(&self.embed, vec![vocab, hidden]);
+        for l in &self.layers {
+            let rows = |p: &(HostView, ParamId), cols: usize| vec![p.0.data().len() / cols, cols];
+            push(&l.input_norm, vec![hidden]);
+            push(&l.q, rows(&l.q, hidden));
+            push(&l.k, rows(&l.k, hidden));
+            push(&l.v, rows(&l.v, hidden));
+            if let Some(b) = &l.qkv_bias {
+                for p in b {
+                    push(p, vec![p.0.data().len()]);
+                }
+            }
+            let attn_width = l.o.0.data().len() / hidden;
+            push(&l.o, vec![hidden, attn_width]);
+            push(&l.post_norm, vec![hidden]);
+            push(&l.gate, rows(&l.gate, hidden));
+            push(&l.up, rows(&l.up, hidden));
+            let inter = l.down.0.data().len() / hidden;
+            push(&l.down, vec![hidden, inter]);
+        }
+        push(&self.norm, vec![hidden]);
+        if let Some(head) = &self.lm_head {
+            push(head, vec![vocab, hidden]);
+        }
+        out
+    }
+}
+
+/// Host gradients of every parameter of a [`Llama`], summed over the scoring passes whose
+/// backward wrote into them (gradient accumulation without tensor additions).
+#[derive(Debug)]
+pub struct CpuGrads {
+    /// `(id, shape, values)` in the order of `ModelParams::ids`.
+    grads: Vec<(ParamId, Vec<usize>, Vec<f32>)>,
+}
+
+impl CpuGrads {
+    /// Zero gradients for `model`'s parameters; `None` where [`CpuScorePass::applies`] is false.
+    pub fn new(model: &Llama) -> Option<Self> {
+        let params = ModelParams::of(model)?;
+        Some(Self {
+            grads: params
+                .ids()
+                .into_iter()
+                .map(|(id, n, shape)| (id, shape, vec![0.0; n]))
+                .collect(),
+        })
+    }
+
+    /// The gradients as burn's [`GradientsParams`] on `device` (the model's inner device),
+    /// ready for the optimizer.
+    pub fn into_params(self, device: &Device) -> GradientsParams {
+        let mut params = GradientsParams::new();
+        for (id, shape, values) in self.grads {
+            match shape.len() {
+                1 => params.register::<1>(
+                    id,
+                    Tensor::from_data(TensorData::new(values, [shape[0]]), device),
+                ),
+                _ => params.register::<2>(
+                    id,
+                    Tensor::from_data(TensorData::new(values, [shape[0], shape[1]]), device),
+                ),
+            }
+        }
+        params
+    }
+
+    /// The buffers, in the order of `ModelParams::ids`.
+    fn buffers(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        self.grads.iter_mut().map(|(_, _, v)| v.as_mut_slice())
+    }
+}
+
+/// The gradient buffers of one decoder block.
+struct LayerGrads<'a> {
+    input_norm: &'a mut [f32],
+    q: &'a mut [f32],
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+    qkv_bias: Option<[&'a mut [f32]; 3]>,
+    o: &'a mut [f32],
+    post_norm: &'a mut [f32],
+    gate: &'a mut [f32],
+    up: &'a mut [f32],
+    down: &'a mut [f32],
+}
+
+/// How the rows of a batch are packed (see the module docs).
+#[derive(Debug, Clone)]
+struct Packing {
+    /// Token ids, `[N]`.
+    tokens: Vec<u32>,
+    /// Position of each token in its row (the rotary position), `[N]`.
+    positions: Vec<usize>,
+    /// Keys of each token: `(context, own_start)`: it attends to the tokens in `context` (its
+    /// cluster's prefix; empty for prefix tokens) and to `own_start..=itself`.
+    keys: Vec<(Range<usize>, usize)>,
+    /// Token range of each cluster (prefix, then its rows' suffixes): attention never crosses
+    /// them.
+    clusters: Vec<Range<usize>>,
+    /// Packed index of the predictor of each scored token, row-major (`[n]`).
+    predictors: Vec<usize>,
+    /// Each scored token's id.
+    targets: Vec<u32>,
+    /// Each scored token's row in the batch.
+    rows: Vec<usize>,
+}
+
+impl Packing {
+    fn new(batch: &ScoreBatch, share_prefixes: bool) -> Self {
+        let mut clusters: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<&[u32], usize> = HashMap::new();
+        for (b, (seq, mask)) in batch.sequences.iter().zip(&batch.loss_masks).enumerate() {
+            let Some(prefix) = shared_prefix(seq, mask) else {
+                continue;
+            };
+            let prefix: &[u32] = if share_prefixes { prefix } else { &[] };
+            if prefix.is_empty() {
+                clusters.push((Vec::new(), vec![b]));
+                continue;
+            }
+            match index.get(prefix) {
+                Some(&c) => clusters[c].1.push(b),
+                None => {
+                    index.insert(prefix, clusters.len());
+                    clusters.push((prefix.to_vec(), vec![b]));
+                }
+            }
+        }
+        let mut packing = Self {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            keys: Vec::new(),
+            clusters: Vec::new(),
+            predictors: Vec::new(),
+            targets: Vec::new(),
+            rows: Vec::new(),
+        };
+        // Packed index of the first suffix token of each row, and its offset in the row.
+        let mut row_start = vec![(0usize, 0usize); batch.sequences.len()];
+        for (prefix, rows) in &clusters {
+            let cluster_start = packing.tokens.len();
+            for (p, &t) in prefix.iter().enumerate() {
+                packing.tokens.push(t);
+                packing.positions.push(p);
+                packing
+                    .keys
+                    .push((cluster_start..cluster_start, cluster_start));
+            }
+            let context = cluster_start..packing.tokens.len();
+            for &b in rows {
+                let seq = &batch.sequences[b];
+                let mask = &batch.loss_masks[b];
+                let last = mask.iter().rposition(|&m| m).unwrap_or(0);
+                let start = packing.tokens.len();
+                row_start[b] = (start, prefix.len());
+                for (p, &t) in seq.iter().enumerate().take(last).skip(prefix.len()) {
+                    packing.tokens.push(t);
+                    packing.positions.push(p);
+                    packing.keys.push((context.clone(), start));
+                }
+            }
+            packing.clusters.push(cluster_start..packing.tokens.len());
+        }
+        for (b, t) in batch.scored_positions() {
+            let (start, offset) = row_start[b];
+            packing.predictors.push(start + t - 1 - offset);
+            packing.targets.push(batch.sequences[b][t]);
+            packing.rows.push(b);
+        }
+        packing
+    }
+}
+
+/// What the backward pass needs from one decoder block's forward pass.
+#[derive(Debug)]
+struct LayerSaved {
+    /// Block input (residual stream), `[N, hidden]`.
+    x: Vec<f32>,
+    /// `1/rms` of `x`'s rows, `[N]`.
+    inv_rms1: Vec<f32>,
+    /// Queries and keys after rotary positions, values: `[N, heads·d]`, `[N, kv·d]`, `[N, kv·d]`.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output before `o_proj`, `[N, heads·d]`.
+    attn: Vec<f32>,
+    /// Log-sum-exp of each query's scaled scores, `[N, heads]`.
+    lse: Vec<f32>,
+    /// Residual stream after attention, `[N, hidden]`.
+    h: Vec<f32>,
+    /// `1/rms` of `h`'s rows, `[N]`.
+    inv_rms2: Vec<f32>,
+    /// `gate_proj` and `up_proj` outputs, `[N, intermediate]`.
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+/// Model shapes the kernels use.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    hidden: usize,
+    inter: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    eps: f32,
+}
+
+/// A scoring pass on the CPU kernels, holding what its backward needs (see the module docs).
+#[derive(Debug)]
+pub struct CpuScorePass {
+    params: ModelParams,
+    dims: Dims,
+    cos_sin: (Vec<f32>, Vec<f32>),
+    packing: Packing,
+    layers: Vec<LayerSaved>,
+    /// Final-norm input, `[N, hidden]`, and its rows' `1/rms`.
+    last: Vec<f32>,
+    inv_rms_last: Vec<f32>,
+    /// Scaled logits `z = logits / T` of the scored tokens, `[n, vocab]`, and their
+    /// log-sum-exp and entropy.
+    z: Vec<f32>,
+    lse: Vec<f32>,
+    entropy: Vec<f32>,
+    temperature: f32,
+    /// The autodiff leaves handed out as [`Scores::logprobs`] and [`Scores::entropy`].
+    logprobs_leaf: Option<Tensor<1>>,
+    entropy_leaf: Option<Tensor<1>>,
+}
+
+impl CpuScorePass {
+    /// Whether `model` can be trained on this path: float32 weights on the flex device under
+    /// autodiff, no value head, biases only on q/k/v.
+    pub fn applies(model: &Llama) -> bool {
+        model.device().is_autodiff() && ModelParams::of(model).is_some()
+    }
+
+    /// Scores `batch` as [`crate::score_with`] does and keeps the activations for
+    /// [`CpuScorePass::backward`]. The returned [`Scores`]' log-probs (and entropy) are autodiff
+    /// leaves: build the loss on them, call `loss.backward()`, then hand the gradients to
+    /// [`CpuScorePass::backward`]. `Scores::values` is always `None` (no value head here).
+    ///
+    /// Returns `Ok(None)` where the path does not apply ([`CpuScorePass::applies`]).
+    ///
+    /// # Errors
+    /// As [`crate::score_with`]: masks that do not match their rows, a scored first token, a
+    /// token id outside the vocabulary, a row beyond the context, a temperature that is not
+    /// finite and > 0.
+    pub fn forward(
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+    ) -> Result<Option<(Scores, Self)>> {
+        crate::score::validate(model, batch, options.temperature)?;
+        if !model.device().is_autodiff() {
+            return Ok(None);
+        }
+        let Some(params) = ModelParams::of(model) else {
+            return Ok(None);
+        };
+        let config = model.config();
+        let dims = Dims {
+            hidden: config.hidden_size,
+            inter: config.intermediate_size,
+            heads: config.num_attention_heads,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim(),
+            vocab: config.vocab_size,
+            eps: config.rms_norm_eps as f32,
+        };
+        let packing = Packing::new(batch, options.share_prefixes);
+        let d = dims.head_dim;
+        let mut cos = Vec::with_capacity(packing.positions.len() * d);
+        let mut sin = Vec::with_capacity(packing.positions.len() * d);
+        for &p in &packing.positions {
+            let (c, s) = model.rope().row(p);
+            cos.extend_from_slice(c);
+            sin.extend_from_slice(s);
+        }
+        let mut pass = Self {
+            params,
+            dims,
+            cos_sin: (cos, sin),
+            packing,
+            layers: Vec::new(),
+            last: Vec::new(),
+            inv_rms_last: Vec::new(),
+            z: Vec::new(),
+            lse: Vec::new(),
+            entropy: Vec::new(),
+            temperature: options.temperature,
+            logprobs_leaf: None,
+            entropy_leaf: None,
+        };
+        // Run on a pool thread so that parallel regions fork from inside the pool.
+        let logprobs = rayon::scope(|_| pass.run_forward());
+        let n = logprobs.len();
+        let device = model.device();
+        let leaf =
+            |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device).require_grad();
+        let logprobs = leaf(logprobs);
+        pass.logprobs_leaf = Some(logprobs.clone());
+        pass.entropy_leaf = options.with_entropy.then(|| leaf(pass.entropy.clone()));
+        let scores = Scores {
+            logprobs,
+            entropy: pass.entropy_leaf.clone(),
+            values: None,
+            rows: pass.packing.rows.clone(),
+        };
+        Ok(Some((scores, pass)))
+    }
+
+    /// Back-propagates the loss whose gradients are `grads` (from `loss.backward()`, the loss
+    /// built on this pass's [`Scores`]) through the model and adds every parameter's gradient
+    /// to `into`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `into` was made for another model (its sizes differ).
+    pub fn backward(self, grads: &Gradients, into: &mut CpuGrads) -> Result<()> {
+        let host = |t: Option<Tensor<1>>| -> Option<Vec<f32>> {
+            t.and_then(|t| t.into_data().try_into_vec::<f32>().ok())
+        };
+        let d_logprobs = host(self.logprobs_leaf.as_ref().and_then(|l| l.grad(grads)));
+        let d_entropy = host(self.entropy_leaf.as_ref().and_then(|e| e.grad(grads)));
+        if d_logprobs.is_none() && d_entropy.is_none() {
+            return Ok(());
+        }
+        let expected: Vec<usize> = self.params.ids().iter().map(|(_, n, _)| *n).collect();
+        let got: Vec<usize> = into.grads.iter().map(|(_, _, v)| v.len()).collect();
+        if expected != got {
+            return Err(Error::Input(
+                "CpuScorePass::backward: the gradient buffers belong to another model".into(),
+            ));
+        }
+        rayon::scope(|_| self.run_backward(d_logprobs.as_deref(), d_entropy.as_deref(), into));
+        Ok(())
+    }
+
+    fn run_forward(&mut self) -> Vec<f32> {
+        let Dims {
+            hidden,
+            inter,
+            heads,
+            kv_heads,
+            head_dim: d,
+            vocab,
+            eps,
+        } = self.dims;
+        let n_tok = self.packing.tokens.len();
+        let embed = self.params.embed.0.data();
+        let mut x = vec![0.0f32; n_tok * hidden];
+        for (row, &t) in x.chunks_exact_mut(hidden).zip(&self.packing.tokens) {
+            let t = t as usize;
+            row.copy_from_slice(&embed[t * hidden..(t + 1) * hidden]);
+        }
+        let (cos, sin) = (&self.cos_sin.0, &self.cos_sin.1);
+        for layer in &self.params.layers {
+            let (xn1, inv_rms1) = rms_norm_rows(&x, layer.input_norm.0.data(), eps);
+            let mut q = linear(&xn1, hidden, layer.q.0.data());
+            let mut k = linear(&xn1, hidden, layer.k.0.data());
+            let mut v = linear(&xn1, hidden, layer.v.0.data());
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_bias(&mut q, bq.0.data());
+                add_bias(&mut k, bk.0.data());
+                add_bias(&mut v, bv.0.data());
+            }
+            rope_rows(&mut q, heads, d, cos, sin, false);
+            rope_rows(&mut k, kv_heads, d, cos, sin, false);
+            let mut attn = vec![0.0f32; n_tok * heads * d];
+            let mut lse = vec![0.0f32; n_tok * heads];
+            attention_forward(&self.packing, self.dims, &q, &k, &v, &mut attn, &mut lse);
+            let mut h = linear(&attn, heads * d, layer.o.0.data());
+            add_in_place(&mut h, &x);
+            let (xn2, inv_rms2) = rms_norm_rows(&h, layer.post_norm.0.data(), eps);
+            let gate = linear(&xn2, hidden, layer.gate.0.data());
+            let up = linear(&xn2, hidden, layer.up.0.data());
+            let act = swiglu(&gate, &up);
+            let mut next = linear(&act, inter, layer.down.0.data());
+            add_in_place(&mut next, &h);
+            self.layers.push(LayerSaved {
+                x: std::mem::replace(&mut x, next),
+                inv_rms1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                h,
+                inv_rms2,
+                gate,
+                up,
+            });
+        }
+        let (xf, inv_rms_last) = rms_norm_rows(&x, self.params.norm.0.data(), eps);
+        self.last = x;
+        self.inv_rms_last = inv_rms_last;
+        let n = self.packing.predictors.len();
+        let mut hs = vec![0.0f32; n * hidden];
+        for (row, &p) in hs.chunks_exact_mut(hidden).zip(&self.packing.predictors) {
+            row.copy_from_slice(&xf[p * hidden..(p + 1) * hidden]);
+        }
+        let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
+        let mut z = linear(&hs, hidden, head.0.data());
+        let inv_t = 1.0 / self.temperature;
+        let mut lse = vec![0.0f32; n];
+        let mut entropy = vec![0.0f32; n];
+        let mut logprobs = vec![0.0f32; n];
+        z.par_chunks_mut(vocab)
+            .zip(lse.par_iter_mut())
+            .zip(entropy.par_iter_mut())
+            .zip(logprobs.par_iter_mut())
+            .zip(self.packing.targets.par_iter())
+            .for_each(|((((row, lse), entropy), logprob), &target)| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * inv_t;
+                let (mut sum, mut weighted) = (0.0f64, 0.0f64);
+                for chunk in row.chunks_mut(512) {
+                    let (mut s, mut w) = (0.0f32, 0.0f32);
+                    for v in chunk.iter_mut() {
+                        *v *= inv_t;
+                        let e = exp(*v - max);
+                        s += e;
+                        w += e * *v;
+                    }
+                    sum += s as f64;
+                    weighted += w as f64;
+                }
+                let l = max + (sum as f32).ln();
+                *lse = l;
+                // H = lse − Σ p z.
+                *entropy = l - (weighted / sum) as f32;
+                *logprob = row[target as usize] - l;
+            });
+        self.z = z;
+        self.lse = lse;
+        self.entropy = entropy;
+        logprobs
+    }
+
+    fn run_backward(&self, d_lp: Option<&[f32]>, d_ent: Option<&[f32]>, into: &mut CpuGrads) {
+        let Dims {
+            hidden,
+            inter,
+            heads,
+            kv_heads,
+            head_dim: d,
+            vocab,
+            eps: _,
+        } = self.dims;
+        let n = self.packing.predictors.len();
+        let n_tok = self.packing.tokens.len();
+        let tied = self.params.lm_head.is_none();
+        let mut buffers: Vec<&mut [f32]> = into.buffers().collect();
+        // Same order as `ModelParams::ids`: embed, per layer (in_norm, q, k, v, [bq, bk, bv],
+        // o, post_norm, gate, up, down), norm, [lm_head].
+        let lm_head_grad = if tied { None } else { buffers.pop() };
+        let norm_grad = buffers.pop().unwrap_or_default();
+        let mut it = buffers.into_iter();
+        let embed_grad = it.next().unwrap_or_default();
+        let mut layer_grads = Vec::new();
+        for layer in &self.params.layers {
+            let mut next = || it.next().unwrap_or_default();
+            let (input_norm, q, k, v) = (next(), next(), next(), next());
+            let qkv_bias = layer.qkv_bias.as_ref().map(|_| [next(), next(), next()]);
+            layer_grads.push(LayerGrads {
+                input_norm,
+                q,
+                k,
+                v,
+                qkv_bias,
+                o: next(),
+                post_norm: next(),
+                gate: next(),
+                up: next(),
+                down: next(),
+            });
+        }
+
+        // Log-softmax and entropy: with p = softmax(z), z = logits / T,
+        //   ∂ log p_x / ∂z_j = 1[j = x] − p_j,   ∂H / ∂z_j = −p_j (log p_j + H),
+        // and ∂/∂logits = (∂/∂z) / T.
+        let inv_t = 1.0 / self.temperature;
+        let mut dz = self.z.clone();
+        dz.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
+            let g_lp = d_lp.map_or(0.0, |g| g[i]);
+            let g_ent = d_ent.map_or(0.0, |g| g[i]);
+            let (lse, entropy) = (self.lse[i], self.entropy[i]);
+            for v in row.iter_mut() {
+                let log_p = *v - lse;
+                let p = exp(log_p);
+                *v = (-g_lp * p - g_ent * p * (log_p + entropy)) * inv_t;
+            }
+            row[self.packing.targets[i] as usize] += g_lp * inv_t;
+        });
+        let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
+        // Hidden states of the predictors (recomputed from the final norm's input).
+        let mut hs = vec![0.0f32; n * hidden];
+        let gamma_f = self.params.norm.0.data();
+        for ((row, &p), _) in hs
+            .chunks_exact_mut(hidden)
+            .zip(&self.packing.predictors)
+            .zip(0..)
+        {
+            let r = self.inv_rms_last[p];
+            for ((o, &xv), &g) in row
+                .iter_mut()
+                .zip(&self.last[p * hidden..(p + 1) * hidden])
+                .zip(gamma_f)
+            {
+                *o = xv * r * g;
+            }
+        }
+        // d hs = dlogits · W_head;  dW_head += dlogitsᵀ · hs.
+        let d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden);
+        match lm_head_grad {
+            Some(g) => matmul_tn_acc(&dz, vocab, &hs, hidden, n, g),
+            None => matmul_tn_acc(&dz, vocab, &hs, hidden, n, embed_grad),
+        }
+        drop(dz);
+        let mut dxf = vec![0.0f32; n_tok * hidden];
+        for (row, &p) in d_hs.chunks_exact(hidden).zip(&self.packing.predictors) {
+            add_in_place(&mut dxf[p * hidden..(p + 1) * hidden], row);
+        }
+        let mut dx = vec![0.0f32; n_tok * hidden];
+        rms_norm_backward(
+            &self.last,
+            &self.inv_rms_last,
+            gamma_f,
+            &dxf,
+            &mut dx,
+            norm_grad,
+        );
+        drop(dxf);
+
+        let (cos, sin) = (&self.cos_sin.0, &self.cos_sin.1);
+        for ((layer, saved), grads) in self
+            .params
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .zip(layer_grads)
+            .rev()
+        {
+            // next = h + down(act), act = SiLU(gate) ⊙ up.
+            let act = swiglu(&saved.gate, &saved.up);
+            matmul_tn_acc(&dx, hidden, &act, inter, n_tok, grads.down);
+            drop(act);
+            let d_act = matmul_nn(&dx, n_tok, hidden, layer.down.0.data(), inter);
+            let (d_gate, d_up) = swiglu_backward(&saved.gate, &saved.up, &d_act);
+            drop(d_act);
+            let xn2 = norm_apply(&saved.h, &saved.inv_rms2, layer.post_norm.0.data());
+            matmul_tn_acc(&d_gate, inter, &xn2, hidden, n_tok, grads.gate);
+            matmul_tn_acc(&d_up, inter, &xn2, hidden, n_tok, grads.up);
+            drop(xn2);
+            let mut d_xn2 = matmul_nn(&d_gate, n_tok, inter, layer.gate.0.data(), hidden);
+            matmul_nn_acc(&d_up, n_tok, inter, layer.up.0.data(), hidden, &mut d_xn2);
+            drop((d_gate, d_up));
+            // dh = dx (residual) + RMSNorm backward of d_xn2.
+            let mut dh = dx;
+            rms_norm_backward(
+                &saved.h,
+                &saved.inv_rms2,
+                layer.post_norm.0.data(),
+                &d_xn2,
+                &mut dh,
+                grads.post_norm,
+            );
+            drop(d_xn2);
+            // h = x + o(attn).
+            matmul_tn_acc(&dh, hidden, &saved.attn, heads * d, n_tok, grads.o);
+            let d_attn = matmul_nn(&dh, n_tok, hidden, layer.o.0.data(), heads * d);
+            let mut dq = vec![0.0f32; n_tok * heads * d];
+            let mut dk = vec![0.0f32; n_tok * kv_heads * d];
+            let mut dv = vec![0.0f32; n_tok * kv_heads * d];
+            attention_backward(
+                &self.packing,
+                self.dims,
+                saved,
+                &d_attn,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+            );
+            drop(d_attn);
+            rope_rows(&mut dq, heads, d, cos, sin, true);
+            rope_rows(&mut dk, kv_heads, d, cos, sin, true);
+            if let Some([bq, bk, bv]) = grads.qkv_bias {
+                column_sums_acc(&dq, bq);
+                column_sums_acc(&dk, bk);
+                column_sums_acc(&dv, bv);
+            }
+            let xn1 = norm_apply(&saved.x, &saved.inv_rms1, layer.input_norm.0.data());
+            matmul_tn_acc(&dq, heads * d, &xn1, hidden, n_tok, grads.q);
+            matmul_tn_acc(&dk, kv_heads * d, &xn1, hidden, n_tok, grads.k);
+            matmul_tn_acc(&dv, kv_heads * d, &xn1, hidden, n_tok, grads.v);
+            drop(xn1);
+            let mut d_xn1 = matmul_nn(&dq, n_tok, heads * d, layer.q.0.data(), hidden);
+            matmul_nn_acc(
+                &dk,
+                n_tok,
+                kv_heads * d,
+                layer.k.0.data(),
+                hidden,
+                &mut d_xn1,
+            );
+            matmul_nn_acc(
+                &dv,
+                n_tok,
+                kv_heads * d,
+                layer.v.0.data(),
+                hidden,
+                &mut d_xn1,
+            );
+            drop((dq, dk, dv));
+            rms_norm_backward(
+                &saved.x,
+                &saved.inv_rms1,
+                layer.input_norm.0.data(),
+                &d_xn1,
+                &mut dh,
+                grads.input_norm,
+            );
+            dx = dh;
+        }
+        // Embedding: dE[token] += dx0[token's row] (a tied head's part is already in).
+        for (row, &t) in dx.chunks_exact(hidden).zip(&self.packing.tokens) {
+            let t = t as usize;
+            add_in_place(&mut embed_grad[t * hidden..(t + 1) * hidden], row);
+        }
+    }
+}
+
+/// `y = x · Wᵀ` for `x: [m, k]` and `W: [n, k]` (row-major).
+fn linear(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
+    let m = x.len() / k;
+    let n = w.len() / k;
+    let mut out = vec![0.0f32; m * n];
+    // SAFETY: x is [m, k] (rs k, cs 1); Wᵀ has element (p, j) at w[j k + p] (rs 1, cs k); out
+    // is [m, n] (rs n, cs 1), written only.
+    unsafe {
+        gemm_raw(m, n, k, &mut out, (n, 1), false, x, (k, 1), w, (1, k));
+    }
+    out
+}
+
+/// `x · W` for `x: [m, n]` and `W: [n, k]` (row-major): returns `[m, k]`.
+fn matmul_nn(x: &[f32], m: usize, n: usize, w: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * k];
+    matmul_nn_into(x, m, n, w, k, &mut out, false);
+    out
+}
+
+/// `out += x · W` for `x: [m, n]` and `W: [n, k]`.
+fn matmul_nn_acc(x: &[f32], m: usize, n: usize, w: &[f32], k: usize, out: &mut [f32]) {
+    matmul_nn_into(x, m, n, w, k, out, true);
+}
+
+fn matmul_nn_into(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    w: &[f32],
+    k: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        x.len() == m * n && w.len() == n * k && out.len() == m * k,
+        "matmul_nn: shapes"
+    );
+    // SAFETY: x is [m, n] (rs n, cs 1); W is [n, k] (rs k, cs 1); out is [m, k] (rs k, cs 1).
+    unsafe {
+        gemm_raw(m, k, n, out, (k, 1), accumulate, x, (n, 1), w, (k, 1));
+    }
+}
+
+/// `out += aᵀ · b` for `a: [rows, p]` and `b: [rows, q]` (a weight gradient `dYᵀ·X`): `out`
+/// is `[p, q]`.
+fn matmul_tn_acc(a: &[f32], p: usize, b: &[f32], q: usize, rows: usize, out: &mut [f32]) {
+    assert!(
+        a.len() == rows * p && b.len() == rows * q && out.len() == p * q,
+        "matmul_tn: shapes"
+    );
+    // SAFETY: aᵀ has element (i, r) at a[r p + i] (rs 1, cs p); b is [rows, q] (rs q, cs 1);
+    // out is [p, q] (rs q, cs 1), read and written.
+    unsafe {
+        gemm_raw(p, q, rows, out, (q, 1), true, a, (1, p), b, (q, 1));
+    }
+}
+
+/// `dst (+)= lhs · rhs` with `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`, each given by
+/// `(row stride, column stride)`.
+///
+/// # Safety
+/// The strides must keep every index inside the slices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `y = x · r · γ` row by row with `r = 1/√(mean(x²) + ε)`; returns `y` and the `r`s.
+fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let width = gamma.len();
+    let rows = x.len() / width;
+    let mut y = vec![0.0f32; x.len()];
+    let mut inv = vec![0.0f32; rows];
+    y.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(inv.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|((y, inv), x)| {
+            for ((yr, r), xr) in y
+                .chunks_exact_mut(width)
+                .zip(inv.iter_mut())
+                .zip(x.chunks_exact(width))
+            {
+                *r = 1.0 / (sum_squares(xr) / width as f32 + eps).sqrt();
+                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(gamma) {
+                    *o = v * *r * g;
+                }
+            }
+        });
+    (y, inv)
+}
+
+/// `x · r · γ` with saved `r`s (the normalised input, recomputed for a weight gradient).
+fn norm_apply(x: &[f32], inv_rms: &[f32], gamma: &[f32]) -> Vec<f32> {
+    let width = gamma.len();
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .zip(inv_rms.par_chunks(ROWS_PER_TASK))
+        .for_each(|((y, x), inv)| {
+            for ((yr, xr), &r) in y
+                .chunks_exact_mut(width)
+                .zip(x.chunks_exact(width))
+                .zip(inv)
+            {
+                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(gamma) {
+                    *o = v * r * g;
+                }
+            }
+        });
+    y
+}
+
+/// RMSNorm backward, `y = x · r · γ`, `r = (mean(x²) + ε)^{-1/2}`, `g = dy ⊙ γ`:
+///
+/// `dx = r · g − x · r³ · (g · x) / width`  (added to `dx`),  `dγ = Σ_rows dy ⊙ x · r`  (added).
+fn rms_norm_backward(
+    x: &[f32],
+    inv_rms: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    d_gamma: &mut [f32],
+) {
+    let width = gamma.len();
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .zip(dy.par_chunks(width * ROWS_PER_TASK))
+        .zip(inv_rms.par_chunks(ROWS_PER_TASK))
+        .map(|(((dx, x), dy), inv)| {
+            let mut dg = vec![0.0f32; width];
+            for (((dxr, xr), dyr), &r) in dx
+                .chunks_exact_mut(width)
+                .zip(x.chunks_exact(width))
+                .zip(dy.chunks_exact(width))
+                .zip(inv)
+            {
+                let mut dot = 0.0f32;
+                for ((&dyv, &xv), &g) in dyr.iter().zip(xr).zip(gamma) {
+                    dot += dyv * g * xv;
+                }
+                let c = r * r * r * dot / width as f32;
+                for ((((o, &dyv), &xv), &g), dgv) in dxr
+                    .iter_mut()
+                    .zip(dyr)
+                    .zip(xr)
+                    .zip(gamma)
+                    .zip(dg.iter_mut())
+                {
+                    *o += r * dyv * g - xv * c;
+                    *dgv += dyv * xv * r;
+                }
+            }
+            dg
+        })
+        .collect();
+    for partial in partials {
+        add_in_place(d_gamma, &partial);
+    }
+}
+
+/// Rotary positions on every head of every token (`x: [tokens, heads·d]`, tables
+/// `[tokens, d]`), "rotate half": `x' = [x₁ c₁ − x₂ s₁, x₂ c₂ + x₁ s₂]`; with `transpose`,
+/// its adjoint (the backward): `dx = [a c₁ + b s₂, b c₂ − a s₁]` for `dx' = [a, b]`.
+fn rope_rows(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32], transpose: bool) {
+    let half = d / 2;
+    let width = heads * d;
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(cos.par_chunks(d * ROWS_PER_TASK))
+        .zip(sin.par_chunks(d * ROWS_PER_TASK))
+        .for_each(|((x, cos), sin)| {
+            for ((token, c), s) in x
+                .chunks_exact_mut(width)
+                .zip(cos.chunks_exact(d))
+                .zip(sin.chunks_exact(d))
+            {
+                for head in token.chunks_exact_mut(d) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (x1[i], x2[i]);
+                        if transpose {
+                            x1[i] = a * c[i] + b * s[half + i];
+                            x2[i] = b * c[half + i] - a * s[i];
+                        } else {
+                            x1[i] = a * c[i] - b * s[i];
+                            x2[i] = b * c[half + i] + a * s[half + i];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// `SiLU(gate) ⊙ up`, `SiLU(g) = g σ(g)`.
+fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0f32; gate.len()];
+    out.par_chunks_mut(4096)
+        .zip(gate.par_chunks(4096))
+        .zip(up.par_chunks(4096))
+        .for_each(|((o, g), u)| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        });
+    out
+}
+
+/// SwiGLU backward: for `a = g σ(g) u`,
+/// `∂a/∂g = u σ(g) (1 + g (1 − σ(g)))`, `∂a/∂u = g σ(g)`.
+fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut d_gate = vec![0.0f32; gate.len()];
+    let mut d_up = vec![0.0f32; gate.len()];
+    d_gate
+        .par_chunks_mut(4096)
+        .zip(d_up.par_chunks_mut(4096))
+        .zip(gate.par_chunks(4096))
+        .zip(up.par_chunks(4096))
+        .zip(d_act.par_chunks(4096))
+        .for_each(|((((dg, du), g), u), da)| {
+            for ((((dg, du), &g), &u), &da) in
+                dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(da)
+            {
+                let s = 1.0 / (1.0 + exp(-g));
+                *du = da * g * s;
+                *dg = da * u * s * (1.0 + g * (1.0 - s));
+            }
+        });
+    (d_gate, d_up)
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+/// `out += Σ_rows x` for `x: [rows, out.len()]`.
+fn column_sums_acc(x: &[f32], out: &mut [f32]) {
+    for row in x.chunks_exact(out.len()) {
+        add_in_place(out, row);
+    }
+}
+
+/// `Σ x²` with eight partial sums (vectorises).
+#[inline]
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l] * c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v * v).sum::<f32>()
+}
+
+/// `a · b` with eight partial sums.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>()
+        + ca.remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum::<f32>()
+}
+
+/// `y += α x`.
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// The token ranges each query of a cluster attends to, as local indices.
+#[inline]
+fn key_ranges(packing: &Packing, base: usize, i: usize) -> [Range<usize>; 2] {
+    let (context, own) = &packing.keys[base + i];
+    [context.start - base..context.end - base, own - base..i + 1]
+}
+
+/// Causal grouped-query attention over the packing (see [`Packing::keys`]), scale `1/√d`;
+/// writes the output `[N, heads·d]` and each query's log-sum-exp `[N, heads]`. Parallel over
+/// clusters.
+fn attention_forward(
+    packing: &Packing,
+    dims: Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (heads, kv, d) = (dims.heads, dims.kv_heads, dims.head_dim);
+    let group = heads / kv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let out_parts = split_by_clusters(out, &packing.clusters, heads * d);
+    let lse_parts = split_by_clusters(lse, &packing.clusters, heads);
+    packing
+        .clusters
+        .par_iter()
+        .zip(out_parts)
+        .zip(lse_parts)
+        .for_each(|((range, out), lse)| {
+            let base = range.start;
+            let len = range.len();
+            let q = &q[base * heads * d..(base + len) * heads * d];
+            let k = &k[base * kv * d..(base + len) * kv * d];
+            let v = &v[base * kv * d..(base + len) * kv * d];
+            let mut scores = Vec::new();
+            for i in 0..len {
+                let ranges = key_ranges(packing, base, i);
+                for h in 0..heads {
+                    let kh = h / group;
+                    let qi = &q[(i * heads + h) * d..(i * heads + h + 1) * d];
+                    scores.clear();
+                    for j in ranges.iter().cloned().flatten() {
+                        scores.push(dot(qi, &k[(j * kv + kh) * d..(j * kv + kh + 1) * d]) * scale);
+                    }
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut sum = 0.0f32;
+                    for s in scores.iter_mut() {
+                        *s = exp(*s - max);
+                        sum += *s;
+                    }
+                    lse[i * heads + h] = max + sum.ln();
+                    let o = &mut out[(i * heads + h) * d..(i * heads + h + 1) * d];
+                    let inv = 1.0 / sum;
+                    for (&p, j) in scores.iter().zip(ranges.iter().cloned().flatten()) {
+                        axpy(p * inv, &v[(j * kv + kh) * d..(j * kv + kh + 1) * d], o);
+                    }
+                }
+            }
+        });
+}
+
+/// Attention backward with the probabilities recomputed from the saved log-sum-exp:
+/// `p_j = exp(s_j − lse)`, `D = dO · O`, `ds_j = p_j (dO · v_j − D)`,
+/// `dq += scale Σ_j ds_j k_j`, `dk_j += scale ds_j q`, `dv_j += p_j dO`.
+/// Parallel over clusters (their keys are disjoint).
+fn attention_backward(
+    packing: &Packing,
+    dims: Dims,
+    saved: &LayerSaved,
+    d_out: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (heads, kv, d) = (dims.heads, dims.kv_heads, dims.head_dim);
+    let group = heads / kv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let dq_parts = split_by_clusters(dq, &packing.clusters, heads * d);
+    let dk_parts = split_by_clusters(dk, &packing.clusters, kv * d);
+    let dv_parts = split_by_clusters(dv, &packing.clusters, kv * d);
+    packing
+        .clusters
+        .par_iter()
+        .zip(dq_parts)
+        .zip(dk_parts)
+        .zip(dv_parts)
+        .for_each(|(((range, dq), dk), dv)| {
+            let base = range.start;
+            let len = range.len();
+            let slice =
+                |x: &'_ [f32], w: usize| -> Vec<f32> { x[base * w..(base + len) * w].to_vec() };
+            let q = slice(&saved.q, heads * d);
+            let k = slice(&saved.k, kv * d);
+            let v = slice(&saved.v, kv * d);
+            let o = slice(&saved.attn, heads * d);
+            let d_o = slice(d_out, heads * d);
+            let lse = &saved.lse[base * heads..(base + len) * heads];
+            let mut ds = Vec::new();
+            for i in 0..len {
+                let ranges = key_ranges(packing, base, i);
+                for h in 0..heads {
+                    let kh = h / group;
+                    let at = (i * heads + h) * d;
+                    let qi = &q[at..at + d];
+                    let doi = &d_o[at..at + d];
+                    let big_d = dot(doi, &o[at..at + d]);
+                    let l = lse[i * heads + h];
+                    ds.clear();
+                    for j in ranges.iter().cloned().flatten() {
+                        let kj = &k[(j * kv + kh) * d..(j * kv + kh + 1) * d];
+                        let p = exp(dot(qi, kj) * scale - l);
+                        let vj = &v[(j * kv + kh) * d..(j * kv + kh + 1) * d];
+                        ds.push((p, p * (dot(doi, vj) - big_d)));
+                    }
+                    let dqi = &mut dq[at..at + d];
+                    for (&(_, s), j) in ds.iter().zip(ranges.iter().cloned().flatten()) {
+                        axpy(s * scale, &k[(j * kv + kh) * d..(j * kv + kh + 1) * d], dqi);
+                    }
+                    for (&(p, s), j) in ds.iter().zip(ranges.iter().cloned().flatten()) {
+                        let at_k = (j * kv + kh) * d;
+                        axpy(s * scale, qi, &mut dk[at_k..at_k + d]);
+                        axpy(p, doi, &mut dv[at_k..at_k + d]);
+                    }
+                }
+            }
+        });
+}
+
+/// Splits `x` (`[N, width]`) into the consecutive cluster ranges (which tile `0..N`).
+fn split_by_clusters<'a>(
+    mut x: &'a mut [f32],
+    clusters: &[Range<usize>],
+    width: usize,
+) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(clusters.len());
+    for range in clusters {
+        let (head, tail) = std::mem::take(&mut x).split_at_mut(range.len() * width);
+        parts.push(head);
+        x = tail;
+    }
+    parts
+}

@@ -1,0 +1,238 @@
+//! The CPU kernels' training pass (`CpuScorePass`) computes what `score_with` plus burn's
+//! autodiff compute: the same log-probs and entropies, and the same gradient for every
+//! parameter.
+
+mod common;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use common::{device, max_abs_diff, tiny_config};
+use kaizen_model::{
+    CpuGrads, CpuScorePass, Llama, LlamaConfig, ScoreBatch, ScoreOptions, Scores, score_with,
+};
+
+/// Two GRPO groups sharing their prompts, rows of different lengths, a multi-turn row (scored,
+/// context, scored) and rows with unscored tokens after their last scored one.
+fn batch() -> ScoreBatch {
+    let prompt_a: Vec<u32> = vec![11, 12, 13, 14, 15, 16, 17];
+    let prompt_b: Vec<u32> = vec![40, 41, 42, 43];
+    let mut sequences = Vec::new();
+    let mut loss_masks = Vec::new();
+    let mut push = |prompt: &[u32], completion: &[u32], trailing: usize| {
+        let mut seq = prompt.to_vec();
+        seq.extend_from_slice(completion);
+        seq.extend(std::iter::repeat_n(7, trailing));
+        let mut mask = vec![false; prompt.len()];
+        mask.extend(std::iter::repeat_n(true, completion.len()));
+        mask.extend(std::iter::repeat_n(false, trailing));
+        sequences.push(seq);
+        loss_masks.push(mask);
+    };
+    push(&prompt_a, &[101, 102, 103, 104, 105], 0);
+    push(&prompt_a, &[120, 121], 2);
+    push(&prompt_a, &[130, 131, 132, 133, 134, 135, 136, 137], 0);
+    push(&prompt_b, &[200, 201, 202], 0);
+    push(&prompt_b, &[210], 3);
+    // A second turn: answer, feedback (context), revised answer.
+    let mut seq = prompt_b.clone();
+    seq.extend([220, 221, 222, 50, 51, 52, 223, 224]);
+    let mut mask = vec![false; prompt_b.len()];
+    mask.extend([true, true, true, false, false, false, true, true]);
+    sequences.push(seq);
+    loss_masks.push(mask);
+    ScoreBatch {
+        sequences,
+        loss_masks,
+    }
+}
+
+/// `Σ a_i log p_i + Σ b_i H_i` with fixed, distinct weights per token.
+fn loss(scores: &Scores) -> Tensor<1> {
+    let n = scores.rows.len();
+    let device = scores.logprobs.device();
+    let weights = |seed: f32| {
+        let v: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect();
+        Tensor::<1>::from_data(TensorData::new(v, [n]), &device)
+    };
+    let mut loss = (scores.logprobs.clone() * weights(1.0)).sum();
+    if let Some(entropy) = &scores.entropy {
+        loss = loss + (entropy.clone() * weights(5.0)).sum() * 0.3;
+    }
+    loss
+}
+
+/// Every parameter's id and rank.
+struct Ids(Vec<(ParamId, usize)>);
+
+impl ModuleVisitor for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push((param.id, D));
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn grad_values(grads: &GradientsParams, (id, rank): (ParamId, usize)) -> Option<Vec<f32>> {
+    match rank {
+        1 => grads.get::<1>(id).map(host),
+        _ => grads.get::<2>(id).map(host),
+    }
+}
+
+fn compare(config: &LlamaConfig, options: &ScoreOptions) {
+    let device = device().autodiff();
+    let model = Llama::init(config, &device, 9).unwrap();
+    let batch = batch();
+
+    let reference = score_with(&model, &batch, options).unwrap();
+    let reference_logprobs = host(reference.logprobs.clone());
+    let reference_entropy = reference.entropy.clone().map(host);
+    let reference_grads = GradientsParams::from_grads(loss(&reference).backward(), &model);
+
+    let (scores, pass) = CpuScorePass::forward(&model, &batch, options)
+        .unwrap()
+        .expect("the CPU pass applies to a float32 flex model under autodiff");
+    assert_eq!(scores.rows, reference.rows);
+    let logprobs = host(scores.logprobs.clone());
+    let diff = max_abs_diff(&logprobs, &reference_logprobs);
+    assert!(diff < 1e-4, "log-probs differ by {diff}");
+    match (&scores.entropy, reference_entropy) {
+        (Some(e), Some(r)) => {
+            let diff = max_abs_diff(&host(e.clone()), &r);
+            assert!(diff < 1e-4, "entropies differ by {diff}");
+        }
+        (None, None) => {}
+        _ => panic!("entropy requested on one path only"),
+    }
+    let grads = loss(&scores).backward();
+    let mut into = CpuGrads::new(&model).unwrap();
+    pass.backward(&grads, &mut into).unwrap();
+    let inner = model.embed_tokens.val().inner().device();
+    let ours = into.into_params(&inner);
+
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    assert_eq!(ours.len(), ids.0.len(), "one gradient per parameter");
+    for (i, &id) in ids.0.iter().enumerate() {
+        let expected = grad_values(&reference_grads, id)
+            .unwrap_or_else(|| panic!("parameter {i}: burn computed no gradient"));
+        let got = grad_values(&ours, id).unwrap_or_else(|| panic!("parameter {i}: missing"));
+        assert_eq!(got.len(), expected.len(), "parameter {i}: size");
+        let norm = expected.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        assert!(norm > 0.0, "parameter {i}: zero reference gradient");
+        assert!(
+            err <= 1e-3 * norm + 1e-6,
+            "parameter {i}: |Δ| {err:.3e} vs |g| {norm:.3e} ({options:?})"
+        );
+    }
+}
+
+#[test]
+fn untied_with_biases_and_shared_prefixes() {
+    compare(
+        &tiny_config(),
+        &ScoreOptions {
+            temperature: 0.7,
+            with_entropy: true,
+            share_prefixes: true,
+        },
+    );
+}
+
+#[test]
+fn untied_without_prefix_sharing_or_entropy() {
+    compare(
+        &tiny_config(),
+        &ScoreOptions {
+            temperature: 1.0,
+            with_entropy: false,
+            share_prefixes: false,
+        },
+    );
+}
+
+#[test]
+fn tied_without_biases() {
+    let mut config = tiny_config();
+    config.tie_word_embeddings = true;
+    config.attention_bias = false;
+    config.num_key_value_heads = 1;
+    compare(
+        &config,
+        &ScoreOptions {
+            temperature: 1.3,
+            with_entropy: true,
+            share_prefixes: true,
+        },
+    );
+}
+
+#[test]
+fn gradients_accumulate_over_passes() {
+    let device = device().autodiff();
+    let model = Llama::init(&tiny_config(), &device, 4).unwrap();
+    let batch = batch();
+    let options = ScoreOptions::new(1.0);
+    let mut once = CpuGrads::new(&model).unwrap();
+    let mut twice = CpuGrads::new(&model).unwrap();
+    for (into, times) in [(&mut once, 1), (&mut twice, 2)] {
+        for _ in 0..times {
+            let (scores, pass) = CpuScorePass::forward(&model, &batch, &options)
+                .unwrap()
+                .unwrap();
+            pass.backward(&loss(&scores).backward(), into).unwrap();
+        }
+    }
+    let inner = model.embed_tokens.val().inner().device();
+    let (once, twice) = (once.into_params(&inner), twice.into_params(&inner));
+    let id = (model.layers[1].mlp.down_proj.weight.id, 2);
+    let a = grad_values(&once, id).unwrap();
+    let b = grad_values(&twice, id).unwrap();
+    let doubled: Vec<f32> = a.iter().map(|v| 2.0 * v).collect();
+    assert!(max_abs_diff(&b, &doubled) < 1e-5);
+    assert!(a.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn does_not_apply_without_autodiff_or_with_a_value_head() {
+    let batch = batch();
+    let options = ScoreOptions::new(1.0);
+    let plain = Llama::init(&tiny_config(), &device(), 1).unwrap();
+    assert!(!CpuScorePass::applies(&plain));
+    assert!(
+        CpuScorePass::forward(&plain, &batch, &options)
+            .unwrap()
+            .is_none()
+    );
+    let mut config = tiny_config();
+    config.value_head = true;
+    let critic = Llama::init(&config, &device().autodiff(), 1).unwrap();
+    assert!(!CpuScorePass::applies(&critic));
+    assert!(CpuGrads::new(&critic).is_none());
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let model = Llama::init(&tiny_config(), &device().autodiff(), 1).unwrap();
+    let bad = ScoreBatch {
+        sequences: vec![vec![1, 2, 3]],
+        loss_masks: vec![vec![true, true, true]],
+    };
+    let err = CpuScorePass::forward(&model, &bad, &ScoreOptions::new(1.0)).unwrap_err();
+    assert!(err.to_string().contains("first token"), "{err}");
+    let out_of_vocab = ScoreBatch {
+        sequences: vec![vec![1, 9999]],
+        loss_masks: vec![vec![false, true]],
+    };
+    let err = CpuScorePass::forward(&model, &out_of_vocab, &ScoreOptions::new(1.0)).unwrap_err();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+}
