@@ -47,7 +47,7 @@ pub enum LossType {
 }
 
 /// Hyper-parameters of [`grpo_loss`], named as in TRL's `GRPOConfig`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpoLossConfig {
     /// Lower clip range ε: the ratio is clipped at `1 − epsilon` (default 0.2).
@@ -57,6 +57,12 @@ pub struct GrpoLossConfig {
     pub epsilon_high: Option<f32>,
     /// Coefficient β of the KL penalty to the reference policy (default 0: no reference needed).
     pub beta: f32,
+    /// Per-turn multipliers of `beta`: a token of the `k`-th trained turn of its conversation
+    /// thread (0-based) is penalised with `beta · kl_turn_weights[k]` (the last entry for later
+    /// turns); empty (the default) means 1 everywhere. SCoRe's stage I (Kumar et al. 2024,
+    /// <https://arxiv.org/abs/2409.12917>, Eq. 3) is `kl_turn_weights = [1, 0]` with a large
+    /// `beta`: the first attempt is held at the reference while the second learns to correct.
+    pub kl_turn_weights: Vec<f32>,
     /// Estimator of the per-token KL to the reference (default `k3`).
     pub kl_estimator: KlEstimator,
     /// Aggregation of per-token losses (default `dapo`, as TRL).
@@ -76,6 +82,7 @@ impl Default for GrpoLossConfig {
             epsilon: 0.2,
             epsilon_high: None,
             beta: 0.0,
+            kl_turn_weights: Vec::new(),
             kl_estimator: KlEstimator::K3,
             loss_type: LossType::Dapo,
             entropy_coef: 0.0,
@@ -110,6 +117,13 @@ impl GrpoLossConfig {
         }
         if !(self.beta.is_finite() && self.beta >= 0.0) {
             return Err(bad("beta", self.beta, "a finite value >= 0"));
+        }
+        if let Some(&w) = self
+            .kl_turn_weights
+            .iter()
+            .find(|w| !(w.is_finite() && **w >= 0.0))
+        {
+            return Err(bad("kl_turn_weights", w, "finite values >= 0"));
         }
         if !self.entropy_coef.is_finite() {
             return Err(bad("entropy_coef", self.entropy_coef, "a finite value"));
@@ -164,6 +178,9 @@ pub struct GrpoBatch<'a> {
     pub entropy: Option<Tensor<1>>,
     /// Sequence (row) of each token.
     pub rows: &'a [usize],
+    /// Index of each token's turn among the trained turns of its thread (0-based), for
+    /// `kl_turn_weights`; `None` means turn 0 everywhere.
+    pub turns: Option<&'a [u32]>,
 }
 
 /// What [`grpo_loss`] returns.
@@ -300,9 +317,13 @@ pub fn grpo_loss(
         ref_logprobs,
         entropy,
         rows,
+        turns,
     } = batch;
     let [n] = logprobs.dims();
     check_len("rows", rows.len(), n)?;
+    if let Some(turns) = turns {
+        check_len("turns", turns.len(), n)?;
+    }
     check_len("advantages", advantages.dims()[0], n)?;
     for (name, t) in [
         ("old_logprobs", &old_logprobs),
@@ -353,8 +374,22 @@ pub fn grpo_loss(
         None => pg,
     };
     let kl = ref_logprobs.map(|r| kl_estimate(logprobs.clone(), r, config.kl_estimator));
+    // Per-token loss: pg_t + β · w(turn_t) · KL_t.
     let per_token_loss = match &kl {
-        Some(kl) if config.beta > 0.0 => pg.clone() + kl.clone() * config.beta,
+        Some(kl) if config.beta > 0.0 && config.kl_turn_weights.is_empty() => {
+            pg.clone() + kl.clone() * config.beta
+        }
+        Some(kl) if config.beta > 0.0 => {
+            let w = &config.kl_turn_weights;
+            let coefs: Vec<f32> = (0..n)
+                .map(|i| {
+                    let turn = turns.map_or(0, |t| t[i] as usize);
+                    config.beta * w[turn.min(w.len() - 1)]
+                })
+                .collect();
+            let coefs = Tensor::<1>::from_data(TensorData::new(coefs, [n]), &logprobs.device());
+            pg.clone() + kl.clone() * coefs
+        }
         _ => pg.clone(),
     };
     let pg_loss = (pg * weights.clone()).sum();
@@ -530,6 +565,7 @@ pub(crate) mod tests {
             ref_logprobs: None,
             entropy: None,
             rows: &ROWS,
+            turns: None,
         }
     }
 
@@ -606,6 +642,7 @@ pub(crate) mod tests {
             ref_logprobs: None,
             entropy: None,
             rows: &[0, 1],
+            turns: None,
         };
         let step = StepNormalizers {
             num_sequences: 2,
@@ -660,6 +697,7 @@ pub(crate) mod tests {
             ref_logprobs: None,
             entropy: None,
             rows: &rows,
+            turns: None,
         };
         let step = StepNormalizers {
             num_sequences: 2,
@@ -678,6 +716,59 @@ pub(crate) mod tests {
         assert_close(&g, &[a, a, a, b, b], 1e-7);
         assert_eq!(out.metrics.logprob_gap_max, Some(0.0));
         assert_eq!(out.metrics.ratio_max, 1.0);
+    }
+
+    #[test]
+    fn kl_turn_weights_scale_the_penalty_per_turn() {
+        // Three tokens of one thread: two of turn 0, one of turn 1; dapo (T = 3), on-policy,
+        // zero advantages, so the loss is the KL term alone: (β/T) Σ_t w(turn_t) k3_t.
+        let device = Device::flex();
+        let logp = [-1.0f32, -2.0, -0.5];
+        let reference = [logp[0] + 0.1, logp[1] - 0.2, logp[2] + 0.3];
+        let k3 = |d: f32| d.exp() - d - 1.0;
+        let kl = [k3(0.1), k3(-0.2), k3(0.3)];
+        let step = StepNormalizers {
+            num_sequences: 1,
+            num_tokens: 3,
+            max_completion_length: 4,
+        };
+        let loss = |weights: Vec<f32>, turns: Option<&[u32]>| {
+            let config = GrpoLossConfig {
+                beta: 0.5,
+                kl_turn_weights: weights,
+                ..GrpoLossConfig::default()
+            };
+            let batch = GrpoBatch {
+                logprobs: tensor(&logp, &device),
+                old_logprobs: None,
+                behavior_logprobs: None,
+                advantages: tensor(&[0.0, 0.0, 0.0], &device),
+                ref_logprobs: Some(tensor(&reference, &device)),
+                entropy: None,
+                rows: &[0, 0, 0],
+                turns,
+            };
+            values(grpo_loss(batch, &step, &config).unwrap().loss)[0]
+        };
+        let turns: &[u32] = &[0, 0, 1];
+        let all = 0.5 * (kl[0] + kl[1] + kl[2]) / 3.0;
+        assert!((loss(vec![], Some(turns)) - all).abs() < 1e-6);
+        // SCoRe stage I: the first turn only.
+        let first = 0.5 * (kl[0] + kl[1]) / 3.0;
+        assert!((loss(vec![1.0, 0.0], Some(turns)) - first).abs() < 1e-6);
+        // The last entry applies to later turns; without turns every token is turn 0.
+        assert!((loss(vec![2.0], Some(turns)) - 2.0 * all).abs() < 1e-6);
+        assert!((loss(vec![1.0, 0.0], None) - all).abs() < 1e-6);
+        let bad = GrpoLossConfig {
+            kl_turn_weights: vec![1.0, -1.0],
+            ..GrpoLossConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("kl_turn_weights")
+        );
     }
 
     #[test]
@@ -702,6 +793,7 @@ pub(crate) mod tests {
             ref_logprobs: Some(tensor(&reference, &device)),
             entropy: Some(tensor(&[2.0, 1.0], &device)),
             rows: &[0, 0],
+            turns: None,
         };
         let step = StepNormalizers {
             num_sequences: 1,
@@ -805,6 +897,7 @@ pub(crate) mod tests {
                     ref_logprobs: Some(tensor(&self.reference[r.clone()], &device)),
                     entropy: Some(linear(&self.y[r.clone()]).exp()),
                     rows: &self.rows[r],
+                    turns: None,
                 };
                 let out = grpo_loss(batch, &step, config).unwrap();
                 loss += values(out.loss.clone())[0];
@@ -916,6 +1009,7 @@ pub(crate) mod tests {
             ref_logprobs: None,
             entropy: None,
             rows: &[],
+            turns: None,
         };
         assert!(matches!(
             grpo_loss(empty, &STEP, &config),
@@ -924,7 +1018,7 @@ pub(crate) mod tests {
 
         let kl = GrpoLossConfig {
             beta: 0.1,
-            ..config
+            ..config.clone()
         };
         let err = grpo_loss(ok(), &STEP, &kl).unwrap_err();
         assert!(
@@ -933,7 +1027,7 @@ pub(crate) mod tests {
         );
         let bonus = GrpoLossConfig {
             entropy_coef: 0.1,
-            ..config
+            ..config.clone()
         };
         assert!(matches!(
             grpo_loss(ok(), &STEP, &bonus),
@@ -963,7 +1057,7 @@ pub(crate) mod tests {
         ));
         let dr = GrpoLossConfig {
             loss_type: LossType::DrGrpo,
-            ..config
+            ..config.clone()
         };
         let no_length = StepNormalizers {
             max_completion_length: 0,
@@ -979,13 +1073,13 @@ pub(crate) mod tests {
 
         let bad = GrpoLossConfig {
             epsilon: -0.1,
-            ..config
+            ..config.clone()
         };
         let err = grpo_loss(ok(), &STEP, &bad).unwrap_err();
         assert!(err.to_string().contains("`epsilon` = -0.1"), "{err}");
         let bad = GrpoLossConfig {
             tis_cap: Some(0.0),
-            ..config
+            ..config.clone()
         };
         assert!(matches!(
             bad.validate(),

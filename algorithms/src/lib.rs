@@ -55,6 +55,7 @@
 //!     ref_logprobs: None,
 //!     entropy: None,
 //!     rows: &rows,
+//!     turns: None, // every token in turn 0
 //! };
 //! let step = StepNormalizers { num_sequences: 2, num_tokens: 3, max_completion_length: 8 };
 //! let out = grpo_loss(batch, &step, &GrpoLossConfig::default())?;

@@ -228,6 +228,16 @@ impl Learner {
                     .iter()
                     .flat_map(|s| s.trained(&s.behavior_logprobs))
                     .collect();
+                let turns: Vec<u32> = group
+                    .iter()
+                    .flat_map(|s| {
+                        s.turns
+                            .iter()
+                            .zip(&s.loss_mask)
+                            .filter(|(_, m)| **m)
+                            .map(|(t, _)| *t)
+                    })
+                    .collect();
                 let off_policy = group.iter().any(|s| s.version != newest);
                 let behavior = floats(behavior);
                 let ref_logprobs = match &self.reference {
@@ -249,6 +259,7 @@ impl Learner {
                         ref_logprobs: ref_logprobs.map(|t| Tensor::from_inner(t.inner())),
                         entropy: scores.entropy,
                         rows: &scores.rows,
+                        turns: Some(&turns),
                     },
                     &normalizers,
                     &self.loss,

@@ -17,6 +17,9 @@ pub struct Sample {
     pub advantages: Vec<f32>,
     /// Behaviour log-prob of each token (0 where the mask is false).
     pub behavior_logprobs: Vec<f32>,
+    /// Index of each token's segment among the thread's trained segments (its turn, 0-based;
+    /// 0 where the mask is false), for per-turn loss weights (`loss.kl_turn_weights`).
+    pub turns: Vec<u32>,
     /// The sampling temperature of the trained segments (the learner scores at it).
     pub temperature: f32,
     /// Index of the trajectory in the step's list.
@@ -96,6 +99,7 @@ pub fn build_samples(
                 loss_mask: Vec::new(),
                 advantages: Vec::new(),
                 behavior_logprobs: Vec::new(),
+                turns: Vec::new(),
                 temperature,
                 trajectory: t,
                 version: trained
@@ -104,9 +108,11 @@ pub fn build_samples(
                     .min()
                     .unwrap_or_default(),
             };
+            let mut turn = 0u32;
             for &s in segments {
                 let seg = &trajectory.segments[s];
                 let n_prompt = seg.prompt_tokens.len();
+                sample.turns.extend(std::iter::repeat_n(0, n_prompt));
                 sample.tokens.extend_from_slice(&seg.prompt_tokens);
                 sample
                     .loss_mask
@@ -129,6 +135,10 @@ pub fn build_samples(
                     sample
                         .behavior_logprobs
                         .push(seg.behavior_logprobs.get(i).copied().unwrap_or(0.0));
+                    sample.turns.push(if seg.trainable { turn } else { 0 });
+                }
+                if seg.trainable {
+                    turn += 1;
                 }
             }
             // The first token has no prefix to be predicted from.
@@ -240,6 +250,7 @@ mod tests {
             vec![false, false, false, true, true, false, true, true]
         );
         assert_eq!(s.advantages, vec![0.0, 0.0, 0.0, 0.5, 0.5, 0.0, -1.0, -1.0]);
+        assert_eq!(s.turns, vec![0, 0, 0, 0, 0, 0, 1, 1]);
         assert_eq!(
             s.trained(&s.behavior_logprobs).collect::<Vec<_>>(),
             vec![-0.4, -0.5, -0.7, -0.2]
@@ -256,6 +267,7 @@ mod tests {
             loss_mask: vec![true; n],
             advantages: vec![1.0; n],
             behavior_logprobs: vec![0.0; n],
+            turns: vec![0; n],
             temperature: 1.0,
             trajectory: 0,
             version: WeightsVersion(0),
@@ -287,6 +299,7 @@ mod tests {
             Sample {
                 advantages: vec![1.0; tokens.len()],
                 behavior_logprobs: vec![0.0; tokens.len()],
+                turns: vec![0; tokens.len()],
                 tokens,
                 loss_mask,
                 temperature: 1.0,

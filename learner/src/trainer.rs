@@ -323,7 +323,7 @@ pub fn train(
         optimizer,
         schedule,
         config.learner.clone(),
-        config.loss,
+        config.loss.clone(),
         config.advantage,
     );
     if let Some(reference) = resumed_reference {

@@ -226,3 +226,108 @@ fn adamw_matches_the_torch_formula_for_two_steps() {
     assert!(moved > 1000, "most parameters get a gradient ({moved})");
     assert_eq!(l.steps(), 1);
 }
+
+/// kaizen's CPU training pass (the default) and burn's autodiff give the same step.
+#[test]
+fn the_cpu_training_pass_gives_burns_step() {
+    let mut cpu = learner(2, LossType::Dapo);
+    let mut burn = learner_with(
+        LearnerConfig {
+            gradient_accumulation_steps: 2,
+            max_completion_length: 8,
+            cpu_kernels: false,
+            ..LearnerConfig::default()
+        },
+        LossType::Dapo,
+    );
+    for _ in 0..2 {
+        let a = cpu.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+        let b = burn.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+        assert!(
+            (a["loss"] - b["loss"]).abs() < 1e-5,
+            "{} vs {}",
+            a["loss"],
+            b["loss"]
+        );
+        assert!((a["grad_norm"] - b["grad_norm"]).abs() < 1e-4 * b["grad_norm"]);
+        assert!((a["entropy"] - b["entropy"]).abs() < 1e-4);
+    }
+    let diff = weights(&cpu)
+        .iter()
+        .zip(weights(&burn))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-5, "weights differ by {diff}");
+}
+
+/// Two-turn conversations (answer, feedback, revised answer) in one thread.
+fn two_turn_batch() -> Vec<Trajectory> {
+    let segment = |prompt: Vec<u32>, completion: &[u32]| Segment {
+        agent: "a".into(),
+        thread: 0,
+        prompt_tokens: prompt,
+        completion_tokens: completion.to_vec(),
+        behavior_logprobs: vec![-1.0; completion.len()],
+        trainable: true,
+        temperature: 1.0,
+        weights_version: WeightsVersion(0),
+        finish_reason: FinishReason::Eos,
+    };
+    let rewards = [[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]];
+    rewards
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Trajectory {
+            id: i as u64,
+            env: "t".into(),
+            seed: 0,
+            group_id: 0,
+            segments: vec![
+                segment(vec![1, 2, 3], &[10 + i as u32, 20]),
+                segment(vec![30, 31], &[40 + i as u32, 41, 20]),
+            ],
+            outcome: Outcome::single("a", r.to_vec()),
+        })
+        .collect()
+}
+
+/// `loss.kl_turn_weights` reaches the loss per turn: on the second step (the first moves the
+/// policy away from the reference), the KL part of the loss splits exactly into its turns.
+#[test]
+fn kl_turn_weights_weigh_each_turn() {
+    let loss_at_step_2 = |kl_turn_weights: Vec<f32>| {
+        let device = Device::default().autodiff();
+        let model = Llama::init(&config(), &device, 7).unwrap();
+        let mut l = Learner::new(
+            model,
+            AdamW::new(AdamWConfig::default()),
+            Schedule {
+                lr: 1e-2,
+                warmup_steps: 0,
+                total_steps: 10,
+                kind: SchedulerType::Constant,
+            },
+            LearnerConfig {
+                max_completion_length: 8,
+                ..LearnerConfig::default()
+            },
+            GrpoLossConfig {
+                beta: 0.5,
+                kl_turn_weights,
+                ..GrpoLossConfig::default()
+            },
+            AdvantageConfig::default(),
+        );
+        l.grpo_step(&two_turn_batch(), WeightsVersion(0)).unwrap();
+        l.grpo_step(&two_turn_batch(), WeightsVersion(0)).unwrap()["loss"]
+    };
+    let none = loss_at_step_2(vec![0.0]);
+    let first = loss_at_step_2(vec![1.0, 0.0]) - none;
+    let second = loss_at_step_2(vec![0.0, 1.0]) - none;
+    let both = loss_at_step_2(vec![1.0]) - none;
+    assert!(first > 1e-6 && second > 1e-6, "{first} {second}");
+    assert!(
+        (first + second - both).abs() < 1e-5 * both.max(1e-3),
+        "{first} + {second} vs {both}"
+    );
+}
