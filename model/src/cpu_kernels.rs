@@ -116,7 +116,7 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
 }
 
 /// The packing GEMM for tall products, parallel over the rayon pool.
-fn gemm_transb(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+pub(crate) fn gemm_transb(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
     let n = w.len() / k;
     assert!(
         x.len() == m * k && out.len() == m * n,

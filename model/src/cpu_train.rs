@@ -37,7 +37,7 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::cpu_forward::HostView;
-use crate::cpu_kernels::exp;
+use crate::cpu_kernels::{exp, gemm_transb};
 use crate::llama::Llama;
 use crate::score::{ScoreBatch, ScoreOptions, Scores, shared_prefix};
 use crate::{Error, Result};
@@ -769,16 +769,11 @@ impl CpuScorePass {
     }
 }
 
-/// `y = x · Wᵀ` for `x: [m, k]` and `W: [n, k]` (row-major).
+/// `y = x · Wᵀ` for `x: [m, k]` and `W: [n, k]` (row-major), on the packing GEMM.
 fn linear(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
     let m = x.len() / k;
-    let n = w.len() / k;
-    let mut out = vec![0.0f32; m * n];
-    // SAFETY: x is [m, k] (rs k, cs 1); Wᵀ has element (p, j) at w[j k + p] (rs 1, cs k); out
-    // is [m, n] (rs n, cs 1), written only.
-    unsafe {
-        gemm_raw(m, n, k, &mut out, (n, 1), false, x, (k, 1), w, (1, k));
-    }
+    let mut out = vec![0.0f32; m * (w.len() / k)];
+    gemm_transb(x, m, k, w, &mut out);
     out
 }
 
