@@ -115,38 +115,69 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
     portable::skinny(x, m, k, w, out);
 }
 
-/// The packing GEMM for tall products, parallel over the rayon pool.
+/// The packing GEMM for tall products, parallel over the rayon pool: `out = x · Wᵀ` for
+/// `x: [m, k]`, `W: [n, k]`.
 pub(crate) fn gemm_transb(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
     let n = w.len() / k;
     assert!(
         x.len() == m * k && out.len() == m * n,
         "gemm_transb: shapes"
     );
+    // SAFETY: `x` is [m, k] row-major (row stride k, column stride 1); the right-hand side is
+    // Wᵀ, whose element (p, j) is `w[j * k + p]` (row stride 1, column stride k); `out` is
+    // [m, n] row-major and written only.
+    unsafe { gemm_raw(m, n, k, out, (n, 1), false, x, (k, 1), w, (1, k)) };
+}
+
+/// `dst (+)= lhs · rhs` with `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`, each given by
+/// `(row stride, column stride)`.
+///
+/// # Safety
+/// The strides must keep every index inside the slices.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
     let parallelism = if m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the three pointers cover the asserted lengths and the strides describe them:
-    // `x` is [m, k] row-major (column stride 1, row stride k); the right-hand side is Wᵀ, whose
-    // element (p, j) is `w[j * k + p]` (column stride k, row stride 1); `out` is [m, n]
-    // row-major. `out` is written only (alpha = 0, read_dst = false).
+    // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
+            dst.as_mut_ptr(),
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

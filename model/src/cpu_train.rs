@@ -37,16 +37,13 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::cpu_forward::HostView;
-use crate::cpu_kernels::{exp, gemm_transb};
+use crate::cpu_kernels::{exp, gemm_raw, gemm_transb};
 use crate::llama::Llama;
 use crate::score::{ScoreBatch, ScoreOptions, Scores, shared_prefix};
 use crate::{Error, Result};
 
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
-
-/// Work below this many multiply-adds runs a product on the calling thread.
-const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// Host views of one decoder block's parameters and their ids.
 #[derive(Debug, Clone)]
@@ -357,6 +354,8 @@ pub struct CpuScorePass {
     /// Final-norm input, `[N, hidden]`, and its rows' `1/rms`.
     last: Vec<f32>,
     inv_rms_last: Vec<f32>,
+    /// Final hidden states of the scored tokens' predictors, `[n, hidden]`.
+    hs: Vec<f32>,
     /// Scaled logits `z = logits / T` of the scored tokens, `[n, vocab]`, and their
     /// log-sum-exp and entropy.
     z: Vec<f32>,
@@ -425,6 +424,7 @@ impl CpuScorePass {
             layers: Vec::new(),
             last: Vec::new(),
             inv_rms_last: Vec::new(),
+            hs: Vec::new(),
             z: Vec::new(),
             lse: Vec::new(),
             entropy: Vec::new(),
@@ -541,6 +541,7 @@ impl CpuScorePass {
         }
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
         let mut z = linear(&hs, hidden, head.0.data());
+        self.hs = hs;
         let inv_t = 1.0 / self.temperature;
         let mut lse = vec![0.0f32; n];
         let mut entropy = vec![0.0f32; n];
@@ -632,28 +633,11 @@ impl CpuScorePass {
             row[self.packing.targets[i] as usize] += g_lp * inv_t;
         });
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
-        // Hidden states of the predictors (recomputed from the final norm's input).
-        let mut hs = vec![0.0f32; n * hidden];
-        let gamma_f = self.params.norm.0.data();
-        for ((row, &p), _) in hs
-            .chunks_exact_mut(hidden)
-            .zip(&self.packing.predictors)
-            .zip(0..)
-        {
-            let r = self.inv_rms_last[p];
-            for ((o, &xv), &g) in row
-                .iter_mut()
-                .zip(&self.last[p * hidden..(p + 1) * hidden])
-                .zip(gamma_f)
-            {
-                *o = xv * r * g;
-            }
-        }
         // d hs = dlogits · W_head;  dW_head += dlogitsᵀ · hs.
         let d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden);
         match lm_head_grad {
-            Some(g) => matmul_tn_acc(&dz, vocab, &hs, hidden, n, g),
-            None => matmul_tn_acc(&dz, vocab, &hs, hidden, n, embed_grad),
+            Some(g) => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, g),
+            None => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, embed_grad),
         }
         drop(dz);
         let mut dxf = vec![0.0f32; n_tok * hidden];
@@ -664,7 +648,7 @@ impl CpuScorePass {
         rms_norm_backward(
             &self.last,
             &self.inv_rms_last,
-            gamma_f,
+            self.params.norm.0.data(),
             &dxf,
             &mut dx,
             norm_grad,
@@ -819,64 +803,6 @@ fn matmul_tn_acc(a: &[f32], p: usize, b: &[f32], q: usize, rows: usize, out: &mu
     // out is [p, q] (rs q, cs 1), read and written.
     unsafe {
         gemm_raw(p, q, rows, out, (q, 1), true, a, (1, p), b, (q, 1));
-    }
-}
-
-/// `dst (+)= lhs · rhs` with `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`, each given by
-/// `(row stride, column stride)`.
-///
-/// # Safety
-/// The strides must keep every index inside the slices.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_strides: (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (usize, usize),
-    rhs: &[f32],
-    rhs_strides: (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_strides.1 as isize,
-            dst_strides.0 as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides.1 as isize,
-            lhs_strides.0 as isize,
-            rhs.as_ptr(),
-            rhs_strides.1 as isize,
-            rhs_strides.0 as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 
@@ -1192,8 +1118,10 @@ fn attention_backward(
         .for_each(|(((range, dq), dk), dv)| {
             let base = range.start;
             let len = range.len();
-            let slice =
-                |x: &'_ [f32], w: usize| -> Vec<f32> { x[base * w..(base + len) * w].to_vec() };
+            fn rows(x: &[f32], base: usize, len: usize, w: usize) -> &[f32] {
+                &x[base * w..(base + len) * w]
+            }
+            let slice = |x, w| rows(x, base, len, w);
             let q = slice(&saved.q, heads * d);
             let k = slice(&saved.k, kv * d);
             let v = slice(&saved.v, kv * d);
