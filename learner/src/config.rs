@@ -367,6 +367,9 @@ impl JobConfig {
                 expand_table(p);
             }
         }
+        if let Some(sft) = &mut config.sft {
+            sft.source = expand_path(&sft.source);
+        }
         config.validate().map_err(fail)?;
         Ok((config, table))
     }
@@ -618,6 +621,20 @@ name = "self_correct"
         let p = c.envs[0].params["problems"].as_str().unwrap().to_string();
         assert!(p.ends_with("/data/x.jsonl") && !p.contains("${"), "{p}");
         assert!(p.starts_with(&kaizen_cache().display().to_string()));
+        let (c, _) = JobConfig::parse(
+            MINIMAL,
+            Path::new("job.toml"),
+            &[
+                "sft.source=\"${KAIZEN_CACHE}/data/sft.jsonl\"".into(),
+                "sft.steps=1".into(),
+            ],
+        )
+        .unwrap();
+        let source = c.sft.unwrap().source;
+        assert_eq!(
+            source,
+            format!("{}/data/sft.jsonl", kaizen_cache().display())
+        );
     }
 
     #[test]

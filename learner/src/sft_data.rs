@@ -82,11 +82,15 @@ pub fn demonstration_samples(
 }
 
 /// Chat conversations from a JSONL file (`{"messages": [{"role", "content"}, ...]}` per line):
-/// one sequence per conversation, loss on every assistant message (and its EOS).
+/// one sequence per conversation, loss on every assistant message (and its EOS) whose optional
+/// `"weight"` is not 0. `"weight": 0` keeps an assistant message as context only, as in OpenAI's
+/// chat fine-tuning format — e.g. a first attempt that a trained correction answers.
 ///
 /// # Errors
-/// [`Error::Io`]; [`Error::Config`] naming the file and line for malformed lines or
-/// conversations without an assistant message.
+/// [`Error::Io`]; [`Error::Config`] naming the file and line for malformed lines, a `weight`
+/// other than 0 or 1 or on a non-assistant message, or conversations without a trained
+/// assistant message. Other message fields than `role`, `content`, `weight` and `name` are
+/// errors (a misspelt `weight` must not silently train a context message).
 pub fn chat_samples(
     path: &Path,
     tokenizer: &Tokenizer,
@@ -98,8 +102,19 @@ pub fn chat_samples(
         message: format!("line {line}: {message}"),
     };
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        role: Role,
+        content: String,
+        #[serde(default)]
+        weight: Option<u8>,
+        /// OpenAI's optional speaker name: accepted, not rendered.
+        #[serde(default, rename = "name")]
+        _name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
     struct Conversation {
-        messages: Vec<Message>,
+        messages: Vec<Line>,
     }
     let mut out = Vec::new();
     for (i, line) in text
@@ -109,27 +124,51 @@ pub fn chat_samples(
     {
         let conv: Conversation =
             serde_json::from_str(line).map_err(|e| fail(i + 1, e.to_string()))?;
-        let assistants: Vec<usize> = conv
+        let mut trained = Vec::with_capacity(conv.messages.len());
+        for (j, m) in conv.messages.iter().enumerate() {
+            match (m.role == Role::Assistant, m.weight) {
+                (true, None | Some(1)) => trained.push(true),
+                (true, Some(0)) | (false, None) => trained.push(false),
+                (true, Some(w)) => {
+                    return Err(fail(
+                        i + 1,
+                        format!("message {j}: `weight` must be 0 or 1, got {w}"),
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(fail(
+                        i + 1,
+                        format!("message {j}: `weight` is only allowed on assistant messages"),
+                    ));
+                }
+            }
+        }
+        let messages: Vec<Message> = conv
             .messages
+            .into_iter()
+            .map(|m| Message::new(m.role, m.content))
+            .collect();
+        if !trained.contains(&true) {
+            return Err(fail(i + 1, "no assistant message to train on".into()));
+        }
+        let assistants: Vec<usize> = messages
             .iter()
             .enumerate()
             .filter(|(_, m)| m.role == Role::Assistant)
             .map(|(j, _)| j)
             .collect();
-        let Some(&first) = assistants.first() else {
-            return Err(fail(i + 1, "no assistant message to train on".into()));
-        };
+        let first = assistants[0];
         if first == 0 {
             return Err(fail(
                 i + 1,
                 "the conversation starts with an assistant message".into(),
             ));
         }
-        let mut thread = ChatThread::start(template.clone(), tokenizer, &conv.messages[..first])?;
+        let mut thread = ChatThread::start(template.clone(), tokenizer, &messages[..first])?;
         let mut mask = vec![false; thread.tokens().len()];
         for (k, &a) in assistants.iter().enumerate() {
             if k > 0 {
-                let Some(new) = thread.continue_with(tokenizer, &conv.messages[..a])? else {
+                let Some(new) = thread.continue_with(tokenizer, &messages[..a])? else {
                     return Err(fail(
                         i + 1,
                         "assistant messages must follow other messages".into(),
@@ -137,9 +176,9 @@ pub fn chat_samples(
                 };
                 mask.extend(std::iter::repeat_n(false, new.len()));
             }
-            let ids = answer_tokens(tokenizer, &conv.messages[a].content)?;
-            mask.extend(std::iter::repeat_n(true, ids.len()));
-            thread.push_completion(tokenizer, &ids, &conv.messages[a].content)?;
+            let ids = answer_tokens(tokenizer, &messages[a].content)?;
+            mask.extend(std::iter::repeat_n(trained[a], ids.len()));
+            thread.push_completion(tokenizer, &ids, &messages[a].content)?;
         }
         let tokens = thread.tokens().to_vec();
         let n = tokens.len();
@@ -201,5 +240,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1") && err.contains("assistant"), "{err}");
+    }
+
+    #[test]
+    fn weight_zero_keeps_an_assistant_message_as_context_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.jsonl");
+        let line = |w0: &str, w1: &str| {
+            format!(
+                r#"{{"messages":[{{"role":"user","content":"2+2?"}},{{"role":"assistant","content":"5"{w0}}},{{"role":"user","content":"sure?"}},{{"role":"assistant","content":"4"{w1}}}]}}"#
+            )
+        };
+        std::fs::write(&path, line(r#","weight":0"#, r#","weight":1"#)).unwrap();
+        let tok = Tokenizer::byte_level();
+        let template = ChatTemplate::chatml();
+        let s = &chat_samples(&path, &tok, &template).unwrap()[0];
+        let trained: Vec<u32> = s
+            .tokens
+            .iter()
+            .zip(&s.loss_mask)
+            .filter(|(_, m)| **m)
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(trained, [u32::from(b'4'), 258]);
+        // The context is the same sequence as without weights.
+        std::fs::write(&path, line("", "")).unwrap();
+        let plain = &chat_samples(&path, &tok, &template).unwrap()[0];
+        assert_eq!(plain.tokens, s.tokens);
+        assert_eq!(plain.loss_mask.iter().filter(|m| **m).count(), 4);
+
+        for (w0, w1, needle) in [
+            (
+                r#","weight":0"#,
+                r#","weight":0"#,
+                "no assistant message to train on",
+            ),
+            (r#","weight":2"#, "", "`weight` must be 0 or 1, got 2"),
+        ] {
+            std::fs::write(&path, line(w0, w1)).unwrap();
+            let err = chat_samples(&path, &tok, &template)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 1") && err.contains(needle), "{err}");
+        }
+        std::fs::write(
+            &path,
+            r#"{"messages":[{"role":"user","content":"x","weight":1},{"role":"assistant","content":"y"}]}"#,
+        )
+        .unwrap();
+        let err = chat_samples(&path, &tok, &template)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only allowed on assistant"), "{err}");
     }
 }

@@ -92,7 +92,9 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     /// RL steps completed.
     pub steps: u64,
-    /// Evaluation before training, if run.
+    /// Evaluation of the model as loaded, before an SFT warm start (`eval_base/...`), if run.
+    pub eval_base: Option<BTreeMap<String, f64>>,
+    /// Evaluation before RL (after the warm start, if any), if run.
     pub eval_start: Option<BTreeMap<String, f64>>,
     /// Evaluation after training, if run.
     pub eval_end: Option<BTreeMap<String, f64>>,
@@ -185,6 +187,7 @@ struct Run {
     stray: Vec<EpisodeReport>,
     samples_file: std::fs::File,
     progress: Option<ProgressBar>,
+    eval_base: Option<BTreeMap<String, f64>>,
     eval_start: Option<BTreeMap<String, f64>>,
     eval_end: Option<BTreeMap<String, f64>>,
     /// When `run.time_limit_minutes` runs out.
@@ -371,6 +374,7 @@ pub fn train(
         stray: Vec::new(),
         samples_file,
         progress,
+        eval_base: None,
         eval_start: None,
         eval_end: None,
         deadline: None,
@@ -385,9 +389,13 @@ pub fn train(
     if let Some(bar) = &run.progress {
         bar.finish_and_clear();
     }
-    let (eval_start, eval_end) = match &outcome {
-        Ok(_) => (run.eval_start.take(), run.eval_end.take()),
-        Err(_) => (None, None),
+    let (eval_base, eval_start, eval_end) = match &outcome {
+        Ok(_) => (
+            run.eval_base.take(),
+            run.eval_start.take(),
+            run.eval_end.take(),
+        ),
+        Err(_) => (None, None, None),
     };
     // Episodes still running or unread when the run ends come back here: they are reported and
     // unused, so the final accounting (logged as `episodes/*`) closes:
@@ -424,6 +432,7 @@ pub fn train(
     let summary = TrainSummary {
         run_dir: run.run_dir.clone(),
         steps: run.state.step,
+        eval_base,
         eval_start,
         eval_end,
         episodes: run.counts,
@@ -580,10 +589,17 @@ impl Run {
             && self.state.step == 0
             && self.state.sft_steps < sft.steps
         {
+            if self.state.sft_steps == 0 && self.config.eval.at_start {
+                // The model as given, before the warm start: `eval_base/...` at step 0 (the
+                // `eval/...` of step 0 is the policy RL starts from).
+                let base = self.evaluate("eval_base")?;
+                self.log(&base, 0);
+                self.eval_base = Some(base);
+            }
             self.warm_start(runtime, slots, &sft)?;
         }
         if self.state.step == 0 && self.config.eval.at_start {
-            let eval = self.evaluate()?;
+            let eval = self.evaluate("eval")?;
             self.log(&eval, 0);
             self.eval_start = Some(eval);
         }
@@ -604,7 +620,7 @@ impl Run {
             );
         }
         if !killed && self.config.eval.at_end {
-            let eval = self.evaluate()?;
+            let eval = self.evaluate("eval")?;
             self.log(&eval, self.state.step);
             self.eval_end = Some(eval);
         }
@@ -863,13 +879,15 @@ impl Run {
             && step.is_multiple_of(self.config.eval.every)
             && step < self.config.run.max_steps
         {
-            let eval = self.evaluate()?;
+            let eval = self.evaluate("eval")?;
             self.log(&eval, step);
         }
         Ok(())
     }
 
-    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>, Error> {
+    /// Evaluates the current policy; metric names start with `prefix` (`"eval"`, or
+    /// `"eval_base"` before a warm start).
+    fn evaluate(&mut self, prefix: &str) -> Result<BTreeMap<String, f64>, Error> {
         let start = Instant::now();
         let mut stray = Vec::new();
         let mut next = 1u64 << 50 | self.state.step << 24;
@@ -884,6 +902,12 @@ impl Run {
         self.counts.reported += stray.len() as u64;
         self.stray.extend(stray);
         out.insert("eval/seconds".into(), start.elapsed().as_secs_f64());
+        if prefix != "eval" {
+            out = out
+                .into_iter()
+                .map(|(k, v)| (k.replacen("eval/", &format!("{prefix}/"), 1), v))
+                .collect();
+        }
         let summary: Vec<String> = out
             .iter()
             .filter(|(k, _)| k.contains("correct@t") || k.contains("pass@") || k.contains("delta"))

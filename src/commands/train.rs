@@ -69,7 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{label}: {}", line.join(" "));
         }
     };
-    show("eval before", &summary.eval_start);
+    show("eval before the warm start", &summary.eval_base);
+    let before = if summary.eval_base.is_some() {
+        "eval before RL"
+    } else {
+        "eval before"
+    };
+    show(before, &summary.eval_start);
     show("eval after", &summary.eval_end);
     let e = summary.episodes;
     println!(

@@ -47,6 +47,12 @@ pub struct SelfCorrectConfig {
     /// question restated: `9 + 1` for 10).
     #[serde(default)]
     pub verifier: Option<VerifierKind>,
+    /// Token budget of each attempt, in tokens: attempt `k` (0-based) may generate
+    /// `max_new_tokens[min(k, len − 1)]` tokens, e.g. `[24, 64]` for a short first answer and a
+    /// second attempt with room to check the calculation. Empty (the default): every attempt
+    /// uses the job's `sampling.max_completion_length`. Entries must be ≥ 1.
+    #[serde(default)]
+    pub max_new_tokens: Vec<usize>,
 }
 
 fn default_attempts() -> usize {
@@ -75,6 +81,7 @@ impl Default for SelfCorrectConfig {
             instruction: default_instruction(),
             correction_prompt: default_correction_prompt(),
             verifier: None,
+            max_new_tokens: Vec::new(),
         }
     }
 }
@@ -95,7 +102,7 @@ impl SelfCorrectFactory {
     /// A factory over `problems` with the built-in verifier.
     ///
     /// # Errors
-    /// [`Error::Params`] when `config.attempts` is 0.
+    /// [`Error::Params`] when `config.attempts` is 0 or a `max_new_tokens` entry is 0.
     pub fn new(problems: ProblemSet, config: SelfCorrectConfig) -> Result<Self> {
         Self::with_verifier(problems, config, Arc::new(BuiltinVerifier))
     }
@@ -103,7 +110,7 @@ impl SelfCorrectFactory {
     /// A factory whose rewards come from a user `verifier`.
     ///
     /// # Errors
-    /// [`Error::Params`] when `config.attempts` is 0.
+    /// [`Error::Params`] when `config.attempts` is 0 or a `max_new_tokens` entry is 0.
     pub fn with_verifier(
         problems: ProblemSet,
         config: SelfCorrectConfig,
@@ -113,6 +120,12 @@ impl SelfCorrectFactory {
             return Err(Error::Params {
                 env: "self_correct".into(),
                 message: "`attempts` must be at least 1".into(),
+            });
+        }
+        if let Some(k) = config.max_new_tokens.iter().position(|&n| n == 0) {
+            return Err(Error::Params {
+                env: "self_correct".into(),
+                message: format!("`max_new_tokens[{k}]` must be at least 1, got 0"),
             });
         }
         Ok(Self {
@@ -155,6 +168,17 @@ struct SelfCorrect {
 }
 
 impl SelfCorrect {
+    /// The solver's request for the next attempt, with that attempt's token budget.
+    fn ask(&mut self, messages: Vec<Message>) -> Step {
+        let budgets = &self.shared.config.max_new_tokens;
+        let mut request = self.dialogue.ask(SOLVER, messages);
+        if !budgets.is_empty() {
+            let k = self.scores.len().min(budgets.len() - 1);
+            request.sampling.max_new_tokens = Some(budgets[k]);
+        }
+        Step::Request(request)
+    }
+
     fn outcome(&self) -> Outcome {
         let correct: Vec<bool> = self.scores.iter().map(|&s| s >= 1.0).collect();
         let mut outcome = Outcome::single(SOLVER, self.scores.clone());
@@ -193,7 +217,7 @@ impl Env for SelfCorrect {
             problem.question, config.instruction
         )));
         self.problem = Some(problem);
-        Ok(Step::Request(self.dialogue.ask(SOLVER, messages)))
+        Ok(self.ask(messages))
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
@@ -202,7 +226,7 @@ impl Env for SelfCorrect {
         self.scores.push(self.shared.verifier.score(problem, text));
         if self.scores.len() < self.shared.config.attempts {
             let prompt = Message::user(&self.shared.config.correction_prompt);
-            return Ok(Step::Request(self.dialogue.ask(SOLVER, [prompt])));
+            return Ok(self.ask(vec![prompt]));
         }
         self.dialogue.finish();
         Ok(Step::Done(self.outcome()))
@@ -290,6 +314,32 @@ mod tests {
         assert_eq!(requests, again);
         let params: toml::Table = toml::from_str("attempts = 0").unwrap();
         assert!(SelfCorrectFactory::from_params("self_correct", &params).is_err());
+    }
+
+    #[tokio::test]
+    async fn each_attempt_gets_its_token_budget() {
+        let params: toml::Table =
+            toml::from_str("attempts = 3\nmax_new_tokens = [24, 64]").unwrap();
+        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make();
+        let mut budgets = Vec::new();
+        let mut step = env.reset(1).await.unwrap();
+        while let Step::Request(r) = step {
+            budgets.push(r.sampling.max_new_tokens);
+            step = env.step(&r.agent, "\\boxed{0}").await.unwrap();
+        }
+        assert_eq!(budgets, [Some(24), Some(64), Some(64)]);
+
+        let (requests, _) = play(2, 1, &["a", "b"]).await;
+        assert!(requests.iter().all(|r| r.sampling.max_new_tokens.is_none()));
+
+        let params: toml::Table = toml::from_str("max_new_tokens = [24, 0]").unwrap();
+        let err = SelfCorrectFactory::from_params("self_correct", &params)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("max_new_tokens[1]"), "{err}");
     }
 
     #[tokio::test]
