@@ -124,11 +124,13 @@ pub fn chat_samples(
     {
         let conv: Conversation =
             serde_json::from_str(line).map_err(|e| fail(i + 1, e.to_string()))?;
-        let mut trained = Vec::with_capacity(conv.messages.len());
+        // (index, trained) of every assistant message.
+        let mut assistants = Vec::new();
         for (j, m) in conv.messages.iter().enumerate() {
             match (m.role == Role::Assistant, m.weight) {
-                (true, None | Some(1)) => trained.push(true),
-                (true, Some(0)) | (false, None) => trained.push(false),
+                (true, None | Some(1)) => assistants.push((j, true)),
+                (true, Some(0)) => assistants.push((j, false)),
+                (false, None) => {}
                 (true, Some(w)) => {
                     return Err(fail(
                         i + 1,
@@ -143,21 +145,15 @@ pub fn chat_samples(
                 }
             }
         }
+        if !assistants.iter().any(|&(_, trained)| trained) {
+            return Err(fail(i + 1, "no assistant message to train on".into()));
+        }
         let messages: Vec<Message> = conv
             .messages
             .into_iter()
             .map(|m| Message::new(m.role, m.content))
             .collect();
-        if !trained.contains(&true) {
-            return Err(fail(i + 1, "no assistant message to train on".into()));
-        }
-        let assistants: Vec<usize> = messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.role == Role::Assistant)
-            .map(|(j, _)| j)
-            .collect();
-        let first = assistants[0];
+        let first = assistants[0].0;
         if first == 0 {
             return Err(fail(
                 i + 1,
@@ -166,7 +162,7 @@ pub fn chat_samples(
         }
         let mut thread = ChatThread::start(template.clone(), tokenizer, &messages[..first])?;
         let mut mask = vec![false; thread.tokens().len()];
-        for (k, &a) in assistants.iter().enumerate() {
+        for (k, &(a, trained)) in assistants.iter().enumerate() {
             if k > 0 {
                 let Some(new) = thread.continue_with(tokenizer, &messages[..a])? else {
                     return Err(fail(
@@ -177,7 +173,7 @@ pub fn chat_samples(
                 mask.extend(std::iter::repeat_n(false, new.len()));
             }
             let ids = answer_tokens(tokenizer, &messages[a].content)?;
-            mask.extend(std::iter::repeat_n(trained[a], ids.len()));
+            mask.extend(std::iter::repeat_n(trained, ids.len()));
             thread.push_completion(tokenizer, &ids, &messages[a].content)?;
         }
         let tokens = thread.tokens().to_vec();

@@ -902,12 +902,10 @@ impl Run {
         self.counts.reported += stray.len() as u64;
         self.stray.extend(stray);
         out.insert("eval/seconds".into(), start.elapsed().as_secs_f64());
-        if prefix != "eval" {
-            out = out
-                .into_iter()
-                .map(|(k, v)| (k.replacen("eval/", &format!("{prefix}/"), 1), v))
-                .collect();
-        }
+        let out: BTreeMap<String, f64> = out
+            .into_iter()
+            .map(|(k, v)| (k.replacen("eval/", &format!("{prefix}/"), 1), v))
+            .collect();
         let summary: Vec<String> = out
             .iter()
             .filter(|(k, _)| k.contains("correct@t") || k.contains("pass@") || k.contains("delta"))
