@@ -3,6 +3,8 @@
 mod allocator;
 mod commands;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 /// kaizen: reinforcement learning for LLM self-improvement.
@@ -33,6 +35,13 @@ enum Command {
     Report(commands::report::Args),
 }
 
+/// Whether console logs get ANSI colours: only on a terminal, and never when `NO_COLOR` is set
+/// to a non-empty value (<https://no-color.org>). Logs written to a file or a pipe (CI, `2>
+/// log.txt`, `| tee`) stay plain text.
+fn colour_logs(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,6 +49,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .init();
     allocator::keep_freed_memory();
     let cli = Cli::parse();
@@ -52,5 +65,23 @@ fn main() -> anyhow::Result<()> {
         Command::Runs(args) => commands::runs::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Train(args) => commands::train::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_logs;
+
+    /// Guards against ANSI colour codes in logs written to a file or pipe (issue 14.6); the
+    /// end-to-end check is `tests/logs.rs`.
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(!colour_logs(false, None), "a file or a pipe");
+        assert!(!colour_logs(true, Some("1".into())), "NO_COLOR=1");
+        assert!(
+            colour_logs(true, Some("".into())),
+            "an empty NO_COLOR does not count"
+        );
     }
 }

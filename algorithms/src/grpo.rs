@@ -23,11 +23,17 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::kl::{KlEstimator, kl_estimate};
+
+/// The importance log-ratio `log π_θ − log π_old` is clamped to `[−B, B]` before `exp`
+/// (`B = 20`, veRL's bound): the ratio and its gradient stay finite for any gap, and a token
+/// beyond the bound gets no gradient (where its clip is active it has none anyway). Ratios
+/// `e^{±20}` are far outside anything a working run produces (the clip range is `1 ± 0.2`).
+pub const LOG_RATIO_BOUND: f32 = 20.0;
 
 /// How per-token losses are aggregated into the step loss (TRL `loss_type`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,11 @@ pub struct GrpoLossConfig {
     /// policy-gradient term is weighted by `min(π_old / π_behaviour, tis_cap)` (TRL's
     /// `vllm_importance_sampling_clip_max` in `token_truncate` mode; unset: off).
     pub tis_cap: Option<f32>,
+    /// Two-sided clipping (TRL `delta`, INTELLECT-2,
+    /// <https://arxiv.org/abs/2505.07291>): the unclipped term's ratio is capped at `delta`,
+    /// which bounds a negative-advantage token's loss at `−delta · A` (PPO's own surrogate is
+    /// unbounded there); must exceed `1 + epsilon_high`. Unset (default): off.
+    pub delta: Option<f32>,
 }
 
 impl Default for GrpoLossConfig {
@@ -87,6 +98,7 @@ impl Default for GrpoLossConfig {
             loss_type: LossType::Dapo,
             entropy_coef: 0.0,
             tis_cap: None,
+            delta: None,
         }
     }
 }
@@ -132,6 +144,11 @@ impl GrpoLossConfig {
             && !(c.is_finite() && c > 0.0)
         {
             return Err(bad("tis_cap", c, "a finite value > 0"));
+        }
+        if let Some(d) = self.delta
+            && !(d.is_finite() && d > 1.0 + self.epsilon_high())
+        {
+            return Err(bad("delta", d, "a finite value > 1 + epsilon_high"));
         }
         Ok(())
     }
@@ -270,14 +287,14 @@ impl GrpoMetrics {
 /// Per token `t` (of sequence `i`, in a step of `S` sequences and `T` tokens):
 ///
 /// ```text
-/// ratio_t = exp(log π_θ − log π_old)
-/// surr1_t = ratio_t · A_t
+/// ratio_t = exp(clamp(log π_θ − log π_old, −B, B))     B = LOG_RATIO_BOUND = 20
+/// surr1_t = min(ratio_t, delta) · A_t                   (no min without `delta`)
 /// surr2_t = clamp(ratio_t, 1 − ε, 1 + ε_high) · A_t
 /// pg_t    = −min(surr1_t, surr2_t) · w_t        w_t = min(exp(log π_old − log π_behaviour), tis_cap)
 ///                                                (w_t = 1 without tis_cap / behaviour log-probs)
 /// l_t     = pg_t + β · KL_t(π_θ ‖ π_ref)
 ///
-/// grpo:     L = 1/S · Σ_i 1/|o_i| Σ_{t∈i} l_t
+/// grpo:     L = 1/S · Σ_i (1/|o_i| Σ_{t∈i} l_t)      each sequence's mean first
 /// bnpo,
 /// dapo:     L = 1/T · Σ_t l_t
 /// dr_grpo:  L = 1/(S · max_completion_length) · Σ_t l_t
@@ -285,8 +302,17 @@ impl GrpoMetrics {
 /// loss = L − entropy_coef · 1/T · Σ_t H_t
 /// ```
 ///
-/// Each aggregation is a fixed weight per token computed from `rows` and `step`, so the losses
-/// of a step's micro-batches add up to the step loss exactly.
+/// Each aggregation is linear in the per-token losses with coefficients fixed by `rows` and
+/// `step`, so the losses of a step's micro-batches add up to the step loss. `grpo` takes each
+/// sequence's mean before dividing by `S` (rather than weighting each token by the rounded
+/// `1/(S·|o_i|)`), so that where the algebra gives exactly 0 — e.g. on-policy, advantages `+a`
+/// and `−a` — the loss is exactly 0.
+///
+/// Numerical safety: no `exp` sees an unbounded argument, forward or backward. The log-ratio
+/// is clamped ([`LOG_RATIO_BOUND`]), so a trained token with any log-ratio gives a finite loss
+/// and finite gradients, zero where its clip is active (the clamp used to act on the forward
+/// value only: `exp` overflowed and `0 · inf` gave NaN); the KL is bounded as documented in
+/// [`crate::kl`]; the TIS weight is `exp(min(log π_old − log π_behaviour, ln tis_cap))`.
 ///
 /// Departures from TRL's `_compute_loss`, on purpose:
 /// - `bnpo` divides by the step's token count like `dapo`; TRL divides by the micro-batch's,
@@ -350,22 +376,27 @@ pub fn grpo_loss(
             reason: "`entropy_coef` != 0 (entropy bonus)",
         });
     }
-    let weights = token_weights(config.loss_type, rows, step)?;
-    let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), &logprobs.device());
+    let aggregate = Aggregation::new(config.loss_type, rows, step, &logprobs.device())?;
     let (eps_low, eps_high) = (config.epsilon, config.epsilon_high());
 
     // On-policy shortcut: the ratio is exp(logp − sg(logp)) = 1, its gradient ∇logp.
     let old_logprobs = old_logprobs.unwrap_or_else(|| logprobs.clone().detach());
-    let ratio = (logprobs.clone() - old_logprobs.clone()).exp();
-    let surr1 = ratio.clone() * advantages.clone();
+    let log_ratio =
+        (logprobs.clone() - old_logprobs.clone()).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND);
+    let ratio = log_ratio.exp();
+    let capped = match config.delta {
+        Some(delta) => ratio.clone().clamp_max(delta),
+        None => ratio.clone(),
+    };
+    let surr1 = capped * advantages.clone();
     let surr2 = ratio.clone().clamp(1.0 - eps_low, 1.0 + eps_high) * advantages.clone();
     let pg = surr1.min_pair(surr2).neg();
     let tis_weight = match (config.tis_cap, &behavior_logprobs) {
         (Some(cap), Some(behavior)) => Some(
             (old_logprobs.clone() - behavior.clone())
                 .detach()
-                .exp()
-                .clamp_max(cap),
+                .clamp_max(cap.ln())
+                .exp(),
         ),
         _ => None,
     };
@@ -392,8 +423,8 @@ pub fn grpo_loss(
         }
         _ => pg.clone(),
     };
-    let pg_loss = (pg * weights.clone()).sum();
-    let policy_loss = (per_token_loss * weights).sum();
+    let pg_loss = aggregate.apply(pg);
+    let policy_loss = aggregate.apply(per_token_loss);
     // TRL: "The bonus is always the mean per-token entropy regardless of `loss_type`".
     let loss = match &entropy {
         Some(h) if config.entropy_coef != 0.0 => {
@@ -444,48 +475,91 @@ pub fn grpo_loss(
     Ok(GrpoOutput { loss, metrics })
 }
 
-/// The weight of each token in the aggregated loss (see [`grpo_loss`]): `1/(S·|o_i|)` for
-/// `grpo`, `1/T` for `bnpo`/`dapo`, `1/(S·max_completion_length)` for `dr_grpo`.
-fn token_weights(
-    loss_type: LossType,
-    rows: &[usize],
-    step: &StepNormalizers,
-) -> Result<Vec<f32>, Error> {
-    let mut row_len: BTreeMap<usize, usize> = BTreeMap::new();
-    for &r in rows {
-        *row_len.entry(r).or_default() += 1;
-    }
-    for (field, value, in_batch) in [
-        ("num_tokens", step.num_tokens, rows.len()),
-        ("num_sequences", step.num_sequences, row_len.len()),
-    ] {
-        if value < in_batch {
-            return Err(Error::Normalizer {
-                field,
-                value,
-                in_batch,
-            });
+/// How a micro-batch's per-token losses become its share of the step loss (see [`grpo_loss`]):
+/// `scale · Σ_t l_t`, or, with `per_row` (`grpo`), `scale · Σ_i mean_{t∈i} l_t`.
+struct Aggregation {
+    /// `1/T` (`bnpo`, `dapo`), `1/(S · max_completion_length)` (`dr_grpo`), `1/S` (`grpo`).
+    scale: f64,
+    /// `grpo`: each token's row as a local id `0..R`, and each row's length `[R]`.
+    per_row: Option<(Tensor<1, Int>, Tensor<1>)>,
+}
+
+impl Aggregation {
+    fn new(
+        loss_type: LossType,
+        rows: &[usize],
+        step: &StepNormalizers,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, Error> {
+        let mut local: BTreeMap<usize, usize> = BTreeMap::new();
+        for &r in rows {
+            let next = local.len();
+            local.entry(r).or_insert(next);
         }
-    }
-    let sequences = step.num_sequences as f64;
-    Ok(match loss_type {
-        LossType::Grpo => rows
-            .iter()
-            .map(|r| (1.0 / (sequences * row_len[r] as f64)) as f32)
-            .collect(),
-        LossType::Bnpo | LossType::Dapo => vec![(1.0 / step.num_tokens as f64) as f32; rows.len()],
-        LossType::DrGrpo => {
-            if step.max_completion_length == 0 {
+        for (field, value, in_batch) in [
+            ("num_tokens", step.num_tokens, rows.len()),
+            ("num_sequences", step.num_sequences, local.len()),
+        ] {
+            if value < in_batch {
                 return Err(Error::Normalizer {
-                    field: "max_completion_length",
-                    value: 0,
-                    in_batch: 1,
+                    field,
+                    value,
+                    in_batch,
                 });
             }
-            let w = 1.0 / (sequences * step.max_completion_length as f64);
-            vec![w as f32; rows.len()]
         }
-    })
+        let sequences = step.num_sequences as f64;
+        Ok(match loss_type {
+            LossType::Grpo => {
+                let ids: Vec<i64> = rows.iter().map(|r| local[r] as i64).collect();
+                let mut lengths = vec![0.0f32; local.len()];
+                for &id in &ids {
+                    lengths[id as usize] += 1.0;
+                }
+                let r = lengths.len();
+                Self {
+                    scale: 1.0 / sequences,
+                    per_row: Some((
+                        Tensor::from_data(TensorData::new(ids, [rows.len()]), device),
+                        Tensor::from_data(TensorData::new(lengths, [r]), device),
+                    )),
+                }
+            }
+            LossType::Bnpo | LossType::Dapo => Self {
+                scale: 1.0 / step.num_tokens as f64,
+                per_row: None,
+            },
+            LossType::DrGrpo => {
+                if step.max_completion_length == 0 {
+                    return Err(Error::Normalizer {
+                        field: "max_completion_length",
+                        value: 0,
+                        in_batch: 1,
+                    });
+                }
+                Self {
+                    scale: 1.0 / (sequences * step.max_completion_length as f64),
+                    per_row: None,
+                }
+            }
+        })
+    }
+
+    /// The aggregated `[1]` loss of per-token losses `[n]`.
+    fn apply(&self, per_token: Tensor<1>) -> Tensor<1> {
+        match &self.per_row {
+            None => per_token.sum() * self.scale,
+            Some((rows, lengths)) => {
+                let sums = Tensor::<1>::zeros(lengths.shape(), &lengths.device()).select_assign(
+                    0,
+                    rows.clone(),
+                    per_token,
+                    IndexingUpdateOp::Add,
+                );
+                (sums / lengths.clone()).sum() * self.scale
+            }
+        }
+    }
 }
 
 fn check_len(input: &'static str, actual: usize, expected: usize) -> Result<(), Error> {
@@ -629,6 +703,86 @@ pub(crate) mod tests {
         assert_eq!(g[3], 0.0);
     }
 
+    /// Guards against the clip acting on the forward value only (issue 14.3): a trained token
+    /// with a huge log-ratio gave a finite loss but a NaN gradient (`0 · exp(∞)`) with a
+    /// positive advantage, and an infinite loss with a negative one. Now both are finite, and
+    /// the gradient is exactly 0 where the clip (or the log-ratio bound) is active.
+    #[test]
+    fn huge_log_ratios_give_finite_losses_and_zero_gradients() {
+        let device = Device::flex().autodiff();
+        let step = StepNormalizers {
+            num_sequences: 4,
+            num_tokens: 4,
+            max_completion_length: 8,
+        };
+        // log-ratios 1000 (A > 0), 1000 (A < 0), −1000 (A < 0), −1000 (A > 0).
+        let old = [-1000.5f32, -1000.5, -0.5, -0.5];
+        let logp = [-0.5f32, -0.5, -1000.5, -1000.5];
+        let adv = [1.0f32, -1.0, -1.0, 1.0];
+        let run = |config: &GrpoLossConfig| {
+            let logprobs = tensor(&logp, &device).require_grad();
+            let batch = GrpoBatch {
+                logprobs: logprobs.clone(),
+                old_logprobs: Some(tensor(&old, &device)),
+                behavior_logprobs: Some(tensor(&old, &device)),
+                advantages: tensor(&adv, &device),
+                ref_logprobs: Some(tensor(&old, &device)),
+                entropy: None,
+                rows: &[0, 1, 2, 3],
+                turns: None,
+            };
+            let out = grpo_loss(batch, &step, config).unwrap();
+            let loss = values(out.loss.clone())[0];
+            let g = values(logprobs.grad(&out.loss.backward()).unwrap());
+            (loss, g, out.metrics)
+        };
+        for loss_type in [LossType::Grpo, LossType::Dapo] {
+            let config = GrpoLossConfig {
+                loss_type,
+                tis_cap: Some(2.0),
+                ..GrpoLossConfig::default()
+            };
+            let (loss, g, m) = run(&config);
+            assert!(loss.is_finite(), "{loss_type:?}: loss {loss}");
+            // Token 0: ratio clipped at 1.2 (A > 0), no gradient. Token 1: A < 0, unclipped
+            // PPO term −A·ratio with the ratio at its bound e^20: finite, no gradient beyond
+            // the bound. Tokens 2 and 3: ratio e^−20, clipped at 0.8 for A < 0 (no gradient),
+            // unclipped for A > 0 (gradient −A·ratio/T ≈ −5e−10).
+            assert_eq!(&g[..3], &[0.0, 0.0, 0.0], "{loss_type:?}: {g:?}");
+            assert!(g[3].is_finite() && g[3].abs() < 1e-8, "{g:?}");
+            let bound = LOG_RATIO_BOUND.exp();
+            let want = (-1.2 + bound + 0.8 - (-LOG_RATIO_BOUND).exp()) / 4.0;
+            assert!((loss - want).abs() / want < 1e-6, "{loss} vs {want}");
+            assert!(m.approx_kl.is_finite() && m.ratio_max.is_finite(), "{m:?}");
+        }
+        // With two-sided clipping (TRL `delta`) the negative-advantage loss is bounded by delta.
+        let config = GrpoLossConfig {
+            delta: Some(4.0),
+            ..GrpoLossConfig::default()
+        };
+        let (loss, g, _) = run(&config);
+        assert!(g.iter().all(|x| x.is_finite()));
+        assert_eq!(g[1], 0.0);
+        let want = (-1.2 + 4.0 + 0.8 - (-LOG_RATIO_BOUND).exp()) / 4.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        // With the KL to a far reference as well (β > 0): finite loss and gradient.
+        let config = GrpoLossConfig {
+            beta: 0.1,
+            ..GrpoLossConfig::default()
+        };
+        let (loss, g, m) = run(&config);
+        assert!(
+            loss.is_finite() && g.iter().all(|x| x.is_finite()),
+            "{loss} {g:?}"
+        );
+        assert!(m.kl.unwrap().is_finite());
+        let bad = GrpoLossConfig {
+            delta: Some(1.1),
+            ..GrpoLossConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("delta"));
+    }
+
     #[test]
     fn ratio_outside_the_range_on_the_other_side_keeps_its_gradient() {
         // Ratio 1.5 with A < 0 and ratio 0.6 with A > 0 are not clipped: min picks surr1.
@@ -709,8 +863,10 @@ pub(crate) mod tests {
             ..GrpoLossConfig::default()
         };
         let out = grpo_loss(batch, &step, &config).unwrap();
-        // On-policy: ratio 1, L = 1/2 (−1 + 1) = 0; ∂L/∂logp_t = −A_i / (S · |o_i|).
-        assert!(values(out.loss.clone())[0].abs() < 1e-7);
+        // On-policy: ratio 1, L = 1/2 (−1 + 1) = 0 exactly (issue 14.5: per-token weights
+        // 1/(S·|o_i|) rounded in f32 gave 4.5e-8); ∂L/∂logp_t = −A_i / (S · |o_i|).
+        assert_eq!(values(out.loss.clone())[0], 0.0);
+        assert_eq!(out.metrics.loss, 0.0);
         let g = values(logprobs.grad(&out.loss.backward()).unwrap());
         let (a, b) = (-1.0 / 6.0, 1.0 / 4.0);
         assert_close(&g, &[a, a, a, b, b], 1e-7);
@@ -1094,13 +1250,14 @@ pub(crate) mod tests {
     fn config_reads_trl_names_from_toml() {
         let c: GrpoLossConfig = toml::from_str(
             "epsilon = 0.2\nepsilon_high = 0.28\nbeta = 0.04\nkl_estimator = \"k1\"\n\
-             loss_type = \"dr_grpo\"\nentropy_coef = 0.001\ntis_cap = 2.0",
+             loss_type = \"dr_grpo\"\nentropy_coef = 0.001\ntis_cap = 2.0\ndelta = 4.0",
         )
         .unwrap();
         assert_eq!(c.epsilon_high(), 0.28);
         assert_eq!(c.kl_estimator, KlEstimator::K1);
         assert_eq!(c.loss_type, LossType::DrGrpo);
         assert_eq!(c.tis_cap, Some(2.0));
+        assert_eq!(c.delta, Some(4.0));
         let d: GrpoLossConfig = toml::from_str("").unwrap();
         assert_eq!(d, GrpoLossConfig::default());
         assert_eq!(d.epsilon_high(), 0.2);

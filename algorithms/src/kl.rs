@@ -10,9 +10,33 @@
 //! k2 = ½ (log r)²             biased (low when q ≈ p), low variance, ≥ 0
 //! k3 = (r − 1) − log r        unbiased, low variance, ≥ 0 per token (GRPO's choice)
 //! ```
+//!
+//! # Bounded for any gap
+//!
+//! k3 exponentiates the log-ratio: once the policy has drifted far from the reference
+//! (`log r` in the tens), `exp` overflows f32 and the KL, the loss and the gradient become
+//! `inf`. [`kl_estimate`] therefore continues `exp` by its tangent beyond
+//! `log r = `[`KL_LOG_RATIO_BOUND`]:
+//!
+//! ```text
+//! exp_b(x) = exp(x)                      x ≤ B
+//!          = exp(B) · (1 + (x − B))      x > B          (B = KL_LOG_RATIO_BOUND = 20)
+//! k3       = exp_b(log r) − log r − 1
+//! ```
+//!
+//! `exp_b` is continuous with a continuous derivative at `B`, so below the bound the values
+//! and gradients are exactly k3's, and above it the estimate keeps growing (linearly) and its
+//! gradient keeps pushing the policy back toward the reference with a finite slope
+//! `exp(B) − 1`. (Clamping `log r` instead would flip the gradient's sign beyond the bound, and
+//! clamping the result, as veRL's `low_var_kl` does, would drop the penalty's gradient where it
+//! matters most.) For `log r → −∞` k3 has no overflow (`exp → 0`).
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+/// Where `k3`'s `exp(log r)` is continued by its tangent (see the module docs): `exp(20) ≈
+/// 4.9e8`, far above any log-ratio a working run sees, far below f32's overflow at 88.7.
+pub const KL_LOG_RATIO_BOUND: f32 = 20.0;
 
 /// Which KL estimator to use (the `k1`/`k2`/`k3` of Schulman's note).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +55,11 @@ pub enum KlEstimator {
 /// `sampled_logprobs = log q(x)` and `other_logprobs = log p(x)`; with `log r = log p − log q`:
 ///
 /// ```text
-/// k1 = −log r,   k2 = ½ (log r)²,   k3 = exp(log r) − log r − 1
+/// k1 = −log r,   k2 = ½ (log r)²,   k3 = exp_b(log r) − log r − 1
 /// ```
+///
+/// where `exp_b` is `exp` up to [`KL_LOG_RATIO_BOUND`] and its tangent beyond, so the estimate
+/// and its gradient are finite for any finite gap (module docs).
 ///
 /// For the GRPO penalty `KL(π_θ ‖ π_ref)` pass `(log π_θ, log π_ref)`, which gives TRL's
 /// `exp(ref − logp) − (ref − logp) − 1` for k3. Differentiable in both inputs.
@@ -56,8 +83,16 @@ pub fn kl_estimate<const D: usize>(
     match estimator {
         KlEstimator::K1 => log_r.neg(),
         KlEstimator::K2 => log_r.square().mul_scalar(0.5),
-        KlEstimator::K3 => log_r.clone().exp() - log_r - 1.0,
+        KlEstimator::K3 => bounded_exp(log_r.clone(), KL_LOG_RATIO_BOUND) - log_r - 1.0,
     }
+}
+
+/// `exp(x)` for `x ≤ bound`, `exp(bound) · (1 + x − bound)` above: finite with a finite
+/// gradient for any finite `x`, bit-identical to `exp` below the bound.
+fn bounded_exp<const D: usize>(x: Tensor<D>, bound: f32) -> Tensor<D> {
+    let clamped = x.clone().clamp_max(bound);
+    let excess = x - clamped.clone();
+    clamped.exp() * (excess + 1.0)
 }
 
 #[cfg(test)]
@@ -104,6 +139,47 @@ mod tests {
         assert!((k3[1] - (2.8f32.exp() - 3.8)).abs() < 1e-5);
         let k2 = values(kl_estimate(logq, logp, KlEstimator::K2));
         assert!((k2[0] - 0.5 * 1.9 * 1.9).abs() < 1e-6);
+    }
+
+    /// Guards against the KL penalty overflowing (issue 14.2): once the policy drifts far from
+    /// the reference, k3's `exp(log r)` was `inf` and so were the loss and the gradient. Now
+    /// they are finite for any gap, unchanged for small gaps, and the gradient still points
+    /// back toward the reference.
+    #[test]
+    fn k3_stays_finite_for_any_gap_and_is_unchanged_for_small_ones() {
+        let device = Device::flex().autodiff();
+        // log r = ref − logp: 0.5, 19.9, 20, 25, 100, 1000, −1000.
+        let logp = [-1.0f32, -20.0, -21.0, -30.0, -101.0, -1001.0, -0.1];
+        let reference = [-0.5f32, -0.1, -1.0, -5.0, -1.0, -1.0, -1000.1];
+        let logq = tensor(&logp, &device).require_grad();
+        let k3 = kl_estimate(logq.clone(), tensor(&reference, &device), KlEstimator::K3);
+        let v = values(k3.clone());
+        let g = values(logq.grad(&k3.sum().backward()).unwrap());
+        assert!(v.iter().chain(&g).all(|x| x.is_finite()), "{v:?} {g:?}");
+        let exact = |lr: f32| lr.exp() - lr - 1.0;
+        assert_eq!(v[0], exact(0.5), "bit-identical below the bound");
+        assert!((v[1] - exact(19.9)).abs() / exact(19.9) < 1e-6);
+        assert!((g[0] - (1.0 - 0.5f32.exp())).abs() < 1e-6);
+        // Beyond the bound: tangent continuation, slope exp(B) − 1 in log r.
+        let b = KL_LOG_RATIO_BOUND;
+        let tangent = |lr: f32| b.exp() * (1.0 + lr - b) - lr - 1.0;
+        for (i, lr) in [(3, 25.0f32), (4, 100.0), (5, 1000.0)] {
+            assert!(
+                (v[i] - tangent(lr)).abs() / tangent(lr) < 1e-5,
+                "{i}: {v:?}"
+            );
+            assert!(
+                (g[i] - (1.0 - b.exp())).abs() / b.exp() < 1e-6,
+                "{i}: gradient {g:?} must keep pushing log π_θ up"
+            );
+        }
+        assert!(
+            v[3] < v[4] && v[4] < v[5],
+            "still increasing in the gap: {v:?}"
+        );
+        // log r = −1000: exp underflows to 0, k3 = 999, gradient 1.
+        assert!((v[6] - 999.0).abs() < 1e-3);
+        assert!((g[6] - 1.0).abs() < 1e-6);
     }
 
     #[test]

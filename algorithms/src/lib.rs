@@ -80,6 +80,6 @@ pub use error::Error;
 pub use grpo::{
     GrpoBatch, GrpoLossConfig, GrpoMetrics, GrpoOutput, LossType, StepNormalizers, grpo_loss,
 };
-pub use kl::{KlEstimator, kl_estimate};
+pub use kl::{KL_LOG_RATIO_BOUND, KlEstimator, kl_estimate};
 pub use multi_turn::{TurnAdvantages, returns_to_go, segment_advantages, turn_advantages};
 pub use sft::{SftMetrics, SftOutput, sft_loss};

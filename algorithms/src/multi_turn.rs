@@ -30,6 +30,17 @@
 //! Sample a's first attempt is credited for the correction it led to; b, right at once, is
 //! compared with a and c at turn 0 only.
 //!
+//! # Only trained turns are compared
+//!
+//! A turn that will not be trained — its tokens all dropped before the loss (a thread skipped
+//! for its mixed temperatures, a stale sample, an empty completion, an untrainable segment) —
+//! takes no part in its group's comparison at its turn index: it neither moves the baseline nor
+//! the standard deviation of the turns that are trained, and gets advantage 0. Otherwise a
+//! sibling that is never trained would hand the remaining member a large advantage (with two
+//! members, `±1/(σ + eps)`) for nothing it did. A group left with one trained member at some
+//! turn gets 0 there, as any group of one. (Such a turn's rewards still enter *earlier* turns'
+//! returns: they are consequences of those turns.)
+//!
 //! # Progress bonus (SCoRe)
 //!
 //! With `progress_bonus = α > 0`, turn `k ≥ 1` is judged on
@@ -94,6 +105,17 @@ pub fn turn_advantages<K: Ord + Clone>(
     groups: &[K],
     config: &AdvantageConfig,
 ) -> Result<TurnAdvantages, Error> {
+    trained_turn_advantages(turn_rewards, None, groups, config)
+}
+
+/// [`turn_advantages`] where only the turns with `trained[i][k]` (default: all) are compared at
+/// their turn index (see the module docs); the others get 0.
+fn trained_turn_advantages<K: Ord + Clone>(
+    turn_rewards: &[Vec<f32>],
+    trained: Option<&[Vec<bool>]>,
+    groups: &[K],
+    config: &AdvantageConfig,
+) -> Result<TurnAdvantages, Error> {
     if groups.len() != turn_rewards.len() {
         return Err(Error::Length {
             input: "groups",
@@ -136,8 +158,9 @@ pub fn turn_advantages<K: Ord + Clone>(
     let mut advantages: Vec<Vec<f32>> = returns.iter().map(|g| vec![0.0; g.len()]).collect();
     let max_turns = returns.iter().map(Vec::len).max().unwrap_or(0);
     for k in 0..max_turns {
+        let is_trained = |i: usize| trained.is_none_or(|t| t[i].get(k).copied().unwrap_or(false));
         let present: Vec<usize> = (0..returns.len())
-            .filter(|&i| returns[i].len() > k)
+            .filter(|&i| returns[i].len() > k && is_trained(i))
             .collect();
         let g_k: Vec<f32> = present.iter().map(|&i| returns[i][k]).collect();
         let keys: Vec<&K> = present.iter().map(|&i| &groups[i]).collect();
@@ -163,18 +186,36 @@ pub fn turn_advantages<K: Ord + Clone>(
 /// `outcome.rewards[agent]` (0 for agents without rewards), and it is compared with the same
 /// agent at the same turn index in trajectories of the same `group_id`.
 ///
-/// Returns `advantages[t][s]` for segment `s` of trajectory `t`. Segments that are not
-/// trainable get an advantage too (they count as turns and their rewards flow into earlier
-/// turns' returns); the learner simply leaves their tokens out of the loss. `num_groups` and
+/// `trained[t][s]` says whether segment `s` of trajectory `t` will have tokens in the loss
+/// (`None`: every segment): only trained segments are compared at their turn index (module
+/// docs); the others get 0 but still count as turns, their rewards flowing into earlier turns'
+/// returns.
+///
+/// Returns `advantages[t][s]` for segment `s` of trajectory `t`. `num_groups` and
 /// `zero_signal_groups` count `group_id`s.
 ///
 /// # Errors
 /// [`Error::Trajectory`] when a trajectory's rewards do not have one finite entry per turn,
-/// [`Error::Config`] for `gamma` outside `[0, 1]`.
+/// [`Error::Config`] for `gamma` outside `[0, 1]`, [`Error::Length`] when `trained` does not
+/// have one entry per trajectory.
 pub fn segment_advantages(
     trajectories: &[Trajectory],
+    trained: Option<&[Vec<bool>]>,
     config: &AdvantageConfig,
 ) -> Result<TurnAdvantages, Error> {
+    if let Some(trained) = trained
+        && trained.len() != trajectories.len()
+    {
+        return Err(Error::Length {
+            input: "trained",
+            reference: "trajectories",
+            expected: trajectories.len(),
+            actual: trained.len(),
+        });
+    }
+    let segment_trained =
+        |t: usize, s: usize| trained.is_none_or(|m| m[t].get(s).copied().unwrap_or(false));
+    let mut turn_trained: Vec<Vec<bool>> = Vec::new();
     // One "sample" per (trajectory, agent): its rewards and the segments they belong to.
     let mut rewards: Vec<Vec<f32>> = Vec::new();
     let mut keys: Vec<(u64, &AgentId)> = Vec::new();
@@ -188,12 +229,13 @@ pub fn segment_advantages(
             entry.1.push(s);
         }
         for (agent, (r, segments)) in by_agent {
+            turn_trained.push(segments.iter().map(|&s| segment_trained(t, s)).collect());
             rewards.push(r);
             keys.push((trajectory.group_id, agent));
             places.push((t, segments));
         }
     }
-    let turns = turn_advantages(&rewards, &keys, config)?;
+    let turns = trained_turn_advantages(&rewards, Some(&turn_trained), &keys, config)?;
 
     let mut advantages: Vec<Vec<f32>> = trajectories
         .iter()
@@ -393,13 +435,101 @@ mod tests {
                 Outcome::single("solver", vec![1.0]),
             ),
         ];
-        let out = segment_advantages(&batch, &config(ScaleRewards::None, 1.0)).unwrap();
+        let out = segment_advantages(&batch, None, &config(ScaleRewards::None, 1.0)).unwrap();
         // Solver turn 0: returns 1 vs 0 -> ±0.5; solver turn 1: 1 vs 0 -> ±0.5;
         // critic turn 0: 1 vs 0 -> ±0.5.
         close(&out.advantages[0], &[0.5, 0.5, 0.5]);
         close(&out.advantages[1], &[-0.5, -0.5, -0.5]);
         close(&out.advantages[2], &[0.0]);
         assert_eq!((out.num_groups, out.zero_signal_groups), (2, 1));
+    }
+
+    /// Guards against untrained group members shaping their siblings' advantages (issue
+    /// 14.4): a member whose tokens are all dropped before the loss used to enter its group's
+    /// mean and std, handing the remaining members advantages earned by comparison with a
+    /// sample that is never trained.
+    #[test]
+    fn members_that_are_not_trained_take_no_part_in_the_baseline() {
+        let one_turn = |g: u64, r: f32| {
+            trajectory(
+                g,
+                vec![segment("solver", true)],
+                Outcome::single("solver", vec![r]),
+            )
+        };
+        // Group 0: rewards 1, 0, 0, 1 with the last member dropped (e.g. mixed temperature).
+        // Group 1: rewards 1, 0 with the 0 dropped: one trained member left, advantage 0.
+        let batch = [
+            one_turn(0, 1.0),
+            one_turn(0, 0.0),
+            one_turn(0, 0.0),
+            one_turn(0, 1.0),
+            one_turn(1, 1.0),
+            one_turn(1, 0.0),
+        ];
+        let trained = vec![
+            vec![true],
+            vec![true],
+            vec![true],
+            vec![false],
+            vec![true],
+            vec![false],
+        ];
+        let cfg = config(ScaleRewards::Group, 1.0);
+        let out = segment_advantages(&batch, Some(&trained), &cfg).unwrap();
+        // Trained members of group 0: 1, 0, 0 -> mean 1/3, unbiased std sqrt(1/3).
+        let sd = (1.0f64 / 3.0).sqrt();
+        let a = |r: f64| ((r - 1.0 / 3.0) / (sd + crate::STD_EPS)) as f32;
+        close(
+            &[
+                out.advantages[0][0],
+                out.advantages[1][0],
+                out.advantages[2][0],
+            ],
+            &[a(1.0), a(0.0), a(0.0)],
+        );
+        assert_eq!(out.advantages[3], vec![0.0]);
+        assert_eq!(
+            out.advantages[4],
+            vec![0.0],
+            "a group of one trained member"
+        );
+        assert_eq!(out.advantages[5], vec![0.0]);
+        assert_eq!((out.num_groups, out.zero_signal_groups), (2, 1));
+        // Without the mask the dropped members would move the baseline (the old behaviour).
+        let all = segment_advantages(&batch, None, &cfg).unwrap();
+        let lone = (0.5 / (0.5f64.sqrt() + crate::STD_EPS)) as f32;
+        assert!((all.advantages[4][0] - lone).abs() < 1e-6);
+        assert!((all.advantages[0][0] - a(1.0)).abs() > 0.1);
+
+        // Multi-turn: a dropped second turn leaves the first turn's comparison alone, and its
+        // reward still flows into its own first turn's return.
+        let two = |r: [f32; 2]| {
+            trajectory(
+                5,
+                vec![segment("solver", true), segment("solver", true)],
+                Outcome::single("solver", r.to_vec()),
+            )
+        };
+        let batch = [two([0.0, 1.0]), two([0.0, 0.0]), two([1.0, 1.0])];
+        let trained = vec![vec![true, true], vec![true, false], vec![true, true]];
+        let cfg = config(ScaleRewards::None, 1.0);
+        let out = segment_advantages(&batch, Some(&trained), &cfg).unwrap();
+        // Turn 0 returns 1, 0, 2 (mean 1); turn 1 among trained: 1, 1 (mean 1).
+        close(&out.advantages[0], &[0.0, 0.0]);
+        close(&out.advantages[1], &[-1.0, 0.0]);
+        close(&out.advantages[2], &[1.0, 0.0]);
+        let err = segment_advantages(&batch, Some(&trained[..2]), &cfg).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Length {
+                    input: "trained",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -409,7 +539,7 @@ mod tests {
             vec![segment("solver", true)],
             Outcome::single("solver", vec![1.0, 0.0]),
         );
-        let err = segment_advantages(&[bad], &AdvantageConfig::default()).unwrap_err();
+        let err = segment_advantages(&[bad], None, &AdvantageConfig::default()).unwrap_err();
         assert!(matches!(err, Error::Trajectory(_)), "{err}");
         assert!(err.to_string().contains("solver"), "{err}");
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::optimizer::{AdamW, AdamWConfig};
-use crate::samples::{Sample, build_samples, micro_batches};
+use crate::samples::{Sample, build_samples, micro_batches, trained_mask};
 use crate::schedule::Schedule;
 
 /// Hyper-parameters of the learner's update (TRL `GRPOConfig` names where they exist).
@@ -122,7 +122,8 @@ impl Learner {
     /// One GRPO step on `trajectories` (a step's groups, in a deterministic order), given the
     /// newest published weights version (for policy lag).
     ///
-    /// Advantages are group-relative per turn (`kaizen_algorithms::segment_advantages`);
+    /// Advantages are group-relative per turn (`kaizen_algorithms::segment_advantages`), over
+    /// the segments that are trained (not stale, not in a skipped thread);
     /// each conversation thread is one sequence; the loss is `kaizen_algorithms::grpo_loss`
     /// summed over `gradient_accumulation_steps` micro-batches with step-level normalisers;
     /// then one AdamW update with global-norm clipping.
@@ -135,12 +136,18 @@ impl Learner {
         newest: WeightsVersion,
     ) -> Result<StepMetrics, Error> {
         let start = Instant::now();
-        let advantages = segment_advantages(trajectories, &self.advantage)?;
-        let (samples, skipped) = build_samples(trajectories, &advantages.advantages);
+        let (samples, skipped) = build_samples(trajectories);
         let total = samples.len();
-        let (fresh, stale): (Vec<Sample>, Vec<Sample>) = samples
+        let (mut fresh, stale): (Vec<Sample>, Vec<Sample>) = samples
             .into_iter()
             .partition(|s| s.version.lag(newest) <= self.config.max_policy_lag);
+        // Baselines over the samples that are trained: a skipped thread or a stale sample
+        // does not shape its siblings' advantages.
+        let trained = trained_mask(trajectories, &fresh);
+        let advantages = segment_advantages(trajectories, Some(&trained), &self.advantage)?;
+        for sample in &mut fresh {
+            sample.assign_advantages(&advantages.advantages[sample.trajectory]);
+        }
         let mut metrics = StepMetrics::new();
         metrics.insert("samples".into(), total as f64);
         metrics.insert("dropped_stale".into(), stale.len() as f64);

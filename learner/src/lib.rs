@@ -39,7 +39,7 @@ pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
 pub use learner::{Learner, LearnerConfig, StepMetrics};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};
-pub use samples::{Sample, SkippedThreads, build_samples, micro_batches};
+pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_mask};
 pub use schedule::{Schedule, SchedulerType};
 pub use sft_data::{chat_samples, demonstration_samples};
 pub use trainer::{

@@ -24,6 +24,8 @@ pub struct Sample {
     pub temperature: f32,
     /// Index of the trajectory in the step's list.
     pub trajectory: usize,
+    /// The trajectory's segment index of each trained turn (`turns` indexes it).
+    pub trained_segments: Vec<usize>,
     /// Oldest weights version among the trained segments.
     pub version: WeightsVersion,
 }
@@ -37,6 +39,19 @@ impl Sample {
     /// Whether every trained token has advantage exactly 0 (no policy-gradient signal).
     pub fn zero_signal(&self) -> bool {
         self.advantages.iter().all(|&a| a == 0.0)
+    }
+
+    /// Sets each trained token's advantage to its segment's: `per_segment[s]` for segment `s`
+    /// of this sample's trajectory (0 for a segment without an entry).
+    pub fn assign_advantages(&mut self, per_segment: &[f32]) {
+        for i in 0..self.tokens.len() {
+            self.advantages[i] = if self.loss_mask[i] {
+                let segment = self.trained_segments[self.turns[i] as usize];
+                per_segment.get(segment).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+        }
     }
 
     /// Trained tokens' values of `per_token` (advantages, behaviour log-probs), in order.
@@ -58,17 +73,34 @@ pub struct SkippedThreads {
     pub mixed_temperature: usize,
 }
 
-/// Builds the training sequences of `trajectories`, with `advantages[t][s]` the advantage of
-/// segment `s` of trajectory `t` (from `kaizen_algorithms::segment_advantages`).
+/// Which segments of `trajectories` have at least one token in the loss of `samples`:
+/// `mask[t][s]` for segment `s` of trajectory `t`. A segment whose thread was skipped, whose
+/// sample was dropped, or whose completion is empty is not trained; advantages are compared
+/// over trained segments only (`kaizen_algorithms::segment_advantages`).
+pub fn trained_mask(trajectories: &[Trajectory], samples: &[Sample]) -> Vec<Vec<bool>> {
+    let mut mask: Vec<Vec<bool>> = trajectories
+        .iter()
+        .map(|t| vec![false; t.segments.len()])
+        .collect();
+    for sample in samples {
+        for (turn, &m) in sample.turns.iter().zip(&sample.loss_mask) {
+            if m {
+                mask[sample.trajectory][sample.trained_segments[*turn as usize]] = true;
+            }
+        }
+    }
+    mask
+}
+
+/// Builds the training sequences of `trajectories`, with every advantage 0: set them with
+/// [`Sample::assign_advantages`] once they are known (they depend on which samples are kept,
+/// see [`trained_mask`]).
 ///
 /// Each conversation thread becomes one sequence (one forward pass), whatever number of turns it
 /// has; its loss mask covers the completion tokens of its trainable segments, whose tokens take
 /// their segment's advantage. The prompt tokens of later turns (rendered environment messages)
 /// are context only.
-pub fn build_samples(
-    trajectories: &[Trajectory],
-    advantages: &[Vec<f32>],
-) -> (Vec<Sample>, SkippedThreads) {
+pub fn build_samples(trajectories: &[Trajectory]) -> (Vec<Sample>, SkippedThreads) {
     let mut samples = Vec::new();
     let mut skipped = SkippedThreads::default();
     for (t, trajectory) in trajectories.iter().enumerate() {
@@ -102,6 +134,7 @@ pub fn build_samples(
                 turns: Vec::new(),
                 temperature,
                 trajectory: t,
+                trained_segments: trained.clone(),
                 version: trained
                     .iter()
                     .map(|&s| trajectory.segments[s].weights_version)
@@ -121,17 +154,10 @@ pub fn build_samples(
                 sample
                     .behavior_logprobs
                     .extend(std::iter::repeat_n(0.0, n_prompt));
-                let advantage = advantages
-                    .get(t)
-                    .and_then(|a| a.get(s))
-                    .copied()
-                    .unwrap_or(0.0);
                 sample.tokens.extend_from_slice(&seg.completion_tokens);
                 for (i, _) in seg.completion_tokens.iter().enumerate() {
                     sample.loss_mask.push(seg.trainable);
-                    sample
-                        .advantages
-                        .push(if seg.trainable { advantage } else { 0.0 });
+                    sample.advantages.push(0.0);
                     sample
                         .behavior_logprobs
                         .push(seg.behavior_logprobs.get(i).copied().unwrap_or(0.0));
@@ -237,7 +263,9 @@ mod tests {
             ],
             outcome: Outcome::default(),
         };
-        let (samples, skipped) = build_samples(&[t], &[vec![0.5, 9.0, -1.0]]);
+        let (mut samples, skipped) = build_samples(std::slice::from_ref(&t));
+        samples[0].assign_advantages(&[0.5, 9.0, -1.0]);
+        assert_eq!(trained_mask(&[t], &samples), vec![vec![true, false, true]]);
         assert_eq!(
             skipped.untrained, 1,
             "the untrained judging thread is skipped"
@@ -270,6 +298,7 @@ mod tests {
             turns: vec![0; n],
             temperature: 1.0,
             trajectory: 0,
+            trained_segments: vec![0],
             version: WeightsVersion(0),
         };
         let samples: Vec<Sample> = [10, 50, 20, 40, 30, 60].iter().map(|&n| mk(n)).collect();
@@ -304,6 +333,7 @@ mod tests {
                 loss_mask,
                 temperature: 1.0,
                 trajectory: 0,
+                trained_segments: vec![0],
                 version: WeightsVersion(0),
             }
         };

@@ -23,6 +23,7 @@ fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
         turns: vec![0; n],
         temperature: 1.0,
         trajectory: index,
+        trained_segments: vec![0],
         version: WeightsVersion(0),
     }
 }
@@ -30,7 +31,7 @@ fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
 /// The answer as trained tokens: its encoding followed by the tokenizer's first EOS id, so the
 /// model learns to stop.
 fn answer_tokens(tokenizer: &Tokenizer, answer: &str) -> Result<Vec<u32>, Error> {
-    let mut ids = tokenizer.encode(answer, false)?;
+    let mut ids = tokenizer.encode_text(answer)?;
     ids.extend(tokenizer.eos_token_ids().first());
     Ok(ids)
 }
@@ -186,6 +187,7 @@ pub fn chat_samples(
             turns: vec![0; n],
             temperature: 1.0,
             trajectory: out.len(),
+            trained_segments: vec![0],
             version: WeightsVersion(0),
         });
     }

@@ -2,6 +2,7 @@
 //! for synthetic tasks.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -12,9 +13,17 @@ const BUILTIN_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|
 
 /// A text ⇄ token-id mapping (any Hugging Face `tokenizer.json`) with the ids kaizen needs to
 /// know: end-of-sequence ids (generation stops on them), and optional BOS/pad ids.
+///
+/// Two ways to encode: [`Tokenizer::encode`] matches special-token strings (`<|im_end|>`) as
+/// their special ids, for text a template or a user wrote as markup; [`Tokenizer::encode_text`]
+/// encodes *content* (a message, an environment's reply, a completion's text) as plain text, so
+/// that a literal marker string inside it can never end a turn or forge a role.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` with special-token matching off (`encode_special_tokens = true`, Hugging Face's
+    /// `split_special_tokens`), for [`Tokenizer::encode_text`].
+    plain: Arc<tokenizers::Tokenizer>,
     eos_token_ids: Vec<u32>,
     bos_token_id: Option<u32>,
     pad_token_id: Option<u32>,
@@ -28,10 +37,13 @@ impl Tokenizer {
         let first = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let eos = first(&["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"]);
         let bos = first(&["<s>", "<|begin_of_text|>"]);
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
         Self {
             eos_token_ids: eos.into_iter().collect(),
             bos_token_id: bos,
             pad_token_id: None,
+            plain: Arc::new(plain),
             inner,
         }
     }
@@ -116,7 +128,9 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Encodes text. `add_special_tokens` runs the tokenizer's post-processor (e.g. adds BOS).
+    /// Encodes markup: special-token strings in `text` (e.g. `<|im_start|>`) become their
+    /// special ids. `add_special_tokens` runs the tokenizer's post-processor (e.g. adds BOS).
+    /// For content that must stay text whatever it contains, use [`Tokenizer::encode_text`].
     ///
     /// # Errors
     /// [`Error::Tokenizer`] with the library's message.
@@ -124,6 +138,22 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode(text, add_special_tokens)
+            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Encodes content as plain text: a special-token string inside it (`<|im_end|>`) is
+    /// tokenized like any other text, never as the special id, so a message, an environment's
+    /// reply or a self-play opponent's text cannot end a turn or forge a role. Decoding the ids
+    /// with specials kept gives `text` back. Text without special-token strings gets the same
+    /// ids as [`Tokenizer::encode`]. No post-processing (no BOS).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] with the library's message.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .plain
+            .encode(text, false)
             .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }

@@ -13,7 +13,9 @@ pub struct Args {
     /// `tiny` (built-in random model, byte-level tokenizer) or a model directory.
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// The prompt text.
+    /// The prompt. With `--chat` it is the user message's content (plain text: a
+    /// special-token string in it stays text); without, it is the raw prompt, markup included
+    /// (`<|im_start|>` becomes the special id).
     #[arg(long)]
     pub prompt: String,
     /// Render the prompt as a user message with the model's chat template.

@@ -233,7 +233,9 @@ fn summarize(dir: &Path, state: &MirrorState) -> MirrorSummary {
         uri: state.uri.clone(),
         run_id: state.run_id.clone(),
         delivered: state.delivered,
-        pending: spool_lines.saturating_sub(state.acked),
+        pending: spool_lines
+            .saturating_sub(state.acked)
+            .saturating_sub(state.acked_ahead.iter().map(|[a, b]| b - a).sum()),
         rejected: state.rejected,
     }
 }

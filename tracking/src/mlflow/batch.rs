@@ -20,12 +20,19 @@ pub(crate) const MAX_PARAM_VALUE_CHARS: usize = 6000;
 /// Tag values longer than this many characters are cut (`MAX_TAG_VAL_LENGTH`).
 pub(crate) const MAX_TAG_VALUE_CHARS: usize = 8000;
 
-/// The next request to make, and how many pending entries it settles.
+/// How far past the oldest pending entry a batch may reach for entries of a kind that still has
+/// room (e.g. metrics behind 150 params, once 100 params fill the request's param slots). It
+/// bounds the entries delivered out of order, which the spool remembers until the entries
+/// before them are delivered.
+pub(crate) const LOOKAHEAD: usize = 4 * MAX_ENTITIES;
+
+/// The next request to make, and which pending entries it settles.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Plan {
-    /// One `runs/log-batch` covering `consumed` entries (duplicates of a param already in the
-    /// batch with the same value count as consumed but are not sent twice).
-    Batch { batch: LogBatch, consumed: usize },
+    /// One `runs/log-batch` settling the pending entries at positions `taken` (ascending; the
+    /// oldest pending entry is always among them). Duplicates of a param already in the batch
+    /// with the same value are taken but not sent twice.
+    Batch { batch: LogBatch, taken: Vec<usize> },
     /// Upload one file or directory.
     Artifact { path: PathBuf, dir: Option<String> },
     /// `runs/update` with the final status.
@@ -34,6 +41,15 @@ pub(crate) enum Plan {
 
 /// Plans a request for the front of `pending`, with at most `cap` entries in a batch (the cap
 /// shrinks while the mirror bisects a batch the server refused).
+///
+/// A batch is packed to MLflow's limits. After the oldest entry, the scarce kinds go first
+/// (params and tags, 100 of each per request), then metrics fill the rest up to 1000 entities,
+/// all taken from the entries before the next artifact or status entry (a barrier) and within
+/// [`LOOKAHEAD`]: 150 params and 2,500 metrics take 3 requests in either order, not 4.
+/// Packing never reorders what ordering means: each kind is taken in logging order, and once an
+/// entry of a kind is left behind no later entry of that kind is taken in this batch (so a
+/// param's changed value or a tag's new value never overtakes the older one, nor a metric point
+/// an older point).
 pub(crate) fn plan(pending: &VecDeque<Entry>, cap: usize) -> Option<Plan> {
     match pending.front()? {
         Entry::Artifact { path, dir } => {
@@ -50,68 +66,134 @@ pub(crate) fn plan(pending: &VecDeque<Entry>, cap: usize) -> Option<Plan> {
         }
         _ => {}
     }
-    let mut batch = LogBatch::default();
-    let mut params: HashMap<&str, &str> = HashMap::new();
-    let mut tags: HashSet<&str> = HashSet::new();
-    let mut bytes = 0usize;
-    let mut consumed = 0usize;
-    for entry in pending {
+    let window: Vec<&Entry> = pending
+        .iter()
+        .take(LOOKAHEAD)
+        .take_while(|e| !matches!(e, Entry::Artifact { .. } | Entry::Status { .. }))
+        .collect();
+    let mut packer = Packer::new(cap.max(1));
+    packer.offer(0, window[0]);
+    for (index, entry) in window.iter().enumerate().skip(1) {
+        if !matches!(entry, Entry::Metric(_)) {
+            packer.offer(index, entry);
+        }
+    }
+    for (index, entry) in window.iter().enumerate().skip(1) {
+        if matches!(entry, Entry::Metric(_)) {
+            packer.offer(index, entry);
+        }
+    }
+    let Packer {
+        batch, mut taken, ..
+    } = packer;
+    taken.sort_unstable();
+    Some(Plan::Batch { batch, taken })
+}
+
+/// One batch being filled (see [`plan`]).
+struct Packer<'a> {
+    batch: LogBatch,
+    taken: Vec<usize>,
+    cap: usize,
+    bytes: usize,
+    params: HashMap<&'a str, &'a str>,
+    tags: HashSet<&'a str>,
+    // Kinds that left an entry behind: nothing later of that kind may be taken.
+    metrics_closed: bool,
+    params_closed: bool,
+    tags_closed: bool,
+}
+
+impl<'a> Packer<'a> {
+    fn new(cap: usize) -> Self {
+        Self {
+            batch: LogBatch::default(),
+            taken: Vec::new(),
+            cap,
+            bytes: 0,
+            params: HashMap::new(),
+            tags: HashSet::new(),
+            metrics_closed: false,
+            params_closed: false,
+            tags_closed: false,
+        }
+    }
+
+    /// Takes the entry at `index` if it fits; otherwise closes its kind.
+    fn offer(&mut self, index: usize, entry: &'a Entry) {
+        let batch = &mut self.batch;
         let entities = batch.metrics.len() + batch.params.len() + batch.tags.len();
-        if consumed >= cap.max(1) || entities >= MAX_ENTITIES {
-            break;
+        if self.taken.len() >= self.cap || entities >= MAX_ENTITIES {
+            return;
         }
         match entry {
             Entry::Metric(metric) => {
                 let size = metric.key.len() + 80;
-                if batch.metrics.len() >= MAX_METRICS || bytes + size > MAX_BODY_BYTES {
-                    break;
+                if self.metrics_closed
+                    || batch.metrics.len() >= MAX_METRICS
+                    || self.bytes + size > MAX_BODY_BYTES
+                {
+                    self.metrics_closed = true;
+                    return;
                 }
-                bytes += size;
+                self.bytes += size;
                 batch.metrics.push(metric.clone());
             }
             Entry::Param { key, value } => {
-                match params.get(key.as_str()) {
-                    // MLflow refuses duplicate keys in one request; an identical repeat is dropped.
+                if self.params_closed {
+                    return;
+                }
+                match self.params.get(key.as_str()) {
+                    // MLflow refuses duplicate keys in one request; an identical repeat is
+                    // settled without being sent.
                     Some(existing) if *existing == value => {
-                        consumed += 1;
-                        continue;
+                        self.taken.push(index);
+                        return;
                     }
-                    Some(_) => break,
+                    Some(_) => {
+                        self.params_closed = true;
+                        return;
+                    }
                     None => {}
                 }
                 let sent = cut(key, value, MAX_PARAM_VALUE_CHARS, "param");
                 let size = key.len() + sent.len() + 30;
-                if batch.params.len() >= MAX_PARAMS_OR_TAGS || bytes + size > MAX_BODY_BYTES {
-                    break;
+                if batch.params.len() >= MAX_PARAMS_OR_TAGS || self.bytes + size > MAX_BODY_BYTES {
+                    self.params_closed = true;
+                    return;
                 }
-                bytes += size;
-                params.insert(key, value);
+                self.bytes += size;
+                self.params.insert(key, value);
                 batch.params.push(KeyValue {
                     key: key.clone(),
                     value: sent,
                 });
             }
             Entry::Tag { key, value } => {
+                if self.tags_closed {
+                    return;
+                }
                 let value = cut(key, value, MAX_TAG_VALUE_CHARS, "tag");
                 let size = key.len() + value.len() + 30;
-                if tags.contains(key.as_str())
+                if self.tags.contains(key.as_str())
                     || batch.tags.len() >= MAX_PARAMS_OR_TAGS
-                    || bytes + size > MAX_BODY_BYTES
+                    || self.bytes + size > MAX_BODY_BYTES
                 {
-                    break;
+                    self.tags_closed = true;
+                    return;
                 }
-                bytes += size;
-                tags.insert(key);
+                self.bytes += size;
+                self.tags.insert(key);
                 batch.tags.push(KeyValue {
                     key: key.clone(),
                     value,
                 });
             }
-            Entry::Artifact { .. } | Entry::Status { .. } => break,
+            // Never offered: they end the window.
+            Entry::Artifact { .. } | Entry::Status { .. } => return,
         }
-        consumed += 1;
+        self.taken.push(index);
     }
-    Some(Plan::Batch { batch, consumed })
 }
 
 /// `value` cut to `max_chars` characters (with a warning naming the key).
@@ -146,10 +228,98 @@ mod tests {
     }
 
     fn batch(plan: Option<Plan>) -> (LogBatch, usize) {
+        let (batch, taken) = batch_taken(plan);
+        (batch, taken.len())
+    }
+
+    fn batch_taken(plan: Option<Plan>) -> (LogBatch, Vec<usize>) {
         match plan {
-            Some(Plan::Batch { batch, consumed }) => (batch, consumed),
+            Some(Plan::Batch { batch, taken }) => (batch, taken),
             other => panic!("expected a batch, got {other:?}"),
         }
+    }
+
+    /// Requests the planner makes to deliver all of `pending` (each plan's entries removed).
+    fn requests(mut pending: VecDeque<Entry>) -> Vec<LogBatch> {
+        let mut out = Vec::new();
+        while !pending.is_empty() {
+            let (b, taken) = batch_taken(plan(&pending, usize::MAX));
+            assert!(
+                !taken.is_empty() && taken[0] == 0,
+                "the oldest entry goes first"
+            );
+            let mut i = 0;
+            pending.retain(|_| {
+                let keep = !taken.contains(&i);
+                i += 1;
+                keep
+            });
+            out.push(b);
+        }
+        out
+    }
+
+    /// Guards against half-empty requests (issue 14.5): 150 params logged before 2,500
+    /// metrics took 4 requests (the first held only the 100 params) where MLflow's limits
+    /// (100 params, 1000 metrics, 1000 entities) allow 3.
+    #[test]
+    fn batches_pack_every_kind_to_the_server_limits() {
+        for params_first in [true, false] {
+            let params = (0..150).map(|i| param(&format!("p{i}"), "v"));
+            let metrics = (0..2500).map(metric);
+            let pending: VecDeque<Entry> = if params_first {
+                params.chain(metrics).collect()
+            } else {
+                metrics.chain(params).collect()
+            };
+            let sent = requests(pending);
+            assert_eq!(sent.len(), 3, "params first: {params_first}");
+            let count = |f: fn(&LogBatch) -> usize| sent.iter().map(f).sum::<usize>();
+            assert_eq!(count(|b| b.params.len()), 150);
+            assert_eq!(count(|b| b.metrics.len()), 2500);
+            for b in &sent {
+                assert!(b.params.len() <= MAX_PARAMS_OR_TAGS && b.metrics.len() <= MAX_METRICS);
+                assert!(b.params.len() + b.metrics.len() + b.tags.len() <= MAX_ENTITIES);
+            }
+            // Metric points keep their order across requests.
+            let steps: Vec<u64> = sent
+                .iter()
+                .flat_map(|b| b.metrics.iter().map(|m| m.step))
+                .collect();
+            assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn packing_never_lets_a_value_overtake_an_older_one_or_cross_a_barrier() {
+        // 100 params fill the slots; the changed value of `p0` and everything of kind param
+        // after it wait, the metric behind them is taken; the status entry is a barrier.
+        let mut pending: VecDeque<Entry> = (0..100).map(|i| param(&format!("p{i}"), "v")).collect();
+        pending.push_back(param("late", "1"));
+        pending.push_back(metric(1));
+        pending.push_back(Entry::Status {
+            status: RunStatus::Finished,
+            end_time: 9,
+        });
+        pending.push_back(metric(2));
+        let (b, taken) = batch_taken(plan(&pending, usize::MAX));
+        assert_eq!(b.params.len(), 100);
+        assert_eq!(b.metrics.len(), 1);
+        assert_eq!(
+            taken.last(),
+            Some(&101),
+            "metric 1 taken, `late` left, barrier kept"
+        );
+        let pending: VecDeque<Entry> = [
+            param("lr", "1"),
+            param("lr", "2"),
+            param("x", "3"),
+            metric(0),
+        ]
+        .into();
+        let (b, taken) = batch_taken(plan(&pending, usize::MAX));
+        assert_eq!(b.params.len(), 1, "x waits behind the changed lr");
+        assert_eq!(taken, vec![0, 3]);
     }
 
     #[test]
@@ -190,11 +360,12 @@ mod tests {
             metric(0),
         ]
         .into();
-        let (b, n) = batch(plan(&pending, usize::MAX));
+        let (b, taken) = batch_taken(plan(&pending, usize::MAX));
+        assert_eq!(b.params.len(), 1);
         assert_eq!(
-            (b.params.len(), n),
-            (1, 2),
-            "identical repeat consumed, changed value waits"
+            taken,
+            vec![0, 1, 3],
+            "identical repeat settled, changed value waits, the metric behind it goes"
         );
 
         let pending: VecDeque<Entry> = (0..10).map(metric).collect();

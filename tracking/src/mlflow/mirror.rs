@@ -99,8 +99,8 @@ enum Done {
 
 struct Attempt {
     kind: Kind,
-    /// Pending entries the request settles.
-    consumed: usize,
+    /// Positions of the pending entries the request settles.
+    taken: Vec<usize>,
     result: Result<Done, Error>,
 }
 
@@ -387,12 +387,12 @@ impl Mirror {
                 self.succeeded();
             }
             Ok(Done::Delivered) => {
-                let acked = self.spool.ack(attempt.consumed);
+                let acked = self.spool.ack(&attempt.taken);
                 self.note_io(acked);
                 self.cap = self.cap.saturating_mul(2);
                 self.succeeded();
             }
-            Err(error) => self.failed(attempt.kind, attempt.consumed, error),
+            Err(error) => self.failed(attempt.kind, attempt.taken.len(), error),
         }
     }
 
@@ -457,7 +457,7 @@ impl Mirror {
     /// Sets the front entry aside as refused.
     fn set_aside(&mut self, message: String) {
         tracing::error!("{message}; entry set aside in rejected.jsonl, delivery goes on");
-        let rejected = self.spool.reject(1, &message);
+        let rejected = self.spool.reject(&[0], &message);
         self.note_io(rejected);
         self.cap = usize::MAX;
         self.note_refusal(message);
@@ -531,7 +531,7 @@ async fn perform(client: MlflowClient, job: Job) -> Attempt {
     match job {
         Job::EnsureRun { state, local_run } => Attempt {
             kind: Kind::EnsureRun,
-            consumed: 0,
+            taken: Vec::new(),
             result: ensure_run(&client, &state, &local_run).await,
         },
         Job::Plan {
@@ -539,9 +539,9 @@ async fn perform(client: MlflowClient, job: Job) -> Attempt {
             artifact_uri,
             plan,
         } => match plan {
-            Plan::Batch { batch, consumed } => Attempt {
+            Plan::Batch { batch, taken } => Attempt {
                 kind: Kind::Batch,
-                consumed,
+                taken,
                 result: client
                     .log_batch(&run_id, &batch)
                     .await
@@ -549,14 +549,14 @@ async fn perform(client: MlflowClient, job: Job) -> Attempt {
             },
             Plan::Artifact { path, dir } => Attempt {
                 kind: Kind::Artifact,
-                consumed: 1,
+                taken: vec![0],
                 result: upload(&client, &artifact_uri, &path, dir.as_deref())
                     .await
                     .map(|()| Done::Delivered),
             },
             Plan::Status { status, end_time } => Attempt {
                 kind: Kind::Status,
-                consumed: 1,
+                taken: vec![0],
                 result: client
                     .update_run(&run_id, status.as_mlflow(), end_time)
                     .await

@@ -5,9 +5,11 @@
 //!
 //! - `spool.jsonl`: one [`Entry`] per line, in logging order. Truncated to empty once every
 //!   entry has been acknowledged, so it holds only what is still owed to the server.
-//! - `state.json`: [`MirrorState`]: which server and MLflow run this mirrors to, and `acked`, the
-//!   number of leading lines of `spool.jsonl` already delivered. Rewritten atomically (temp file
-//!   + rename) after every acknowledged request.
+//! - `state.json`: [`MirrorState`]: which server and MLflow run this mirrors to, `acked`, the
+//!   number of leading lines of `spool.jsonl` already delivered, and `acked_ahead`, the lines
+//!   past those delivered early (a request packed to MLflow's limits may take metrics from
+//!   behind params that did not fit; see `batch::plan`). Rewritten atomically (temp file +
+//!   rename) after every acknowledged request.
 //! - `rejected.jsonl`: entries the server refused for good (HTTP 400), with its message.
 //!
 //! Exactly-once: an entry is sent again only if the process died after the server accepted it
@@ -108,6 +110,10 @@ pub(crate) struct MirrorState {
     pub artifact_uri: Option<String>,
     /// Leading lines of `spool.jsonl` already delivered (or set aside as rejected).
     pub acked: u64,
+    /// Half-open ranges `[start, end)` of lines past `acked` already delivered (or set aside),
+    /// ascending and disjoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked_ahead: Vec<[u64; 2]>,
     /// Entries delivered over the run's life.
     #[serde(default)]
     pub delivered: u64,
@@ -140,6 +146,7 @@ impl MirrorState {
             run_id: None,
             artifact_uri: None,
             acked: 0,
+            acked_ahead: Vec::new(),
             delivered: 0,
             rejected: 0,
             origin,
@@ -154,8 +161,11 @@ pub(crate) struct Spool {
     writer: BufWriter<File>,
     /// Entries written to `spool.jsonl`, acknowledged or not.
     lines: u64,
-    /// Unacknowledged entries, oldest first (the tail of `spool.jsonl`).
+    /// Unacknowledged entries, oldest first (lines of `spool.jsonl` past `state.acked` not in
+    /// `state.acked_ahead`).
     pending: VecDeque<Entry>,
+    /// The line of `spool.jsonl` of each pending entry.
+    pending_lines: VecDeque<u64>,
     /// When the oldest pending entry arrived (for the linger before sending).
     pending_since: Option<Instant>,
     pub(crate) state: MirrorState,
@@ -203,16 +213,29 @@ impl Spool {
         let lines = entries.len() as u64;
         // `acked` beyond the file means the spool was truncated and the state not yet rewritten.
         let acked = state.acked.min(lines);
-        let pending: VecDeque<Entry> = entries.into_iter().skip(acked as usize).collect();
+        let settled_ahead = |line: u64| {
+            state
+                .acked_ahead
+                .iter()
+                .any(|[start, end]| (*start..*end).contains(&line))
+        };
+        let (pending_lines, pending): (VecDeque<u64>, VecDeque<Entry>) = entries
+            .into_iter()
+            .enumerate()
+            .map(|(line, entry)| (line as u64, entry))
+            .filter(|(line, _)| *line >= acked && !settled_ahead(*line))
+            .unzip();
         let mut spool = Self {
             dir: dir.to_owned(),
             writer: BufWriter::new(file),
             lines,
             pending_since: (!pending.is_empty()).then(Instant::now),
             pending,
+            pending_lines,
             state,
         };
         spool.state.acked = acked;
+        spool.recount_acked();
         if spool.pending.is_empty() && spool.lines > 0 {
             spool.truncate()?;
         }
@@ -246,6 +269,7 @@ impl Spool {
             self.pending_since = Some(Instant::now());
         }
         self.pending.push_back(entry);
+        self.pending_lines.push_back(self.lines);
         self.lines += 1;
         written.map_err(|e| Error::io("appending to", self.dir.join(SPOOL_FILE))(e))
     }
@@ -283,38 +307,81 @@ impl Spool {
             .map_err(Error::io("writing", self.dir.join(SPOOL_FILE)))
     }
 
-    /// Marks the `n` oldest pending entries delivered.
+    /// Marks the pending entries at positions `taken` (ascending, as `batch::plan` gives them)
+    /// delivered.
     ///
     /// # Errors
     /// [`Error::Io`] when `state.json` or the spool cannot be rewritten.
-    pub(crate) fn ack(&mut self, n: usize) -> Result<(), Error> {
-        self.consume(n);
+    pub(crate) fn ack(&mut self, taken: &[usize]) -> Result<(), Error> {
+        let n = self.consume(taken).len();
         self.state.delivered += n as u64;
         self.save_state()
     }
 
-    /// Sets the `n` oldest pending entries aside as refused by the server, recording `reason`
-    /// in `rejected.jsonl`.
+    /// Sets the pending entries at positions `taken` aside as refused by the server, recording
+    /// `reason` in `rejected.jsonl`.
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub(crate) fn reject(&mut self, n: usize, reason: &str) -> Result<(), Error> {
-        let entries: Vec<Entry> = self.pending.iter().take(n).cloned().collect();
+    pub(crate) fn reject(&mut self, taken: &[usize], reason: &str) -> Result<(), Error> {
+        let entries: Vec<Entry> = taken
+            .iter()
+            .filter_map(|&i| self.pending.get(i).cloned())
+            .collect();
         append_rejected(&self.dir, &entries, reason)?;
-        self.consume(entries.len());
-        self.state.rejected += entries.len() as u64;
+        let n = self.consume(taken).len();
+        self.state.rejected += n as u64;
         self.save_state()
     }
 
-    fn consume(&mut self, n: usize) {
-        let n = n.min(self.pending.len());
-        self.pending.drain(..n);
-        self.state.acked += n as u64;
+    /// Removes the pending entries at positions `taken` and returns their lines.
+    fn consume(&mut self, taken: &[usize]) -> Vec<u64> {
+        let taken: std::collections::BTreeSet<usize> = taken
+            .iter()
+            .copied()
+            .filter(|&i| i < self.pending.len())
+            .collect();
+        let lines: Vec<u64> = taken.iter().map(|&i| self.pending_lines[i]).collect();
+        let mut index = 0;
+        self.pending.retain(|_| {
+            let keep = !taken.contains(&index);
+            index += 1;
+            keep
+        });
+        let mut index = 0;
+        self.pending_lines.retain(|_| {
+            let keep = !taken.contains(&index);
+            index += 1;
+            keep
+        });
+        self.recount_acked();
         self.pending_since = if self.pending.is_empty() {
             None
         } else {
             self.pending_since.or_else(|| Some(Instant::now()))
         };
+        lines
+    }
+
+    /// `acked` and `acked_ahead` from the lines still pending: everything before the oldest
+    /// pending line is settled, and so is every gap between pending lines and after the last.
+    fn recount_acked(&mut self) {
+        let mut ahead = Vec::new();
+        let mut previous = None;
+        for &line in &self.pending_lines {
+            if let Some(p) = previous
+                && line > p + 1
+            {
+                ahead.push([p + 1, line]);
+            }
+            previous = Some(line);
+        }
+        match previous {
+            Some(last) if last + 1 < self.lines => ahead.push([last + 1, self.lines]),
+            _ => {}
+        }
+        self.state.acked = self.pending_lines.front().copied().unwrap_or(self.lines);
+        self.state.acked_ahead = ahead;
     }
 
     /// Rewrites `state.json`; when nothing is pending, first empties `spool.jsonl` so that it
@@ -340,6 +407,7 @@ impl Spool {
             .map_err(Error::io("truncating", &path))?;
         self.lines = 0;
         self.state.acked = 0;
+        self.state.acked_ahead.clear();
         write_json_atomically(&self.dir.join(STATE_FILE), &self.state)
     }
 }
@@ -465,13 +533,44 @@ mod tests {
             spool.push(metric(step)).unwrap();
         }
         spool.flush().unwrap();
-        spool.ack(2).unwrap();
+        spool.ack(&[0, 1]).unwrap();
         drop(spool);
         let spool = Spool::open(dir.path(), || panic!("state exists")).unwrap();
         let pending: Vec<Entry> = spool.pending().iter().cloned().collect();
         assert_eq!(pending, vec![metric(2), metric(3), metric(4)]);
         assert_eq!(spool.state.acked, 2);
         assert_eq!(spool.state.delivered, 2);
+    }
+
+    /// Entries delivered ahead of older ones (a batch packed past params that did not fit)
+    /// are remembered across a restart: nothing is sent twice, nothing is lost.
+    #[test]
+    fn entries_delivered_out_of_order_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), state).unwrap();
+        for step in 0..8 {
+            spool.push(metric(step)).unwrap();
+        }
+        spool.flush().unwrap();
+        spool.ack(&[0, 2, 3, 6]).unwrap();
+        assert_eq!(spool.state.acked, 1);
+        assert_eq!(spool.state.acked_ahead, vec![[2, 4], [6, 7]]);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), || panic!("state exists")).unwrap();
+        let pending: Vec<Entry> = spool.pending().iter().cloned().collect();
+        assert_eq!(pending, vec![metric(1), metric(4), metric(5), metric(7)]);
+        assert_eq!(spool.state.delivered, 4);
+        spool.ack(&[0]).unwrap();
+        assert_eq!((spool.state.acked, spool.state.acked_ahead.len()), (4, 1));
+        spool.ack(&[0, 1, 2]).unwrap();
+        assert!(spool.pending().is_empty());
+        assert_eq!(
+            std::fs::metadata(dir.path().join(SPOOL_FILE))
+                .unwrap()
+                .len(),
+            0,
+            "emptied once all is delivered"
+        );
     }
 
     #[test]
@@ -481,7 +580,7 @@ mod tests {
         spool.push(metric(0)).unwrap();
         spool.push(metric(1)).unwrap();
         spool.flush().unwrap();
-        spool.ack(2).unwrap();
+        spool.ack(&[0, 1]).unwrap();
         assert_eq!(
             std::fs::metadata(dir.path().join(SPOOL_FILE))
                 .unwrap()
@@ -516,7 +615,7 @@ mod tests {
             .unwrap();
         spool.push(metric(0)).unwrap();
         spool
-            .reject(1, "Changing param values is not allowed")
+            .reject(&[0], "Changing param values is not allowed")
             .unwrap();
         assert_eq!(spool.pending().len(), 1);
         assert_eq!(spool.state.rejected, 1);
