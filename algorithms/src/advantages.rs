@@ -38,6 +38,12 @@ pub enum AdvantageEstimator {
     Grpo,
     /// `b_i = (Σ_{j∈g} r_j − r_i) / (|g| − 1)`: the mean of the other samples (RLOO).
     Rloo,
+    /// REINFORCE++: rewards whitened over the whole batch, `(r_i − mean_B) / (std_B + eps)`;
+    /// no group baseline, and `scale_rewards` does not apply (see `crate::reinforce_pp`).
+    ReinforcePlusPlus,
+    /// REINFORCE++-baseline: `r_i − mean_g(r)`, then whitened over the batch; a sample alone
+    /// in its group gets 0 (see `crate::reinforce_pp`). `scale_rewards` does not apply.
+    ReinforcePlusPlusBaseline,
 }
 
 /// How per-sample (and, for multi-turn episodes, per-turn) advantages are computed.
@@ -95,6 +101,9 @@ pub struct GroupAdvantages {
 /// and is counted in [`GroupAdvantages::zero_signal_groups`]. A group of one sample has no
 /// baseline to compare with and also gets `0.0`.
 ///
+/// The REINFORCE++ estimators replace this rule with a whitening over the whole batch (see
+/// `crate::reinforce_pp`); `scale_rewards` does not apply to them.
+///
 /// # Errors
 /// [`Error::Length`] when `groups` and `rewards` differ in length, [`Error::NonFiniteReward`]
 /// for a NaN or infinite reward.
@@ -123,6 +132,40 @@ pub fn group_advantages<K: Ord>(
     let batch_std = std_unbiased(&all);
 
     let mut advantages = vec![0.0f32; rewards.len()];
+    if matches!(
+        adv_estimator,
+        AdvantageEstimator::ReinforcePlusPlus | AdvantageEstimator::ReinforcePlusPlusBaseline
+    ) {
+        // Centre per group (the `_baseline` variant) or not, then whiten over the batch.
+        let mut centred: Vec<(usize, f64)> = Vec::with_capacity(rewards.len());
+        for indices in members.values() {
+            if adv_estimator == AdvantageEstimator::ReinforcePlusPlus {
+                centred.extend(indices.iter().map(|&i| (i, all[i])));
+            } else if indices.len() > 1 {
+                let mean = indices.iter().map(|&i| all[i]).sum::<f64>() / indices.len() as f64;
+                let equal = indices.iter().all(|&i| all[i] == all[indices[0]]);
+                // An all-equal group centres to exact zeros.
+                centred.extend(
+                    indices
+                        .iter()
+                        .map(|&i| (i, if equal { 0.0 } else { all[i] - mean })),
+                );
+            }
+        }
+        let values: Vec<f64> = centred.iter().map(|&(_, c)| c).collect();
+        for ((i, _), a) in centred.iter().zip(crate::reinforce_pp::whiten(&values)) {
+            advantages[*i] = a as f32;
+        }
+        let zero_signal_groups = members
+            .values()
+            .filter(|indices| indices.iter().all(|&i| advantages[i] == 0.0))
+            .count();
+        return Ok(GroupAdvantages {
+            advantages,
+            num_groups: members.len(),
+            zero_signal_groups,
+        });
+    }
     let mut zero_signal_groups = 0;
     for indices in members.values() {
         let r: Vec<f64> = indices.iter().map(|&i| all[i]).collect();
@@ -140,8 +183,8 @@ pub fn group_advantages<K: Ord>(
         };
         for (&i, &r_i) in indices.iter().zip(&r) {
             let baseline = match adv_estimator {
-                AdvantageEstimator::Grpo => sum / n as f64,
                 AdvantageEstimator::Rloo => (sum - r_i) / (n - 1) as f64,
+                _ => sum / n as f64,
             };
             let centred = r_i - baseline;
             let a = match sigma {

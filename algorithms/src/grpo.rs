@@ -27,6 +27,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::gspo::sequence_log_ratio;
 use crate::kl::{KlEstimator, kl_estimate};
 
 /// The importance log-ratio `log π_θ − log π_old` is clamped to `[−B, B]` before `exp`
@@ -50,6 +51,18 @@ pub enum LossType {
     Dapo,
     /// Sum over all tokens divided by `num_sequences × max_completion_length` (Dr. GRPO).
     DrGrpo,
+}
+
+/// What the importance ratio is taken over (TRL `importance_sampling_level`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSamplingLevel {
+    /// One ratio per token (GRPO, PPO).
+    #[default]
+    Token,
+    /// One ratio per response, the geometric mean of its tokens' (GSPO, see
+    /// [`crate::sequence_log_ratio`]); in a multi-turn thread, per trained turn.
+    Sequence,
 }
 
 /// Hyper-parameters of [`grpo_loss`], named as in TRL's `GRPOConfig`.
@@ -80,6 +93,9 @@ pub struct GrpoLossConfig {
     /// policy-gradient term is weighted by `min(π_old / π_behaviour, tis_cap)` (TRL's
     /// `vllm_importance_sampling_clip_max` in `token_truncate` mode; unset: off).
     pub tis_cap: Option<f32>,
+    /// Token-level (`token`, default) or GSPO's sequence-level (`sequence`) importance ratio;
+    /// GSPO's paper clips the sequence ratio with a far smaller `epsilon` (3e-4).
+    pub importance_sampling_level: ImportanceSamplingLevel,
     /// Two-sided clipping (TRL `delta`, INTELLECT-2,
     /// <https://arxiv.org/abs/2505.07291>): the unclipped term's ratio is capped at `delta`,
     /// which bounds a negative-advantage token's loss at `−delta · A` (PPO's own surrogate is
@@ -98,6 +114,7 @@ impl Default for GrpoLossConfig {
             loss_type: LossType::Dapo,
             entropy_coef: 0.0,
             tis_cap: None,
+            importance_sampling_level: ImportanceSamplingLevel::Token,
             delta: None,
         }
     }
@@ -288,6 +305,8 @@ impl GrpoMetrics {
 ///
 /// ```text
 /// ratio_t = exp(clamp(log π_θ − log π_old, −B, B))     B = LOG_RATIO_BOUND = 20
+///           (importance_sampling_level = "sequence": the mean log-ratio of the token's
+///            response, GSPO, see crate::gspo)
 /// surr1_t = min(ratio_t, delta) · A_t                   (no min without `delta`)
 /// surr2_t = clamp(ratio_t, 1 − ε, 1 + ε_high) · A_t
 /// pg_t    = −min(surr1_t, surr2_t) · w_t        w_t = min(exp(log π_old − log π_behaviour), tis_cap)
@@ -381,8 +400,17 @@ pub fn grpo_loss(
 
     // On-policy shortcut: the ratio is exp(logp − sg(logp)) = 1, its gradient ∇logp.
     let old_logprobs = old_logprobs.unwrap_or_else(|| logprobs.clone().detach());
-    let log_ratio =
-        (logprobs.clone() - old_logprobs.clone()).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND);
+    let log_ratio = logprobs.clone() - old_logprobs.clone();
+    let log_ratio = match config.importance_sampling_level {
+        ImportanceSamplingLevel::Token => log_ratio,
+        ImportanceSamplingLevel::Sequence => {
+            let units: Vec<(usize, u32)> = (0..n)
+                .map(|i| (rows[i], turns.map_or(0, |t| t[i])))
+                .collect();
+            sequence_log_ratio(log_ratio, &units)
+        }
+    };
+    let log_ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND);
     let ratio = log_ratio.exp();
     let capped = match config.delta {
         Some(delta) => ratio.clone().clamp_max(delta),
@@ -1250,7 +1278,8 @@ pub(crate) mod tests {
     fn config_reads_trl_names_from_toml() {
         let c: GrpoLossConfig = toml::from_str(
             "epsilon = 0.2\nepsilon_high = 0.28\nbeta = 0.04\nkl_estimator = \"k1\"\n\
-             loss_type = \"dr_grpo\"\nentropy_coef = 0.001\ntis_cap = 2.0\ndelta = 4.0",
+             loss_type = \"dr_grpo\"\nentropy_coef = 0.001\ntis_cap = 2.0\ndelta = 4.0\n\
+             importance_sampling_level = \"sequence\"",
         )
         .unwrap();
         assert_eq!(c.epsilon_high(), 0.28);
@@ -1258,6 +1287,10 @@ pub(crate) mod tests {
         assert_eq!(c.loss_type, LossType::DrGrpo);
         assert_eq!(c.tis_cap, Some(2.0));
         assert_eq!(c.delta, Some(4.0));
+        assert_eq!(
+            c.importance_sampling_level,
+            ImportanceSamplingLevel::Sequence
+        );
         let d: GrpoLossConfig = toml::from_str("").unwrap();
         assert_eq!(d, GrpoLossConfig::default());
         assert_eq!(d.epsilon_high(), 0.2);

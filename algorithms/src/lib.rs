@@ -8,14 +8,17 @@
 //!
 //! 1. **Advantages** ([`group_advantages`]). GRPO plays each prompt `num_generations` times;
 //!    each sample's reward is compared with its group's (`A = (r − mean) / (std + eps)`, or
-//!    RLOO's leave-one-out baseline, or Dr. GRPO's unscaled `r − mean`). A group whose rewards
-//!    are all equal gets exactly 0 and is counted as zero-signal.
+//!    RLOO's leave-one-out baseline, or Dr. GRPO's unscaled `r − mean`, or REINFORCE++'s
+//!    whitening over the whole batch, [`whiten`]). A group whose rewards are all equal gets
+//!    exactly 0 and is counted as zero-signal.
 //! 2. **Multi-turn credit** ([`turn_advantages`], [`segment_advantages`]). An episode with one
 //!    reward per turn gives turn `k` the return to go `G_k = Σ_{j≥k} γ^{j−k} r_j`, normalised
 //!    within the group at the same turn index; every token of the turn carries that advantage.
 //! 3. **Policy loss** ([`grpo_loss`]). Per trained token: importance ratio against the old
 //!    policy, clipped surrogate (`epsilon`, `epsilon_high`), optional truncated importance
-//!    weight against the sampler's behaviour log-probs (`tis_cap`), optional KL penalty to a
+//!    weight against the sampler's behaviour log-probs (`tis_cap`), GSPO's sequence-level
+//!    ratio instead of the token's ([`sequence_log_ratio`], `importance_sampling_level`),
+//!    two-sided clipping (`delta`), optional KL penalty to a
 //!    reference ([`kl_estimate`], `beta`), aggregated by `loss_type` (`grpo`, `bnpo`, `dapo`,
 //!    `dr_grpo`), minus an optional entropy bonus.
 //! 4. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
@@ -69,8 +72,10 @@
 mod advantages;
 mod error;
 mod grpo;
+mod gspo;
 mod kl;
 mod multi_turn;
+mod reinforce_pp;
 mod sft;
 
 pub use advantages::{
@@ -78,8 +83,11 @@ pub use advantages::{
 };
 pub use error::Error;
 pub use grpo::{
-    GrpoBatch, GrpoLossConfig, GrpoMetrics, GrpoOutput, LossType, StepNormalizers, grpo_loss,
+    GrpoBatch, GrpoLossConfig, GrpoMetrics, GrpoOutput, ImportanceSamplingLevel, LOG_RATIO_BOUND,
+    LossType, StepNormalizers, grpo_loss,
 };
+pub use gspo::sequence_log_ratio;
 pub use kl::{KL_LOG_RATIO_BOUND, KlEstimator, kl_estimate};
 pub use multi_turn::{TurnAdvantages, returns_to_go, segment_advantages, turn_advantages};
+pub use reinforce_pp::whiten;
 pub use sft::{SftMetrics, SftOutput, sft_loss};

@@ -553,6 +553,26 @@ source = "tiny"
 name = "self_correct"
 "#;
 
+    /// Every job under `configs/` loads and validates, so a shipped recipe never fails on its
+    /// own keys (data files are not read here).
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let (config, _) = JobConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                config
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                count += 1;
+            }
+        }
+        assert!(count >= 7, "{count} configs");
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let (c, _) = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[]).unwrap();
