@@ -1,0 +1,196 @@
+//! The sync and async loops: hand out groups of episodes, collect a step's reports (replacing
+//! flat groups under DAPO dynamic sampling), step, repeat.
+
+use super::*;
+
+/// Whether every episode of a group got the same reward for every agent and turn: then every
+/// advantage of the group is 0 (advantages are normalised per agent and turn index across the
+/// group), so it carries no GRPO signal. Comparing summed rewards instead would call a group
+/// flat whose per-turn returns differ (e.g. zero-sum SPC rounds, or `[1, 0]` vs `[0, 1]`).
+pub(super) fn zero_signal(reports: &[EpisodeReport]) -> bool {
+    let rewards: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .map(|t| &t.outcome.rewards)
+        .collect();
+    rewards.windows(2).all(|w| w[0] == w[1])
+}
+
+impl Run {
+    /// The next `count` groups: environment by weight (seeded by the group id), environment seed
+    /// from the data position, `num_generations` episodes each.
+    pub(super) fn next_groups(&mut self, count: usize) -> Vec<EpisodeTask> {
+        let g = self.config.grpo.num_generations;
+        let weights: Vec<f64> = self.config.envs.iter().map(|e| e.weight).collect();
+        let total: f64 = weights.iter().sum();
+        let mut tasks = Vec::with_capacity(count * g);
+        for _ in 0..count {
+            let group = self.state.next_group;
+            self.state.next_group += 1;
+            let env_seed = self.state.next_seed;
+            self.state.next_seed += 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.run.seed, group));
+            let mut pick = rng.random::<f64>() * total;
+            let mut env = 0;
+            for (i, w) in weights.iter().enumerate() {
+                env = i;
+                if pick < *w {
+                    break;
+                }
+                pick -= w;
+            }
+            for sample in 0..g {
+                let id = self.state.next_task;
+                self.state.next_task += 1;
+                tasks.push(EpisodeTask {
+                    id,
+                    group_id: group,
+                    env,
+                    seed: env_seed,
+                    sample: sample as u32,
+                    sampling_seed: sampling_seed(self.config.run.seed, id),
+                    sampling: SamplingOverrides::default(),
+                });
+            }
+        }
+        self.counts.submitted += tasks.len() as u64;
+        tasks
+    }
+
+    /// Receives a training report (evaluation reports never arrive outside `evaluate`).
+    pub(super) fn recv(&mut self) -> Result<EpisodeReport, Error> {
+        if let Some(r) = self.stray.pop() {
+            return Ok(r);
+        }
+        let r = self
+            .pool
+            .results()
+            .recv()
+            .map_err(|e| Error::ActorsStopped(e.to_string()))?;
+        self.counts.reported += 1;
+        Ok(r)
+    }
+
+    /// Whether RL goes on: steps left and time left.
+    pub(super) fn more_steps(&self) -> bool {
+        self.state.step < self.config.run.max_steps
+            && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    pub(super) fn sync_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
+        let b = self.config.grpo.prompts_per_step;
+        let g = self.config.grpo.num_generations;
+        while self.more_steps() {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(true);
+            }
+            let started = Instant::now();
+            let tokens_before = self.pool.generated_tokens();
+            let mut groups: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
+            let tasks = self.next_groups(b);
+            self.pool.submit_all(tasks)?;
+            for _ in 0..b * g {
+                let r = self.recv()?;
+                groups.entry(r.task.group_id).or_default().push(r);
+            }
+            // DAPO dynamic sampling: replace groups without signal.
+            let mut rounds = 0;
+            while self.config.grpo.dynamic_sampling && rounds < self.config.grpo.max_resample_rounds
+            {
+                let flat: Vec<u64> = groups
+                    .iter()
+                    .filter(|(_, rs)| zero_signal(rs))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if flat.is_empty() {
+                    break;
+                }
+                rounds += 1;
+                let tasks = self.next_groups(flat.len());
+                self.pool.submit_all(tasks)?;
+                let mut fresh: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
+                for _ in 0..flat.len() * g {
+                    let r = self.recv()?;
+                    fresh.entry(r.task.group_id).or_default().push(r);
+                }
+                let mut replaced = 0;
+                for (id, rs) in fresh {
+                    if !zero_signal(&rs)
+                        && let Some(old) = flat.get(replaced)
+                    {
+                        if let Some(dropped) = groups.remove(old) {
+                            self.counts.unused += dropped.len() as u64;
+                        }
+                        groups.insert(id, rs);
+                        replaced += 1;
+                    } else {
+                        self.counts.unused += rs.len() as u64;
+                    }
+                }
+            }
+            let generation = started.elapsed().as_secs_f64();
+            let generated = self.pool.generated_tokens() - tokens_before;
+            let reports: Vec<EpisodeReport> = groups.into_values().flatten().collect();
+            let mut metrics = self.step_with(reports)?;
+            metrics.insert("time/generation".into(), generation);
+            metrics.insert(
+                "actor_tokens_per_s".into(),
+                generated as f64 / generation.max(1e-9),
+            );
+            metrics.insert("time/waiting".into(), 0.0);
+            self.finish_step(metrics)?;
+        }
+        Ok(false)
+    }
+
+    pub(super) fn async_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
+        let b = self.config.grpo.prompts_per_step;
+        let g = self.config.grpo.num_generations;
+        let in_flight = b * (self.config.learner.max_policy_lag as usize + 1);
+        let tasks = self.next_groups(in_flight);
+        self.pool.submit_all(tasks)?;
+        let mut pending: HashMap<u64, Vec<EpisodeReport>> = HashMap::new();
+        let mut ready: Vec<Vec<EpisodeReport>> = Vec::new();
+        let mut tokens_mark = self.pool.generated_tokens();
+        let mut mark = Instant::now();
+        while self.more_steps() {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(true);
+            }
+            let wait_start = Instant::now();
+            while ready.len() < b {
+                let r = self.recv()?;
+                let id = r.task.group_id;
+                let group = pending.entry(id).or_default();
+                group.push(r);
+                if group.len() == g
+                    && let Some(done) = pending.remove(&id)
+                {
+                    ready.push(done);
+                }
+            }
+            let waiting = wait_start.elapsed().as_secs_f64();
+            let take: Vec<Vec<EpisodeReport>> = ready.drain(..b).collect();
+            let elapsed = mark.elapsed().as_secs_f64();
+            let generated = self.pool.generated_tokens() - tokens_mark;
+            tokens_mark = self.pool.generated_tokens();
+            mark = Instant::now();
+            let mut reports: Vec<EpisodeReport> = take.into_iter().flatten().collect();
+            reports.sort_by_key(|r| (r.task.group_id, r.task.sample));
+            let mut metrics = self.step_with(reports)?;
+            metrics.insert("time/waiting".into(), waiting);
+            metrics.insert(
+                "actor_tokens_per_s".into(),
+                generated as f64 / elapsed.max(1e-9),
+            );
+            metrics.insert("queue_depth".into(), self.pool.results().len() as f64);
+            // Keep the actors busy: replace the groups just consumed.
+            let tasks = self.next_groups(b);
+            self.pool.submit_all(tasks)?;
+            self.finish_step(metrics)?;
+        }
+        self.counts.unused += pending.values().map(|v| v.len() as u64).sum::<u64>()
+            + ready.iter().map(|v| v.len() as u64).sum::<u64>();
+        Ok(false)
+    }
+}

@@ -1,0 +1,559 @@
+//! The training loop: actors play, the learner steps, weights are published, metrics and
+//! checkpoints are written. `kaizen train` calls [`train`].
+//!
+//! The parts, one file each: `setup` (policy, environments, actors of a job), `loops` (sync
+//! and async: collect a step's groups, DAPO dynamic sampling), `warm_start` (the supervised
+//! stage before RL), `evaluation` (held-out problems), `checkpointing`, `reporting` (step
+//! metrics from episodes, `samples.jsonl`, the end-of-run plot). This file holds the run's
+//! state, its start and end, and one step: learner update, weight publishing, logging.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use kaizen_actors::{
+    ActorConfig, ActorPool, EngineConfig, EnvSlot, EpisodeReport, EpisodeTask, WeightPublisher,
+    derive_seed, weight_broadcast_at,
+};
+use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
+use kaizen_core::{SamplingOverrides, Trajectory, WeightsVersion};
+use kaizen_envs::{EpisodeLimits, Registry};
+use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Policy};
+use kaizen_tracking::{
+    LocalStore, LocalTracker, Metric, MlflowTracker, Params, RunSpec, RunStatus, Tracker, Trackers,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Error;
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{JobConfig, Mode};
+use crate::eval::{EVAL_GROUP_BIT, EvalTarget, evaluate};
+use crate::learner::{Learner, StepMetrics};
+use crate::optimizer::AdamW;
+use crate::samples::Sample;
+use crate::schedule::{Schedule, SchedulerType};
+use crate::score_stages::ScoreStage;
+use crate::sft_data::{chat_samples, demonstration_samples};
+
+mod checkpointing;
+mod evaluation;
+mod loops;
+mod reporting;
+mod setup;
+mod warm_start;
+
+pub use evaluation::evaluate_policy;
+use reporting::{episode_metrics, report_metrics};
+use setup::{actor_config, load_policy_template, rl_schedule};
+pub use setup::{build_envs, load_policy, resolve_model_source};
+
+/// How `train` runs, besides the job config.
+pub struct TrainOptions {
+    /// The device to train on (its autodiff form is used for the learner).
+    pub device: Device,
+    /// Set to stop cleanly after the current step (Ctrl-C): a checkpoint is saved and the run
+    /// is marked `KILLED`.
+    pub stop: Arc<AtomicBool>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Environments by name (built-ins plus any the caller registered).
+    pub registry: Registry,
+    /// Continue this run directory from its newest checkpoint instead of starting a new run.
+    pub resume: Option<PathBuf>,
+}
+
+/// Counts of episodes, so nothing is lost silently: at the end of a run `submitted = reported`
+/// and `reported = trained + faulted + unused` (logged as `episodes/*`). `trained` counts the
+/// trajectories handed to the learner; the learner may still drop sequences of one that lag
+/// more than `max_policy_lag` (async mode), counted per step as `dropped_stale`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpisodeCounts {
+    /// Training episodes queued on the actors.
+    pub submitted: u64,
+    /// Training episodes that came back (trajectory or fault).
+    pub reported: u64,
+    /// Trajectories handed to the learner.
+    pub trained: u64,
+    /// Episodes ended by a fault (environment error, panic, timeout, policy error).
+    pub faulted: u64,
+    /// Trajectories left unused at the end of the run (async mode) or replaced by dynamic
+    /// sampling.
+    pub unused: u64,
+}
+
+/// Where a run keeps its KL reference policy when it differs from the model as loaded (after an
+/// SFT warm start with `loss.beta > 0`).
+const REFERENCE_DIR: &str = "reference";
+
+/// The `episodes/*` metrics of `counts`.
+fn count_metrics(counts: &EpisodeCounts) -> BTreeMap<String, f64> {
+    [
+        ("episodes/submitted", counts.submitted),
+        ("episodes/reported", counts.reported),
+        ("episodes/trained", counts.trained),
+        ("episodes/faulted", counts.faulted),
+        ("episodes/unused", counts.unused),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v as f64))
+    .collect()
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// RL steps completed.
+    pub steps: u64,
+    /// Evaluation of the model as loaded, before an SFT warm start (`eval_base/...`), if run.
+    pub eval_base: Option<BTreeMap<String, f64>>,
+    /// Evaluation before RL (after the warm start, if any), if run.
+    pub eval_start: Option<BTreeMap<String, f64>>,
+    /// Evaluation after training, if run.
+    pub eval_end: Option<BTreeMap<String, f64>>,
+    /// Episode accounting.
+    pub episodes: EpisodeCounts,
+    /// How the run ended.
+    pub status: RunStatus,
+}
+
+struct Run {
+    config: JobConfig,
+    run_dir: PathBuf,
+    trackers: Trackers,
+    pool: ActorPool,
+    publisher: WeightPublisher,
+    learner: Learner,
+    policy_parts: (kaizen_model::Tokenizer, ChatTemplate),
+    state: TrainerState,
+    counts: EpisodeCounts,
+    targets: Vec<EvalTarget>,
+    stray: Vec<EpisodeReport>,
+    samples_file: std::fs::File,
+    progress: Option<ProgressBar>,
+    eval_base: Option<BTreeMap<String, f64>>,
+    eval_start: Option<BTreeMap<String, f64>>,
+    eval_end: Option<BTreeMap<String, f64>>,
+    /// When `run.time_limit_minutes` runs out.
+    deadline: Option<Instant>,
+}
+
+/// Runs a training job to the end (or until `options.stop` is set) and returns its summary.
+///
+/// # Errors
+/// Configuration, model, environment, tracking and checkpoint errors. Failures of single
+/// episodes are not errors: they are counted (`faults`) and the run goes on.
+pub fn train(
+    config: JobConfig,
+    resolved: toml::Table,
+    options: TrainOptions,
+) -> Result<TrainSummary, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kaizen-actor")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    let train_device = options.device.clone().autodiff();
+    let (slots, targets) = build_envs(&config, &options.registry)?;
+
+    // A new run, or the newest checkpoint of an old one.
+    let (policy, state, optimizer_state, run_dir, trackers) = match &options.resume {
+        None => {
+            let policy = load_policy(&config, &train_device)?;
+            let name = config
+                .run
+                .name
+                .clone()
+                .unwrap_or_else(|| config.run.experiment.clone());
+            let mut spec = RunSpec::new(config.run.experiment.clone(), name);
+            spec.tags.insert(
+                "kaizen.mode".into(),
+                format!("{:?}", config.run.mode).to_lowercase(),
+            );
+            spec.tags
+                .insert("kaizen.model".into(), config.model.source.clone());
+            let trackers = config.tracking.start(&spec)?;
+            let run_dir = trackers
+                .run_dir()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| config.tracking.runs_dir.clone());
+            let state = TrainerState {
+                step: 0,
+                sft_steps: 0,
+                optimizer_steps: 0,
+                weights_version: 0,
+                next_seed: 0,
+                next_group: 0,
+                next_task: 0,
+                episodes: EpisodeCounts::default(),
+            };
+            (policy, state, None, run_dir, trackers)
+        }
+        Some(run_dir) => {
+            let dir = checkpoint::latest(run_dir)?;
+            let (state, opt_step, moments) = checkpoint::load_state(&dir)?;
+            let mut policy = Policy::load_dir(&dir.join("policy"), &train_device)?;
+            let base = load_policy_template(&config, &policy)?;
+            policy.template = base;
+            let mut trackers = Trackers::new()
+                .with(LocalTracker::resume(run_dir)?)
+                .with_run_dir(run_dir);
+            if let Some(mlflow) = config.tracking.mlflow()? {
+                let name = config
+                    .run
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| config.run.experiment.clone());
+                let spec = RunSpec::new(config.run.experiment.clone(), name);
+                trackers = trackers
+                    .with(MlflowTracker::start(&mlflow, &spec, run_dir)?)
+                    .with_secrets(mlflow.secrets());
+            }
+            tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
+            (
+                policy,
+                state,
+                Some((opt_step, moments)),
+                run_dir.clone(),
+                trackers,
+            )
+        }
+    };
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    let config_path = run_dir.join("config.toml");
+    if options.resume.is_none() {
+        let text = toml::to_string(&resolved).map_err(|e| Error::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&config_path, text).map_err(|e| Error::io(&config_path, e))?;
+        trackers.log_params(&Params::flatten_toml(&toml::Value::Table(resolved.clone())));
+        trackers.log_artifact(&config_path, None);
+    }
+
+    let schedule = rl_schedule(&config);
+    let optimizer = match optimizer_state {
+        Some((step, moments)) => AdamW::restore(
+            config.optim.adamw(),
+            step,
+            moments,
+            &train_device.clone().inner(),
+        )
+        .map_err(|message| Error::Checkpoint {
+            path: run_dir.clone(),
+            message,
+        })?,
+        None => AdamW::new(config.optim.adamw()),
+    };
+    // A resumed run with a KL penalty restores the reference it started RL with: the
+    // warm-started policy saved under `reference/`, else the model as the config loads it.
+    let resumed_reference = match &options.resume {
+        Some(run_dir) if uses_reference(&config) => {
+            let saved = run_dir.join(REFERENCE_DIR);
+            Some(if saved.is_dir() {
+                Policy::load_dir(&saved, &train_device)?.model
+            } else {
+                load_policy(&config, &train_device)?.model
+            })
+        }
+        _ => None,
+    };
+    let Policy {
+        model,
+        tokenizer,
+        template,
+        ..
+    } = policy;
+    let mut learner = Learner::new(
+        model,
+        optimizer,
+        schedule,
+        config.learner.clone(),
+        objective_at(&config, state.step).0,
+        objective_at(&config, state.step).1,
+    );
+    if let Some(reference) = resumed_reference {
+        learner.set_reference(reference);
+    }
+    let (publisher, _) =
+        weight_broadcast_at(learner.policy(), WeightsVersion(state.weights_version));
+    let actor_config = actor_config(&config, &tokenizer);
+    let pool = ActorPool::spawn(
+        runtime.handle(),
+        slots.clone(),
+        Arc::new(tokenizer.clone()),
+        template.clone(),
+        &publisher,
+        actor_config,
+    )?;
+    let samples_path = run_dir.join("samples.jsonl");
+    let samples_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&samples_path)
+        .map_err(|e| Error::io(&samples_path, e))?;
+    let progress = options.progress.then(|| {
+        let bar = ProgressBar::new(config.run.max_steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(state.step);
+        bar
+    });
+    let mut run = Run {
+        config,
+        run_dir,
+        trackers,
+        pool,
+        publisher,
+        learner,
+        policy_parts: (tokenizer, template),
+        counts: state.episodes,
+        state,
+        targets,
+        stray: Vec::new(),
+        samples_file,
+        progress,
+        eval_base: None,
+        eval_start: None,
+        eval_end: None,
+        deadline: None,
+    };
+
+    let outcome = run.execute(&runtime, &slots, &options);
+    let status = match &outcome {
+        Ok(killed) if *killed => RunStatus::Killed,
+        Ok(_) => RunStatus::Finished,
+        Err(_) => RunStatus::Failed,
+    };
+    if let Some(bar) = &run.progress {
+        bar.finish_and_clear();
+    }
+    let (eval_base, eval_start, eval_end) = match &outcome {
+        Ok(_) => (
+            run.eval_base.take(),
+            run.eval_start.take(),
+            run.eval_end.take(),
+        ),
+        Err(_) => (None, None, None),
+    };
+    // Episodes still running or unread when the run ends come back here: they are reported and
+    // unused, so the final accounting (logged as `episodes/*`) closes:
+    // submitted = reported = trained + faulted + unused.
+    let pool = run.pool;
+    let leftovers = runtime.block_on(pool.shutdown());
+    run.counts.reported += leftovers.len() as u64;
+    run.counts.unused += leftovers.len() as u64;
+    let final_counts: Vec<Metric> = count_metrics(&run.counts)
+        .into_iter()
+        .map(|(k, v)| Metric::new(k, v, run.state.step))
+        .collect();
+    run.trackers.log_metrics(&final_counts);
+    // The end-of-run plot, logged as an artifact.
+    if let Ok(stored) = LocalStore::new(&run.config.tracking.runs_dir).find(
+        run.run_dir
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default()
+            .as_str(),
+    ) && let Ok(plot_run) = kaizen_tracking::plot::PlotRun::from_stored(&stored)
+    {
+        let out = run.run_dir.join("report.png");
+        let options = kaizen_tracking::plot::ReportOptions {
+            metrics: report_metrics(&plot_run),
+            ..Default::default()
+        };
+        match kaizen_tracking::plot::render_report(&[plot_run], &options, &out) {
+            Ok(()) => run.trackers.log_artifact(&out, None),
+            Err(e) => tracing::warn!(error = %e, "could not draw the run report"),
+        }
+    }
+    let finished = run.trackers.finish(status);
+    let summary = TrainSummary {
+        run_dir: run.run_dir.clone(),
+        steps: run.state.step,
+        eval_base,
+        eval_start,
+        eval_end,
+        episodes: run.counts,
+        status,
+    };
+    outcome?;
+    if let Err(e) = finished {
+        tracing::warn!(error = %e, "tracking did not finish cleanly");
+    }
+    Ok(summary)
+}
+
+/// The loss and advantage configuration for RL step `step`: the job's, or its SCoRe stage's.
+fn objective_at(config: &JobConfig, step: u64) -> (GrpoLossConfig, AdvantageConfig) {
+    match &config.score {
+        Some(score) => score.objective(score.stage_at(step), &config.loss, &config.advantage),
+        None => (config.loss.clone(), config.advantage),
+    }
+}
+
+/// Whether the job keeps a frozen KL reference (a KL penalty now or in a later SCoRe stage).
+fn uses_reference(config: &JobConfig) -> bool {
+    config.loss.beta > 0.0 || config.score.is_some()
+}
+
+impl Run {
+    /// Returns whether the run was stopped early.
+    fn execute(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        slots: &[EnvSlot],
+        options: &TrainOptions,
+    ) -> Result<bool, Error> {
+        let limit = self.config.run.time_limit_minutes;
+        self.deadline =
+            (limit > 0.0).then(|| Instant::now() + Duration::from_secs_f64(limit * 60.0));
+        if let Some(sft) = self.config.sft.clone()
+            && self.state.step == 0
+            && self.state.sft_steps < sft.steps
+        {
+            if self.state.sft_steps == 0 && self.config.eval.at_start {
+                // The model as given, before the warm start: `eval_base/...` at step 0 (the
+                // `eval/...` of step 0 is the policy RL starts from).
+                let base = self.evaluate("eval_base")?;
+                self.log(&base, 0);
+                self.eval_base = Some(base);
+            }
+            self.warm_start(runtime, slots, &sft)?;
+        }
+        if self.state.step == 0 && self.config.eval.at_start {
+            let eval = self.evaluate("eval")?;
+            self.log(&eval, 0);
+            self.eval_start = Some(eval);
+        }
+        let killed = match self.config.run.mode {
+            Mode::Sync => self.sync_loop(&options.stop)?,
+            Mode::Async => self.async_loop(&options.stop)?,
+        };
+        if !killed && self.state.step < self.config.run.max_steps {
+            tracing::warn!(
+                step = self.state.step,
+                max_steps = self.config.run.max_steps,
+                minutes = limit,
+                "time limit reached: training stops early"
+            );
+            self.log(
+                &BTreeMap::from([("run/time_limit_reached".to_string(), 1.0)]),
+                self.state.step,
+            );
+        }
+        if !killed && self.config.eval.at_end {
+            let eval = self.evaluate("eval")?;
+            self.log(&eval, self.state.step);
+            self.eval_end = Some(eval);
+        }
+        if !killed || self.state.step > 0 {
+            self.save_checkpoint()?;
+        }
+        Ok(killed)
+    }
+}
+
+/// Per-episode sampling seed: a function of the run seed and the task id only, so a resumed run
+/// samples exactly what the uninterrupted one would have.
+fn sampling_seed(run_seed: u64, task: u64) -> u64 {
+    derive_seed(run_seed ^ 0x5A3F_1E2D, task)
+}
+
+impl Run {
+    fn log(&self, metrics: &BTreeMap<String, f64>, step: u64) {
+        let points: Vec<Metric> = metrics
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| Metric::new(k.clone(), *v, step))
+            .collect();
+        self.trackers.log_metrics(&points);
+    }
+
+    /// One learner step on the reports of a step's groups; returns its metrics.
+    fn step_with(&mut self, mut reports: Vec<EpisodeReport>) -> Result<StepMetrics, Error> {
+        reports.sort_by_key(|r| (r.task.group_id, r.task.sample));
+        let mut metrics = episode_metrics(&reports);
+        self.write_samples(&reports);
+        let mut trajectories: Vec<Trajectory> = Vec::with_capacity(reports.len());
+        for r in reports {
+            match r.result {
+                Ok(t) => trajectories.push(t),
+                Err(_) => self.counts.faulted += 1,
+            }
+        }
+        self.counts.trained += trajectories.len() as u64;
+        let newest = self.publisher.version();
+        if let Some(score) = &self.config.score {
+            let stage = score.stage_at(self.state.step);
+            if self.state.step == score.stage1_steps && stage == ScoreStage::Two {
+                tracing::info!(step = self.state.step, "SCoRe stage II starts");
+            }
+            let (loss, advantage) = objective_at(&self.config, self.state.step);
+            self.learner.set_objective(loss, advantage);
+            metrics.insert("score/stage".into(), f64::from(stage.number()));
+        }
+        let learn_start = Instant::now();
+        let learner_metrics = self.learner.grpo_step(&trajectories, newest)?;
+        metrics.extend(learner_metrics);
+        metrics.insert("time/learning".into(), learn_start.elapsed().as_secs_f64());
+        let version = self.publisher.publish(self.learner.policy());
+        self.state.weights_version = version.0;
+        metrics.insert("weights_version".into(), version.0 as f64);
+        Ok(metrics)
+    }
+
+    fn finish_step(&mut self, mut metrics: StepMetrics) -> Result<(), Error> {
+        self.state.step += 1;
+        self.state.optimizer_steps = self.learner.steps();
+        let step = self.state.step;
+        metrics.extend(count_metrics(&self.counts));
+        self.log(&metrics, step);
+        if let Some(bar) = &self.progress {
+            let get = |k: &str| metrics.get(k).copied().unwrap_or(f64::NAN);
+            bar.set_message(format!(
+                "reward {:.3} acc@t1 {:.2} gen {:.0} tok/s learn {:.0} tok/s lag {:.0}",
+                get("reward/mean"),
+                get("env/correct@t1"),
+                get("actor_tokens_per_s"),
+                get("learner_tokens_per_s"),
+                get("policy_lag_max"),
+            ));
+            bar.set_position(step);
+        } else {
+            tracing::info!(
+                step,
+                reward = metrics.get("reward/mean").copied().unwrap_or(f64::NAN),
+                "step done"
+            );
+        }
+        if self.config.checkpoint.every > 0 && step.is_multiple_of(self.config.checkpoint.every) {
+            self.save_checkpoint()?;
+        }
+        if self.config.eval.every > 0
+            && step.is_multiple_of(self.config.eval.every)
+            && step < self.config.run.max_steps
+        {
+            let eval = self.evaluate("eval")?;
+            self.log(&eval, step);
+        }
+        Ok(())
+    }
+}
+
+/// The counts of a group id: training groups only (evaluation groups have [`EVAL_GROUP_BIT`]).
+pub fn is_training_group(group_id: u64) -> bool {
+    group_id & EVAL_GROUP_BIT == 0
+}

@@ -1,0 +1,135 @@
+//! What a step reports besides the learner's numbers: episode metrics, sample transcripts in
+//! `samples.jsonl`, and the panels of the end-of-run plot.
+
+use super::*;
+
+/// Step metrics computed from the episodes: rewards, environment metrics, lengths, faults.
+pub(super) fn episode_metrics(reports: &[EpisodeReport]) -> StepMetrics {
+    let mut m = StepMetrics::new();
+    let mut rewards = Vec::new();
+    let mut lengths = Vec::new();
+    let mut env_sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut faults = 0usize;
+    for r in reports {
+        for (k, v) in &r.metrics {
+            let e = env_sums.entry(k.clone()).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+        match &r.result {
+            Ok(t) => {
+                let per_segment = t.segment_rewards().unwrap_or_default();
+                let trained: Vec<f32> = t
+                    .segments
+                    .iter()
+                    .zip(&per_segment)
+                    .filter(|(s, _)| s.trainable)
+                    .map(|(_, r)| *r)
+                    .collect();
+                if !trained.is_empty() {
+                    rewards.push(trained.iter().sum::<f32>() as f64 / trained.len() as f64);
+                }
+                lengths.extend(
+                    t.segments
+                        .iter()
+                        .filter(|s| s.trainable)
+                        .map(|s| s.completion_tokens.len() as f64),
+                );
+            }
+            Err(_) => faults += 1,
+        }
+    }
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let reward_mean = mean(&rewards);
+    let var = rewards
+        .iter()
+        .map(|r| (r - reward_mean).powi(2))
+        .sum::<f64>()
+        / rewards.len().max(1) as f64;
+    m.insert("reward/mean".into(), reward_mean);
+    m.insert("reward/std".into(), var.sqrt());
+    m.insert("response_length".into(), mean(&lengths));
+    m.insert("faults".into(), faults as f64);
+    for (k, (sum, n)) in &env_sums {
+        m.insert(format!("env/{k}"), sum / *n as f64);
+    }
+    let last = env_sums
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("correct@t")
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .max();
+    if let (Some(n), Some(c1)) = (last, m.get("env/correct@t1").copied())
+        && n > 1
+        && let Some(cn) = m.get(&format!("env/correct@t{n}")).copied()
+    {
+        m.insert(format!("delta_t1_t{n}"), cn - c1);
+    }
+    m
+}
+
+/// The panels of the end-of-run plot: the curves people look at first, when present.
+pub(super) fn report_metrics(run: &kaizen_tracking::plot::PlotRun) -> Vec<String> {
+    let wanted = [
+        "reward/mean",
+        "env/correct@t1",
+        "env/correct@t2",
+        "delta_t1_t2",
+        "entropy",
+        "kl",
+        "grad_norm",
+        "actor_tokens_per_s",
+    ];
+    let mut out: Vec<String> = wanted
+        .iter()
+        .filter(|m| run.history.series(m).is_some())
+        .map(|m| m.to_string())
+        .collect();
+    let mut evals: Vec<String> = run
+        .history
+        .keys()
+        .filter(|k| {
+            k.starts_with("eval/")
+                && (k.contains("correct@t") || k.contains("pass@") || k.contains("delta"))
+        })
+        .map(|k| k.to_string())
+        .collect();
+    evals.sort();
+    out.extend(evals.into_iter().take(4));
+    out
+}
+
+impl Run {
+    pub(super) fn write_samples(&mut self, reports: &[EpisodeReport]) {
+        for r in reports.iter().take(self.config.run.log_samples) {
+            let turns: Vec<serde_json::Value> = r
+                .turns
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "agent": t.request.agent,
+                        "prompt": t.request.messages.last().map(|m| m.content.clone()),
+                        "answer": t.answer,
+                    })
+                })
+                .collect();
+            let rewards = r.result.as_ref().ok().map(|t| t.outcome.rewards.clone());
+            let fault = r.result.as_ref().err().map(|f| f.to_string());
+            let line = serde_json::json!({
+                "step": self.state.step + 1,
+                "env": r.env,
+                "seed": r.task.seed,
+                "group": r.task.group_id,
+                "sample": r.task.sample,
+                "rewards": rewards,
+                "fault": fault,
+                "metrics": r.metrics,
+                "turns": turns,
+            });
+            if let Err(e) = writeln!(self.samples_file, "{line}") {
+                tracing::warn!(error = %e, "could not write samples.jsonl");
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! A job's parts: the policy, the environments (training and evaluation variants) and the
+//! actors' configuration.
+
+use super::*;
+
+/// Loads the policy a job trains, on `device`.
+///
+/// # Errors
+/// Model loading errors.
+pub fn load_policy(config: &JobConfig, device: &Device) -> Result<Policy, Error> {
+    let mut policy = if config.model.source == "tiny" {
+        let tokenizer = kaizen_model::Tokenizer::byte_level();
+        let llama_config = config
+            .model
+            .tiny
+            .clone()
+            .unwrap_or_else(|| LlamaConfig::tiny(tokenizer.vocab_size()));
+        Policy {
+            model: Llama::init(&llama_config, device, config.model.init_seed)?,
+            tokenizer,
+            template: ChatTemplate::chatml(),
+            name: "tiny".into(),
+        }
+    } else {
+        Policy::load(&config.model.source, device)?
+    };
+    match config.model.chat_template.as_str() {
+        "model" => {}
+        "plain" => policy.template = ChatTemplate::plain(&policy.tokenizer),
+        "chatml" => policy.template = ChatTemplate::chatml(),
+        other => {
+            return Err(Error::Config {
+                path: "[model]".into(),
+                message: format!(
+                    "`chat_template` = {other:?}: expected \"model\", \"chatml\" or \"plain\""
+                ),
+            });
+        }
+    }
+    Ok(policy)
+}
+
+/// Builds the actors' environment list: the training environments, then their evaluation
+/// variants. Returns the slots and the evaluation targets.
+///
+/// # Errors
+/// Environment construction errors (unknown name, bad parameters).
+pub fn build_envs(
+    config: &JobConfig,
+    registry: &Registry,
+) -> Result<(Vec<EnvSlot>, Vec<EvalTarget>), Error> {
+    let mut slots = Vec::new();
+    for e in &config.envs {
+        slots.push(EnvSlot {
+            name: e.name.clone(),
+            factory: registry.build(&e.name, &e.params)?,
+        });
+    }
+    let mut targets = Vec::new();
+    for e in &config.envs {
+        let params = e.eval_params.as_ref().unwrap_or(&e.params);
+        targets.push(EvalTarget {
+            slot: slots.len(),
+            name: e.name.clone(),
+            held_out: e.eval_params.is_some(),
+        });
+        slots.push(EnvSlot {
+            name: e.name.clone(),
+            factory: registry.build(&e.name, params)?,
+        });
+    }
+    Ok((slots, targets))
+}
+
+pub(super) fn load_policy_template(
+    config: &JobConfig,
+    policy: &Policy,
+) -> Result<ChatTemplate, Error> {
+    Ok(match config.model.chat_template.as_str() {
+        "plain" => ChatTemplate::plain(&policy.tokenizer),
+        "chatml" => ChatTemplate::chatml(),
+        _ => policy.template.clone(),
+    })
+}
+
+pub(super) fn rl_schedule(config: &JobConfig) -> Schedule {
+    Schedule {
+        lr: config.optim.learning_rate,
+        warmup_steps: config.optim.warmup_steps,
+        total_steps: config.run.max_steps,
+        kind: config.optim.lr_scheduler_type,
+    }
+}
+
+/// The actors' configuration of a job.
+pub(super) fn actor_config(config: &JobConfig, tokenizer: &kaizen_model::Tokenizer) -> ActorConfig {
+    ActorConfig {
+        actors: config.actors.count,
+        episodes_in_flight: config.actors.episodes_in_flight,
+        sampling: config.sampling.clone(),
+        limits: EpisodeLimits {
+            env_call_timeout: Duration::from_secs_f64(config.actors.env_timeout_s),
+            respond_timeout: None,
+            max_turns: config.actors.max_turns,
+        },
+        engine: EngineConfig::new(
+            tokenizer,
+            match config.run.mode {
+                Mode::Sync => None,
+                Mode::Async => Some(Duration::from_millis(20)),
+            },
+        ),
+        results_capacity: (config.grpo.prompts_per_step * config.grpo.num_generations).max(16),
+    }
+}
+
+/// `spec` as a model source: a run directory (`runs/<experiment>/<run-id>`, or one of its
+/// checkpoints) stands for the policy of its newest checkpoint; anything else is returned as is
+/// (`tiny`, `smollm2`, a .gguf file, a model directory).
+///
+/// # Errors
+/// [`Error::Checkpoint`] for a run directory without checkpoints.
+pub fn resolve_model_source(spec: &str) -> Result<String, Error> {
+    let path = Path::new(spec);
+    if path.join("policy").join("config.json").is_file() {
+        return Ok(path.join("policy").display().to_string());
+    }
+    if checkpoint::checkpoints_dir(path).is_dir() {
+        return Ok(checkpoint::latest(path)?
+            .join("policy")
+            .display()
+            .to_string());
+    }
+    Ok(spec.to_string())
+}

@@ -1,0 +1,125 @@
+//! The supervised warm start before RL (`[sft]`): demonstrations or chat JSONL, then the KL
+//! reference is frozen and RL gets a fresh optimizer.
+
+use super::*;
+
+impl Run {
+    pub(super) fn warm_start(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        slots: &[EnvSlot],
+        sft: &crate::config::SftConfig,
+    ) -> Result<(), Error> {
+        let (tokenizer, template) = &self.policy_parts;
+        let train_slots = &slots[..self.config.envs.len()];
+        let samples: Vec<Sample> = if sft.source == "demonstrations" {
+            let count = (sft.steps as usize * sft.batch_size).clamp(1, 20_000);
+            // Demonstration seeds sit far above training seeds.
+            demonstration_samples(runtime, train_slots, count, 1 << 36, tokenizer, template)?
+        } else {
+            chat_samples(Path::new(&sft.source), tokenizer, template)?
+        };
+        // Turns the actors would never play (a prompt over `sampling.max_prompt_length`) or the
+        // model cannot hold (over `max_position_embeddings`) are left out, and counted.
+        let max_positions = self.learner.policy().config().max_position_embeddings;
+        let max_prompt = self.config.sampling.max_prompt_length;
+        let before = samples.len();
+        let samples: Vec<Sample> = samples
+            .into_iter()
+            .filter(|s| {
+                let prompt = s
+                    .loss_mask
+                    .iter()
+                    .position(|&m| m)
+                    .unwrap_or(s.tokens.len());
+                prompt <= max_prompt && s.tokens.len() <= max_positions
+            })
+            .collect();
+        let too_long = before - samples.len();
+        if samples.is_empty() {
+            return Err(Error::Config {
+                path: "[sft]".into(),
+                message: format!(
+                    "every one of the {before} warm-start sequences is longer than \
+                     `sampling.max_prompt_length` ({max_prompt}) or the model's context \
+                     ({max_positions} tokens)"
+                ),
+            });
+        }
+        if too_long > 0 {
+            tracing::warn!(
+                too_long,
+                max_prompt,
+                max_positions,
+                "warm-start sequences left out: prompt or whole sequence too long"
+            );
+        }
+        self.trackers
+            .log_metrics(&[Metric::new("sft/too_long", too_long as f64, 0)]);
+        tracing::info!(
+            sequences = samples.len(),
+            steps = sft.steps,
+            "supervised warm start"
+        );
+        let schedule = Schedule {
+            lr: sft.learning_rate,
+            warmup_steps: (sft.steps / 20).max(1),
+            total_steps: sft.steps,
+            kind: SchedulerType::Cosine,
+        };
+        self.learner
+            .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.run.seed, 0x5F7));
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        let mut cursor = order.len();
+        while self.state.sft_steps < sft.steps {
+            let mut batch = Vec::with_capacity(sft.batch_size);
+            while batch.len() < sft.batch_size {
+                if cursor == order.len() {
+                    // Fisher-Yates shuffle for each epoch.
+                    for i in (1..order.len()).rev() {
+                        let j = rng.random_range(0..=i);
+                        order.swap(i, j);
+                    }
+                    cursor = 0;
+                }
+                batch.push(samples[order[cursor]].clone());
+                cursor += 1;
+            }
+            let metrics = self.learner.sft_step(&batch)?;
+            self.state.sft_steps += 1;
+            let points: Vec<Metric> = metrics
+                .iter()
+                .map(|(k, v)| Metric::new(k.clone(), *v, self.state.sft_steps))
+                .collect();
+            self.trackers.log_metrics(&points);
+            if self.state.sft_steps.is_multiple_of(10) || self.state.sft_steps == sft.steps {
+                tracing::info!(
+                    step = self.state.sft_steps,
+                    loss = metrics.get("sft/loss").copied().unwrap_or(f64::NAN),
+                    "sft"
+                );
+            }
+        }
+        // The KL reference is the warm-started policy, saved so a resumed run restores it.
+        if uses_reference(&self.config) {
+            self.learner.freeze_reference();
+            let policy = Policy {
+                model: self.learner.policy(),
+                tokenizer: tokenizer.clone(),
+                template: template.clone(),
+                name: "reference".into(),
+            };
+            let dir = self.run_dir.join(REFERENCE_DIR);
+            policy.save_dir(&dir)?;
+        }
+        // RL starts with a fresh optimizer and its own schedule.
+        self.learner.reset_optimizer(
+            AdamW::new(self.config.optim.adamw()),
+            rl_schedule(&self.config),
+        );
+        let version = self.publisher.publish(self.learner.policy());
+        self.state.weights_version = version.0;
+        Ok(())
+    }
+}
