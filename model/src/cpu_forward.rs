@@ -68,32 +68,105 @@ impl HostView {
     }
 }
 
-/// The views of one decoder block's weights.
+/// A parameter as the CPU passes see it: its values ([`HostView`]), and for the training pass
+/// also its id ([`burn::module::ParamId`], to hand gradients back to burn's optimizer).
+pub(crate) trait WeightView: Sized {
+    /// The view of `param`; `None` when it is not a float32, contiguous flex tensor outside
+    /// autodiff.
+    fn of<const D: usize>(param: &Param<Tensor<D>>) -> Option<Self>;
+}
+
+impl WeightView for HostView {
+    fn of<const D: usize>(param: &Param<Tensor<D>>) -> Option<Self> {
+        HostView::of(param)
+    }
+}
+
+impl WeightView for (HostView, burn::module::ParamId) {
+    fn of<const D: usize>(param: &Param<Tensor<D>>) -> Option<Self> {
+        Some((HostView::of_tensor(param.val().inner())?, param.id))
+    }
+}
+
+/// One decoder block's weights.
 #[derive(Debug, Clone)]
-struct LayerWeights {
-    input_norm: HostView,
-    q: HostView,
-    k: HostView,
-    v: HostView,
+pub(crate) struct LayerWeights<W> {
+    pub(crate) input_norm: W,
+    pub(crate) q: W,
+    pub(crate) k: W,
+    pub(crate) v: W,
     /// q/k/v biases (Qwen2), all or none.
-    qkv_bias: Option<[HostView; 3]>,
-    o: HostView,
-    post_norm: HostView,
-    gate: HostView,
-    up: HostView,
-    down: HostView,
+    pub(crate) qkv_bias: Option<[W; 3]>,
+    pub(crate) o: W,
+    pub(crate) post_norm: W,
+    pub(crate) gate: W,
+    pub(crate) up: W,
+    pub(crate) down: W,
+}
+
+/// Every weight of a [`Llama`] that the CPU passes read, as `W`: the one structure of the model's
+/// weights that inference ([`CpuWeights`]) and training (`cpu_train`, with parameter ids) share.
+#[derive(Debug, Clone)]
+pub(crate) struct LlamaWeights<W> {
+    pub(crate) embed: W,
+    pub(crate) layers: Vec<LayerWeights<W>>,
+    pub(crate) norm: W,
+    /// `None` when the output projection is tied to `embed`.
+    pub(crate) lm_head: Option<W>,
+}
+
+impl<W: WeightView> LlamaWeights<W> {
+    /// The views of `model`'s weights, or `None` when one cannot be viewed or the model has a
+    /// bias the CPU passes do not implement (only q/k/v may carry one, as in Qwen2).
+    pub(crate) fn collect(model: &Llama) -> Option<Self> {
+        let layers = model
+            .layers
+            .iter()
+            .map(|layer| {
+                let attn = &layer.self_attn;
+                let mlp = &layer.mlp;
+                if [&attn.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj]
+                    .iter()
+                    .any(|l| l.bias.is_some())
+                {
+                    return None;
+                }
+                let qkv_bias = match (&attn.q_proj.bias, &attn.k_proj.bias, &attn.v_proj.bias) {
+                    (None, None, None) => None,
+                    (Some(q), Some(k), Some(v)) => Some([W::of(q)?, W::of(k)?, W::of(v)?]),
+                    _ => return None,
+                };
+                Some(LayerWeights {
+                    input_norm: W::of(&layer.input_layernorm.weight)?,
+                    q: W::of(&attn.q_proj.weight)?,
+                    k: W::of(&attn.k_proj.weight)?,
+                    v: W::of(&attn.v_proj.weight)?,
+                    qkv_bias,
+                    o: W::of(&attn.o_proj.weight)?,
+                    post_norm: W::of(&layer.post_attention_layernorm.weight)?,
+                    gate: W::of(&mlp.gate_proj.weight)?,
+                    up: W::of(&mlp.up_proj.weight)?,
+                    down: W::of(&mlp.down_proj.weight)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let lm_head = match &model.lm_head {
+            Some(head) if head.bias.is_some() => return None,
+            Some(head) => Some(W::of(&head.weight)?),
+            None => None,
+        };
+        Some(Self {
+            embed: W::of(&model.embed_tokens)?,
+            layers,
+            norm: W::of(&model.norm.weight)?,
+            lm_head,
+        })
+    }
 }
 
 /// Zero-copy host views of every weight of a [`Llama`] that the forward pass and the output
 /// projection read.
-#[derive(Debug, Clone)]
-pub(crate) struct CpuWeights {
-    embed: HostView,
-    layers: Vec<LayerWeights>,
-    norm: HostView,
-    /// `None` when the output projection is tied to `embed`.
-    lm_head: Option<HostView>,
-}
+pub(crate) type CpuWeights = LlamaWeights<HostView>;
 
 impl CpuWeights {
     /// The views of `model`'s weights, or `None` when the CPU kernels do not apply (another
@@ -103,51 +176,7 @@ impl CpuWeights {
         if !model.uses_cpu_kernels() {
             return None;
         }
-        let layers = model
-            .layers
-            .iter()
-            .map(|layer| {
-                let attn = &layer.self_attn;
-                let mlp = &layer.mlp;
-                // Only q/k/v may carry a bias (Qwen2); other biases are left to burn's path.
-                if [&attn.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj]
-                    .iter()
-                    .any(|l| l.bias.is_some())
-                {
-                    return None;
-                }
-                let qkv_bias = match (&attn.q_proj.bias, &attn.k_proj.bias, &attn.v_proj.bias) {
-                    (None, None, None) => None,
-                    (Some(q), Some(k), Some(v)) => {
-                        Some([HostView::of(q)?, HostView::of(k)?, HostView::of(v)?])
-                    }
-                    _ => return None,
-                };
-                Some(LayerWeights {
-                    input_norm: HostView::of(&layer.input_layernorm.weight)?,
-                    q: HostView::of(&attn.q_proj.weight)?,
-                    k: HostView::of(&attn.k_proj.weight)?,
-                    v: HostView::of(&attn.v_proj.weight)?,
-                    qkv_bias,
-                    o: HostView::of(&attn.o_proj.weight)?,
-                    post_norm: HostView::of(&layer.post_attention_layernorm.weight)?,
-                    gate: HostView::of(&mlp.gate_proj.weight)?,
-                    up: HostView::of(&mlp.up_proj.weight)?,
-                    down: HostView::of(&mlp.down_proj.weight)?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let lm_head = match &model.lm_head {
-            Some(head) if head.bias.is_some() => return None,
-            Some(head) => Some(HostView::of(&head.weight)?),
-            None => None,
-        };
-        Some(Self {
-            embed: HostView::of(&model.embed_tokens)?,
-            layers,
-            norm: HostView::of(&model.norm.weight)?,
-            lm_head,
-        })
+        Self::collect(model)
     }
 
     /// Logits of hidden states: `[n, hidden]` → `[n, vocab]`.

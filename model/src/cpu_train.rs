@@ -31,12 +31,12 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use burn::module::{Param, ParamId};
+use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::cpu_forward::HostView;
+use crate::cpu_forward::{HostView, LlamaWeights};
 use crate::cpu_kernels::{exp, gemm_raw, gemm_transb};
 use crate::llama::Llama;
 use crate::score::{ScoreBatch, ScoreOptions, Scores, shared_prefix};
@@ -45,83 +45,18 @@ use crate::{Error, Result};
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
 
-/// Host views of one decoder block's parameters and their ids.
-#[derive(Debug, Clone)]
-struct LayerParams {
-    input_norm: (HostView, ParamId),
-    q: (HostView, ParamId),
-    k: (HostView, ParamId),
-    v: (HostView, ParamId),
-    /// q/k/v biases, all or none.
-    qkv_bias: Option<[(HostView, ParamId); 3]>,
-    o: (HostView, ParamId),
-    post_norm: (HostView, ParamId),
-    gate: (HostView, ParamId),
-    up: (HostView, ParamId),
-    down: (HostView, ParamId),
-}
-
-/// Host views of every parameter a scoring pass reads (the model's values, not copies).
-#[derive(Debug, Clone)]
-struct ModelParams {
-    embed: (HostView, ParamId),
-    layers: Vec<LayerParams>,
-    norm: (HostView, ParamId),
-    /// `None` when the output projection is tied to `embed`.
-    lm_head: Option<(HostView, ParamId)>,
-}
-
-fn view<const D: usize>(param: &Param<Tensor<D>>) -> Option<(HostView, ParamId)> {
-    Some((HostView::of_tensor(param.val().inner())?, param.id))
-}
+/// Host views of every parameter a scoring pass reads (the model's values, not copies) with
+/// their ids: the model's one weight structure ([`LlamaWeights`]) with parameter ids.
+type ModelParams = LlamaWeights<(HostView, ParamId)>;
 
 impl ModelParams {
+    /// The parameters of `model`, or `None` where the CPU training pass does not apply (a value
+    /// head, a bias outside q/k/v, a tensor that cannot be viewed).
     fn of(model: &Llama) -> Option<Self> {
         if model.value_head.is_some() {
             return None;
         }
-        let layers = model
-            .layers
-            .iter()
-            .map(|layer| {
-                let attn = &layer.self_attn;
-                let mlp = &layer.mlp;
-                if [&attn.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj]
-                    .iter()
-                    .any(|l| l.bias.is_some())
-                {
-                    return None;
-                }
-                let qkv_bias = match (&attn.q_proj.bias, &attn.k_proj.bias, &attn.v_proj.bias) {
-                    (None, None, None) => None,
-                    (Some(q), Some(k), Some(v)) => Some([view(q)?, view(k)?, view(v)?]),
-                    _ => return None,
-                };
-                Some(LayerParams {
-                    input_norm: view(&layer.input_layernorm.weight)?,
-                    q: view(&attn.q_proj.weight)?,
-                    k: view(&attn.k_proj.weight)?,
-                    v: view(&attn.v_proj.weight)?,
-                    qkv_bias,
-                    o: view(&attn.o_proj.weight)?,
-                    post_norm: view(&layer.post_attention_layernorm.weight)?,
-                    gate: view(&mlp.gate_proj.weight)?,
-                    up: view(&mlp.up_proj.weight)?,
-                    down: view(&mlp.down_proj.weight)?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let lm_head = match &model.lm_head {
-            Some(head) if head.bias.is_some() => return None,
-            Some(head) => Some(view(&head.weight)?),
-            None => None,
-        };
-        Some(Self {
-            embed: view(&model.embed_tokens)?,
-            layers,
-            norm: view(&model.norm.weight)?,
-            lm_head,
-        })
+        Self::collect(model)
     }
 
     /// Every parameter's id and element count, in a fixed order (that of [`CpuGrads`]).
