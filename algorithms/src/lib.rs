@@ -21,7 +21,10 @@
 //!    two-sided clipping (`delta`), optional KL penalty to a
 //!    reference ([`kl_estimate`], `beta`), aggregated by `loss_type` (`grpo`, `bnpo`, `dapo`,
 //!    `dr_grpo`), minus an optional entropy bonus.
-//! 4. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
+//! 4. **PPO's critic** ([`token_rewards`], [`gae`], [`value_loss`]): per-token rewards (turn
+//!    rewards on turn ends, optionally the KL in the reward), generalised advantage estimation
+//!    over a thread's trained tokens, and the clipped value loss.
+//! 5. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
 //!
 //! Losses take flat `[n]` tensors over the trained tokens only (the order of
 //! `kaizen_model::Scores`), the row of each token, and normalisers counted over the **whole
@@ -75,6 +78,7 @@ mod grpo;
 mod gspo;
 mod kl;
 mod multi_turn;
+mod ppo;
 mod reinforce_pp;
 mod sft;
 
@@ -89,5 +93,6 @@ pub use grpo::{
 pub use gspo::sequence_log_ratio;
 pub use kl::{KL_LOG_RATIO_BOUND, KlEstimator, kl_estimate};
 pub use multi_turn::{TurnAdvantages, returns_to_go, segment_advantages, turn_advantages};
+pub use ppo::{PpoConfig, ValueLossOutput, gae, token_rewards, value_loss};
 pub use reinforce_pp::whiten;
 pub use sft::{SftMetrics, SftOutput, sft_loss};
