@@ -24,7 +24,9 @@
 //! 4. **PPO's critic** ([`token_rewards`], [`gae`], [`value_loss`]): per-token rewards (turn
 //!    rewards on turn ends, optionally the KL in the reward), generalised advantage estimation
 //!    over a thread's trained tokens, and the clipped value loss.
-//! 5. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
+//! 5. **Preference losses** ([`dpo_loss`], [`group_pairs`]): DPO and IPO on pairs of the
+//!    policy's own samples (a group's best and worst).
+//! 6. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
 //!
 //! Losses take flat `[n]` tensors over the trained tokens only (the order of
 //! `kaizen_model::Scores`), the row of each token, and normalisers counted over the **whole
@@ -73,6 +75,7 @@
 #![warn(missing_docs)]
 
 mod advantages;
+mod dpo;
 mod error;
 mod grpo;
 mod gspo;
@@ -85,6 +88,7 @@ mod sft;
 pub use advantages::{
     AdvantageConfig, AdvantageEstimator, GroupAdvantages, STD_EPS, ScaleRewards, group_advantages,
 };
+pub use dpo::{DpoConfig, DpoOutput, PreferenceBatch, PreferenceLoss, dpo_loss, group_pairs};
 pub use error::Error;
 pub use grpo::{
     GrpoBatch, GrpoLossConfig, GrpoMetrics, GrpoOutput, ImportanceSamplingLevel, LOG_RATIO_BOUND,
