@@ -41,7 +41,7 @@ pub enum AdvantageEstimator {
     /// REINFORCE++: rewards whitened over the whole batch, `(r_i − mean_B) / (std_B + eps)`;
     /// no group baseline, and `scale_rewards` does not apply (see `crate::reinforce_pp`).
     ReinforcePlusPlus,
-    /// REINFORCE++-baseline: `r_i − mean_g(r)`, then whitened over the batch; a sample alone
+    /// REINFORCE++-baseline: `r_i − mean_g(r)`, then divided by the batch std; a sample alone
     /// in its group gets 0 (see `crate::reinforce_pp`). `scale_rewards` does not apply.
     ReinforcePlusPlusBaseline,
 }
@@ -153,7 +153,11 @@ pub fn group_advantages<K: Ord>(
             }
         }
         let values: Vec<f64> = centred.iter().map(|&(_, c)| c).collect();
-        for ((i, _), a) in centred.iter().zip(crate::reinforce_pp::whiten(&values)) {
+        let recentre = adv_estimator == AdvantageEstimator::ReinforcePlusPlus;
+        for ((i, _), a) in centred
+            .iter()
+            .zip(crate::reinforce_pp::whiten_with(&values, recentre))
+        {
             advantages[*i] = a as f32;
         }
         let zero_signal_groups = members

@@ -14,8 +14,10 @@
 //!
 //! IPO ([Azar et al. 2023](https://arxiv.org/abs/2310.12036), Eq. 17) regresses the margin to
 //! `1/(2β)` instead of pushing it to infinity, which keeps the policy near the reference when
-//! the preferences are deterministic (as a verifier's are). `softplus` is evaluated as
-//! `max(x, 0) + log1p(exp(−|x|))`: finite for any margin, no `exp` of an unbounded argument.
+//! the preferences are deterministic (as a verifier's are). `−log σ` is burn's stable
+//! log-sigmoid: finite for any margin, no `exp` of an unbounded argument. `h` uses sequence
+//! sums for both losses; TRL's `ipo` divides each response's log-probs by its length first (a
+//! departure, kept so that both losses see the same margin).
 //!
 //! Self-improvement gets its pairs online: [`group_pairs`] pairs the best and the worst sample
 //! of each GRPO group (a verifier's or the model's own judgement), so no one writes preference
@@ -181,11 +183,9 @@ pub fn dpo_loss(
     let h = chosen.clone() - rejected.clone();
     let beta = f64::from(config.beta);
     let per_pair = match config.loss_type {
-        // softplus(−β·h) = max(−β·h, 0) + log1p(exp(−|β·h|)).
-        PreferenceLoss::Sigmoid => {
-            let x = h.clone().neg() * beta;
-            x.clone().clamp_min(0.0) + x.abs().neg().exp().log1p()
-        }
+        // −log σ(β·h) with burn's stable log-sigmoid (finite for any margin, and its own
+        // backward σ(−β·h)·β, right at h = 0 too).
+        PreferenceLoss::Sigmoid => burn::tensor::activation::log_sigmoid(h.clone() * beta).neg(),
         PreferenceLoss::Ipo => (h.clone() - 1.0 / (2.0 * beta)).square(),
     };
     let loss = per_pair.sum() / num_pairs as f64;
@@ -310,6 +310,28 @@ mod tests {
         );
         let g = values(x.grad(&out.loss.backward()).unwrap());
         for (a, b) in g.iter().zip([-1.0, -1.0, 1.0]) {
+            assert!((a - b).abs() < 1e-6, "{g:?}");
+        }
+    }
+
+    /// At a zero margin (where DPO starts, the reference being the policy) the gradient is
+    /// −β·σ(0) = −β/2 per unit of `h`; a `max(x, 0)`-based softplus gave −β there.
+    #[test]
+    fn dpo_gradient_at_a_zero_margin_is_half_beta() {
+        let device = Device::flex().autodiff();
+        let x = tensor(&[-1.0, -2.0, -1.0], &device).require_grad();
+        let out = dpo_loss(
+            batch(x.clone(), &device),
+            1,
+            &DpoConfig {
+                beta: 0.5,
+                loss_type: PreferenceLoss::Sigmoid,
+            },
+        )
+        .unwrap();
+        assert!((out.loss_value - 2f32.ln()).abs() < 1e-6);
+        let g = values(x.grad(&out.loss.backward()).unwrap());
+        for (a, b) in g.iter().zip([-0.25, -0.25, 0.25]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
         }
     }

@@ -32,8 +32,10 @@ use crate::kl::{KlEstimator, kl_estimate};
 
 /// The importance log-ratio `log π_θ − log π_old` is clamped to `[−B, B]` before `exp`
 /// (`B = 20`, veRL's bound): the ratio and its gradient stay finite for any gap, and a token
-/// beyond the bound gets no gradient (where its clip is active it has none anyway). Ratios
-/// `e^{±20}` are far outside anything a working run produces (the clip range is `1 ± 0.2`).
+/// beyond the bound gets no gradient. Where its clip is active it has none anyway; the one case
+/// the bound changes is a negative-advantage token with a ratio above `e^20` (PPO takes the
+/// unclipped term there; without `delta` its loss is capped at `e^20 · |A|` and its gradient
+/// dropped, as in veRL). Ratios `e^{±20}` are far outside anything a working run produces.
 pub const LOG_RATIO_BOUND: f32 = 20.0;
 
 /// How per-token losses are aggregated into the step loss (TRL `loss_type`).
@@ -334,8 +336,9 @@ impl GrpoMetrics {
 /// Each aggregation is linear in the per-token losses with coefficients fixed by `rows` and
 /// `step`, so the losses of a step's micro-batches add up to the step loss. `grpo` takes each
 /// sequence's mean before dividing by `S` (rather than weighting each token by the rounded
-/// `1/(S·|o_i|)`), so that where the algebra gives exactly 0 — e.g. on-policy, advantages `+a`
-/// and `−a` — the loss is exactly 0.
+/// `1/(S·|o_i|)`), so the per-token weights' rounding residue is gone: on-policy with
+/// advantages `+1` and `−1` the loss is exactly 0 (it was 4.5e-8; tested). Float sums are not
+/// exact in general, so other cancellations may still leave a rounding residue.
 ///
 /// Numerical safety: no `exp` sees an unbounded argument, forward or backward. The log-ratio
 /// is clamped ([`LOG_RATIO_BOUND`]), so a trained token with any log-ratio gives a finite loss

@@ -91,7 +91,10 @@ pub fn kl_estimate<const D: usize>(
 /// gradient for any finite `x`, bit-identical to `exp` below the bound.
 fn bounded_exp<const D: usize>(x: Tensor<D>, bound: f32) -> Tensor<D> {
     let clamped = x.clone().clamp_max(bound);
-    let excess = x - clamped.clone();
+    // (x − bound) above the bound, 0 elsewhere (filled, not subtracted: no −∞ − (−∞) = NaN
+    // for x = −∞, and no gradient at or below the bound).
+    let at_or_below = x.clone().lower_equal_elem(bound);
+    let excess = (x - bound).mask_fill(at_or_below, 0.0);
     clamped.exp() * (excess + 1.0)
 }
 

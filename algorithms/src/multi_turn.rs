@@ -38,7 +38,8 @@
 //! the standard deviation of the turns that are trained, and gets advantage 0. Otherwise a
 //! sibling that is never trained would hand the remaining member a large advantage (with two
 //! members, `±1/(σ + eps)`) for nothing it did. A group left with one trained member at some
-//! turn gets 0 there, as any group of one. (Such a turn's rewards still enter *earlier* turns'
+//! turn gets 0 there, as any group of one (except under `reinforce_plus_plus`, whose baseline
+//! is the whole batch's, not the group's). (Such a turn's rewards still enter *earlier* turns'
 //! returns: they are consequences of those turns.)
 //!
 //! # Progress bonus (SCoRe)

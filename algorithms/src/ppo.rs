@@ -24,8 +24,8 @@
 //! vf_loss = ½ · Σ_t w_t · max((V_t − R_t)², (Ṽ_t − R_t)²)     w_t: the step's token weights
 //! ```
 //!
-//! Names follow TRL's `PPOConfig` (`gamma`, `lam`, `vf_coef`, `cliprange_value`,
-//! `whiten_rewards`) and OpenRLHF (`advantages` whitened over the batch).
+//! Names follow TRL's `PPOConfig` (`gamma`, `lam`, `vf_coef`, `cliprange_value`, `kl_coef`);
+//! `whiten_advantages` is OpenRLHF's advantage whitening over the batch (TRL always whitens).
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -105,7 +105,8 @@ impl PpoConfig {
 ///
 /// # Errors
 /// [`Error::Length`] when the lengths disagree, [`Error::NonFiniteReward`] for a NaN or
-/// infinite reward.
+/// infinite reward, [`Error::Config`] (`turn_lengths`) for a turn without trained tokens
+/// (its reward would have no token to land on).
 pub fn token_rewards(
     turn_lengths: &[usize],
     turn_rewards: &[f32],
@@ -125,14 +126,19 @@ pub fn token_rewards(
     {
         return Err(Error::NonFiniteReward { index, value });
     }
+    if let Some(&len) = turn_lengths.iter().find(|&&l| l == 0) {
+        return Err(Error::Config {
+            field: "turn_lengths",
+            value: len as f64,
+            expected: "at least one trained token per turn",
+        });
+    }
     let total: usize = turn_lengths.iter().sum();
     let mut rewards = vec![0.0f32; total];
     let mut end = 0;
     for (&len, &r) in turn_lengths.iter().zip(turn_rewards) {
         end += len;
-        if len > 0 {
-            rewards[end - 1] += r;
-        }
+        rewards[end - 1] += r;
     }
     if let Some(kl) = kl {
         check_len("kl", kl.len(), "tokens of the turns", total)?;
@@ -295,6 +301,13 @@ mod tests {
         assert!(matches!(
             token_rewards(&[1], &[f32::NAN], None, 0.0),
             Err(Error::NonFiniteReward { index: 0, .. })
+        ));
+        assert!(matches!(
+            token_rewards(&[2, 0], &[0.0, 1.0], None, 0.0),
+            Err(Error::Config {
+                field: "turn_lengths",
+                ..
+            })
         ));
     }
 

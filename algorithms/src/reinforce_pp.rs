@@ -7,17 +7,19 @@
 //!
 //! ```text
 //! A_i = (G_i − mean_B(G)) / (std_B(G) + eps)                  reinforce_plus_plus
-//! A_i = (c_i − mean_B(c)) / (std_B(c) + eps),  c_i = G_i − mean_g(G)
-//!                                                              reinforce_plus_plus_baseline
+//! A_i = c_i / (std_B(c) + eps),  c_i = G_i − mean_g(G)         reinforce_plus_plus_baseline
 //! ```
 //!
 //! where `B` is every sample of the batch (at one turn index, see `multi_turn`), `g` the
 //! sample's group and `std` unbiased. The batch statistics are less noisy than a group's of 8
 //! and do not inflate the advantages of nearly-solved prompts (the paper's argument against
 //! GRPO's per-group std). The `_baseline` variant (the paper's §3.3, for reasoning tasks with
-//! several samples per prompt) subtracts the group mean first; a sample alone in its group has
-//! no baseline, gets exactly 0 and is left out of the batch statistics. Names are veRL's
-//! `adv_estimator` values.
+//! several samples per prompt) subtracts the group mean first; the centred values already have
+//! batch mean 0, so they are only divided by the batch std (re-centring would turn a flat
+//! group's exact zeros into rounding residues). A sample alone in its group has no baseline,
+//! gets exactly 0 and is left out of the batch statistics (veRL keeps its raw reward). Names
+//! are veRL's `adv_estimator` values. Departure: kaizen whitens per sample (per turn), veRL and
+//! the paper per token, where longer answers weigh more.
 //!
 //! Departure: REINFORCE++ puts the per-token KL to the reference into the reward (`r_t − β·KL_t`
 //! before the return); kaizen's KL stays in the loss (`loss.beta`, the paper's §3.3 "k2 in the
@@ -29,6 +31,12 @@
 /// # Shapes
 /// `[n]` → `[n]`.
 pub fn whiten(x: &[f64]) -> Vec<f64> {
+    whiten_with(x, true)
+}
+
+/// [`whiten`], or with `centre = false` only the division by `std + eps` (for values already
+/// centred per group, whose batch mean is 0 up to rounding: an exact 0 stays exactly 0).
+pub(crate) fn whiten_with(x: &[f64], centre: bool) -> Vec<f64> {
     if x.len() < 2 || x.iter().all(|&v| v == x[0]) {
         return vec![0.0; x.len()];
     }
@@ -36,7 +44,8 @@ pub fn whiten(x: &[f64]) -> Vec<f64> {
     let mean = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
     let scale = var.sqrt() + crate::STD_EPS;
-    x.iter().map(|v| (v - mean) / scale).collect()
+    let shift = if centre { mean } else { 0.0 };
+    x.iter().map(|v| (v - shift) / scale).collect()
 }
 
 #[cfg(test)]
@@ -80,7 +89,7 @@ mod tests {
     }
 
     #[test]
-    fn reinforce_plus_plus_baseline_centres_per_group_then_whitens() {
+    fn reinforce_plus_plus_baseline_centres_per_group_then_scales_by_the_batch_std() {
         // Group a: 3, 1 (mean 2) → 1, −1; group b: 0, 0, 3 (mean 1) → −1, −1, 2; group c: a
         // lone sample → 0, left out. Batch of centred values 1, −1, −1, −1, 2: mean 0,
         // Σ x² = 8, unbiased std sqrt(2).
@@ -100,6 +109,17 @@ mod tests {
         }
         assert_eq!(out.advantages[5], 0.0);
         assert_eq!((out.num_groups, out.zero_signal_groups), (3, 1));
+        // A flat group next to groups with signal stays exactly 0 (a re-centring by the batch
+        // mean, 0 only up to rounding, left ±1e-18 residues that defeated skip_zero_signal).
+        let out = group_advantages(
+            &[0.1, 0.1, 0.1, 0.7, 0.2, 0.3],
+            &[0, 0, 0, 1, 1, 1],
+            AdvantageEstimator::ReinforcePlusPlusBaseline,
+            ScaleRewards::Group,
+        )
+        .unwrap();
+        assert_eq!(&out.advantages[..3], &[0.0, 0.0, 0.0]);
+        assert_eq!(out.zero_signal_groups, 1);
         // An all-equal batch is exactly zero.
         let flat = group_advantages(
             &[0.5; 4],

@@ -247,15 +247,17 @@ impl Learner {
                     .collect();
                 let off_policy = group.iter().any(|s| s.version != newest);
                 let behavior = floats(behavior);
+                // The reference is scored only while a KL term uses it (SCoRe's stage II may
+                // run with `beta = 0` and keep the stage-I reference).
                 let ref_logprobs = match &self.reference {
-                    Some(reference) => {
+                    Some(reference) if self.loss.beta > 0.0 => {
                         let options = ScoreOptions {
                             with_entropy: false,
                             ..options
                         };
                         Some(score_with(reference, &score_batch, &options)?.logprobs)
                     }
-                    None => None,
+                    _ => None,
                 };
                 let out = grpo_loss(
                     GrpoBatch {

@@ -69,9 +69,12 @@ impl ChatTemplate {
     /// plain template's EOS) become their special ids, and everything between them — role
     /// names, message content — is encoded as plain text ([`Tokenizer::encode_text`]), so a
     /// message containing a marker string cannot end its turn or forge a role. For content
-    /// without marker strings these are the ids `transformers`' `apply_chat_template(...,
-    /// tokenize=True)` gives (the text between special tokens is encoded piece by piece there
-    /// too).
+    /// without marker strings and a byte-level BPE tokenizer (SmolLM2, Qwen, GPT-2 style:
+    /// Hugging Face pre-tokenizes the text between special tokens piece by piece too) these are
+    /// the ids `transformers`' `apply_chat_template(..., tokenize=True)` gives (tested for
+    /// SmolLM2). Two tokenizer features would make them differ: a `Metaspace` pre-tokenizer
+    /// with `prepend_scheme = "first"` (each text run here gets the leading `▁`, not only the
+    /// first) and added tokens with `lstrip`/`rstrip` (they no longer absorb adjacent spaces).
     ///
     /// # Errors
     /// [`Error::Template`] or [`Error::Tokenizer`].

@@ -146,7 +146,10 @@ impl Tokenizer {
     /// tokenized like any other text, never as the special id, so a message, an environment's
     /// reply or a self-play opponent's text cannot end a turn or forge a role. Decoding the ids
     /// with specials kept gives `text` back. Text without special-token strings gets the same
-    /// ids as [`Tokenizer::encode`]. No post-processing (no BOS).
+    /// ids as [`Tokenizer::encode`]. No post-processing (no BOS). Only added tokens marked
+    /// `special` in `tokenizer.json` are protected (as Hugging Face's `split_special_tokens`);
+    /// a tokenizer that registers its chat markers as non-special added tokens still matches
+    /// them.
     ///
     /// # Errors
     /// [`Error::Tokenizer`] with the library's message.

@@ -256,7 +256,7 @@ pub fn train(
     // A resumed run with a KL penalty restores the reference it started RL with: the
     // warm-started policy saved under `reference/`, else the model as the config loads it.
     let resumed_reference = match &options.resume {
-        Some(run_dir) if uses_reference(&config) => {
+        Some(run_dir) if uses_reference(&config, state.step) => {
             let saved = run_dir.join(REFERENCE_DIR);
             Some(if saved.is_dir() {
                 Policy::load_dir(&saved, &train_device)?.model
@@ -404,9 +404,13 @@ fn objective_at(config: &JobConfig, step: u64) -> (GrpoLossConfig, AdvantageConf
     }
 }
 
-/// Whether the job keeps a frozen KL reference (a KL penalty now or in a later SCoRe stage).
-fn uses_reference(config: &JobConfig) -> bool {
-    config.loss.beta > 0.0 || config.score.is_some()
+/// Whether the job needs a frozen KL reference from RL step `step` on (a KL penalty now or in
+/// a later SCoRe stage).
+fn uses_reference(config: &JobConfig, step: u64) -> bool {
+    match &config.score {
+        Some(score) => step < score.stage1_steps || score.stage2_beta > 0.0,
+        None => config.loss.beta > 0.0,
+    }
 }
 
 impl Run {

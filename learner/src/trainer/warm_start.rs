@@ -102,7 +102,7 @@ impl Run {
             }
         }
         // The KL reference is the warm-started policy, saved so a resumed run restores it.
-        if uses_reference(&self.config) {
+        if uses_reference(&self.config, self.state.step) {
             self.learner.freeze_reference();
             let policy = Policy {
                 model: self.learner.policy(),

@@ -42,7 +42,8 @@ pub(crate) enum Plan {
 /// Plans a request for the front of `pending`, with at most `cap` entries in a batch (the cap
 /// shrinks while the mirror bisects a batch the server refused).
 ///
-/// A batch is packed to MLflow's limits. After the oldest entry, the scarce kinds go first
+/// A batch is packed to MLflow's limits (below a cap of [`MAX_ENTITIES`], while the mirror
+/// narrows down a refused batch, it is a contiguous prefix instead). After the oldest entry, the scarce kinds go first
 /// (params and tags, 100 of each per request), then metrics fill the rest up to 1000 entities,
 /// all taken from the entries before the next artifact or status entry (a barrier) and within
 /// [`LOOKAHEAD`]: 150 params and 2,500 metrics take 3 requests in either order, not 4.
@@ -72,15 +73,26 @@ pub(crate) fn plan(pending: &VecDeque<Entry>, cap: usize) -> Option<Plan> {
         .take_while(|e| !matches!(e, Entry::Artifact { .. } | Entry::Status { .. }))
         .collect();
     let mut packer = Packer::new(cap.max(1));
-    packer.offer(0, window[0]);
-    for (index, entry) in window.iter().enumerate().skip(1) {
-        if !matches!(entry, Entry::Metric(_)) {
-            packer.offer(index, entry);
+    if cap < MAX_ENTITIES {
+        // Narrowing down a refused batch: a contiguous prefix, so that halving the cap
+        // isolates the refused entry in O(log n) requests (packing would put the same params
+        // and tags into every batch).
+        for (index, entry) in window.iter().enumerate() {
+            if !packer.offer(index, entry) {
+                break;
+            }
         }
-    }
-    for (index, entry) in window.iter().enumerate().skip(1) {
-        if matches!(entry, Entry::Metric(_)) {
-            packer.offer(index, entry);
+    } else {
+        packer.offer(0, window[0]);
+        for (index, entry) in window.iter().enumerate().skip(1) {
+            if !matches!(entry, Entry::Metric(_)) {
+                packer.offer(index, entry);
+            }
+        }
+        for (index, entry) in window.iter().enumerate().skip(1) {
+            if matches!(entry, Entry::Metric(_)) {
+                packer.offer(index, entry);
+            }
         }
     }
     let Packer {
@@ -119,12 +131,13 @@ impl<'a> Packer<'a> {
         }
     }
 
-    /// Takes the entry at `index` if it fits; otherwise closes its kind.
-    fn offer(&mut self, index: usize, entry: &'a Entry) {
+    /// Takes the entry at `index` if it fits (and says whether it did); otherwise closes its
+    /// kind.
+    fn offer(&mut self, index: usize, entry: &'a Entry) -> bool {
         let batch = &mut self.batch;
         let entities = batch.metrics.len() + batch.params.len() + batch.tags.len();
         if self.taken.len() >= self.cap || entities >= MAX_ENTITIES {
-            return;
+            return false;
         }
         match entry {
             Entry::Metric(metric) => {
@@ -134,25 +147,25 @@ impl<'a> Packer<'a> {
                     || self.bytes + size > MAX_BODY_BYTES
                 {
                     self.metrics_closed = true;
-                    return;
+                    return false;
                 }
                 self.bytes += size;
                 batch.metrics.push(metric.clone());
             }
             Entry::Param { key, value } => {
                 if self.params_closed {
-                    return;
+                    return false;
                 }
                 match self.params.get(key.as_str()) {
                     // MLflow refuses duplicate keys in one request; an identical repeat is
                     // settled without being sent.
                     Some(existing) if *existing == value => {
                         self.taken.push(index);
-                        return;
+                        return true;
                     }
                     Some(_) => {
                         self.params_closed = true;
-                        return;
+                        return false;
                     }
                     None => {}
                 }
@@ -160,7 +173,7 @@ impl<'a> Packer<'a> {
                 let size = key.len() + sent.len() + 30;
                 if batch.params.len() >= MAX_PARAMS_OR_TAGS || self.bytes + size > MAX_BODY_BYTES {
                     self.params_closed = true;
-                    return;
+                    return false;
                 }
                 self.bytes += size;
                 self.params.insert(key, value);
@@ -171,7 +184,7 @@ impl<'a> Packer<'a> {
             }
             Entry::Tag { key, value } => {
                 if self.tags_closed {
-                    return;
+                    return false;
                 }
                 let value = cut(key, value, MAX_TAG_VALUE_CHARS, "tag");
                 let size = key.len() + value.len() + 30;
@@ -180,7 +193,7 @@ impl<'a> Packer<'a> {
                     || self.bytes + size > MAX_BODY_BYTES
                 {
                     self.tags_closed = true;
-                    return;
+                    return false;
                 }
                 self.bytes += size;
                 self.tags.insert(key);
@@ -190,9 +203,10 @@ impl<'a> Packer<'a> {
                 });
             }
             // Never offered: they end the window.
-            Entry::Artifact { .. } | Entry::Status { .. } => return,
+            Entry::Artifact { .. } | Entry::Status { .. } => return false,
         }
         self.taken.push(index);
+        true
     }
 }
 
@@ -288,6 +302,20 @@ mod tests {
                 .collect();
             assert!(steps.windows(2).all(|w| w[0] < w[1]));
         }
+    }
+
+    /// While narrowing down a refused batch (cap below the entity limit) a batch is a
+    /// contiguous prefix: packing would put a refused param into every batch of two or more,
+    /// and isolating it would take two requests per entry before it.
+    #[test]
+    fn a_narrowing_cap_takes_a_contiguous_prefix() {
+        let mut pending: VecDeque<Entry> = (0..20).map(metric).collect();
+        pending.push_back(param("bad", "v"));
+        let (b, taken) = batch_taken(plan(&pending, 8));
+        assert_eq!(taken, (0..8).collect::<Vec<_>>());
+        assert!(b.params.is_empty());
+        let (_, taken) = batch_taken(plan(&pending, usize::MAX));
+        assert!(taken.contains(&20), "at full cap the param is packed in");
     }
 
     #[test]

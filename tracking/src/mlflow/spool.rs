@@ -212,7 +212,7 @@ impl Spool {
         }
         let lines = entries.len() as u64;
         // `acked` beyond the file means the spool was truncated and the state not yet rewritten.
-        let acked = state.acked.min(lines);
+        let acked = state.acked;
         let settled_ahead = |line: u64| {
             state
                 .acked_ahead
@@ -234,10 +234,14 @@ impl Spool {
             pending_lines,
             state,
         };
-        spool.state.acked = acked;
+        let (read_acked, read_ahead) = (spool.state.acked, spool.state.acked_ahead.clone());
         spool.recount_acked();
         if spool.pending.is_empty() && spool.lines > 0 {
             spool.truncate()?;
+        } else if (spool.state.acked, &spool.state.acked_ahead) != (read_acked, &read_ahead) {
+            // E.g. a crash between emptying the spool and rewriting the state: the old counts
+            // must not outlive this open, or new lines would be taken for delivered ones.
+            write_json_atomically(&state_path, &spool.state)?;
         }
         Ok(spool)
     }
@@ -570,6 +574,34 @@ mod tests {
                 .len(),
             0,
             "emptied once all is delivered"
+        );
+    }
+
+    /// A crash between emptying the spool and rewriting `state.json` leaves stale counts;
+    /// the next open rewrites them at once, so lines appended afterwards (which reuse the line
+    /// numbers) are never taken for delivered ones after a second crash.
+    #[test]
+    fn stale_counts_of_an_emptied_spool_are_rewritten_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), state).unwrap();
+        for step in 0..4 {
+            spool.push(metric(step)).unwrap();
+        }
+        spool.flush().unwrap();
+        spool.ack(&[0, 2]).unwrap();
+        drop(spool);
+        // The crash: the spool is empty, state.json still says 1 acked and [2, 3) ahead.
+        std::fs::write(dir.path().join(SPOOL_FILE), "").unwrap();
+        let mut spool = Spool::open(dir.path(), || panic!("state exists")).unwrap();
+        spool.push(metric(10)).unwrap();
+        spool.push(metric(11)).unwrap();
+        spool.push(metric(12)).unwrap();
+        spool.flush().unwrap();
+        drop(spool); // the second crash, before any ack
+        let spool = Spool::open(dir.path(), || panic!("state exists")).unwrap();
+        assert_eq!(
+            spool.pending().iter().cloned().collect::<Vec<_>>(),
+            vec![metric(10), metric(11), metric(12)]
         );
     }
 
