@@ -346,18 +346,22 @@ impl Spool {
             .filter(|&i| i < self.pending.len())
             .collect();
         let lines: Vec<u64> = taken.iter().map(|&i| self.pending_lines[i]).collect();
-        let mut index = 0;
-        self.pending.retain(|_| {
-            let keep = !taken.contains(&index);
-            index += 1;
-            keep
-        });
-        let mut index = 0;
-        self.pending_lines.retain(|_| {
-            let keep = !taken.contains(&index);
-            index += 1;
-            keep
-        });
+        // Only the front up to the last taken entry changes (a batch looks at most
+        // `batch::LOOKAHEAD` entries ahead): O(that), not O(backlog).
+        if let Some(&last) = taken.last() {
+            let front: Vec<(u64, Entry)> = self
+                .pending_lines
+                .drain(..=last)
+                .zip(self.pending.drain(..=last))
+                .enumerate()
+                .filter(|(i, _)| !taken.contains(i))
+                .map(|(_, kept)| kept)
+                .collect();
+            for (line, entry) in front.into_iter().rev() {
+                self.pending_lines.push_front(line);
+                self.pending.push_front(entry);
+            }
+        }
         self.recount_acked();
         self.pending_since = if self.pending.is_empty() {
             None
@@ -369,18 +373,23 @@ impl Spool {
 
     /// `acked` and `acked_ahead` from the lines still pending: everything before the oldest
     /// pending line is settled, and so is every gap between pending lines and after the last.
+    /// The scan stops where the rest of the pending lines run contiguously to the last one
+    /// (gaps only ever open near the front).
     fn recount_acked(&mut self) {
         let mut ahead = Vec::new();
-        let mut previous = None;
-        for &line in &self.pending_lines {
-            if let Some(p) = previous
-                && line > p + 1
-            {
-                ahead.push([p + 1, line]);
+        let n = self.pending_lines.len();
+        let last = self.pending_lines.back().copied();
+        for i in 0..n.saturating_sub(1) {
+            let (line, next) = (self.pending_lines[i], self.pending_lines[i + 1]);
+            if next > line + 1 {
+                ahead.push([line + 1, next]);
             }
-            previous = Some(line);
+            // The rest runs contiguously to the last line: no more gaps.
+            if last.is_some_and(|l| l - next == (n - i - 2) as u64) {
+                break;
+            }
         }
-        match previous {
+        match last {
             Some(last) if last + 1 < self.lines => ahead.push([last + 1, self.lines]),
             _ => {}
         }
