@@ -208,7 +208,7 @@ impl Policy {
     /// Loader errors naming the file, field or tensor at fault; [`Error::Tokenizer`] when
     /// `tokenizer.json` is missing.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let (config, config_eos) = hf_config(&dir.join("config.json"))?;
+        let (mut config, config_eos) = hf_config(&dir.join("config.json"))?;
         let tokenizer_path = dir.join("tokenizer.json");
         if !tokenizer_path.is_file() {
             return Err(Error::Tokenizer(format!(
@@ -248,6 +248,10 @@ impl Policy {
             })
             .unwrap_or_else(ChatTemplate::chatml);
         let mut weights = read_hf_weights(dir)?;
+        // A value head is not part of `config.json` (transformers has none): its tensors
+        // (`v_head.summary.*`, as [`Policy::save_dir`] writes them) say it is there, so a
+        // checkpoint of a policy with a value head (PPO) loads back with it.
+        config.value_head = weights.contains_key("v_head.summary.weight");
         let model = Llama::from_named(&config, &mut weights, dir, device)?;
         Ok(Self {
             model,

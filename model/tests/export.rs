@@ -27,6 +27,32 @@ fn greedy(policy: &Policy, prompt: &[u32], n: usize) -> Vec<u32> {
     .tokens
 }
 
+/// A value head (PPO's critic) survives save and load: its `v_head.summary.*` tensors were
+/// written but the loaded config had no value head, so loading such a checkpoint failed on an
+/// unexpected tensor.
+#[test]
+fn a_value_head_round_trips_through_a_hugging_face_directory() {
+    let mut policy = Policy::tiny(&device(), 5).unwrap();
+    let config = kaizen_model::LlamaConfig {
+        value_head: true,
+        ..policy.model.config().clone()
+    };
+    policy.model = Llama::init(&config, &device(), 9).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    policy.save_dir(dir.path()).unwrap();
+    let tensors = read_safetensors(&dir.path().join("model.safetensors")).unwrap();
+    assert!(tensors.contains_key("v_head.summary.weight"));
+    let back = Policy::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    assert!(back.model.config().value_head);
+    assert_eq!(back.model.to_named(), policy.model.to_named());
+    // And a policy without one still loads without one.
+    let plain = Policy::tiny(&device(), 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    plain.save_dir(dir.path()).unwrap();
+    let back = Policy::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    assert!(!back.model.config().value_head);
+}
+
 #[test]
 fn tiny_policy_round_trips_through_a_hugging_face_directory() {
     let policy = Policy::tiny(&device(), 5).unwrap();
