@@ -113,21 +113,7 @@ pub fn group_advantages<K: Ord>(
     adv_estimator: AdvantageEstimator,
     scale_rewards: ScaleRewards,
 ) -> Result<GroupAdvantages, Error> {
-    if groups.len() != rewards.len() {
-        return Err(Error::Length {
-            input: "groups",
-            reference: "rewards",
-            expected: rewards.len(),
-            actual: groups.len(),
-        });
-    }
-    if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
-        return Err(Error::NonFiniteReward { index, value });
-    }
-    let mut members: BTreeMap<&K, Vec<usize>> = BTreeMap::new();
-    for (i, g) in groups.iter().enumerate() {
-        members.entry(g).or_default().push(i);
-    }
+    let members = group_members(rewards, groups)?;
     let all: Vec<f64> = rewards.iter().map(|&r| f64::from(r)).collect();
     let batch_std = std_unbiased(&all);
 
@@ -203,6 +189,34 @@ pub fn group_advantages<K: Ord>(
         num_groups: members.len(),
         zero_signal_groups,
     })
+}
+
+/// The sample indices of each group (groups in key order, members in input order), after
+/// checking one finite reward per sample.
+///
+/// # Errors
+/// [`Error::Length`] when `groups` and `rewards` differ in length, [`Error::NonFiniteReward`]
+/// for a NaN or infinite reward.
+pub(crate) fn group_members<'k, K: Ord>(
+    rewards: &[f32],
+    groups: &'k [K],
+) -> Result<BTreeMap<&'k K, Vec<usize>>, Error> {
+    if groups.len() != rewards.len() {
+        return Err(Error::Length {
+            input: "groups",
+            reference: "rewards",
+            expected: rewards.len(),
+            actual: groups.len(),
+        });
+    }
+    if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+        return Err(Error::NonFiniteReward { index, value });
+    }
+    let mut members: BTreeMap<&K, Vec<usize>> = BTreeMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i);
+    }
+    Ok(members)
 }
 
 /// Unbiased standard deviation `sqrt(Σ (x − x̄)² / (n − 1))`; 0 for fewer than two values.

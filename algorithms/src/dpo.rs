@@ -31,6 +31,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::advantages::group_members;
 use crate::grpo::read;
 
 /// Which preference loss (TRL `loss_type`).
@@ -212,21 +213,7 @@ pub fn dpo_loss(
 /// [`Error::Length`] when `groups` and `rewards` differ in length, [`Error::NonFiniteReward`]
 /// for a NaN or infinite reward.
 pub fn group_pairs<K: Ord>(rewards: &[f32], groups: &[K]) -> Result<Vec<(usize, usize)>, Error> {
-    if groups.len() != rewards.len() {
-        return Err(Error::Length {
-            input: "groups",
-            reference: "rewards",
-            expected: rewards.len(),
-            actual: groups.len(),
-        });
-    }
-    if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
-        return Err(Error::NonFiniteReward { index, value });
-    }
-    let mut members: BTreeMap<&K, Vec<usize>> = BTreeMap::new();
-    for (i, g) in groups.iter().enumerate() {
-        members.entry(g).or_default().push(i);
-    }
+    let members = group_members(rewards, groups)?;
     let mut pairs = Vec::new();
     for indices in members.values() {
         let best =
