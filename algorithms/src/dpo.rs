@@ -25,14 +25,13 @@
 //! logged metrics (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 //! `rewards/margins`).
 
-use std::collections::BTreeMap;
-
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::advantages::group_members;
 use crate::grpo::read;
+use crate::units::Units;
 
 /// Which preference loss (TRL `loss_type`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,16 +148,10 @@ pub fn dpo_loss(
             in_batch: pairs.len(),
         });
     }
-    let mut local: BTreeMap<usize, i64> = BTreeMap::new();
-    let ids: Vec<i64> = rows
-        .iter()
-        .map(|r| {
-            let next = local.len() as i64;
-            *local.entry(*r).or_insert(next)
-        })
-        .collect();
+    let device = logprobs.device();
+    let responses = Units::new(rows, &device);
     let index = |row: usize| {
-        local.get(&row).copied().ok_or(Error::MissingInput {
+        responses.id(&row).ok_or(Error::MissingInput {
             input: "rows",
             reason: "a preference pair names a response without trained tokens",
         })
@@ -168,16 +161,9 @@ pub fn dpo_loss(
         chosen.push(index(w)?);
         rejected.push(index(l)?);
     }
-    let device = logprobs.device();
     let p = pairs.len();
-    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
     // Σ_t (log π_θ − log π_ref) per response: β times it is the implicit reward.
-    let log_ratio = Tensor::<1>::zeros([local.len()], &device).select_assign(
-        0,
-        ids,
-        logprobs - ref_logprobs,
-        IndexingUpdateOp::Add,
-    );
+    let log_ratio = responses.sums(logprobs - ref_logprobs);
     let pick = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [p]), &device);
     let chosen = log_ratio.clone().select(0, pick(chosen));
     let rejected = log_ratio.select(0, pick(rejected));
@@ -251,28 +237,32 @@ mod tests {
         }
     }
 
+    /// The loss of `batch` with `logp` for a step of `num_pairs` pairs, and its gradient.
+    fn run(
+        logp: &[f32],
+        num_pairs: usize,
+        beta: f32,
+        loss_type: PreferenceLoss,
+    ) -> (DpoOutput, Vec<f32>) {
+        let device = Device::flex().autodiff();
+        let x = tensor(logp, &device).require_grad();
+        let config = DpoConfig { beta, loss_type };
+        let out = dpo_loss(batch(x.clone(), &device), num_pairs, &config).unwrap();
+        let g = values(x.grad(&out.loss.clone().backward()).unwrap());
+        (out, g)
+    }
+
     #[test]
     fn dpo_and_ipo_match_hand_computed_values_and_gradients() {
-        let device = Device::flex().autodiff();
         let logp = [-0.7f32, -1.8, -1.5];
         // DPO, β = 0.5: L = −log σ(0.5) = softplus(−0.5) = 0.474077; dL/dh = −β·σ(−β·h).
-        let x = tensor(&logp, &device).require_grad();
-        let out = dpo_loss(
-            batch(x.clone(), &device),
-            1,
-            &DpoConfig {
-                beta: 0.5,
-                loss_type: PreferenceLoss::Sigmoid,
-            },
-        )
-        .unwrap();
+        let (out, g) = run(&logp, 1, 0.5, PreferenceLoss::Sigmoid);
         assert!(
             (out.loss_value - 0.474_077).abs() < 1e-5,
             "{}",
             out.loss_value
         );
         let s = 1.0 / (1.0 + 0.5f32.exp());
-        let g = values(x.grad(&out.loss.backward()).unwrap());
         for (a, b) in g.iter().zip([-0.5 * s, -0.5 * s, 0.5 * s]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
         }
@@ -280,22 +270,10 @@ mod tests {
         assert!((out.rewards_rejected - -0.25).abs() < 1e-6);
         assert!((out.rewards_margins - 0.5).abs() < 1e-6);
         assert_eq!(out.rewards_accuracies, 1.0);
-        // IPO, β = 0.25: target margin 1/(2β) = 2, L = (1 − 2)² = 1, dL/dh = 2(h − 2) = −2.
-        let x = tensor(&logp, &device).require_grad();
-        let out = dpo_loss(
-            batch(x.clone(), &device),
-            2,
-            &DpoConfig {
-                beta: 0.25,
-                loss_type: PreferenceLoss::Ipo,
-            },
-        )
-        .unwrap();
-        assert!(
-            (out.loss_value - 0.5).abs() < 1e-6,
-            "divided by the step's 2 pairs"
-        );
-        let g = values(x.grad(&out.loss.backward()).unwrap());
+        // IPO, β = 0.25: target margin 1/(2β) = 2, L = (1 − 2)² = 1, dL/dh = 2(h − 2) = −2,
+        // divided by the step's 2 pairs.
+        let (out, g) = run(&logp, 2, 0.25, PreferenceLoss::Ipo);
+        assert!((out.loss_value - 0.5).abs() < 1e-6, "{}", out.loss_value);
         for (a, b) in g.iter().zip([-1.0, -1.0, 1.0]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
         }
@@ -305,19 +283,8 @@ mod tests {
     /// −β·σ(0) = −β/2 per unit of `h`; a `max(x, 0)`-based softplus gave −β there.
     #[test]
     fn dpo_gradient_at_a_zero_margin_is_half_beta() {
-        let device = Device::flex().autodiff();
-        let x = tensor(&[-1.0, -2.0, -1.0], &device).require_grad();
-        let out = dpo_loss(
-            batch(x.clone(), &device),
-            1,
-            &DpoConfig {
-                beta: 0.5,
-                loss_type: PreferenceLoss::Sigmoid,
-            },
-        )
-        .unwrap();
+        let (out, g) = run(&[-1.0, -2.0, -1.0], 1, 0.5, PreferenceLoss::Sigmoid);
         assert!((out.loss_value - 2f32.ln()).abs() < 1e-6);
-        let g = values(x.grad(&out.loss.backward()).unwrap());
         for (a, b) in g.iter().zip([-0.25, -0.25, 0.25]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
         }
@@ -325,12 +292,9 @@ mod tests {
 
     #[test]
     fn dpo_stays_finite_for_any_margin() {
-        let device = Device::flex().autodiff();
         for shift in [-1e4f32, 1e4] {
-            let x = tensor(&[-1.0 + shift, -2.0, -1.0], &device).require_grad();
-            let out = dpo_loss(batch(x.clone(), &device), 1, &DpoConfig::default()).unwrap();
+            let (out, g) = run(&[-1.0 + shift, -2.0, -1.0], 1, 0.1, PreferenceLoss::Sigmoid);
             assert!(out.loss_value.is_finite(), "{shift}: {}", out.loss_value);
-            let g = values(x.grad(&out.loss.backward()).unwrap());
             assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
         }
     }

@@ -21,14 +21,13 @@
 //! whole step and so is the sum of their gradients (tested). For `grpo` a sequence must not be
 //! split across micro-batches (its length is counted within the call).
 
-use std::collections::BTreeMap;
-
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::gspo::sequence_log_ratio;
 use crate::kl::{KlEstimator, kl_estimate};
+use crate::units::Units;
 
 /// The importance log-ratio `log π_θ − log π_old` is clamped to `[−B, B]` before `exp`
 /// (`B = 20`, veRL's bound): the ratio and its gradient stay finite for any gap, and a token
@@ -528,8 +527,8 @@ pub fn grpo_loss(
 struct Aggregation {
     /// `1/T` (`bnpo`, `dapo`), `1/(S · max_completion_length)` (`dr_grpo`), `1/S` (`grpo`).
     scale: f64,
-    /// `grpo`: each token's row as a local id `0..R`, and each row's length `[R]`.
-    per_row: Option<(Tensor<1, Int>, Tensor<1>)>,
+    /// `grpo`: the rows of the micro-batch's tokens.
+    per_row: Option<Units<usize>>,
 }
 
 impl Aggregation {
@@ -539,14 +538,10 @@ impl Aggregation {
         step: &StepNormalizers,
         device: &burn::tensor::Device,
     ) -> Result<Self, Error> {
-        let mut local: BTreeMap<usize, usize> = BTreeMap::new();
-        for &r in rows {
-            let next = local.len();
-            local.entry(r).or_insert(next);
-        }
+        let sequences_in_batch = rows.iter().collect::<std::collections::BTreeSet<_>>().len();
         for (field, value, in_batch) in [
             ("num_tokens", step.num_tokens, rows.len()),
-            ("num_sequences", step.num_sequences, local.len()),
+            ("num_sequences", step.num_sequences, sequences_in_batch),
         ] {
             if value < in_batch {
                 return Err(Error::Normalizer {
@@ -558,21 +553,10 @@ impl Aggregation {
         }
         let sequences = step.num_sequences as f64;
         Ok(match loss_type {
-            LossType::Grpo => {
-                let ids: Vec<i64> = rows.iter().map(|r| local[r] as i64).collect();
-                let mut lengths = vec![0.0f32; local.len()];
-                for &id in &ids {
-                    lengths[id as usize] += 1.0;
-                }
-                let r = lengths.len();
-                Self {
-                    scale: 1.0 / sequences,
-                    per_row: Some((
-                        Tensor::from_data(TensorData::new(ids, [rows.len()]), device),
-                        Tensor::from_data(TensorData::new(lengths, [r]), device),
-                    )),
-                }
-            }
+            LossType::Grpo => Self {
+                scale: 1.0 / sequences,
+                per_row: Some(Units::new(rows, device)),
+            },
             LossType::Bnpo | LossType::Dapo => Self {
                 scale: 1.0 / step.num_tokens as f64,
                 per_row: None,
@@ -597,15 +581,7 @@ impl Aggregation {
     fn apply(&self, per_token: Tensor<1>) -> Tensor<1> {
         match &self.per_row {
             None => per_token.sum() * self.scale,
-            Some((rows, lengths)) => {
-                let sums = Tensor::<1>::zeros(lengths.shape(), &lengths.device()).select_assign(
-                    0,
-                    rows.clone(),
-                    per_token,
-                    IndexingUpdateOp::Add,
-                );
-                (sums / lengths.clone()).sum() * self.scale
-            }
+            Some(rows) => rows.means(per_token).sum() * self.scale,
         }
     }
 }

@@ -20,9 +20,9 @@
 //! tokens of each (row, turn) unit, so each turn — which carries its own advantage — is kept or
 //! clipped as a whole.
 
-use std::collections::BTreeMap;
+use burn::tensor::Tensor;
 
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use crate::units::Units;
 
 /// Each token's response-level log-ratio: the mean of `log_ratio` over the tokens of its unit
 /// (`units[t]`, any ordered key, e.g. `(row, turn)`), given back at every token of the unit.
@@ -33,32 +33,11 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 ///
 /// # Panics
 /// When `units.len()` differs from `n` (a programmer error: both come from one token list).
-pub fn sequence_log_ratio<K: Ord>(log_ratio: Tensor<1>, units: &[K]) -> Tensor<1> {
+pub fn sequence_log_ratio<K: Ord + Clone>(log_ratio: Tensor<1>, units: &[K]) -> Tensor<1> {
     let [n] = log_ratio.dims();
     assert_eq!(units.len(), n, "sequence_log_ratio: one unit per token");
-    let mut local: BTreeMap<&K, i64> = BTreeMap::new();
-    let ids: Vec<i64> = units
-        .iter()
-        .map(|u| {
-            let next = local.len() as i64;
-            *local.entry(u).or_insert(next)
-        })
-        .collect();
-    let mut lengths = vec![0.0f32; local.len()];
-    for &id in &ids {
-        lengths[id as usize] += 1.0;
-    }
-    let device = log_ratio.device();
-    let count = lengths.len();
-    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
-    let lengths = Tensor::<1>::from_data(TensorData::new(lengths, [count]), &device);
-    let sums = Tensor::<1>::zeros([count], &device).select_assign(
-        0,
-        ids.clone(),
-        log_ratio,
-        IndexingUpdateOp::Add,
-    );
-    (sums / lengths).select(0, ids)
+    let units = Units::new(units, &log_ratio.device());
+    units.broadcast(units.means(log_ratio))
 }
 
 #[cfg(test)]
@@ -98,14 +77,14 @@ mod tests {
         // for both tokens, clipped at 1.2 as a whole, so neither token gets a gradient.
         let device = Device::flex().autodiff();
         let old = [-1.0f32, -1.0];
-        let logp = [-1.0 + 1.5f32.ln(), -1.0];
         let step = StepNormalizers {
             num_sequences: 1,
             num_tokens: 2,
             max_completion_length: 4,
         };
-        let run = |level| {
-            let logprobs = tensor(&logp, &device).require_grad();
+        // Token 0's ratio is `ratio`, token 1's is 1.
+        let run = |level, ratio: f32| {
+            let logprobs = tensor(&[-1.0 + ratio.ln(), -1.0], &device).require_grad();
             let config = GrpoLossConfig {
                 importance_sampling_level: level,
                 loss_type: LossType::Grpo,
@@ -126,37 +105,19 @@ mod tests {
             let g = values(logprobs.grad(&out.loss.backward()).unwrap());
             (loss, g, out.metrics)
         };
-        let (loss, g, m) = run(ImportanceSamplingLevel::Token);
+        let (loss, g, m) = run(ImportanceSamplingLevel::Token, 1.5);
         assert!((loss - -(1.2 + 1.0) / 2.0).abs() < 1e-6);
         assert_eq!(g[0], 0.0);
         assert!((g[1] - -0.5).abs() < 1e-6);
         assert_eq!(m.clip_frac, 0.5);
-        let (loss, g, m) = run(ImportanceSamplingLevel::Sequence);
+        let (loss, g, m) = run(ImportanceSamplingLevel::Sequence, 1.5);
         assert!((loss - -1.2).abs() < 1e-6, "{loss}");
         assert_eq!(g, vec![0.0, 0.0]);
         assert_eq!(m.clip_frac, 1.0);
         assert!((m.ratio_max - 1.5f32.sqrt()).abs() < 1e-6);
         // Below the clip range the sequence ratio's gradient is shared: d/dlogp_t of
         // −s·A with s = exp(mean log-ratio) is −s·A/|y| for each token.
-        let device2 = Device::flex().autodiff();
-        let logprobs = tensor(&[-1.0 + 1.1f32.ln(), -1.0], &device2).require_grad();
-        let config = GrpoLossConfig {
-            importance_sampling_level: ImportanceSamplingLevel::Sequence,
-            loss_type: LossType::Grpo,
-            ..GrpoLossConfig::default()
-        };
-        let batch = GrpoBatch {
-            logprobs: logprobs.clone(),
-            old_logprobs: Some(tensor(&old, &device2)),
-            behavior_logprobs: None,
-            advantages: tensor(&[1.0, 1.0], &device2),
-            ref_logprobs: None,
-            entropy: None,
-            rows: &[0, 0],
-            turns: None,
-        };
-        let out = grpo_loss(batch, &step, &config).unwrap();
-        let g = values(logprobs.grad(&out.loss.backward()).unwrap());
+        let (_, g, _) = run(ImportanceSamplingLevel::Sequence, 1.1);
         let s = 1.1f32.sqrt();
         for x in g {
             assert!((x - -s / 2.0).abs() < 1e-6, "{x}");

@@ -84,6 +84,7 @@ mod multi_turn;
 mod ppo;
 mod reinforce_pp;
 mod sft;
+mod units;
 
 pub use advantages::{
     AdvantageConfig, AdvantageEstimator, GroupAdvantages, STD_EPS, ScaleRewards, group_advantages,

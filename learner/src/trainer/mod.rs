@@ -272,13 +272,14 @@ pub fn train(
         template,
         ..
     } = policy;
+    let (loss, advantage) = objective_at(&config, state.step);
     let mut learner = Learner::new(
         model,
         optimizer,
         schedule,
         config.learner.clone(),
-        objective_at(&config, state.step).0,
-        objective_at(&config, state.step).1,
+        loss,
+        advantage,
     );
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
