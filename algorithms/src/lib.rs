@@ -26,7 +26,9 @@
 //!    over a thread's trained tokens, and the clipped value loss.
 //! 5. **Preference losses** ([`dpo_loss`], [`group_pairs`]): DPO and IPO on pairs of the
 //!    policy's own samples (a group's best and worst).
-//! 6. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
+//! 6. **Negative-aware fine-tuning** ([`nft_loss`]): NFT's likelihood of right answers under the
+//!    policy and of wrong ones under the implicit negative policy.
+//! 7. **Supervised warm start** ([`sft_loss`]): token-mean negative log-likelihood.
 //!
 //! Losses take flat `[n]` tensors over the trained tokens only (the order of
 //! `kaizen_model::Scores`), the row of each token, and normalisers counted over the **whole
@@ -75,12 +77,14 @@
 #![warn(missing_docs)]
 
 mod advantages;
+mod aggregation;
 mod dpo;
 mod error;
 mod grpo;
 mod gspo;
 mod kl;
 mod multi_turn;
+mod nft;
 mod ppo;
 mod reinforce_pp;
 mod sft;
@@ -89,6 +93,7 @@ mod units;
 pub use advantages::{
     AdvantageConfig, AdvantageEstimator, GroupAdvantages, STD_EPS, ScaleRewards, group_advantages,
 };
+pub use aggregation::token_weights;
 pub use dpo::{DpoConfig, DpoOutput, PreferenceBatch, PreferenceLoss, dpo_loss, group_pairs};
 pub use error::Error;
 pub use grpo::{
@@ -98,6 +103,7 @@ pub use grpo::{
 pub use gspo::sequence_log_ratio;
 pub use kl::{KL_LOG_RATIO_BOUND, KlEstimator, kl_estimate};
 pub use multi_turn::{TurnAdvantages, returns_to_go, segment_advantages, turn_advantages};
+pub use nft::{NFT_RATE_BOUNDS, NftBatch, NftConfig, NftNormalize, NftOutput, nft_loss};
 pub use ppo::{PpoConfig, ValueLossOutput, gae, token_rewards, value_loss};
 pub use reinforce_pp::whiten;
 pub use sft::{SftMetrics, SftOutput, sft_loss};

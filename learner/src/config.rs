@@ -3,13 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use kaizen_actors::SamplingConfig;
-use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
+use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, NftConfig, PpoConfig};
 use kaizen_model::LlamaConfig;
 use kaizen_tracking::TrackingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::learner::LearnerConfig;
+use crate::objective::{Algorithm, ObjectiveConfig};
 use crate::optimizer::AdamWConfig;
 use crate::schedule::SchedulerType;
 use crate::score_stages::ScoreConfig;
@@ -20,6 +21,10 @@ use crate::score_stages::ScoreConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
+    /// The RL algorithm: `grpo` (default), `ppo`, `dpo` or `nft` (a top-level key, before the
+    /// first table). See `kaizen_learner::objective`.
+    #[serde(default)]
+    pub algorithm: Algorithm,
     /// Run identity, seed, mode, length.
     pub run: RunConfig,
     /// The policy to train.
@@ -51,6 +56,15 @@ pub struct JobConfig {
     /// Optional supervised warm start before RL.
     #[serde(default)]
     pub sft: Option<SftConfig>,
+    /// PPO's critic (`algorithm = "ppo"`; defaults when absent).
+    #[serde(default)]
+    pub ppo: Option<PpoConfig>,
+    /// DPO / IPO (`algorithm = "dpo"`; defaults when absent).
+    #[serde(default)]
+    pub dpo: Option<DpoConfig>,
+    /// NFT (`algorithm = "nft"`; defaults when absent).
+    #[serde(default)]
+    pub nft: Option<NftConfig>,
     /// Optional SCoRe two-stage schedule (owns `loss.beta`, the per-turn weights and
     /// `advantage.progress_bonus`).
     #[serde(default)]
@@ -473,7 +487,64 @@ impl JobConfig {
         if let Some(score) = &self.score {
             score.validate(&self.loss, &self.advantage)?;
         }
+        self.validate_algorithm()
+    }
+
+    /// Checks the algorithm's section and that no other algorithm's section is set.
+    fn validate_algorithm(&self) -> Result<(), String> {
+        let algorithm = self.algorithm;
+        for (section, set, owner) in [
+            ("ppo", self.ppo.is_some(), Algorithm::Ppo),
+            ("dpo", self.dpo.is_some(), Algorithm::Dpo),
+            ("nft", self.nft.is_some(), Algorithm::Nft),
+        ] {
+            if set && algorithm != owner {
+                return Err(format!(
+                    "[{section}] is set but `algorithm` = \"{}\"; add `algorithm = \"{section}\"` \
+                     at the top of the file (before any table) or remove [{section}]",
+                    algorithm.name()
+                ));
+            }
+        }
+        if self.score.is_some() && !matches!(algorithm, Algorithm::Grpo | Algorithm::Ppo) {
+            return Err(format!(
+                "[score] shapes the clipped-surrogate loss of `grpo` or `ppo`, not `{}`",
+                algorithm.name()
+            ));
+        }
+        let objective = self.objective_at(0);
+        objective
+            .ppo
+            .validate()
+            .map_err(|e| format!("[ppo]: {e}"))?;
+        objective
+            .nft
+            .validate()
+            .map_err(|e| format!("[nft]: {e}"))?;
+        if !(objective.dpo.beta.is_finite() && objective.dpo.beta > 0.0) {
+            return Err(format!(
+                "`dpo.beta` must be a finite value > 0, got {}",
+                objective.dpo.beta
+            ));
+        }
         Ok(())
+    }
+
+    /// The learner's objective at RL step `step`: the algorithm with its sections, the loss
+    /// and advantages of the job or of its SCoRe stage.
+    pub fn objective_at(&self, step: u64) -> ObjectiveConfig {
+        let (loss, advantage) = match &self.score {
+            Some(score) => score.objective(score.stage_at(step), &self.loss, &self.advantage),
+            None => (self.loss.clone(), self.advantage),
+        };
+        ObjectiveConfig {
+            algorithm: self.algorithm,
+            loss,
+            advantage,
+            ppo: self.ppo.clone().unwrap_or_default(),
+            dpo: self.dpo.clone().unwrap_or_default(),
+            nft: self.nft.clone().unwrap_or_default(),
+        }
     }
 }
 

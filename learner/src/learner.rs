@@ -1,4 +1,4 @@
-//! The learner's math loop: one GRPO (or SFT) optimizer step from a batch of trajectories.
+//! The learner's math loop: one RL (or SFT) optimizer step from a batch of trajectories.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -6,17 +6,15 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
-use kaizen_algorithms::{
-    AdvantageConfig, GrpoBatch, GrpoLossConfig, GrpoMetrics, StepNormalizers, grpo_loss,
-    segment_advantages, sft_loss,
-};
+use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, sft_loss};
 use kaizen_core::{Trajectory, WeightsVersion};
 use kaizen_model::{CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::objective::{MetricsAcc, MicroBatch, ObjectiveConfig, StepInput, score_batch};
 use crate::optimizer::{AdamW, AdamWConfig};
-use crate::samples::{Sample, build_samples, micro_batches, trained_mask};
+use crate::samples::{Sample, build_samples, micro_batches};
 use crate::schedule::Schedule;
 
 /// Hyper-parameters of the learner's update (TRL `GRPOConfig` names where they exist).
@@ -39,8 +37,9 @@ pub struct LearnerConfig {
     pub share_prompt_prefix: bool,
     /// Run the scoring pass and its backward on kaizen's CPU kernels
     /// (`kaizen_model::CpuScorePass`: packed rows, fused element-wise steps, hand-written
-    /// backward) where they apply (float32 model on the CPU device, no value head); burn's
-    /// autodiff otherwise. Same loss and gradient up to float rounding.
+    /// backward) where they apply (float32 model on the CPU device); burn's
+    /// autodiff otherwise. Same loss and gradient up to float rounding. A value head (PPO)
+    /// trains on this path too.
     pub cpu_kernels: bool,
 }
 
@@ -57,23 +56,22 @@ impl Default for LearnerConfig {
     }
 }
 
-/// The trainable policy, its optimizer, and the frozen reference for the KL penalty.
+/// The trainable policy, its optimizer, the frozen reference (KL penalty, DPO) and the
+/// objective (`crate::objective`).
 pub struct Learner {
     model: Llama,
     reference: Option<Llama>,
     optimizer: AdamW,
     schedule: Schedule,
     config: LearnerConfig,
-    loss: GrpoLossConfig,
-    advantage: AdvantageConfig,
+    objective: ObjectiveConfig,
 }
 
 /// Metrics of one step, keyed by their logged names.
 pub type StepMetrics = BTreeMap<String, f64>;
 
 impl Learner {
-    /// A learner training `model` (on an autodiff device). With `loss.beta > 0`, a frozen copy
-    /// of `model`'s current weights becomes the KL reference.
+    /// A GRPO learner ([`Learner::with_objective`] with `ObjectiveConfig::grpo(loss, advantage)`).
     pub fn new(
         model: Llama,
         optimizer: AdamW,
@@ -82,15 +80,34 @@ impl Learner {
         loss: GrpoLossConfig,
         advantage: AdvantageConfig,
     ) -> Self {
-        let reference = (loss.beta > 0.0).then(|| model.valid());
+        Self::with_objective(
+            model,
+            optimizer,
+            schedule,
+            config,
+            ObjectiveConfig::grpo(loss, advantage),
+        )
+    }
+
+    /// A learner training `model` (on an autodiff device) for `objective`. When the objective
+    /// uses a reference ([`ObjectiveConfig::needs_reference`]), a frozen copy of `model`'s
+    /// current weights becomes it. A PPO objective needs a value head on `model`
+    /// (`Llama::with_value_head`).
+    pub fn with_objective(
+        model: Llama,
+        optimizer: AdamW,
+        schedule: Schedule,
+        config: LearnerConfig,
+        objective: ObjectiveConfig,
+    ) -> Self {
+        let reference = objective.needs_reference().then(|| model.valid());
         Self {
             model,
             reference,
             optimizer,
             schedule,
             config,
-            loss,
-            advantage,
+            objective,
         }
     }
 
@@ -119,18 +136,20 @@ impl Learner {
         self.optimizer.step_count()
     }
 
-    /// One GRPO step on `trajectories` (a step's groups, in a deterministic order), given the
+    /// One RL step on `trajectories` (a step's groups, in a deterministic order), given the
     /// newest published weights version (for policy lag).
     ///
-    /// Advantages are group-relative per turn (`kaizen_algorithms::segment_advantages`), over
-    /// the segments that are trained (not stale, not in a skipped thread);
-    /// each conversation thread is one sequence; the loss is `kaizen_algorithms::grpo_loss`
-    /// summed over `gradient_accumulation_steps` micro-batches with step-level normalisers;
+    /// Each conversation thread is one sample (`crate::samples::build_samples`); samples
+    /// sampled more than `max_policy_lag` versions ago are dropped and counted. The objective
+    /// (`crate::objective`: GRPO, PPO, DPO or NFT) computes the step's targets and picks the
+    /// samples to train; they are split into `gradient_accumulation_steps` micro-batches (one
+    /// forward pass per sampling temperature in each), scored, and each micro-batch's loss is
+    /// back-propagated with step-level normalisers, so the gradients add up to the step's;
     /// then one AdamW update with global-norm clipping.
     ///
     /// # Errors
     /// Invalid trajectories (reward counts), model input errors, loss input errors.
-    pub fn grpo_step(
+    pub fn rl_step(
         &mut self,
         trajectories: &[Trajectory],
         newest: WeightsVersion,
@@ -141,21 +160,9 @@ impl Learner {
         let (mut fresh, stale): (Vec<Sample>, Vec<Sample>) = samples
             .into_iter()
             .partition(|s| s.version.lag(newest) <= self.config.max_policy_lag);
-        // Baselines over the samples that are trained: a skipped thread or a stale sample
-        // does not shape its siblings' advantages.
-        let trained = trained_mask(trajectories, &fresh);
-        let advantages = segment_advantages(trajectories, Some(&trained), &self.advantage)?;
-        for sample in &mut fresh {
-            sample.assign_advantages(&advantages.advantages[sample.trajectory]);
-        }
         let mut metrics = StepMetrics::new();
         metrics.insert("samples".into(), total as f64);
         metrics.insert("dropped_stale".into(), stale.len() as f64);
-        metrics.insert(
-            "zero_signal_groups".into(),
-            advantages.zero_signal_groups as f64,
-        );
-        metrics.insert("groups".into(), advantages.num_groups as f64);
         metrics.insert(
             "skipped_threads".into(),
             (skipped.untrained + skipped.mixed_temperature) as f64,
@@ -168,69 +175,58 @@ impl Learner {
                 lags.iter().sum::<u64>() as f64 / lags.len() as f64,
             );
         }
-        let normalizers = StepNormalizers {
-            num_sequences: fresh.len(),
-            num_tokens: fresh.iter().map(Sample::trained_tokens).sum(),
-            max_completion_length: self.config.max_completion_length,
-        };
-        metrics.insert("trained_tokens".into(), normalizers.num_tokens as f64);
-        let needs_all = self.loss.beta > 0.0 || self.loss.entropy_coef != 0.0;
-        let used: Vec<&Sample> = fresh
-            .iter()
-            .filter(|s| {
-                s.trained_tokens() > 0
-                    && (needs_all || !self.config.skip_zero_signal || !s.zero_signal())
-            })
-            .collect();
+        let mut objective = self.objective.build();
+        let prepare_start = Instant::now();
+        let prepared = objective.prepare(StepInput {
+            trajectories,
+            samples: &mut fresh,
+            model: &self.model,
+            reference: self.reference.as_ref(),
+            learner: &self.config,
+        })?;
         metrics.insert(
-            "zero_signal_samples".into(),
-            (fresh.len() - used.len()) as f64,
+            "time/learner_prepare".into(),
+            prepare_start.elapsed().as_secs_f64(),
         );
+        metrics.extend(prepared.metrics);
+        let normalizers = prepared.normalizers;
+        metrics.insert("trained_tokens".into(), normalizers.num_tokens as f64);
         let lr = self.schedule.at(self.optimizer.step_count());
         metrics.insert("lr".into(), lr);
+        let used: Vec<Sample> = prepared.used.iter().map(|&i| fresh[i].clone()).collect();
         if used.is_empty() {
             metrics.insert("learner_seconds".into(), start.elapsed().as_secs_f64());
             metrics.insert("skipped_update".into(), 1.0);
             return Ok(metrics);
         }
-        let owned: Vec<Sample> = used.into_iter().cloned().collect();
-        let parts = micro_batches(&owned, self.config.gradient_accumulation_steps);
+        let parts = objective.micro_batches(&used, self.config.gradient_accumulation_steps);
         let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
-        let mut merged: Option<GrpoMetrics> = None;
+        let mut merged = MetricsAcc::default();
         let mut scored_tokens = 0usize;
-        let device = self.model.device();
+        let uses_reference = objective.uses_reference();
         // Seconds in the forward pass and loss, in the backward pass and gradient accumulation.
         let (mut forward_s, mut backward_s) = (0.0, 0.0);
         for part in parts {
-            let batch: Vec<&Sample> = part.iter().map(|&i| &owned[i]).collect();
             // One temperature per forward pass.
-            let mut by_temperature: BTreeMap<u32, Vec<&Sample>> = BTreeMap::new();
-            for s in batch {
+            let mut by_temperature: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for i in part {
                 by_temperature
-                    .entry(s.temperature.to_bits())
+                    .entry(used[i].temperature.to_bits())
                     .or_default()
-                    .push(s);
+                    .push(i);
             }
-            for (bits, group) in by_temperature {
-                let temperature = f32::from_bits(bits);
-                let score_batch = ScoreBatch {
-                    sequences: group.iter().map(|s| s.tokens.clone()).collect(),
-                    loss_masks: group.iter().map(|s| s.loss_mask.clone()).collect(),
-                };
+            for (bits, indices) in by_temperature {
+                let group: Vec<&Sample> = indices.iter().map(|&i| &used[i]).collect();
+                let score_batch = score_batch(&group);
                 scored_tokens += score_batch.sequences.iter().map(Vec::len).sum::<usize>();
                 let options = ScoreOptions {
-                    temperature,
+                    temperature: f32::from_bits(bits),
                     with_entropy: true,
                     share_prefixes: self.config.share_prompt_prefix,
                 };
                 let forward_start = Instant::now();
                 let (scores, pass) = accumulator.score(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
-                let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
-                let advantages: Vec<f32> = group
-                    .iter()
-                    .flat_map(|s| s.trained(&s.advantages))
-                    .collect();
                 let behavior: Vec<f32> = group
                     .iter()
                     .flat_map(|s| s.trained(&s.behavior_logprobs))
@@ -246,41 +242,38 @@ impl Learner {
                     })
                     .collect();
                 let off_policy = group.iter().any(|s| s.version != newest);
-                let behavior = floats(behavior);
-                // The reference is scored only while a KL term uses it (SCoRe's stage II may
-                // run with `beta = 0` and keep the stage-I reference).
+                let behavior =
+                    Tensor::<1>::from_data(TensorData::new(behavior, [n]), &self.model.device());
+                // The reference is scored only while the objective uses it (SCoRe's stage II
+                // may run with `beta = 0` and keep the stage-I reference).
                 let ref_logprobs = match &self.reference {
-                    Some(reference) if self.loss.beta > 0.0 => {
+                    Some(reference) if uses_reference => {
                         let options = ScoreOptions {
                             with_entropy: false,
                             ..options
                         };
-                        Some(score_with(reference, &score_batch, &options)?.logprobs)
+                        let scores = score_with(reference, &score_batch, &options)?;
+                        Some(Tensor::from_inner(scores.logprobs.inner()))
                     }
                     _ => None,
                 };
-                let out = grpo_loss(
-                    GrpoBatch {
-                        logprobs: scores.logprobs,
-                        old_logprobs: off_policy.then(|| behavior.clone()),
-                        behavior_logprobs: Some(behavior),
-                        advantages: floats(advantages),
-                        ref_logprobs: ref_logprobs.map(|t| Tensor::from_inner(t.inner())),
-                        entropy: scores.entropy,
-                        rows: &scores.rows,
-                        turns: Some(&turns),
+                let out = objective.loss(
+                    MicroBatch {
+                        indices: &indices,
+                        samples: &group,
+                        scores,
+                        ref_logprobs,
+                        behavior,
+                        turns: &turns,
+                        off_policy,
                     },
                     &normalizers,
-                    &self.loss,
                 )?;
                 let backward_start = Instant::now();
                 forward_s += (backward_start - forward_start).as_secs_f64();
                 accumulator.backward(&self.model, out.loss, pass)?;
                 backward_s += backward_start.elapsed().as_secs_f64();
-                merged = Some(match merged {
-                    Some(m) => m.merge(out.metrics),
-                    None => out.metrics,
-                });
+                merged.add(out.metrics);
             }
         }
         let optimizer_start = Instant::now();
@@ -294,16 +287,7 @@ impl Learner {
             "time/learner_optimizer".into(),
             optimizer_start.elapsed().as_secs_f64(),
         );
-        if let Some(m) = merged {
-            let value = serde_json::to_value(m).unwrap_or_default();
-            if let Some(map) = value.as_object() {
-                for (k, v) in map {
-                    if let Some(x) = v.as_f64() {
-                        metrics.insert(k.clone(), x);
-                    }
-                }
-            }
-        }
+        merged.finish(&mut metrics);
         metrics.insert("grad_norm".into(), report.grad_norm);
         metrics.insert("grad_clip_scale".into(), report.clip_scale);
         let seconds = start.elapsed().as_secs_f64();
@@ -354,36 +338,40 @@ impl Learner {
     }
 
     /// Replaces the loss and advantage configuration (SCoRe's stage switch). The KL reference
-    /// is kept as it is: create it with a `beta > 0` at construction or with
-    /// [`Learner::freeze_reference`].
+    /// is kept as it is: create it at construction or with [`Learner::freeze_reference`].
     pub fn set_objective(&mut self, loss: GrpoLossConfig, advantage: AdvantageConfig) {
-        self.loss = loss;
-        self.advantage = advantage;
+        self.objective.loss = loss;
+        self.objective.advantage = advantage;
     }
 
     /// The loss configuration in use.
     pub fn loss_config(&self) -> &GrpoLossConfig {
-        &self.loss
+        &self.objective.loss
     }
 
-    /// Makes a frozen copy of the current weights the KL reference (with `loss.beta > 0`; a
-    /// no-op otherwise). The trainer calls it after an SFT warm start, so the penalty anchors RL
-    /// to the warm-started policy rather than to the model as loaded.
+    /// The objective in use.
+    pub fn objective(&self) -> &ObjectiveConfig {
+        &self.objective
+    }
+
+    /// Makes a frozen copy of the current weights the reference (when the objective uses one;
+    /// a no-op otherwise). The trainer calls it after an SFT warm start, so the penalty anchors
+    /// RL to the warm-started policy rather than to the model as loaded.
     pub fn freeze_reference(&mut self) {
-        if self.loss.beta > 0.0 {
+        if self.objective.needs_reference() {
             self.reference = Some(self.model.valid());
         }
     }
 
-    /// Replaces the KL reference (a resumed run restores the one it started RL with); ignored
-    /// with `loss.beta = 0`. `reference` must have the policy's architecture.
+    /// Replaces the reference (a resumed run restores the one it started RL with); ignored
+    /// when the objective uses none. `reference` must have the policy's architecture.
     pub fn set_reference(&mut self, reference: Llama) {
-        if self.loss.beta > 0.0 {
+        if self.objective.needs_reference() {
             self.reference = Some(reference.valid());
         }
     }
 
-    /// The frozen KL reference, when `loss.beta > 0`.
+    /// The frozen reference, when the objective uses one.
     pub fn reference(&self) -> Option<&Llama> {
         self.reference.as_ref()
     }

@@ -6,7 +6,7 @@
 //!   GRPO batch, loss, advantages, optimizer, warm start, evaluation, checkpoints, tracking);
 //!   `--set key.path=value` overrides any field.
 //! - [`Learner`] owns the trainable policy (on an autodiff device), its [`AdamW`] optimizer and
-//!   [`Schedule`]: [`Learner::grpo_step`] turns a step's trajectories into samples
+//!   [`Schedule`]: [`Learner::rl_step`] turns a step's trajectories into samples
 //!   ([`build_samples`]: one sequence per conversation thread, loss on trainable model tokens),
 //!   computes group-relative per-turn advantages and the GRPO loss (`kaizen-algorithms`) over
 //!   micro-batches, clips the global gradient norm and updates the weights. [`ScoreConfig`]
@@ -23,6 +23,7 @@ mod config;
 mod error;
 mod eval;
 mod learner;
+pub mod objective;
 mod optimizer;
 mod samples;
 mod schedule;
@@ -40,6 +41,7 @@ pub use config::{
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
 pub use learner::{Learner, LearnerConfig, StepMetrics};
+pub use objective::{Algorithm, ObjectiveConfig};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};
 pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_mask};
 pub use schedule::{Schedule, SchedulerType};

@@ -100,10 +100,10 @@ fn gradient_accumulation_does_not_change_the_step() {
     for loss_type in [LossType::Grpo, LossType::Dapo, LossType::DrGrpo] {
         let mut one = learner(1, loss_type);
         let before = weights(&one);
-        let m1 = one.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+        let m1 = one.rl_step(&batch(), WeightsVersion(0)).unwrap();
         for parts in [2, 3] {
             let mut split = learner(parts, loss_type);
-            let m = split.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+            let m = split.rl_step(&batch(), WeightsVersion(0)).unwrap();
             let (a, b) = (weights(&one), weights(&split));
             let diff = a
                 .iter()
@@ -142,8 +142,8 @@ fn sharing_the_prompt_prefix_does_not_change_the_step() {
         },
         LossType::Dapo,
     );
-    let a = shared.grpo_step(&batch(), WeightsVersion(0)).unwrap();
-    let b = full.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+    let a = shared.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    let b = full.rl_step(&batch(), WeightsVersion(0)).unwrap();
     let diff = weights(&shared)
         .iter()
         .zip(weights(&full))
@@ -164,7 +164,7 @@ fn stale_samples_are_dropped_and_counted() {
     for t in &mut trajectories[3..] {
         t.segments[0].weights_version = WeightsVersion(2);
     }
-    let m = l.grpo_step(&trajectories, WeightsVersion(2)).unwrap();
+    let m = l.rl_step(&trajectories, WeightsVersion(2)).unwrap();
     assert_eq!(m["dropped_stale"], 3.0);
     assert_eq!(m["samples"], 7.0);
 }
@@ -210,7 +210,7 @@ fn adamw_matches_the_torch_formula_for_two_steps() {
         GrpoLossConfig::default(),
         AdvantageConfig::default(),
     );
-    l.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+    l.rl_step(&batch(), WeightsVersion(0)).unwrap();
     let mut after = Values(Vec::new());
     l.model().visit(&mut after);
     let mut moved = 0;
@@ -241,8 +241,8 @@ fn the_cpu_training_pass_gives_burns_step() {
         LossType::Dapo,
     );
     for _ in 0..2 {
-        let a = cpu.grpo_step(&batch(), WeightsVersion(0)).unwrap();
-        let b = burn.grpo_step(&batch(), WeightsVersion(0)).unwrap();
+        let a = cpu.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        let b = burn.rl_step(&batch(), WeightsVersion(0)).unwrap();
         assert!(
             (a["loss"] - b["loss"]).abs() < 1e-5,
             "{} vs {}",
@@ -318,8 +318,8 @@ fn kl_turn_weights_weigh_each_turn() {
             },
             AdvantageConfig::default(),
         );
-        l.grpo_step(&two_turn_batch(), WeightsVersion(0)).unwrap();
-        l.grpo_step(&two_turn_batch(), WeightsVersion(0)).unwrap()["loss"]
+        l.rl_step(&two_turn_batch(), WeightsVersion(0)).unwrap();
+        l.rl_step(&two_turn_batch(), WeightsVersion(0)).unwrap()["loss"]
     };
     let none = loss_at_step_2(vec![0.0]);
     let first = loss_at_step_2(vec![1.0, 0.0]) - none;

@@ -113,6 +113,9 @@ pub(crate) struct LlamaWeights<W> {
     pub(crate) norm: W,
     /// `None` when the output projection is tied to `embed`.
     pub(crate) lm_head: Option<W>,
+    /// The scalar value head's weight `[1, hidden]` and bias `[1]` (PPO's critic); `None`
+    /// without one. Inference ignores it; the training pass computes and trains it.
+    pub(crate) value_head: Option<(W, W)>,
 }
 
 impl<W: WeightView> LlamaWeights<W> {
@@ -155,11 +158,16 @@ impl<W: WeightView> LlamaWeights<W> {
             Some(head) => Some(W::of(&head.weight)?),
             None => None,
         };
+        let value_head = match &model.value_head {
+            Some(head) => Some((W::of(&head.weight)?, W::of(head.bias.as_ref()?)?)),
+            None => None,
+        };
         Some(Self {
             embed: W::of(&model.embed_tokens)?,
             layers,
             norm: W::of(&model.norm.weight)?,
             lm_head,
+            value_head,
         })
     }
 }

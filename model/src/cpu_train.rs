@@ -24,9 +24,12 @@
 //! gradient on tied and untied models, with and without q/k/v biases, shared prefixes and
 //! temperature.
 //!
-//! Applies to float32 models on the flex device with autodiff, without a value head and
-//! without biases outside q/k/v ([`CpuScorePass::applies`]); the learner falls back to burn's
-//! path otherwise.
+//! The value head (PPO's critic, `V = w · h + b` on the final hidden state) is part of the pass:
+//! its estimates come out as an autodiff leaf like the log-probs, and its gradient flows into
+//! the shared trunk.
+//!
+//! Applies to float32 models on the flex device with autodiff, without biases outside q/k/v
+//! ([`CpuScorePass::applies`]); the learner falls back to burn's path otherwise.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -50,12 +53,9 @@ const ROWS_PER_TASK: usize = 16;
 type ModelParams = LlamaWeights<(HostView, ParamId)>;
 
 impl ModelParams {
-    /// The parameters of `model`, or `None` where the CPU training pass does not apply (a value
-    /// head, a bias outside q/k/v, a tensor that cannot be viewed).
+    /// The parameters of `model`, or `None` where the CPU training pass does not apply (a bias
+    /// outside q/k/v or a value head without bias, a tensor that cannot be viewed).
     fn of(model: &Llama) -> Option<Self> {
-        if model.value_head.is_some() {
-            return None;
-        }
         Self::collect(model)
     }
 
@@ -90,6 +90,10 @@ impl ModelParams {
         push(&self.norm, vec![hidden]);
         if let Some(head) = &self.lm_head {
             push(head, vec![vocab, hidden]);
+        }
+        if let Some((weight, bias)) = &self.value_head {
+            push(weight, vec![1, hidden]);
+            push(bias, vec![1]);
         }
         out
     }
@@ -139,6 +143,14 @@ impl CpuGrads {
     fn buffers(&mut self) -> impl Iterator<Item = &mut [f32]> {
         self.grads.iter_mut().map(|(_, _, v)| v.as_mut_slice())
     }
+}
+
+/// The gradients of a pass's outputs (from the loss's backward), each `[n]` when present.
+#[derive(Clone, Copy)]
+struct Upstream<'a> {
+    logprobs: Option<&'a [f32]>,
+    entropy: Option<&'a [f32]>,
+    values: Option<&'a [f32]>,
 }
 
 /// The gradient buffers of one decoder block.
@@ -297,14 +309,16 @@ pub struct CpuScorePass {
     lse: Vec<f32>,
     entropy: Vec<f32>,
     temperature: f32,
-    /// The autodiff leaves handed out as [`Scores::logprobs`] and [`Scores::entropy`].
+    /// The autodiff leaves handed out as [`Scores::logprobs`], [`Scores::entropy`] and
+    /// [`Scores::values`].
     logprobs_leaf: Option<Tensor<1>>,
     entropy_leaf: Option<Tensor<1>>,
+    values_leaf: Option<Tensor<1>>,
 }
 
 impl CpuScorePass {
     /// Whether `model` can be trained on this path: float32 weights on the flex device under
-    /// autodiff, no value head, biases only on q/k/v.
+    /// autodiff, biases only on q/k/v (and on the value head, which must have one).
     pub fn applies(model: &Llama) -> bool {
         model.device().is_autodiff() && ModelParams::of(model).is_some()
     }
@@ -312,7 +326,9 @@ impl CpuScorePass {
     /// Scores `batch` as [`crate::score_with`] does and keeps the activations for
     /// [`CpuScorePass::backward`]. The returned [`Scores`]' log-probs (and entropy) are autodiff
     /// leaves: build the loss on them, call `loss.backward()`, then hand the gradients to
-    /// [`CpuScorePass::backward`]. `Scores::values` is always `None` (no value head here).
+    /// [`CpuScorePass::backward`]. With a value head, `Scores::values` is a leaf too:
+    /// `V(s_t) = w · h_{t−1} + b` on the final-norm hidden state of each scored token's
+    /// predictor, as [`crate::score_with`] computes it.
     ///
     /// Returns `Ok(None)` where the path does not apply ([`CpuScorePass::applies`]).
     ///
@@ -366,6 +382,7 @@ impl CpuScorePass {
             temperature: options.temperature,
             logprobs_leaf: None,
             entropy_leaf: None,
+            values_leaf: None,
         };
         // Run on a pool thread so that parallel regions fork from inside the pool.
         let logprobs = rayon::scope(|_| pass.run_forward());
@@ -376,10 +393,11 @@ impl CpuScorePass {
         let logprobs = leaf(logprobs);
         pass.logprobs_leaf = Some(logprobs.clone());
         pass.entropy_leaf = options.with_entropy.then(|| leaf(pass.entropy.clone()));
+        pass.values_leaf = pass.values().map(leaf);
         let scores = Scores {
             logprobs,
             entropy: pass.entropy_leaf.clone(),
-            values: None,
+            values: pass.values_leaf.clone(),
             rows: pass.packing.rows.clone(),
         };
         Ok(Some((scores, pass)))
@@ -397,7 +415,8 @@ impl CpuScorePass {
         };
         let d_logprobs = host(self.logprobs_leaf.as_ref().and_then(|l| l.grad(grads)));
         let d_entropy = host(self.entropy_leaf.as_ref().and_then(|e| e.grad(grads)));
-        if d_logprobs.is_none() && d_entropy.is_none() {
+        let d_values = host(self.values_leaf.as_ref().and_then(|v| v.grad(grads)));
+        if d_logprobs.is_none() && d_entropy.is_none() && d_values.is_none() {
             return Ok(());
         }
         let expected: Vec<usize> = self.params.ids().iter().map(|(_, n, _)| *n).collect();
@@ -407,8 +426,26 @@ impl CpuScorePass {
                 "CpuScorePass::backward: the gradient buffers belong to another model".into(),
             ));
         }
-        rayon::scope(|_| self.run_backward(d_logprobs.as_deref(), d_entropy.as_deref(), into));
+        let d = Upstream {
+            logprobs: d_logprobs.as_deref(),
+            entropy: d_entropy.as_deref(),
+            values: d_values.as_deref(),
+        };
+        rayon::scope(|_| self.run_backward(d, into));
         Ok(())
+    }
+
+    /// The value head's estimates `w · hs_i + b` of the scored tokens' predictors, `[n]`;
+    /// `None` without a value head.
+    fn values(&self) -> Option<Vec<f32>> {
+        let (weight, bias) = self.params.value_head.as_ref()?;
+        let (w, b) = (weight.0.data(), bias.0.data()[0]);
+        Some(
+            self.hs
+                .chunks_exact(self.dims.hidden)
+                .map(|h| dot(h, w) + b)
+                .collect(),
+        )
     }
 
     fn run_forward(&mut self) -> Vec<f32> {
@@ -512,7 +549,12 @@ impl CpuScorePass {
         logprobs
     }
 
-    fn run_backward(&self, d_lp: Option<&[f32]>, d_ent: Option<&[f32]>, into: &mut CpuGrads) {
+    fn run_backward(&self, upstream: Upstream<'_>, into: &mut CpuGrads) {
+        let Upstream {
+            logprobs: d_lp,
+            entropy: d_ent,
+            values: d_values,
+        } = upstream;
         let Dims {
             hidden,
             inter,
@@ -527,7 +569,15 @@ impl CpuScorePass {
         let tied = self.params.lm_head.is_none();
         let mut buffers: Vec<&mut [f32]> = into.buffers().collect();
         // Same order as `ModelParams::ids`: embed, per layer (in_norm, q, k, v, [bq, bk, bv],
-        // o, post_norm, gate, up, down), norm, [lm_head].
+        // o, post_norm, gate, up, down), norm, [lm_head], [value head weight, bias].
+        let value_head_grad = match self.params.value_head {
+            Some(_) => {
+                let bias = buffers.pop().unwrap_or_default();
+                let weight = buffers.pop().unwrap_or_default();
+                Some((weight, bias))
+            }
+            None => None,
+        };
         let lm_head_grad = if tied { None } else { buffers.pop() };
         let norm_grad = buffers.pop().unwrap_or_default();
         let mut it = buffers.into_iter();
@@ -569,7 +619,23 @@ impl CpuScorePass {
         });
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
         // d hs = dlogits · W_head;  dW_head += dlogitsᵀ · hs.
-        let d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden);
+        let mut d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden);
+        // Value head: V_i = w · hs_i + b, so d hs_i += dV_i · w, dw += Σ_i dV_i · hs_i,
+        // db += Σ_i dV_i.
+        if let (Some(dv), Some((weight, _)), Some((dw, db))) =
+            (d_values, &self.params.value_head, value_head_grad)
+        {
+            let w = weight.0.data();
+            for ((row, h), &g) in d_hs
+                .chunks_exact_mut(hidden)
+                .zip(self.hs.chunks_exact(hidden))
+                .zip(dv)
+            {
+                axpy(g, w, row);
+                axpy(g, h, dw);
+                db[0] += g;
+            }
+        }
         match lm_head_grad {
             Some(g) => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, g),
             None => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, embed_grad),

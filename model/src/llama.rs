@@ -149,6 +149,30 @@ impl Llama {
         ))
     }
 
+    /// This model with a fresh scalar value head (PPO's critic on the shared trunk) when it has
+    /// none: weight `[1, hidden]` drawn `~ N(0, initializer_range²)` on the host from ChaCha8
+    /// seeded with `seed`, bias 0, on the model's device, and `config.value_head` set (so
+    /// checkpoints save and load it as `v_head.summary.*`). A model that has one keeps it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `initializer_range` is not a valid standard deviation.
+    pub fn with_value_head(mut self, seed: u64) -> Result<Self> {
+        if self.value_head.is_some() {
+            return Ok(self);
+        }
+        let std = self.config.initializer_range as f32;
+        let normal = Normal::new(0.0, std)
+            .map_err(|e| Error::Config(format!("`initializer_range` {std}: {e}")))?;
+        let mut init = Init {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            normal,
+        };
+        let device = self.device();
+        self.value_head = Some(init.linear(1, self.config.hidden_size, true, &device));
+        self.config.value_head = true;
+        Ok(self)
+    }
+
     /// Builds a model from its parts (used by loaders).
     pub(crate) fn assemble(
         config: LlamaConfig,

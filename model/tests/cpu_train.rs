@@ -47,7 +47,7 @@ fn batch() -> ScoreBatch {
     }
 }
 
-/// `Σ a_i log p_i + Σ b_i H_i` with fixed, distinct weights per token.
+/// `Σ a_i log p_i + Σ b_i H_i + Σ c_i V_i` with fixed, distinct weights per token.
 fn loss(scores: &Scores) -> Tensor<1> {
     let n = scores.rows.len();
     let device = scores.logprobs.device();
@@ -58,6 +58,9 @@ fn loss(scores: &Scores) -> Tensor<1> {
     let mut loss = (scores.logprobs.clone() * weights(1.0)).sum();
     if let Some(entropy) = &scores.entropy {
         loss = loss + (entropy.clone() * weights(5.0)).sum() * 0.3;
+    }
+    if let Some(values) = &scores.values {
+        loss = loss + (values.clone() * weights(9.0)).sum() * 0.7;
     }
     loss
 }
@@ -106,6 +109,14 @@ fn compare(config: &LlamaConfig, options: &ScoreOptions) {
         }
         (None, None) => {}
         _ => panic!("entropy requested on one path only"),
+    }
+    match (&scores.values, &reference.values) {
+        (Some(v), Some(r)) => {
+            let diff = max_abs_diff(&host(v.clone()), &host(r.clone()));
+            assert!(diff < 1e-4, "values differ by {diff}");
+        }
+        (None, None) => {}
+        _ => panic!("a value head on one path only"),
     }
     let grads = loss(&scores).backward();
     let mut into = CpuGrads::new(&model).unwrap();
@@ -176,6 +187,31 @@ fn tied_without_biases() {
     );
 }
 
+/// PPO's critic on the shared trunk: the value head's estimates and the gradients of its weight,
+/// its bias and every trunk parameter (the value loss flows into the trunk) match burn's.
+#[test]
+fn with_a_value_head() {
+    let mut config = tiny_config();
+    config.value_head = true;
+    compare(
+        &config,
+        &ScoreOptions {
+            temperature: 0.9,
+            with_entropy: true,
+            share_prefixes: true,
+        },
+    );
+    config.tie_word_embeddings = true;
+    compare(
+        &config,
+        &ScoreOptions {
+            temperature: 1.0,
+            with_entropy: false,
+            share_prefixes: false,
+        },
+    );
+}
+
 #[test]
 fn gradients_accumulate_over_passes() {
     let device = device().autodiff();
@@ -203,7 +239,7 @@ fn gradients_accumulate_over_passes() {
 }
 
 #[test]
-fn does_not_apply_without_autodiff_or_with_a_value_head() {
+fn does_not_apply_without_autodiff() {
     let batch = batch();
     let options = ScoreOptions::new(1.0);
     let plain = Llama::init(&tiny_config(), &device(), 1).unwrap();
@@ -213,11 +249,14 @@ fn does_not_apply_without_autodiff_or_with_a_value_head() {
             .unwrap()
             .is_none()
     );
-    let mut config = tiny_config();
-    config.value_head = true;
-    let critic = Llama::init(&config, &device().autodiff(), 1).unwrap();
-    assert!(!CpuScorePass::applies(&critic));
-    assert!(CpuGrads::new(&critic).is_none());
+    // A value head attached to a loaded model trains on this path too.
+    let critic = Llama::init(&tiny_config(), &device().autodiff(), 1)
+        .unwrap()
+        .with_value_head(3)
+        .unwrap();
+    assert!(critic.config().value_head);
+    assert!(CpuScorePass::applies(&critic));
+    assert!(CpuGrads::new(&critic).is_some());
 }
 
 #[test]

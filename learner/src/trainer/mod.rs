@@ -20,7 +20,6 @@ use kaizen_actors::{
     ActorConfig, ActorPool, EngineConfig, EnvSlot, EpisodeReport, EpisodeTask, WeightPublisher,
     derive_seed, weight_broadcast_at,
 };
-use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
 use kaizen_core::{SamplingOverrides, Trajectory, WeightsVersion};
 use kaizen_envs::{EpisodeLimits, Registry};
 use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Policy};
@@ -90,6 +89,9 @@ pub struct EpisodeCounts {
 /// Where a run keeps its KL reference policy when it differs from the model as loaded (after an
 /// SFT warm start with `loss.beta > 0`).
 const REFERENCE_DIR: &str = "reference";
+
+/// Offset of the value head's initialisation seed from `model.init_seed` (PPO).
+const VALUE_HEAD_SEED: u64 = 0x7661_6c75_6568_6561;
 
 /// The `episodes/*` metrics of `counts`.
 fn count_metrics(counts: &EpisodeCounts) -> BTreeMap<String, f64> {
@@ -272,14 +274,19 @@ pub fn train(
         template,
         ..
     } = policy;
-    let (loss, advantage) = objective_at(&config, state.step);
-    let mut learner = Learner::new(
+    let objective = config.objective_at(state.step);
+    // PPO's critic: a value head on the policy's trunk (a resumed run's checkpoint has it).
+    let model = if objective.needs_value_head() {
+        model.with_value_head(config.model.init_seed.wrapping_add(VALUE_HEAD_SEED))?
+    } else {
+        model
+    };
+    let mut learner = Learner::with_objective(
         model,
         optimizer,
         schedule,
         config.learner.clone(),
-        loss,
-        advantage,
+        objective,
     );
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
@@ -397,21 +404,14 @@ pub fn train(
     Ok(summary)
 }
 
-/// The loss and advantage configuration for RL step `step`: the job's, or its SCoRe stage's.
-fn objective_at(config: &JobConfig, step: u64) -> (GrpoLossConfig, AdvantageConfig) {
-    match &config.score {
-        Some(score) => score.objective(score.stage_at(step), &config.loss, &config.advantage),
-        None => (config.loss.clone(), config.advantage),
-    }
-}
-
-/// Whether the job needs a frozen KL reference from RL step `step` on (a KL penalty now or in
-/// a later SCoRe stage).
+/// Whether the job needs a frozen reference from RL step `step` on (a KL penalty or DPO now, or
+/// SCoRe's stage I still to come).
 fn uses_reference(config: &JobConfig, step: u64) -> bool {
-    match &config.score {
-        Some(score) => step < score.stage1_steps || score.stage2_beta > 0.0,
-        None => config.loss.beta > 0.0,
-    }
+    config.objective_at(step).needs_reference()
+        || config
+            .score
+            .as_ref()
+            .is_some_and(|score| step < score.stage1_steps)
 }
 
 impl Run {
@@ -506,12 +506,13 @@ impl Run {
             if self.state.step == score.stage1_steps && stage == ScoreStage::Two {
                 tracing::info!(step = self.state.step, "SCoRe stage II starts");
             }
-            let (loss, advantage) = objective_at(&self.config, self.state.step);
-            self.learner.set_objective(loss, advantage);
+            let objective = self.config.objective_at(self.state.step);
+            self.learner
+                .set_objective(objective.loss, objective.advantage);
             metrics.insert("score/stage".into(), f64::from(stage.number()));
         }
         let learn_start = Instant::now();
-        let learner_metrics = self.learner.grpo_step(&trajectories, newest)?;
+        let learner_metrics = self.learner.rl_step(&trajectories, newest)?;
         metrics.extend(learner_metrics);
         metrics.insert("time/learning".into(), learn_start.elapsed().as_secs_f64());
         let version = self.publisher.publish(self.learner.policy());

@@ -1,0 +1,300 @@
+//! The learner's algorithms other than GRPO, one step at a time: PPO with a value head, DPO on
+//! online pairs, NFT. Each test checks a number that follows from the algorithm's algebra.
+
+use burn::tensor::Device;
+use kaizen_algorithms::{
+    AdvantageConfig, DpoConfig, GrpoLossConfig, LossType, NftConfig, PpoConfig, ScaleRewards,
+};
+use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
+use kaizen_learner::{
+    AdamW, AdamWConfig, Algorithm, Learner, LearnerConfig, ObjectiveConfig, Schedule, SchedulerType,
+};
+use kaizen_model::{Llama, LlamaConfig};
+
+fn config() -> LlamaConfig {
+    let mut c = LlamaConfig::tiny(64);
+    c.hidden_size = 32;
+    c.intermediate_size = 64;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.initializer_range = 0.2;
+    c
+}
+
+fn trajectory(id: u64, group: u64, completion: &[u32], reward: f32) -> Trajectory {
+    Trajectory {
+        id,
+        env: "t".into(),
+        seed: group,
+        group_id: group,
+        segments: vec![Segment {
+            agent: "a".into(),
+            thread: 0,
+            prompt_tokens: vec![1, 2, 3, (group % 50) as u32 + 4],
+            completion_tokens: completion.to_vec(),
+            behavior_logprobs: vec![-1.0; completion.len()],
+            trainable: true,
+            temperature: 1.0,
+            weights_version: WeightsVersion(0),
+            finish_reason: FinishReason::Eos,
+        }],
+        outcome: Outcome::single("a", vec![reward]),
+    }
+}
+
+/// Groups 0 and 1 have a spread of rewards, group 2 has equal rewards.
+fn batch() -> Vec<Trajectory> {
+    vec![
+        trajectory(0, 0, &[5, 6, 7], 1.0),
+        trajectory(1, 0, &[8, 9], 0.0),
+        trajectory(2, 0, &[10, 11, 12, 13], 0.5),
+        trajectory(3, 1, &[14], 1.0),
+        trajectory(4, 1, &[15, 16, 17, 18, 19], 0.0),
+        trajectory(5, 2, &[20, 21], 1.0),
+        trajectory(6, 2, &[22, 23], 1.0),
+    ]
+}
+
+fn learner(objective: ObjectiveConfig, learner: LearnerConfig) -> Learner {
+    let device = Device::default().autodiff();
+    let mut model = Llama::init(&config(), &device, 7).unwrap();
+    if objective.needs_value_head() {
+        model = model.with_value_head(11).unwrap();
+    }
+    Learner::with_objective(
+        model,
+        AdamW::new(AdamWConfig {
+            max_grad_norm: 0.0,
+            ..AdamWConfig::default()
+        }),
+        Schedule {
+            lr: 1e-2,
+            warmup_steps: 0,
+            total_steps: 10,
+            kind: SchedulerType::Constant,
+        },
+        learner,
+        objective,
+    )
+}
+
+fn learner_config(parts: usize, cpu_kernels: bool) -> LearnerConfig {
+    LearnerConfig {
+        gradient_accumulation_steps: parts,
+        max_completion_length: 8,
+        cpu_kernels,
+        ..LearnerConfig::default()
+    }
+}
+
+fn weights(l: &Learner) -> Vec<f32> {
+    l.policy()
+        .to_named()
+        .into_iter()
+        .flat_map(|(_, t)| t.data)
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn ppo(ppo: PpoConfig) -> ObjectiveConfig {
+    ObjectiveConfig {
+        algorithm: Algorithm::Ppo,
+        ppo,
+        ..ObjectiveConfig::default()
+    }
+}
+
+/// PPO on the CPU training pass (value head forward and backward included) and on burn's
+/// autodiff give the same step, and micro-batching does not change it.
+#[test]
+fn ppo_steps_agree_across_passes_and_splits() {
+    let objective = ppo(PpoConfig::default());
+    let mut cpu = learner(objective.clone(), learner_config(1, true));
+    let mut burn = learner(objective.clone(), learner_config(1, false));
+    let mut split = learner(objective, learner_config(3, true));
+    let before = weights(&cpu);
+    for _ in 0..2 {
+        let a = cpu.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        let b = burn.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        let c = split.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        for m in [&b, &c] {
+            assert!((a["loss"] - m["loss"]).abs() < 1e-5, "{a:?} vs {m:?}");
+            assert!((a["ppo/vf_loss"] - m["ppo/vf_loss"]).abs() < 1e-5);
+            assert!((a["grad_norm"] - m["grad_norm"]).abs() < 1e-4 * a["grad_norm"]);
+        }
+        assert!(a["ppo/vf_loss"] > 0.0, "{a:?}");
+        // Every sample is trained (equal rewards still teach the critic).
+        assert_eq!(a["trained_tokens"], 19.0);
+    }
+    // Two AdamW steps at lr 1e-2 (first steps move by ±lr whatever the gradient's size, so
+    // float differences in tiny gradient entries show): within 1% of one step.
+    let d = max_diff(&weights(&cpu), &weights(&burn));
+    assert!(d < 1e-4, "{d}");
+    assert!(max_diff(&weights(&cpu), &weights(&split)) < 1e-4);
+    // The value head is among the trained weights: it moved.
+    let head = |l: &Learner| {
+        l.policy()
+            .to_named()
+            .into_iter()
+            .find(|(name, _)| name == "v_head.summary.weight")
+            .map(|(_, t)| t.data)
+            .unwrap()
+    };
+    let fresh = learner(ppo(PpoConfig::default()), learner_config(1, true));
+    assert!(max_diff(&head(&cpu), &head(&fresh)) > 1e-4);
+    assert!(max_diff(&before, &weights(&cpu)) > 1e-4);
+}
+
+/// With `gamma = lam = 1`, no KL and no whitening, GAE's return at every token of a one-turn
+/// episode is the episode's reward: the token mean of the returns is `Σ_i |o_i| r_i / T`.
+#[test]
+fn ppo_returns_are_the_rewards_with_gamma_and_lambda_one() {
+    let mut l = learner(
+        ppo(PpoConfig {
+            gamma: 1.0,
+            lam: 1.0,
+            kl_coef: 0.0,
+            whiten_advantages: false,
+            ..PpoConfig::default()
+        }),
+        learner_config(2, true),
+    );
+    let m = l.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    let want = (3.0 * 1.0 + 4.0 * 0.5 + 1.0 + 2.0 + 2.0) / 19.0;
+    assert!((m["ppo/returns_mean"] - want).abs() < 1e-6, "{m:?}");
+    // A_t = R − V_t, so mean(A) = mean(R) − mean(V_old).
+    let adv = m["ppo/returns_mean"] - m["ppo/values_old_mean"];
+    assert!((m["ppo/advantages_mean"] - adv).abs() < 1e-5);
+    // PPO without kl_coef or beta keeps no reference.
+    assert!(l.reference().is_none());
+}
+
+/// The KL in the reward: with `kl_coef > 0` the learner keeps a reference, and on the first step
+/// (policy = reference) the logged KL is the behaviour log-probs minus the reference's.
+#[test]
+fn ppo_puts_the_kl_in_the_reward() {
+    let mut l = learner(
+        ppo(PpoConfig {
+            kl_coef: 0.1,
+            ..PpoConfig::default()
+        }),
+        learner_config(1, true),
+    );
+    assert!(l.reference().is_some());
+    let m = l.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    // Behaviour log-probs are −1 here, so k1 = −1 − log π_ref: positive iff π_ref < e^−1.
+    assert!(m["ppo/kl_in_reward"].is_finite(), "{m:?}");
+    assert!(m["ppo/kl_in_reward"] != 0.0);
+}
+
+fn dpo() -> ObjectiveConfig {
+    ObjectiveConfig {
+        algorithm: Algorithm::Dpo,
+        dpo: DpoConfig::default(),
+        ..ObjectiveConfig::default()
+    }
+}
+
+/// Online DPO: one pair per group with a reward spread (groups 0 and 1), none for group 2; the
+/// first step starts at the reference, so the loss is `ln 2` exactly and the margins 0; the
+/// step then ranks each chosen response above its rejected one.
+#[test]
+fn dpo_pairs_each_groups_best_and_worst_and_learns_the_preference() {
+    let mut l = learner(dpo(), learner_config(1, true));
+    let first = l.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    assert_eq!(first["dpo/pairs"], 2.0);
+    assert!(
+        (first["loss"] - std::f64::consts::LN_2).abs() < 1e-6,
+        "{first:?}"
+    );
+    assert!(first["dpo/rewards_margins"].abs() < 1e-6);
+    assert_eq!(first["dpo/chosen_reward_mean"], 1.0);
+    let second = l.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    assert!(second["dpo/rewards_margins"] > 0.0, "{second:?}");
+    assert_eq!(second["dpo/rewards_accuracies"], 1.0);
+    assert!(second["loss"] < std::f64::consts::LN_2);
+}
+
+/// A DPO pair never straddles two micro-batches: splitting the step gives the same update.
+#[test]
+fn dpo_micro_batches_keep_pairs_together() {
+    let mut one = learner(dpo(), learner_config(1, true));
+    let mut two = learner(dpo(), learner_config(2, true));
+    let a = one.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    let b = two.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    assert!((a["loss"] - b["loss"]).abs() < 1e-6);
+    assert!((a["grad_norm"] - b["grad_norm"]).abs() < 1e-5 * a["grad_norm"]);
+    let d = max_diff(&weights(&one), &weights(&two));
+    assert!(d < 1e-5, "{d}");
+}
+
+/// NFT on-policy with `normalize = "negative_rate"` is Dr. GRPO: on a batch whose groups all
+/// carry signal, the NFT step equals GRPO's with `scale_rewards = "none"` (advantage `r − r̂`)
+/// and the same token aggregation.
+#[test]
+fn nft_on_policy_is_dr_grpo() {
+    let signal: Vec<Trajectory> = batch().into_iter().take(5).collect();
+    let mut nft = learner(
+        ObjectiveConfig {
+            algorithm: Algorithm::Nft,
+            nft: NftConfig {
+                loss_type: LossType::Dapo,
+                ..NftConfig::default()
+            },
+            ..ObjectiveConfig::default()
+        },
+        learner_config(2, true),
+    );
+    let mut grpo = learner(
+        ObjectiveConfig::grpo(
+            GrpoLossConfig {
+                loss_type: LossType::Dapo,
+                ..GrpoLossConfig::default()
+            },
+            AdvantageConfig {
+                scale_rewards: ScaleRewards::None,
+                ..AdvantageConfig::default()
+            },
+        ),
+        learner_config(2, true),
+    );
+    let a = nft.rl_step(&signal, WeightsVersion(0)).unwrap();
+    let b = grpo.rl_step(&signal, WeightsVersion(0)).unwrap();
+    assert!(
+        (a["grad_norm"] - b["grad_norm"]).abs() < 1e-4 * b["grad_norm"],
+        "{} vs {}",
+        a["grad_norm"],
+        b["grad_norm"]
+    );
+    assert!(max_diff(&weights(&nft), &weights(&grpo)) < 1e-5);
+    assert_eq!(a["nft/skipped_samples"], 0.0);
+    // Group 2's answers are all right: no signal, skipped and counted.
+    let m = nft.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    assert_eq!(m["nft/skipped_samples"], 2.0);
+}
+
+/// NFT needs verdicts: a reward outside [0, 1] is an error that names it.
+#[test]
+fn nft_rejects_rewards_that_are_not_verdicts() {
+    let mut l = learner(
+        ObjectiveConfig {
+            algorithm: Algorithm::Nft,
+            ..ObjectiveConfig::default()
+        },
+        learner_config(1, true),
+    );
+    let mut bad = batch();
+    bad[0].outcome = Outcome::single("a", vec![2.0]);
+    let err = l.rl_step(&bad, WeightsVersion(0)).unwrap_err().to_string();
+    assert!(
+        err.contains("NFT verdict") && err.contains("[0, 1]"),
+        "{err}"
+    );
+}

@@ -1,0 +1,305 @@
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::matmul::{SKINNY_MAX_ROWS, skinny};
+use super::*;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+}
+
+fn tensor<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Device::default())
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// `|a - b| <= tol · max(1, |b|)` element-wise.
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1.0),
+            "{what}: element {i}: {a} vs {b}"
+        );
+    }
+}
+
+/// `x · Wᵀ` in f64.
+fn reference_matmul_transb(x: &[f32], m: usize, k: usize, w: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    for xi in x.chunks(k).take(m) {
+        for wj in w.chunks(k) {
+            out.push(
+                xi.iter()
+                    .zip(wj)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>() as f32,
+            );
+        }
+    }
+    out
+}
+
+/// Products agree with burn's within `1e-5 · ‖x_i‖ ‖w_j‖` (the scale of a dot product's
+/// rounding error: a sum with cancellation is not accurate relative to its own value in
+/// either implementation).
+fn assert_close_scaled(got: &[f32], burn: &[f32], x: &[f32], w: &[f32], k: usize, what: &str) {
+    let norms = |v: &[f32]| -> Vec<f32> {
+        v.chunks(k)
+            .map(|r| r.iter().map(|a| a * a).sum::<f32>().sqrt())
+            .collect()
+    };
+    let (nx, nw) = (norms(x), norms(w));
+    for (idx, (a, b)) in got.iter().zip(burn).enumerate() {
+        let (i, j) = (idx / nw.len(), idx % nw.len());
+        let tol = 1e-5 * (nx[i] * nw[j]).max(1.0);
+        assert!((a - b).abs() <= tol, "{what}: ({i}, {j}): {a} vs burn {b}");
+    }
+}
+
+/// burn's `x · Wᵀ`.
+fn burn_matmul_transb(x: &[f32], m: usize, k: usize, w: &[f32]) -> Vec<f32> {
+    let n = w.len() / k;
+    values(tensor(x, [m, k]).matmul(tensor(w, [n, k]).transpose()))
+}
+
+#[test]
+fn skinny_and_tall_products_match_burn_matmul() {
+    // Rows around the register block (4) and the skinny/GEMM switch; widths with and
+    // without a SIMD tail; weight row counts around the 3-row block.
+    for (seed, &(m, k)) in [
+        (1, 1),
+        (2, 7),
+        (3, 8),
+        (4, 9),
+        (5, 64),
+        (7, 67),
+        (16, 576),
+        (SKINNY_MAX_ROWS, 33),
+        (SKINNY_MAX_ROWS + 1, 40),
+        (130, 96),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for n in [1, 2, 3, 5, 64, 301] {
+            let x = random(m * k, seed as u64);
+            let w = random(n * k, 100 + seed as u64);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_transb(
+                &x,
+                m,
+                k,
+                &mut [Product {
+                    weight: &w,
+                    out: &mut out,
+                }],
+            );
+            let what = format!("m={m} k={k} n={n}");
+            assert_close(&out, &reference_matmul_transb(&x, m, k, &w), 1e-5, &what);
+            assert_close_scaled(&out, &burn_matmul_transb(&x, m, k, &w), &x, &w, k, &what);
+        }
+    }
+}
+
+#[test]
+fn fused_products_equal_separate_ones() {
+    let (m, k) = (5, 64);
+    let x = random(m * k, 1);
+    let (wq, wk, wv) = (random(96 * k, 2), random(32 * k, 3), random(32 * k, 4));
+    let (mut q, mut kk, mut v) = (vec![0.0; m * 96], vec![0.0; m * 32], vec![0.0; m * 32]);
+    matmul_transb(
+        &x,
+        m,
+        k,
+        &mut [
+            Product {
+                weight: &wq,
+                out: &mut q,
+            },
+            Product {
+                weight: &wk,
+                out: &mut kk,
+            },
+            Product {
+                weight: &wv,
+                out: &mut v,
+            },
+        ],
+    );
+    assert_close(&q, &reference_matmul_transb(&x, m, k, &wq), 1e-5, "q");
+    assert_close(&kk, &reference_matmul_transb(&x, m, k, &wk), 1e-5, "k");
+    assert_close(&v, &reference_matmul_transb(&x, m, k, &wv), 1e-5, "v");
+}
+
+#[test]
+fn simd_and_portable_kernels_agree() {
+    let (m, k, n) = (7, 131, 11);
+    let x = random(m * k, 5);
+    let w = random(n * k, 6);
+    let run = |f: &dyn Fn(&mut [&mut [f32]])| {
+        let mut out = vec![0.0; m * n];
+        let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
+        f(&mut rows);
+        out
+    };
+    let portable = run(&|rows| portable::skinny(&x, m, k, &w, rows));
+    let dispatched = run(&|rows| skinny(&x, m, k, &w, rows));
+    assert_close(&dispatched, &portable, 1e-5, "skinny");
+}
+
+/// Attention by the definition, in f64.
+fn reference_attention(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    starts: &[usize],
+    s: AttentionShape,
+) -> Vec<f32> {
+    let (h, kvh, d, cap) = (s.heads, s.kv_heads, s.head_dim, s.capacity);
+    let (past, seq) = (s.past, s.seq);
+    let g = h / kvh;
+    let mut out = vec![0.0; q.len()];
+    for (b, &start) in starts.iter().enumerate() {
+        for t in 0..seq {
+            let pos = past + t;
+            let cols: Vec<usize> = if pos < start {
+                vec![pos]
+            } else {
+                (start..=pos).collect()
+            };
+            for head in 0..h {
+                let kv = head / g;
+                let qv = &q[((b * seq + t) * h + head) * d..][..d];
+                let at = |c: usize| ((b * kvh + kv) * cap + c) * d;
+                let scores: Vec<f64> = cols
+                    .iter()
+                    .map(|&c| {
+                        (0..d)
+                            .map(|i| qv[i] as f64 * kc[at(c) + i] as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..d {
+                    let o: f64 = cols
+                        .iter()
+                        .zip(&e)
+                        .map(|(&c, p)| p / z * vc[at(c) + i] as f64)
+                        .sum();
+                    out[((b * seq + t) * h + head) * d + i] = o as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_the_definition_with_padding_and_groups() {
+    let shape = AttentionShape {
+        heads: 6,
+        kv_heads: 2,
+        head_dim: 12,
+        capacity: 24,
+        past: 0,
+        seq: 0,
+    };
+    // Prefill (past 0, 9 columns, left padding 0/3/8) and a decode step after 17 columns.
+    for (past, seq) in [(0, 9), (17, 1)] {
+        let shape = AttentionShape { past, seq, ..shape };
+        let starts = [0, 3, 8];
+        let rows = starts.len();
+        let (h, d) = (shape.heads, shape.head_dim);
+        let q = random(rows * seq * h * d, 7);
+        let kc = random(rows * shape.kv_heads * shape.capacity * d, 8);
+        let vc = random(kc.len(), 9);
+        let mut out = vec![f32::NAN; q.len()];
+        attention(&q, &kc, &vc, &starts, shape, &mut out);
+        let want = reference_attention(&q, &kc, &vc, &starts, shape);
+        assert_close(&out, &want, 1e-5, &format!("past={past} seq={seq}"));
+    }
+}
+
+#[test]
+fn exp_is_within_two_ulp_of_std() {
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let (got, want) = (exp(x), x.exp());
+        assert!(
+            (got - want).abs() <= 2.5e-7 * want,
+            "exp({x}) = {got}, std {want}"
+        );
+        x += 0.0137;
+    }
+    assert_eq!(exp(-100.0), 0.0);
+    assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp(0.0), 1.0);
+}
+
+#[test]
+fn exp_weights_sums_match_f64() {
+    let x: Vec<f32> = random(50_000, 10).iter().map(|v| v * 8.0).collect();
+    let (shift, scale) = (8.0, 1.0 / 0.7);
+    let mut w = vec![0.0; x.len()];
+    let mut blocks = Vec::new();
+    let sums = exp_weights(&x, shift, scale, &mut w, &mut blocks);
+    let s: Vec<f64> = x.iter().map(|&v| ((v - shift) * scale) as f64).collect();
+    let total: f64 = s.iter().map(|v| v.exp()).sum();
+    let weighted: f64 = s.iter().map(|v| v.exp() * v).sum();
+    assert!(
+        (sums.total - total).abs() < 1e-6 * total,
+        "{sums:?} vs {total}"
+    );
+    assert!((sums.weighted - weighted).abs() < 1e-6 * weighted.abs());
+    assert_eq!(blocks.len(), x.len().div_ceil(EXP_BLOCK));
+    assert!((blocks.iter().sum::<f64>() - total).abs() < 1e-6 * total);
+}
+
+#[test]
+fn rms_norm_rope_and_silu_match_burn() {
+    let (tokens, heads, d) = (5, 3, 8);
+    let width = heads * d;
+    let x = random(tokens * width, 11);
+    let gamma = random(width, 12);
+    let mut y = vec![0.0; x.len()];
+    rms_norm(&x, &gamma, 1e-5, &mut y);
+    let norm = crate::RmsNorm::new(tensor(&gamma, [width]), 1e-5);
+    assert_close(
+        &y,
+        &values(norm.forward(tensor(&x, [tokens, width]))),
+        1e-6,
+        "rms",
+    );
+
+    let rope_tables = crate::Rope::new(d, 64, 10_000.0);
+    let positions = [0, 3, 7, 12, 63];
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for &p in &positions {
+        let (c, s) = rope_tables.row(p);
+        cos.extend_from_slice(c);
+        sin.extend_from_slice(s);
+    }
+    let mut rotated = x.clone();
+    rope(&mut rotated, heads, d, &cos, &sin);
+    // burn: [batch 1, heads, seq, d] with tables [1, 1, seq, d].
+    let xt = tensor(&x, [1, tokens, heads, d]).swap_dims(1, 2);
+    let (ct, st) = rope_tables.tables(&positions, 1, tokens, &Device::default());
+    let want = values(crate::Rope::apply(xt, &ct, &st).swap_dims(1, 2));
+    assert_close(&rotated, &want, 1e-6, "rope");
+
+    let mut gate: Vec<f32> = x.iter().map(|v| v * 6.0).collect();
+    let up = random(gate.len(), 13);
+    let want = values(silu(tensor(&gate, [gate.len()])) * tensor(&up, [up.len()]));
+    silu_mul(&mut gate, &up);
+    assert_close(&gate, &want, 1e-6, "silu");
+}
