@@ -345,12 +345,18 @@ fn score_stages_switch_and_resume_mid_stage() {
     assert_same(&metrics(&run_a), &metrics(&run_b));
 }
 
-/// The GSPO and REINFORCE++ recipes run end to end from their shipped configs (shortened):
-/// every RL step trains (finite loss, a gradient), and GSPO's async job computes its
-/// sequence-level ratio against behaviour log-probs of older weights.
+/// Every algorithm's recipe runs end to end from its shipped config (shortened): every RL step
+/// trains (finite loss, a gradient) and logs its algorithm's own diagnostics. GSPO's async job
+/// computes its sequence-level ratio against behaviour log-probs of older weights.
 #[test]
-fn gspo_and_reinforce_plus_plus_configs_train() {
-    for name in ["self_correct_tiny_gspo", "self_correct_tiny_reinforce_pp"] {
+fn every_algorithms_config_trains() {
+    for (name, key) in [
+        ("self_correct_tiny_gspo", "clip_frac"),
+        ("self_correct_tiny_reinforce_pp", "pg_loss"),
+        ("self_correct_tiny_ppo", "ppo/vf_loss"),
+        ("self_correct_tiny_dpo", "dpo/rewards_margins"),
+        ("self_correct_tiny_nft", "nft/pos_loss"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let runs = tmp.path().join("runs");
         let out = train_shipped(
@@ -373,13 +379,65 @@ fn gspo_and_reinforce_plus_plus_configs_train() {
         let losses = series(&run, "loss");
         let trained = series(&run, "trained_tokens");
         assert!(
-            !losses.is_empty() && losses.iter().all(|(_, v)| v.is_finite()),
+            losses.len() == 4 && losses.iter().all(|(_, v)| v.is_finite()),
             "{name}: {losses:?}"
         );
         assert!(trained.iter().all(|(_, v)| *v > 0.0), "{name}: {trained:?}");
         let grad = series(&run, "grad_norm");
         assert!(grad.iter().any(|(_, g)| *g > 0.0), "{name}: {grad:?}");
+        let own = series(&run, key);
+        assert!(
+            !own.is_empty() && own.iter().all(|(_, v)| v.is_finite()),
+            "{name}: `{key}` {own:?}"
+        );
     }
+}
+
+/// PPO's value head is part of the run's state: a PPO run stopped after one step and resumed
+/// continues exactly as the uninterrupted run (the value head's weights and AdamW moments come
+/// back from the checkpoint; a fresh head would change every later step).
+#[test]
+fn a_ppo_run_resumes_exactly_with_its_value_head() {
+    let ppo = |runs: &Path, steps: u64| {
+        format!(
+            "algorithm = \"ppo\"\n{}\n[ppo]\nkl_coef = 0.05\n",
+            small_job(runs, steps)
+        )
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let runs_a = tmp.path().join("a");
+    let cfg_a = write(tmp.path(), "a.toml", &ppo(&runs_a, 3));
+    kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
+    let run_a = run_dir(&runs_a, "e2e");
+    let vf = series(&run_a, "ppo/vf_loss");
+    assert_eq!(vf.len(), 3, "{vf:?}");
+    assert!(vf.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{vf:?}");
+    let checkpoint = std::fs::read_dir(run_a.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let weights = std::fs::read(checkpoint.join("policy/model.safetensors")).unwrap();
+    let name = b"v_head.summary.weight";
+    assert!(
+        weights.windows(name.len()).any(|w| w == name),
+        "the checkpoint has no value head"
+    );
+
+    let runs_b = tmp.path().join("b");
+    let cfg_b = write(tmp.path(), "b.toml", &ppo(&runs_b, 1));
+    kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
+    let run_b = run_dir(&runs_b, "e2e");
+    kaizen(&[
+        "train",
+        "--resume",
+        run_b.to_str().unwrap(),
+        "--set",
+        "run.max_steps=3",
+        "--no-progress",
+    ]);
+    assert_same(&metrics(&run_a), &metrics(&run_b));
 }
 
 /// With `[sft]` and `eval.at_start`, the model is evaluated as loaded (`eval_base/...`, before
