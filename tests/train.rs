@@ -356,6 +356,7 @@ fn every_algorithms_config_trains() {
         ("self_correct_tiny_ppo", "ppo/vf_loss"),
         ("self_correct_tiny_dpo", "dpo/rewards_margins"),
         ("self_correct_tiny_nft", "nft/pos_loss"),
+        ("self_correct_tiny_offline_dpo", "preference/loss"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let runs = tmp.path().join("runs");
@@ -394,50 +395,99 @@ fn every_algorithms_config_trains() {
 }
 
 /// PPO's value head is part of the run's state: a PPO run stopped after one step and resumed
-/// continues exactly as the uninterrupted run (the value head's weights and AdamW moments come
-/// back from the checkpoint; a fresh head would change every later step).
+/// continues exactly as the uninterrupted run, with the value head on the policy's trunk (its
+/// weights and AdamW moments come back from the checkpoint; a fresh head would change every
+/// later step) and with a separate critic (its model and optimizer saved beside the policy's).
 #[test]
-fn a_ppo_run_resumes_exactly_with_its_value_head() {
-    let ppo = |runs: &Path, steps: u64| {
-        format!(
-            "algorithm = \"ppo\"\n{}\n[ppo]\nkl_coef = 0.05\n",
-            small_job(runs, steps)
-        )
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let runs_a = tmp.path().join("a");
-    let cfg_a = write(tmp.path(), "a.toml", &ppo(&runs_a, 3));
-    kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
-    let run_a = run_dir(&runs_a, "e2e");
-    let vf = series(&run_a, "ppo/vf_loss");
-    assert_eq!(vf.len(), 3, "{vf:?}");
-    assert!(vf.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{vf:?}");
-    let checkpoint = std::fs::read_dir(run_a.join("checkpoints"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let weights = std::fs::read(checkpoint.join("policy/model.safetensors")).unwrap();
-    let name = b"v_head.summary.weight";
-    assert!(
-        weights.windows(name.len()).any(|w| w == name),
-        "the checkpoint has no value head"
-    );
+fn a_ppo_run_resumes_exactly_with_its_critic() {
+    for critic in ["shared", "separate"] {
+        let ppo = |runs: &Path, steps: u64| {
+            format!(
+                "algorithm = \"ppo\"\n{}\n[ppo]\nkl_coef = 0.05\ncritic = \"{critic}\"\n",
+                small_job(runs, steps)
+            )
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let runs_a = tmp.path().join("a");
+        let cfg_a = write(tmp.path(), "a.toml", &ppo(&runs_a, 3));
+        kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
+        let run_a = run_dir(&runs_a, "e2e");
+        let vf = series(&run_a, "ppo/vf_loss");
+        assert_eq!(vf.len(), 3, "{critic}: {vf:?}");
+        assert!(vf.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{vf:?}");
+        let checkpoint = std::fs::read_dir(run_a.join("checkpoints"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let holder = if critic == "shared" {
+            "policy"
+        } else {
+            "critic"
+        };
+        let weights = std::fs::read(checkpoint.join(holder).join("model.safetensors")).unwrap();
+        let name = b"v_head.summary.weight";
+        assert!(
+            weights.windows(name.len()).any(|w| w == name),
+            "{critic}: the checkpoint's {holder} has no value head"
+        );
 
-    let runs_b = tmp.path().join("b");
-    let cfg_b = write(tmp.path(), "b.toml", &ppo(&runs_b, 1));
-    kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
-    let run_b = run_dir(&runs_b, "e2e");
-    kaizen(&[
-        "train",
-        "--resume",
-        run_b.to_str().unwrap(),
-        "--set",
-        "run.max_steps=3",
-        "--no-progress",
-    ]);
-    assert_same(&metrics(&run_a), &metrics(&run_b));
+        let runs_b = tmp.path().join("b");
+        let cfg_b = write(tmp.path(), "b.toml", &ppo(&runs_b, 1));
+        kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
+        let run_b = run_dir(&runs_b, "e2e");
+        kaizen(&[
+            "train",
+            "--resume",
+            run_b.to_str().unwrap(),
+            "--set",
+            "run.max_steps=3",
+            "--no-progress",
+        ]);
+        assert_same(&metrics(&run_a), &metrics(&run_b));
+    }
+}
+
+/// The offline preference stage (`[preference]`): DPO on JSONL pairs (both of TRL's formats)
+/// before RL. Its first step starts at the reference, so its loss is `ln 2` exactly; on two
+/// pairs seen over and over the stage drives the loss down and the chosen replies' implicit
+/// reward above the rejected ones'; RL follows. (A random model cannot learn arithmetic from the
+/// shipped pairs in a few steps; `every_algorithms_config_trains` runs those.)
+#[test]
+fn offline_dpo_on_jsonl_pairs_runs_before_rl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = write(
+        tmp.path(),
+        "pairs.jsonl",
+        concat!(
+            r#"{"prompt": "Is 2 + 2 = 4?", "chosen": "yes", "rejected": "no"}"#,
+            "\n",
+            r#"{"prompt": [{"role": "user", "content": "Is 2 + 2 = 5?"}], "chosen": [{"role": "assistant", "content": "no"}], "rejected": [{"role": "assistant", "content": "yes"}]}"#,
+            "\n"
+        ),
+    );
+    let runs = tmp.path().join("runs");
+    let text = format!(
+        "{}\n[preference]\nsource = {:?}\nsteps = 20\nbatch_size = 2\nlearning_rate = 3e-3\n",
+        small_job(&runs, 1),
+        pairs.display().to_string()
+    );
+    let cfg = write(tmp.path(), "job.toml", &text);
+    kaizen(&["train", cfg.to_str().unwrap(), "--no-progress"]);
+    let run = run_dir(&runs, "e2e");
+    let loss = series(&run, "preference/loss");
+    assert_eq!(loss.len(), 20, "{loss:?}");
+    assert_eq!(loss[0].0, 1);
+    assert!(
+        (loss[0].1 - std::f64::consts::LN_2).abs() < 1e-6,
+        "{loss:?}"
+    );
+    assert!(loss[19].1 < 0.7 * std::f64::consts::LN_2, "{loss:?}");
+    let accuracy = series(&run, "preference/rewards_accuracies");
+    assert_eq!(accuracy[19].1, 1.0, "{accuracy:?}");
+    assert!(series(&run, "preference/rewards_margins")[19].1 > 0.0);
+    assert_eq!(series(&run, "reward/mean").len(), 1, "one RL step follows");
 }
 
 /// With `[sft]` and `eval.at_start`, the model is evaluated as loaded (`eval_base/...`, before

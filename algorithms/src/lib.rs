@@ -104,6 +104,6 @@ pub use gspo::sequence_log_ratio;
 pub use kl::{KL_LOG_RATIO_BOUND, KlEstimator, kl_estimate};
 pub use multi_turn::{TurnAdvantages, returns_to_go, segment_advantages, turn_advantages};
 pub use nft::{NFT_RATE_BOUNDS, NftBatch, NftConfig, NftNormalize, NftOutput, nft_loss};
-pub use ppo::{PpoConfig, ValueLossOutput, gae, token_rewards, value_loss};
+pub use ppo::{CriticKind, PpoConfig, ValueLossOutput, gae, token_rewards, value_loss};
 pub use reinforce_pp::whiten;
 pub use sft::{SftMetrics, SftOutput, sft_loss};

@@ -33,6 +33,19 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::grpo::read;
 
+/// Where PPO's value head lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CriticKind {
+    /// On the policy's trunk: one model, the value loss trains the shared layers too (TRL's
+    /// `AutoModelForCausalLMWithValueHead`).
+    #[default]
+    Shared,
+    /// A separate critic model initialised from the policy, with its own optimizer (TRL
+    /// `PPOTrainer`'s `value_model`, OpenRLHF's critic): twice the learner's compute.
+    Separate,
+}
+
 /// Hyper-parameters of PPO's critic (TRL `PPOConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +64,11 @@ pub struct PpoConfig {
     /// Put the KL to the reference into the per-token reward (`r_t −= kl_coef · k1_t`, TRL's
     /// `kl_coef`, default 0.05) instead of the loss; 0 = off (use `loss.beta` for a KL loss).
     pub kl_coef: f32,
+    /// Shared trunk or separate critic model.
+    pub critic: CriticKind,
+    /// Peak learning rate of a separate critic (OpenRLHF `critic_learning_rate`); unset: the
+    /// policy's `optim.learning_rate`. Same schedule shape.
+    pub critic_learning_rate: Option<f64>,
 }
 
 impl Default for PpoConfig {
@@ -62,6 +80,8 @@ impl Default for PpoConfig {
             cliprange_value: 0.2,
             whiten_advantages: true,
             kl_coef: 0.05,
+            critic: CriticKind::Shared,
+            critic_learning_rate: None,
         }
     }
 }
@@ -90,6 +110,15 @@ impl PpoConfig {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(bad(field, value, "a finite value >= 0"));
             }
+        }
+        if let Some(lr) = self.critic_learning_rate
+            && !(lr.is_finite() && lr >= 0.0)
+        {
+            return Err(Error::Config {
+                field: "critic_learning_rate",
+                value: lr,
+                expected: "a finite value >= 0",
+            });
         }
         Ok(())
     }

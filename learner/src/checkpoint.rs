@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+/// An optimizer's state as saved: its step count and named moments (`AdamW::state`).
+pub type OptimizerState = (u64, Vec<(String, HostTensor)>);
+
+/// A saved optimizer's step count and moments by name, as read back.
+pub type SavedMoments = (u64, HashMap<String, HostTensor>);
+
 /// Everything besides weights and moments that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -16,6 +22,9 @@ pub struct TrainerState {
     pub step: u64,
     /// Supervised warm-start steps completed.
     pub sft_steps: u64,
+    /// Offline preference-stage steps completed (`[preference]`).
+    #[serde(default)]
+    pub preference_steps: u64,
     /// Optimizer steps of the current phase (its AdamW step count).
     pub optimizer_steps: u64,
     /// The newest published weights version.
@@ -47,7 +56,8 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 pub fn save(
     run_dir: &Path,
     policy: &Policy,
-    optimizer: (u64, Vec<(String, HostTensor)>),
+    optimizer: OptimizerState,
+    critic: Option<(&Policy, &OptimizerState)>,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf, Error> {
@@ -60,13 +70,11 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     policy.save_dir(&tmp.join("policy"))?;
-    let mut metadata = HashMap::new();
-    metadata.insert("step".to_string(), optimizer.0.to_string());
-    write_safetensors(
-        &tmp.join("optimizer.safetensors"),
-        &optimizer.1,
-        Some(metadata),
-    )?;
+    write_optimizer(&tmp.join("optimizer.safetensors"), &optimizer)?;
+    if let Some((critic, optimizer)) = critic {
+        critic.save_dir(&tmp.join(CRITIC_DIR))?;
+        write_optimizer(&tmp.join(CRITIC_OPTIMIZER), optimizer)?;
+    }
     let state_path = tmp.join("trainer_state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::Checkpoint {
         path: tmp.clone(),
@@ -93,6 +101,40 @@ pub fn save(
         }
     }
     Ok(target)
+}
+
+/// A checkpoint's separate PPO critic (a model directory) and its optimizer moments.
+const CRITIC_DIR: &str = "critic";
+const CRITIC_OPTIMIZER: &str = "critic_optimizer.safetensors";
+
+fn write_optimizer(path: &Path, optimizer: &OptimizerState) -> Result<(), Error> {
+    let mut metadata = HashMap::new();
+    metadata.insert("step".to_string(), optimizer.0.to_string());
+    write_safetensors(path, &optimizer.1, Some(metadata))?;
+    Ok(())
+}
+
+/// The separate critic of a checkpoint, if it has one: its model directory and its optimizer's
+/// step count and moments.
+///
+/// # Errors
+/// [`Error::Checkpoint`] / [`Error::Io`] naming the file, when the critic is there but its
+/// optimizer state is not readable.
+pub fn load_critic(dir: &Path) -> Result<Option<(PathBuf, SavedMoments)>, Error> {
+    let model = dir.join(CRITIC_DIR);
+    if !model.is_dir() {
+        return Ok(None);
+    }
+    Ok(Some((model, read_optimizer(&dir.join(CRITIC_OPTIMIZER))?)))
+}
+
+fn read_optimizer(path: &Path) -> Result<SavedMoments, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let step = safetensors_metadata_step(&bytes).ok_or_else(|| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: "missing `step` metadata".into(),
+    })?;
+    Ok((step, read_safetensors(path)?))
 }
 
 /// Complete checkpoints of a run, oldest first, with their step.
@@ -145,13 +187,7 @@ pub fn load_state(dir: &Path) -> Result<(TrainerState, u64, HashMap<String, Host
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
-    let st = safetensors_metadata_step(&bytes).ok_or_else(|| Error::Checkpoint {
-        path: opt_path.clone(),
-        message: "missing `step` metadata".into(),
-    })?;
-    let tensors = read_safetensors(&opt_path)?;
+    let (st, tensors) = read_optimizer(&dir.join("optimizer.safetensors"))?;
     Ok((state, st, tensors))
 }
 

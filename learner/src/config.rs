@@ -65,6 +65,10 @@ pub struct JobConfig {
     /// NFT (`algorithm = "nft"`; defaults when absent).
     #[serde(default)]
     pub nft: Option<NftConfig>,
+    /// Optional offline preference stage (DPO / IPO on JSONL pairs) after the warm start and
+    /// before RL.
+    #[serde(default)]
+    pub preference: Option<PreferenceConfig>,
     /// Optional SCoRe two-stage schedule (owns `loss.beta`, the per-turn weights and
     /// `advantage.progress_bonus`).
     #[serde(default)]
@@ -293,6 +297,52 @@ fn default_sft_lr() -> f64 {
     1e-4
 }
 
+/// `[preference]`: offline DPO / IPO on preference pairs from a JSONL file
+/// (`crate::preference_data`), after `[sft]` and before RL. The reference is the policy as the
+/// stage begins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceConfig {
+    /// JSONL of `{"prompt", "chosen", "rejected"}` (TRL's standard or conversational format).
+    pub source: String,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Pairs per step.
+    #[serde(default = "default_preference_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (cosine decay, 5% warm-up).
+    #[serde(default = "default_preference_lr")]
+    pub learning_rate: f64,
+    /// β of the implicit reward (TRL default 0.1); > 0.
+    #[serde(default = "default_preference_beta")]
+    pub beta: f32,
+    /// `sigmoid` (DPO) or `ipo`.
+    #[serde(default)]
+    pub loss_type: kaizen_algorithms::PreferenceLoss,
+}
+
+fn default_preference_batch() -> usize {
+    8
+}
+
+fn default_preference_lr() -> f64 {
+    5e-6
+}
+
+fn default_preference_beta() -> f32 {
+    0.1
+}
+
+impl PreferenceConfig {
+    /// The DPO loss settings.
+    pub fn dpo(&self) -> DpoConfig {
+        DpoConfig {
+            beta: self.beta,
+            loss_type: self.loss_type,
+        }
+    }
+}
+
 /// `[eval]`: held-out evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -389,6 +439,9 @@ impl JobConfig {
         if let Some(sft) = &mut config.sft {
             sft.source = expand_path(&sft.source);
         }
+        if let Some(preference) = &mut config.preference {
+            preference.source = expand_path(&preference.source);
+        }
         config.validate().map_err(fail)?;
         Ok((config, table))
     }
@@ -438,6 +491,20 @@ impl JobConfig {
             && sft.batch_size == 0
         {
             return Err("`sft.batch_size` must be >= 1".into());
+        }
+        if let Some(p) = &self.preference {
+            if p.batch_size == 0 {
+                return Err("`preference.batch_size` must be >= 1".into());
+            }
+            if !(p.beta.is_finite() && p.beta > 0.0) {
+                return Err(format!("`preference.beta` must be > 0, got {}", p.beta));
+            }
+            if !(p.learning_rate.is_finite() && p.learning_rate >= 0.0) {
+                return Err(format!(
+                    "`preference.learning_rate` must be >= 0, got {}",
+                    p.learning_rate
+                ));
+            }
         }
         if !(self.sampling.temperature.is_finite() && self.sampling.temperature > 0.0) {
             return Err(format!(

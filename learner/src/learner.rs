@@ -4,15 +4,19 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
-use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, sft_loss};
+use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, StepNormalizers, sft_loss};
 use kaizen_core::{Trajectory, WeightsVersion};
-use kaizen_model::{CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
+use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::objective::{MetricsAcc, MicroBatch, ObjectiveConfig, StepInput, score_batch};
+use crate::accumulator::Accumulator;
+use crate::critic::Critic;
+use crate::objective::dpo::Dpo;
+use crate::objective::{
+    MetricsAcc, MicroBatch, Objective, ObjectiveConfig, StepInput, score_batch,
+};
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::samples::{Sample, build_samples, micro_batches};
 use crate::schedule::Schedule;
@@ -65,6 +69,8 @@ pub struct Learner {
     schedule: Schedule,
     config: LearnerConfig,
     objective: ObjectiveConfig,
+    /// PPO's separate critic, when `ppo.critic = "separate"`.
+    critic: Option<Critic>,
 }
 
 /// Metrics of one step, keyed by their logged names.
@@ -108,7 +114,19 @@ impl Learner {
             schedule,
             config,
             objective,
+            critic: None,
         }
+    }
+
+    /// Gives PPO a separate critic (`ppo.critic = "separate"`); its values replace the policy's
+    /// value head in the pre-pass and the value loss.
+    pub fn set_critic(&mut self, critic: Critic) {
+        self.critic = Some(critic);
+    }
+
+    /// The separate critic, if any.
+    pub fn critic(&self) -> Option<&Critic> {
+        self.critic.as_ref()
     }
 
     /// The trainable model (autodiff device).
@@ -181,6 +199,7 @@ impl Learner {
             trajectories,
             samples: &mut fresh,
             model: &self.model,
+            critic: self.critic.as_ref().map(|c| &c.model),
             reference: self.reference.as_ref(),
             learner: &self.config,
         })?;
@@ -191,16 +210,92 @@ impl Learner {
         metrics.extend(prepared.metrics);
         let normalizers = prepared.normalizers;
         metrics.insert("trained_tokens".into(), normalizers.num_tokens as f64);
-        let lr = self.schedule.at(self.optimizer.step_count());
-        metrics.insert("lr".into(), lr);
         let used: Vec<Sample> = prepared.used.iter().map(|&i| fresh[i].clone()).collect();
         if used.is_empty() {
+            let lr = self.schedule.at(self.optimizer.step_count());
+            metrics.insert("lr".into(), lr);
             metrics.insert("learner_seconds".into(), start.elapsed().as_secs_f64());
             metrics.insert("skipped_update".into(), 1.0);
             return Ok(metrics);
         }
-        let parts = objective.micro_batches(&used, self.config.gradient_accumulation_steps);
+        let reference = self.reference.clone();
+        let trained = self.train_used(
+            &used,
+            objective.as_ref(),
+            &normalizers,
+            reference.as_ref(),
+            newest,
+        )?;
+        metrics.extend(trained);
+        let seconds = start.elapsed().as_secs_f64();
+        metrics.insert("learner_seconds".into(), seconds);
+        let scored = metrics.remove("learner_scored_tokens").unwrap_or(0.0);
+        metrics.insert("learner_tokens_per_s".into(), scored / seconds.max(1e-9));
+        Ok(metrics)
+    }
+
+    /// One offline preference step (DPO / IPO) on `pairs` of (chosen, rejected) samples, against
+    /// `reference` (the policy as the preference stage began): the loss is
+    /// `kaizen_algorithms::dpo_loss` averaged over the pairs, split into
+    /// `gradient_accumulation_steps` micro-batches with each pair in one, then one AdamW update.
+    ///
+    /// # Errors
+    /// Model input errors, loss input errors (a pair without trained tokens).
+    pub fn preference_step(
+        &mut self,
+        pairs: &[(Sample, Sample)],
+        reference: &Llama,
+        config: &DpoConfig,
+    ) -> Result<StepMetrics, Error> {
+        let start = Instant::now();
+        let used: Vec<Sample> = pairs
+            .iter()
+            .flat_map(|(c, r)| [c.clone(), r.clone()])
+            .collect();
+        let objective = Dpo::with_pairs(config.clone(), pairs.len());
+        let normalizers = StepNormalizers {
+            num_sequences: pairs.len(),
+            num_tokens: used.iter().map(Sample::trained_tokens).sum(),
+            max_completion_length: self.config.max_completion_length,
+        };
+        let mut metrics = self.train_used(
+            &used,
+            &objective,
+            &normalizers,
+            Some(reference),
+            WeightsVersion(0),
+        )?;
+        metrics.remove("learner_scored_tokens");
+        metrics.insert("seconds".into(), start.elapsed().as_secs_f64());
+        Ok(metrics)
+    }
+
+    /// Scores `used` in micro-batches (one forward pass per sampling temperature in each),
+    /// takes `objective`'s loss of each, back-propagates, sums the gradients and takes one
+    /// AdamW step. Returns the merged loss diagnostics, the timing split, the gradient norm,
+    /// the learning rate and `learner_scored_tokens`.
+    fn train_used(
+        &mut self,
+        used: &[Sample],
+        objective: &dyn Objective,
+        normalizers: &StepNormalizers,
+        reference: Option<&Llama>,
+        newest: WeightsVersion,
+    ) -> Result<StepMetrics, Error> {
+        let mut metrics = StepMetrics::new();
+        let lr = self.schedule.at(self.optimizer.step_count());
+        metrics.insert("lr".into(), lr);
+        let parts = objective.micro_batches(used, self.config.gradient_accumulation_steps);
         let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
+        // A separate critic is scored (and trained) alongside when the objective uses values.
+        let critic = self
+            .critic
+            .as_ref()
+            .filter(|_| objective.uses_values())
+            .map(|c| c.model.clone());
+        let mut critic_acc = critic
+            .as_ref()
+            .map(|c| Accumulator::new(c, self.config.cpu_kernels));
         let mut merged = MetricsAcc::default();
         let mut scored_tokens = 0usize;
         let uses_reference = objective.uses_reference();
@@ -227,6 +322,17 @@ impl Learner {
                 let forward_start = Instant::now();
                 let (scores, pass) = accumulator.score(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
+                let (values, critic_pass) = match (&critic, &critic_acc) {
+                    (Some(model), Some(acc)) => {
+                        let options = ScoreOptions {
+                            with_entropy: false,
+                            ..options
+                        };
+                        let (s, pass) = acc.score(model, &score_batch, &options)?;
+                        (s.values, pass)
+                    }
+                    _ => (scores.values.clone(), None),
+                };
                 let behavior: Vec<f32> = group
                     .iter()
                     .flat_map(|s| s.trained(&s.behavior_logprobs))
@@ -246,7 +352,7 @@ impl Learner {
                     Tensor::<1>::from_data(TensorData::new(behavior, [n]), &self.model.device());
                 // The reference is scored only while the objective uses it (SCoRe's stage II
                 // may run with `beta = 0` and keep the stage-I reference).
-                let ref_logprobs = match &self.reference {
+                let ref_logprobs = match reference {
                     Some(reference) if uses_reference => {
                         let options = ScoreOptions {
                             with_entropy: false,
@@ -263,15 +369,20 @@ impl Learner {
                         samples: &group,
                         scores,
                         ref_logprobs,
+                        values,
                         behavior,
                         turns: &turns,
                         off_policy,
                     },
-                    &normalizers,
+                    normalizers,
                 )?;
                 let backward_start = Instant::now();
                 forward_s += (backward_start - forward_start).as_secs_f64();
-                accumulator.backward(&self.model, out.loss, pass)?;
+                let mut grads = out.loss.backward();
+                accumulator.add(&self.model, &mut grads, pass)?;
+                if let (Some(model), Some(acc)) = (&critic, &mut critic_acc) {
+                    acc.add(model, &mut grads, critic_pass)?;
+                }
                 backward_s += backward_start.elapsed().as_secs_f64();
                 merged.add(out.metrics);
             }
@@ -281,6 +392,14 @@ impl Learner {
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
         self.model = model;
+        if let (Some(model), Some(acc), Some(c)) = (critic, critic_acc, self.critic.as_mut()) {
+            let grads = acc.grads(&model);
+            let critic_lr = c.schedule.at(c.optimizer.step_count());
+            let (model, report) = c.optimizer.step(model, &grads, critic_lr);
+            c.model = model;
+            metrics.insert("ppo/critic_grad_norm".into(), report.grad_norm);
+            metrics.insert("ppo/critic_lr".into(), critic_lr);
+        }
         metrics.insert("time/learner_forward".into(), forward_s);
         metrics.insert("time/learner_backward".into(), backward_s);
         metrics.insert(
@@ -290,12 +409,7 @@ impl Learner {
         merged.finish(&mut metrics);
         metrics.insert("grad_norm".into(), report.grad_norm);
         metrics.insert("grad_clip_scale".into(), report.clip_scale);
-        let seconds = start.elapsed().as_secs_f64();
-        metrics.insert("learner_seconds".into(), seconds);
-        metrics.insert(
-            "learner_tokens_per_s".into(),
-            scored_tokens as f64 / seconds.max(1e-9),
-        );
+        metrics.insert("learner_scored_tokens".into(), scored_tokens as f64);
         Ok(metrics)
     }
 
@@ -385,67 +499,5 @@ impl Learner {
     /// The AdamW configuration in use.
     pub fn optim_config(&self) -> AdamWConfig {
         self.optimizer.config().clone()
-    }
-}
-
-/// Gradients summed over a step's micro-batches, from kaizen's CPU training pass where it
-/// applies (host buffers, no tensor additions) or from burn's autodiff.
-enum Accumulator {
-    Cpu(CpuGrads),
-    Burn(GradientsAccumulator<Llama>),
-}
-
-impl Accumulator {
-    fn new(model: &Llama, cpu_kernels: bool) -> Self {
-        match cpu_kernels.then(|| CpuGrads::new(model)).flatten() {
-            Some(grads) if CpuScorePass::applies(model) => Self::Cpu(grads),
-            _ => Self::Burn(GradientsAccumulator::new()),
-        }
-    }
-
-    /// The scores of `batch` (differentiable), and the CPU pass that back-propagates them.
-    fn score(
-        &self,
-        model: &Llama,
-        batch: &ScoreBatch,
-        options: &ScoreOptions,
-    ) -> Result<(Scores, Option<CpuScorePass>), Error> {
-        if let Self::Cpu(_) = self
-            && let Some((scores, pass)) = CpuScorePass::forward(model, batch, options)?
-        {
-            return Ok((scores, Some(pass)));
-        }
-        Ok((score_with(model, batch, options)?, None))
-    }
-
-    /// Back-propagates `loss` (built on the scores of `pass`, or on burn's scores when `None`)
-    /// and adds the gradients.
-    fn backward(
-        &mut self,
-        model: &Llama,
-        loss: Tensor<1>,
-        pass: Option<CpuScorePass>,
-    ) -> Result<(), Error> {
-        let grads = loss.backward();
-        match (self, pass) {
-            (Self::Cpu(into), Some(pass)) => pass.backward(&grads, into)?,
-            (Self::Burn(acc), None) => {
-                acc.accumulate(model, GradientsParams::from_grads(grads, model));
-            }
-            _ => {
-                return Err(Error::Model(kaizen_model::Error::Input(
-                    "a scoring pass and the gradient accumulator disagree on the backend".into(),
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The step's summed gradients.
-    fn grads(self, model: &Llama) -> GradientsParams {
-        match self {
-            Self::Cpu(grads) => grads.into_params(&model.device().inner()),
-            Self::Burn(mut acc) => acc.grads(),
-        }
     }
 }

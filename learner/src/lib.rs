@@ -8,9 +8,10 @@
 //! - [`Learner`] owns the trainable policy (on an autodiff device), its [`AdamW`] optimizer and
 //!   [`Schedule`]: [`Learner::rl_step`] turns a step's trajectories into samples
 //!   ([`build_samples`]: one sequence per conversation thread, loss on trainable model tokens),
-//!   computes group-relative per-turn advantages and the GRPO loss (`kaizen-algorithms`) over
-//!   micro-batches, clips the global gradient norm and updates the weights. [`ScoreConfig`]
-//!   (`[score]`) switches its objective between SCoRe's two stages.
+//!   lets the [`objective`] (GRPO, PPO, DPO or NFT, chosen by [`Algorithm`]) compute the
+//!   step's targets and each micro-batch's loss (`kaizen-algorithms`), clips the global
+//!   gradient norm and updates the weights. [`ScoreConfig`] (`[score]`) switches the loss
+//!   between SCoRe's two stages.
 //! - [`train`] runs a job: actors (`kaizen-actors`) play the environments with the newest
 //!   published weights, the learner steps (sync: actors wait; async: they keep generating,
 //!   bounded by `max_policy_lag`), weights are published, metrics go to the trackers
@@ -18,13 +19,16 @@
 //!   atomically and a run resumes exactly from its newest one.
 #![warn(missing_docs)]
 
+mod accumulator;
 mod checkpoint;
 mod config;
+mod critic;
 mod error;
 mod eval;
 mod learner;
 pub mod objective;
 mod optimizer;
+mod preference_data;
 mod samples;
 mod schedule;
 mod score_stages;
@@ -36,13 +40,15 @@ pub use checkpoint::{
 };
 pub use config::{
     ActorsConfig, CheckpointConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig, Mode,
-    ModelConfig, OptimConfig, RunConfig, SftConfig, expand_path, kaizen_cache,
+    ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path, kaizen_cache,
 };
+pub use critic::Critic;
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
 pub use learner::{Learner, LearnerConfig, StepMetrics};
 pub use objective::{Algorithm, ObjectiveConfig};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};
+pub use preference_data::preference_pairs;
 pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_mask};
 pub use schedule::{Schedule, SchedulerType};
 pub use score_stages::{ScoreConfig, ScoreStage};

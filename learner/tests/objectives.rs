@@ -3,11 +3,13 @@
 
 use burn::tensor::Device;
 use kaizen_algorithms::{
-    AdvantageConfig, DpoConfig, GrpoLossConfig, LossType, NftConfig, PpoConfig, ScaleRewards,
+    AdvantageConfig, CriticKind, DpoConfig, GrpoLossConfig, LossType, NftConfig, PpoConfig,
+    ScaleRewards,
 };
 use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
 use kaizen_learner::{
-    AdamW, AdamWConfig, Algorithm, Learner, LearnerConfig, ObjectiveConfig, Schedule, SchedulerType,
+    AdamW, AdamWConfig, Algorithm, Critic, Learner, LearnerConfig, ObjectiveConfig, Schedule,
+    SchedulerType,
 };
 use kaizen_model::{Llama, LlamaConfig};
 
@@ -192,6 +194,108 @@ fn ppo_puts_the_kl_in_the_reward() {
     // Behaviour log-probs are −1 here, so k1 = −1 − log π_ref: positive iff π_ref < e^−1.
     assert!(m["ppo/kl_in_reward"].is_finite(), "{m:?}");
     assert!(m["ppo/kl_in_reward"] != 0.0);
+}
+
+fn schedule() -> Schedule {
+    Schedule {
+        lr: 1e-2,
+        warmup_steps: 0,
+        total_steps: 10,
+        kind: SchedulerType::Constant,
+    }
+}
+
+/// A PPO learner with a separate critic initialised from the policy.
+fn with_critic(cpu_kernels: bool) -> Learner {
+    let objective = ppo(PpoConfig {
+        critic: CriticKind::Separate,
+        kl_coef: 0.0,
+        ..PpoConfig::default()
+    });
+    assert!(!objective.needs_value_head() && objective.needs_critic());
+    let mut l = learner(objective, learner_config(2, cpu_kernels));
+    let critic =
+        Critic::from_policy(l.model(), 5, AdamW::new(AdamWConfig::default()), schedule()).unwrap();
+    l.set_critic(critic);
+    l
+}
+
+fn named(model: &Llama) -> Vec<(String, Vec<f32>)> {
+    model
+        .to_named()
+        .into_iter()
+        .map(|(n, t)| (n, t.data))
+        .collect()
+}
+
+/// A separate critic: the policy keeps no value head, the critic starts as a copy of the
+/// policy's weights, and one step trains both (each its own optimizer): the policy through the
+/// surrogate, the critic's value head and trunk through the value loss. The CPU pass and burn's
+/// autodiff agree, so each model gets its own gradient from the one backward pass.
+#[test]
+fn ppo_with_a_separate_critic_trains_both_models() {
+    let mut cpu = with_critic(true);
+    let mut burn = with_critic(false);
+    assert!(cpu.policy().value_head.is_none());
+    let critic_before = named(&cpu.critic().unwrap().model);
+    let policy_before = named(&cpu.policy());
+    // The critic's trunk starts equal to the policy's.
+    for (name, values) in &policy_before {
+        let c = critic_before.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(&c.1, values, "{name}");
+    }
+    for _ in 0..2 {
+        let a = cpu.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        let b = burn.rl_step(&batch(), WeightsVersion(0)).unwrap();
+        assert!(
+            a["ppo/critic_grad_norm"] > 0.0 && a["ppo/vf_loss"] > 0.0,
+            "{a:?}"
+        );
+        for key in ["loss", "ppo/vf_loss"] {
+            assert!(
+                (a[key] - b[key]).abs() < 1e-5,
+                "{key}: {} vs {}",
+                a[key],
+                b[key]
+            );
+        }
+        for key in ["grad_norm", "ppo/critic_grad_norm"] {
+            assert!(
+                (a[key] - b[key]).abs() < 1e-4 * a[key],
+                "{key}: {} vs {}",
+                a[key],
+                b[key]
+            );
+        }
+    }
+    let moved = |before: &[(String, Vec<f32>)], after: &[(String, Vec<f32>)], name: &str| {
+        let b = &before.iter().find(|(n, _)| n == name).unwrap().1;
+        let a = &after.iter().find(|(n, _)| n == name).unwrap().1;
+        max_diff(a, b) > 1e-4
+    };
+    let critic_after = named(&cpu.critic().unwrap().model);
+    let policy_after = named(&cpu.policy());
+    assert!(moved(
+        &critic_before,
+        &critic_after,
+        "v_head.summary.weight"
+    ));
+    assert!(moved(
+        &critic_before,
+        &critic_after,
+        "model.layers.0.mlp.up_proj.weight"
+    ));
+    assert!(moved(
+        &policy_before,
+        &policy_after,
+        "model.layers.0.mlp.up_proj.weight"
+    ));
+    // They trained apart: the copies differ now.
+    let name = "model.layers.0.mlp.up_proj.weight";
+    assert!(
+        moved(&policy_after, &critic_after, name),
+        "the policy and the critic share no parameter"
+    );
 }
 
 fn dpo() -> ObjectiveConfig {

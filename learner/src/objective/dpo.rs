@@ -31,6 +31,15 @@ impl Dpo {
             pairs: Vec::new(),
         }
     }
+
+    /// DPO on `count` given pairs laid out as (chosen, rejected) neighbours: samples `2k` and
+    /// `2k + 1` (offline pairs, `[preference]`).
+    pub(crate) fn with_pairs(config: DpoConfig, count: usize) -> Self {
+        Self {
+            config,
+            pairs: (0..count).map(|k| (2 * k, 2 * k + 1)).collect(),
+        }
+    }
 }
 
 impl Objective for Dpo {

@@ -29,7 +29,8 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use kaizen_algorithms::{
-    AdvantageConfig, DpoConfig, GrpoLossConfig, GrpoMetrics, NftConfig, PpoConfig, StepNormalizers,
+    AdvantageConfig, CriticKind, DpoConfig, GrpoLossConfig, GrpoMetrics, NftConfig, PpoConfig,
+    StepNormalizers,
 };
 use kaizen_core::Trajectory;
 use kaizen_model::{CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
@@ -104,9 +105,14 @@ impl ObjectiveConfig {
         }
     }
 
-    /// Whether the policy needs a value head (PPO).
+    /// Whether the policy needs a value head (PPO with the shared trunk).
     pub fn needs_value_head(&self) -> bool {
-        self.algorithm == Algorithm::Ppo
+        self.algorithm == Algorithm::Ppo && self.ppo.critic == CriticKind::Shared
+    }
+
+    /// Whether PPO runs with a separate critic model.
+    pub fn needs_critic(&self) -> bool {
+        self.algorithm == Algorithm::Ppo && self.ppo.critic == CriticKind::Separate
     }
 
     /// The objective these settings describe.
@@ -128,6 +134,8 @@ pub(crate) struct StepInput<'a> {
     pub samples: &'a mut [Sample],
     /// The trainable policy (for a no-grad pre-pass).
     pub model: &'a Llama,
+    /// PPO's separate critic, when there is one (it then gives the values).
+    pub critic: Option<&'a Llama>,
     /// The frozen reference, when the objective needs one.
     pub reference: Option<&'a Llama>,
     /// The learner's settings (micro-batching, prefix sharing, kernels).
@@ -154,6 +162,9 @@ pub(crate) struct MicroBatch<'a> {
     pub scores: Scores,
     /// The reference's log-probs of the same tokens, when [`Objective::uses_reference`].
     pub ref_logprobs: Option<Tensor<1>>,
+    /// Value estimates of the same tokens (differentiable): the separate critic's when there is
+    /// one and [`Objective::uses_values`], else the policy's value head's, if it has one.
+    pub values: Option<Tensor<1>>,
     /// The sampler's behaviour log-probs of the same tokens.
     pub behavior: Tensor<1>,
     /// The turn index of each trained token.
@@ -195,6 +206,11 @@ pub(crate) struct LossOut {
 pub(crate) trait Objective {
     /// Whether each micro-batch needs the reference's log-probs.
     fn uses_reference(&self) -> bool;
+
+    /// Whether the loss uses value estimates (a separate critic is then scored and trained).
+    fn uses_values(&self) -> bool {
+        false
+    }
 
     /// Computes the step's targets and picks the samples to train.
     ///

@@ -18,9 +18,10 @@
 //!    weights (`loss_type`). With one optimizer step per batch, `V_θ = V_old` when the loss is
 //!    taken, so `cliprange_value` only matters for off-policy samples of an async run.
 //!
-//! The value head shares the policy's trunk (TRL's `AutoModelForCausalLMWithValueHead`); the
-//! trainer attaches a fresh one (`Llama::with_value_head`) when the loaded model has none, and
-//! checkpoints keep it. Every sample is trained: equal rewards in a group still teach the
+//! The value head shares the policy's trunk (TRL's `AutoModelForCausalLMWithValueHead`; the
+//! trainer attaches a fresh one with `Llama::with_value_head` when the loaded model has none) or
+//! sits on a separate critic initialised from the policy (`ppo.critic = "separate"`,
+//! `crate::critic`); checkpoints keep either. Every sample is trained: equal rewards in a group still teach the
 //! critic, so there is no zero-signal skipping.
 
 use kaizen_algorithms::{
@@ -63,6 +64,10 @@ impl Objective for Ppo {
         self.loss.beta > 0.0
     }
 
+    fn uses_values(&self) -> bool {
+        true
+    }
+
     fn prepare(&mut self, step: StepInput<'_>) -> Result<Prepared, Error> {
         self.ppo.validate()?;
         let used: Vec<usize> = (0..step.samples.len())
@@ -92,7 +97,9 @@ impl Objective for Ppo {
                     with_entropy: false,
                     share_prefixes: step.learner.share_prompt_prefix,
                 };
-                let scores = score_no_grad(step.model, &batch, &options, step.learner.cpu_kernels)?;
+                // The values come from the separate critic when there is one.
+                let critic = step.critic.unwrap_or(step.model);
+                let scores = score_no_grad(critic, &batch, &options, step.learner.cpu_kernels)?;
                 let v = scores.values.ok_or_else(|| {
                     Error::Algorithm(kaizen_algorithms::Error::MissingInput {
                         input: "value head",
@@ -198,10 +205,10 @@ impl Objective for Ppo {
         let returns = batch.floats(batch.gather(&self.returns));
         let scores = batch.scores;
         let weights = token_weights(self.loss.loss_type, &scores.rows, normalizers)?;
-        let values = scores.values.clone().ok_or_else(|| {
+        let values = batch.values.ok_or_else(|| {
             Error::Algorithm(kaizen_algorithms::Error::MissingInput {
                 input: "values",
-                reason: "`algorithm = \"ppo\"` (the policy has no value head)",
+                reason: "`algorithm = \"ppo\"` (neither the policy nor a critic has a value head)",
             })
         })?;
         let weights = {

@@ -1,6 +1,8 @@
 //! Writing a checkpoint of the run: metrics flushed first, then policy, optimizer moments and
 //! the trainer's counters.
 
+use burn::module::Module;
+
 use super::*;
 
 impl Run {
@@ -16,10 +18,22 @@ impl Run {
             template: template.clone(),
             name: "checkpoint".into(),
         };
+        let critic = self.learner.critic().map(|c| {
+            (
+                Policy {
+                    model: c.model.valid(),
+                    tokenizer: tokenizer.clone(),
+                    template: template.clone(),
+                    name: "critic".into(),
+                },
+                c.optimizer.state(),
+            )
+        });
         let dir = checkpoint::save(
             &self.run_dir,
             &policy,
             self.learner.optimizer().state(),
+            critic.as_ref().map(|(p, o)| (p, o)),
             &self.state,
             self.config.checkpoint.keep,
         )?;

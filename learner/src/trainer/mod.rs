@@ -4,7 +4,8 @@
 //! The parts, one file each: `setup` (policy, environments, actors of a job), `loops` (sync
 //! and async: collect a step's groups, DAPO dynamic sampling), `warm_start` (the supervised
 //! stage before RL), `evaluation` (held-out problems), `checkpointing`, `reporting` (step
-//! metrics from episodes, `samples.jsonl`, the end-of-run plot). This file holds the run's
+//! metrics from episodes, `samples.jsonl`, the end-of-run plot), `preference` (the offline
+//! DPO stage). This file holds the run's
 //! state, its start and end, and one step: learner update, weight publishing, logging.
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::Error;
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{JobConfig, Mode};
+use crate::critic::Critic;
 use crate::eval::{EVAL_GROUP_BIT, EvalTarget, evaluate};
 use crate::learner::{Learner, StepMetrics};
 use crate::optimizer::AdamW;
@@ -43,6 +45,7 @@ use crate::sft_data::{chat_samples, demonstration_samples};
 mod checkpointing;
 mod evaluation;
 mod loops;
+mod preference;
 mod reporting;
 mod setup;
 mod warm_start;
@@ -190,6 +193,7 @@ pub fn train(
             let state = TrainerState {
                 step: 0,
                 sft_steps: 0,
+                preference_steps: 0,
                 optimizer_steps: 0,
                 weights_version: 0,
                 next_seed: 0,
@@ -290,6 +294,30 @@ pub fn train(
     );
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
+    }
+    if config.objective_at(state.step).needs_critic() {
+        let saved = match &options.resume {
+            Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
+            None => None,
+        };
+        let critic = match saved {
+            Some((dir, (step, moments))) => Critic {
+                model: Policy::load_dir(&dir, &train_device)?.model,
+                optimizer: AdamW::restore(
+                    config.optim.adamw(),
+                    step,
+                    moments,
+                    &train_device.clone().inner(),
+                )
+                .map_err(|message| Error::Checkpoint {
+                    path: dir.clone(),
+                    message,
+                })?,
+                schedule: critic_schedule(&config),
+            },
+            None => new_critic(&config, learner.model())?,
+        };
+        learner.set_critic(critic);
     }
     let (publisher, _) =
         weight_broadcast_at(learner.policy(), WeightsVersion(state.weights_version));
@@ -404,6 +432,25 @@ pub fn train(
     Ok(summary)
 }
 
+/// A separate PPO critic initialised from `policy`, with a fresh optimizer.
+fn new_critic(config: &JobConfig, policy: &Llama) -> Result<Critic, Error> {
+    Critic::from_policy(
+        policy,
+        config.model.init_seed.wrapping_add(VALUE_HEAD_SEED),
+        AdamW::new(config.optim.adamw()),
+        critic_schedule(config),
+    )
+}
+
+/// The separate critic's schedule: RL's, at `ppo.critic_learning_rate` when set.
+fn critic_schedule(config: &JobConfig) -> Schedule {
+    let mut schedule = rl_schedule(config);
+    if let Some(lr) = config.ppo.as_ref().and_then(|p| p.critic_learning_rate) {
+        schedule.lr = lr;
+    }
+    schedule
+}
+
 /// Whether the job needs a frozen reference from RL step `step` on (a KL penalty or DPO now, or
 /// SCoRe's stage I still to come).
 fn uses_reference(config: &JobConfig, step: u64) -> bool {
@@ -425,18 +472,32 @@ impl Run {
         let limit = self.config.run.time_limit_minutes;
         self.deadline =
             (limit > 0.0).then(|| Instant::now() + Duration::from_secs_f64(limit * 60.0));
-        if let Some(sft) = self.config.sft.clone()
-            && self.state.step == 0
-            && self.state.sft_steps < sft.steps
+        let sft = self
+            .config
+            .sft
+            .clone()
+            .filter(|sft| self.state.step == 0 && self.state.sft_steps < sft.steps);
+        let preference = self
+            .config
+            .preference
+            .clone()
+            .filter(|p| self.state.step == 0 && self.state.preference_steps < p.steps);
+        if (sft.is_some() || preference.is_some())
+            && self.state.sft_steps == 0
+            && self.state.preference_steps == 0
+            && self.config.eval.at_start
         {
-            if self.state.sft_steps == 0 && self.config.eval.at_start {
-                // The model as given, before the warm start: `eval_base/...` at step 0 (the
-                // `eval/...` of step 0 is the policy RL starts from).
-                let base = self.evaluate("eval_base")?;
-                self.log(&base, 0);
-                self.eval_base = Some(base);
-            }
+            // The model as given, before the warm start: `eval_base/...` at step 0 (the
+            // `eval/...` of step 0 is the policy RL starts from).
+            let base = self.evaluate("eval_base")?;
+            self.log(&base, 0);
+            self.eval_base = Some(base);
+        }
+        if let Some(sft) = sft {
             self.warm_start(runtime, slots, &sft)?;
+        }
+        if let Some(preference) = preference {
+            self.preference_stage(&preference)?;
         }
         if self.state.step == 0 && self.config.eval.at_start {
             let eval = self.evaluate("eval")?;

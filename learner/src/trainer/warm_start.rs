@@ -101,6 +101,14 @@ impl Run {
                 );
             }
         }
+        self.finish_warm_phase()
+    }
+
+    /// After a warm-start phase (`[sft]`, `[preference]`): the reference becomes the policy RL
+    /// starts from (saved so a resumed run restores it), RL gets a fresh optimizer and the
+    /// actors the new weights.
+    pub(super) fn finish_warm_phase(&mut self) -> Result<(), Error> {
+        let (tokenizer, template) = &self.policy_parts;
         // The KL reference is the warm-started policy, saved so a resumed run restores it.
         if uses_reference(&self.config, self.state.step) {
             self.learner.freeze_reference();
@@ -112,6 +120,11 @@ impl Run {
             };
             let dir = self.run_dir.join(REFERENCE_DIR);
             policy.save_dir(&dir)?;
+        }
+        // A separate PPO critic starts from the warm-started policy.
+        if self.config.objective_at(self.state.step).needs_critic() {
+            let critic = new_critic(&self.config, self.learner.model())?;
+            self.learner.set_critic(critic);
         }
         // RL starts with a fresh optimizer and its own schedule.
         self.learner.reset_optimizer(

@@ -1,0 +1,90 @@
+//! The offline preference stage (`[preference]`): DPO / IPO on JSONL pairs after the warm start
+//! and before RL, against the policy as the stage begins. Logged as `preference/*` at the
+//! stage's own steps 1 to `preference.steps`.
+
+use super::*;
+use crate::config::PreferenceConfig;
+use crate::preference_data::preference_pairs;
+
+impl Run {
+    pub(super) fn preference_stage(&mut self, config: &PreferenceConfig) -> Result<(), Error> {
+        let (tokenizer, template) = &self.policy_parts;
+        let pairs = preference_pairs(Path::new(&config.source), tokenizer, template)?;
+        let max_positions = self.learner.policy().config().max_position_embeddings;
+        let before = pairs.len();
+        let pairs: Vec<(Sample, Sample)> = pairs
+            .into_iter()
+            .filter(|(c, r)| c.tokens.len() <= max_positions && r.tokens.len() <= max_positions)
+            .collect();
+        if pairs.is_empty() {
+            return Err(Error::Config {
+                path: PathBuf::from(&config.source),
+                message: format!(
+                    "every one of the {before} pairs is longer than the model's context \
+                     ({max_positions} tokens)"
+                ),
+            });
+        }
+        self.trackers.log_metrics(&[Metric::new(
+            "preference/too_long",
+            (before - pairs.len()) as f64,
+            0,
+        )]);
+        tracing::info!(
+            pairs = pairs.len(),
+            steps = config.steps,
+            "offline preference stage (DPO)"
+        );
+        let reference = self.learner.policy();
+        let schedule = Schedule {
+            lr: config.learning_rate,
+            warmup_steps: (config.steps / 20).max(1),
+            total_steps: config.steps,
+            kind: SchedulerType::Cosine,
+        };
+        self.learner
+            .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
+        let dpo = config.dpo();
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.run.seed, 0xD90));
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        let mut cursor = order.len();
+        while self.state.preference_steps < config.steps {
+            let mut batch = Vec::with_capacity(config.batch_size);
+            while batch.len() < config.batch_size {
+                if cursor == order.len() {
+                    for i in (1..order.len()).rev() {
+                        let j = rng.random_range(0..=i);
+                        order.swap(i, j);
+                    }
+                    cursor = 0;
+                }
+                batch.push(pairs[order[cursor]].clone());
+                cursor += 1;
+            }
+            let metrics = self.learner.preference_step(&batch, &reference, &dpo)?;
+            self.state.preference_steps += 1;
+            let step = self.state.preference_steps;
+            let points: Vec<Metric> = metrics
+                .iter()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(k, v)| {
+                    let name = k.strip_prefix("dpo/").unwrap_or(k);
+                    Metric::new(format!("preference/{name}"), *v, step)
+                })
+                .collect();
+            self.trackers.log_metrics(&points);
+            if step.is_multiple_of(10) || step == config.steps {
+                tracing::info!(
+                    step,
+                    loss = metrics.get("loss").copied().unwrap_or(f64::NAN),
+                    accuracy = metrics
+                        .get("dpo/rewards_accuracies")
+                        .copied()
+                        .unwrap_or(f64::NAN),
+                    "preference"
+                );
+            }
+        }
+        self.finish_warm_phase()
+    }
+}
