@@ -353,6 +353,7 @@ fn every_algorithms_config_trains() {
     for (name, key) in [
         ("self_correct_tiny_gspo", "clip_frac"),
         ("self_correct_tiny_reinforce_pp", "pg_loss"),
+        ("self_correct_tiny_rloo", "pg_loss"),
         ("self_correct_tiny_ppo", "ppo/vf_loss"),
         ("self_correct_tiny_dpo", "dpo/rewards_margins"),
         ("self_correct_tiny_nft", "nft/pos_loss"),
