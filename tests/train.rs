@@ -309,6 +309,31 @@ fn train_shipped(name: &str, runs: &Path, sets: &[&str]) -> std::process::Output
     kaizen(&args)
 }
 
+/// Runs the job `job(runs, steps)` for `steps` RL steps in one go, and again in another
+/// directory for one step then resumed (`--resume`, `run.max_steps = steps`); asserts both
+/// logged the same metrics bit for bit and returns the uninterrupted run's directory.
+fn assert_resumes_exactly(tmp: &Path, steps: u64, job: impl Fn(&Path, u64) -> String) -> PathBuf {
+    let runs_a = tmp.join("a");
+    let cfg_a = write(tmp, "a.toml", &job(&runs_a, steps));
+    kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
+    let run_a = run_dir(&runs_a, "e2e");
+    let runs_b = tmp.join("b");
+    let cfg_b = write(tmp, "b.toml", &job(&runs_b, 1));
+    kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
+    let run_b = run_dir(&runs_b, "e2e");
+    let max_steps = format!("run.max_steps={steps}");
+    kaizen(&[
+        "train",
+        "--resume",
+        run_b.to_str().unwrap(),
+        "--set",
+        &max_steps,
+        "--no-progress",
+    ]);
+    assert_same(&metrics(&run_a), &metrics(&run_b));
+    run_a
+}
+
 /// SCoRe's two stages (`[score]`): stage I for `stage1_steps` RL steps, then stage II, logged
 /// as `score/stage`, with the KL to the reference in both; a run stopped in stage I and
 /// resumed continues exactly as the uninterrupted run (the stage switch and the reference are
@@ -317,32 +342,15 @@ fn train_shipped(name: &str, runs: &Path, sets: &[&str]) -> std::process::Output
 fn score_stages_switch_and_resume_mid_stage() {
     let score = "\n[score]\nstage1_steps = 2\nstage1_beta = 0.5\nstage2_beta = 0.05\nprogress_bonus = 1.0\n";
     let tmp = tempfile::tempdir().unwrap();
-    let runs_a = tmp.path().join("a");
-    let cfg_a = write(tmp.path(), "a.toml", &(small_job(&runs_a, 4) + score));
-    kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
-    let run_a = run_dir(&runs_a, "e2e");
-    assert_eq!(
-        series(&run_a, "score/stage"),
-        vec![(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
-    );
-    let kl = series(&run_a, "kl");
-    assert_eq!(kl.len(), 4, "the KL is computed in both stages: {kl:?}");
     // Without a warm start the reference is the model as the config loads it (a resume
     // loads it again); after one it is saved under `reference/`.
-
-    let runs_b = tmp.path().join("b");
-    let cfg_b = write(tmp.path(), "b.toml", &(small_job(&runs_b, 1) + score));
-    kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
-    let run_b = run_dir(&runs_b, "e2e");
-    kaizen(&[
-        "train",
-        "--resume",
-        run_b.to_str().unwrap(),
-        "--set",
-        "run.max_steps=4",
-        "--no-progress",
-    ]);
-    assert_same(&metrics(&run_a), &metrics(&run_b));
+    let run = assert_resumes_exactly(tmp.path(), 4, |runs, steps| small_job(runs, steps) + score);
+    assert_eq!(
+        series(&run, "score/stage"),
+        vec![(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+    );
+    let kl = series(&run, "kl");
+    assert_eq!(kl.len(), 4, "the KL is computed in both stages: {kl:?}");
 }
 
 /// Every algorithm's recipe runs end to end from its shipped config (shortened): every RL step
@@ -402,21 +410,17 @@ fn every_algorithms_config_trains() {
 #[test]
 fn a_ppo_run_resumes_exactly_with_its_critic() {
     for critic in ["shared", "separate"] {
-        let ppo = |runs: &Path, steps: u64| {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = assert_resumes_exactly(tmp.path(), 3, |runs, steps| {
             format!(
                 "algorithm = \"ppo\"\n{}\n[ppo]\nkl_coef = 0.05\ncritic = \"{critic}\"\n",
                 small_job(runs, steps)
             )
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let runs_a = tmp.path().join("a");
-        let cfg_a = write(tmp.path(), "a.toml", &ppo(&runs_a, 3));
-        kaizen(&["train", cfg_a.to_str().unwrap(), "--no-progress"]);
-        let run_a = run_dir(&runs_a, "e2e");
-        let vf = series(&run_a, "ppo/vf_loss");
+        });
+        let vf = series(&run, "ppo/vf_loss");
         assert_eq!(vf.len(), 3, "{critic}: {vf:?}");
         assert!(vf.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{vf:?}");
-        let checkpoint = std::fs::read_dir(run_a.join("checkpoints"))
+        let checkpoint = std::fs::read_dir(run.join("checkpoints"))
             .unwrap()
             .next()
             .unwrap()
@@ -433,20 +437,6 @@ fn a_ppo_run_resumes_exactly_with_its_critic() {
             weights.windows(name.len()).any(|w| w == name),
             "{critic}: the checkpoint's {holder} has no value head"
         );
-
-        let runs_b = tmp.path().join("b");
-        let cfg_b = write(tmp.path(), "b.toml", &ppo(&runs_b, 1));
-        kaizen(&["train", cfg_b.to_str().unwrap(), "--no-progress"]);
-        let run_b = run_dir(&runs_b, "e2e");
-        kaizen(&[
-            "train",
-            "--resume",
-            run_b.to_str().unwrap(),
-            "--set",
-            "run.max_steps=3",
-            "--no-progress",
-        ]);
-        assert_same(&metrics(&run_a), &metrics(&run_b));
     }
 }
 

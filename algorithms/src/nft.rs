@@ -25,10 +25,12 @@
 //! gradient that pushes the token down. Its gradient is bounded by `r̂ / ((1 − r̂) ε)` per unit
 //! of `∇R`.
 //!
-//! On-policy (`R = 1`) the gradient is `−ω(r̂)·(r − r̂ ·…)`: with `normalize = "negative_rate"` it
-//! is exactly Dr. GRPO's, `−(r − r̂) ∇log π_θ` per token (tested), and with `"grpo"` it is GRPO's
-//! `(r − r̂)/std` up to the std's epsilon. Groups whose answers are all right or all wrong carry
-//! no signal (their `r̂` is 0 or 1); the learner skips them as it does GRPO's zero-signal groups.
+//! On-policy (`R = 1`) the gradient per token is `−ω(r̂) · (r − r̂)/(1 − r̂) · ∇log π_θ` (with
+//! `neg_weight = 1`): with `normalize = "negative_rate"` that is exactly Dr. GRPO's,
+//! `−(r − r̂) ∇log π_θ` (tested), and with `"grpo"` it is GRPO's `(r − r̂)/σ` with the
+//! population std `σ = √(r̂(1 − r̂))` (for `r̂` inside [`NFT_RATE_BOUNDS`]). Groups whose
+//! answers are all right or all wrong carry no signal (their `r̂` is 0 or 1); the learner leaves
+//! them out of the loss as it does GRPO's zero-signal groups.
 //!
 //! Names follow the NFT release (`neg_weight`, `normalize`, `clamp_negative`,
 //! `clamp_positive`). `neg_weight = 0` is rejection-sampling fine-tuning (RFT) on the correct
@@ -320,22 +322,36 @@ mod tests {
     use super::*;
     use crate::grpo::tests::{tensor, values};
 
-    fn step(n: usize, rows: usize) -> StepNormalizers {
-        StepNormalizers {
-            num_sequences: rows,
-            num_tokens: n,
-            max_completion_length: 1,
-        }
-    }
-
-    fn grads(
-        batch: impl FnOnce(Tensor<1>) -> NftBatch<'static>,
+    /// NFT on tokens with log-probs `lp` (against `old`; on-policy when `None`), one token per
+    /// row, normalisers of exactly these tokens: the output and the gradient on `lp`.
+    fn run(
         lp: &[f32],
+        old: Option<&[f32]>,
+        correct: &[f32],
+        rate: &[f32],
         config: &NftConfig,
     ) -> (NftOutput, Vec<f32>) {
         let device = Device::flex().autodiff();
         let logprobs = tensor(lp, &device).require_grad();
-        let out = nft_loss(batch(logprobs.clone()), &step(lp.len(), lp.len()), config).unwrap();
+        let rows: Vec<usize> = (0..lp.len()).collect();
+        let step = StepNormalizers {
+            num_sequences: lp.len(),
+            num_tokens: lp.len(),
+            max_completion_length: 1,
+        };
+        let out = nft_loss(
+            NftBatch {
+                logprobs: logprobs.clone(),
+                old_logprobs: old.map(|o| tensor(o, &device)),
+                ref_logprobs: None,
+                correct,
+                rate,
+                rows: &rows,
+            },
+            &step,
+            config,
+        )
+        .unwrap();
         let g = values(logprobs.grad(&out.loss.backward()).unwrap());
         (out, g)
     }
@@ -349,16 +365,11 @@ mod tests {
             loss_type: LossType::Dapo,
             ..NftConfig::default()
         };
-        let (out, g) = grads(
-            |logprobs| NftBatch {
-                logprobs,
-                old_logprobs: None,
-                ref_logprobs: None,
-                correct: &[1.0, 0.0, 0.0, 1.0],
-                rate: &[0.5; 4],
-                rows: &[0, 1, 2, 3],
-            },
+        let (out, g) = run(
             &[-1.0, -2.0, -0.5, -3.0],
+            None,
+            &[1.0, 0.0, 0.0, 1.0],
+            &[0.5; 4],
             &config,
         );
         let want = [-0.125f32, 0.125, 0.125, -0.125];
@@ -381,23 +392,13 @@ mod tests {
             normalize: NftNormalize::None,
             ..NftConfig::default()
         };
-        let device = Device::flex().autodiff();
-        let old = tensor(&[-1.5, -0.8], &Device::flex().autodiff());
-        let logprobs = tensor(&[-1.0, -1.0], &device).require_grad();
-        let out = nft_loss(
-            NftBatch {
-                logprobs: logprobs.clone(),
-                old_logprobs: Some(old),
-                ref_logprobs: None,
-                correct: &[0.0, 1.0],
-                rate: &[0.25, 0.25],
-                rows: &[0, 1],
-            },
-            &step(2, 2),
+        let (out, g) = run(
+            &[-1.0, -1.0],
+            Some(&[-1.5, -0.8]),
+            &[0.0, 1.0],
+            &[0.25, 0.25],
             &config,
-        )
-        .unwrap();
-        let g = values(logprobs.grad(&out.loss.backward()).unwrap());
+        );
         let r = 0.5f64.exp();
         let proxy = (1.0 - 0.25 * r) / 0.75;
         let neg = -proxy.ln();
@@ -407,47 +408,17 @@ mod tests {
         assert!((f64::from(g[1]) + 0.5).abs() < 1e-6, "{g:?}");
     }
 
-    /// A wrong token the policy now strongly prefers (R = e^20, past `1/r̂`): the negative ratio
-    /// is negative, its value is floored at `clamp_negative` (finite loss), and the gradient
-    /// still pushes the token down (positive gradient on its log-prob), finite.
+    /// A wrong token the policy now strongly prefers (`R` far past `1/r̂`): the negative ratio is
+    /// negative, its value is floored at `clamp_negative` (finite loss), and the gradient still
+    /// pushes the token down (positive gradient on its log-prob), finite. Past the log-ratio's
+    /// bound (20) the clamp passes no gradient; inside it (log-ratio 10) it does.
     #[test]
     fn the_negative_ratio_floor_keeps_the_loss_finite_and_the_gradient() {
-        let device = Device::flex().autodiff();
-        let logprobs = tensor(&[0.0], &device).require_grad();
-        let out = nft_loss(
-            NftBatch {
-                logprobs: logprobs.clone(),
-                old_logprobs: Some(tensor(&[-40.0], &device)),
-                ref_logprobs: None,
-                correct: &[0.0],
-                rate: &[0.5],
-                rows: &[0],
-            },
-            &step(1, 1),
-            &NftConfig::default(),
-        )
-        .unwrap();
-        assert!(out.loss_value.is_finite());
+        let config = NftConfig::default();
+        let (out, g) = run(&[0.0], Some(&[-40.0]), &[0.0], &[0.5], &config);
+        assert!(out.loss_value.is_finite() && g[0].is_finite(), "{g:?}");
         assert_eq!(out.neg_clamp_frac, 1.0);
-        // The log-ratio is clamped at 20, so its gradient is 0 past the bound; at the bound
-        // itself the clamp passes none either. Just inside the bound the gradient is positive.
-        let g = values(logprobs.grad(&out.loss.backward()).unwrap());
-        assert!(g[0].is_finite(), "{g:?}");
-        let logprobs = tensor(&[-30.0], &device).require_grad();
-        let out = nft_loss(
-            NftBatch {
-                logprobs: logprobs.clone(),
-                old_logprobs: Some(tensor(&[-40.0], &device)),
-                ref_logprobs: None,
-                correct: &[0.0],
-                rate: &[0.5],
-                rows: &[0],
-            },
-            &step(1, 1),
-            &NftConfig::default(),
-        )
-        .unwrap();
-        let g = values(logprobs.grad(&out.loss.backward()).unwrap());
+        let (out, g) = run(&[-30.0], Some(&[-40.0]), &[0.0], &[0.5], &config);
         assert!(
             out.loss_value.is_finite() && g[0] > 0.0 && g[0].is_finite(),
             "{g:?}"
@@ -462,18 +433,7 @@ mod tests {
             loss_type: LossType::Dapo,
             ..NftConfig::default()
         };
-        let (_, g) = grads(
-            |logprobs| NftBatch {
-                logprobs,
-                old_logprobs: None,
-                ref_logprobs: None,
-                correct: &[1.0, 0.0],
-                rate: &[0.5, 0.5],
-                rows: &[0, 1],
-            },
-            &[-1.0, -1.0],
-            &config,
-        );
+        let (_, g) = run(&[-1.0, -1.0], None, &[1.0, 0.0], &[0.5, 0.5], &config);
         assert_eq!(g[1], 0.0);
         assert!(g[0] < 0.0);
         let device = Device::flex();
@@ -486,7 +446,11 @@ mod tests {
                 rate: &[0.5],
                 rows: &[0],
             },
-            &step(1, 1),
+            &StepNormalizers {
+                num_sequences: 1,
+                num_tokens: 1,
+                max_completion_length: 1,
+            },
             &NftConfig::default(),
         )
         .unwrap_err()

@@ -578,6 +578,22 @@ impl JobConfig {
                 ));
             }
         }
+        if algorithm != Algorithm::Grpo && self.advantage != AdvantageConfig::default() {
+            return Err(format!(
+                "[advantage] shapes GRPO's group-relative advantages; `algorithm` = \"{}\" does \
+                 not read it (PPO's advantages come from GAE, `[ppo]`): remove it",
+                algorithm.name()
+            ));
+        }
+        if matches!(algorithm, Algorithm::Dpo | Algorithm::Nft)
+            && self.loss != GrpoLossConfig::default()
+        {
+            return Err(format!(
+                "[loss] is the clipped surrogate of `grpo` and `ppo`; `algorithm` = \"{0}\" has \
+                 its own loss: remove [loss] (see [{0}])",
+                algorithm.name()
+            ));
+        }
         if self.score.is_some() && !matches!(algorithm, Algorithm::Grpo | Algorithm::Ppo) {
             return Err(format!(
                 "[score] shapes the clipped-surrogate loss of `grpo` or `ppo`, not `{}`",

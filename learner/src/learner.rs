@@ -98,7 +98,8 @@ impl Learner {
     /// A learner training `model` (on an autodiff device) for `objective`. When the objective
     /// uses a reference ([`ObjectiveConfig::needs_reference`]), a frozen copy of `model`'s
     /// current weights becomes it. A PPO objective needs a value head on `model`
-    /// (`Llama::with_value_head`).
+    /// (`Llama::with_value_head`), or with `ppo.critic = "separate"` a critic given with
+    /// [`Learner::set_critic`].
     pub fn with_objective(
         model: Llama,
         optimizer: AdamW,

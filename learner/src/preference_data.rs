@@ -13,12 +13,13 @@
 
 use std::path::Path;
 
-use kaizen_core::{Message, Role, WeightsVersion};
+use kaizen_core::{Message, Role};
 use kaizen_model::{ChatTemplate, ChatThread, Tokenizer};
 use serde::Deserialize;
 
 use crate::Error;
 use crate::samples::Sample;
+use crate::sft_data::{answer_tokens, sample};
 
 /// A message of a conversational pair.
 #[derive(Deserialize)]
@@ -36,8 +37,8 @@ enum Part {
     Messages(Vec<Line>),
 }
 
+/// A line; other columns (`id`, `score_chosen`, … of TRL datasets) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Pair {
     prompt: Part,
     chosen: Part,
@@ -105,24 +106,13 @@ pub fn preference_pairs(
                     ));
                 }
             };
-            let mut ids = tokenizer.encode_text(&reply)?;
-            ids.extend(tokenizer.eos_token_ids().first());
+            let reply = answer_tokens(tokenizer, &reply)?;
+            if reply.is_empty() {
+                return Err(fail(i + 1, format!("`{field}` has no tokens to train on")));
+            }
             let mut tokens = context.clone();
-            tokens.extend_from_slice(&ids);
-            let n = tokens.len();
-            let mut loss_mask = vec![false; context.len()];
-            loss_mask.extend(std::iter::repeat_n(true, ids.len()));
-            Ok(Sample {
-                tokens,
-                loss_mask,
-                advantages: vec![0.0; n],
-                behavior_logprobs: vec![0.0; n],
-                turns: vec![0; n],
-                temperature: 1.0,
-                trajectory: out.len(),
-                trained_segments: vec![0],
-                version: WeightsVersion(0),
-            })
+            tokens.extend(reply);
+            Ok(sample(tokens, context.len(), out.len()))
         };
         let chosen = response("chosen", pair.chosen)?;
         let rejected = response("rejected", pair.rejected)?;
@@ -150,7 +140,8 @@ mod tests {
             .collect()
     }
 
-    /// Both formats give the same samples: the prompt as context, the reply and EOS trained.
+    /// Both formats give the same samples: the prompt as context, the reply and EOS trained;
+    /// other columns of a TRL dataset (`id`) are ignored.
     #[test]
     fn standard_and_conversational_pairs_read_the_same() {
         let dir = tempfile::tempdir().unwrap();
@@ -158,7 +149,7 @@ mod tests {
         std::fs::write(
             &path,
             concat!(
-                r#"{"prompt": "2+2?", "chosen": "4", "rejected": "5"}"#,
+                r#"{"prompt": "2+2?", "chosen": "4", "rejected": "5", "id": 7}"#,
                 "\n\n",
                 r#"{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}"#,
                 "\n"

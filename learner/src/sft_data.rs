@@ -11,10 +11,18 @@ use kaizen_model::{ChatTemplate, ChatThread, Tokenizer};
 use crate::Error;
 use crate::samples::Sample;
 
-fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
+/// A supervised sequence: `tokens` with the loss on the ones after the first `prompt_len`.
+pub(crate) fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
     let n = tokens.len();
     let mut loss_mask = vec![false; prompt_len];
     loss_mask.extend(std::iter::repeat_n(true, n - prompt_len));
+    masked_sample(tokens, loss_mask, index)
+}
+
+/// A supervised sequence with the loss where `loss_mask` is true (one turn, temperature 1, no
+/// advantages), the `index`-th of its data.
+fn masked_sample(tokens: Vec<u32>, loss_mask: Vec<bool>, index: usize) -> Sample {
+    let n = tokens.len();
     Sample {
         tokens,
         loss_mask,
@@ -30,7 +38,7 @@ fn sample(tokens: Vec<u32>, prompt_len: usize, index: usize) -> Sample {
 
 /// The answer as trained tokens: its encoding followed by the tokenizer's first EOS id, so the
 /// model learns to stop.
-fn answer_tokens(tokenizer: &Tokenizer, answer: &str) -> Result<Vec<u32>, Error> {
+pub(crate) fn answer_tokens(tokenizer: &Tokenizer, answer: &str) -> Result<Vec<u32>, Error> {
     let mut ids = tokenizer.encode_text(answer)?;
     ids.extend(tokenizer.eos_token_ids().first());
     Ok(ids)
@@ -177,19 +185,7 @@ pub fn chat_samples(
             mask.extend(std::iter::repeat_n(trained, ids.len()));
             thread.push_completion(tokenizer, &ids, &messages[a].content)?;
         }
-        let tokens = thread.tokens().to_vec();
-        let n = tokens.len();
-        out.push(Sample {
-            tokens,
-            loss_mask: mask,
-            advantages: vec![0.0; n],
-            behavior_logprobs: vec![0.0; n],
-            turns: vec![0; n],
-            temperature: 1.0,
-            trajectory: out.len(),
-            trained_segments: vec![0],
-            version: WeightsVersion(0),
-        });
+        out.push(masked_sample(thread.tokens().to_vec(), mask, out.len()));
     }
     if out.is_empty() {
         return Err(Error::Config {

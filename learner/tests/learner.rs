@@ -1,56 +1,15 @@
 //! The learner's update: gradient accumulation does not change the step; AdamW matches
 //! `torch.optim.AdamW`'s formula; advantages reach the right tokens.
 
+mod common;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
+use common::{batch, config, weights};
 use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, LossType};
 use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
 use kaizen_learner::{AdamW, AdamWConfig, Learner, LearnerConfig, Schedule, SchedulerType};
-use kaizen_model::{Llama, LlamaConfig};
-
-fn config() -> LlamaConfig {
-    let mut c = LlamaConfig::tiny(64);
-    c.hidden_size = 32;
-    c.intermediate_size = 64;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.initializer_range = 0.2;
-    c
-}
-
-fn trajectory(id: u64, group: u64, completion: &[u32], reward: f32) -> Trajectory {
-    Trajectory {
-        id,
-        env: "t".into(),
-        seed: group,
-        group_id: group,
-        segments: vec![Segment {
-            agent: "a".into(),
-            thread: 0,
-            prompt_tokens: vec![1, 2, 3, (group % 50) as u32 + 4],
-            completion_tokens: completion.to_vec(),
-            behavior_logprobs: vec![-1.0; completion.len()],
-            trainable: true,
-            temperature: 1.0,
-            weights_version: WeightsVersion(0),
-            finish_reason: FinishReason::Eos,
-        }],
-        outcome: Outcome::single("a", vec![reward]),
-    }
-}
-
-fn batch() -> Vec<Trajectory> {
-    vec![
-        trajectory(0, 0, &[5, 6, 7], 1.0),
-        trajectory(1, 0, &[8, 9], 0.0),
-        trajectory(2, 0, &[10, 11, 12, 13], 0.5),
-        trajectory(3, 1, &[14], 1.0),
-        trajectory(4, 1, &[15, 16, 17, 18, 19], 0.0),
-        trajectory(5, 2, &[20, 21], 1.0),
-        trajectory(6, 2, &[22, 23], 1.0),
-    ]
-}
+use kaizen_model::Llama;
 
 fn learner(accumulation: usize, loss_type: LossType) -> Learner {
     learner_with(
@@ -85,14 +44,6 @@ fn learner_with(learner_config: LearnerConfig, loss_type: LossType) -> Learner {
         },
         AdvantageConfig::default(),
     )
-}
-
-fn weights(l: &Learner) -> Vec<f32> {
-    l.policy()
-        .to_named()
-        .into_iter()
-        .flat_map(|(_, t)| t.data)
-        .collect()
 }
 
 #[test]

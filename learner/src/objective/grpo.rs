@@ -8,11 +8,12 @@
 //! KL, entropy, TIS by `[loss]`). Samples whose every advantage is 0 are not scored when no KL
 //! or entropy term needs them (`learner.skip_zero_signal`); they still count in the normalisers.
 
-use kaizen_algorithms::{
-    AdvantageConfig, GrpoBatch, GrpoLossConfig, StepNormalizers, grpo_loss, segment_advantages,
-};
+use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, StepNormalizers, segment_advantages};
 
-use super::{LossOut, MetricParts, MicroBatch, Objective, Prepared, StepInput, normalizers};
+use super::{
+    LossOut, MetricParts, MicroBatch, Objective, Prepared, StepInput, clipped_surrogate,
+    normalizers,
+};
 use crate::Error;
 use crate::learner::StepMetrics;
 use crate::samples::trained_mask;
@@ -66,27 +67,7 @@ impl Objective for Grpo {
     }
 
     fn loss(&self, batch: MicroBatch<'_>, normalizers: &StepNormalizers) -> Result<LossOut, Error> {
-        let advantages: Vec<f32> = batch
-            .samples
-            .iter()
-            .flat_map(|s| s.trained(&s.advantages))
-            .collect();
-        let advantages = batch.floats(advantages);
-        let scores = batch.scores;
-        let out = grpo_loss(
-            GrpoBatch {
-                logprobs: scores.logprobs,
-                old_logprobs: batch.off_policy.then(|| batch.behavior.clone()),
-                behavior_logprobs: Some(batch.behavior),
-                advantages,
-                ref_logprobs: batch.ref_logprobs,
-                entropy: scores.entropy,
-                rows: &scores.rows,
-                turns: Some(batch.turns),
-            },
-            normalizers,
-            &self.loss,
-        )?;
+        let out = clipped_surrogate(batch, normalizers, &self.loss)?;
         Ok(LossOut {
             loss: out.loss,
             metrics: MetricParts::grpo(&out.metrics),

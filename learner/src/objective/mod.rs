@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use kaizen_algorithms::{
-    AdvantageConfig, CriticKind, DpoConfig, GrpoLossConfig, GrpoMetrics, NftConfig, PpoConfig,
-    StepNormalizers,
+    AdvantageConfig, CriticKind, DpoConfig, GrpoBatch, GrpoLossConfig, GrpoMetrics, GrpoOutput,
+    NftConfig, PpoConfig, StepNormalizers, grpo_loss,
 };
 use kaizen_core::Trajectory;
 use kaizen_model::{CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
@@ -119,7 +119,11 @@ impl ObjectiveConfig {
     pub(crate) fn build(&self) -> Box<dyn Objective> {
         match self.algorithm {
             Algorithm::Grpo => Box::new(grpo::Grpo::new(self.loss.clone(), self.advantage)),
-            Algorithm::Ppo => Box::new(ppo::Ppo::new(self.loss.clone(), self.ppo.clone())),
+            Algorithm::Ppo => Box::new(ppo::Ppo::new(
+                self.loss.clone(),
+                self.ppo.clone(),
+                self.advantage.progress_bonus,
+            )),
             Algorithm::Dpo => Box::new(dpo::Dpo::new(self.dpo.clone())),
             Algorithm::Nft => Box::new(nft::Nft::new(self.nft.clone())),
         }
@@ -192,6 +196,41 @@ impl MicroBatch<'_> {
             .flat_map(|&i| per_token[i].iter().copied())
             .collect()
     }
+}
+
+/// `kaizen_algorithms::grpo_loss` (the clipped surrogate of GRPO and PPO, `loss`) of a
+/// micro-batch, with each row's per-token advantages ([`Sample::advantages`]). The ratio is
+/// taken against the behaviour log-probs when a row is off-policy, against the policy itself
+/// (ratio exactly 1) otherwise.
+///
+/// # Errors
+/// Loss input errors.
+pub(crate) fn clipped_surrogate(
+    batch: MicroBatch<'_>,
+    normalizers: &StepNormalizers,
+    loss: &GrpoLossConfig,
+) -> Result<GrpoOutput, Error> {
+    let advantages: Vec<f32> = batch
+        .samples
+        .iter()
+        .flat_map(|s| s.trained(&s.advantages))
+        .collect();
+    let advantages = batch.floats(advantages);
+    let scores = batch.scores;
+    Ok(grpo_loss(
+        GrpoBatch {
+            logprobs: scores.logprobs,
+            old_logprobs: batch.off_policy.then(|| batch.behavior.clone()),
+            behavior_logprobs: Some(batch.behavior),
+            advantages,
+            ref_logprobs: batch.ref_logprobs,
+            entropy: scores.entropy,
+            rows: &scores.rows,
+            turns: Some(batch.turns),
+        },
+        normalizers,
+        loss,
+    )?)
 }
 
 /// One micro-batch's loss and diagnostics.

@@ -5,8 +5,9 @@
 //! verdict over its samples that train that turn (the same members GRPO compares). Answers of
 //! a (group, agent, turn) whose verdicts are all equal carry no signal (`r̂` is 0 or 1; NFT's
 //! release filters such prompts out) and are not trained; a sample none of whose turns carries
-//! signal is skipped and counted. The loss is `kaizen_algorithms::nft_loss` with each token's
-//! verdict and accuracy.
+//! signal is skipped and counted; like GRPO's zero-signal samples they still count in the step's
+//! normalisers (so on-policy NFT with `normalize = "negative_rate"` takes Dr. GRPO's step,
+//! tested). The loss is `kaizen_algorithms::nft_loss` with each token's verdict and accuracy.
 
 use std::collections::BTreeMap;
 
@@ -85,6 +86,13 @@ impl Objective for Nft {
                 .get(&(group, agent, turn))
                 .map_or(0.0, |&(sum, n)| (sum / n as f64) as f32)
         };
+        // Normalisers over every fresh sample with trained tokens, before turns without signal
+        // leave the loss: Dr. GRPO's constant normaliser (and GRPO's, whose zero-signal samples
+        // also count), so the step size does not grow with the share of solved prompts.
+        let normalizers = normalizers(
+            step.samples.iter().filter(|s| s.trained_tokens() > 0),
+            step.learner,
+        );
         let mut used = Vec::new();
         self.correct.clear();
         self.rate.clear();
@@ -132,7 +140,7 @@ impl Objective for Nft {
             );
         }
         Ok(Prepared {
-            normalizers: normalizers(used.iter().map(|&i| &step.samples[i]), step.learner),
+            normalizers,
             used,
             metrics,
         })

@@ -15,24 +15,29 @@
 //! 3. **Loss** per micro-batch: `kaizen_algorithms::grpo_loss` with those per-token advantages
 //!    (`[loss]`: `epsilon` is PPO's `cliprange`, `beta` a KL in the loss) plus
 //!    `vf_coef · value_loss(V_θ, V_old, R)`, the value loss aggregated with the same token
-//!    weights (`loss_type`). With one optimizer step per batch, `V_θ = V_old` when the loss is
-//!    taken, so `cliprange_value` only matters for off-policy samples of an async run.
+//!    weights (`loss_type`). `V_old` comes from the pre-pass with the weights the loss is taken
+//!    with (one optimizer step per batch, sync or async), so `V_θ = V_old` and
+//!    `cliprange_value` never acts; it is kept for TRL parity (it would matter with several
+//!    updates per batch).
+//!
+//! With SCoRe's `[score]`, stage II's progress bonus `α · (r_k − r_{k−1})` is added to turn
+//! `k`'s reward before GAE (through the values it also reaches earlier turns, unlike GRPO's
+//! per-turn returns).
 //!
 //! The value head shares the policy's trunk (TRL's `AutoModelForCausalLMWithValueHead`; the
 //! trainer attaches a fresh one with `Llama::with_value_head` when the loaded model has none) or
 //! sits on a separate critic initialised from the policy (`ppo.critic = "separate"`,
-//! `crate::critic`); checkpoints keep either. Every sample is trained: equal rewards in a group still teach the
-//! critic, so there is no zero-signal skipping.
+//! `crate::critic`); checkpoints keep either. Every sample is trained: equal rewards in a group
+//! still teach the critic, so there is no zero-signal skipping.
 
 use kaizen_algorithms::{
-    GrpoBatch, GrpoLossConfig, PpoConfig, StepNormalizers, gae, grpo_loss, token_rewards,
-    token_weights, value_loss,
+    GrpoLossConfig, PpoConfig, StepNormalizers, gae, token_rewards, token_weights, value_loss,
 };
 use kaizen_model::ScoreOptions;
 
 use super::{
-    LossOut, Merge, MetricParts, MicroBatch, Objective, Prepared, StepInput, host, normalizers,
-    score_batch, score_no_grad, trained_turn_rewards,
+    LossOut, Merge, MetricParts, MicroBatch, Objective, Prepared, StepInput, clipped_surrogate,
+    host, normalizers, score_batch, score_no_grad, trained_turn_rewards,
 };
 use crate::Error;
 use crate::learner::StepMetrics;
@@ -42,6 +47,8 @@ use crate::samples::{Sample, micro_batches};
 pub(crate) struct Ppo {
     loss: GrpoLossConfig,
     ppo: PpoConfig,
+    /// SCoRe's progress bonus α on turn rewards (0 = off).
+    progress_bonus: f32,
     /// Per used sample, over its trained tokens: the values the advantages were computed with.
     old_values: Vec<Vec<f32>>,
     /// Per used sample, over its trained tokens: the value targets `R_t`.
@@ -49,10 +56,11 @@ pub(crate) struct Ppo {
 }
 
 impl Ppo {
-    pub(crate) fn new(loss: GrpoLossConfig, ppo: PpoConfig) -> Self {
+    pub(crate) fn new(loss: GrpoLossConfig, ppo: PpoConfig, progress_bonus: f32) -> Self {
         Self {
             loss,
             ppo,
+            progress_bonus,
             old_values: Vec::new(),
             returns: Vec::new(),
         }
@@ -103,7 +111,8 @@ impl Objective for Ppo {
                 let v = scores.values.ok_or_else(|| {
                     Error::Algorithm(kaizen_algorithms::Error::MissingInput {
                         input: "value head",
-                        reason: "`algorithm = \"ppo\"` (the trainer attaches one to the policy)",
+                        reason: "`algorithm = \"ppo\"` (a value head on the policy, or a separate critic \
+                         given with `Learner::set_critic` when `ppo.critic = \"separate\"`)",
                     })
                 })?;
                 split_rows(&host("values", v)?, &scores.rows, &group, &mut values);
@@ -127,8 +136,11 @@ impl Objective for Ppo {
         self.returns = Vec::with_capacity(owned.len());
         let mut kl_sum = 0.0f64;
         for (i, sample) in owned.iter().enumerate() {
-            let (lengths, rewards) =
-                turns_of(sample, &trained_turn_rewards(sample, step.trajectories)?);
+            let rewards = with_progress_bonus(
+                &trained_turn_rewards(sample, step.trajectories)?,
+                self.progress_bonus,
+            );
+            let (lengths, rewards) = turns_of(sample, &rewards);
             let behavior: Vec<f32> = sample.trained(&sample.behavior_logprobs).collect();
             let kl: Option<Vec<f32>> = ref_logprobs[i]
                 .as_ref()
@@ -195,29 +207,17 @@ impl Objective for Ppo {
     }
 
     fn loss(&self, batch: MicroBatch<'_>, normalizers: &StepNormalizers) -> Result<LossOut, Error> {
-        let advantages: Vec<f32> = batch
-            .samples
-            .iter()
-            .flat_map(|s| s.trained(&s.advantages))
-            .collect();
-        let advantages = batch.floats(advantages);
         let old_values = batch.floats(batch.gather(&self.old_values));
         let returns = batch.floats(batch.gather(&self.returns));
-        let scores = batch.scores;
-        let weights = token_weights(self.loss.loss_type, &scores.rows, normalizers)?;
-        let values = batch.values.ok_or_else(|| {
+        // The value loss takes the surrogate's token weights (`loss_type`).
+        let weights = token_weights(self.loss.loss_type, &batch.scores.rows, normalizers)?;
+        let weights = batch.floats(weights);
+        let values = batch.values.clone().ok_or_else(|| {
             Error::Algorithm(kaizen_algorithms::Error::MissingInput {
                 input: "values",
                 reason: "`algorithm = \"ppo\"` (neither the policy nor a critic has a value head)",
             })
         })?;
-        let weights = {
-            let n = weights.len();
-            burn::tensor::Tensor::<1>::from_data(
-                burn::tensor::TensorData::new(weights, [n]),
-                &values.device(),
-            )
-        };
         let vf = value_loss(
             values,
             old_values,
@@ -225,20 +225,7 @@ impl Objective for Ppo {
             weights,
             self.ppo.cliprange_value,
         )?;
-        let out = grpo_loss(
-            GrpoBatch {
-                logprobs: scores.logprobs,
-                old_logprobs: batch.off_policy.then(|| batch.behavior.clone()),
-                behavior_logprobs: Some(batch.behavior),
-                advantages,
-                ref_logprobs: batch.ref_logprobs,
-                entropy: scores.entropy,
-                rows: &scores.rows,
-                turns: Some(batch.turns),
-            },
-            normalizers,
-            &self.loss,
-        )?;
+        let out = clipped_surrogate(batch, normalizers, &self.loss)?;
         let mut metrics = MetricParts::grpo(&out.metrics);
         let tokens = Merge::Mean(out.metrics.num_tokens as f64);
         metrics.push("ppo/vf_loss", f64::from(vf.vf_loss), Merge::Sum);
@@ -298,6 +285,17 @@ fn turns_of(sample: &Sample, rewards: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (lengths, out)
 }
 
+/// Turn rewards with SCoRe's progress bonus: turn `k ≥ 1` gains `α · (r_k − r_{k−1})`.
+fn with_progress_bonus(rewards: &[f32], alpha: f32) -> Vec<f32> {
+    let mut out = rewards.to_vec();
+    if alpha != 0.0 {
+        for k in 1..rewards.len() {
+            out[k] += alpha * (rewards[k] - rewards[k - 1]);
+        }
+    }
+    out
+}
+
 /// Mean and (population) standard deviation, in f64.
 fn mean_std(values: impl Iterator<Item = f32>) -> (f64, f64) {
     let (mut n, mut sum, mut sq) = (0usize, 0.0f64, 0.0f64);
@@ -343,6 +341,13 @@ mod tests {
         // The first has none: its reward carries to the second.
         let s = sample(&[false, false, false, true, true], &[0, 0, 0, 1, 1]);
         assert_eq!(turns_of(&s, &[0.25, 1.0]), (vec![2], vec![1.25]));
+    }
+
+    #[test]
+    fn the_progress_bonus_rewards_fixing_and_costs_breaking() {
+        assert_eq!(with_progress_bonus(&[0.0, 1.0], 2.0), vec![0.0, 3.0]);
+        assert_eq!(with_progress_bonus(&[1.0, 0.0], 2.0), vec![1.0, -2.0]);
+        assert_eq!(with_progress_bonus(&[1.0, 0.0], 0.0), vec![1.0, 0.0]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and before RL, against the policy as the stage begins. Logged as `preference/*` at the
 //! stage's own steps 1 to `preference.steps`.
 
+use super::warm_start::Epochs;
 use super::*;
 use crate::config::PreferenceConfig;
 use crate::preference_data::preference_pairs;
@@ -45,22 +46,13 @@ impl Run {
         self.learner
             .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
         let dpo = config.dpo();
-        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.run.seed, 0xD90));
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        let mut cursor = order.len();
+        let mut epochs = Epochs::new(pairs.len(), derive_seed(self.config.run.seed, 0xD90));
         while self.state.preference_steps < config.steps {
-            let mut batch = Vec::with_capacity(config.batch_size);
-            while batch.len() < config.batch_size {
-                if cursor == order.len() {
-                    for i in (1..order.len()).rev() {
-                        let j = rng.random_range(0..=i);
-                        order.swap(i, j);
-                    }
-                    cursor = 0;
-                }
-                batch.push(pairs[order[cursor]].clone());
-                cursor += 1;
-            }
+            let batch: Vec<(Sample, Sample)> = epochs
+                .next_batch(config.batch_size)
+                .into_iter()
+                .map(|i| pairs[i].clone())
+                .collect();
             let metrics = self.learner.preference_step(&batch, &reference, &dpo)?;
             self.state.preference_steps += 1;
             let step = self.state.preference_steps;

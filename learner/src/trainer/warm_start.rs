@@ -69,23 +69,13 @@ impl Run {
         };
         self.learner
             .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
-        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.run.seed, 0x5F7));
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        let mut cursor = order.len();
+        let mut epochs = Epochs::new(samples.len(), derive_seed(self.config.run.seed, 0x5F7));
         while self.state.sft_steps < sft.steps {
-            let mut batch = Vec::with_capacity(sft.batch_size);
-            while batch.len() < sft.batch_size {
-                if cursor == order.len() {
-                    // Fisher-Yates shuffle for each epoch.
-                    for i in (1..order.len()).rev() {
-                        let j = rng.random_range(0..=i);
-                        order.swap(i, j);
-                    }
-                    cursor = 0;
-                }
-                batch.push(samples[order[cursor]].clone());
-                cursor += 1;
-            }
+            let batch: Vec<Sample> = epochs
+                .next_batch(sft.batch_size)
+                .into_iter()
+                .map(|i| samples[i].clone())
+                .collect();
             let metrics = self.learner.sft_step(&batch)?;
             self.state.sft_steps += 1;
             let points: Vec<Metric> = metrics
@@ -134,5 +124,41 @@ impl Run {
         let version = self.publisher.publish(self.learner.policy());
         self.state.weights_version = version.0;
         Ok(())
+    }
+}
+
+/// Batches of indices drawn without replacement, the order reshuffled (Fisher-Yates, seeded)
+/// at the start of every epoch; a batch may span two epochs.
+pub(super) struct Epochs {
+    rng: ChaCha8Rng,
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl Epochs {
+    /// Epochs over `0..len` from `seed`.
+    pub(super) fn new(len: usize, seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            order: (0..len).collect(),
+            cursor: len,
+        }
+    }
+
+    /// The next `size` indices (none when `len` is 0).
+    pub(super) fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(size);
+        while batch.len() < size && !self.order.is_empty() {
+            if self.cursor == self.order.len() {
+                for i in (1..self.order.len()).rev() {
+                    let j = self.rng.random_range(0..=i);
+                    self.order.swap(i, j);
+                }
+                self.cursor = 0;
+            }
+            batch.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        batch
     }
 }
