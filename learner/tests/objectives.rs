@@ -4,12 +4,12 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{batch, config, max_diff, trajectory, weights};
+use common::{batch, config, max_diff, weights};
 use kaizen_algorithms::{
     AdvantageConfig, CriticKind, DpoConfig, GrpoLossConfig, LossType, NftConfig, PpoConfig,
     ScaleRewards,
 };
-use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
+use kaizen_core::{Outcome, WeightsVersion};
 use kaizen_learner::{
     AdamW, AdamWConfig, Algorithm, Critic, Learner, LearnerConfig, ObjectiveConfig, Schedule,
     SchedulerType,
