@@ -126,3 +126,67 @@ fn invalid_values_name_the_key() {
     .to_string();
     assert!(err.contains("grpo.num_generations"), "{err}");
 }
+
+/// `algorithm` picks the learner's objective; each algorithm's section needs it, sections an
+/// algorithm does not read are errors naming the fix, and the sections' ranges are checked.
+#[test]
+fn algorithm_sections_must_match_the_algorithm() {
+    let parse = |text: &str| JobConfig::parse(text, Path::new("job.toml"), &[]);
+    let (c, _) = parse(&format!(
+        "algorithm = \"ppo\"\n{MINIMAL}\n[ppo]\ngamma = 0.99\n"
+    ))
+    .unwrap();
+    assert_eq!(c.algorithm, Algorithm::Ppo);
+    let objective = c.objective_at(0);
+    assert!(objective.needs_value_head() && !objective.needs_critic());
+    assert_eq!(objective.ppo.gamma, 0.99);
+    // Default PPO puts a KL in the reward, so it keeps a reference.
+    assert!(objective.needs_reference());
+    let (c, _) = parse(&format!(
+        "algorithm = \"ppo\"\n{MINIMAL}\n[ppo]\ncritic = \"separate\"\nkl_coef = 0.0\n"
+    ))
+    .unwrap();
+    let objective = c.objective_at(0);
+    assert!(objective.needs_critic() && !objective.needs_value_head());
+    assert!(!objective.needs_reference());
+    // DPO always compares with a reference.
+    let (c, _) = parse(&format!("algorithm = \"dpo\"\n{MINIMAL}")).unwrap();
+    assert!(c.objective_at(0).needs_reference());
+
+    let err = |text: String| parse(&text).unwrap_err().to_string();
+    let e = err(format!("{MINIMAL}\n[ppo]\ngamma = 0.9\n"));
+    assert!(
+        e.contains("[ppo] is set") && e.contains("algorithm = \"ppo\""),
+        "{e}"
+    );
+    let e = err(format!(
+        "algorithm = \"ppo\"\n{MINIMAL}\n[advantage]\nadv_estimator = \"rloo\"\n"
+    ));
+    assert!(e.contains("[advantage]") && e.contains("GAE"), "{e}");
+    let e = err(format!(
+        "algorithm = \"nft\"\n{MINIMAL}\n[loss]\nbeta = 0.1\n"
+    ));
+    assert!(e.contains("[loss]") && e.contains("[nft]"), "{e}");
+    let e = err(format!(
+        "algorithm = \"dpo\"\n{MINIMAL}\n[score]\nstage1_steps = 1\nstage1_beta = 0.1\nstage2_beta = 0.0\nprogress_bonus = 0.0\n"
+    ));
+    assert!(e.contains("[score]") && e.contains("dpo"), "{e}");
+    let e = err(format!(
+        "algorithm = \"ppo\"\n{MINIMAL}\n[ppo]\nlam = 2.0\n"
+    ));
+    assert!(e.contains("[ppo]") && e.contains("`lam`"), "{e}");
+    let e = err(format!(
+        "algorithm = \"dpo\"\n{MINIMAL}\n[dpo]\nbeta = 0.0\n"
+    ));
+    assert!(e.contains("dpo.beta"), "{e}");
+    let e = err(format!(
+        "algorithm = \"nft\"\n{MINIMAL}\n[nft]\nclamp_negative = -1.0\n"
+    ));
+    assert!(e.contains("[nft]") && e.contains("clamp_negative"), "{e}");
+    let e = err(format!("algorithm = \"a2c\"\n{MINIMAL}"));
+    assert!(e.contains("a2c") && e.contains("ppo"), "{e}");
+    let e = err(format!(
+        "{MINIMAL}\n[preference]\nsource = \"p.jsonl\"\nsteps = 1\nbeta = 0.0\n"
+    ));
+    assert!(e.contains("preference.beta"), "{e}");
+}
