@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::learner::LearnerConfig;
-use crate::objective::{Algorithm, ObjectiveConfig};
+use crate::objective::Algorithm;
 use crate::optimizer::AdamWConfig;
 use crate::schedule::SchedulerType;
 use crate::score_stages::ScoreConfig;
 
+mod algorithm;
 mod overrides;
 
 use overrides::{apply_override, expand_table};
@@ -448,6 +449,7 @@ impl JobConfig {
             preference.source = expand_path(&preference.source);
         }
         config.validate().map_err(fail)?;
+        algorithm::check_sections(&table, config.algorithm).map_err(fail)?;
         Ok((config, table))
     }
 
@@ -560,79 +562,6 @@ impl JobConfig {
             score.validate(&self.loss, &self.advantage)?;
         }
         self.validate_algorithm()
-    }
-
-    /// Checks the algorithm's section and that no other algorithm's section is set.
-    fn validate_algorithm(&self) -> Result<(), String> {
-        let algorithm = self.algorithm;
-        for (section, set, owner) in [
-            ("ppo", self.ppo.is_some(), Algorithm::Ppo),
-            ("dpo", self.dpo.is_some(), Algorithm::Dpo),
-            ("nft", self.nft.is_some(), Algorithm::Nft),
-        ] {
-            if set && algorithm != owner {
-                return Err(format!(
-                    "[{section}] is set but `algorithm` = \"{}\"; add `algorithm = \"{section}\"` \
-                     at the top of the file (before any table) or remove [{section}]",
-                    algorithm.name()
-                ));
-            }
-        }
-        if algorithm != Algorithm::Grpo && self.advantage != AdvantageConfig::default() {
-            return Err(format!(
-                "[advantage] shapes GRPO's group-relative advantages; `algorithm` = \"{}\" does \
-                 not read it (PPO's advantages come from GAE, `[ppo]`): remove it",
-                algorithm.name()
-            ));
-        }
-        if matches!(algorithm, Algorithm::Dpo | Algorithm::Nft)
-            && self.loss != GrpoLossConfig::default()
-        {
-            return Err(format!(
-                "[loss] is the clipped surrogate of `grpo` and `ppo`; `algorithm` = \"{0}\" has \
-                 its own loss: remove [loss] (see [{0}])",
-                algorithm.name()
-            ));
-        }
-        if self.score.is_some() && !matches!(algorithm, Algorithm::Grpo | Algorithm::Ppo) {
-            return Err(format!(
-                "[score] shapes the clipped-surrogate loss of `grpo` or `ppo`, not `{}`",
-                algorithm.name()
-            ));
-        }
-        let objective = self.objective_at(0);
-        objective
-            .ppo
-            .validate()
-            .map_err(|e| format!("[ppo]: {e}"))?;
-        objective
-            .nft
-            .validate()
-            .map_err(|e| format!("[nft]: {e}"))?;
-        if !(objective.dpo.beta.is_finite() && objective.dpo.beta > 0.0) {
-            return Err(format!(
-                "`dpo.beta` must be a finite value > 0, got {}",
-                objective.dpo.beta
-            ));
-        }
-        Ok(())
-    }
-
-    /// The learner's objective at RL step `step`: the algorithm with its sections, the loss
-    /// and advantages of the job or of its SCoRe stage.
-    pub fn objective_at(&self, step: u64) -> ObjectiveConfig {
-        let (loss, advantage) = match &self.score {
-            Some(score) => score.objective(score.stage_at(step), &self.loss, &self.advantage),
-            None => (self.loss.clone(), self.advantage),
-        };
-        ObjectiveConfig {
-            algorithm: self.algorithm,
-            loss,
-            advantage,
-            ppo: self.ppo.clone().unwrap_or_default(),
-            dpo: self.dpo.clone().unwrap_or_default(),
-            nft: self.nft.clone().unwrap_or_default(),
-        }
     }
 }
 

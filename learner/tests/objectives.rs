@@ -340,7 +340,7 @@ fn nft_rejects_rewards_that_are_not_verdicts() {
     bad[0].outcome = Outcome::single("a", vec![2.0]);
     let err = l.rl_step(&bad, WeightsVersion(0)).unwrap_err().to_string();
     assert!(
-        err.contains("NFT verdict") && err.contains("[0, 1]"),
+        err.contains("NFT verdicts") && err.contains("[0, 1]") && err.contains("environment `t`"),
         "{err}"
     );
 }

@@ -190,3 +190,37 @@ fn algorithm_sections_must_match_the_algorithm() {
     ));
     assert!(e.contains("preference.beta"), "{e}");
 }
+
+/// `[advantage]` and `[loss]` under an algorithm that does not read them are errors even when
+/// every key is at its default; a critic learning rate without a separate critic too.
+#[test]
+fn unread_sections_are_errors_even_at_their_defaults() {
+    let parse = |text: String| JobConfig::parse(&text, Path::new("job.toml"), &[]);
+    let e = parse(format!(
+        "algorithm = \"nft\"\n{MINIMAL}\n[advantage]\ngamma = 1.0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[advantage]") && !e.contains("GAE"), "{e}");
+    let e = parse(format!(
+        "algorithm = \"dpo\"\n{MINIMAL}\n[loss]\nepsilon = 0.2\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[loss]"), "{e}");
+    let e = parse(format!(
+        "algorithm = \"ppo\"\n{MINIMAL}\n[ppo]\ncritic_learning_rate = 1e-3\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("critic_learning_rate") && e.contains("separate"),
+        "{e}"
+    );
+    assert!(
+        parse(format!(
+            "algorithm = \"ppo\"\n{MINIMAL}\n[loss]\nepsilon = 0.2\n"
+        ))
+        .is_ok()
+    );
+}

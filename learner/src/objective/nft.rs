@@ -53,18 +53,22 @@ impl Objective for Nft {
         for s in step.samples.iter() {
             let t = &step.trajectories[s.trajectory];
             let rewards = trained_turn_rewards(s, step.trajectories)?;
-            if let Some(&value) = rewards.iter().find(|r| !(0.0..=1.0).contains(*r)) {
-                return Err(Error::Algorithm(kaizen_algorithms::Error::Config {
-                    field: "reward (NFT verdict)",
-                    value: f64::from(value),
-                    expected: "a turn reward in [0, 1] (1 right, 0 wrong): NFT learns from a \
-                               verifier's verdicts",
-                }));
-            }
             let agent = s
                 .trained_segments
                 .first()
                 .map(|&seg| &t.segments[seg].agent);
+            if let Some(&value) = rewards.iter().find(|r| !(0.0..=1.0).contains(*r)) {
+                return Err(Error::Config {
+                    path: "[nft]".into(),
+                    message: format!(
+                        "environment `{}` gave agent `{}` the turn reward {value}; NFT verdicts \
+                         must be in [0, 1] (1 right, 0 wrong, as a verifier's); use an \
+                         environment with such rewards or another algorithm",
+                        t.env,
+                        agent.map_or("?".to_string(), ToString::to_string),
+                    ),
+                });
+            }
             let mut counted = vec![false; rewards.len()];
             for (turn, m) in s.turns.iter().zip(&s.loss_mask) {
                 if *m {

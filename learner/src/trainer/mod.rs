@@ -296,11 +296,31 @@ pub fn train(
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
     }
-    if config.objective_at(state.step).needs_critic() {
-        let saved = match &options.resume {
-            Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
-            None => None,
-        };
+    let saved_critic = match &options.resume {
+        Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
+        None => None,
+    };
+    let needs_critic = config.objective_at(state.step).needs_critic();
+    if let Some(run_dir) = &options.resume
+        && state.step > 0
+        && needs_critic != saved_critic.is_some()
+    {
+        return Err(Error::Checkpoint {
+            path: run_dir.clone(),
+            message: format!(
+                "the checkpoint was trained {} a separate PPO critic but the job now asks for \
+                 `ppo.critic` = \"{}\"; resume with the critic the run started with",
+                if saved_critic.is_some() {
+                    "with"
+                } else {
+                    "without"
+                },
+                if needs_critic { "separate" } else { "shared" },
+            ),
+        });
+    }
+    if needs_critic {
+        let saved = saved_critic;
         let critic = match saved {
             Some((dir, (step, moments))) => Critic {
                 model: Policy::load_dir(&dir, &train_device)?.model,
@@ -483,6 +503,11 @@ impl Run {
             .preference
             .clone()
             .filter(|p| self.state.step == 0 && self.state.preference_steps < p.steps);
+        // Preference pairs are read before anything trains: a bad file fails at once.
+        let preference = match preference {
+            Some(p) => Some((self.preference_data(&p)?, p)),
+            None => None,
+        };
         if (sft.is_some() || preference.is_some())
             && self.state.sft_steps == 0
             && self.state.preference_steps == 0
@@ -497,8 +522,8 @@ impl Run {
         if let Some(sft) = sft {
             self.warm_start(runtime, slots, &sft)?;
         }
-        if let Some(preference) = preference {
-            self.preference_stage(&preference)?;
+        if let Some((pairs, preference)) = preference {
+            self.preference_stage(&preference, pairs)?;
         }
         if self.state.step == 0 && self.config.eval.at_start {
             let eval = self.evaluate("eval")?;

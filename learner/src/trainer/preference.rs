@@ -8,9 +8,26 @@ use crate::config::PreferenceConfig;
 use crate::preference_data::preference_pairs;
 
 impl Run {
-    pub(super) fn preference_stage(&mut self, config: &PreferenceConfig) -> Result<(), Error> {
+    /// Reads and checks `[preference]`'s pairs (before any training, so a bad file fails at
+    /// once); errors name `preference.source`.
+    pub(super) fn preference_data(
+        &self,
+        config: &PreferenceConfig,
+    ) -> Result<Vec<(Sample, Sample)>, Error> {
         let (tokenizer, template) = &self.policy_parts;
-        let pairs = preference_pairs(Path::new(&config.source), tokenizer, template)?;
+        preference_pairs(Path::new(&config.source), tokenizer, template).map_err(|e| {
+            Error::Config {
+                path: PathBuf::from("[preference]"),
+                message: format!("`preference.source` = {:?}: {e}", config.source),
+            }
+        })
+    }
+
+    pub(super) fn preference_stage(
+        &mut self,
+        config: &PreferenceConfig,
+        pairs: Vec<(Sample, Sample)>,
+    ) -> Result<(), Error> {
         let max_positions = self.learner.policy().config().max_position_embeddings;
         let before = pairs.len();
         let pairs: Vec<(Sample, Sample)> = pairs
