@@ -440,6 +440,69 @@ fn a_ppo_run_resumes_exactly_with_its_critic() {
     }
 }
 
+/// `kaizen train` with `args`, expected to fail: its stderr.
+fn kaizen_fails(args: &[&str]) -> String {
+    let out = Command::new(KAIZEN).args(args).output().unwrap();
+    assert!(!out.status.success(), "kaizen {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A resumed PPO run keeps the critic it started with: asking for the other kind is an error
+/// naming `ppo.critic`, not a silently fresh critic or value head.
+#[test]
+fn a_resume_with_another_critic_kind_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let job = format!(
+        "algorithm = \"ppo\"\n{}\n[ppo]\nkl_coef = 0.0\ncritic = \"separate\"\n",
+        small_job(&runs, 1)
+    );
+    let cfg = write(tmp.path(), "job.toml", &job);
+    kaizen(&["train", cfg.to_str().unwrap(), "--no-progress"]);
+    let run = run_dir(&runs, "e2e");
+    let err = kaizen_fails(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--set",
+        "run.max_steps=2",
+        "--set",
+        "ppo.critic=\"shared\"",
+        "--no-progress",
+    ]);
+    assert!(
+        err.contains("ppo.critic") && err.contains("separate"),
+        "{err}"
+    );
+}
+
+/// A bad `[preference]` file fails the run before anything trains (no warm-start step is
+/// logged), with an error naming `preference.source`.
+#[test]
+fn a_bad_preference_file_fails_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let bad = write(
+        tmp.path(),
+        "pairs.jsonl",
+        "{\"prompt\": \"x\", \"chosen\": \"y\"}\n",
+    );
+    let text = format!(
+        "{}\n[sft]\nsource = \"demonstrations\"\nsteps = 50\n\n[preference]\nsource = {:?}\nsteps = 5\n",
+        small_job(&runs, 1),
+        bad.display().to_string()
+    );
+    let cfg = write(tmp.path(), "job.toml", &text);
+    let err = kaizen_fails(&["train", cfg.to_str().unwrap(), "--no-progress"]);
+    assert!(
+        err.contains("preference.source") && err.contains("line 1") && err.contains("rejected"),
+        "{err}"
+    );
+    let run = run_dir(&runs, "e2e");
+    let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    assert!(!logged.contains("sft/loss"), "the warm start ran first");
+}
+
 /// The offline preference stage (`[preference]`): DPO on JSONL pairs (both of TRL's formats)
 /// before RL. Its first step starts at the reference, so its loss is `ln 2` exactly; on two
 /// pairs seen over and over the stage drives the loss down and the chosen replies' implicit
