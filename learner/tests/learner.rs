@@ -5,10 +5,12 @@ mod common;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use common::{batch, config, weights};
+use common::{batch, config, learner_for, weights};
 use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, LossType};
 use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
-use kaizen_learner::{AdamW, AdamWConfig, Learner, LearnerConfig, Schedule, SchedulerType};
+use kaizen_learner::{
+    AdamW, AdamWConfig, Learner, LearnerConfig, ObjectiveConfig, Schedule, SchedulerType,
+};
 use kaizen_model::Llama;
 
 fn learner(accumulation: usize, loss_type: LossType) -> Learner {
@@ -23,26 +25,15 @@ fn learner(accumulation: usize, loss_type: LossType) -> Learner {
 }
 
 fn learner_with(learner_config: LearnerConfig, loss_type: LossType) -> Learner {
-    let device = Device::default().autodiff();
-    let model = Llama::init(&config(), &device, 7).unwrap();
-    Learner::new(
-        model,
-        AdamW::new(AdamWConfig {
-            max_grad_norm: 0.0,
-            ..AdamWConfig::default()
-        }),
-        Schedule {
-            lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: 10,
-            kind: SchedulerType::Constant,
-        },
+    learner_for(
+        ObjectiveConfig::grpo(
+            GrpoLossConfig {
+                loss_type,
+                ..GrpoLossConfig::default()
+            },
+            AdvantageConfig::default(),
+        ),
         learner_config,
-        GrpoLossConfig {
-            loss_type,
-            ..GrpoLossConfig::default()
-        },
-        AdvantageConfig::default(),
     )
 }
 

@@ -3,40 +3,19 @@
 
 mod common;
 
-use burn::tensor::Device;
-use common::{batch, config, max_diff, weights};
+use common::{batch, learner_for, max_diff, schedule, weights};
 use kaizen_algorithms::{
     AdvantageConfig, CriticKind, DpoConfig, GrpoLossConfig, LossType, NftConfig, PpoConfig,
     ScaleRewards,
 };
 use kaizen_core::{Outcome, WeightsVersion};
 use kaizen_learner::{
-    AdamW, AdamWConfig, Algorithm, Critic, Learner, LearnerConfig, ObjectiveConfig, Schedule,
-    SchedulerType,
+    AdamW, AdamWConfig, Algorithm, Critic, Learner, LearnerConfig, ObjectiveConfig,
 };
 use kaizen_model::Llama;
 
 fn learner(objective: ObjectiveConfig, learner: LearnerConfig) -> Learner {
-    let device = Device::default().autodiff();
-    let mut model = Llama::init(&config(), &device, 7).unwrap();
-    if objective.needs_value_head() {
-        model = model.with_value_head(11).unwrap();
-    }
-    Learner::with_objective(
-        model,
-        AdamW::new(AdamWConfig {
-            max_grad_norm: 0.0,
-            ..AdamWConfig::default()
-        }),
-        Schedule {
-            lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: 10,
-            kind: SchedulerType::Constant,
-        },
-        learner,
-        objective,
-    )
+    learner_for(objective, learner)
 }
 
 fn learner_config(parts: usize, cpu_kernels: bool) -> LearnerConfig {
@@ -137,15 +116,6 @@ fn ppo_puts_the_kl_in_the_reward() {
     // Behaviour log-probs are −1 here, so k1 = −1 − log π_ref: positive iff π_ref < e^−1.
     assert!(m["ppo/kl_in_reward"].is_finite(), "{m:?}");
     assert!(m["ppo/kl_in_reward"] != 0.0);
-}
-
-fn schedule() -> Schedule {
-    Schedule {
-        lr: 1e-2,
-        warmup_steps: 0,
-        total_steps: 10,
-        kind: SchedulerType::Constant,
-    }
 }
 
 /// A PPO learner with a separate critic initialised from the policy.

@@ -2,9 +2,12 @@
 //! groups, and readers of a learner's weights.
 #![allow(dead_code)]
 
+use burn::tensor::Device;
 use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
-use kaizen_learner::Learner;
-use kaizen_model::LlamaConfig;
+use kaizen_learner::{
+    AdamW, AdamWConfig, Learner, LearnerConfig, ObjectiveConfig, Schedule, SchedulerType,
+};
+use kaizen_model::{Llama, LlamaConfig};
 
 /// A 2-layer model small enough for many steps per test.
 pub fn config() -> LlamaConfig {
@@ -69,4 +72,34 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A constant learning rate of 1e-2 over 10 steps.
+pub fn schedule() -> Schedule {
+    Schedule {
+        lr: 1e-2,
+        warmup_steps: 0,
+        total_steps: 10,
+        kind: SchedulerType::Constant,
+    }
+}
+
+/// A learner for `objective` on [`config`]'s model (seed 7, a value head when the objective
+/// needs one), AdamW without clipping, [`schedule`].
+pub fn learner_for(objective: ObjectiveConfig, learner: LearnerConfig) -> Learner {
+    let device = Device::default().autodiff();
+    let mut model = Llama::init(&config(), &device, 7).unwrap();
+    if objective.needs_value_head() {
+        model = model.with_value_head(11).unwrap();
+    }
+    Learner::with_objective(
+        model,
+        AdamW::new(AdamWConfig {
+            max_grad_norm: 0.0,
+            ..AdamWConfig::default()
+        }),
+        schedule(),
+        learner,
+        objective,
+    )
 }
