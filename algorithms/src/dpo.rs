@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::advantages::group_members;
+use crate::error::check_lengths;
 use crate::grpo::read;
 use crate::units::Units;
 
@@ -118,19 +119,14 @@ pub fn dpo_loss(
         pairs,
     } = batch;
     let [n] = logprobs.dims();
-    for (input, len) in [
-        ("ref_logprobs", ref_logprobs.dims()[0]),
-        ("rows", rows.len()),
-    ] {
-        if len != n {
-            return Err(Error::Length {
-                input,
-                reference: "logprobs",
-                expected: n,
-                actual: len,
-            });
-        }
-    }
+    check_lengths(
+        "logprobs",
+        n,
+        &[
+            ("ref_logprobs", ref_logprobs.dims()[0]),
+            ("rows", rows.len()),
+        ],
+    )?;
     if !(config.beta.is_finite() && config.beta > 0.0) {
         return Err(Error::Config {
             field: "beta",

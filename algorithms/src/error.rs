@@ -68,3 +68,23 @@ pub enum Error {
         source: TensorReadError,
     },
 }
+
+/// Checks that every `(input, length)` has `expected` entries, the length of `reference`.
+///
+/// # Errors
+/// [`Error::Length`] naming the first input that does not.
+pub(crate) fn check_lengths(
+    reference: &'static str,
+    expected: usize,
+    inputs: &[(&'static str, usize)],
+) -> Result<(), Error> {
+    match inputs.iter().find(|(_, len)| *len != expected) {
+        Some(&(input, actual)) => Err(Error::Length {
+            input,
+            reference,
+            expected,
+            actual,
+        }),
+        None => Ok(()),
+    }
+}

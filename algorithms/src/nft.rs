@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::aggregation::Aggregation;
+use crate::error::check_lengths;
 use crate::grpo::{LOG_RATIO_BOUND, LossType, StepNormalizers, read};
 use crate::kl::{KlEstimator, kl_estimate};
 
@@ -192,28 +193,23 @@ pub fn nft_loss(
         rows,
     } = batch;
     let [n] = logprobs.dims();
-    for (input, len) in [
-        ("correct", correct.len()),
-        ("rate", rate.len()),
-        ("rows", rows.len()),
-        (
-            "old_logprobs",
-            old_logprobs.as_ref().map_or(n, |t| t.dims()[0]),
-        ),
-        (
-            "ref_logprobs",
-            ref_logprobs.as_ref().map_or(n, |t| t.dims()[0]),
-        ),
-    ] {
-        if len != n {
-            return Err(Error::Length {
-                input,
-                reference: "logprobs",
-                expected: n,
-                actual: len,
-            });
-        }
-    }
+    check_lengths(
+        "logprobs",
+        n,
+        &[
+            ("correct", correct.len()),
+            ("rate", rate.len()),
+            ("rows", rows.len()),
+            (
+                "old_logprobs",
+                old_logprobs.as_ref().map_or(n, |t| t.dims()[0]),
+            ),
+            (
+                "ref_logprobs",
+                ref_logprobs.as_ref().map_or(n, |t| t.dims()[0]),
+            ),
+        ],
+    )?;
     if n == 0 {
         return Err(Error::NoTokens);
     }

@@ -131,15 +131,6 @@ pub fn preference_pairs(
 mod tests {
     use super::*;
 
-    fn trained(s: &Sample) -> Vec<u32> {
-        s.tokens
-            .iter()
-            .zip(&s.loss_mask)
-            .filter(|(_, m)| **m)
-            .map(|(t, _)| *t)
-            .collect()
-    }
-
     /// Both formats give the same samples: the prompt as context, the reply and EOS trained;
     /// other columns of a TRL dataset (`id`) are ignored.
     #[test]
@@ -161,8 +152,8 @@ mod tests {
         assert_eq!(pairs.len(), 2);
         assert_eq!(pairs[0].0.tokens, pairs[1].0.tokens);
         assert_eq!(pairs[0].1.loss_mask, pairs[1].1.loss_mask);
-        assert_eq!(trained(&pairs[0].0), vec![u32::from(b'4'), 258]);
-        assert_eq!(trained(&pairs[0].1), vec![u32::from(b'5'), 258]);
+        assert_eq!(pairs[0].0.trained_ids(), vec![u32::from(b'4'), 258]);
+        assert_eq!(pairs[0].1.trained_ids(), vec![u32::from(b'5'), 258]);
         // Chosen and rejected share the prompt exactly.
         let prompt = pairs[0].0.loss_mask.iter().position(|&m| m).unwrap();
         assert_eq!(pairs[0].0.tokens[..prompt], pairs[0].1.tokens[..prompt]);

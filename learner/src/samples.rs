@@ -54,6 +54,16 @@ impl Sample {
         }
     }
 
+    /// The trained token ids (the loss mask applied), in order.
+    pub fn trained_ids(&self) -> Vec<u32> {
+        self.tokens
+            .iter()
+            .zip(&self.loss_mask)
+            .filter(|(_, m)| **m)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
     /// Trained tokens' values of `per_token` (advantages, behaviour log-probs), in order.
     pub fn trained<'a>(&'a self, per_token: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
         per_token

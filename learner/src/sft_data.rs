@@ -200,16 +200,6 @@ pub fn chat_samples(
 mod tests {
     use super::*;
 
-    /// The tokens a sample trains on (its loss mask applied).
-    fn trained_tokens(s: &Sample) -> Vec<u32> {
-        s.tokens
-            .iter()
-            .zip(&s.loss_mask)
-            .filter(|(_, m)| **m)
-            .map(|(t, _)| *t)
-            .collect()
-    }
-
     #[test]
     fn chat_jsonl_masks_exactly_the_assistant_turns() {
         let dir = tempfile::tempdir().unwrap();
@@ -223,7 +213,7 @@ mod tests {
         let samples = chat_samples(&path, &tok, &ChatTemplate::chatml()).unwrap();
         assert_eq!(samples.len(), 1);
         let s = &samples[0];
-        let trained = trained_tokens(s);
+        let trained = s.trained_ids();
         let mut expected: Vec<u32> = b"4".iter().map(|&b| b as u32).collect();
         expected.push(258);
         expected.extend(b"yes".iter().map(|&b| b as u32));
@@ -253,7 +243,7 @@ mod tests {
         let tok = Tokenizer::byte_level();
         let template = ChatTemplate::chatml();
         let s = &chat_samples(&path, &tok, &template).unwrap()[0];
-        let trained = trained_tokens(s);
+        let trained = s.trained_ids();
         assert_eq!(trained, [u32::from(b'4'), 258]);
         // The context is the same sequence as without weights.
         std::fs::write(&path, line("", "")).unwrap();
