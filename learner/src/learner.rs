@@ -18,7 +18,7 @@ use crate::objective::{
     MetricsAcc, MicroBatch, Objective, ObjectiveConfig, StepInput, score_batch,
 };
 use crate::optimizer::{AdamW, AdamWConfig};
-use crate::samples::{Sample, build_samples, micro_batches};
+use crate::samples::{Sample, build_samples, by_temperature, micro_batches};
 use crate::schedule::Schedule;
 
 /// Hyper-parameters of the learner's update (TRL `GRPOConfig` names where they exist).
@@ -304,19 +304,12 @@ impl Learner {
         let (mut forward_s, mut backward_s) = (0.0, 0.0);
         for part in parts {
             // One temperature per forward pass.
-            let mut by_temperature: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-            for i in part {
-                by_temperature
-                    .entry(used[i].temperature.to_bits())
-                    .or_default()
-                    .push(i);
-            }
-            for (bits, indices) in by_temperature {
+            for indices in by_temperature(&part, used) {
                 let group: Vec<&Sample> = indices.iter().map(|&i| &used[i]).collect();
                 let score_batch = score_batch(&group);
                 scored_tokens += score_batch.sequences.iter().map(Vec::len).sum::<usize>();
                 let options = ScoreOptions {
-                    temperature: f32::from_bits(bits),
+                    temperature: group[0].temperature,
                     with_entropy: true,
                     share_prefixes: self.config.share_prompt_prefix,
                 };

@@ -1,6 +1,7 @@
 //! From trajectories to training sequences: one sequence per conversation thread, loss on the
 //! trainable model tokens only, each token carrying its turn's advantage.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use kaizen_core::{Trajectory, WeightsVersion};
@@ -196,7 +197,7 @@ impl Sample {
     }
 }
 
-/// Splits samples into at most `parts` micro-batches of similar token counts. Returns sample
+/// Splits samples (owned or borrowed) into at most `parts` micro-batches of similar token counts. Returns sample
 /// indices per micro-batch.
 ///
 /// Samples that share a prefix ([`Sample::shared_prefix`], e.g. a GRPO group) are laid out
@@ -204,7 +205,8 @@ impl Sample {
 /// micro-batches are contiguous runs of that order, so a group lands in one micro-batch (or, at
 /// a cut, two) and its prompt is computed once there; similar lengths stay together (less
 /// padding).
-pub fn micro_batches(samples: &[Sample], parts: usize) -> Vec<Vec<usize>> {
+pub fn micro_batches<S: Borrow<Sample>>(samples: &[S], parts: usize) -> Vec<Vec<usize>> {
+    let samples: Vec<&Sample> = samples.iter().map(Borrow::borrow).collect();
     let parts = parts.max(1).min(samples.len().max(1));
     let mut cluster_of: std::collections::HashMap<&[u32], usize> = Default::default();
     let clusters: Vec<usize> = samples
@@ -231,6 +233,19 @@ pub fn micro_batches(samples: &[Sample], parts: usize) -> Vec<Vec<usize>> {
     }
     out.retain(|b| !b.is_empty());
     out
+}
+
+/// The samples of micro-batch `part` (indices into `samples`) grouped by sampling temperature,
+/// one forward pass each, in order of temperature (bitwise) and of `part` within a group.
+pub(crate) fn by_temperature<S: Borrow<Sample>>(part: &[usize], samples: &[S]) -> Vec<Vec<usize>> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &i in part {
+        groups
+            .entry(samples[i].borrow().temperature.to_bits())
+            .or_default()
+            .push(i);
+    }
+    groups.into_values().collect()
 }
 
 #[cfg(test)]

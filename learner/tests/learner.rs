@@ -5,9 +5,9 @@ mod common;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use common::{batch, config, learner_for, weights};
+use common::{batch, config, learner_for, segment, weights};
 use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig, LossType};
-use kaizen_core::{FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
+use kaizen_core::{Outcome, Trajectory, WeightsVersion};
 use kaizen_learner::{
     AdamW, AdamWConfig, Learner, LearnerConfig, ObjectiveConfig, Schedule, SchedulerType,
 };
@@ -204,17 +204,6 @@ fn the_cpu_training_pass_gives_burns_step() {
 
 /// Two-turn conversations (answer, feedback, revised answer) in one thread.
 fn two_turn_batch() -> Vec<Trajectory> {
-    let segment = |prompt: Vec<u32>, completion: &[u32]| Segment {
-        agent: "a".into(),
-        thread: 0,
-        prompt_tokens: prompt,
-        completion_tokens: completion.to_vec(),
-        behavior_logprobs: vec![-1.0; completion.len()],
-        trainable: true,
-        temperature: 1.0,
-        weights_version: WeightsVersion(0),
-        finish_reason: FinishReason::Eos,
-    };
     let rewards = [[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]];
     rewards
         .iter()

@@ -115,7 +115,7 @@ impl Objective for Dpo {
     /// Pairs stay together: the used samples come as (chosen, rejected) neighbours, so the
     /// split is over pairs.
     fn micro_batches(&self, samples: &[Sample], parts: usize) -> Vec<Vec<usize>> {
-        let pair_samples: Vec<Sample> = samples.chunks(2).map(|c| c[0].clone()).collect();
+        let pair_samples: Vec<&Sample> = samples.chunks(2).map(|c| &c[0]).collect();
         micro_batches(&pair_samples, parts)
             .into_iter()
             .map(|part| part.iter().flat_map(|&p| [2 * p, 2 * p + 1]).collect())

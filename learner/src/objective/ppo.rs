@@ -41,7 +41,7 @@ use super::{
 };
 use crate::Error;
 use crate::learner::StepMetrics;
-use crate::samples::{Sample, micro_batches};
+use crate::samples::{Sample, by_temperature, micro_batches};
 
 /// PPO's objective and the step's critic targets.
 pub(crate) struct Ppo {
@@ -81,7 +81,8 @@ impl Objective for Ppo {
         let used: Vec<usize> = (0..step.samples.len())
             .filter(|&i| step.samples[i].trained_tokens() > 0)
             .collect();
-        let owned: Vec<Sample> = used.iter().map(|&i| step.samples[i].clone()).collect();
+        let owned: Vec<&Sample> = used.iter().map(|&i| &step.samples[i]).collect();
+        let step_normalizers = normalizers(owned.iter().copied(), step.learner);
         // Pre-pass: V_old (and the reference's log-probs for the KL in the reward).
         let mut values: Vec<Vec<f32>> = vec![Vec::new(); owned.len()];
         let mut ref_logprobs: Vec<Option<Vec<f32>>> = vec![None; owned.len()];
@@ -98,7 +99,7 @@ impl Objective for Ppo {
         };
         for part in micro_batches(&owned, step.learner.gradient_accumulation_steps) {
             for group in by_temperature(&part, &owned) {
-                let rows: Vec<&Sample> = group.iter().map(|&i| &owned[i]).collect();
+                let rows: Vec<&Sample> = group.iter().map(|&i| owned[i]).collect();
                 let batch = score_batch(&rows);
                 let options = ScoreOptions {
                     temperature: rows[0].temperature,
@@ -200,7 +201,7 @@ impl Objective for Ppo {
         }
         self.old_values = values;
         Ok(Prepared {
-            normalizers: normalizers(owned.iter(), step.learner),
+            normalizers: step_normalizers,
             used,
             metrics,
         })
@@ -237,18 +238,6 @@ impl Objective for Ppo {
             metrics,
         })
     }
-}
-
-/// The rows of `part` grouped by sampling temperature (one forward pass each), in order.
-pub(crate) fn by_temperature(part: &[usize], samples: &[Sample]) -> Vec<Vec<usize>> {
-    let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-    for &i in part {
-        groups
-            .entry(samples[i].temperature.to_bits())
-            .or_default()
-            .push(i);
-    }
-    groups.into_values().collect()
 }
 
 /// Appends each scored token's value (flat, in `rows` order) to its sample's list.

@@ -54,14 +54,7 @@ impl Run {
             "offline preference stage (DPO)"
         );
         let reference = self.learner.policy();
-        let schedule = Schedule {
-            lr: config.learning_rate,
-            warmup_steps: (config.steps / 20).max(1),
-            total_steps: config.steps,
-            kind: SchedulerType::Cosine,
-        };
-        self.learner
-            .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
+        self.start_warm_phase(config.learning_rate, config.steps);
         let dpo = config.dpo();
         let mut epochs = Epochs::new(pairs.len(), derive_seed(self.config.run.seed, 0xD90));
         while self.state.preference_steps < config.steps {

@@ -61,14 +61,7 @@ impl Run {
             steps = sft.steps,
             "supervised warm start"
         );
-        let schedule = Schedule {
-            lr: sft.learning_rate,
-            warmup_steps: (sft.steps / 20).max(1),
-            total_steps: sft.steps,
-            kind: SchedulerType::Cosine,
-        };
-        self.learner
-            .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
+        self.start_warm_phase(sft.learning_rate, sft.steps);
         let mut epochs = Epochs::new(samples.len(), derive_seed(self.config.run.seed, 0x5F7));
         while self.state.sft_steps < sft.steps {
             let batch: Vec<Sample> = epochs
@@ -92,6 +85,19 @@ impl Run {
             }
         }
         self.finish_warm_phase()
+    }
+
+    /// Before a warm-start phase (`[sft]`, `[preference]`) of `steps` steps: a fresh AdamW and
+    /// a cosine schedule peaking at `lr` after `max(1, steps / 20)` warm-up steps.
+    pub(super) fn start_warm_phase(&mut self, lr: f64, steps: u64) {
+        let schedule = Schedule {
+            lr,
+            warmup_steps: (steps / 20).max(1),
+            total_steps: steps,
+            kind: SchedulerType::Cosine,
+        };
+        self.learner
+            .reset_optimizer(AdamW::new(self.config.optim.adamw()), schedule);
     }
 
     /// After a warm-start phase (`[sft]`, `[preference]`): the reference becomes the policy RL

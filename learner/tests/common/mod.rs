@@ -21,6 +21,22 @@ pub fn config() -> LlamaConfig {
     c
 }
 
+/// A trainable turn of agent `a` on thread 0: `prompt`, then `completion` with behaviour
+/// log-probs −1, sampled at temperature 1 by weights version 0.
+pub fn segment(prompt: Vec<u32>, completion: &[u32]) -> Segment {
+    Segment {
+        agent: "a".into(),
+        thread: 0,
+        prompt_tokens: prompt,
+        completion_tokens: completion.to_vec(),
+        behavior_logprobs: vec![-1.0; completion.len()],
+        trainable: true,
+        temperature: 1.0,
+        weights_version: WeightsVersion(0),
+        finish_reason: FinishReason::Eos,
+    }
+}
+
 /// A one-turn episode of group `group`: a 4-token prompt, `completion` with behaviour
 /// log-probs −1, one reward.
 pub fn trajectory(id: u64, group: u64, completion: &[u32], reward: f32) -> Trajectory {
@@ -29,17 +45,7 @@ pub fn trajectory(id: u64, group: u64, completion: &[u32], reward: f32) -> Traje
         env: "t".into(),
         seed: group,
         group_id: group,
-        segments: vec![Segment {
-            agent: "a".into(),
-            thread: 0,
-            prompt_tokens: vec![1, 2, 3, (group % 50) as u32 + 4],
-            completion_tokens: completion.to_vec(),
-            behavior_logprobs: vec![-1.0; completion.len()],
-            trainable: true,
-            temperature: 1.0,
-            weights_version: WeightsVersion(0),
-            finish_reason: FinishReason::Eos,
-        }],
+        segments: vec![segment(vec![1, 2, 3, (group % 50) as u32 + 4], completion)],
         outcome: Outcome::single("a", vec![reward]),
     }
 }
