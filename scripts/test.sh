@@ -33,5 +33,16 @@ kaizen_mlflow_start "$KAIZEN_MLFLOW_PYTHON" "$kaizen_mlflow_dir"
 KAIZEN_TEST_MLFLOW_URI=$KAIZEN_MLFLOW_URI
 export KAIZEN_MLFLOW_PYTHON KAIZEN_TEST_MLFLOW_URI
 
+step "cluster examples: shell syntax (bash -n) and the Kubernetes manifest parsed"
+for script in examples/cluster/*.sh examples/cluster/*.sbatch; do bash -n "$script"; done
+"$KAIZEN_MLFLOW_PYTHON" - examples/cluster/kubernetes.yaml <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = sorted(d["kind"] for d in docs)
+assert kinds == ["Job", "Service", "StatefulSet"], kinds
+service = next(d for d in docs if d["kind"] == "Service")
+assert service["spec"]["clusterIP"] == "None", "the learner's Service is headless"
+PY
+
 step "cargo test"
 cargo test --workspace --locked

@@ -31,6 +31,9 @@ enum Command {
     Runs(commands::runs::Args),
     /// Train a policy: `kaizen train configs/<job>.toml [--set key=value]... [--resume RUN_DIR]`.
     Train(commands::train::Args),
+    /// Run one process of a multi-process job (learner or actor), as torchrun, Slurm or
+    /// Kubernetes starts it: `kaizen launch configs/<job>.toml [--role learner|actor]`.
+    Launch(commands::launch::Args),
     /// Plot metric curves of one or several runs, overlaid, to a PNG or SVG file.
     Report(commands::report::Args),
 }
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Runs(args) => commands::runs::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Launch(args) => commands::launch::run(args),
     }
 }
 

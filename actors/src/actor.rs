@@ -5,23 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use kaizen_core::Trajectory;
-use kaizen_envs::{EnvFactory, EpisodeLimits, Fault, FaultKind, run_episode};
+use kaizen_envs::{EnvSlot, EpisodeLimits, Fault, FaultKind, run_episode};
 use kaizen_model::{ChatTemplate, Tokenizer};
 use tokio::task::JoinSet;
 
+use crate::SamplingConfig;
 use crate::engine::{BusyGuard, EngineConfig, EngineCounters, EngineHandle, spawn_engine};
-use crate::responder::{PolicyResponder, SamplingConfig};
+use crate::responder::PolicyResponder;
 use crate::weights::WeightPublisher;
 use crate::{EpisodeReport, EpisodeTask, Error};
-
-/// An environment the actors can play: its name and its factory.
-#[derive(Clone)]
-pub struct EnvSlot {
-    /// Name used in trajectories and metrics.
-    pub name: String,
-    /// Makes one environment instance per episode.
-    pub factory: Arc<dyn EnvFactory>,
-}
 
 /// How many actors, how many episodes each plays at once, and how they sample.
 #[derive(Debug, Clone)]
@@ -141,26 +133,15 @@ impl ActorPool {
     /// [`Error::UnknownEnv`] for a bad environment index (nothing is queued);
     /// [`Error::Closed`] after shutdown.
     pub fn submit_all(&self, tasks: Vec<EpisodeTask>) -> Result<(), Error> {
-        if let Some(bad) = tasks.iter().find(|t| t.env >= self.env_count) {
-            return Err(Error::UnknownEnv {
-                task: bad.id,
-                env: bad.env,
-                count: self.env_count,
-            });
+        self.submitter().submit_all(tasks)
+    }
+
+    /// A handle that queues tasks on this pool from elsewhere (another task or thread).
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            tasks: self.tasks.clone(),
+            env_count: self.env_count,
         }
-        let mut per_actor: Vec<Vec<EpisodeTask>> = vec![Vec::new(); self.tasks.len()];
-        for task in tasks {
-            per_actor[(task.group_id % self.tasks.len() as u64) as usize].push(task);
-        }
-        for (actor, share) in per_actor.into_iter().enumerate() {
-            if !share.is_empty() {
-                self.tasks[actor].send(share).map_err(|e| {
-                    let first = e.into_inner().into_iter().next();
-                    Error::Closed(Box::new(first.expect("shares are not empty")))
-                })?;
-            }
-        }
-        Ok(())
     }
 
     /// Finished episodes, in completion order.
@@ -216,6 +197,43 @@ impl ActorPool {
             let _ = tx.send(r);
         }
         rx
+    }
+}
+
+/// Queues tasks on an [`ActorPool`] ([`ActorPool::submitter`]); the pool shuts down only once
+/// every submitter is dropped too.
+#[derive(Clone)]
+pub struct Submitter {
+    tasks: Vec<flume::Sender<Vec<EpisodeTask>>>,
+    env_count: usize,
+}
+
+impl Submitter {
+    /// As [`ActorPool::submit_all`].
+    ///
+    /// # Errors
+    /// As [`ActorPool::submit_all`].
+    pub fn submit_all(&self, tasks: Vec<EpisodeTask>) -> Result<(), Error> {
+        if let Some(bad) = tasks.iter().find(|t| t.env >= self.env_count) {
+            return Err(Error::UnknownEnv {
+                task: bad.id,
+                env: bad.env,
+                count: self.env_count,
+            });
+        }
+        let mut per_actor: Vec<Vec<EpisodeTask>> = vec![Vec::new(); self.tasks.len()];
+        for task in tasks {
+            per_actor[(task.group_id % self.tasks.len() as u64) as usize].push(task);
+        }
+        for (actor, share) in per_actor.into_iter().enumerate() {
+            if !share.is_empty() {
+                self.tasks[actor].send(share).map_err(|e| {
+                    let first = e.into_inner().into_iter().next();
+                    Error::Closed(Box::new(first.expect("shares are not empty")))
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 pub enum Error {
     /// The actors have shut down; the task was not queued (it is returned).
     #[error("the actors have shut down; task {} was not queued", .0.id)]
-    Closed(Box<crate::EpisodeTask>),
+    Closed(Box<kaizen_transport::EpisodeTask>),
     /// A task names an environment index the actors do not have.
     #[error("task {task}: environment index {env} is out of range ({count} environments)")]
     UnknownEnv {

@@ -20,15 +20,16 @@
 mod actor;
 mod engine;
 mod error;
+mod local;
 mod responder;
-mod task;
 mod weights;
 
-pub use actor::{ActorConfig, ActorPool, EnvSlot};
+pub use actor::{ActorConfig, ActorPool, Submitter};
 pub use engine::{Completion, EngineConfig, EngineCounters};
 pub use error::Error;
-pub use responder::{SamplingConfig, derive_seed};
-pub use task::{EpisodeReport, EpisodeTask};
+pub use kaizen_envs::EnvSlot;
+pub use kaizen_transport::{EpisodeReport, EpisodeTask, SamplingConfig, derive_seed};
+pub use local::LocalActors;
 pub use weights::{
     Published, WeightPublisher, WeightSubscriber, weight_broadcast, weight_broadcast_at,
 };

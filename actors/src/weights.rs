@@ -58,6 +58,12 @@ impl WeightPublisher {
         version
     }
 
+    /// Publishes `model` as `version` (weights that arrive from another process keep the
+    /// learner's numbering; a subscriber that missed versions simply gets the newest).
+    pub fn publish_version(&self, model: Llama, version: WeightsVersion) {
+        self.tx.send_replace(Arc::new(Published { version, model }));
+    }
+
     /// The newest published version.
     pub fn version(&self) -> WeightsVersion {
         self.tx.borrow().version

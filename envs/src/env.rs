@@ -56,3 +56,14 @@ where
         self()
     }
 }
+
+/// An environment a job's actors can play: its name (used in trajectories and metrics) and its
+/// factory. A job's environment list is the same on every process of the job (built from the
+/// same config), so tasks name environments by their index in it.
+#[derive(Clone)]
+pub struct EnvSlot {
+    /// Name used in trajectories and metrics.
+    pub name: String,
+    /// Makes one environment instance per episode.
+    pub factory: std::sync::Arc<dyn EnvFactory>,
+}

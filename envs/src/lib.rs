@@ -37,7 +37,7 @@ mod runner;
 pub mod worlds;
 
 pub use dialogue::Dialogue;
-pub use env::{Env, EnvFactory};
+pub use env::{Env, EnvFactory, EnvSlot};
 pub use error::{Error, Result};
 pub use registry::{Builder, Registry, parse_params};
 pub use runner::{

@@ -71,6 +71,9 @@ pub enum FaultKind {
     BadOutcome,
     /// A demonstration was asked of an environment that has no expert answer.
     NoExpert,
+    /// The episode's actor process left the job and the episode could not be played again
+    /// before the job ended (reported by the coordinator at shutdown, so accounting closes).
+    ActorLost,
 }
 
 impl FaultKind {
@@ -84,6 +87,7 @@ impl FaultKind {
             FaultKind::TurnLimit => "fault/turn_limit",
             FaultKind::BadOutcome => "fault/bad_outcome",
             FaultKind::NoExpert => "fault/no_expert",
+            FaultKind::ActorLost => "fault/actor_lost",
         }
     }
 }

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kaizen_actors::SamplingConfig;
 use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, NftConfig, PpoConfig};
 use kaizen_model::LlamaConfig;
 use kaizen_tracking::TrackingConfig;
+use kaizen_transport::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -16,7 +16,10 @@ use crate::schedule::SchedulerType;
 use crate::score_stages::ScoreConfig;
 
 mod algorithm;
+mod cluster;
 mod overrides;
+
+pub use cluster::ClusterConfig;
 
 use overrides::{apply_override, expand_table};
 pub use overrides::{expand_path, kaizen_cache};
@@ -88,6 +91,9 @@ pub struct JobConfig {
     /// Run store and MLflow mirror.
     #[serde(default)]
     pub tracking: TrackingConfig,
+    /// Multi-process jobs (`kaizen launch`): ports, timeouts, size limits.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// `[run]`.

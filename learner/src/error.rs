@@ -20,9 +20,9 @@ pub enum Error {
     /// An environment could not be built.
     #[error(transparent)]
     Env(#[from] kaizen_envs::Error),
-    /// The actors failed.
+    /// The transport to the actors failed (submitting, receiving, publishing weights).
     #[error(transparent)]
-    Actors(#[from] kaizen_actors::Error),
+    Transport(#[from] kaizen_transport::Error),
     /// Tracking failed.
     #[error(transparent)]
     Tracking(#[from] kaizen_tracking::Error),

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use kaizen_actors::{ActorPool, EpisodeReport, EpisodeTask, derive_seed};
 use kaizen_core::SamplingOverrides;
+use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, derive_seed};
 
 use crate::Error;
 use crate::config::EvalConfig;
@@ -19,7 +19,7 @@ pub const EVAL_SEED_OFFSET: u64 = 1 << 40;
 /// One environment to evaluate: its index among the actors' environments and name.
 #[derive(Debug, Clone)]
 pub struct EvalTarget {
-    /// Index of the evaluation slot in the actor pool.
+    /// Index of the evaluation slot in the job's environment list.
     pub slot: usize,
     /// Environment name (metric prefix).
     pub name: String,
@@ -34,7 +34,7 @@ pub struct EvalTarget {
 /// # Errors
 /// [`Error::ActorsStopped`] if the actors stop before every evaluation episode reports.
 pub fn evaluate(
-    pool: &ActorPool,
+    actors: &dyn Rollouts,
     targets: &[EvalTarget],
     config: &EvalConfig,
     seed: u64,
@@ -74,11 +74,10 @@ pub fn evaluate(
         }
         expected += config.num_problems * (1 + config.pass_k);
     }
-    pool.submit_all(tasks)?;
+    actors.submit_all(tasks)?;
     let mut reports: Vec<EpisodeReport> = Vec::with_capacity(expected);
     while reports.len() < expected {
-        let report = pool
-            .results()
+        let report = actors
             .recv()
             .map_err(|e| Error::ActorsStopped(e.to_string()))?;
         if report.task.group_id & EVAL_GROUP_BIT != 0 {

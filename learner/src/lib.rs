@@ -12,8 +12,10 @@
 //!   step's targets and each micro-batch's loss (`kaizen-algorithms`), clips the global
 //!   gradient norm and updates the weights. [`ScoreConfig`] (`[score]`) switches the loss
 //!   between SCoRe's two stages.
-//! - [`train`] runs a job: actors (`kaizen-actors`) play the environments with the newest
-//!   published weights, the learner steps (sync: actors wait; async: they keep generating,
+//! - [`train`] runs a job: actors play the environments with the newest published weights
+//!   (the learner reaches them only through `kaizen-transport`'s [`kaizen_transport::Rollouts`]
+//!   and [`kaizen_transport::WeightSink`], started by a [`Launcher`]: in this process, or in
+//!   actor processes elsewhere), the learner steps (sync: actors wait; async: they keep generating,
 //!   bounded by `max_policy_lag`), weights are published, metrics go to the trackers
 //!   (`kaizen-tracking`), evaluation runs on held-out problems, checkpoints are written
 //!   atomically and a run resumes exactly from its newest one.
@@ -25,6 +27,7 @@ mod config;
 mod critic;
 mod error;
 mod eval;
+mod launcher;
 mod learner;
 pub mod objective;
 mod optimizer;
@@ -39,12 +42,14 @@ pub use checkpoint::{
     TrainerState, checkpoints_dir, latest as latest_checkpoint, list as list_checkpoints,
 };
 pub use config::{
-    ActorsConfig, CheckpointConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig, Mode,
-    ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path, kaizen_cache,
+    ActorsConfig, CheckpointConfig, ClusterConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig,
+    Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path,
+    kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
+pub use launcher::{ActorsSpec, Launcher, StartedActors};
 pub use learner::{Learner, LearnerConfig, StepMetrics};
 pub use objective::{Algorithm, ObjectiveConfig};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use kaizen_actors::EnvSlot;
 use kaizen_core::{Message, Role, WeightsVersion};
+use kaizen_envs::EnvSlot;
 use kaizen_envs::{EpisodeLimits, demonstrate};
 use kaizen_model::{ChatTemplate, ChatThread, Tokenizer};
 

@@ -53,7 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         policy
     };
-    let metrics = evaluate_policy(&config, &policy, &Registry::with_builtins())?;
+    let metrics = evaluate_policy(
+        &config,
+        &policy,
+        &Registry::with_builtins(),
+        &kaizen_cluster::LocalLauncher,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {

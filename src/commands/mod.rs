@@ -5,6 +5,7 @@ pub mod envs;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod launch;
 pub mod report;
 pub mod runs;
 pub mod train;

@@ -25,14 +25,37 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-/// Runs `kaizen train`.
+/// Runs `kaizen train`: every part of the job in this process.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let (config_path, config, resolved) = load(&args)?;
+    run_job(
+        &args,
+        &config_path,
+        config,
+        resolved,
+        Arc::new(kaizen_cluster::LocalLauncher),
+    )
+}
+
+/// The job config of `args` (its own file, or the resumed run's), resolved with overrides.
+pub(crate) fn load(args: &Args) -> anyhow::Result<(PathBuf, JobConfig, toml::Table)> {
     let config_path = match (&args.config, &args.resume) {
         (Some(path), _) => path.clone(),
         (None, Some(run)) => run.join("config.toml"),
         (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
     };
     let (config, resolved) = JobConfig::load(&config_path, &args.overrides)?;
+    Ok((config_path, config, resolved))
+}
+
+/// Trains `config` with actors started by `launcher`, and prints the summary.
+pub(crate) fn run_job(
+    args: &Args,
+    config_path: &std::path::Path,
+    config: JobConfig,
+    resolved: toml::Table,
+    launcher: Arc<dyn kaizen_learner::Launcher>,
+) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -52,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         progress: !args.no_progress,
         registry: Registry::with_builtins(),
         resume: args.resume.clone(),
+        launcher,
     };
     let summary = train(config, resolved, options)
         .with_context(|| format!("training job {}", config_path.display()))?;

@@ -11,33 +11,28 @@ pub fn evaluate_policy(
     config: &JobConfig,
     policy: &Policy,
     registry: &Registry,
+    launcher: &dyn Launcher,
 ) -> Result<BTreeMap<String, f64>, Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
     let (slots, targets) = build_envs(config, registry)?;
-    let (publisher, _) = weight_broadcast_at(policy.model.clone(), WeightsVersion(0));
-    let pool = ActorPool::spawn(
-        runtime.handle(),
-        slots,
-        Arc::new(policy.tokenizer.clone()),
-        policy.template.clone(),
-        &publisher,
-        actor_config(config, &policy.tokenizer),
-    )?;
+    let actors = launcher.start(ActorsSpec {
+        config,
+        envs: &slots,
+        tokenizer: &policy.tokenizer,
+        template: &policy.template,
+        weights: policy.model.clone(),
+        version: WeightsVersion(0),
+    })?;
     let mut stray = Vec::new();
     let mut next = 0;
     let out = evaluate(
-        &pool,
+        actors.rollouts.as_ref(),
         &targets,
         &config.eval,
         config.run.seed,
         &mut next,
         &mut stray,
     );
-    runtime.block_on(pool.shutdown());
+    actors.rollouts.shutdown();
     out
 }
 
@@ -49,7 +44,7 @@ impl Run {
         let mut stray = Vec::new();
         let mut next = 1u64 << 50 | self.state.step << 24;
         let mut out = evaluate(
-            &self.pool,
+            self.rollouts.as_ref(),
             &self.targets,
             &self.config.eval,
             self.config.run.seed,

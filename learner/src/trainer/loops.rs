@@ -63,8 +63,7 @@ impl Run {
             return Ok(r);
         }
         let r = self
-            .pool
-            .results()
+            .rollouts
             .recv()
             .map_err(|e| Error::ActorsStopped(e.to_string()))?;
         self.counts.reported += 1;
@@ -85,10 +84,10 @@ impl Run {
                 return Ok(true);
             }
             let started = Instant::now();
-            let tokens_before = self.pool.generated_tokens();
+            let tokens_before = self.rollouts.generated_tokens();
             let mut groups: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
             let tasks = self.next_groups(b);
-            self.pool.submit_all(tasks)?;
+            self.rollouts.submit_all(tasks)?;
             for _ in 0..b * g {
                 let r = self.recv()?;
                 groups.entry(r.task.group_id).or_default().push(r);
@@ -107,7 +106,7 @@ impl Run {
                 }
                 rounds += 1;
                 let tasks = self.next_groups(flat.len());
-                self.pool.submit_all(tasks)?;
+                self.rollouts.submit_all(tasks)?;
                 let mut fresh: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
                 for _ in 0..flat.len() * g {
                     let r = self.recv()?;
@@ -129,7 +128,7 @@ impl Run {
                 }
             }
             let generation = started.elapsed().as_secs_f64();
-            let generated = self.pool.generated_tokens() - tokens_before;
+            let generated = self.rollouts.generated_tokens() - tokens_before;
             let reports: Vec<EpisodeReport> = groups.into_values().flatten().collect();
             let mut metrics = self.step_with(reports)?;
             metrics.insert("time/generation".into(), generation);
@@ -148,10 +147,10 @@ impl Run {
         let g = self.config.grpo.num_generations;
         let in_flight = b * (self.config.learner.max_policy_lag as usize + 1);
         let tasks = self.next_groups(in_flight);
-        self.pool.submit_all(tasks)?;
+        self.rollouts.submit_all(tasks)?;
         let mut pending: HashMap<u64, Vec<EpisodeReport>> = HashMap::new();
         let mut ready: Vec<Vec<EpisodeReport>> = Vec::new();
-        let mut tokens_mark = self.pool.generated_tokens();
+        let mut tokens_mark = self.rollouts.generated_tokens();
         let mut mark = Instant::now();
         while self.more_steps() {
             if stop.load(Ordering::SeqCst) {
@@ -172,8 +171,8 @@ impl Run {
             let waiting = wait_start.elapsed().as_secs_f64();
             let take: Vec<Vec<EpisodeReport>> = ready.drain(..b).collect();
             let elapsed = mark.elapsed().as_secs_f64();
-            let generated = self.pool.generated_tokens() - tokens_mark;
-            tokens_mark = self.pool.generated_tokens();
+            let generated = self.rollouts.generated_tokens() - tokens_mark;
+            tokens_mark = self.rollouts.generated_tokens();
             mark = Instant::now();
             let mut reports: Vec<EpisodeReport> = take.into_iter().flatten().collect();
             reports.sort_by_key(|r| (r.task.group_id, r.task.sample));
@@ -183,10 +182,10 @@ impl Run {
                 "actor_tokens_per_s".into(),
                 generated as f64 / elapsed.max(1e-9),
             );
-            metrics.insert("queue_depth".into(), self.pool.results().len() as f64);
+            metrics.insert("queue_depth".into(), self.rollouts.ready() as f64);
             // Keep the actors busy: replace the groups just consumed.
             let tasks = self.next_groups(b);
-            self.pool.submit_all(tasks)?;
+            self.rollouts.submit_all(tasks)?;
             self.finish_step(metrics)?;
         }
         self.counts.unused += pending.values().map(|v| v.len() as u64).sum::<u64>()

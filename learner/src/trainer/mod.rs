@@ -17,16 +17,13 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use kaizen_actors::{
-    ActorConfig, ActorPool, EngineConfig, EnvSlot, EpisodeReport, EpisodeTask, WeightPublisher,
-    derive_seed, weight_broadcast_at,
-};
 use kaizen_core::{SamplingOverrides, Trajectory, WeightsVersion};
-use kaizen_envs::{EpisodeLimits, Registry};
+use kaizen_envs::{EnvSlot, Registry};
 use kaizen_model::{ChatTemplate, Llama, LlamaConfig, Policy};
 use kaizen_tracking::{
     LocalStore, LocalTracker, Metric, MlflowTracker, Params, RunSpec, RunStatus, Tracker, Trackers,
 };
+use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, WeightSink, derive_seed};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,6 +32,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::{JobConfig, Mode};
 use crate::critic::Critic;
 use crate::eval::{EVAL_GROUP_BIT, EvalTarget, evaluate};
+use crate::launcher::{ActorsSpec, Launcher, StartedActors};
 use crate::learner::{Learner, StepMetrics};
 use crate::optimizer::AdamW;
 use crate::samples::Sample;
@@ -53,8 +51,8 @@ mod warm_start;
 
 pub use evaluation::evaluate_policy;
 use reporting::{episode_metrics, report_metrics};
-use setup::{actor_config, load_policy_template, rl_schedule};
 pub use setup::{build_envs, load_policy, resolve_model_source};
+use setup::{load_policy_template, rl_schedule};
 
 /// How `train` runs, besides the job config.
 pub struct TrainOptions {
@@ -69,6 +67,8 @@ pub struct TrainOptions {
     pub registry: Registry,
     /// Continue this run directory from its newest checkpoint instead of starting a new run.
     pub resume: Option<PathBuf>,
+    /// Starts the actors (in this process, or actor processes joining over the network).
+    pub launcher: Arc<dyn Launcher>,
 }
 
 /// Counts of episodes, so nothing is lost silently: at the end of a run `submitted = reported`
@@ -134,8 +134,10 @@ struct Run {
     config: JobConfig,
     run_dir: PathBuf,
     trackers: Trackers,
-    pool: ActorPool,
-    publisher: WeightPublisher,
+    /// The actors, wherever they run.
+    rollouts: Box<dyn Rollouts>,
+    /// Where new weights go.
+    weights: Box<dyn WeightSink>,
     learner: Learner,
     policy_parts: (kaizen_model::Tokenizer, ChatTemplate),
     state: TrainerState,
@@ -161,9 +163,10 @@ pub fn train(
     resolved: toml::Table,
     options: TrainOptions,
 ) -> Result<TrainSummary, Error> {
+    // Runs the expert demonstrations of an SFT warm start (environments only, no policy).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("kaizen-actor")
+        .thread_name("kaizen-demo")
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
@@ -340,17 +343,14 @@ pub fn train(
         };
         learner.set_critic(critic);
     }
-    let (publisher, _) =
-        weight_broadcast_at(learner.policy(), WeightsVersion(state.weights_version));
-    let actor_config = actor_config(&config, &tokenizer);
-    let pool = ActorPool::spawn(
-        runtime.handle(),
-        slots.clone(),
-        Arc::new(tokenizer.clone()),
-        template.clone(),
-        &publisher,
-        actor_config,
-    )?;
+    let StartedActors { rollouts, weights } = options.launcher.start(ActorsSpec {
+        config: &config,
+        envs: &slots,
+        tokenizer: &tokenizer,
+        template: &template,
+        weights: learner.policy(),
+        version: WeightsVersion(state.weights_version),
+    })?;
     let samples_path = run_dir.join("samples.jsonl");
     let samples_file = std::fs::OpenOptions::new()
         .create(true)
@@ -372,8 +372,8 @@ pub fn train(
         config,
         run_dir,
         trackers,
-        pool,
-        publisher,
+        rollouts,
+        weights,
         learner,
         policy_parts: (tokenizer, template),
         counts: state.episodes,
@@ -408,8 +408,7 @@ pub fn train(
     // Episodes still running or unread when the run ends come back here: they are reported and
     // unused, so the final accounting (logged as `episodes/*`) closes:
     // submitted = reported = trained + faulted + unused.
-    let pool = run.pool;
-    let leftovers = runtime.block_on(pool.shutdown());
+    let leftovers = run.rollouts.shutdown();
     run.counts.reported += leftovers.len() as u64;
     run.counts.unused += leftovers.len() as u64;
     let final_counts: Vec<Metric> = count_metrics(&run.counts)

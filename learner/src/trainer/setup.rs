@@ -1,5 +1,4 @@
-//! A job's parts: the policy, the environments (training and evaluation variants) and the
-//! actors' configuration.
+//! A job's parts: the policy and the environments (training and evaluation variants).
 
 use super::*;
 
@@ -89,28 +88,6 @@ pub(super) fn rl_schedule(config: &JobConfig) -> Schedule {
         warmup_steps: config.optim.warmup_steps,
         total_steps: config.run.max_steps,
         kind: config.optim.lr_scheduler_type,
-    }
-}
-
-/// The actors' configuration of a job.
-pub(super) fn actor_config(config: &JobConfig, tokenizer: &kaizen_model::Tokenizer) -> ActorConfig {
-    ActorConfig {
-        actors: config.actors.count,
-        episodes_in_flight: config.actors.episodes_in_flight,
-        sampling: config.sampling.clone(),
-        limits: EpisodeLimits {
-            env_call_timeout: Duration::from_secs_f64(config.actors.env_timeout_s),
-            respond_timeout: None,
-            max_turns: config.actors.max_turns,
-        },
-        engine: EngineConfig::new(
-            tokenizer,
-            match config.run.mode {
-                Mode::Sync => None,
-                Mode::Async => Some(Duration::from_millis(20)),
-            },
-        ),
-        results_capacity: (config.grpo.prompts_per_step * config.grpo.num_generations).max(16),
     }
 }
 

@@ -29,7 +29,7 @@ impl Run {
             }
         }
         self.counts.trained += trajectories.len() as u64;
-        let newest = self.publisher.version();
+        let newest = self.weights.version();
         if let Some(score) = &self.config.score {
             let stage = score.stage_at(self.state.step);
             if self.state.step == score.stage1_steps && stage == ScoreStage::Two {
@@ -44,7 +44,7 @@ impl Run {
         let learner_metrics = self.learner.rl_step(&trajectories, newest)?;
         metrics.extend(learner_metrics);
         metrics.insert("time/learning".into(), learn_start.elapsed().as_secs_f64());
-        let version = self.publisher.publish(self.learner.policy());
+        let version = self.weights.publish(self.learner.policy())?;
         self.state.weights_version = version.0;
         metrics.insert("weights_version".into(), version.0 as f64);
         Ok(metrics)
@@ -55,6 +55,7 @@ impl Run {
         self.state.optimizer_steps = self.learner.steps();
         let step = self.state.step;
         metrics.extend(count_metrics(&self.counts));
+        metrics.extend(self.rollouts.metrics());
         self.log(&metrics, step);
         if let Some(bar) = &self.progress {
             let get = |k: &str| metrics.get(k).copied().unwrap_or(f64::NAN);

@@ -127,7 +127,7 @@ impl Run {
             AdamW::new(self.config.optim.adamw()),
             rl_schedule(&self.config),
         );
-        let version = self.publisher.publish(self.learner.policy());
+        let version = self.weights.publish(self.learner.policy())?;
         self.state.weights_version = version.0;
         Ok(())
     }

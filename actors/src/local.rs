@@ -1,0 +1,114 @@
+//! Actors in this process behind the transport interfaces ([`Rollouts`], [`WeightSink`]).
+
+use std::sync::Arc;
+
+use kaizen_core::WeightsVersion;
+use kaizen_envs::EnvSlot;
+use kaizen_model::{ChatTemplate, Llama, Tokenizer};
+use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, WeightSink};
+
+use crate::{ActorConfig, ActorPool, Error, WeightPublisher, weight_broadcast_at};
+
+/// An [`ActorPool`] on its own tokio runtime: the in-process implementation of [`Rollouts`].
+/// Its weight stream is the [`WeightPublisher`] returned by [`LocalActors::spawn`].
+pub struct LocalActors {
+    pool: Option<ActorPool>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl LocalActors {
+    /// Starts `config.actors` actors on a new runtime (`worker_threads` tokio workers), decoding
+    /// with `weights` (as version `version`) until the returned publisher publishes newer ones.
+    ///
+    /// # Errors
+    /// As [`ActorPool::spawn`]; [`Error::Spawn`] if the runtime cannot start.
+    pub fn spawn(
+        envs: Vec<EnvSlot>,
+        tokenizer: Arc<Tokenizer>,
+        template: ChatTemplate,
+        weights: Llama,
+        version: WeightsVersion,
+        config: ActorConfig,
+        worker_threads: usize,
+    ) -> Result<(Self, WeightPublisher), Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("kaizen-actor")
+            .enable_all()
+            .build()?;
+        let (publisher, _) = weight_broadcast_at(weights, version);
+        let pool = ActorPool::spawn(
+            runtime.handle(),
+            envs,
+            tokenizer,
+            template,
+            &publisher,
+            config,
+        )?;
+        Ok((
+            Self {
+                pool: Some(pool),
+                runtime,
+            },
+            publisher,
+        ))
+    }
+
+    /// The pool (present until shutdown).
+    pub fn pool(&self) -> &ActorPool {
+        self.pool.as_ref().expect("the pool lives until shutdown")
+    }
+
+    /// The runtime the actors run on.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+}
+
+impl From<Error> for kaizen_transport::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Closed(task) => Self::Closed(task),
+            Error::UnknownEnv { task, env, count } => Self::UnknownEnv { task, env, count },
+            other => Self::Stopped(other.to_string()),
+        }
+    }
+}
+
+impl Rollouts for LocalActors {
+    fn submit_all(&self, tasks: Vec<EpisodeTask>) -> Result<(), kaizen_transport::Error> {
+        Ok(self.pool().submit_all(tasks)?)
+    }
+
+    fn recv(&self) -> Result<EpisodeReport, kaizen_transport::Error> {
+        self.pool()
+            .results()
+            .recv()
+            .map_err(|e| kaizen_transport::Error::Stopped(e.to_string()))
+    }
+
+    fn ready(&self) -> usize {
+        self.pool().results().len()
+    }
+
+    fn generated_tokens(&self) -> u64 {
+        self.pool().generated_tokens()
+    }
+
+    fn shutdown(mut self: Box<Self>) -> Vec<EpisodeReport> {
+        let Some(pool) = self.pool.take() else {
+            return Vec::new();
+        };
+        self.runtime.block_on(pool.shutdown()).try_iter().collect()
+    }
+}
+
+impl WeightSink for WeightPublisher {
+    fn publish(&self, model: Llama) -> Result<WeightsVersion, kaizen_transport::Error> {
+        Ok(WeightPublisher::publish(self, model))
+    }
+
+    fn version(&self) -> WeightsVersion {
+        WeightPublisher::version(self)
+    }
+}

@@ -1,0 +1,24 @@
+//! # kaizen-cluster
+//!
+//! Where a job's parts run. The learner's training loop reaches its actors only through
+//! `kaizen-transport`'s interfaces, started by a [`kaizen_learner::Launcher`]; this crate has
+//! the launchers and the actor role:
+//!
+//! - [`LocalLauncher`]: actors as tokio tasks in this process (`kaizen train`).
+//! - [`CoordinatorLauncher`]: the learner serves a gRPC coordinator; actor processes on any
+//!   host join it ([`run_actor`]) — `kaizen launch`.
+//! - [`LaunchEnv`]: rank, world size and the coordinator's address from torchrun's or Slurm's
+//!   environment variables.
+#![warn(missing_docs)]
+
+mod actor;
+mod error;
+mod launch_env;
+mod local;
+mod remote;
+
+pub use actor::{ActorOptions, ActorSummary, run_actor};
+pub use error::ClusterError;
+pub use launch_env::{LaunchEnv, first_host};
+pub use local::{LocalLauncher, actor_config};
+pub use remote::{CoordinatorLauncher, job_fingerprint};

@@ -1,0 +1,58 @@
+//! Actors in the learner's process: an `ActorPool` behind the transport interfaces.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kaizen_actors::{ActorConfig, EngineConfig, LocalActors};
+use kaizen_envs::EpisodeLimits;
+use kaizen_learner::{ActorsSpec, Error, JobConfig, Launcher, Mode, StartedActors};
+use kaizen_model::Tokenizer;
+
+/// Tokio worker threads of the actors' runtime (episodes are light; decode runs on the
+/// engines' own threads).
+const WORKER_THREADS: usize = 2;
+
+/// The actors' configuration of a job (`[actors]`, `[sampling]`, the mode's batching window).
+pub fn actor_config(config: &JobConfig, tokenizer: &Tokenizer) -> ActorConfig {
+    ActorConfig {
+        actors: config.actors.count,
+        episodes_in_flight: config.actors.episodes_in_flight,
+        sampling: config.sampling.clone(),
+        limits: EpisodeLimits {
+            env_call_timeout: Duration::from_secs_f64(config.actors.env_timeout_s),
+            respond_timeout: None,
+            max_turns: config.actors.max_turns,
+        },
+        engine: EngineConfig::new(
+            tokenizer,
+            match config.run.mode {
+                Mode::Sync => None,
+                Mode::Async => Some(Duration::from_millis(20)),
+            },
+        ),
+        results_capacity: (config.grpo.prompts_per_step * config.grpo.num_generations).max(16),
+    }
+}
+
+/// Starts a job's actors in this process ([`LocalActors`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalLauncher;
+
+impl Launcher for LocalLauncher {
+    fn start(&self, spec: ActorsSpec<'_>) -> Result<StartedActors, Error> {
+        let (actors, publisher) = LocalActors::spawn(
+            spec.envs.to_vec(),
+            Arc::new(spec.tokenizer.clone()),
+            spec.template.clone(),
+            spec.weights,
+            spec.version,
+            actor_config(spec.config, spec.tokenizer),
+            WORKER_THREADS,
+        )
+        .map_err(kaizen_transport::Error::from)?;
+        Ok(StartedActors {
+            rollouts: Box::new(actors),
+            weights: Box::new(publisher),
+        })
+    }
+}
