@@ -46,3 +46,13 @@ PY
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "the data-parallel learner over MPI (kaizen-cluster, feature mpi: mpirun -n 1..3)"
+for tool in mpirun mpicc; do
+    command -v "$tool" >/dev/null || {
+        echo "$tool is needed (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev; .ci/run installs them)" >&2
+        exit 1
+    }
+done
+cargo clippy -p kaizen-cluster --features mpi --all-targets --locked -- -D warnings
+cargo test -p kaizen-cluster --features mpi --locked --test data_parallel

@@ -27,7 +27,7 @@ use kaizen_transport::wire::{
 use kaizen_transport::{EpisodeTask, Error as TransportError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{ClusterError, actor_config};
 
@@ -163,11 +163,8 @@ impl<'a> Link<'a> {
     /// client and whether the coordinator is a new incarnation (a restarted learner).
     async fn join(&mut self) -> Result<(CoordinatorClient<Channel>, bool), ClusterError> {
         let deadline = Instant::now() + self.reconnect_timeout;
-        let uri = format!("http://{}", self.options.coordinator);
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| ClusterError::Launch(format!("coordinator address {uri:?}: {e}")))?
-            .connect_timeout(self.peer_timeout)
-            .tcp_nodelay(true);
+        let endpoint =
+            kaizen_transport::wire::endpoint(&self.options.coordinator, self.peer_timeout)?;
         let mut wait = Duration::from_millis(100);
         loop {
             let attempt = async {

@@ -5,7 +5,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Gradients, Tensor};
 use kaizen_model::{CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
 
-use crate::Error;
+use crate::{Collective, Error};
 
 /// Gradients summed over a step's micro-batches, from kaizen's CPU training pass where it
 /// applies (host buffers, no tensor additions) or from burn's autodiff.
@@ -70,6 +70,30 @@ impl Accumulator {
             }
         }
         Ok(())
+    }
+
+    /// Sums the gradients across the data-parallel group (every rank ends with the total).
+    ///
+    /// # Errors
+    /// [`Error::Collective`] on burn's autodiff path (only the CPU training pass's host buffers
+    /// are reduced) or when the collective fails.
+    pub(crate) fn all_reduce(&mut self, collective: &dyn Collective) -> Result<(), Error> {
+        if collective.world_size() == 1 {
+            return Ok(());
+        }
+        match self {
+            Self::Cpu(grads) => {
+                for buffer in grads.buffers_mut() {
+                    collective.all_reduce_sum(buffer)?;
+                }
+                Ok(())
+            }
+            Self::Burn(_) => Err(Error::Collective(
+                "data-parallel steps need the CPU training pass (`learner.cpu_kernels = true`, a \
+                 float32 model on the CPU); burn's autodiff gradients are not all-reduced"
+                    .into(),
+            )),
+        }
     }
 
     /// The step's summed gradients.

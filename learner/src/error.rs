@@ -43,6 +43,10 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A collective operation of the data-parallel group failed, or the group cannot run this
+    /// step.
+    #[error("data-parallel learner: {0}")]
+    Collective(String),
     /// The actors stopped before the step's episodes came back.
     #[error("the actors stopped: {0}")]
     ActorsStopped(String),

@@ -10,6 +10,7 @@ use kaizen_core::{Trajectory, WeightsVersion};
 use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
 use serde::{Deserialize, Serialize};
 
+use crate::collective::{Collective, SingleProcess};
 use crate::Error;
 use crate::accumulator::Accumulator;
 use crate::critic::Critic;
@@ -71,6 +72,8 @@ pub struct Learner {
     objective: ObjectiveConfig,
     /// PPO's separate critic, when `ppo.critic = "separate"`.
     critic: Option<Critic>,
+    /// The data-parallel group (a group of one unless [`Learner::set_collective`]).
+    collective: Box<dyn Collective>,
 }
 
 /// Metrics of one step, keyed by their logged names.
@@ -116,6 +119,7 @@ impl Learner {
             config,
             objective,
             critic: None,
+            collective: Box::new(SingleProcess),
         }
     }
 
@@ -286,7 +290,12 @@ impl Learner {
         let mut metrics = StepMetrics::new();
         let lr = self.schedule.at(self.optimizer.step_count());
         metrics.insert("lr".into(), lr);
-        let parts = objective.micro_batches(used, self.config.gradient_accumulation_steps);
+        // Data-parallel ranks take every `world`-th micro-batch (at least one each).
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let parts = objective.micro_batches(
+            used,
+            self.config.gradient_accumulation_steps.max(world),
+        );
         let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
         // A separate critic is scored (and trained) alongside when the objective uses values.
         let critic = self
@@ -302,7 +311,7 @@ impl Learner {
         let uses_reference = objective.uses_reference();
         // Seconds in the forward pass and loss, in the backward pass and gradient accumulation.
         let (mut forward_s, mut backward_s) = (0.0, 0.0);
-        for part in parts {
+        for part in parts.into_iter().skip(rank).step_by(world) {
             // One temperature per forward pass.
             for indices in by_temperature(&part, used) {
                 let group: Vec<&Sample> = indices.iter().map(|&i| &used[i]).collect();
@@ -382,6 +391,12 @@ impl Learner {
             }
         }
         let optimizer_start = Instant::now();
+        accumulator.all_reduce(self.collective.as_ref())?;
+        if let Some(acc) = &mut critic_acc {
+            acc.all_reduce(self.collective.as_ref())?;
+        }
+        let merged = merged.all_gather(self.collective.as_ref())?;
+        let scored_tokens = self.sum_across_ranks(scored_tokens as f64)?;
         let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
@@ -403,8 +418,40 @@ impl Learner {
         merged.finish(&mut metrics);
         metrics.insert("grad_norm".into(), report.grad_norm);
         metrics.insert("grad_clip_scale".into(), report.clip_scale);
-        metrics.insert("learner_scored_tokens".into(), scored_tokens as f64);
+        metrics.insert("learner_scored_tokens".into(), scored_tokens);
         Ok(metrics)
+    }
+
+    /// `value` summed over the data-parallel group (exact for counts below 2^53).
+    fn sum_across_ranks(&self, value: f64) -> Result<f64, Error> {
+        if self.collective.world_size() == 1 {
+            return Ok(value);
+        }
+        let mut sum = 0.0;
+        for (rank, bytes) in self
+            .collective
+            .all_gather_bytes(&value.to_le_bytes())?
+            .into_iter()
+            .enumerate()
+        {
+            let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+                Error::Collective(format!("rank {rank} sent a malformed count"))
+            })?;
+            sum += f64::from_le_bytes(bytes);
+        }
+        Ok(sum)
+    }
+
+    /// The data-parallel group this learner belongs to.
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
+    }
+
+    /// Makes this learner rank `collective.rank()` of a data-parallel group: each step trains
+    /// its share of the micro-batches and sums gradients and metrics across the group. Every
+    /// rank must hold the same weights and optimizer state and be given the same steps.
+    pub fn set_collective(&mut self, collective: Box<dyn Collective>) {
+        self.collective = collective;
     }
 
     /// One supervised step (negative log-likelihood of the masked tokens, token mean over the
@@ -418,7 +465,9 @@ impl Learner {
         let lr = self.schedule.at(self.optimizer.step_count());
         let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
         let mut loss = 0.0f64;
-        for part in micro_batches(samples, self.config.gradient_accumulation_steps) {
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let parts = micro_batches(samples, self.config.gradient_accumulation_steps.max(world));
+        for part in parts.into_iter().skip(rank).step_by(world) {
             let batch = ScoreBatch {
                 sequences: part.iter().map(|&i| samples[i].tokens.clone()).collect(),
                 loss_masks: part.iter().map(|&i| samples[i].loss_mask.clone()).collect(),
@@ -432,6 +481,8 @@ impl Learner {
             loss += out.metrics.loss as f64;
             accumulator.backward(&self.model, out.loss, pass)?;
         }
+        accumulator.all_reduce(self.collective.as_ref())?;
+        let loss = self.sum_across_ranks(loss)?;
         let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
         let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);

@@ -23,6 +23,7 @@
 
 mod accumulator;
 mod checkpoint;
+mod collective;
 mod config;
 mod critic;
 mod error;
@@ -46,6 +47,7 @@ pub use config::{
     Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path,
     kaizen_cache,
 };
+pub use collective::{Collective, SingleProcess};
 pub use critic::Critic;
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};

@@ -107,9 +107,13 @@ fn episodes_over_grpc(episodes: usize, actors: usize) -> f64 {
         .expect("runtime");
     for a in 0..actors {
         rt.spawn(async move {
-            let mut client = CoordinatorClient::connect(format!("http://{addr}"))
-                .await
-                .expect("connect");
+            let channel =
+                kaizen_transport::wire::endpoint(&addr.to_string(), Duration::from_secs(5))
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .expect("connect");
+            let mut client = CoordinatorClient::new(channel);
             let reply = client
                 .join(JoinRequest {
                     protocol_version: PROTOCOL_VERSION,
@@ -207,10 +211,12 @@ fn weights_pickup() {
         .expect("runtime");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     rt.spawn(async move {
-        let mut client = CoordinatorClient::connect(format!("http://{addr}"))
+        let channel = kaizen_transport::wire::endpoint(&addr.to_string(), Duration::from_secs(5))
+            .expect("endpoint")
+            .connect()
             .await
-            .expect("connect")
-            .max_decoding_message_size(64 << 20);
+            .expect("connect");
+        let mut client = CoordinatorClient::new(channel).max_decoding_message_size(64 << 20);
         let mut stream = client
             .weights(WeightsRequest {
                 actor_id: 0,

@@ -350,6 +350,58 @@ impl MetricsAcc {
         }
     }
 
+    /// Merges every data-parallel rank's accumulated metrics, in rank order, on every rank.
+    ///
+    /// # Errors
+    /// [`Error::Collective`] when the collective fails or a rank's metrics do not decode.
+    pub fn all_gather(self, collective: &dyn crate::Collective) -> Result<Self, Error> {
+        if collective.world_size() == 1 {
+            return Ok(self);
+        }
+        let tag = |m: Merge| match m {
+            Merge::Sum => 0u8,
+            Merge::Mean(_) => 1,
+            Merge::Max => 2,
+        };
+        let mine: Vec<(String, f64, f64, u8)> = self
+            .0
+            .into_iter()
+            .map(|(name, (value, weight, merge))| (name, value, weight, tag(merge)))
+            .collect();
+        let bytes = serde_json::to_vec(&mine)
+            .map_err(|e| Error::Collective(format!("encoding step metrics: {e}")))?;
+        let mut all = Self::default();
+        for (rank, theirs) in collective.all_gather_bytes(&bytes)?.into_iter().enumerate() {
+            let theirs: Vec<(String, f64, f64, u8)> = serde_json::from_slice(&theirs)
+                .map_err(|e| Error::Collective(format!("rank {rank}'s step metrics: {e}")))?;
+            for (name, value, weight, kind) in theirs {
+                let merge = match kind {
+                    0 => Merge::Sum,
+                    1 => Merge::Mean(0.0),
+                    _ => Merge::Max,
+                };
+                let entry = all.0.entry(name).or_insert((0.0, 0.0, merge));
+                match merge {
+                    Merge::Sum => entry.0 += value,
+                    Merge::Mean(_) => {
+                        entry.0 += value;
+                        entry.1 += weight;
+                    }
+                    Merge::Max if weight > 0.0 => {
+                        entry.0 = if entry.1 == 0.0 {
+                            value
+                        } else {
+                            entry.0.max(value)
+                        };
+                        entry.1 = 1.0;
+                    }
+                    Merge::Max => {}
+                }
+            }
+        }
+        Ok(all)
+    }
+
     /// The merged values into `metrics`.
     pub fn finish(self, metrics: &mut StepMetrics) {
         for (name, (value, weight, merge)) in self.0 {

@@ -261,6 +261,8 @@ impl Coordinator {
         runtime.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .initial_stream_window_size(super::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(super::CONNECTION_WINDOW_BYTES)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;

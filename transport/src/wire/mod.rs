@@ -17,3 +17,28 @@ pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler};
 
 /// Version of the wire protocol; peers with another version are refused at join.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// HTTP/2 flow-control window per stream, both ends: large enough that a weights stream is
+/// not throttled by round trips (h2's default is 64 KiB).
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+
+/// HTTP/2 flow-control window per connection, both ends.
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+/// A client endpoint for the coordinator at `address` (`host:port`), with kaizen's transport
+/// settings (no Nagle delay, wide flow-control windows).
+///
+/// # Errors
+/// [`crate::Error::Network`] for an address that is not a valid URI authority.
+pub fn endpoint(
+    address: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, crate::Error> {
+    let uri = format!("http://{address}");
+    Ok(tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| crate::Error::Network(format!("coordinator address {uri:?}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES))
+}

@@ -44,9 +44,7 @@ impl EncodedWeights {
         let mut payload = Vec::with_capacity(total);
         let mut tensors = Vec::with_capacity(named.len());
         for (name, tensor) in named {
-            for x in &tensor.data {
-                payload.extend_from_slice(&x.to_le_bytes());
-            }
+            extend_le(&mut payload, &tensor.data);
             tensors.push(proto::TensorInfo {
                 name,
                 shape: tensor.shape.iter().map(|&d| d as u64).collect(),
@@ -127,10 +125,7 @@ impl AssembledWeights {
                 })?;
             let (values, tail) = rest.split_at(bytes);
             rest = tail;
-            let data: Vec<f32> = values
-                .chunks_exact(F32_BYTES)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data = read_le(values);
             named.insert(name, HostTensor::new(shape, data));
         }
         Llama::from_named(&self.config, &mut named, Path::new(&label), device).map_err(|e| {
@@ -142,6 +137,30 @@ impl AssembledWeights {
                 e => Error::Weights(format!("{label}: {e}")),
             }
         })
+    }
+}
+
+/// Appends `values` as little-endian bytes (one copy on little-endian hosts).
+fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        for x in values {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+}
+
+/// Little-endian bytes (a whole number of values) as f32 values.
+fn read_le(bytes: &[u8]) -> Vec<f32> {
+    if cfg!(target_endian = "little") {
+        // Copies into an aligned buffer; the payload's alignment is not guaranteed.
+        bytemuck::pod_collect_to_vec(bytes)
+    } else {
+        bytes
+            .chunks_exact(F32_BYTES)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 }
 
