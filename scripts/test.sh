@@ -47,12 +47,13 @@ PY
 step "cargo test"
 cargo test --workspace --locked
 
-step "the data-parallel learner over MPI (kaizen-cluster, feature mpi: mpirun -n 1..3)"
+step "the data-parallel learner over MPI (feature mpi: mpirun -n 1..3; the tiny job as 4 processes)"
 for tool in mpirun mpicc; do
     command -v "$tool" >/dev/null || {
         echo "$tool is needed (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev; .ci/run installs them)" >&2
         exit 1
     }
 done
-cargo clippy -p kaizen-cluster --features mpi --all-targets --locked -- -D warnings
+cargo clippy --workspace --features mpi --all-targets --locked -- -D warnings
 cargo test -p kaizen-cluster --features mpi --locked --test data_parallel
+cargo test --features mpi --locked --test cluster two_learner_ranks

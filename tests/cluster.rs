@@ -474,3 +474,98 @@ fn roles_in_separate_network_namespaces() {
         "the learner saw the actor join from the other namespace's address"
     );
 }
+
+/// The tiny job as 4 processes — 2 data-parallel learner ranks (an MPI group) and 2 actor
+/// processes — against 1 process: the same metrics up to the order of float additions in the
+/// summed gradients (every episode identical, learner figures within 1e-4 relative).
+#[cfg(feature = "mpi")]
+#[test]
+fn two_learner_ranks_and_two_actor_processes_match_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs_a = tmp.path().join("a");
+    let cfg_a = write(tmp.path(), "a.toml", &small_job(&runs_a, 3));
+    kaizen(&[
+        "train",
+        cfg_a.to_str().unwrap(),
+        "--no-progress",
+        "--set",
+        "actors.count=2",
+    ]);
+    let runs_b = tmp.path().join("b");
+    let cfg_b = write(tmp.path(), "b.toml", &small_job(&runs_b, 3));
+    let cfg = cfg_b.to_str().unwrap();
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let mut procs = Procs::new(tmp.path());
+    procs.spawn(
+        "learners",
+        "mpirun",
+        &[
+            "--oversubscribe",
+            "-n",
+            "2",
+            KAIZEN,
+            "launch",
+            cfg,
+            "--role",
+            "learner",
+            "--coordinator",
+            &coordinator,
+            "--no-progress",
+            "--set",
+            "cluster.learners=2",
+            "--set",
+            "cluster.actor_processes=2",
+        ],
+        &[
+            ("OMPI_ALLOW_RUN_AS_ROOT", "1".into()),
+            ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1".into()),
+        ],
+    );
+    for name in ["actor1", "actor2"] {
+        procs.spawn(
+            name,
+            KAIZEN,
+            &[
+                "launch",
+                cfg,
+                "--role",
+                "actor",
+                "--coordinator",
+                &coordinator,
+                "--set",
+                "actors.count=1",
+            ],
+            &[],
+        );
+    }
+    procs.wait_ok("learners", Duration::from_secs(600));
+    procs.wait_ok("actor1", Duration::from_secs(60));
+    procs.wait_ok("actor2", Duration::from_secs(60));
+    assert!(
+        procs
+            .log("learners")
+            .contains("learner rank 1: 3 data-parallel steps"),
+        "rank 1 took every step:\n{}",
+        procs.log("learners")
+    );
+    let (a, b) = (
+        job_metrics(&run_dir(&runs_a, "e2e")),
+        job_metrics(&run_dir(&runs_b, "e2e")),
+    );
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same metrics"
+    );
+    let mut worst = (String::new(), 0.0f64);
+    for ((k, s), v) in &a {
+        let w = b[&(k.clone(), *s)];
+        let rel = (v - w).abs() / v.abs().max(1.0);
+        if rel > worst.1 {
+            worst = (format!("{k}@{s}: {v} vs {w}"), rel);
+        }
+    }
+    eprintln!("largest relative difference: {} ({:e})", worst.0, worst.1);
+    assert!(worst.1 <= 1e-4, "largest difference {}", worst.0);
+    assert_accounting_closes(&run_dir(&runs_b, "e2e"));
+}

@@ -80,7 +80,7 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
         // checkpoint), episodes its previous incarnation handed out are abandoned with the pool,
         // so none of them is reported to the new one.
         loop {
-            let (first, stream) = link.first_weights(client.take()).await?;
+            let (first, stream, joined) = link.first_weights(client.take()).await?;
             let version = first.version;
             let model = to_model(first, &options.device).await?;
             let (publisher, _) = weight_broadcast_at(model, version);
@@ -97,7 +97,7 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
                 version = version.0,
                 "actor process playing"
             );
-            let outcome = link.serve(&pool, &publisher, Some(stream)).await;
+            let outcome = link.serve(&pool, &publisher, joined, stream).await;
             let abandoned = pool.shutdown().await.len();
             match outcome? {
                 Served::Ended => return Ok(link.summary),
@@ -232,12 +232,19 @@ impl<'a> Link<'a> {
         }
     }
 
-    /// Joins (unless `client` already has) and waits for the current weights; returns them and
-    /// the open weights stream.
+    /// Joins (unless `client` already has) and waits for the current weights; returns them, the
+    /// open weights stream and the joined client.
     async fn first_weights(
         &mut self,
         client: Option<CoordinatorClient<Channel>>,
-    ) -> Result<(AssembledWeights, tonic::Streaming<WeightsChunk>), ClusterError> {
+    ) -> Result<
+        (
+            AssembledWeights,
+            tonic::Streaming<WeightsChunk>,
+            CoordinatorClient<Channel>,
+        ),
+        ClusterError,
+    > {
         let mut client = match client {
             Some(c) => c,
             None => self.join().await?.0,
@@ -259,7 +266,7 @@ impl<'a> Link<'a> {
                 .ok_or_else(|| TransportError::Network("weights stream ended".into()))?;
             if let Some(w) = assembler.push(chunk)? {
                 self.summary.weight_versions += 1;
-                return Ok((w, stream));
+                return Ok((w, stream, client));
             }
         }
     }
@@ -269,9 +276,12 @@ impl<'a> Link<'a> {
         &mut self,
         pool: &ActorPool,
         publisher: &WeightPublisher,
-        mut weights: Option<tonic::Streaming<WeightsChunk>>,
+        joined: CoordinatorClient<Channel>,
+        weights: tonic::Streaming<WeightsChunk>,
     ) -> Result<Served, ClusterError> {
-        let mut client: Option<CoordinatorClient<Channel>> = None;
+        // The first session continues the join and weights stream of `first_weights`.
+        let mut client = Some(joined);
+        let mut weights = Some(weights);
         // Tasks wait here until the actor holds the weights they were submitted with.
         let (feed_tx, feed_rx) = mpsc::unbounded_channel::<(u64, Vec<EpisodeTask>)>();
         let feeder = tokio::spawn(feed(feed_rx, pool_submitter(pool), publisher.clone()));

@@ -28,8 +28,8 @@ impl MpiCollective {
     /// [`ClusterError::Launch`] when MPI was already initialised or gives less than serialised
     /// threading.
     pub fn init() -> Result<Self, ClusterError> {
-        let (universe, threading) =
-            mpi::initialize_with_threading(mpi::Threading::Serialized).ok_or_else(|| {
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            .ok_or_else(|| {
                 ClusterError::Launch("MPI is already initialised in this process".into())
             })?;
         if threading < mpi::Threading::Serialized {
@@ -74,11 +74,18 @@ impl Collective for MpiCollective {
             let mut buffer = if root == self.world.rank() {
                 bytes.to_vec()
             } else {
-                vec![0u8; usize::try_from(len).map_err(|_| {
-                    Error::Collective(format!("rank {root} announced {len} bytes"))
-                })?]
+                vec![
+                    0u8;
+                    usize::try_from(len).map_err(|_| {
+                        Error::Collective(format!("rank {root} announced {len} bytes"))
+                    })?
+                ]
             };
-            process.broadcast_into(&mut buffer[..]);
+            // An empty buffer is not broadcast (MPI rejects a null buffer); every rank knows
+            // the length by now.
+            if !buffer.is_empty() {
+                process.broadcast_into(&mut buffer[..]);
+            }
             out.push(buffer);
         }
         Ok(out)

@@ -10,9 +10,9 @@ use kaizen_core::{Trajectory, WeightsVersion};
 use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
 use serde::{Deserialize, Serialize};
 
-use crate::collective::{Collective, SingleProcess};
 use crate::Error;
 use crate::accumulator::Accumulator;
+use crate::collective::{Collective, SingleProcess};
 use crate::critic::Critic;
 use crate::objective::dpo::Dpo;
 use crate::objective::{
@@ -292,10 +292,8 @@ impl Learner {
         metrics.insert("lr".into(), lr);
         // Data-parallel ranks take every `world`-th micro-batch (at least one each).
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
-        let parts = objective.micro_batches(
-            used,
-            self.config.gradient_accumulation_steps.max(world),
-        );
+        let parts =
+            objective.micro_batches(used, self.config.gradient_accumulation_steps.max(world));
         let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
         // A separate critic is scored (and trained) alongside when the objective uses values.
         let critic = self
@@ -434,12 +432,18 @@ impl Learner {
             .into_iter()
             .enumerate()
         {
-            let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
-                Error::Collective(format!("rank {rank} sent a malformed count"))
-            })?;
+            let bytes: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| Error::Collective(format!("rank {rank} sent a malformed count")))?;
             sum += f64::from_le_bytes(bytes);
         }
         Ok(sum)
+    }
+
+    /// Takes the learner out of its data-parallel group (it becomes a group of one) and returns
+    /// the group.
+    pub fn take_collective(&mut self) -> Box<dyn Collective> {
+        std::mem::replace(&mut self.collective, Box::new(SingleProcess))
     }
 
     /// The data-parallel group this learner belongs to.

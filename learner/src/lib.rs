@@ -42,12 +42,12 @@ mod trainer;
 pub use checkpoint::{
     TrainerState, checkpoints_dir, latest as latest_checkpoint, list as list_checkpoints,
 };
+pub use collective::{Collective, SingleProcess};
 pub use config::{
     ActorsConfig, CheckpointConfig, ClusterConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig,
     Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path,
     kaizen_cache,
 };
-pub use collective::{Collective, SingleProcess};
 pub use critic::Critic;
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
@@ -61,6 +61,6 @@ pub use schedule::{Schedule, SchedulerType};
 pub use score_stages::{ScoreConfig, ScoreStage};
 pub use sft_data::{chat_samples, demonstration_samples};
 pub use trainer::{
-    EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, is_training_group,
-    load_policy, resolve_model_source, train,
+    EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, follow,
+    is_training_group, load_policy, resolve_model_source, train,
 };

@@ -8,6 +8,8 @@ use anyhow::Context;
 use burn::tensor::Device;
 use kaizen_cluster::{ActorOptions, CoordinatorLauncher, LaunchEnv, job_fingerprint, run_actor};
 use kaizen_envs::Registry;
+#[cfg(feature = "mpi")]
+use kaizen_learner::Collective;
 
 use super::train;
 
@@ -62,14 +64,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         role => role,
     };
-    if role == Role::Learner && rank.unwrap_or(0) > 0 {
-        anyhow::bail!(
-            "learner rank {} of `cluster.learners` = {}: the data-parallel learner is not built \
-             yet; use one learner rank",
-            rank.unwrap_or(0),
-            config.cluster.learners
-        );
-    }
+    // Learner ranks form an MPI group of their own (`mpirun -n L kaizen launch --role
+    // learner`); MPI gives each its rank. A learner of one needs no MPI.
+    let group = if role == Role::Learner {
+        learner_group(&config)?
+    } else {
+        None
+    };
+    let group = match group {
+        Some(group) if group.rank() > 0 => {
+            let rank = group.rank();
+            tracing::info!(rank, world = group.world_size(), "learner follower rank");
+            let steps =
+                kaizen_learner::follow(&config, learner_group_box(group), &Device::default())?;
+            println!("learner rank {rank}: {steps} data-parallel steps");
+            return Ok(());
+        }
+        group => group,
+    };
     let port = env
         .as_ref()
         .and_then(|e| e.master_port)
@@ -94,12 +106,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let bind = SocketAddr::from(([0, 0, 0, 0], port));
             tracing::info!(%bind, fingerprint, "learner: serving the coordinator");
             let launcher = CoordinatorLauncher { bind, fingerprint };
+            let collective = group.map(learner_group_box);
             train::run_job(
                 &args.job,
                 &config_path,
                 config,
                 resolved,
                 Arc::new(launcher),
+                collective,
             )
         }
         Role::Actor | Role::Auto => {
@@ -129,4 +143,71 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The learner's data-parallel group: MPI when the learner ranks were started by an MPI
+/// launcher with more than one rank (or `cluster.learners` > 1); `None` for a learner of one.
+#[cfg(feature = "mpi")]
+fn learner_group(config: &kaizen_learner::JobConfig) -> anyhow::Result<Option<MpiGroup>> {
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(1);
+    if launched <= 1 && config.cluster.learners <= 1 {
+        return Ok(None);
+    }
+    let group = kaizen_cluster::MpiCollective::init()?;
+    if group.world_size() != config.cluster.learners {
+        anyhow::bail!(
+            "`cluster.learners` = {} but MPI started {} learner ranks: start them with \
+             `mpirun -n {} kaizen launch ... --role learner`",
+            config.cluster.learners,
+            group.world_size(),
+            config.cluster.learners
+        );
+    }
+    Ok(Some(group))
+}
+
+#[cfg(feature = "mpi")]
+type MpiGroup = kaizen_cluster::MpiCollective;
+
+#[cfg(feature = "mpi")]
+fn learner_group_box(group: MpiGroup) -> Box<dyn kaizen_learner::Collective> {
+    Box::new(group)
+}
+
+/// Without the `mpi` feature a learner is one rank.
+#[cfg(not(feature = "mpi"))]
+fn learner_group(config: &kaizen_learner::JobConfig) -> anyhow::Result<Option<NoGroup>> {
+    if config.cluster.learners > 1 {
+        anyhow::bail!(
+            "`cluster.learners` = {}: data-parallel learner ranks need kaizen built with the \
+             `mpi` feature (cargo build --release --features mpi; Debian: libopenmpi-dev, \
+             libclang-dev)",
+            config.cluster.learners
+        );
+    }
+    Ok(None)
+}
+
+/// No group: a build without MPI has learners of one rank.
+#[cfg(not(feature = "mpi"))]
+enum NoGroup {}
+
+#[cfg(not(feature = "mpi"))]
+impl NoGroup {
+    fn rank(&self) -> usize {
+        match *self {}
+    }
+
+    fn world_size(&self) -> usize {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn learner_group_box(group: NoGroup) -> Box<dyn kaizen_learner::Collective> {
+    match group {}
 }

@@ -34,6 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config,
         resolved,
         Arc::new(kaizen_cluster::LocalLauncher),
+        None,
     )
 }
 
@@ -55,6 +56,7 @@ pub(crate) fn run_job(
     config: JobConfig,
     resolved: toml::Table,
     launcher: Arc<dyn kaizen_learner::Launcher>,
+    collective: Option<Box<dyn kaizen_learner::Collective>>,
 ) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -76,6 +78,7 @@ pub(crate) fn run_job(
         registry: Registry::with_builtins(),
         resume: args.resume.clone(),
         launcher,
+        collective,
     };
     let summary = train(config, resolved, options)
         .with_context(|| format!("training job {}", config_path.display()))?;

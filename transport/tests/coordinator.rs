@@ -335,7 +335,8 @@ fn a_silent_actor_is_declared_dead_within_the_timeout() {
     let started = Instant::now();
     while coordinator.stats().departed == 0 {
         assert!(
-            started.elapsed() < timeout * 3,
+            // The reaper checks every third of the timeout; slack for a loaded 2-core machine.
+            started.elapsed() < timeout * 3 + Duration::from_secs(2),
             "not declared dead after {:?}",
             started.elapsed()
         );

@@ -25,7 +25,9 @@ fn batch() -> Vec<Trajectory> {
         for sample in 0..4u64 {
             let id = group * 4 + sample;
             let len = 2 + ((group * 7 + sample * 3) % 9) as usize;
-            let completion: Vec<u32> = (0..len).map(|i| ((id * 5 + i as u64) % 60) as u32 + 4).collect();
+            let completion: Vec<u32> = (0..len)
+                .map(|i| ((id * 5 + i as u64) % 60) as u32 + 4)
+                .collect();
             out.push(Trajectory {
                 id,
                 env: "t".into(),
@@ -109,11 +111,11 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         let mut single_loss = Vec::new();
         let mut rel = Vec::new();
         let mut max_abs = 0.0f32;
-        for step in 0..2 {
+        for after_step in &dp_weights {
             single_loss.push(single.rl_step(&batch, WeightsVersion(0))?["loss"]);
             let reference = weights(&single);
             let (mut diff, mut norm) = (0.0f64, 0.0f64);
-            for (a, b) in dp_weights[step].iter().zip(&reference) {
+            for (a, b) in after_step.iter().zip(&reference) {
                 diff += f64::from(a - b).powi(2);
                 norm += f64::from(*b).powi(2);
                 max_abs = max_abs.max((a - b).abs());
@@ -126,10 +128,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             .zip(&single_loss)
             .map(|(a, b)| (a - b).abs() / b.abs().max(1e-6))
             .fold(0.0f64, f64::max);
-        let changed = mine
-            .iter()
-            .zip(&weights(&learner()?))
-            .any(|(a, b)| a != b);
+        let changed = mine.iter().zip(&weights(&learner()?)).any(|(a, b)| a != b);
         ok &= max_rel <= 1e-6 && loss_rel <= 1e-5 && changed;
         println!(
             "{{\"world\":{world},\"ranks_identical\":{identical},\"max_rel_weight_diff\":{max_rel:e},\

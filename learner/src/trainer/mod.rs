@@ -41,6 +41,7 @@ use crate::score_stages::ScoreStage;
 use crate::sft_data::{chat_samples, demonstration_samples};
 
 mod checkpointing;
+mod data_parallel;
 mod evaluation;
 mod loops;
 mod preference;
@@ -49,6 +50,7 @@ mod setup;
 mod step;
 mod warm_start;
 
+pub use data_parallel::follow;
 pub use evaluation::evaluate_policy;
 use reporting::{episode_metrics, report_metrics};
 pub use setup::{build_envs, load_policy, resolve_model_source};
@@ -69,6 +71,10 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Starts the actors (in this process, or actor processes joining over the network).
     pub launcher: Arc<dyn Launcher>,
+    /// The learner's data-parallel group when this process is its rank 0 (the other ranks run
+    /// [`follow`]); `None` for a learner of one. RL steps are data-parallel; warm-start phases
+    /// run on rank 0 alone, whose state the other ranks receive when RL starts.
+    pub collective: Option<Box<dyn crate::Collective>>,
 }
 
 /// Counts of episodes, so nothing is lost silently: at the end of a run `submitted = reported`
@@ -151,6 +157,8 @@ struct Run {
     eval_end: Option<BTreeMap<String, f64>>,
     /// When `run.time_limit_minutes` runs out.
     deadline: Option<Instant>,
+    /// The data-parallel group, until RL starts and the learner joins it.
+    collective: Option<Box<dyn crate::Collective>>,
 }
 
 /// Runs a training job to the end (or until `options.stop` is set) and returns its summary.
@@ -161,8 +169,20 @@ struct Run {
 pub fn train(
     config: JobConfig,
     resolved: toml::Table,
-    options: TrainOptions,
+    mut options: TrainOptions,
 ) -> Result<TrainSummary, Error> {
+    let collective = options.collective.take();
+    if let Some(c) = &collective
+        && c.world_size() > 1
+        && config.objective_at(0).needs_critic()
+    {
+        return Err(Error::Config {
+            path: "[ppo]".into(),
+            message: "a data-parallel learner does not train a separate PPO critic yet; use \
+                      `ppo.critic = \"shared\"` (the value head) or one learner rank"
+                .into(),
+        });
+    }
     // Runs the expert demonstrations of an SFT warm start (environments only, no policy).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -386,6 +406,7 @@ pub fn train(
         eval_start: None,
         eval_end: None,
         deadline: None,
+        collective,
     };
 
     let outcome = run.execute(&runtime, &slots, &options);
@@ -529,10 +550,18 @@ impl Run {
             self.log(&eval, 0);
             self.eval_start = Some(eval);
         }
+        // RL steps are data-parallel across the learner's group: the followers take rank 0's
+        // state now (after any warm start, or as resumed).
+        if let Some(group) = self.collective.take() {
+            self.learner.set_collective(group);
+            self.sync_followers()?;
+        }
         let killed = match self.config.run.mode {
-            Mode::Sync => self.sync_loop(&options.stop)?,
-            Mode::Async => self.async_loop(&options.stop)?,
+            Mode::Sync => self.sync_loop(&options.stop),
+            Mode::Async => self.async_loop(&options.stop),
         };
+        self.stop_followers()?;
+        let killed = killed?;
         if !killed && self.state.step < self.config.run.max_steps {
             tracing::warn!(
                 step = self.state.step,

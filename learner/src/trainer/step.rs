@@ -41,6 +41,7 @@ impl Run {
             metrics.insert("score/stage".into(), f64::from(stage.number()));
         }
         let learn_start = Instant::now();
+        self.step_followers(&trajectories, newest)?;
         let learner_metrics = self.learner.rl_step(&trajectories, newest)?;
         metrics.extend(learner_metrics);
         metrics.insert("time/learning".into(), learn_start.elapsed().as_secs_f64());

@@ -81,7 +81,9 @@ impl CpuGrads {
     /// Each parameter's gradient buffer, in a fixed order (the same on every process that
     /// built these gradients for the same model): for summing across data-parallel ranks.
     pub fn buffers_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
-        self.grads.iter_mut().map(|(_, _, values)| values.as_mut_slice())
+        self.grads
+            .iter_mut()
+            .map(|(_, _, values)| values.as_mut_slice())
     }
 
     /// The gradients as burn's [`GradientsParams`] on `device` (the model's inner device),
