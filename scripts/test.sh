@@ -8,6 +8,24 @@ source scripts/lib/venv.sh
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+step "system packages for the cluster tests (iproute2; OpenMPI and libclang for the mpi feature)"
+# The cluster tests put roles in network namespaces (`ip netns`, as root); the data-parallel
+# learner's tests need MPI (OpenMPI) and libclang (the mpi crate's bindgen).
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+ldconfig -p 2>/dev/null | grep -q 'libclang[-.]' || need+=(libclang-dev)
+if ((${#need[@]})); then
+    sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    command -v apt-get >/dev/null || {
+        echo "missing: ${need[*]} (install them with your package manager)" >&2
+        exit 1
+    }
+    "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -48,12 +66,6 @@ step "cargo test"
 cargo test --workspace --locked
 
 step "the data-parallel learner over MPI (feature mpi: mpirun -n 1..3; the tiny job as 4 processes)"
-for tool in mpirun mpicc; do
-    command -v "$tool" >/dev/null || {
-        echo "$tool is needed (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev; .ci/run installs them)" >&2
-        exit 1
-    }
-done
 cargo clippy --workspace --features mpi --all-targets --locked -- -D warnings
 cargo test -p kaizen-cluster --features mpi --locked --test data_parallel
 cargo test --features mpi --locked --test cluster two_learner_ranks

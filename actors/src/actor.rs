@@ -367,14 +367,5 @@ fn panicked(shared: &Shared, task: EpisodeTask, e: &tokio::task::JoinError) -> E
         kind: FaultKind::EnvPanic,
         message: format!("episode task failed: {e}"),
     };
-    let mut metrics = std::collections::BTreeMap::new();
-    metrics.insert("fault".into(), 1.0);
-    metrics.insert(fault.kind.metric().into(), 1.0);
-    EpisodeReport {
-        task,
-        env,
-        result: Err(fault),
-        metrics,
-        turns: Vec::new(),
-    }
+    EpisodeReport::faulted(task, env, fault)
 }

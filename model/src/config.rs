@@ -87,6 +87,27 @@ impl LlamaConfig {
         }
     }
 
+    /// SmolLM2-135M's shape (134,515,008 parameters, tied embeddings): what the GGUF and
+    /// Hugging Face files of SmolLM2-135M-Instruct declare.
+    pub fn smollm2_135m() -> Self {
+        Self {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: None,
+            rope_theta: 100000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            value_head: false,
+            initializer_range: 0.02,
+        }
+    }
+
     /// The width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.head_dim
@@ -305,22 +326,7 @@ mod tests {
 
     #[test]
     fn smollm2_parameter_count() {
-        let config = LlamaConfig {
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_hidden_layers: 30,
-            num_attention_heads: 9,
-            num_key_value_heads: 3,
-            head_dim: None,
-            rope_theta: 100000.0,
-            rms_norm_eps: 1e-5,
-            max_position_embeddings: 8192,
-            tie_word_embeddings: true,
-            attention_bias: false,
-            value_head: false,
-            initializer_range: 0.02,
-        };
+        let config = LlamaConfig::smollm2_135m();
         config.validate().unwrap();
         // transformers reports 134,515,008 parameters for SmolLM2-135M.
         assert_eq!(config.num_parameters(), 134_515_008);

@@ -182,23 +182,8 @@ fn episodes_in_process(episodes: usize) -> f64 {
 }
 
 fn weights_pickup() {
-    // SmolLM2-135M's shape (134,515,008 parameters; random weights transfer the same bytes).
-    let config = LlamaConfig {
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: None,
-        rope_theta: 100000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        value_head: false,
-        initializer_range: 0.02,
-    };
+    // SmolLM2-135M's shape (random weights transfer the same bytes).
+    let config = LlamaConfig::smollm2_135m();
     let device = Device::default();
     let initial = Llama::init(&LlamaConfig::tiny(32), &device, 1).expect("tiny");
     let c = coordinator(&initial, 16);

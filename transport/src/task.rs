@@ -41,3 +41,21 @@ pub struct EpisodeReport {
     /// The conversation as text (requests and answers), for trajectory samples.
     pub turns: Vec<Turn>,
 }
+
+impl EpisodeReport {
+    /// The report of an episode that `fault` ended before it had a trajectory (no turns), with
+    /// the `fault` and `fault/<kind>` metrics the runtime counts.
+    pub fn faulted(task: EpisodeTask, env: String, fault: Fault) -> Self {
+        let metrics = BTreeMap::from([
+            ("fault".to_string(), 1.0),
+            (fault.kind.metric().to_string(), 1.0),
+        ]);
+        Self {
+            task,
+            env,
+            result: Err(fault),
+            metrics,
+            turns: Vec::new(),
+        }
+    }
+}

@@ -489,17 +489,7 @@ fn lost_report(task: EpisodeTask, env: String) -> EpisodeReport {
         kind: FaultKind::ActorLost,
         message: "no actor process finished this episode before the job ended".into(),
     };
-    let metrics = BTreeMap::from([
-        ("fault".to_string(), 1.0),
-        (fault.kind.metric().to_string(), 1.0),
-    ]);
-    EpisodeReport {
-        task,
-        env,
-        result: Err(fault),
-        metrics,
-        turns: Vec::new(),
-    }
+    EpisodeReport::faulted(task, env, fault)
 }
 
 /// Declares actors dead after `peer_timeout` of silence, and keeps the live ones' streams warm
