@@ -172,15 +172,23 @@ impl<'a> Link<'a> {
                 let mut client = CoordinatorClient::new(channel)
                     .max_decoding_message_size(self.max_message.max(64 << 20))
                     .max_encoding_message_size(self.max_message);
-                let reply = client
-                    .join(JoinRequest {
-                        protocol_version: PROTOCOL_VERSION,
-                        job_fingerprint: self.options.fingerprint.clone(),
-                        name: self.options.name.clone(),
-                        previous_actor_id: self.actor_id,
-                        previous_incarnation: self.incarnation,
-                    })
-                    .await;
+                // A peer that accepts the connection but never answers must not hang the join.
+                let join = client.join(JoinRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    job_fingerprint: self.options.fingerprint.clone(),
+                    name: self.options.name.clone(),
+                    previous_actor_id: self.actor_id,
+                    previous_incarnation: self.incarnation,
+                });
+                let reply = match tokio::time::timeout(self.peer_timeout, join).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        return Err(format!(
+                            "no answer to join within {:.1} s (cluster.peer_timeout_s)",
+                            self.peer_timeout.as_secs_f64()
+                        ));
+                    }
+                };
                 Ok::<_, String>((client, reply))
             };
             match attempt.await {
@@ -217,7 +225,7 @@ impl<'a> Link<'a> {
                 Ok((_, Err(status))) => {
                     tracing::warn!(error = %status.message(), "join refused; retrying");
                 }
-                Err(e) => tracing::debug!(error = %e, "coordinator not reachable yet"),
+                Err(e) => tracing::info!(error = %e, "coordinator not reachable yet; retrying"),
             }
             if Instant::now() >= deadline {
                 return Err(TransportError::Network(format!(
@@ -364,10 +372,19 @@ impl<'a> Link<'a> {
                 body: Some(actor_message::Body::Report(report.clone())),
             });
         }
-        let mut inbound = match client.episodes(ReceiverStream::new(out_rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
+        let opened = tokio::time::timeout(
+            self.peer_timeout,
+            client.episodes(ReceiverStream::new(out_rx)),
+        )
+        .await;
+        let mut inbound = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "episode stream refused");
+                return Ok(false);
+            }
+            Err(_) => {
+                tracing::warn!("the coordinator did not open the episode stream in time");
                 return Ok(false);
             }
         };

@@ -22,6 +22,7 @@ if ! command -v "$kaizen" >/dev/null; then
     [[ -x $kaizen ]] || cargo build --release --locked --bin kaizen
 fi
 log_dir=${LOG_DIR:-$(mktemp -d -t kaizen-cluster.XXXXXX)}
+mkdir -p "$log_dir"
 world=$((actors + 1))
 export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 export MASTER_PORT=${MASTER_PORT:-29500}
@@ -39,8 +40,8 @@ for rank in $(seq 0 $((world - 1))); do
 done
 echo "kaizen: learner + $actors actor processes; logs in $log_dir" >&2
 # The learner's exit status is the job's; actor processes exit when it ends the job.
-wait "${pids[0]}"
-status=$?
+status=0
+wait "${pids[0]}" || status=$?
 for pid in "${pids[@]:1}"; do wait "$pid" || true; done
-tail -n 5 "$log_dir/rank0.log"
+tail -n 12 "$log_dir/rank0.log"
 exit $status

@@ -464,6 +464,7 @@ impl JobConfig {
     /// # Errors
     /// A message naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.cluster.validate()?;
         if self.envs.is_empty() {
             return Err("at least one [[env]] is required".into());
         }

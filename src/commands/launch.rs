@@ -1,7 +1,7 @@
 //! `kaizen launch`: one process of a multi-process job — the learner (which serves the
 //! coordinator) or an actor process — as a launcher (torchrun, Slurm, Kubernetes) starts it.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -117,10 +117,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         }
         Role::Actor | Role::Auto => {
-            // Resolve once here so a typo in the host fails fast with its name.
-            coordinator
-                .to_socket_addrs()
-                .with_context(|| format!("coordinator address {coordinator:?}"))?;
+            // Not resolved here: the learner's host name may appear only once it is up (a
+            // Kubernetes headless Service); the actor retries for `cluster.reconnect_timeout_s`.
             let name = args.name.clone().unwrap_or_else(|| {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "actor".into());
                 format!("{host}:{}", std::process::id())

@@ -31,6 +31,60 @@ pub struct ClusterConfig {
     pub shutdown_grace_s: f64,
 }
 
+impl ClusterConfig {
+    /// Checks the ranges serde cannot.
+    ///
+    /// # Errors
+    /// A message naming the key, its value and the range expected.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value, at_most) in [
+            ("cluster.peer_timeout_s", self.peer_timeout_s, 86_400.0),
+            (
+                "cluster.join_timeout_s",
+                self.join_timeout_s,
+                7.0 * 86_400.0,
+            ),
+            (
+                "cluster.reconnect_timeout_s",
+                self.reconnect_timeout_s,
+                7.0 * 86_400.0,
+            ),
+            ("cluster.shutdown_grace_s", self.shutdown_grace_s, 86_400.0),
+            ("cluster.max_message_mib", self.max_message_mib, 4096.0),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= at_most) {
+                return Err(format!(
+                    "`{key}` = {value}: expected a number in (0, {at_most}]"
+                ));
+            }
+        }
+        if self.peer_timeout_s < 0.05 {
+            return Err(format!(
+                "`cluster.peer_timeout_s` = {}: expected at least 0.05 (heartbeats go every third \
+                 of it)",
+                self.peer_timeout_s
+            ));
+        }
+        if self.max_message_mib < 0.01 {
+            return Err(format!(
+                "`cluster.max_message_mib` = {}: expected at least 0.01 (10 KiB; a report of a \
+                 two-turn episode is about 1 KB)",
+                self.max_message_mib
+            ));
+        }
+        for (key, value) in [
+            ("cluster.actor_processes", self.actor_processes),
+            ("cluster.learners", self.learners),
+            ("cluster.weights_chunk_kib", self.weights_chunk_kib),
+        ] {
+            if value == 0 {
+                return Err(format!("`{key}` = 0: expected at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {

@@ -127,6 +127,32 @@ fn invalid_values_name_the_key() {
     assert!(err.contains("grpo.num_generations"), "{err}");
 }
 
+/// `[cluster]` values that would panic or livelock a multi-process job are refused by name.
+#[test]
+fn cluster_ranges_are_checked() {
+    for (set, key) in [
+        ("cluster.join_timeout_s=-1", "cluster.join_timeout_s"),
+        ("cluster.peer_timeout_s=nan", "cluster.peer_timeout_s"),
+        ("cluster.peer_timeout_s=0", "cluster.peer_timeout_s"),
+        ("cluster.reconnect_timeout_s=1e30", "cluster.reconnect_timeout_s"),
+        ("cluster.max_message_mib=0", "cluster.max_message_mib"),
+        ("cluster.learners=0", "cluster.learners"),
+        ("cluster.actor_processes=0", "cluster.actor_processes"),
+        ("cluster.weights_chunk_kib=0", "cluster.weights_chunk_kib"),
+    ] {
+        let err = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[set.into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+    JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &["cluster.peer_timeout_s=5".into(), "cluster.learners=2".into()],
+    )
+    .unwrap();
+}
+
 /// `algorithm` picks the learner's objective; each algorithm's section needs it, sections an
 /// algorithm does not read are errors naming the fix, and the sections' ranges are checked.
 #[test]

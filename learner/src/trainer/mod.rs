@@ -432,6 +432,9 @@ pub fn train(
     let leftovers = run.rollouts.shutdown();
     run.counts.reported += leftovers.len() as u64;
     run.counts.unused += leftovers.len() as u64;
+    // Training reports that arrived during the final evaluation (async mode) were counted as
+    // reported then; no step takes them now.
+    run.counts.unused += run.stray.len() as u64;
     let final_counts: Vec<Metric> = count_metrics(&run.counts)
         .into_iter()
         .map(|(k, v)| Metric::new(k, v, run.state.step))
