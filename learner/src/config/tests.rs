@@ -134,7 +134,10 @@ fn cluster_ranges_are_checked() {
         ("cluster.join_timeout_s=-1", "cluster.join_timeout_s"),
         ("cluster.peer_timeout_s=nan", "cluster.peer_timeout_s"),
         ("cluster.peer_timeout_s=0", "cluster.peer_timeout_s"),
-        ("cluster.reconnect_timeout_s=1e30", "cluster.reconnect_timeout_s"),
+        (
+            "cluster.reconnect_timeout_s=1e30",
+            "cluster.reconnect_timeout_s",
+        ),
         ("cluster.max_message_mib=0", "cluster.max_message_mib"),
         ("cluster.learners=0", "cluster.learners"),
         ("cluster.actor_processes=0", "cluster.actor_processes"),
@@ -148,7 +151,10 @@ fn cluster_ranges_are_checked() {
     JobConfig::parse(
         MINIMAL,
         Path::new("job.toml"),
-        &["cluster.peer_timeout_s=5".into(), "cluster.learners=2".into()],
+        &[
+            "cluster.peer_timeout_s=5".into(),
+            "cluster.learners=2".into(),
+        ],
     )
     .unwrap();
 }
