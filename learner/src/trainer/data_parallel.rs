@@ -16,6 +16,7 @@ use burn::tensor::Device;
 use kaizen_algorithms::{AdvantageConfig, GrpoLossConfig};
 use kaizen_core::{Trajectory, WeightsVersion};
 use kaizen_model::{HostTensor, Llama, LlamaConfig};
+use kaizen_transport::wire::{extend_le, read_le};
 use serde::{Deserialize, Serialize};
 
 use super::setup::rl_schedule;
@@ -67,9 +68,7 @@ fn push_tensors(
     payload: &mut Vec<u8>,
 ) {
     for (name, t) in named {
-        for x in &t.data {
-            payload.extend_from_slice(&x.to_le_bytes());
-        }
+        extend_le(payload, &t.data);
         index.push((name, t.shape));
     }
 }
@@ -88,11 +87,7 @@ fn take_tensors(
         }
         let (bytes, rest) = payload.split_at(n * 4);
         *payload = rest;
-        let data = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.insert(name.clone(), HostTensor::new(shape.clone(), data));
+        out.insert(name.clone(), HostTensor::new(shape.clone(), read_le(bytes)));
     }
     Ok(out)
 }

@@ -13,7 +13,7 @@ mod weights;
 
 pub use convert::{report_from_proto, report_to_proto, task_from_proto, task_to_proto};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, CoordinatorWeights};
-pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler};
+pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler, extend_le, read_le};
 
 /// Version of the wire protocol; peers with another version are refused at join.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -141,7 +141,7 @@ impl AssembledWeights {
 }
 
 /// Appends `values` as little-endian bytes (one copy on little-endian hosts).
-fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
+pub fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
     if cfg!(target_endian = "little") {
         out.extend_from_slice(bytemuck::cast_slice(values));
     } else {
@@ -151,8 +151,9 @@ fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
     }
 }
 
-/// Little-endian bytes (a whole number of values) as f32 values.
-fn read_le(bytes: &[u8]) -> Vec<f32> {
+/// Little-endian bytes as f32 values; `bytes.len()` is a multiple of 4 (callers pass whole
+/// tensors, sized from their shapes).
+pub fn read_le(bytes: &[u8]) -> Vec<f32> {
     if cfg!(target_endian = "little") {
         // Copies into an aligned buffer; the payload's alignment is not guaranteed.
         bytemuck::pod_collect_to_vec(bytes)
