@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
@@ -22,7 +23,7 @@ use kaizen_transport::wire::proto::{
     coordinator_message,
 };
 use kaizen_transport::wire::{
-    AssembledWeights, PROTOCOL_VERSION, WeightsAssembler, report_to_proto, task_from_proto,
+    AssembledWeights, PROTOCOL_VERSION, WeightsAssembler, report_message, task_from_proto,
 };
 use kaizen_transport::{EpisodeTask, Error as TransportError};
 use tokio::sync::mpsc;
@@ -55,6 +56,8 @@ pub struct ActorSummary {
     pub sessions: u64,
     /// Weight versions loaded.
     pub weight_versions: u64,
+    /// Reports too large for the transport, sent as `report_too_large` faults instead.
+    pub too_large: u64,
 }
 
 /// Runs the actor role until the coordinator says the job is over.
@@ -100,7 +103,11 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
             let outcome = link.serve(&pool, &publisher, joined, stream).await;
             let abandoned = pool.shutdown().await.len();
             match outcome? {
-                Served::Ended => return Ok(link.summary),
+                Served::Ended => {
+                    let mut summary = link.summary;
+                    summary.weight_versions = link.loaded.load(Ordering::Relaxed);
+                    return Ok(summary);
+                }
                 Served::Restarted(c) => {
                     tracing::warn!(
                         abandoned,
@@ -137,11 +144,16 @@ struct Link<'a> {
     peer_timeout: Duration,
     reconnect_timeout: Duration,
     max_message: usize,
+    /// The largest report message both ends accept: the smaller of `max_message` and the
+    /// coordinator's limit (from its join reply).
+    max_report: usize,
     actor_id: u64,
     incarnation: u64,
     /// Reports sent and not acknowledged, by task id.
     unacked: BTreeMap<u64, proto::Report>,
     summary: ActorSummary,
+    /// Weight versions loaded (the weights follower counts too).
+    loaded: Arc<AtomicU64>,
 }
 
 impl<'a> Link<'a> {
@@ -152,10 +164,12 @@ impl<'a> Link<'a> {
             peer_timeout: Duration::from_secs_f64(cluster.peer_timeout_s),
             reconnect_timeout: Duration::from_secs_f64(cluster.reconnect_timeout_s),
             max_message: (cluster.max_message_mib * 1024.0 * 1024.0) as usize,
+            max_report: (cluster.max_message_mib * 1024.0 * 1024.0) as usize,
             actor_id: 0,
             incarnation: 0,
             unacked: BTreeMap::new(),
             summary: ActorSummary::default(),
+            loaded: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -206,6 +220,10 @@ impl<'a> Link<'a> {
                         self.incarnation = reply.incarnation;
                     }
                     self.actor_id = reply.actor_id;
+                    self.max_report = match usize::try_from(reply.max_message_bytes) {
+                        Ok(0) | Err(_) => self.max_message,
+                        Ok(limit) => limit.min(self.max_message),
+                    };
                     self.peer_timeout = Duration::from_secs_f64(reply.peer_timeout_s.max(0.01));
                     self.summary.sessions += 1;
                     tracing::info!(
@@ -253,28 +271,59 @@ impl<'a> Link<'a> {
         ),
         ClusterError,
     > {
-        let mut client = match client {
-            Some(c) => c,
-            None => self.join().await?.0,
+        let deadline = Instant::now() + self.reconnect_timeout;
+        let mut client = client;
+        loop {
+            let mut c = match client.take() {
+                Some(c) => c,
+                None => self.join().await?.0,
+            };
+            match self.receive_weights(&mut c).await {
+                Ok((w, stream)) => {
+                    self.loaded.fetch_add(1, Ordering::Relaxed);
+                    return Ok((w, stream, c));
+                }
+                // A checksum or format error is the peer's fault, not the link's: final.
+                Err(e @ TransportError::Protocol { .. }) => return Err(e.into()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "no weights from the coordinator; joining again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Opens the weights stream and receives the newest version; every wait is bounded by the
+    /// peer timeout.
+    async fn receive_weights(
+        &self,
+        client: &mut CoordinatorClient<Channel>,
+    ) -> Result<(AssembledWeights, tonic::Streaming<WeightsChunk>), TransportError> {
+        let silent = || {
+            TransportError::Network(format!(
+                "the coordinator sent no weights for {:.1} s (cluster.peer_timeout_s)",
+                self.peer_timeout.as_secs_f64()
+            ))
         };
-        let mut stream = client
-            .weights(WeightsRequest {
-                actor_id: self.actor_id,
-                have_version: u64::MAX,
-            })
+        let request = client.weights(WeightsRequest {
+            actor_id: self.actor_id,
+            have_version: u64::MAX,
+        });
+        let mut stream = tokio::time::timeout(self.peer_timeout, request)
             .await
+            .map_err(|_| silent())?
             .map_err(|s| TransportError::Network(s.message().to_string()))?
             .into_inner();
         let mut assembler = WeightsAssembler::new(u64::MAX, self.options.coordinator.clone());
         loop {
-            let chunk = stream
-                .message()
+            let chunk = tokio::time::timeout(self.peer_timeout, stream.message())
                 .await
+                .map_err(|_| silent())?
                 .map_err(|s| TransportError::Network(s.message().to_string()))?
                 .ok_or_else(|| TransportError::Network("weights stream ended".into()))?;
             if let Some(w) = assembler.push(chunk)? {
-                self.summary.weight_versions += 1;
-                return Ok((w, stream, client));
+                return Ok((w, stream));
             }
         }
     }
@@ -294,6 +343,7 @@ impl<'a> Link<'a> {
         let (feed_tx, feed_rx) = mpsc::unbounded_channel::<(u64, Vec<EpisodeTask>)>();
         let feeder = tokio::spawn(feed(feed_rx, pool_submitter(pool), publisher.clone()));
         let results = pool.results().clone();
+        let mut backoff = Duration::from_millis(50);
         loop {
             let mut c = match client.take() {
                 Some(c) => c,
@@ -307,35 +357,65 @@ impl<'a> Link<'a> {
                 }
             };
             let stream = match weights.take() {
-                Some(s) => s,
-                None => c
-                    .weights(WeightsRequest {
+                Some(s) => Some(s),
+                None => {
+                    let request = c.weights(WeightsRequest {
                         actor_id: self.actor_id,
                         have_version: publisher.version().0,
-                    })
-                    .await
-                    .map_err(|s| TransportError::Network(s.message().to_string()))?
-                    .into_inner(),
+                    });
+                    match tokio::time::timeout(self.peer_timeout, request).await {
+                        Ok(Ok(r)) => Some(r.into_inner()),
+                        Ok(Err(status)) => {
+                            tracing::warn!(error = %status.message(), "weights stream refused");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "the coordinator did not open the weights stream in time"
+                            );
+                            None
+                        }
+                    }
+                }
             };
-            let follower = tokio::spawn(follow_weights(
-                stream,
-                publisher.clone(),
-                self.options.device.clone(),
-                self.options.coordinator.clone(),
-            ));
-            let done = self
-                .session(&mut c, pool, publisher, &results, &feed_tx)
-                .await;
-            follower.abort();
+            let started = Instant::now();
+            let done = match stream {
+                Some(stream) => {
+                    let follower = tokio::spawn(follow_weights(
+                        stream,
+                        publisher.clone(),
+                        self.options.device.clone(),
+                        self.options.coordinator.clone(),
+                        self.loaded.clone(),
+                    ));
+                    let done = self
+                        .session(&mut c, pool, publisher, &results, &feed_tx)
+                        .await;
+                    follower.abort();
+                    done
+                }
+                None => Ok(false),
+            };
             match done {
                 Ok(true) => {
                     feeder.abort();
                     return Ok(Served::Ended);
                 }
-                Ok(false) => tracing::warn!(
-                    coordinator = %self.options.coordinator,
-                    "lost the coordinator; reconnecting"
-                ),
+                Ok(false) => {
+                    // A link that breaks right away (a peer refusing what it is sent, a
+                    // coordinator shutting down) is retried with a growing pause.
+                    if started.elapsed() < Duration::from_secs(5) {
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    } else {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(
+                        coordinator = %self.options.coordinator,
+                        retry_in_s = backoff.as_secs_f64(),
+                        "lost the coordinator; reconnecting"
+                    );
+                    tokio::time::sleep(backoff).await;
+                }
                 Err(e) => {
                     feeder.abort();
                     return Err(e);
@@ -424,11 +504,27 @@ impl<'a> Link<'a> {
                 }
                 report = results.recv_async() => {
                     let Ok(report) = report else { return Ok(true) };
-                    let mut p = report_to_proto(&report);
-                    p.generated_tokens = pool.generated_tokens();
-                    self.unacked.insert(report.task.id, p.clone());
+                    let message =
+                        match report_message(&report, pool.generated_tokens(), self.max_report) {
+                            Ok(m) => m,
+                            Err((fault, bytes)) => {
+                                // Sent as is, the peer would refuse it and the link would break
+                                // on every resend.
+                                tracing::warn!(
+                                    task = report.task.id,
+                                    bytes,
+                                    limit = self.max_report,
+                                    "report larger than the transport carries; sending a \
+                                     report_too_large fault in its place"
+                                );
+                                self.summary.too_large += 1;
+                                fault
+                            }
+                        };
+                    if let Some(actor_message::Body::Report(p)) = &message.body {
+                        self.unacked.insert(report.task.id, p.clone());
+                    }
                     self.summary.reports += 1;
-                    let message = ActorMessage { body: Some(actor_message::Body::Report(p)) };
                     if out.send(message).await.is_err() {
                         return Ok(false);
                     }
@@ -488,6 +584,7 @@ async fn follow_weights(
     publisher: WeightPublisher,
     device: Device,
     peer: String,
+    loaded: Arc<AtomicU64>,
 ) {
     let mut assembler = WeightsAssembler::new(u64::MAX, peer);
     loop {
@@ -495,7 +592,7 @@ async fn follow_weights(
             Ok(Some(c)) => c,
             Ok(None) => return,
             Err(status) => {
-                tracing::debug!(error = %status.message(), "weights stream ended");
+                tracing::warn!(error = %status.message(), "weights stream broken");
                 return;
             }
         };
@@ -505,6 +602,7 @@ async fn follow_weights(
                 match to_model(w, &device).await {
                     Ok(model) => {
                         publisher.publish_version(model, version);
+                        loaded.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(version = version.0, "new weights");
                     }
                     Err(e) => tracing::error!(error = %e, "refused a weights version"),

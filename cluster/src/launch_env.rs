@@ -43,6 +43,21 @@ impl LaunchEnv {
                 ClusterError::Launch(format!("MASTER_PORT={v:?}: expected a port (0-65535)"))
             })?),
         };
+        // Half of torchrun's pair is a misconfiguration, not "no launcher". (Slurm's batch step
+        // sets SLURM_PROCID without SLURM_NTASKS when no task count was asked for: that is
+        // "not launched by srun".)
+        {
+            let (a, b) = ("RANK", "WORLD_SIZE");
+            match (get(a).is_some(), get(b).is_some()) {
+                (true, false) => {
+                    return Err(ClusterError::Launch(format!("{a} is set but {b} is not")));
+                }
+                (false, true) => {
+                    return Err(ClusterError::Launch(format!("{b} is set but {a} is not")));
+                }
+                _ => {}
+            }
+        }
         let env = if let (Some(rank), Some(world_size)) = (num("RANK")?, num("WORLD_SIZE")?) {
             Self {
                 rank,
@@ -185,6 +200,21 @@ mod tests {
     #[test]
     fn no_launcher_is_none_and_bad_values_name_the_variable() {
         assert_eq!(LaunchEnv::from_vars(vars(&[])).unwrap(), None);
+        let e = LaunchEnv::from_vars(vars(&[("RANK", "1")])).unwrap_err();
+        assert!(
+            e.to_string().contains("RANK is set but WORLD_SIZE is not"),
+            "{e}"
+        );
+        let e = LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "3")])).unwrap_err();
+        assert!(
+            e.to_string().contains("WORLD_SIZE is set but RANK is not"),
+            "{e}"
+        );
+        assert_eq!(
+            LaunchEnv::from_vars(vars(&[("SLURM_PROCID", "0")])).unwrap(),
+            None,
+            "a Slurm batch step without a task count is no launch"
+        );
         let e = LaunchEnv::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err();
         assert!(e.to_string().contains("RANK=\"x\""), "{e}");
         let e = LaunchEnv::from_vars(vars(&[("RANK", "2"), ("WORLD_SIZE", "2")])).unwrap_err();

@@ -74,6 +74,11 @@ pub enum FaultKind {
     /// The episode's actor process left the job and the episode could not be played again
     /// before the job ended (reported by the coordinator at shutdown, so accounting closes).
     ActorLost,
+    /// The episode's report is larger than the transport carries (`cluster.max_message_mib`,
+    /// the smaller of the actor's and the coordinator's): its actor sends this fault in its
+    /// place, so the episode is counted and the link is not broken by a message the peer would
+    /// refuse.
+    ReportTooLarge,
 }
 
 impl FaultKind {
@@ -88,6 +93,7 @@ impl FaultKind {
             FaultKind::BadOutcome => "fault/bad_outcome",
             FaultKind::NoExpert => "fault/no_expert",
             FaultKind::ActorLost => "fault/actor_lost",
+            FaultKind::ReportTooLarge => "fault/report_too_large",
         }
     }
 }

@@ -53,6 +53,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (config_path, config, resolved) = train::load(&args.job)?;
     let env = LaunchEnv::from_env()?;
     let rank = args.rank.or(env.as_ref().map(|e| e.rank));
+    let world_size = args.world_size.or(env.as_ref().map(|e| e.world_size));
+    match (rank, world_size) {
+        (_, Some(0)) => anyhow::bail!("--world-size 0: a launch has at least one process"),
+        (Some(r), Some(w)) if r >= w => {
+            anyhow::bail!("--rank {r} is not below --world-size {w} (ranks are 0..world size)")
+        }
+        (_, Some(w)) if w <= config.cluster.learners && args.role == Role::Auto => {
+            anyhow::bail!(
+                "world size {w} leaves no actor process: ranks 0..{} are learners \
+                 (`cluster.learners`); launch more processes",
+                config.cluster.learners
+            )
+        }
+        _ => {}
+    }
     let role = match args.role {
         Role::Auto => match rank {
             Some(r) if r < config.cluster.learners => Role::Learner,

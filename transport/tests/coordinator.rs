@@ -15,7 +15,8 @@ use kaizen_transport::wire::proto::{
     coordinator_message,
 };
 use kaizen_transport::wire::{
-    Coordinator, CoordinatorConfig, PROTOCOL_VERSION, WeightsAssembler, report_to_proto,
+    Coordinator, CoordinatorConfig, PROTOCOL_VERSION, WeightsAssembler, report_message,
+    report_to_proto,
 };
 use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, WeightSink};
 use tokio::sync::mpsc;
@@ -433,6 +434,71 @@ fn malformed_and_oversized_reports_are_refused_without_a_panic() {
     }
     more.sort_unstable();
     assert_eq!(more, vec![0, 1]);
+}
+
+#[test]
+fn a_report_over_the_limit_goes_as_a_report_too_large_fault_and_is_counted() {
+    let coordinator = start(Duration::from_secs(60), 64);
+    let addr = coordinator.local_addr();
+    let rt = runtime();
+    // The join reply says how large a message the coordinator accepts.
+    let limit = rt.block_on(async {
+        let reply = client(addr)
+            .await
+            .join(JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                job_fingerprint: FINGERPRINT.into(),
+                name: "probe".into(),
+                previous_actor_id: 0,
+                previous_incarnation: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reply.max_message_bytes as usize
+    });
+    assert_eq!(limit, 64 * 1024);
+    let mut actor = rt.block_on(join(addr, "big"));
+    coordinator
+        .wait_for_actors(1, Duration::from_secs(5))
+        .unwrap();
+    coordinator.submit_all(vec![task(0, 0), task(1, 1)]).unwrap();
+    rt.block_on(async {
+        let tasks = actor.tasks().await;
+        let tasks = if tasks.len() < 2 {
+            [tasks, actor.tasks().await].concat()
+        } else {
+            tasks
+        };
+        // A small report passes as it is.
+        let small = report_message(&report(tasks[0].clone()), 9, limit).expect("fits");
+        actor.out.send(small).await.unwrap();
+        assert_eq!(actor.ack().await, tasks[0].id);
+        // A large one becomes a fault naming both sizes, which the coordinator accepts and acks
+        // (sent raw, it would be refused and the link dropped).
+        let mut big = report(tasks[1].clone());
+        if let Ok(t) = &mut big.result {
+            t.segments[0].completion_tokens = vec![7; 40_000];
+            t.segments[0].behavior_logprobs = vec![-1.0; 40_000];
+        }
+        let (fault, bytes) = report_message(&big, 9, limit).expect_err("over the limit");
+        assert!(bytes > limit, "{bytes}");
+        actor.out.send(fault).await.unwrap();
+        assert_eq!(actor.ack().await, tasks[1].id);
+    });
+    let mut got = vec![coordinator.recv().unwrap(), coordinator.recv().unwrap()];
+    got.sort_by_key(|r| r.task.id);
+    assert!(got[0].result.is_ok());
+    let fault = got[1].result.as_ref().expect_err("a fault");
+    assert_eq!(fault.kind, kaizen_envs::FaultKind::ReportTooLarge);
+    assert!(
+        fault.message.contains("65536") && fault.message.contains("max_message_mib"),
+        "{}",
+        fault.message
+    );
+    assert_eq!(got[1].metrics.get("fault/report_too_large"), Some(&1.0));
+    let stats = coordinator.stats();
+    assert_eq!((stats.refused, stats.departed), (0, 0), "{stats:?}");
 }
 
 #[test]

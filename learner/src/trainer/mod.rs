@@ -136,6 +136,163 @@ pub struct TrainSummary {
     pub status: RunStatus,
 }
 
+/// What [`train`] sets up once its run is open: the learner, the policy's tokenizer and chat
+/// template, the started actors and the samples file.
+struct Prepared {
+    learner: Learner,
+    tokenizer: kaizen_model::Tokenizer,
+    template: ChatTemplate,
+    rollouts: Box<dyn Rollouts>,
+    weights: Box<dyn WeightSink>,
+    samples_file: std::fs::File,
+}
+
+/// The part of [`train`] between opening the run and training: an error here still marks the
+/// run failed (the caller finishes its trackers), so no run is left `RUNNING`.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    config: &JobConfig,
+    resolved: &toml::Table,
+    options: &TrainOptions,
+    policy: Policy,
+    state: &TrainerState,
+    optimizer_state: Option<(u64, HashMap<String, kaizen_model::HostTensor>)>,
+    run_dir: &Path,
+    trackers: &mut Trackers,
+    slots: &[EnvSlot],
+    train_device: &Device,
+) -> Result<Prepared, Error> {
+    let (config, resolved) = (config, resolved);
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let config_path = run_dir.join("config.toml");
+    if options.resume.is_none() {
+        let text = toml::to_string(&resolved).map_err(|e| Error::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&config_path, text).map_err(|e| Error::io(&config_path, e))?;
+        trackers.log_params(&Params::flatten_toml(&toml::Value::Table(resolved.clone())));
+        trackers.log_artifact(&config_path, None);
+    }
+
+    let schedule = rl_schedule(&config);
+    let optimizer = match optimizer_state {
+        Some((step, moments)) => AdamW::restore(
+            config.optim.adamw(),
+            step,
+            moments,
+            &train_device.clone().inner(),
+        )
+        .map_err(|message| Error::Checkpoint {
+            path: run_dir.to_path_buf(),
+            message,
+        })?,
+        None => AdamW::new(config.optim.adamw()),
+    };
+    // A resumed run with a KL penalty restores the reference it started RL with: the
+    // warm-started policy saved under `reference/`, else the model as the config loads it.
+    let resumed_reference = match &options.resume {
+        Some(run_dir) if uses_reference(&config, state.step) => {
+            let saved = run_dir.join(REFERENCE_DIR);
+            Some(if saved.is_dir() {
+                Policy::load_dir(&saved, &train_device)?.model
+            } else {
+                load_policy(&config, &train_device)?.model
+            })
+        }
+        _ => None,
+    };
+    let Policy {
+        model,
+        tokenizer,
+        template,
+        ..
+    } = policy;
+    let objective = config.objective_at(state.step);
+    // PPO's critic: a value head on the policy's trunk (a resumed run's checkpoint has it).
+    let model = if objective.needs_value_head() {
+        model.with_value_head(config.model.init_seed.wrapping_add(VALUE_HEAD_SEED))?
+    } else {
+        model
+    };
+    let mut learner = Learner::with_objective(
+        model,
+        optimizer,
+        schedule,
+        config.learner.clone(),
+        objective,
+    );
+    if let Some(reference) = resumed_reference {
+        learner.set_reference(reference);
+    }
+    let saved_critic = match &options.resume {
+        Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
+        None => None,
+    };
+    let needs_critic = config.objective_at(state.step).needs_critic();
+    if let Some(run_dir) = &options.resume
+        && state.step > 0
+        && needs_critic != saved_critic.is_some()
+    {
+        return Err(Error::Checkpoint {
+            path: run_dir.to_path_buf(),
+            message: format!(
+                "the checkpoint was trained {} a separate PPO critic but the job now asks for \
+                 `ppo.critic` = \"{}\"; resume with the critic the run started with",
+                if saved_critic.is_some() {
+                    "with"
+                } else {
+                    "without"
+                },
+                if needs_critic { "separate" } else { "shared" },
+            ),
+        });
+    }
+    if needs_critic {
+        let saved = saved_critic;
+        let critic = match saved {
+            Some((dir, (step, moments))) => Critic {
+                model: Policy::load_dir(&dir, &train_device)?.model,
+                optimizer: AdamW::restore(
+                    config.optim.adamw(),
+                    step,
+                    moments,
+                    &train_device.clone().inner(),
+                )
+                .map_err(|message| Error::Checkpoint {
+                    path: dir.clone(),
+                    message,
+                })?,
+                schedule: critic_schedule(&config),
+            },
+            None => new_critic(&config, learner.model())?,
+        };
+        learner.set_critic(critic);
+    }
+    let StartedActors { rollouts, weights } = options.launcher.start(ActorsSpec {
+        config: &config,
+        envs: &slots,
+        tokenizer: &tokenizer,
+        template: &template,
+        weights: learner.policy(),
+        version: WeightsVersion(state.weights_version),
+    })?;
+    let samples_path = run_dir.join("samples.jsonl");
+    let samples_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&samples_path)
+        .map_err(|e| Error::io(&samples_path, e))?;
+    Ok(Prepared {
+        learner,
+        tokenizer,
+        template,
+        rollouts,
+        weights,
+        samples_file,
+    })
+}
+
 struct Run {
     config: JobConfig,
     run_dir: PathBuf,
@@ -194,7 +351,7 @@ pub fn train(
     let (slots, targets) = build_envs(&config, &options.registry)?;
 
     // A new run, or the newest checkpoint of an old one.
-    let (policy, state, optimizer_state, run_dir, trackers) = match &options.resume {
+    let (policy, state, optimizer_state, run_dir, mut trackers) = match &options.resume {
         None => {
             let policy = load_policy(&config, &train_device)?;
             let name = config
@@ -257,126 +414,34 @@ pub fn train(
             )
         }
     };
-    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-    let config_path = run_dir.join("config.toml");
-    if options.resume.is_none() {
-        let text = toml::to_string(&resolved).map_err(|e| Error::Config {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(&config_path, text).map_err(|e| Error::io(&config_path, e))?;
-        trackers.log_params(&Params::flatten_toml(&toml::Value::Table(resolved.clone())));
-        trackers.log_artifact(&config_path, None);
-    }
-
-    let schedule = rl_schedule(&config);
-    let optimizer = match optimizer_state {
-        Some((step, moments)) => AdamW::restore(
-            config.optim.adamw(),
-            step,
-            moments,
-            &train_device.clone().inner(),
-        )
-        .map_err(|message| Error::Checkpoint {
-            path: run_dir.clone(),
-            message,
-        })?,
-        None => AdamW::new(config.optim.adamw()),
-    };
-    // A resumed run with a KL penalty restores the reference it started RL with: the
-    // warm-started policy saved under `reference/`, else the model as the config loads it.
-    let resumed_reference = match &options.resume {
-        Some(run_dir) if uses_reference(&config, state.step) => {
-            let saved = run_dir.join(REFERENCE_DIR);
-            Some(if saved.is_dir() {
-                Policy::load_dir(&saved, &train_device)?.model
-            } else {
-                load_policy(&config, &train_device)?.model
-            })
-        }
-        _ => None,
-    };
-    let Policy {
-        model,
+    let prepared = prepare(
+        &config,
+        &resolved,
+        &options,
+        policy,
+        &state,
+        optimizer_state,
+        &run_dir,
+        &mut trackers,
+        &slots,
+        &train_device,
+    );
+    let Prepared {
+        learner,
         tokenizer,
         template,
-        ..
-    } = policy;
-    let objective = config.objective_at(state.step);
-    // PPO's critic: a value head on the policy's trunk (a resumed run's checkpoint has it).
-    let model = if objective.needs_value_head() {
-        model.with_value_head(config.model.init_seed.wrapping_add(VALUE_HEAD_SEED))?
-    } else {
-        model
+        rollouts,
+        weights,
+        samples_file,
+    } = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if let Err(finish) = trackers.finish(RunStatus::Failed) {
+                tracing::error!(error = %finish, "could not mark the run failed");
+            }
+            return Err(e);
+        }
     };
-    let mut learner = Learner::with_objective(
-        model,
-        optimizer,
-        schedule,
-        config.learner.clone(),
-        objective,
-    );
-    if let Some(reference) = resumed_reference {
-        learner.set_reference(reference);
-    }
-    let saved_critic = match &options.resume {
-        Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
-        None => None,
-    };
-    let needs_critic = config.objective_at(state.step).needs_critic();
-    if let Some(run_dir) = &options.resume
-        && state.step > 0
-        && needs_critic != saved_critic.is_some()
-    {
-        return Err(Error::Checkpoint {
-            path: run_dir.clone(),
-            message: format!(
-                "the checkpoint was trained {} a separate PPO critic but the job now asks for \
-                 `ppo.critic` = \"{}\"; resume with the critic the run started with",
-                if saved_critic.is_some() {
-                    "with"
-                } else {
-                    "without"
-                },
-                if needs_critic { "separate" } else { "shared" },
-            ),
-        });
-    }
-    if needs_critic {
-        let saved = saved_critic;
-        let critic = match saved {
-            Some((dir, (step, moments))) => Critic {
-                model: Policy::load_dir(&dir, &train_device)?.model,
-                optimizer: AdamW::restore(
-                    config.optim.adamw(),
-                    step,
-                    moments,
-                    &train_device.clone().inner(),
-                )
-                .map_err(|message| Error::Checkpoint {
-                    path: dir.clone(),
-                    message,
-                })?,
-                schedule: critic_schedule(&config),
-            },
-            None => new_critic(&config, learner.model())?,
-        };
-        learner.set_critic(critic);
-    }
-    let StartedActors { rollouts, weights } = options.launcher.start(ActorsSpec {
-        config: &config,
-        envs: &slots,
-        tokenizer: &tokenizer,
-        template: &template,
-        weights: learner.policy(),
-        version: WeightsVersion(state.weights_version),
-    })?;
-    let samples_path = run_dir.join("samples.jsonl");
-    let samples_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&samples_path)
-        .map_err(|e| Error::io(&samples_path, e))?;
     let progress = options.progress.then(|| {
         let bar = ProgressBar::new(config.run.max_steps);
         bar.set_style(

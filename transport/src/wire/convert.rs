@@ -260,6 +260,44 @@ fn fault_kind_from_name(name: &str, peer: &str) -> Result<FaultKind, Error> {
     })
 }
 
+/// A report as the actor's stream message, if it fits in `max_message_bytes` (encoded);
+/// otherwise a `report_too_large` fault for the same task, which the peer accepts and counts
+/// (`Err` carries that message and the oversized report's encoded size, for the log).
+/// `generated_tokens` is the actor's running count of sampled tokens.
+///
+/// # Errors
+/// `Err((fault_message, bytes))` when the report is larger than `max_message_bytes`.
+pub fn report_message(
+    report: &EpisodeReport,
+    generated_tokens: u64,
+    max_message_bytes: usize,
+) -> Result<proto::ActorMessage, (proto::ActorMessage, usize)> {
+    use prost::Message as _;
+    let wrap = |mut p: proto::Report| {
+        p.generated_tokens = generated_tokens;
+        proto::ActorMessage {
+            body: Some(proto::actor_message::Body::Report(p)),
+        }
+    };
+    let message = wrap(report_to_proto(report));
+    let bytes = message.encoded_len();
+    if bytes <= max_message_bytes {
+        return Ok(message);
+    }
+    let fault = EpisodeReport::faulted(
+        report.task.clone(),
+        report.env.clone(),
+        Fault {
+            kind: FaultKind::ReportTooLarge,
+            message: format!(
+                "the episode's report is {bytes} bytes, more than the {max_message_bytes} \
+                 the transport carries (cluster.max_message_mib)"
+            ),
+        },
+    );
+    Err((wrap(report_to_proto(&fault)), bytes))
+}
+
 /// A report as its wire message (`generated_tokens` left 0 for the sender to fill).
 pub fn report_to_proto(report: &EpisodeReport) -> proto::Report {
     proto::Report {
@@ -596,6 +634,7 @@ mod tests {
             (FaultKind::BadOutcome, "bad_outcome"),
             (FaultKind::NoExpert, "no_expert"),
             (FaultKind::ActorLost, "actor_lost"),
+            (FaultKind::ReportTooLarge, "report_too_large"),
         ];
         for (kind, name) in kinds {
             let mut r = report();

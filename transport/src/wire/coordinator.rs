@@ -559,15 +559,20 @@ impl CoordinatorService for Service {
         } else {
             format!("{} ({peer})", join.name)
         };
+        // Refusals are logged here too: the learner's operator must see who was turned away.
+        let refuse = |message: String| {
+            tracing::warn!(%message, "refused an actor");
+            Status::failed_precondition(message)
+        };
         if join.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
+            return Err(refuse(format!(
                 "{name} speaks kaizen protocol version {} but the coordinator speaks {}: run the \
                  same kaizen build on every process",
                 join.protocol_version, PROTOCOL_VERSION
             )));
         }
         if join.job_fingerprint != self.shared.config.job_fingerprint {
-            return Err(Status::failed_precondition(format!(
+            return Err(refuse(format!(
                 "{name} runs another job (config fingerprint {} != the learner's {}): start every \
                  process with the same config file and overrides",
                 join.job_fingerprint, self.shared.config.job_fingerprint
@@ -605,6 +610,7 @@ impl CoordinatorService for Service {
             weights_version: self.shared.newest_version(),
             peer_timeout_s: self.shared.config.peer_timeout.as_secs_f64(),
             incarnation: self.shared.incarnation,
+            max_message_bytes: self.shared.config.max_message_bytes as u64,
         }))
     }
 

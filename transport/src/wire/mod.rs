@@ -11,12 +11,15 @@ mod convert;
 mod coordinator;
 mod weights;
 
-pub use convert::{report_from_proto, report_to_proto, task_from_proto, task_to_proto};
+pub use convert::{
+    report_from_proto, report_message, report_to_proto, task_from_proto, task_to_proto,
+};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, CoordinatorWeights};
 pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler, extend_le, read_le};
 
 /// Version of the wire protocol; peers with another version are refused at join.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `JoinReply.max_message_bytes`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// HTTP/2 flow-control window per stream, both ends: large enough that a weights stream is
 /// not throttled by round trips (h2's default is 64 KiB).

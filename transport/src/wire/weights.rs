@@ -1,20 +1,23 @@
-//! Whole-model weight transfer: one versioned, checksummed buffer per version, streamed in
+//! Whole-model weight transfer: one versioned, checksummed payload per version, streamed in
 //! buckets.
 //!
 //! A version is encoded once per publish ([`EncodedWeights::encode`]): a payload (every tensor's
 //! f32 values, little-endian, concatenated in `Llama::to_named` order), its CRC-32C, and a
-//! header naming each tensor and its shape. Every actor is sent the header chunk, then data
-//! chunks of at most `chunk_bytes` ("buckets"), each a zero-copy slice of the one payload
-//! ([`EncodedWeights::chunks`]), never one message per tensor.
+//! header naming each tensor and its shape. The payload is held as one buffer per tensor, the
+//! host copies `Llama::to_named` makes (in parallel), never copied again. Every actor is sent
+//! the header chunk, then data chunks ("buckets") of at most `chunk_bytes`: large tensors go as
+//! zero-copy slices of their buffer, runs of small ones (norms, biases) are packed together, so
+//! a model is never sent as one message per tensor ([`EncodedWeights::chunks`]).
 //!
-//! The receiving side feeds chunks to a [`WeightsAssembler`], which checks sizes as they arrive
-//! and the checksum at the last byte, and hands back [`AssembledWeights`];
-//! [`AssembledWeights::into_model`] rebuilds the model on a device.
+//! The receiving side feeds chunks to a [`WeightsAssembler`], which checks sizes as they arrive,
+//! writes each byte straight into its tensor's f32 buffer, updates the checksum chunk by chunk
+//! and compares it at the last byte, and hands back [`AssembledWeights`];
+//! [`AssembledWeights::into_model`] rebuilds the model on a device without another copy.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kaizen_core::WeightsVersion;
 use kaizen_model::{HostTensor, Llama, LlamaConfig};
 
@@ -24,15 +27,30 @@ use crate::Error;
 /// Bytes per value on the wire (f32).
 const F32_BYTES: usize = std::mem::size_of::<f32>();
 
+/// Pieces of a tensor shorter than this are packed with their neighbours into one chunk
+/// (a copy); longer ones are sent as zero-copy slices even when shorter than a chunk.
+const PACK_BELOW_BYTES: usize = 64 << 10;
+
 /// One weights version, encoded for the wire.
 #[derive(Debug, Clone)]
 pub struct EncodedWeights {
     header: WeightsHeader,
-    payload: Bytes,
+    /// One little-endian buffer per tensor, in header order; concatenated they are the payload.
+    segments: Vec<Bytes>,
+}
+
+/// A tensor's values as little-endian bytes without a copy (on little-endian hosts).
+struct LeBytes(Vec<f32>);
+
+impl AsRef<[u8]> for LeBytes {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
 }
 
 impl EncodedWeights {
-    /// Encodes `model` as `version`.
+    /// Encodes `model` as `version`: one host copy of each tensor (made in parallel by
+    /// `Llama::to_named`), then the CRC-32C over them.
     ///
     /// # Errors
     /// [`Error::Weights`] if the model's config cannot be serialised.
@@ -40,25 +58,34 @@ impl EncodedWeights {
         let config_json = serde_json::to_string(model.config())
             .map_err(|e| Error::Weights(format!("model config as JSON: {e}")))?;
         let named = model.to_named();
-        let total: usize = named.iter().map(|(_, t)| t.data.len() * F32_BYTES).sum();
-        let mut payload = Vec::with_capacity(total);
+        let mut segments = Vec::with_capacity(named.len());
         let mut tensors = Vec::with_capacity(named.len());
+        let (mut payload_bytes, mut crc) = (0u64, 0u32);
         for (name, tensor) in named {
-            extend_le(&mut payload, &tensor.data);
             tensors.push(proto::TensorInfo {
                 name,
                 shape: tensor.shape.iter().map(|&d| d as u64).collect(),
             });
+            let segment = if cfg!(target_endian = "little") {
+                Bytes::from_owner(LeBytes(tensor.data))
+            } else {
+                let mut le = Vec::with_capacity(tensor.data.len() * F32_BYTES);
+                extend_le(&mut le, &tensor.data);
+                Bytes::from(le)
+            };
+            crc = crc32c::crc32c_append(crc, &segment);
+            payload_bytes += segment.len() as u64;
+            segments.push(segment);
         }
         Ok(Self {
             header: WeightsHeader {
                 version: version.0,
                 config_json,
                 tensors,
-                payload_bytes: payload.len() as u64,
-                crc32c: crc32c::crc32c(&payload),
+                payload_bytes,
+                crc32c: crc,
             },
-            payload: Bytes::from(payload),
+            segments,
         })
     }
 
@@ -72,20 +99,72 @@ impl EncodedWeights {
         self.header.payload_bytes
     }
 
-    /// The header chunk, then data chunks of at most `chunk_bytes` (at least 1), each a
-    /// zero-copy slice of the one payload.
+    /// The header chunk, then data chunks of at most `chunk_bytes` (at least 1) that together
+    /// are the payload in order. A tensor's pieces of [`PACK_BELOW_BYTES`] or more are zero-copy
+    /// slices of its buffer; shorter pieces are packed into one chunk with their neighbours.
     pub fn chunks(&self, chunk_bytes: usize) -> impl Iterator<Item = WeightsChunk> + '_ {
-        let step = chunk_bytes.max(1);
-        let len = self.payload.len();
         let header = WeightsChunk {
             body: Some(weights_chunk::Body::Header(self.header.clone())),
         };
-        let data = (0..len).step_by(step).map(move |start| WeightsChunk {
-            body: Some(weights_chunk::Body::Data(
-                self.payload.slice(start..len.min(start + step)),
-            )),
+        let data = DataChunks {
+            segments: &self.segments,
+            next: 0,
+            offset: 0,
+            step: chunk_bytes.max(1),
+        }
+        .map(|data| WeightsChunk {
+            body: Some(weights_chunk::Body::Data(data)),
         });
         std::iter::once(header).chain(data)
+    }
+}
+
+/// The data chunks of [`EncodedWeights::chunks`].
+struct DataChunks<'a> {
+    segments: &'a [Bytes],
+    /// The segment the next chunk starts in, and the offset in it.
+    next: usize,
+    offset: usize,
+    /// The most bytes in one chunk (at least 1).
+    step: usize,
+}
+
+impl DataChunks<'_> {
+    /// The rest of the current segment (empty segments are skipped).
+    fn rest(&mut self) -> Option<Bytes> {
+        while let Some(segment) = self.segments.get(self.next) {
+            if self.offset < segment.len() {
+                return Some(segment.slice(self.offset..));
+            }
+            self.next += 1;
+            self.offset = 0;
+        }
+        None
+    }
+}
+
+impl Iterator for DataChunks<'_> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let rest = self.rest()?;
+        if rest.len() >= PACK_BELOW_BYTES.min(self.step) {
+            let piece = rest.slice(..rest.len().min(self.step));
+            self.offset += piece.len();
+            return Some(piece);
+        }
+        // Pack short pieces until the chunk is full or a long piece comes.
+        let mut packed = BytesMut::with_capacity(self.step.min(PACK_BELOW_BYTES * 2));
+        while let Some(rest) = self.rest() {
+            let room = self.step - packed.len();
+            if room == 0 || (!packed.is_empty() && rest.len() >= PACK_BELOW_BYTES.min(self.step)) {
+                break;
+            }
+            let take = rest.len().min(room);
+            packed.extend_from_slice(&rest[..take]);
+            self.offset += take;
+        }
+        Some(packed.freeze())
     }
 }
 
@@ -96,9 +175,8 @@ pub struct AssembledWeights {
     pub version: WeightsVersion,
     /// The model's configuration (validated).
     pub config: LlamaConfig,
-    /// Names and shapes in payload order; their sizes sum to the payload's (checked).
-    tensors: Vec<(String, Vec<usize>)>,
-    payload: Vec<u8>,
+    /// Every tensor in payload order, with its name; sizes checked against the shapes.
+    tensors: Vec<(String, HostTensor)>,
 }
 
 impl AssembledWeights {
@@ -109,25 +187,7 @@ impl AssembledWeights {
     /// unexpected).
     pub fn into_model(self, device: &burn::tensor::Device) -> Result<Llama, Error> {
         let label = format!("version {}", self.version.0);
-        let mut named: HashMap<String, HostTensor> = HashMap::with_capacity(self.tensors.len());
-        let mut rest = self.payload.as_slice();
-        for (name, shape) in self.tensors {
-            // The assembler checked that the shapes' sizes sum to the payload's without
-            // overflow, so neither the product nor the split can fail; they are still checked.
-            let bytes = shape
-                .iter()
-                .try_fold(F32_BYTES, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= rest.len())
-                .ok_or_else(|| {
-                    Error::Weights(format!(
-                        "{label}: tensor `{name}` of shape {shape:?} runs past the payload"
-                    ))
-                })?;
-            let (values, tail) = rest.split_at(bytes);
-            rest = tail;
-            let data = read_le(values);
-            named.insert(name, HostTensor::new(shape, data));
-        }
+        let mut named: HashMap<String, HostTensor> = self.tensors.into_iter().collect();
         Llama::from_named(&self.config, &mut named, Path::new(&label), device).map_err(|e| {
             match e {
                 // The label is the "path"; say it once.
@@ -170,8 +230,39 @@ pub fn read_le(bytes: &[u8]) -> Vec<f32> {
 struct Partial {
     header: WeightsHeader,
     config: LlamaConfig,
-    tensors: Vec<(String, Vec<usize>)>,
-    payload: Vec<u8>,
+    /// Every tensor, allocated at the header (zeroed lazily by the allocator) and filled as data
+    /// arrives.
+    tensors: Vec<(String, HostTensor)>,
+    /// Payload bytes received so far.
+    received: u64,
+    /// The tensor the next byte belongs to, and the byte offset in it.
+    tensor: usize,
+    offset: usize,
+    /// CRC-32C of the bytes received so far.
+    crc: u32,
+}
+
+impl Partial {
+    /// Writes `data` into the tensors at the current position (its length was checked against
+    /// the bytes still expected).
+    fn write(&mut self, mut data: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.received += data.len() as u64;
+        while !data.is_empty() {
+            let Some((_, tensor)) = self.tensors.get_mut(self.tensor) else {
+                return;
+            };
+            let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut tensor.data);
+            let take = (buf.len() - self.offset).min(data.len());
+            buf[self.offset..self.offset + take].copy_from_slice(&data[..take]);
+            data = &data[take..];
+            self.offset += take;
+            if self.offset == buf.len() {
+                self.tensor += 1;
+                self.offset = 0;
+            }
+        }
+    }
 }
 
 /// Reassembles a weights stream (a header, then data chunks), checking sizes as chunks arrive and
@@ -219,10 +310,7 @@ impl WeightsAssembler {
                     let message = format!(
                         "a weights header for version {} while version {} is incomplete \
                          ({} of {} bytes)",
-                        header.version,
-                        p.header.version,
-                        p.payload.len(),
-                        p.header.payload_bytes
+                        header.version, p.header.version, p.received, p.header.payload_bytes
                     );
                     return Err(self.refuse(message));
                 }
@@ -242,7 +330,7 @@ impl WeightsAssembler {
                     )));
                 };
                 let announced = p.header.payload_bytes;
-                let have = p.payload.len() as u64;
+                let have = p.received;
                 if data.len() as u64 > announced.saturating_sub(have) {
                     let message = format!(
                         "weights version {}: more data than the {announced} bytes announced \
@@ -252,7 +340,7 @@ impl WeightsAssembler {
                     );
                     return Err(self.refuse(message));
                 }
-                p.payload.extend_from_slice(&data);
+                p.write(&data);
                 self.complete()
             }
         }
@@ -268,7 +356,7 @@ impl WeightsAssembler {
             ));
         }
         let mut names = HashSet::with_capacity(header.tensors.len());
-        let mut tensors = Vec::with_capacity(header.tensors.len());
+        let mut shapes = Vec::with_capacity(header.tensors.len());
         let mut expected: u64 = 0;
         for t in &header.tensors {
             if !names.insert(t.name.as_str()) {
@@ -282,15 +370,17 @@ impl WeightsAssembler {
                 .iter()
                 .map(|&d| usize::try_from(d).ok())
                 .collect::<Option<Vec<usize>>>();
-            let sum = t
+            let bytes = t
                 .shape
                 .iter()
-                .try_fold(F32_BYTES as u64, |acc, &d| acc.checked_mul(d))
-                .and_then(|n| expected.checked_add(n));
-            match (shape, sum) {
-                (Some(shape), Some(sum)) => {
+                .try_fold(F32_BYTES as u64, |acc, &d| acc.checked_mul(d));
+            match (
+                shape,
+                bytes.and_then(|n| Some((n, expected.checked_add(n)?))),
+            ) {
+                (Some(shape), Some((bytes, sum))) => {
                     expected = sum;
-                    tensors.push((t.name.clone(), shape));
+                    shapes.push((t.name.clone(), shape, bytes));
                 }
                 _ => {
                     return Err(format!(
@@ -310,18 +400,22 @@ impl WeightsAssembler {
         }
         let config = LlamaConfig::from_json_str(&header.config_json)
             .map_err(|e| format!("weights version {version}: config_json: {e}"))?;
-        // Bounded by `max_payload_bytes` (checked above).
-        let capacity = usize::try_from(header.payload_bytes).map_err(|_| {
-            format!(
-                "weights version {version}: payload_bytes = {} does not fit in memory",
-                header.payload_bytes
-            )
-        })?;
+        // Each size is bounded by `max_payload_bytes` (their sum was checked above).
+        let mut tensors = Vec::with_capacity(shapes.len());
+        for (name, shape, bytes) in shapes {
+            let values = usize::try_from(bytes / F32_BYTES as u64).map_err(|_| {
+                format!("weights version {version}: tensor `{name}` does not fit in memory")
+            })?;
+            tensors.push((name, HostTensor::new(shape, vec![0.0; values])));
+        }
         Ok(Partial {
             header,
             config,
             tensors,
-            payload: Vec::with_capacity(capacity),
+            received: 0,
+            tensor: 0,
+            offset: 0,
+            crc: 0,
         })
     }
 
@@ -329,26 +423,31 @@ impl WeightsAssembler {
     fn complete(&mut self) -> Result<Option<AssembledWeights>, Error> {
         let done = matches!(
             &self.current,
-            Some(p) if p.payload.len() as u64 == p.header.payload_bytes
+            Some(p) if p.received == p.header.payload_bytes
         );
         if !done {
             return Ok(None);
         }
-        let Some(p) = self.current.take() else {
+        let Some(mut p) = self.current.take() else {
             return Ok(None);
         };
-        let found = crc32c::crc32c(&p.payload);
-        if found != p.header.crc32c {
+        if p.crc != p.header.crc32c {
             return Err(self.refuse(format!(
-                "weights version {}: checksum mismatch (expected CRC-32C {:08x}, found {found:08x})",
-                p.header.version, p.header.crc32c
+                "weights version {}: checksum mismatch (expected CRC-32C {:08x}, found {:08x})",
+                p.header.version, p.header.crc32c, p.crc
             )));
+        }
+        if cfg!(target_endian = "big") {
+            for (_, t) in &mut p.tensors {
+                for x in &mut t.data {
+                    *x = f32::from_bits(u32::from_le(x.to_bits()));
+                }
+            }
         }
         Ok(Some(AssembledWeights {
             version: WeightsVersion(p.header.version),
             config: p.config,
             tensors: p.tensors,
-            payload: p.payload,
         }))
     }
 }
@@ -438,12 +537,13 @@ mod tests {
         let encoded = EncodedWeights::encode(&m, WeightsVersion(7)).unwrap();
         assert_eq!(encoded.version(), WeightsVersion(7));
         let chunks: Vec<WeightsChunk> = encoded.chunks(1000).collect();
-        let expected = encoded.payload_bytes().div_ceil(1000) as usize;
-        assert_eq!(
-            chunks.len(),
-            1 + expected,
-            "a header, then 1000-byte buckets"
+        assert!(
+            header_of(&mut chunks[0].clone()).version == 7,
+            "the header comes first"
         );
+        let sizes: Vec<usize> = chunks[1..].iter().map(|c| data_of(c).len()).collect();
+        assert!(sizes.iter().all(|&n| (1..=1000).contains(&n)), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>() as u64, encoded.payload_bytes());
         let mut asm = WeightsAssembler::new(encoded.payload_bytes(), "coordinator");
         let w = assemble(&mut asm, chunks).unwrap().expect("complete");
         assert_eq!(w.version, WeightsVersion(7));
@@ -473,13 +573,11 @@ mod tests {
             .iter()
             .flat_map(|(_, t)| t.data.iter().flat_map(|x| x.to_le_bytes()))
             .collect();
-        let data = chunks.next().unwrap();
+        let data: Vec<u8> = chunks.flat_map(|c| data_of(&c).to_vec()).collect();
         assert_eq!(
-            data_of(&data).as_ref(),
-            payload.as_slice(),
-            "one chunk: the whole payload"
+            data, payload,
+            "the data chunks, concatenated, are the payload"
         );
-        assert!(chunks.next().is_none());
         assert_eq!(header.payload_bytes, payload.len() as u64);
         assert_eq!(header.crc32c, crc32c::crc32c(&payload));
         assert_eq!(header.version, 1);
@@ -488,22 +586,42 @@ mod tests {
     }
 
     #[test]
-    fn data_chunks_are_bounded_zero_copy_slices_of_one_payload() {
+    fn large_pieces_are_zero_copy_slices_and_small_ones_are_packed() {
+        // Tensors of 40×32 values and more are 5,120+ bytes; norms and biases are 128–192.
         let encoded = encoded(1);
-        let chunks: Vec<WeightsChunk> = encoded.chunks(4096).skip(1).collect();
-        let base = encoded.payload.as_ptr() as usize;
-        let mut offset = 0;
-        for c in &chunks {
-            let d = data_of(c);
-            assert!(!d.is_empty() && d.len() <= 4096, "{} bytes", d.len());
-            assert_eq!(
-                d.as_ptr() as usize,
-                base + offset,
-                "a slice of the payload, not a copy"
-            );
-            offset += d.len();
+        let step = 4096;
+        let slices_of_a_tensor = |d: &Bytes| {
+            encoded.segments.iter().any(|s| {
+                let (base, p) = (s.as_ptr() as usize, d.as_ptr() as usize);
+                p >= base && p + d.len() <= base + s.len()
+            })
+        };
+        let chunks: Vec<Bytes> = encoded
+            .chunks(step)
+            .skip(1)
+            .map(|c| data_of(&c).clone())
+            .collect();
+        let mut copied = 0;
+        for d in &chunks {
+            assert!(!d.is_empty() && d.len() <= step, "{} bytes", d.len());
+            if !slices_of_a_tensor(d) {
+                copied += d.len();
+            }
         }
-        assert_eq!(offset as u64, encoded.payload_bytes());
+        // With chunks no larger than the packing threshold, every whole chunk of a tensor is a
+        // slice and only each tensor's tail (its size modulo the chunk) is copied.
+        assert!(step <= PACK_BELOW_BYTES);
+        let tails: usize = encoded.segments.iter().map(|s| s.len() % step).sum();
+        assert!(tails > 0);
+        assert_eq!(copied, tails, "only the tails are packed (copied)");
+        let messages = chunks.len();
+        assert!(
+            messages < encoded.segments.len(),
+            "fewer messages ({messages}) than tensors ({})",
+            encoded.segments.len()
+        );
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        assert_eq!(total as u64, encoded.payload_bytes());
     }
 
     #[test]
