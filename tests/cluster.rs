@@ -219,6 +219,78 @@ fn a_learner_and_two_actor_processes_match_one_process_in_sync_mode() {
 }
 
 #[test]
+fn a_learner_stopped_while_waiting_for_actors_marks_its_run_killed_and_one_that_gives_up_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let cfg = write(tmp.path(), "job.toml", &small_job(&runs, 2));
+    let cfg = cfg.to_str().unwrap();
+    let mut procs = Procs::new(tmp.path());
+    let status_of = |runs: &Path| -> String {
+        let run = run_dir(runs, "e2e");
+        let text = std::fs::read_to_string(run.join("run.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["status"].as_str().unwrap_or_default().to_string()
+    };
+    // SIGTERM (what Slurm and Kubernetes send) while no actor has joined.
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    procs.spawn(
+        "learner",
+        KAIZEN,
+        &[
+            "launch",
+            cfg,
+            "--role",
+            "learner",
+            "--coordinator",
+            &coordinator,
+            "--no-progress",
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !procs.log("learner").contains("waiting for actor processes") {
+        assert!(Instant::now() < deadline, "{}", procs.log("learner"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = procs.child("learner").id() as i32;
+    // SAFETY: signalling a child process this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = procs.child("learner").wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        procs
+            .log("learner")
+            .contains("stopped while waiting for actor processes"),
+        "{}",
+        procs.log("learner")
+    );
+    assert_eq!(status_of(&runs), "KILLED");
+
+    // Nobody joins within join_timeout_s: FAILED, not RUNNING.
+    let runs2 = tmp.path().join("runs2");
+    let cfg2 = write(tmp.path(), "job2.toml", &small_job(&runs2, 2));
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(KAIZEN)
+        .args([
+            "launch",
+            cfg2.to_str().unwrap(),
+            "--role",
+            "learner",
+            "--coordinator",
+            &coordinator,
+            "--no-progress",
+            "--set",
+            "cluster.join_timeout_s=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 of 1 actor processes joined"), "{stderr}");
+    assert_eq!(status_of(&runs2), "FAILED");
+}
+
+#[test]
 fn an_actor_process_killed_mid_run_loses_nothing_and_a_new_one_joins() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");

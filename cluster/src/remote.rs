@@ -39,9 +39,10 @@ impl Launcher for CoordinatorLauncher {
             expected = cluster.actor_processes,
             "waiting for actor processes"
         );
-        coordinator.wait_for_actors(
+        coordinator.wait_for_actors_or_stop(
             cluster.actor_processes,
             Duration::from_secs_f64(cluster.join_timeout_s),
+            spec.stop,
         )?;
         let weights = coordinator.weights();
         Ok(StartedActors {

@@ -23,6 +23,8 @@ pub struct ActorsSpec<'a> {
     pub weights: Llama,
     /// Their version (a resumed run continues its numbering).
     pub version: WeightsVersion,
+    /// Set when the job is asked to stop (a signal): a launcher waiting for actors gives up.
+    pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
 /// Started actors, as the learner sees them.

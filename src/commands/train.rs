@@ -63,7 +63,7 @@ pub(crate) fn run_job(
         let stop = stop.clone();
         ctrlc_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nkaizen: second Ctrl-C, exiting now");
+                eprintln!("\nkaizen: second stop signal, exiting now");
                 std::process::exit(130);
             }
             eprintln!(
@@ -112,17 +112,34 @@ pub(crate) fn run_job(
     Ok(())
 }
 
-/// Installs a Ctrl-C handler on a small background runtime.
+/// Installs a handler for Ctrl-C (SIGINT) and, on Unix, SIGTERM (what Slurm, Kubernetes and
+/// `kill` send to stop a job) on a small background runtime.
 fn ctrlc_handler(on_signal: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("signal runtime")?;
+    #[cfg(unix)]
+    let mut term = {
+        let _guard = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?
+    };
     std::thread::Builder::new()
         .name("kaizen-signal".into())
         .spawn(move || {
             rt.block_on(async move {
-                while tokio::signal::ctrl_c().await.is_ok() {
+                loop {
+                    #[cfg(unix)]
+                    let got = tokio::select! {
+                        r = tokio::signal::ctrl_c() => r.is_ok(),
+                        r = term.recv() => r.is_some(),
+                    };
+                    #[cfg(not(unix))]
+                    let got = tokio::signal::ctrl_c().await.is_ok();
+                    if !got {
+                        break;
+                    }
                     on_signal();
                 }
             })

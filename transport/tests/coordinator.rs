@@ -462,7 +462,9 @@ fn a_report_over_the_limit_goes_as_a_report_too_large_fault_and_is_counted() {
     coordinator
         .wait_for_actors(1, Duration::from_secs(5))
         .unwrap();
-    coordinator.submit_all(vec![task(0, 0), task(1, 1)]).unwrap();
+    coordinator
+        .submit_all(vec![task(0, 0), task(1, 1)])
+        .unwrap();
     rt.block_on(async {
         let tasks = actor.tasks().await;
         let tasks = if tasks.len() < 2 {

@@ -21,6 +21,7 @@ pub fn evaluate_policy(
         template: &policy.template,
         weights: policy.model.clone(),
         version: WeightsVersion(0),
+        stop: &AtomicBool::new(false),
     })?;
     let mut stray = Vec::new();
     let mut next = 0;

@@ -276,6 +276,7 @@ fn prepare(
         template: &template,
         weights: learner.policy(),
         version: WeightsVersion(state.weights_version),
+        stop: &options.stop,
     })?;
     let samples_path = run_dir.join("samples.jsonl");
     let samples_file = std::fs::OpenOptions::new()
@@ -436,7 +437,12 @@ pub fn train(
     } = match prepared {
         Ok(p) => p,
         Err(e) => {
-            if let Err(finish) = trackers.finish(RunStatus::Failed) {
+            let status = if options.stop.load(Ordering::SeqCst) {
+                RunStatus::Killed
+            } else {
+                RunStatus::Failed
+            };
+            if let Err(finish) = trackers.finish(status) {
                 tracing::error!(error = %finish, "could not mark the run failed");
             }
             return Err(e);

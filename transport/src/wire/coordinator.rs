@@ -298,11 +298,31 @@ impl Coordinator {
     /// # Errors
     /// [`Error::Network`] naming how many joined when `timeout` runs out first.
     pub fn wait_for_actors(&self, count: usize, timeout: Duration) -> Result<(), Error> {
+        self.wait_for_actors_or_stop(count, timeout, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Coordinator::wait_for_actors`] that also gives up when `stop` is set (a signal asked
+    /// the job to stop).
+    ///
+    /// # Errors
+    /// [`Error::Network`] saying how many joined, on timeout or stop.
+    pub fn wait_for_actors_or_stop(
+        &self,
+        count: usize,
+        timeout: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let now = self.actors();
             if now >= count {
                 return Ok(());
+            }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Network(format!(
+                    "stopped while waiting for actor processes ({now} of {count} joined {})",
+                    self.local_addr
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(Error::Network(format!(
