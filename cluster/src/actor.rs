@@ -504,23 +504,20 @@ impl<'a> Link<'a> {
                 }
                 report = results.recv_async() => {
                     let Ok(report) = report else { return Ok(true) };
-                    let message =
-                        match report_message(&report, pool.generated_tokens(), self.max_report) {
-                            Ok(m) => m,
-                            Err((fault, bytes)) => {
-                                // Sent as is, the peer would refuse it and the link would break
-                                // on every resend.
-                                tracing::warn!(
-                                    task = report.task.id,
-                                    bytes,
-                                    limit = self.max_report,
-                                    "report larger than the transport carries; sending a \
-                                     report_too_large fault in its place"
-                                );
-                                self.summary.too_large += 1;
-                                fault
-                            }
-                        };
+                    let (message, too_large) =
+                        report_message(&report, pool.generated_tokens(), self.max_report);
+                    if let Some(bytes) = too_large {
+                        // Sent as is, the peer would refuse it and the link would break on
+                        // every resend.
+                        tracing::warn!(
+                            task = report.task.id,
+                            bytes,
+                            limit = self.max_report,
+                            "report larger than the transport carries; sending a \
+                             report_too_large fault in its place"
+                        );
+                        self.summary.too_large += 1;
+                    }
                     if let Some(actor_message::Body::Report(p)) = &message.body {
                         self.unacked.insert(report.task.id, p.clone());
                     }

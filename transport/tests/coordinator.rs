@@ -473,7 +473,8 @@ fn a_report_over_the_limit_goes_as_a_report_too_large_fault_and_is_counted() {
             tasks
         };
         // A small report passes as it is.
-        let small = report_message(&report(tasks[0].clone()), 9, limit).expect("fits");
+        let (small, too_large) = report_message(&report(tasks[0].clone()), 9, limit);
+        assert_eq!(too_large, None, "fits");
         actor.out.send(small).await.unwrap();
         assert_eq!(actor.ack().await, tasks[0].id);
         // A large one becomes a fault naming both sizes, which the coordinator accepts and acks
@@ -483,12 +484,13 @@ fn a_report_over_the_limit_goes_as_a_report_too_large_fault_and_is_counted() {
             t.segments[0].completion_tokens = vec![7; 40_000];
             t.segments[0].behavior_logprobs = vec![-1.0; 40_000];
         }
-        let (fault, bytes) = report_message(&big, 9, limit).expect_err("over the limit");
+        let (fault, too_large) = report_message(&big, 9, limit);
+        let bytes = too_large.expect("over the limit");
         assert!(bytes > limit, "{bytes}");
         actor.out.send(fault).await.unwrap();
         assert_eq!(actor.ack().await, tasks[1].id);
     });
-    let mut got = vec![coordinator.recv().unwrap(), coordinator.recv().unwrap()];
+    let mut got = [coordinator.recv().unwrap(), coordinator.recv().unwrap()];
     got.sort_by_key(|r| r.task.id);
     assert!(got[0].result.is_ok());
     let fault = got[1].result.as_ref().expect_err("a fault");

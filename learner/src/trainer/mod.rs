@@ -162,11 +162,10 @@ fn prepare(
     slots: &[EnvSlot],
     train_device: &Device,
 ) -> Result<Prepared, Error> {
-    let (config, resolved) = (config, resolved);
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let config_path = run_dir.join("config.toml");
     if options.resume.is_none() {
-        let text = toml::to_string(&resolved).map_err(|e| Error::Config {
+        let text = toml::to_string(resolved).map_err(|e| Error::Config {
             path: config_path.clone(),
             message: e.to_string(),
         })?;
@@ -175,7 +174,7 @@ fn prepare(
         trackers.log_artifact(&config_path, None);
     }
 
-    let schedule = rl_schedule(&config);
+    let schedule = rl_schedule(config);
     let optimizer = match optimizer_state {
         Some((step, moments)) => AdamW::restore(
             config.optim.adamw(),
@@ -192,12 +191,12 @@ fn prepare(
     // A resumed run with a KL penalty restores the reference it started RL with: the
     // warm-started policy saved under `reference/`, else the model as the config loads it.
     let resumed_reference = match &options.resume {
-        Some(run_dir) if uses_reference(&config, state.step) => {
+        Some(run_dir) if uses_reference(config, state.step) => {
             let saved = run_dir.join(REFERENCE_DIR);
             Some(if saved.is_dir() {
-                Policy::load_dir(&saved, &train_device)?.model
+                Policy::load_dir(&saved, train_device)?.model
             } else {
-                load_policy(&config, &train_device)?.model
+                load_policy(config, train_device)?.model
             })
         }
         _ => None,
@@ -252,7 +251,7 @@ fn prepare(
         let saved = saved_critic;
         let critic = match saved {
             Some((dir, (step, moments))) => Critic {
-                model: Policy::load_dir(&dir, &train_device)?.model,
+                model: Policy::load_dir(&dir, train_device)?.model,
                 optimizer: AdamW::restore(
                     config.optim.adamw(),
                     step,
@@ -263,15 +262,15 @@ fn prepare(
                     path: dir.clone(),
                     message,
                 })?,
-                schedule: critic_schedule(&config),
+                schedule: critic_schedule(config),
             },
-            None => new_critic(&config, learner.model())?,
+            None => new_critic(config, learner.model())?,
         };
         learner.set_critic(critic);
     }
     let StartedActors { rollouts, weights } = options.launcher.start(ActorsSpec {
-        config: &config,
-        envs: &slots,
+        config,
+        envs: slots,
         tokenizer: &tokenizer,
         template: &template,
         weights: learner.policy(),

@@ -260,18 +260,15 @@ fn fault_kind_from_name(name: &str, peer: &str) -> Result<FaultKind, Error> {
     })
 }
 
-/// A report as the actor's stream message, if it fits in `max_message_bytes` (encoded);
-/// otherwise a `report_too_large` fault for the same task, which the peer accepts and counts
-/// (`Err` carries that message and the oversized report's encoded size, for the log).
-/// `generated_tokens` is the actor's running count of sampled tokens.
-///
-/// # Errors
-/// `Err((fault_message, bytes))` when the report is larger than `max_message_bytes`.
+/// The actor's stream message for `report`: the report itself if it fits in
+/// `max_message_bytes` (encoded), else a `report_too_large` fault for the same task, which the
+/// peer accepts and counts; the second value is then the oversized report's encoded size (for
+/// the log). `generated_tokens` is the actor's running count of sampled tokens.
 pub fn report_message(
     report: &EpisodeReport,
     generated_tokens: u64,
     max_message_bytes: usize,
-) -> Result<proto::ActorMessage, (proto::ActorMessage, usize)> {
+) -> (proto::ActorMessage, Option<usize>) {
     use prost::Message as _;
     let wrap = |mut p: proto::Report| {
         p.generated_tokens = generated_tokens;
@@ -282,7 +279,7 @@ pub fn report_message(
     let message = wrap(report_to_proto(report));
     let bytes = message.encoded_len();
     if bytes <= max_message_bytes {
-        return Ok(message);
+        return (message, None);
     }
     let fault = EpisodeReport::faulted(
         report.task.clone(),
@@ -295,7 +292,7 @@ pub fn report_message(
             ),
         },
     );
-    Err((wrap(report_to_proto(&fault)), bytes))
+    (wrap(report_to_proto(&fault)), Some(bytes))
 }
 
 /// A report as its wire message (`generated_tokens` left 0 for the sender to fill).
