@@ -54,6 +54,7 @@ fn bench_generate(c: &mut Criterion) {
         let model = Llama::init(&config(), &device, 0).expect("valid config");
         let requests: Vec<_> = (0..batch)
             .map(|b| GenerationRequest {
+                session: None,
                 prompt: prompt(prompt_len, b),
                 params: sampling(new, b as u64),
             })
@@ -76,6 +77,7 @@ fn bench_generate_group(c: &mut Criterion) {
         let model = Llama::init(&config(), &device, 0).expect("valid config");
         let requests: Vec<_> = (0..g)
             .map(|i| GenerationRequest {
+                session: None,
                 prompt: prompt(prompt_len, 0),
                 params: sampling(new, i as u64),
             })

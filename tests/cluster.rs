@@ -99,11 +99,13 @@ impl Drop for Procs {
     }
 }
 
-/// Metrics without the transport's own (`cluster/*`), which only a multi-process run logs.
+/// Metrics without those of where the actors run: the transport's (`cluster/*`), which only a
+/// multi-process run logs, and the in-process engines' counters (`actors/*`), which only a
+/// single-process run does.
 fn job_metrics(run: &Path) -> BTreeMap<(String, u64), f64> {
     metrics(run)
         .into_iter()
-        .filter(|((k, _), _)| !k.starts_with("cluster/"))
+        .filter(|((k, _), _)| !k.starts_with("cluster/") && !k.starts_with("actors/"))
         .collect()
 }
 

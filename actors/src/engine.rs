@@ -33,6 +33,14 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// What an episode sends its engine.
+pub(crate) enum Msg {
+    /// Generate a completion.
+    Generate(Job),
+    /// The episode (session) ended: drop the keys and values kept for its next turn.
+    Forget(u64),
+}
+
 /// Counts episodes that are busy outside the engine (in environment calls). Before each
 /// decode step the engine waits until it is zero — every live episode is then either waiting
 /// for a generation or finished — so requests that become ready together are batched together
@@ -104,6 +112,13 @@ pub struct EngineCounters {
     pub busy_micros: AtomicU64,
     /// Requests answered.
     pub completions: AtomicU64,
+    /// Prompt tokens whose keys and values were kept from the episode's previous turn instead
+    /// of prefilled again.
+    pub reused_prompt_tokens: AtomicU64,
+    /// Kept turns evicted to stay within `kv_cache_mib` (prefilled again when continued).
+    pub kv_evicted: AtomicU64,
+    /// Bytes of keys and values kept between turns now (a gauge).
+    pub kv_kept_bytes: AtomicU64,
 }
 
 /// How the engine batches.
@@ -114,6 +129,24 @@ pub struct EngineConfig {
     /// Longest wait for busy episodes before a decode step (`None`: wait until all are ready,
     /// which makes batching deterministic — sync mode).
     pub max_env_wait: Option<Duration>,
+    /// Bytes of keys and values kept between an episode's turns (0: every turn prefills its
+    /// whole conversation).
+    pub kv_cache_bytes: usize,
+    /// What kept keys and values become when new weights arrive between turns.
+    pub kv_across_versions: KvAcrossVersions,
+}
+
+/// What happens to an episode's kept keys and values when the weights change between its turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvAcrossVersions {
+    /// Drop them: the next turn prefills its conversation with the new weights, so every
+    /// behaviour log-prob is exactly the new model's (the learner scores what was sampled).
+    #[default]
+    Recompute,
+    /// Keep them: the next turn attends over keys and values the older weights computed (as
+    /// PipelineRL's in-flight updates do); its tokens are stamped with the new version, and
+    /// their behaviour log-probs are those of that mixed computation. Cheaper, not exact.
+    Keep,
 }
 
 impl EngineConfig {
@@ -126,6 +159,8 @@ impl EngineConfig {
                 ..GenerateOptions::default()
             },
             max_env_wait,
+            kv_cache_bytes: 0,
+            kv_across_versions: KvAcrossVersions::Recompute,
         }
     }
 }
@@ -133,31 +168,37 @@ impl EngineConfig {
 /// The sending side of an engine, cloned into every episode.
 #[derive(Clone)]
 pub(crate) struct EngineHandle {
-    pub tx: flume::Sender<Job>,
+    pub tx: flume::Sender<Msg>,
     pub gate: Arc<Gate>,
 }
 
 struct Slot {
     version: WeightsVersion,
     batch: DecodeBatch,
-    replies: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Each row's reply channel and session.
+    replies: HashMap<u64, (oneshot::Sender<Reply>, Option<u64>)>,
+    /// Evictions of the batch's kept turns already counted.
+    evicted_seen: u64,
 }
 
 impl Slot {
     fn deliver(&mut self, gate: &Arc<Gate>, counters: &EngineCounters) {
         for (id, generation) in self.batch.take_finished() {
             counters.completions.fetch_add(1, Ordering::Relaxed);
-            if let Some(reply) = self.replies.remove(&id) {
+            if let Some((reply, session)) = self.replies.remove(&id) {
                 // The episode is busy (back in its environment) from this moment, so the next
                 // step waits for its next request. If it is gone (e.g. timed out), the guard
-                // comes back with the failed send and is dropped.
-                let _ = reply.send(Ok((
+                // comes back with the failed send and is dropped, with what was kept for it.
+                let sent = reply.send(Ok((
                     Completion {
                         generation,
                         version: self.version,
                     },
                     gate.busy(),
                 )));
+                if let (Err(_), Some(session)) = (sent, session) {
+                    self.batch.forget(session);
+                }
             }
         }
     }
@@ -184,7 +225,7 @@ pub(crate) fn spawn_engine(
 }
 
 fn engine_loop(
-    rx: flume::Receiver<Job>,
+    rx: flume::Receiver<Msg>,
     gate: Arc<Gate>,
     mut weights: WeightSubscriber,
     tokenizer: Arc<Tokenizer>,
@@ -196,15 +237,26 @@ fn engine_loop(
     let mut next_id = 0u64;
     loop {
         let active: usize = slots.iter().map(|s| s.batch.active()).sum();
-        let mut jobs = Vec::new();
+        let mut messages = Vec::new();
         if active == 0 {
             match rx.recv() {
-                Ok(job) => jobs.push(job),
+                Ok(m) => messages.push(m),
                 Err(_) => break,
             }
         }
         gate.wait_idle(config.max_env_wait);
-        jobs.extend(rx.try_iter());
+        messages.extend(rx.try_iter());
+        let mut jobs = Vec::with_capacity(messages.len());
+        for m in messages {
+            match m {
+                Msg::Generate(job) => jobs.push(job),
+                Msg::Forget(session) => {
+                    for slot in &mut slots {
+                        slot.batch.forget(session);
+                    }
+                }
+            }
+        }
         if weights.has_new() {
             current = weights.latest();
         }
@@ -214,14 +266,31 @@ fn engine_loop(
             let slot = match slots.iter().position(|s| s.version == current.version) {
                 Some(i) => &mut slots[i],
                 None => {
+                    let mut batch = DecodeBatch::new(
+                        current.model.clone(),
+                        Some(tokenizer.clone()),
+                        config.generate.clone(),
+                    );
+                    if config.kv_cache_bytes > 0 {
+                        // The newest older slot's kept turns move on only when told to keep
+                        // them across versions; otherwise they go with their slot.
+                        let kept = match config.kv_across_versions {
+                            KvAcrossVersions::Keep => {
+                                slots.last_mut().and_then(|s| s.batch.take_prefix_cache())
+                            }
+                            KvAcrossVersions::Recompute => None,
+                        };
+                        match kept {
+                            Some(store) => batch.set_prefix_cache(store),
+                            None => batch.enable_prefix_cache(config.kv_cache_bytes),
+                        }
+                    }
+                    let evicted_seen = batch.prefix_cache().map_or(0, |p| p.stats().evicted);
                     slots.push(Slot {
                         version: current.version,
-                        batch: DecodeBatch::new(
-                            current.model.clone(),
-                            Some(tokenizer.clone()),
-                            config.generate.clone(),
-                        ),
+                        batch,
                         replies: HashMap::new(),
+                        evicted_seen,
                     });
                     slots.last_mut().expect("just pushed")
                 }
@@ -244,6 +313,18 @@ fn engine_loop(
             .busy_micros
             .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         slots.retain(|s| s.version == current.version || s.batch.active() > 0);
+        let mut kept = 0u64;
+        for slot in &mut slots {
+            if let Some(store) = slot.batch.prefix_cache() {
+                kept += store.bytes() as u64;
+                let evicted = store.stats().evicted;
+                counters
+                    .kv_evicted
+                    .fetch_add(evicted.saturating_sub(slot.evicted_seen), Ordering::Relaxed);
+                slot.evicted_seen = evicted;
+            }
+        }
+        counters.kv_kept_bytes.store(kept, Ordering::Relaxed);
     }
 }
 
@@ -256,8 +337,8 @@ fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCo
     for job in jobs {
         let id = *next_id;
         *next_id += 1;
+        replies.push((id, (job.reply, job.request.session)));
         tagged.push((id, job.request));
-        replies.push((id, job.reply));
     }
     match slot.batch.add(tagged.clone()) {
         Ok(()) => slot.replies.extend(replies),
@@ -269,7 +350,7 @@ fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCo
                         slot.replies.insert(id, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.0.send(Err(e.to_string()));
                     }
                 }
             }
@@ -286,6 +367,10 @@ fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCo
     );
     counters.prompt_tokens.fetch_add(
         (after.prompt_tokens - stats_before.prompt_tokens) as u64,
+        Ordering::Relaxed,
+    );
+    counters.reused_prompt_tokens.fetch_add(
+        (after.reused_prompt_tokens - stats_before.reused_prompt_tokens) as u64,
         Ordering::Relaxed,
     );
 }

@@ -25,7 +25,7 @@ mod responder;
 mod weights;
 
 pub use actor::{ActorConfig, ActorPool, Submitter};
-pub use engine::{Completion, EngineConfig, EngineCounters};
+pub use engine::{Completion, EngineConfig, EngineCounters, KvAcrossVersions};
 pub use error::Error;
 pub use kaizen_envs::EnvSlot;
 pub use kaizen_transport::{EpisodeReport, EpisodeTask, SamplingConfig, derive_seed};

@@ -1,5 +1,6 @@
 //! Actors in this process behind the transport interfaces ([`Rollouts`], [`WeightSink`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kaizen_core::WeightsVersion;
@@ -7,7 +8,7 @@ use kaizen_envs::EnvSlot;
 use kaizen_model::{ChatTemplate, Llama, Tokenizer};
 use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, WeightSink};
 
-use crate::{ActorConfig, ActorPool, Error, WeightPublisher, weight_broadcast_at};
+use crate::{ActorConfig, ActorPool, EngineCounters, Error, WeightPublisher, weight_broadcast_at};
 
 /// An [`ActorPool`] on its own tokio runtime: the in-process implementation of [`Rollouts`].
 /// Its weight stream is the [`WeightPublisher`] returned by [`LocalActors::spawn`].
@@ -93,6 +94,38 @@ impl Rollouts for LocalActors {
 
     fn generated_tokens(&self) -> u64 {
         self.pool().generated_tokens()
+    }
+
+    /// The engines' totals since the start: `actors/prefill_tokens` (positions run through
+    /// prefill, padding included), `actors/reused_prompt_tokens` (kept from the episode's
+    /// previous turn instead), `actors/prefill_per_sampled_token`, `actors/kv_evicted` (kept
+    /// turns evicted) and `actors/kv_kept_mib` (kept now).
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sum = |f: &dyn Fn(&EngineCounters) -> u64| -> f64 {
+            self.pool().counters().iter().map(|c| f(c) as f64).sum()
+        };
+        let prefill = sum(&|c| c.prefill_tokens.load(Relaxed));
+        let sampled = sum(&|c| c.generated_tokens.load(Relaxed));
+        let mut m = BTreeMap::from([
+            ("actors/prefill_tokens".to_string(), prefill),
+            (
+                "actors/reused_prompt_tokens".to_string(),
+                sum(&|c| c.reused_prompt_tokens.load(Relaxed)),
+            ),
+            (
+                "actors/kv_evicted".to_string(),
+                sum(&|c| c.kv_evicted.load(Relaxed)),
+            ),
+            (
+                "actors/kv_kept_mib".to_string(),
+                sum(&|c| c.kv_kept_bytes.load(Relaxed)) / (1024.0 * 1024.0),
+            ),
+        ]);
+        if sampled > 0.0 {
+            m.insert("actors/prefill_per_sampled_token".into(), prefill / sampled);
+        }
+        m
     }
 
     fn shutdown(mut self: Box<Self>) -> Vec<EpisodeReport> {

@@ -9,7 +9,7 @@ use kaizen_envs::Responder;
 use kaizen_model::{ChatTemplate, ChatThread, GenerationRequest, Tokenizer};
 use tokio::sync::oneshot;
 
-use crate::engine::{BusyGuard, EngineHandle, Job};
+use crate::engine::{BusyGuard, EngineHandle, Job, Msg};
 use crate::{SamplingConfig, derive_seed};
 
 /// The policy side of one episode: renders requests into token threads, asks the engine,
@@ -73,11 +73,16 @@ impl Responder for PolicyResponder {
         let (reply, answer) = oneshot::channel();
         // This episode now waits on the engine: it is no longer busy.
         self.busy = None;
-        let sent = self.engine.tx.send_async(Job {
+        let sent = self.engine.tx.send_async(Msg::Generate(Job {
             key: (self.episode, turn),
-            request: GenerationRequest { prompt, params },
+            request: GenerationRequest {
+                prompt,
+                params,
+                // The engine keeps this thread's keys and values for its next turn.
+                session: Some(self.episode),
+            },
             reply,
-        });
+        }));
         let result = match sent.await {
             Ok(()) => answer
                 .await
@@ -110,6 +115,13 @@ impl Responder for PolicyResponder {
             finish_reason: g.finish_reason,
         });
         Ok(text)
+    }
+}
+
+impl Drop for PolicyResponder {
+    /// The episode is over: its engine drops what it kept for the next turn.
+    fn drop(&mut self) {
+        let _ = self.engine.tx.try_send(Msg::Forget(self.episode));
     }
 }
 

@@ -44,6 +44,8 @@ fn config(actors: usize) -> ActorConfig {
         engine: EngineConfig {
             generate: GenerateOptions::default(),
             max_env_wait: None,
+            kv_cache_bytes: 64 << 20,
+            kv_across_versions: Default::default(),
         },
         results_capacity: 64,
     }
@@ -62,6 +64,17 @@ fn task(id: u64, group: u64, sample: u32) -> EpisodeTask {
 }
 
 fn play(envs: Vec<EnvSlot>, tasks: Vec<EpisodeTask>, actors: usize) -> Vec<EpisodeReport> {
+    play_with(envs, tasks, config(actors)).0
+}
+
+/// Plays `tasks` with `config`; the reports by task id, and the prompt tokens the engines
+/// reused from earlier turns and prefilled.
+fn play_with(
+    envs: Vec<EnvSlot>,
+    tasks: Vec<EpisodeTask>,
+    config: ActorConfig,
+) -> (Vec<EpisodeReport>, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
     let rt = runtime();
     let policy = Policy::tiny(&Device::default(), 0).unwrap();
     let (publisher, _) = weight_broadcast(policy.model.clone());
@@ -71,15 +84,46 @@ fn play(envs: Vec<EnvSlot>, tasks: Vec<EpisodeTask>, actors: usize) -> Vec<Episo
         Arc::new(policy.tokenizer.clone()),
         ChatTemplate::chatml(),
         &publisher,
-        config(actors),
+        config,
     )
     .unwrap();
     let n = tasks.len();
     pool.submit_all(tasks).unwrap();
     let mut reports: Vec<EpisodeReport> = (0..n).map(|_| pool.results().recv().unwrap()).collect();
+    let sum = |f: &dyn Fn(&kaizen_actors::EngineCounters) -> u64| {
+        pool.counters().iter().map(|c| f(c)).sum::<u64>()
+    };
+    let reused = sum(&|c| c.reused_prompt_tokens.load(Relaxed));
+    let prefilled = sum(&|c| c.prefill_tokens.load(Relaxed));
     rt.block_on(pool.shutdown());
     reports.sort_by_key(|r| r.task.id);
-    reports
+    (reports, reused, prefilled)
+}
+
+#[test]
+fn second_turns_reuse_the_first_turns_keys_and_values_and_sample_the_same() {
+    let tasks: Vec<_> = (0..2)
+        .flat_map(|g| (0..4).map(move |s| task(g * 4 + s as u64, g, s)))
+        .collect();
+    let mut off = config(1);
+    off.engine.kv_cache_bytes = 0;
+    let (plain, reused_off, prefilled_off) = play_with(vec![self_correct()], tasks.clone(), off);
+    let (kept, reused_on, prefilled_on) = play_with(vec![self_correct()], tasks, config(1));
+    assert_eq!(reused_off, 0);
+    assert!(reused_on > 0, "turn 2 continued from turn 1's cache");
+    assert!(
+        prefilled_on + reused_on <= prefilled_off,
+        "{prefilled_on} prefilled + {reused_on} reused vs {prefilled_off}"
+    );
+    for (a, b) in plain.iter().zip(&kept) {
+        let (a, b) = (a.result.as_ref().unwrap(), b.result.as_ref().unwrap());
+        for (x, y) in a.segments.iter().zip(&b.segments) {
+            assert_eq!(x.completion_tokens, y.completion_tokens);
+            for (p, q) in x.behavior_logprobs.iter().zip(&y.behavior_logprobs) {
+                assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+            }
+        }
+    }
 }
 
 #[test]

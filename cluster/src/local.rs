@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kaizen_actors::{ActorConfig, EngineConfig, LocalActors};
+use kaizen_actors::{ActorConfig, EngineConfig, KvAcrossVersions, LocalActors};
 use kaizen_envs::EpisodeLimits;
 use kaizen_learner::{ActorsSpec, Error, JobConfig, Launcher, Mode, StartedActors};
 use kaizen_model::Tokenizer;
@@ -23,13 +23,20 @@ pub fn actor_config(config: &JobConfig, tokenizer: &Tokenizer) -> ActorConfig {
             respond_timeout: None,
             max_turns: config.actors.max_turns,
         },
-        engine: EngineConfig::new(
-            tokenizer,
-            match config.run.mode {
-                Mode::Sync => None,
-                Mode::Async => Some(Duration::from_millis(20)),
+        engine: EngineConfig {
+            kv_cache_bytes: (config.actors.kv_cache_mib * 1024.0 * 1024.0) as usize,
+            kv_across_versions: match config.actors.kv_across_versions {
+                kaizen_learner::KvAcrossVersions::Recompute => KvAcrossVersions::Recompute,
+                kaizen_learner::KvAcrossVersions::Keep => KvAcrossVersions::Keep,
             },
-        ),
+            ..EngineConfig::new(
+                tokenizer,
+                match config.run.mode {
+                    Mode::Sync => None,
+                    Mode::Async => Some(Duration::from_millis(20)),
+                },
+            )
+        },
         results_capacity: (config.grpo.prompts_per_step * config.grpo.num_generations).max(16),
     }
 }

@@ -195,6 +195,26 @@ pub struct ActorsConfig {
     pub env_timeout_s: f64,
     /// Most requests per episode.
     pub max_turns: usize,
+    /// Keys and values kept between an episode's turns, MiB per actor (0: every turn prefills
+    /// its whole conversation again). Beyond it the oldest kept turns are evicted and
+    /// prefilled again when continued (counted in `actors/kv_evicted`).
+    pub kv_cache_mib: f64,
+    /// What kept keys and values become when new weights arrive between two turns of an
+    /// episode: `"recompute"` (drop them; the next turn is prefilled with the new weights, so
+    /// behaviour log-probs are exactly one model's) or `"keep"` (attend over the older weights'
+    /// keys and values, as PipelineRL's in-flight updates; cheaper, not exact).
+    pub kv_across_versions: KvAcrossVersions,
+}
+
+/// `actors.kv_across_versions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvAcrossVersions {
+    /// Drop kept keys and values when the weights change (exact behaviour log-probs).
+    #[default]
+    Recompute,
+    /// Keep them across weight versions (not exact).
+    Keep,
 }
 
 impl Default for ActorsConfig {
@@ -204,6 +224,8 @@ impl Default for ActorsConfig {
             episodes_in_flight: 64,
             env_timeout_s: 30.0,
             max_turns: 64,
+            kv_cache_mib: 1024.0,
+            kv_across_versions: KvAcrossVersions::Recompute,
         }
     }
 }
@@ -467,6 +489,15 @@ impl JobConfig {
         self.cluster.validate()?;
         if self.envs.is_empty() {
             return Err("at least one [[env]] is required".into());
+        }
+        if !(self.actors.kv_cache_mib.is_finite()
+            && (0.0..=1_048_576.0).contains(&self.actors.kv_cache_mib))
+        {
+            return Err(format!(
+                "`actors.kv_cache_mib` = {}: expected a number of MiB in [0, 1048576] (0 keeps \
+                 nothing between turns)",
+                self.actors.kv_cache_mib
+            ));
         }
         for (i, e) in self.envs.iter().enumerate() {
             if !(e.weight.is_finite() && e.weight > 0.0) {

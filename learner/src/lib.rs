@@ -45,8 +45,8 @@ pub use checkpoint::{
 pub use collective::{Collective, SingleProcess};
 pub use config::{
     ActorsConfig, CheckpointConfig, ClusterConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig,
-    Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig, expand_path,
-    kaizen_cache,
+    KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig,
+    expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::cpu_forward::{self, CpuWeights};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, token_tensor};
+use crate::prefix_cache::PrefixCache;
 use crate::sampler::{SamplingParams, sample};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -21,6 +22,10 @@ pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     /// How to sample, including the row's seed.
     pub params: SamplingParams,
+    /// The episode (any id the caller keeps per conversation) this request continues, when the
+    /// batch keeps keys and values between turns ([`DecodeBatch::enable_prefix_cache`]): the
+    /// row's cache is stored when it finishes and the session's next request reuses it.
+    pub session: Option<u64>,
 }
 
 /// One completion.
@@ -79,10 +84,15 @@ pub struct GenerationStats {
     pub dead_row_steps: usize,
     /// Tokens sampled.
     pub generated_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the session's previous turn
+    /// instead of prefilled ([`DecodeBatch::enable_prefix_cache`]).
+    pub reused_prompt_tokens: usize,
 }
 
 struct Row {
     id: u64,
+    /// The session the row's cache is stored for when it finishes, with its prompt ids.
+    session: Option<(u64, Vec<u32>)>,
     params: SamplingParams,
     rng: ChaCha8Rng,
     prompt_len: usize,
@@ -118,6 +128,8 @@ pub struct DecodeBatch {
     rows: Vec<Row>,
     done: Vec<(u64, Generation)>,
     stats: GenerationStats,
+    /// Keys and values kept between a session's turns, when enabled.
+    prefix: Option<PrefixCache>,
 }
 
 impl DecodeBatch {
@@ -133,6 +145,37 @@ impl DecodeBatch {
             rows: Vec::new(),
             done: Vec::new(),
             stats: GenerationStats::default(),
+            prefix: None,
+        }
+    }
+
+    /// Keeps the keys and values of finished rows that belong to a session (up to
+    /// `budget_bytes`, oldest evicted first) so that the session's next request prefills only
+    /// the tokens its prompt adds. Applies when the model runs on kaizen's CPU kernels (host
+    /// caches); elsewhere every request is prefilled in full.
+    pub fn enable_prefix_cache(&mut self, budget_bytes: usize) {
+        self.prefix = Some(PrefixCache::new(budget_bytes));
+    }
+
+    /// The store of kept keys and values, when enabled.
+    pub fn prefix_cache(&self) -> Option<&PrefixCache> {
+        self.prefix.as_ref()
+    }
+
+    /// Takes the store of kept keys and values (to carry it to a batch of newer weights).
+    pub fn take_prefix_cache(&mut self) -> Option<PrefixCache> {
+        self.prefix.take()
+    }
+
+    /// Uses `store` for kept keys and values (from [`DecodeBatch::take_prefix_cache`]).
+    pub fn set_prefix_cache(&mut self, store: PrefixCache) {
+        self.prefix = Some(store);
+    }
+
+    /// Drops what is kept for `session` (its episode ended).
+    pub fn forget(&mut self, session: u64) {
+        if let Some(p) = &mut self.prefix {
+            p.forget(session);
         }
     }
 
@@ -187,7 +230,89 @@ impl DecodeBatch {
             return Ok(());
         }
         self.compact(true);
+        self.stats.prompt_tokens += requests.iter().map(|(_, r)| r.prompt.len()).sum::<usize>();
 
+        // Requests that continue a session with kept keys and values prefill only the rest.
+        let host = self.cpu.is_some() && !self.cache.is_tensor();
+        let mut fresh = Vec::with_capacity(requests.len());
+        let mut continued = Vec::new();
+        for (id, r) in requests {
+            let kept = match (&mut self.prefix, r.session) {
+                (Some(store), Some(session)) if host => store.take(session, &r.prompt),
+                _ => None,
+            };
+            match kept {
+                Some((cache, n)) => continued.push((id, r, cache, n)),
+                None => fresh.push((id, r)),
+            }
+        }
+        self.add_continued(continued);
+        if !fresh.is_empty() {
+            self.add_fresh(fresh);
+        }
+        self.collect_finished();
+        Ok(())
+    }
+
+    /// Continues sessions from their kept keys and values: one forward pass per distinct
+    /// number of new tokens (usually one: a group's episodes hear the same reply), no padding.
+    fn add_continued(&mut self, items: Vec<(u64, GenerationRequest, KvCache, usize)>) {
+        let mut by_new: Vec<(usize, Vec<(u64, GenerationRequest, KvCache, usize)>)> = Vec::new();
+        for item in items {
+            let new = item.1.prompt.len() - item.3;
+            match by_new.iter_mut().find(|(n, _)| *n == new) {
+                Some((_, group)) => group.push(item),
+                None => by_new.push((new, vec![item])),
+            }
+        }
+        by_new.sort_by_key(|(n, _)| *n);
+        let vocab = self.model.config().vocab_size;
+        for (new, group) in by_new {
+            let mut caches = Vec::with_capacity(group.len());
+            let mut feed = Vec::with_capacity(group.len());
+            let mut rows = Vec::with_capacity(group.len());
+            for (id, request, cache, kept) in group {
+                caches.push(cache);
+                feed.push(request.prompt[kept..].to_vec());
+                self.stats.reused_prompt_tokens += kept;
+                rows.push(Self::new_row(id, request, true));
+            }
+            let Some(mut cache) = KvCache::stack_rows(caches, new) else {
+                // Kept caches are one-row host caches by construction; never reached.
+                continue;
+            };
+            self.stats.prefill_tokens += rows.len() * new;
+            let logits = last_logits(&self.model, self.cpu.as_ref(), &feed, &mut cache);
+            for (c, row) in rows.iter_mut().enumerate() {
+                self.sample_into(row, &logits[c * vocab..(c + 1) * vocab]);
+            }
+            self.cache.append(cache);
+            self.rows.extend(rows);
+        }
+    }
+
+    /// A row for `request`; it remembers its session and prompt when the batch keeps caches.
+    fn new_row(id: u64, request: GenerationRequest, keep: bool) -> Row {
+        Row {
+            id,
+            rng: ChaCha8Rng::seed_from_u64(request.params.seed),
+            prompt_len: request.prompt.len(),
+            session: request
+                .session
+                .filter(|_| keep)
+                .map(|s| (s, request.prompt)),
+            params: request.params,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            entropies: Vec::new(),
+            finish: None,
+            collected: false,
+        }
+    }
+
+    /// Prefills requests from scratch (identical prompts once when sharing) and samples their
+    /// first tokens.
+    fn add_fresh(&mut self, requests: Vec<(u64, GenerationRequest)>) {
         // Distinct prompts, each prefilled once (or every request alone when not sharing).
         let mut unique: Vec<usize> = Vec::new();
         let mut of_request = Vec::with_capacity(requests.len());
@@ -204,7 +329,6 @@ impl DecodeBatch {
             };
             of_request.push(u);
         }
-        self.stats.prompt_tokens += requests.iter().map(|(_, r)| r.prompt.len()).sum::<usize>();
 
         // Prefill in chunks of similar length, shortest first.
         let mut order: Vec<usize> = (0..unique.len()).collect();
@@ -247,17 +371,7 @@ impl DecodeBatch {
                     let Some((id, request)) = requests[i].take() else {
                         continue;
                     };
-                    let mut row = Row {
-                        id,
-                        rng: ChaCha8Rng::seed_from_u64(request.params.seed),
-                        prompt_len: request.prompt.len(),
-                        params: request.params,
-                        tokens: Vec::new(),
-                        logprobs: Vec::new(),
-                        entropies: Vec::new(),
-                        finish: None,
-                        collected: false,
-                    };
+                    let mut row = Self::new_row(id, request, self.prefix.is_some());
                     let vocab = self.model.config().vocab_size;
                     self.sample_into(&mut row, &logits[c * vocab..(c + 1) * vocab]);
                     new_rows.push(row);
@@ -267,8 +381,6 @@ impl DecodeBatch {
             self.cache.append(cache);
             self.rows.extend(new_rows);
         }
-        self.collect_finished();
-        Ok(())
     }
 
     /// Samples one more token for every unfinished row. Does nothing when no row is active.
@@ -369,11 +481,26 @@ impl DecodeBatch {
     }
 
     fn collect_finished(&mut self) {
-        for row in self.rows.iter_mut().filter(|r| !r.collected) {
+        for (b, row) in self
+            .rows
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, r)| !r.collected)
+        {
             let Some(reason) = row.finish else {
                 continue;
             };
             row.collected = true;
+            // Keep the row's keys and values for its session's next turn: the prompt and every
+            // sampled token but the last, which was never fed.
+            if let (Some(store), Some((session, mut tokens))) =
+                (&mut self.prefix, row.session.take())
+            {
+                tokens.extend_from_slice(&row.tokens[..row.tokens.len() - 1]);
+                if let Some(cache) = self.cache.row_prefix(b, tokens.len()) {
+                    store.insert(session, tokens, cache);
+                }
+            }
             let text = self.tokenizer.as_deref().map(|tok| {
                 let text = tok.decode(&row.tokens, true).unwrap_or_default();
                 cut_at_stop(text, &row.params.stop)

@@ -392,6 +392,92 @@ impl KvCache {
         }
     }
 
+    /// The first `cols` columns of row `b` as a one-row host cache (starting at column 0, no
+    /// spare capacity): what a finished turn leaves for the episode's next turn. `None` when the
+    /// cache does not hold host storage or the row has fewer than `cols` columns.
+    pub(crate) fn row_prefix(&self, b: usize, cols: usize) -> Option<KvCache> {
+        if !self.is_host() || b >= self.rows() || cols == 0 || self.row_len(b) < cols {
+            return None;
+        }
+        let (heads, dim, capacity) = (self.kv_heads, self.head_dim, self.capacity);
+        let start = self.starts[b];
+        let copy = |src: &[f32]| {
+            let row = &src[b * heads * capacity * dim..(b + 1) * heads * capacity * dim];
+            let mut dst = Vec::with_capacity(heads * cols * dim);
+            for head in row.chunks_exact(capacity * dim) {
+                dst.extend_from_slice(&head[start * dim..(start + cols) * dim]);
+            }
+            dst
+        };
+        Some(KvCache {
+            layers: vec![None; self.layers.len()],
+            host: self.host.iter().map(|(k, v)| (copy(k), copy(v))).collect(),
+            starts: vec![0],
+            len: cols,
+            capacity: cols,
+            kv_heads: heads,
+            head_dim: dim,
+        })
+    }
+
+    /// Keeps only the first `cols` columns of a one-row cache made by [`KvCache::row_prefix`]
+    /// (a later turn that shares only part of the earlier one's tokens).
+    pub(crate) fn truncate_row(&mut self, cols: usize) {
+        if cols >= self.len || self.rows() != 1 || self.starts[0] != 0 {
+            return;
+        }
+        self.remap_host(1, cols, 0);
+        self.len = cols;
+    }
+
+    /// One host cache holding `rows` (one-row caches from [`KvCache::row_prefix`]), left-padded
+    /// so that they end on the same column, with room for `extra` more columns. `None` when
+    /// `rows` is empty or one of them is not such a cache.
+    pub(crate) fn stack_rows(rows: Vec<KvCache>, extra: usize) -> Option<KvCache> {
+        let first = rows.first()?;
+        let (layers, heads, dim) = (first.layers.len(), first.kv_heads, first.head_dim);
+        let ok = rows.iter().all(|r| {
+            r.is_host()
+                && r.rows() == 1
+                && r.starts[0] == 0
+                && (r.layers.len(), r.kv_heads, r.head_dim) == (layers, heads, dim)
+        });
+        if !ok {
+            return None;
+        }
+        let len = rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let capacity = (len + extra).div_ceil(CHUNK) * CHUNK;
+        let n = rows.len();
+        let mut host = vec![
+            (
+                vec![0.0; n * heads * capacity * dim],
+                vec![0.0; n * heads * capacity * dim]
+            );
+            layers
+        ];
+        let starts: Vec<usize> = rows.iter().map(|r| len - r.len).collect();
+        for (b, row) in rows.iter().enumerate() {
+            let (cols, src_cap, start) = (row.len, row.capacity, starts[b]);
+            for ((dk, dv), (sk, sv)) in host.iter_mut().zip(&row.host) {
+                for h in 0..heads {
+                    let to = (b * heads + h) * capacity * dim + start * dim;
+                    let from = h * src_cap * dim;
+                    dk[to..to + cols * dim].copy_from_slice(&sk[from..from + cols * dim]);
+                    dv[to..to + cols * dim].copy_from_slice(&sv[from..from + cols * dim]);
+                }
+            }
+        }
+        Some(KvCache {
+            layers: vec![None; layers],
+            host,
+            starts,
+            len,
+            capacity,
+            kv_heads: heads,
+            head_dim: dim,
+        })
+    }
+
     /// Moves host storage into tensors on `device`.
     fn host_to_tensors(&mut self, device: &Device) {
         let shape = [self.rows(), self.kv_heads, self.capacity, self.head_dim];

@@ -113,6 +113,7 @@ fn continuous_batching_on_kernels_gives_burn_tokens_and_logprobs() {
             .iter()
             .enumerate()
             .map(|(i, &len)| GenerationRequest {
+                session: None,
                 prompt: (0..len).map(|t| ((t * 13 + i) % 280) as u32).collect(),
                 params: SamplingParams {
                     temperature: if i % 2 == 0 { 0.0 } else { 0.8 },

@@ -17,6 +17,7 @@ fn greedy(policy: &Policy, prompt: &[u32], n: usize) -> Vec<u32> {
         &policy.model,
         None,
         &[GenerationRequest {
+            session: None,
             prompt: prompt.to_vec(),
             params: SamplingParams::greedy(n),
         }],

@@ -9,7 +9,11 @@ use kaizen_model::{
 };
 
 fn request(prompt: Vec<u32>, params: SamplingParams) -> GenerationRequest {
-    GenerationRequest { prompt, params }
+    GenerationRequest {
+        prompt,
+        params,
+        session: None,
+    }
 }
 
 fn prompts() -> Vec<Vec<u32>> {

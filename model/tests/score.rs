@@ -17,6 +17,7 @@ fn sample_and_score(temperature: f32) {
         .iter()
         .enumerate()
         .map(|(i, p)| GenerationRequest {
+            session: None,
             prompt: p.clone(),
             params: SamplingParams {
                 temperature,

@@ -184,6 +184,7 @@ fn greedy_continuations_match_transformers() {
             &policy.model,
             Some(&policy.tokenizer),
             &[GenerationRequest {
+                session: None,
                 prompt,
                 params: SamplingParams::greedy(32),
             }],

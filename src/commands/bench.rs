@@ -142,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let requests: Vec<GenerationRequest> = (0..batch)
                 .flat_map(|b| {
                     (0..group).map(move |g| GenerationRequest {
+                        session: None,
                         prompt: tokens(prompt_len, b, vocab),
                         params: SamplingParams {
                             temperature: 1.0,

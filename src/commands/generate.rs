@@ -63,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let requests: Vec<GenerationRequest> = (0..args.num_samples.max(1))
         .map(|i| GenerationRequest {
+            session: None,
             prompt: prompt.clone(),
             params: SamplingParams {
                 temperature: args.temperature,
