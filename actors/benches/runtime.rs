@@ -150,12 +150,14 @@ struct Bench {
 
 impl Bench {
     /// A pool configured as `kaizen train` configures it in sync mode (see
-    /// `learner/src/trainer.rs`, `actor_config`).
+    /// `cluster/src/local.rs`, `actor_config`), keeping `kv_cache_bytes` of keys and values
+    /// between turns.
     fn new(
         model: Llama,
         actors: usize,
         episodes_in_flight: usize,
         max_completion_length: usize,
+        kv_cache_bytes: usize,
     ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -175,7 +177,10 @@ impl Bench {
                 ..SamplingConfig::default()
             },
             limits: EpisodeLimits::default(),
-            engine: EngineConfig::new(&tokenizer, None),
+            engine: EngineConfig {
+                kv_cache_bytes,
+                ..EngineConfig::new(&tokenizer, None)
+            },
             results_capacity: 64,
         };
         let pool = ActorPool::spawn(
@@ -307,7 +312,7 @@ fn steady_state(bench: &mut Bench, durations: &Durations) -> Rates {
 
 /// A real report of the tiny model playing `self_correct` (two 24-token turns).
 fn sample_report() -> EpisodeReport {
-    let mut bench = Bench::new(tiny_model(), 1, GROUP, 24);
+    let mut bench = Bench::new(tiny_model(), 1, GROUP, 24, KV_BYTES);
     bench.submit(SELF_CORRECT, GROUP);
     let reports: Vec<EpisodeReport> = (0..GROUP).map(|_| bench.recv()).collect();
     bench.finish();
@@ -362,7 +367,7 @@ fn channel(c: &mut Criterion) {
     });
     for actors in [1, 2] {
         for in_flight in [16, 64] {
-            let mut bench = Bench::new(minuscule_model(), actors, in_flight, 1);
+            let mut bench = Bench::new(minuscule_model(), actors, in_flight, 1, KV_BYTES);
             group.bench_function(
                 BenchmarkId::new("pool_minuscule_policy", format!("{actors}x{in_flight}")),
                 |b| {
@@ -389,18 +394,25 @@ fn actor_tokens(durations: &Durations) {
         durations.window, durations.turnovers
     );
     println!(
-        "| actors | episodes in flight | sampled tokens/s | prefill positions/s | episodes/s |"
+        "| actors | episodes in flight | KV kept between turns | sampled tokens/s | prefill \
+         positions/s | prefill positions per sampled token | episodes/s |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for actors in [1, 2] {
-        for in_flight in [8, 32, 64, 128] {
-            let mut bench = Bench::new(tiny_model(), actors, in_flight, 24);
-            let rates = steady_state(&mut bench, durations);
-            bench.finish();
-            println!(
-                "| {actors} | {in_flight} | {:.0} | {:.0} | {:.1} |",
-                rates.tokens_per_s, rates.prefill_per_s, rates.episodes_per_s
-            );
+        for in_flight in [8, 64] {
+            for kv in [0, KV_BYTES] {
+                let mut bench = Bench::new(tiny_model(), actors, in_flight, 24, kv);
+                let rates = steady_state(&mut bench, durations);
+                bench.finish();
+                println!(
+                    "| {actors} | {in_flight} | {} | {:.0} | {:.0} | {:.2} | {:.1} |",
+                    if kv > 0 { "yes" } else { "no" },
+                    rates.tokens_per_s,
+                    rates.prefill_per_s,
+                    rates.prefill_per_s / rates.tokens_per_s,
+                    rates.episodes_per_s
+                );
+            }
         }
     }
 }
@@ -417,7 +429,7 @@ fn quantiles(mut samples: Vec<Duration>) -> (f64, f64) {
 
 fn weight_pickup(durations: &Durations) {
     let in_flight = 64;
-    let mut bench = Bench::new(tiny_model(), 1, in_flight, 24);
+    let mut bench = Bench::new(tiny_model(), 1, in_flight, 24, KV_BYTES);
     // Whole groups of self_correct, always leaving a free slot for the probe, so it starts at
     // once instead of queueing behind other episodes.
     let limit = in_flight - 1;
@@ -519,6 +531,9 @@ fn weight_pickup(durations: &Durations) {
         println!("| {from} | {until} | {median:.1} ms | {p90:.1} ms |");
     }
 }
+
+/// What `kaizen train` keeps between turns by default (`actors.kv_cache_mib = 1024`).
+const KV_BYTES: usize = 1 << 30;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kaizen_actors::{ActorConfig, EngineConfig, KvAcrossVersions, LocalActors};
 use kaizen_envs::EpisodeLimits;
 use kaizen_learner::{ActorsSpec, Error, JobConfig, Launcher, Mode, StartedActors};
-use kaizen_model::Tokenizer;
+use kaizen_model::{DecodeWeights, GenerateOptions, Tokenizer};
 
 /// Tokio worker threads of the actors' runtime (episodes are light; decode runs on the
 /// engines' own threads).
@@ -24,6 +24,14 @@ pub fn actor_config(config: &JobConfig, tokenizer: &Tokenizer) -> ActorConfig {
             max_turns: config.actors.max_turns,
         },
         engine: EngineConfig {
+            generate: GenerateOptions {
+                eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+                decode_weights: match config.actors.decode_weights {
+                    kaizen_learner::DecodeWeightsConfig::F32 => DecodeWeights::F32,
+                    kaizen_learner::DecodeWeightsConfig::Int8 => DecodeWeights::Int8,
+                },
+                ..GenerateOptions::default()
+            },
             kv_cache_bytes: (config.actors.kv_cache_mib * 1024.0 * 1024.0) as usize,
             kv_across_versions: match config.actors.kv_across_versions {
                 kaizen_learner::KvAcrossVersions::Recompute => KvAcrossVersions::Recompute,

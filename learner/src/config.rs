@@ -204,6 +204,24 @@ pub struct ActorsConfig {
     /// behaviour log-probs are exactly one model's) or `"keep"` (attend over the older weights'
     /// keys and values, as PipelineRL's in-flight updates; cheaper, not exact).
     pub kv_across_versions: KvAcrossVersions,
+    /// The weights the actors decode with: `"f32"`, or `"int8"` (projections quantised in
+    /// blocks of 32 per output row, GGUF Q8_0-style, once per weights version). With int8 the
+    /// actors sample from the dequantised model and their behaviour log-probs are exactly
+    /// that model's; the learner trains the f32 weights and sees the quantisation as an
+    /// off-policy gap (`logprob_gap_*` metrics) its importance ratio corrects. Faster at small
+    /// batches (memory-bound), equal at 16 rows and more (BENCHMARKS.md).
+    pub decode_weights: DecodeWeightsConfig,
+}
+
+/// `actors.decode_weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeWeightsConfig {
+    /// The f32 weights.
+    #[default]
+    F32,
+    /// int8 projections.
+    Int8,
 }
 
 /// `actors.kv_across_versions`.
@@ -226,6 +244,7 @@ impl Default for ActorsConfig {
             max_turns: 64,
             kv_cache_mib: 1024.0,
             kv_across_versions: KvAcrossVersions::Recompute,
+            decode_weights: DecodeWeightsConfig::F32,
         }
     }
 }

@@ -44,9 +44,9 @@ pub use checkpoint::{
 };
 pub use collective::{Collective, SingleProcess};
 pub use config::{
-    ActorsConfig, CheckpointConfig, ClusterConfig, EnvConfig, EvalConfig, GrpoConfig, JobConfig,
-    KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig, RunConfig, SftConfig,
-    expand_path, kaizen_cache,
+    ActorsConfig, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig, EvalConfig,
+    GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig,
+    RunConfig, SftConfig, expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

@@ -16,7 +16,7 @@
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::cpu_kernels::{self, AttentionShape, Product};
+use crate::cpu_kernels::{self, AttentionShape, Product, Q8Matrix};
 use crate::kv_cache::{KvCache, positions};
 use crate::llama::Llama;
 
@@ -194,6 +194,116 @@ impl CpuWeights {
     }
 }
 
+/// The projections of a [`CpuWeights`] quantised to int8 per output row (q/k/v/o, gate/up/down
+/// and the output head), for decoding from a quarter of the bytes
+/// ([`crate::DecodeWeights::Int8`]). Embeddings, norms and biases stay f32. The model decoded
+/// is the dequantised one: every product with these weights computes `x · dequantize(W)ᵀ`.
+#[derive(Debug, Clone)]
+pub(crate) struct QuantizedWeights {
+    /// Per layer: q, k, v, o, gate, up, down.
+    layers: Vec<[Q8Matrix; 7]>,
+    head: Q8Matrix,
+    /// Whether the head is the embedding (tied): token lookups then read its dequantised rows,
+    /// so that one matrix stands for both, as in the model.
+    tied: bool,
+}
+
+impl QuantizedWeights {
+    /// Quantises `weights`' projections (`hidden`: the model's width, the head's columns).
+    pub(crate) fn of(weights: &CpuWeights, hidden: usize) -> Self {
+        let q8 = |w: &HostView, cols: usize| Q8Matrix::quantize(w.data(), cols);
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| {
+                let inter = l.down.data().len() / hidden;
+                let attn = l.o.data().len() / hidden;
+                [
+                    q8(&l.q, hidden),
+                    q8(&l.k, hidden),
+                    q8(&l.v, hidden),
+                    q8(&l.o, attn),
+                    q8(&l.gate, hidden),
+                    q8(&l.up, hidden),
+                    q8(&l.down, inter),
+                ]
+            })
+            .collect();
+        let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
+        Self {
+            layers,
+            head: q8(head, hidden),
+            tied: weights.lm_head.is_none(),
+        }
+    }
+
+    /// Bytes of int8 values and scales.
+    pub(crate) fn bytes(&self) -> usize {
+        let size = |m: &Q8Matrix| m.values.len() + 4 * m.scales.len();
+        self.layers.iter().flatten().map(size).sum::<usize>() + size(&self.head)
+    }
+
+    /// Logits of hidden states: `[n, hidden]` → `[n, vocab]`, with the int8 head.
+    pub(crate) fn logits(&self, hidden: &[f32], hidden_size: usize) -> Vec<f32> {
+        let n = hidden.len() / hidden_size;
+        let mut out = vec![0.0; n * self.head.rows()];
+        cpu_kernels::matmul_q8(hidden, n, hidden_size, &self.head, &mut out);
+        out
+    }
+
+    /// Every projection replaced by its dequantised matrix, by Hugging Face name (what the
+    /// int8 decode computes with; [`crate::Llama::with_int8_projections`]).
+    pub(crate) fn dequantized(&self, tied: bool) -> Vec<(String, Vec<f32>)> {
+        let names = [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ];
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, m) in names.iter().zip(layer) {
+                out.push((format!("model.layers.{i}.{name}.weight"), m.dequantize()));
+            }
+        }
+        let head = if tied {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        out.push((head.to_string(), self.head.dequantize()));
+        out
+    }
+}
+
+/// Products of the decoder with f32 or int8 projections.
+fn project(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    pairs: &mut [(&HostView, Option<&Q8Matrix>, &mut Vec<f32>)],
+) {
+    if pairs.iter().all(|(_, q, _)| q.is_some()) {
+        for (_, q, out) in pairs.iter_mut() {
+            if let Some(q) = q {
+                cpu_kernels::matmul_q8(x, n, k, q, out);
+            }
+        }
+        return;
+    }
+    let mut products: Vec<Product<'_>> = pairs
+        .iter_mut()
+        .map(|(w, _, out)| Product {
+            weight: w.data(),
+            out: out.as_mut_slice(),
+        })
+        .collect();
+    cpu_kernels::matmul_transb(x, n, k, &mut products);
+}
+
 /// [`Llama::logits`] on the CPU kernels, or `None` where they do not apply (the model or
 /// `hidden` not on the flex device, autodiff, kernels turned off).
 pub(crate) fn logits(model: &Llama, hidden: &Tensor<2>) -> Option<Tensor<2>> {
@@ -228,18 +338,20 @@ pub(crate) fn logits(model: &Llama, hidden: &Tensor<2>) -> Option<Tensor<2>> {
 pub(crate) fn forward_hidden(
     model: &Llama,
     weights: &CpuWeights,
+    quantized: Option<&QuantizedWeights>,
     tokens: &[u32],
     seq: usize,
     cache: &mut KvCache,
 ) -> Vec<f32> {
     // Run on a pool thread: the kernels' parallel regions then fork from inside the pool (work
     // stealing) instead of waking the pool from outside at every product.
-    rayon::scope(|_| run_layers(model, weights, tokens, seq, cache))
+    rayon::scope(|_| run_layers(model, weights, quantized, tokens, seq, cache))
 }
 
 fn run_layers(
     model: &Llama,
     weights: &CpuWeights,
+    quantized: Option<&QuantizedWeights>,
     tokens: &[u32],
     seq: usize,
     cache: &mut KvCache,
@@ -274,8 +386,18 @@ fn run_layers(
 
     let embed = weights.embed.data();
     let mut h = Vec::with_capacity(n * hidden);
-    for &t in tokens {
-        h.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
+    match quantized.filter(|q| q.tied) {
+        Some(q) => {
+            h.resize(n * hidden, 0.0);
+            for (row, &t) in h.chunks_exact_mut(hidden).zip(tokens) {
+                q.head.row_into(t as usize, row);
+            }
+        }
+        None => {
+            for &t in tokens {
+                h.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
+            }
+        }
     }
     let mut x = vec![0.0; n * hidden];
     let mut q = vec![0.0; n * heads * d];
@@ -296,24 +418,17 @@ fn run_layers(
 
     for (l, w) in weights.layers.iter().enumerate() {
         // h = h + Attn(RMSNorm(h))
+        let ql = quantized.map(|qw| &qw.layers[l]);
+        let q8 = |i: usize| ql.map(|m| &m[i]);
         cpu_kernels::rms_norm(&h, w.input_norm.data(), eps, &mut x);
-        cpu_kernels::matmul_transb(
+        project(
             &x,
             n,
             hidden,
             &mut [
-                Product {
-                    weight: w.q.data(),
-                    out: &mut q,
-                },
-                Product {
-                    weight: w.k.data(),
-                    out: &mut k,
-                },
-                Product {
-                    weight: w.v.data(),
-                    out: &mut v,
-                },
+                (&w.q, q8(0), &mut q),
+                (&w.k, q8(1), &mut k),
+                (&w.v, q8(2), &mut v),
             ],
         );
         if let Some([bq, bk, bv]) = &w.qkv_bias {
@@ -327,44 +442,19 @@ fn run_layers(
         write_columns(&k, k_cache, rows, shape);
         write_columns(&v, v_cache, rows, shape);
         cpu_kernels::attention(&q, k_cache, v_cache, &starts, shape, &mut attn);
-        cpu_kernels::matmul_transb(
-            &attn,
-            n,
-            heads * d,
-            &mut [Product {
-                weight: w.o.data(),
-                out: &mut proj,
-            }],
-        );
+        project(&attn, n, heads * d, &mut [(&w.o, q8(3), &mut proj)]);
         add_in_place(&mut h, &proj);
 
         // h = h + MLP(RMSNorm(h))
         cpu_kernels::rms_norm(&h, w.post_norm.data(), eps, &mut x);
-        cpu_kernels::matmul_transb(
+        project(
             &x,
             n,
             hidden,
-            &mut [
-                Product {
-                    weight: w.gate.data(),
-                    out: &mut gate,
-                },
-                Product {
-                    weight: w.up.data(),
-                    out: &mut up,
-                },
-            ],
+            &mut [(&w.gate, q8(4), &mut gate), (&w.up, q8(5), &mut up)],
         );
         cpu_kernels::silu_mul(&mut gate, &up);
-        cpu_kernels::matmul_transb(
-            &gate,
-            n,
-            inter,
-            &mut [Product {
-                weight: w.down.data(),
-                out: &mut proj,
-            }],
-        );
+        project(&gate, n, inter, &mut [(&w.down, q8(6), &mut proj)]);
         add_in_place(&mut h, &proj);
     }
     cache.advance(seq);

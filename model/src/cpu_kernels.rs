@@ -19,11 +19,13 @@
 use rayon::prelude::*;
 
 mod matmul;
+mod q8;
 
 #[cfg(target_arch = "x86_64")]
 use matmul::avx2;
 use matmul::portable;
 pub(crate) use matmul::{Product, gemm_raw, gemm_transb, matmul_transb};
+pub(crate) use q8::{Q8Matrix, matmul_q8};
 
 /// Work below this many multiply-adds runs on the calling thread (a rayon fork costs a few µs).
 const PARALLEL_MIN_MACS: usize = 1 << 16;

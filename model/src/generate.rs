@@ -7,7 +7,7 @@ use kaizen_core::FinishReason;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::cpu_forward::{self, CpuWeights};
+use crate::cpu_forward::{self, CpuWeights, QuantizedWeights};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, token_tensor};
 use crate::prefix_cache::PrefixCache;
@@ -57,6 +57,8 @@ pub struct GenerateOptions {
     pub entropy: bool,
     /// Most (padded) prompt tokens prefilled in one forward pass; longer batches are split.
     pub prefill_chunk_tokens: usize,
+    /// The weights the projections are read from when decoding on the CPU kernels.
+    pub decode_weights: DecodeWeights,
 }
 
 impl Default for GenerateOptions {
@@ -66,8 +68,25 @@ impl Default for GenerateOptions {
             share_prefill: true,
             entropy: false,
             prefill_chunk_tokens: 8192,
+            decode_weights: DecodeWeights::F32,
         }
     }
+}
+
+/// Which weights a [`DecodeBatch`] multiplies by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeWeights {
+    /// The model's f32 weights.
+    #[default]
+    F32,
+    /// The projections (attention, MLP, output head) quantised to int8 with one scale per
+    /// output row, made once per batch (per weights version); embeddings and norms stay f32.
+    /// Decoding reads a quarter of the bytes. The model sampled from is the dequantised one
+    /// ([`Llama::with_int8_projections`]), on every path (prefill included), so each behaviour
+    /// log-prob is exactly that model's; a learner scoring the f32 weights sees the
+    /// quantisation as an off-policy gap its importance ratio corrects. Applies on the CPU
+    /// kernels only (elsewhere f32 is used).
+    Int8,
 }
 
 /// Work counters of a [`DecodeBatch`], for benchmarks and metrics.
@@ -122,6 +141,8 @@ pub struct DecodeBatch {
     model: Llama,
     /// The model's weights as the CPU kernels read them, when they apply.
     cpu: Option<CpuWeights>,
+    /// The projections in int8 ([`DecodeWeights::Int8`]), when the CPU kernels apply.
+    quantized: Option<Arc<QuantizedWeights>>,
     tokenizer: Option<Arc<Tokenizer>>,
     options: GenerateOptions,
     cache: KvCache,
@@ -136,9 +157,18 @@ impl DecodeBatch {
     /// An empty batch decoding with `model` (a cheap handle: burn modules share their
     /// tensors when cloned). Pass a tokenizer to get text and to honour stop strings.
     pub fn new(model: Llama, tokenizer: Option<Arc<Tokenizer>>, options: GenerateOptions) -> Self {
+        let cpu = CpuWeights::of(&model);
+        let quantized = match (&cpu, options.decode_weights) {
+            (Some(w), DecodeWeights::Int8) => Some(Arc::new(QuantizedWeights::of(
+                w,
+                model.config().hidden_size,
+            ))),
+            _ => None,
+        };
         Self {
             cache: model.new_cache(Vec::new()),
-            cpu: CpuWeights::of(&model),
+            cpu,
+            quantized,
             model,
             tokenizer,
             options,
@@ -187,6 +217,11 @@ impl DecodeBatch {
     /// The weights this batch decodes with.
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+
+    /// Bytes of the int8 projections this batch decodes with (0 when it uses f32).
+    pub fn quantized_bytes(&self) -> usize {
+        self.quantized.as_ref().map_or(0, |q| q.bytes())
     }
 
     /// Work counters so far.
@@ -282,7 +317,13 @@ impl DecodeBatch {
                 continue;
             };
             self.stats.prefill_tokens += rows.len() * new;
-            let logits = last_logits(&self.model, self.cpu.as_ref(), &feed, &mut cache);
+            let logits = last_logits(
+                &self.model,
+                self.cpu.as_ref(),
+                self.quantized.as_deref(),
+                &feed,
+                &mut cache,
+            );
             for (c, row) in rows.iter_mut().enumerate() {
                 self.sample_into(row, &logits[c * vocab..(c + 1) * vocab]);
             }
@@ -395,7 +436,13 @@ impl DecodeBatch {
             .map(|r| vec![r.tokens.last().copied().unwrap_or(0)])
             .collect();
         let n = feed.len();
-        let logits = last_logits(&self.model, self.cpu.as_ref(), &feed, &mut self.cache);
+        let logits = last_logits(
+            &self.model,
+            self.cpu.as_ref(),
+            self.quantized.as_deref(),
+            &feed,
+            &mut self.cache,
+        );
         let vocab = self.model.config().vocab_size;
         self.stats.decode_steps += 1;
         for (row, logits) in self.rows.iter_mut().zip(logits.chunks_exact(vocab)) {
@@ -436,7 +483,13 @@ impl DecodeBatch {
             .collect();
         self.stats.prefill_tokens += prompts.len() * longest;
         let mut cache = self.model.new_cache(starts);
-        let logits = last_logits(&self.model, self.cpu.as_ref(), &padded, &mut cache);
+        let logits = last_logits(
+            &self.model,
+            self.cpu.as_ref(),
+            self.quantized.as_deref(),
+            &padded,
+            &mut cache,
+        );
         (cache, logits)
     }
 
@@ -539,19 +592,24 @@ impl DecodeBatch {
 fn last_logits(
     model: &Llama,
     cpu: Option<&CpuWeights>,
+    quantized: Option<&QuantizedWeights>,
     tokens: &[Vec<u32>],
     cache: &mut KvCache,
 ) -> Vec<f32> {
     let (rows, seq) = (tokens.len(), tokens.first().map_or(0, Vec::len));
     let h = model.config().hidden_size;
     if let Some(weights) = cpu.filter(|_| !cache.is_tensor()) {
-        let hidden = cpu_forward::forward_hidden(model, weights, &tokens.concat(), seq, cache);
+        let hidden =
+            cpu_forward::forward_hidden(model, weights, quantized, &tokens.concat(), seq, cache);
         let last: Vec<f32> = hidden
             .chunks_exact(seq * h)
             .flat_map(|row| &row[(seq - 1) * h..])
             .copied()
             .collect();
-        return weights.logits(&last, h);
+        return match quantized {
+            Some(q) => q.logits(&last, h),
+            None => weights.logits(&last, h),
+        };
     }
     let device = model.device();
     let hidden = model.forward_hidden(token_tensor(tokens, &device), &[], Some(cache));

@@ -43,7 +43,8 @@ pub use cpu_train::{CpuGrads, CpuScorePass};
 pub use dequant::{GgmlType, dequantize};
 pub use error::{Error, Result};
 pub use generate::{
-    DecodeBatch, GenerateOptions, Generation, GenerationRequest, GenerationStats, generate,
+    DecodeBatch, DecodeWeights, GenerateOptions, Generation, GenerationRequest, GenerationStats,
+    generate,
 };
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
 pub use gguf_llama::{gguf_chat_template, gguf_config, load_gguf_model, unpermute_rows};

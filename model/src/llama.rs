@@ -272,11 +272,11 @@ impl Llama {
                 .map(|t| u32::try_from(t).unwrap_or(u32::MAX))
                 .collect();
             let hidden = match cache {
-                Some(cache) => cpu_forward::forward_hidden(self, &weights, &ids, seq, cache),
+                Some(cache) => cpu_forward::forward_hidden(self, &weights, None, &ids, seq, cache),
                 None => {
                     assert_eq!(starts.len(), batch, "forward_hidden: one start per row");
                     let mut cache = self.new_cache(starts.to_vec());
-                    cpu_forward::forward_hidden(self, &weights, &ids, seq, &mut cache)
+                    cpu_forward::forward_hidden(self, &weights, None, &ids, seq, &mut cache)
                 }
             };
             let shape = [batch, seq, self.config.hidden_size];

@@ -245,6 +245,29 @@ impl Llama {
         ))
     }
 
+    /// The model an int8 decode samples from ([`crate::DecodeWeights::Int8`]): every
+    /// projection (attention, MLP, output head) replaced by its int8-per-row quantisation,
+    /// dequantised; embeddings, norms and biases unchanged. Scoring this model in f32 gives the
+    /// behaviour log-probs of an int8 decode up to float reassociation.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when the CPU kernels do not apply to this model (another device,
+    /// autodiff); weight errors from rebuilding it.
+    pub fn with_int8_projections(&self) -> Result<Llama> {
+        let weights = crate::cpu_forward::CpuWeights::of(self).ok_or_else(|| {
+            Error::Input("int8 projections need the model on the CPU kernels".into())
+        })?;
+        let q = crate::cpu_forward::QuantizedWeights::of(&weights, self.config().hidden_size);
+        let mut named: HashMap<String, HostTensor> = self.to_named().into_iter().collect();
+        for (name, values) in q.dequantized(self.lm_head.is_none()) {
+            if let Some(t) = named.get_mut(&name) {
+                t.data = values;
+            }
+        }
+        let device = self.device();
+        Llama::from_named(self.config(), &mut named, Path::new("int8"), &device)
+    }
+
     /// Every weight with its Hugging Face name, copied to the host (the inverse of
     /// [`Llama::from_named`]). Tied models have no `lm_head.weight`.
     ///

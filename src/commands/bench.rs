@@ -8,8 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::Device;
 use kaizen_model::{
-    ChatTemplate, CpuGrads, CpuScorePass, GenerateOptions, GenerationRequest, Llama, LlamaConfig,
-    Policy, SamplingParams, ScoreBatch, ScoreOptions, Tokenizer, generate, score_with,
+    ChatTemplate, CpuGrads, CpuScorePass, DecodeBatch, DecodeWeights, GenerateOptions,
+    GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams, ScoreBatch, ScoreOptions,
+    Tokenizer, score_with,
 };
 
 /// Arguments of `kaizen bench`.
@@ -40,6 +41,10 @@ enum What {
         /// Prefill every sample separately instead of once per prompt.
         #[arg(long)]
         no_share: bool,
+        /// Decode from int8 projections (`actors.decode_weights = "int8"`). Either way the
+        /// report gives the behaviour log-probs' gap to the f32 model scoring the same tokens.
+        #[arg(long)]
+        int8: bool,
     },
     /// Teacher-forced scoring forward + backward (the learner's pass): tokens per second.
     Train {
@@ -136,6 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prompt_len,
             new_tokens,
             no_share,
+            int8,
         } => {
             let policy = load(&model, &device)?;
             let vocab = policy.model.config().vocab_size;
@@ -155,23 +161,85 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             let options = GenerateOptions {
                 share_prefill: !no_share,
+                decode_weights: if int8 {
+                    DecodeWeights::Int8
+                } else {
+                    DecodeWeights::F32
+                },
                 ..GenerateOptions::default()
             };
+            // One batch for every repetition, as an actor's engine keeps one per weights
+            // version (the int8 projections are made here, untimed).
+            let made = Instant::now();
+            let mut engine = DecodeBatch::new(policy.model.clone(), None, options);
+            let quantize_s = made.elapsed().as_secs_f64();
             let mut produced = 0;
+            let mut last = Vec::new();
             let seconds = median_seconds(model.repeats, || {
-                let out = generate(&policy.model, None, &requests, &options)?;
-                produced = out.iter().map(|g| g.tokens.len()).sum::<usize>();
+                engine.add(
+                    requests
+                        .iter()
+                        .cloned()
+                        .enumerate()
+                        .map(|(i, r)| (i as u64, r))
+                        .collect(),
+                )?;
+                let mut out = engine.take_finished();
+                while engine.active() > 0 {
+                    engine.step();
+                    out.extend(engine.take_finished());
+                }
+                out.sort_by_key(|(id, _)| *id);
+                produced = out.iter().map(|(_, g)| g.tokens.len()).sum::<usize>();
+                last = out;
                 Ok(())
             })?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "bench": "generate", "model": policy.name, "batch": batch, "group": group,
-                    "prompt_len": prompt_len, "new_tokens": new_tokens, "shared_prefill": !no_share,
-                    "seconds": seconds, "tokens": produced,
-                    "tokens_per_s": produced as f64 / seconds,
-                })
-            );
+            let mut report = serde_json::json!({
+                "bench": "generate", "model": policy.name, "batch": batch, "group": group,
+                "prompt_len": prompt_len, "new_tokens": new_tokens, "shared_prefill": !no_share,
+                "decode_weights": if int8 { "int8" } else { "f32" },
+                "seconds": seconds, "tokens": produced,
+                "tokens_per_s": produced as f64 / seconds,
+            });
+            {
+                // The f32 model scoring the sampled tokens (what a learner does).
+                let scores = score_with(
+                    &policy.model,
+                    &ScoreBatch {
+                        sequences: requests
+                            .iter()
+                            .zip(&last)
+                            .map(|(r, (_, g))| [r.prompt.clone(), g.tokens.clone()].concat())
+                            .collect(),
+                        loss_masks: requests
+                            .iter()
+                            .zip(&last)
+                            .map(|(r, (_, g))| {
+                                (0..r.prompt.len() + g.tokens.len())
+                                    .map(|t| t >= r.prompt.len())
+                                    .collect()
+                            })
+                            .collect(),
+                    },
+                    &ScoreOptions::new(1.0),
+                )?;
+                let f32_logprobs: Vec<f32> = scores.logprobs.into_data().try_to_vec()?;
+                let behaviour: Vec<f32> =
+                    last.iter().flat_map(|(_, g)| g.logprobs.clone()).collect();
+                let gaps: Vec<f64> = f32_logprobs
+                    .iter()
+                    .zip(&behaviour)
+                    .map(|(a, b)| f64::from((a - b).abs()))
+                    .collect();
+                let n = gaps.len().max(1) as f64;
+                if int8 {
+                    report["quantize_s"] = quantize_s.into();
+                    report["int8_bytes"] = engine.quantized_bytes().into();
+                }
+                report["logprob_gap_mean"] = (gaps.iter().sum::<f64>() / n).into();
+                report["logprob_gap_max"] = gaps.iter().copied().fold(0.0, f64::max).into();
+            }
+            println!("{report}");
         }
         What::Train {
             model,

@@ -303,3 +303,52 @@ fn rms_norm_rope_and_silu_match_burn() {
     silu_mul(&mut gate, &up);
     assert_close(&gate, &want, 1e-6, "silu");
 }
+
+#[test]
+fn int8_blocks_round_to_within_half_a_step_and_a_zero_row_stays_zero() {
+    // 70 columns: blocks of 32, 32 and 6.
+    let k = 70;
+    let mut w = random(5 * k, 40);
+    w[2 * k..3 * k].fill(0.0);
+    let q = Q8Matrix::quantize(&w, k);
+    assert_eq!((q.rows(), q.blocks(), q.values.len()), (5, 3, 5 * k));
+    assert_eq!(q.scales.len(), 15);
+    assert!(q.scales[6..9].iter().all(|&s| s == 0.0), "the zero row");
+    let back = q.dequantize();
+    for (p, (a, b)) in back.iter().zip(&w).enumerate() {
+        let (j, c) = (p / k, p % k);
+        let s = q.scales[j * 3 + c / 32];
+        assert!((a - b).abs() <= s / 2.0 + 1e-7, "({j}, {c}): {a} vs {b}");
+    }
+    for (block, &s) in q.values.chunks(k).flat_map(|r| r.chunks(32)).zip(&q.scales) {
+        assert!(
+            s == 0.0 || block.iter().any(|v| v.abs() == 127),
+            "each block uses its range"
+        );
+    }
+    let mut one = vec![0.0; k];
+    q.row_into(3, &mut one);
+    assert_eq!(one, back[3 * k..4 * k]);
+}
+
+#[test]
+fn int8_products_equal_products_with_the_dequantised_matrix() {
+    // k a multiple of the block (the SIMD kernel) and not (the portable one); n not a multiple
+    // of 4; m across the skinny blocks and the GEMM.
+    for (k, n) in [(96, 37), (70, 37)] {
+        let q = Q8Matrix::quantize(&random(n * k, 41), k);
+        let dequantised = q.dequantize();
+        for m in [1, 2, 3, 4, 5, 7, SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 1] {
+            let x = random(m * k, 42 + m as u64);
+            let want = reference_matmul_transb(&x, m, k, &dequantised);
+            let mut got = vec![0.0; m * n];
+            matmul_q8(&x, m, k, &q, &mut got);
+            assert_close(&got, &want, 1e-5, &format!("matmul_q8 m={m}"));
+            // The portable kernel alone.
+            let mut portable_out = vec![0.0; m * n];
+            let mut rows: Vec<&mut [f32]> = portable_out.chunks_mut(n).collect();
+            q8::portable::skinny_q8(&x, m, k, &q.values, &q.scales, &mut rows);
+            assert_close(&portable_out, &want, 1e-5, &format!("portable m={m}"));
+        }
+    }
+}
