@@ -32,6 +32,57 @@ fn sync_mode_runs_are_bit_reproducible() {
     assert_same(&all[0], &all[1]);
 }
 
+/// The actors' generation options through a job: turns continued from kept keys and values
+/// (logged as `actors/*`), and int8 decoding, whose sampler-learner gap is logged and larger
+/// than f32's while training still runs.
+#[test]
+fn kept_kv_and_int8_decoding_run_through_a_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = |m: &std::collections::BTreeMap<(String, u64), f64>, key: &str| {
+        m.iter()
+            .filter(|((k, _), _)| k == key)
+            .max_by_key(|((_, s), _)| *s)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{key} was never logged"))
+    };
+    let mut runs_metrics = Vec::new();
+    for (i, sets) in [
+        &["actors.kv_cache_mib=0"][..],
+        &["actors.decode_weights=\"int8\""][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let runs = tmp.path().join(format!("runs{i}"));
+        let cfg = write(tmp.path(), &format!("job{i}.toml"), &small_job(&runs, 2));
+        let mut args = vec!["train", cfg.to_str().unwrap(), "--no-progress"];
+        for s in sets.iter() {
+            args.extend(["--set", s]);
+        }
+        kaizen(&args);
+        runs_metrics.push(metrics(&run_dir(&runs, "e2e")));
+    }
+    let (plain, int8) = (&runs_metrics[0], &runs_metrics[1]);
+    assert_eq!(last(plain, "actors/reused_prompt_tokens"), 0.0);
+    assert!(
+        last(int8, "actors/reused_prompt_tokens") > 0.0,
+        "turn 2 continued turn 1"
+    );
+    assert!(
+        last(int8, "actors/prefill_per_token")
+            < last(plain, "actors/prefill_per_token")
+    );
+    let gap = |m: &std::collections::BTreeMap<(String, u64), f64>| {
+        m.iter()
+            .filter(|((k, _), _)| k == "logprob_gap_mean")
+            .map(|(_, v)| *v)
+            .fold(0.0f64, f64::max)
+    };
+    assert!(gap(plain) < 1e-3, "f32 gap {}", gap(plain));
+    assert!(gap(int8) > gap(plain), "int8 moves the behaviour log-probs");
+    assert!(last(int8, "loss").is_finite());
+}
+
 /// `run.time_limit_minutes` ends RL early at a step boundary, as a normal end: the steps it
 /// took are logged and checkpointed, and the stop is recorded.
 #[test]

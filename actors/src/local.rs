@@ -98,8 +98,8 @@ impl Rollouts for LocalActors {
 
     /// The engines' totals since the start: `actors/prefill_tokens` (positions run through
     /// prefill, padding included), `actors/reused_prompt_tokens` (kept from the episode's
-    /// previous turn instead), `actors/prefill_per_sampled_token`, `actors/kv_evicted` (kept
-    /// turns evicted) and `actors/kv_kept_mib` (kept now).
+    /// previous turn instead), `actors/prefill_per_token` (prefill positions per sampled
+    /// token), `actors/kv_evicted` (kept turns evicted) and `actors/kv_kept_mib` (kept now).
     fn metrics(&self) -> BTreeMap<String, f64> {
         use std::sync::atomic::Ordering::Relaxed;
         let sum = |f: &dyn Fn(&EngineCounters) -> u64| -> f64 {
@@ -123,7 +123,7 @@ impl Rollouts for LocalActors {
             ),
         ]);
         if sampled > 0.0 {
-            m.insert("actors/prefill_per_sampled_token".into(), prefill / sampled);
+            m.insert("actors/prefill_per_token".into(), prefill / sampled);
         }
         m
     }
