@@ -105,6 +105,13 @@ def main():
             extra = ["--export", f"{tmp}/model"] if i == 0 else []
             k_gen.append(kaizen(args.kaizen, "generate", *common, *extra, "--batch", str(batch), "--group",
                                 str(group), "--prompt-len", str(plen), "--new-tokens", str(new)))
+        # kaizen decoding from int8 projections (actors.decode_weights = "int8"), same cases.
+        k_gen_int8 = []
+        if args.preset == "smollm2":
+            for name, batch, group, plen, new in gen_cases:
+                k_gen_int8.append(kaizen(args.kaizen, "generate", *common, "--int8", "--batch", str(batch),
+                                         "--group", str(group), "--prompt-len", str(plen),
+                                         "--new-tokens", str(new)))
         k_group_sep = None
         if args.preset == "tiny":
             name, batch, group, plen, new = gen_cases[1]
@@ -114,12 +121,17 @@ def main():
 
         model = AutoModelForCausalLM.from_pretrained(f"{tmp}/model", dtype=torch.float32).eval()
         vocab = model.config.vocab_size
+        gen_times = {}
         for (name, batch, group, plen, new), k in zip(gen_cases, k_gen):
             prompts = [prompt_tokens(plen, b, vocab) for b in range(batch) for _ in range(group)]
             n = batch * group * new
             t_loop = timed(lambda: torch_loop(model, prompts, new), args.repeats)
             t_hf = timed(lambda: hf_generate(model, prompts, new), args.repeats)
             rows.append((name, k["tokens_per_s"], n / t_loop, n / t_hf))
+            gen_times[name] = (n / t_loop, n / t_hf)
+        for (name, *_), k in zip(gen_cases, k_gen_int8):
+            loop, hf = gen_times[name]
+            rows.append((f"{name} int8 (gap {k['logprob_gap_mean']:.3f})", k["tokens_per_s"], loop, hf))
         if k_group_sep is not None:
             rows.append(("group, separate prefill (kaizen)", k_group_sep["tokens_per_s"], None, None))
         model.train()

@@ -16,6 +16,11 @@ use super::PARALLEL_MIN_MACS;
 use super::avx2_fma;
 use super::matmul::{SKINNY_MAX_ROWS, gemm_transb};
 
+/// Products with more rows than this dequantise the matrix and use the packing GEMM. Higher
+/// than f32's [`SKINNY_MAX_ROWS`]: below it the dequantisation (a full f32 copy of the matrix
+/// per call) costs more than the GEMM saves, which matters when every decode step pays it.
+pub(crate) const Q8_SKINNY_MAX_ROWS: usize = 4 * SKINNY_MAX_ROWS;
+
 /// Values per scale (GGUF Q8_0's block).
 pub(crate) const BLOCK: usize = 32;
 
@@ -114,8 +119,9 @@ pub(crate) fn matmul_q8(x: &[f32], m: usize, k: usize, w: &Q8Matrix, out: &mut [
     if m == 0 || n == 0 {
         return;
     }
-    if m > SKINNY_MAX_ROWS {
-        // Tall (prefill): the same matrix, multiplied by the packing GEMM.
+    if m > Q8_SKINNY_MAX_ROWS {
+        // Tall (prefill): the same matrix, dequantised once for the call and multiplied by the
+        // packing GEMM.
         gemm_transb(x, m, k, &w.dequantize(), out);
         return;
     }
