@@ -68,10 +68,7 @@ fn kept_kv_and_int8_decoding_run_through_a_job() {
         last(int8, "actors/reused_prompt_tokens") > 0.0,
         "turn 2 continued turn 1"
     );
-    assert!(
-        last(int8, "actors/prefill_per_token")
-            < last(plain, "actors/prefill_per_token")
-    );
+    assert!(last(int8, "actors/prefill_per_token") < last(plain, "actors/prefill_per_token"));
     let gap = |m: &std::collections::BTreeMap<(String, u64), f64>| {
         m.iter()
             .filter(|((k, _), _)| k == "logprob_gap_mean")

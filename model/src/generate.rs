@@ -108,6 +108,10 @@ pub struct GenerationStats {
     pub reused_prompt_tokens: usize,
 }
 
+/// A request continuing its session: its caller id, the request, the session's kept keys and
+/// values and how many prompt tokens they cover.
+type Continued = (u64, GenerationRequest, KvCache, usize);
+
 struct Row {
     id: u64,
     /// The session the row's cache is stored for when it finishes, with its prompt ids.
@@ -291,8 +295,8 @@ impl DecodeBatch {
 
     /// Continues sessions from their kept keys and values: one forward pass per distinct
     /// number of new tokens (usually one: a group's episodes hear the same reply), no padding.
-    fn add_continued(&mut self, items: Vec<(u64, GenerationRequest, KvCache, usize)>) {
-        let mut by_new: Vec<(usize, Vec<(u64, GenerationRequest, KvCache, usize)>)> = Vec::new();
+    fn add_continued(&mut self, items: Vec<Continued>) {
+        let mut by_new: Vec<(usize, Vec<Continued>)> = Vec::new();
         for item in items {
             let new = item.1.prompt.len() - item.3;
             match by_new.iter_mut().find(|(n, _)| *n == new) {

@@ -39,7 +39,7 @@ impl Q8Matrix {
     /// over 127, its values rounded to the nearest step (a zero block has scale 0).
     pub(crate) fn quantize(w: &[f32], cols: usize) -> Self {
         assert!(
-            cols > 0 && w.len() % cols == 0,
+            cols > 0 && w.len().is_multiple_of(cols),
             "Q8Matrix: w is not [rows, cols]"
         );
         let rows: Vec<(Vec<i8>, Vec<f32>)> = w
@@ -166,7 +166,7 @@ pub(crate) fn matmul_q8(x: &[f32], m: usize, k: usize, w: &Q8Matrix, out: &mut [
 /// BLOCK⌉]`.
 fn skinny_q8(x: &[f32], m: usize, k: usize, q: &[i8], scales: &[f32], out: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
-    if k % BLOCK == 0 && avx2_fma() {
+    if k.is_multiple_of(BLOCK) && avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
         unsafe { avx2::skinny_q8(x, m, k, q, scales, out) };
         return;

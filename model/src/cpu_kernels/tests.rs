@@ -338,7 +338,16 @@ fn int8_products_equal_products_with_the_dequantised_matrix() {
     for (k, n) in [(96, 37), (70, 37)] {
         let q = Q8Matrix::quantize(&random(n * k, 41), k);
         let dequantised = q.dequantize();
-        for m in [1, 2, 3, 4, 5, 7, SKINNY_MAX_ROWS + 1, q8::Q8_SKINNY_MAX_ROWS + 1] {
+        for m in [
+            1,
+            2,
+            3,
+            4,
+            5,
+            7,
+            SKINNY_MAX_ROWS + 1,
+            q8::Q8_SKINNY_MAX_ROWS + 1,
+        ] {
             let x = random(m * k, 42 + m as u64);
             let want = reference_matmul_transb(&x, m, k, &dequantised);
             let mut got = vec![0.0; m * n];
