@@ -15,6 +15,9 @@ use crate::{ActorConfig, ActorPool, EngineCounters, Error, WeightPublisher, weig
 pub struct LocalActors {
     pool: Option<ActorPool>,
     runtime: tokio::runtime::Runtime,
+    /// The engines' totals at the last [`Rollouts::metrics`] call (prefill positions, sampled
+    /// tokens, reused prompt tokens, evictions), so metrics are per step.
+    reported: std::sync::Mutex<[u64; 4]>,
 }
 
 impl LocalActors {
@@ -50,6 +53,7 @@ impl LocalActors {
             Self {
                 pool: Some(pool),
                 runtime,
+                reported: std::sync::Mutex::new([0; 4]),
             },
             publisher,
         ))
@@ -96,34 +100,38 @@ impl Rollouts for LocalActors {
         self.pool().generated_tokens()
     }
 
-    /// The engines' totals since the start: `actors/prefill_tokens` (positions run through
-    /// prefill, padding included), `actors/reused_prompt_tokens` (kept from the episode's
-    /// previous turn instead), `actors/prefill_per_token` (prefill positions per sampled
-    /// token), `actors/kv_evicted` (kept turns evicted) and `actors/kv_kept_mib` (kept now).
+    /// The engines' work since the last call (one training step): `actors/prefill_tokens`
+    /// (positions run through prefill, padding included), `actors/reused_prompt_tokens` (kept
+    /// from the episode's previous turn instead), `actors/prefill_per_token` (prefill positions
+    /// per sampled token) and `actors/kv_evicted` (kept turns evicted). Per step, so that a
+    /// resumed run logs what an uninterrupted one does; deterministic in sync mode while the
+    /// kept turns fit `actors.kv_cache_mib` (eviction follows episode timing). The bytes kept
+    /// now are a timing-dependent gauge, in [`EngineCounters::kv_kept_bytes`], not logged.
     fn metrics(&self) -> BTreeMap<String, f64> {
         use std::sync::atomic::Ordering::Relaxed;
-        let sum = |f: &dyn Fn(&EngineCounters) -> u64| -> f64 {
-            self.pool().counters().iter().map(|c| f(c) as f64).sum()
+        let sum = |f: &dyn Fn(&EngineCounters) -> u64| -> u64 {
+            self.pool().counters().iter().map(|c| f(c)).sum()
         };
-        let prefill = sum(&|c| c.prefill_tokens.load(Relaxed));
-        let sampled = sum(&|c| c.generated_tokens.load(Relaxed));
+        let now = [
+            sum(&|c| c.prefill_tokens.load(Relaxed)),
+            sum(&|c| c.generated_tokens.load(Relaxed)),
+            sum(&|c| c.reused_prompt_tokens.load(Relaxed)),
+            sum(&|c| c.kv_evicted.load(Relaxed)),
+        ];
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let d: Vec<f64> = now
+            .iter()
+            .zip(reported.iter())
+            .map(|(n, r)| n.saturating_sub(*r) as f64)
+            .collect();
+        *reported = now;
         let mut m = BTreeMap::from([
-            ("actors/prefill_tokens".to_string(), prefill),
-            (
-                "actors/reused_prompt_tokens".to_string(),
-                sum(&|c| c.reused_prompt_tokens.load(Relaxed)),
-            ),
-            (
-                "actors/kv_evicted".to_string(),
-                sum(&|c| c.kv_evicted.load(Relaxed)),
-            ),
-            (
-                "actors/kv_kept_mib".to_string(),
-                sum(&|c| c.kv_kept_bytes.load(Relaxed)) / (1024.0 * 1024.0),
-            ),
+            ("actors/prefill_tokens".to_string(), d[0]),
+            ("actors/reused_prompt_tokens".to_string(), d[2]),
+            ("actors/kv_evicted".to_string(), d[3]),
         ]);
-        if sampled > 0.0 {
-            m.insert("actors/prefill_per_token".into(), prefill / sampled);
+        if d[1] > 0.0 {
+            m.insert("actors/prefill_per_token".into(), d[0] / d[1]);
         }
         m
     }

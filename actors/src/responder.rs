@@ -71,9 +71,11 @@ impl Responder for PolicyResponder {
         );
         let temperature = params.temperature;
         let (reply, answer) = oneshot::channel();
-        // This episode now waits on the engine: it is no longer busy.
-        self.busy = None;
-        let sent = self.engine.tx.send_async(Msg::Generate(Job {
+        // Queue the request, then stop counting this episode as busy: in that order the engine,
+        // which admits requests once no episode is busy, always finds it queued (the other
+        // order let a request miss the batch it belongs to, so batches depended on timing).
+        // The channel is unbounded: the send never waits.
+        let sent = self.engine.tx.send(Msg::Generate(Job {
             key: (self.episode, turn),
             request: GenerationRequest {
                 prompt,
@@ -83,7 +85,8 @@ impl Responder for PolicyResponder {
             },
             reply,
         }));
-        let result = match sent.await {
+        self.busy = None;
+        let result = match sent {
             Ok(()) => answer
                 .await
                 .map_err(|_| "the decode engine stopped".to_string())

@@ -127,10 +127,19 @@ pub fn assert_same(a: &BTreeMap<(String, u64), f64>, b: &BTreeMap<(String, u64),
         only(a, b),
         only(b, a)
     );
+    let mut differ = Vec::new();
     for ((k, s), v) in a {
         let w = b
             .get(&(k.clone(), *s))
             .unwrap_or_else(|| panic!("{k}@{s} missing"));
-        assert!(v.to_bits() == w.to_bits(), "{k}@{s}: {v} vs {w}");
+        if v.to_bits() != w.to_bits() {
+            differ.push(format!("{k}@{s}: {v} vs {w}"));
+        }
     }
+    assert!(
+        differ.is_empty(),
+        "{} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
 }
