@@ -467,6 +467,25 @@ impl DecodeBatch {
         self.collect_finished();
     }
 
+    /// Adds `requests` and steps until no row is active; every completion finished meanwhile
+    /// (these requests' and any earlier rows'), sorted by caller id.
+    ///
+    /// # Errors
+    /// As [`DecodeBatch::add`].
+    pub fn complete(
+        &mut self,
+        requests: Vec<(u64, GenerationRequest)>,
+    ) -> Result<Vec<(u64, Generation)>> {
+        self.add(requests)?;
+        let mut out = self.take_finished();
+        while self.active() > 0 {
+            self.step();
+            out.extend(self.take_finished());
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
     /// Completed rows since the last call, with their caller ids.
     pub fn take_finished(&mut self) -> Vec<(u64, Generation)> {
         std::mem::take(&mut self.done)
@@ -662,7 +681,7 @@ pub fn generate(
 ) -> Result<Vec<Generation>> {
     let tokenizer = tokenizer.map(|t| Arc::new(t.clone()));
     let mut batch = DecodeBatch::new(model.clone(), tokenizer, options.clone());
-    batch.add(
+    let done = batch.complete(
         requests
             .iter()
             .cloned()
@@ -671,14 +690,8 @@ pub fn generate(
             .collect(),
     )?;
     let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
-    loop {
-        for (id, g) in batch.take_finished() {
-            out[id as usize] = Some(g);
-        }
-        if batch.active() == 0 {
-            break;
-        }
-        batch.step();
+    for (id, g) in done {
+        out[id as usize] = Some(g);
     }
     Ok(out.into_iter().flatten().collect())
 }

@@ -19,14 +19,7 @@ fn params(seed: u64, n: usize) -> SamplingParams {
 
 /// Runs `requests` to completion in `batch`; completions by id.
 fn run(batch: &mut DecodeBatch, requests: Vec<(u64, GenerationRequest)>) -> Vec<(u64, Generation)> {
-    batch.add(requests).unwrap();
-    let mut out = batch.take_finished();
-    while batch.active() > 0 {
-        batch.step();
-        out.extend(batch.take_finished());
-    }
-    out.sort_by_key(|(id, _)| *id);
-    out
+    batch.complete(requests).unwrap()
 }
 
 /// Turn-1 prompts of four sessions (ragged) and the replies appended before turn 2 (two of one

@@ -176,7 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut produced = 0;
             let mut last = Vec::new();
             let seconds = median_seconds(model.repeats, || {
-                engine.add(
+                let out = engine.complete(
                     requests
                         .iter()
                         .cloned()
@@ -184,12 +184,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .map(|(i, r)| (i as u64, r))
                         .collect(),
                 )?;
-                let mut out = engine.take_finished();
-                while engine.active() > 0 {
-                    engine.step();
-                    out.extend(engine.take_finished());
-                }
-                out.sort_by_key(|(id, _)| *id);
                 produced = out.iter().map(|(_, g)| g.tokens.len()).sum::<usize>();
                 last = out;
                 Ok(())
