@@ -129,6 +129,11 @@ impl KvCache {
     /// Re-lays out every host layer for `capacity` columns, moving column `c` to `c + shift`
     /// (columns that fall outside are dropped, new ones are zero).
     fn remap_host(&mut self, rows: usize, capacity: usize, shift: isize) {
+        // Same layout: nothing to move (appending a batch of the same capacity would otherwise
+        // copy the whole running cache).
+        if !self.host.is_empty() && capacity == self.capacity && shift == 0 {
+            return;
+        }
         if self.host.is_empty() {
             self.host = vec![(Vec::new(), Vec::new()); self.layers.len()];
         }
