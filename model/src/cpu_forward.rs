@@ -194,9 +194,10 @@ impl CpuWeights {
     }
 }
 
-/// The projections of a [`CpuWeights`] quantised to int8 per output row (q/k/v/o, gate/up/down
-/// and the output head), for decoding from a quarter of the bytes
-/// ([`crate::DecodeWeights::Int8`]). Embeddings, norms and biases stay f32. The model decoded
+/// The projections of a [`CpuWeights`] quantised to int8 in blocks of 32 values of a row
+/// (q/k/v/o, gate/up/down and the output head), for decoding from 1.125 bytes per weight
+/// instead of 4 ([`crate::DecodeWeights::Int8`]). Norms, biases and an untied embedding stay
+/// f32. The model decoded
 /// is the dequantised one: every product with these weights computes `x · dequantize(W)ᵀ`.
 #[derive(Debug, Clone)]
 pub(crate) struct QuantizedWeights {

@@ -79,9 +79,10 @@ pub enum DecodeWeights {
     /// The model's f32 weights.
     #[default]
     F32,
-    /// The projections (attention, MLP, output head) quantised to int8 with one scale per
-    /// output row, made once per batch (per weights version); embeddings and norms stay f32.
-    /// Decoding reads a quarter of the bytes. The model sampled from is the dequantised one
+    /// The projections (attention, MLP, output head) quantised to int8 in blocks of 32 values
+    /// of a row, each with an f32 scale (GGUF Q8_0's layout), made once per batch (per weights
+    /// version); norms, biases and untied embeddings stay f32 (a tied embedding is the
+    /// quantised head). Decoding reads 1.125 bytes per weight instead of 4. The model sampled from is the dequantised one
     /// ([`Llama::with_int8_projections`]), on every path (prefill included), so each behaviour
     /// log-prob is exactly that model's; a learner scoring the f32 weights sees the
     /// quantisation as an off-policy gap its importance ratio corrects. Applies on the CPU

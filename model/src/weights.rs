@@ -246,8 +246,9 @@ impl Llama {
     }
 
     /// The model an int8 decode samples from ([`crate::DecodeWeights::Int8`]): every
-    /// projection (attention, MLP, output head) replaced by its int8-per-row quantisation,
-    /// dequantised; embeddings, norms and biases unchanged. Scoring this model in f32 gives the
+    /// projection (attention, MLP, output head) replaced by its int8 quantisation in blocks of
+    /// 32, dequantised; norms, biases and an untied embedding unchanged (a tied embedding is
+    /// the head, so it is replaced with it). Scoring this model in f32 gives the
     /// behaviour log-probs of an int8 decode up to float reassociation.
     ///
     /// # Errors
