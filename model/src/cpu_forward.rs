@@ -281,27 +281,25 @@ impl QuantizedWeights {
 }
 
 /// Products of the decoder with f32 or int8 projections.
-fn project(
+fn project<const N: usize>(
     x: &[f32],
     n: usize,
     k: usize,
-    pairs: &mut [(&HostView, Option<&Q8Matrix>, &mut Vec<f32>)],
+    pairs: [(&HostView, Option<&Q8Matrix>, &mut Vec<f32>); N],
 ) {
     if pairs.iter().all(|(_, q, _)| q.is_some()) {
-        for (_, q, out) in pairs.iter_mut() {
+        for (_, q, out) in pairs {
             if let Some(q) = q {
                 cpu_kernels::matmul_q8(x, n, k, q, out);
             }
         }
         return;
     }
-    let mut products: Vec<Product<'_>> = pairs
-        .iter_mut()
-        .map(|(w, _, out)| Product {
-            weight: w.data(),
-            out: out.as_mut_slice(),
-        })
-        .collect();
+    // On the stack: this runs for every product of every layer of every decode step.
+    let mut products = pairs.map(|(w, _, out)| Product {
+        weight: w.data(),
+        out: out.as_mut_slice(),
+    });
     cpu_kernels::matmul_transb(x, n, k, &mut products);
 }
 
@@ -426,7 +424,7 @@ fn run_layers(
             &x,
             n,
             hidden,
-            &mut [
+            [
                 (&w.q, q8(0), &mut q),
                 (&w.k, q8(1), &mut k),
                 (&w.v, q8(2), &mut v),
@@ -443,7 +441,7 @@ fn run_layers(
         write_columns(&k, k_cache, rows, shape);
         write_columns(&v, v_cache, rows, shape);
         cpu_kernels::attention(&q, k_cache, v_cache, &starts, shape, &mut attn);
-        project(&attn, n, heads * d, &mut [(&w.o, q8(3), &mut proj)]);
+        project(&attn, n, heads * d, [(&w.o, q8(3), &mut proj)]);
         add_in_place(&mut h, &proj);
 
         // h = h + MLP(RMSNorm(h))
@@ -452,10 +450,10 @@ fn run_layers(
             &x,
             n,
             hidden,
-            &mut [(&w.gate, q8(4), &mut gate), (&w.up, q8(5), &mut up)],
+            [(&w.gate, q8(4), &mut gate), (&w.up, q8(5), &mut up)],
         );
         cpu_kernels::silu_mul(&mut gate, &up);
-        project(&gate, n, inter, &mut [(&w.down, q8(6), &mut proj)]);
+        project(&gate, n, inter, [(&w.down, q8(6), &mut proj)]);
         add_in_place(&mut h, &proj);
     }
     cache.advance(seq);
