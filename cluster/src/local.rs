@@ -29,6 +29,7 @@ pub fn actor_config(config: &JobConfig, tokenizer: &Tokenizer) -> ActorConfig {
                 decode_weights: match config.actors.decode_weights {
                     kaizen_learner::DecodeWeightsConfig::F32 => DecodeWeights::F32,
                     kaizen_learner::DecodeWeightsConfig::Int8 => DecodeWeights::Int8,
+                    kaizen_learner::DecodeWeightsConfig::Bf16 => DecodeWeights::Bf16,
                 },
                 ..GenerateOptions::default()
             },

@@ -204,12 +204,13 @@ pub struct ActorsConfig {
     /// behaviour log-probs are exactly one model's) or `"keep"` (attend over the older weights'
     /// keys and values, as PipelineRL's in-flight updates; cheaper, not exact).
     pub kv_across_versions: KvAcrossVersions,
-    /// The weights the actors decode with: `"f32"`, or `"int8"` (projections quantised in
-    /// blocks of 32 per output row, GGUF Q8_0-style, once per weights version). With int8 the
-    /// actors sample from the dequantised model and their behaviour log-probs are exactly
-    /// that model's; the learner trains the f32 weights and sees the quantisation as an
-    /// off-policy gap (`logprob_gap_*` metrics) its importance ratio corrects. Faster at small
-    /// batches (memory-bound), equal at 16 rows and more (BENCHMARKS.md).
+    /// The weights the actors decode with: `"f32"`, `"int8"` (projections quantised in
+    /// blocks of 32 per output row, GGUF Q8_0-style, once per weights version) or `"bf16"`
+    /// (projections and their inputs rounded to bfloat16, f32 sums; on Intel AMX tiles where
+    /// the CPU has them). The actors sample from that model and their behaviour log-probs are
+    /// exactly its own; the learner trains the f32 weights and sees the difference as an
+    /// off-policy gap (`logprob_gap_*` metrics) its importance ratio corrects. int8 is fastest
+    /// at a few rows (memory-bound); bf16 on an AMX CPU at 8 rows and more (BENCHMARKS.md).
     pub decode_weights: DecodeWeightsConfig,
 }
 
@@ -222,6 +223,8 @@ pub enum DecodeWeightsConfig {
     F32,
     /// int8 projections.
     Int8,
+    /// bfloat16 projections and inputs.
+    Bf16,
 }
 
 /// `actors.kv_across_versions`.

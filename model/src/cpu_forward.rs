@@ -16,7 +16,7 @@
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::cpu_kernels::{self, AttentionShape, Product, Q8Matrix};
+use crate::cpu_kernels::{self, AttentionShape, Bf16Matrix, PackedMatrix, Product, Q8Matrix};
 use crate::kv_cache::{KvCache, positions};
 use crate::llama::Llama;
 
@@ -194,61 +194,75 @@ impl CpuWeights {
     }
 }
 
-/// The projections of a [`CpuWeights`] quantised to int8 in blocks of 32 values of a row
-/// (q/k/v/o, gate/up/down and the output head), for decoding from 1.125 bytes per weight
-/// instead of 4 ([`crate::DecodeWeights::Int8`]). Norms, biases and an untied embedding stay
-/// f32. The model decoded
-/// is the dequantised one: every product with these weights computes `x · dequantize(W)ᵀ`.
+/// The projections of a [`CpuWeights`] (q/k/v/o, gate/up/down and the output head) stored for
+/// decoding in a narrower type ([`crate::DecodeWeights`]): int8 in blocks of 32 values of a row
+/// (1.125 bytes per weight instead of 4), or bfloat16 with the inputs rounded too (2 bytes; AMX
+/// tiles where the CPU has them). Norms, biases and an untied embedding stay f32; a tied
+/// embedding is the packed head.
 #[derive(Debug, Clone)]
 pub(crate) struct QuantizedWeights {
     /// Per layer: q, k, v, o, gate, up, down.
-    layers: Vec<[Q8Matrix; 7]>,
-    head: Q8Matrix,
-    /// Whether the head is the embedding (tied): token lookups then read its dequantised rows,
-    /// so that one matrix stands for both, as in the model.
+    layers: Vec<[PackedMatrix; 7]>,
+    head: PackedMatrix,
+    /// Whether the head is the embedding (tied): token lookups then read its packed rows, so
+    /// that one matrix stands for both, as in the model.
     tied: bool,
 }
 
 impl QuantizedWeights {
-    /// Quantises `weights`' projections (`hidden`: the model's width, the head's columns).
-    pub(crate) fn of(weights: &CpuWeights, hidden: usize) -> Self {
-        let q8 = |w: &HostView, cols: usize| Q8Matrix::quantize(w.data(), cols);
-        let layers = weights
-            .layers
-            .iter()
-            .map(|l| {
-                let inter = l.down.data().len() / hidden;
-                let attn = l.o.data().len() / hidden;
-                [
-                    q8(&l.q, hidden),
-                    q8(&l.k, hidden),
-                    q8(&l.v, hidden),
-                    q8(&l.o, attn),
-                    q8(&l.gate, hidden),
-                    q8(&l.up, hidden),
-                    q8(&l.down, inter),
-                ]
-            })
-            .collect();
-        let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
-        Self {
-            layers,
-            head: q8(head, hidden),
-            tied: weights.lm_head.is_none(),
+    /// Packs `weights`' projections (`hidden`: the model's width, the head's columns) as
+    /// `kind` says; `None` for [`crate::DecodeWeights::F32`].
+    pub(crate) fn of(
+        weights: &CpuWeights,
+        hidden: usize,
+        kind: crate::DecodeWeights,
+    ) -> Option<Self> {
+        let pack = |w: &HostView, cols: usize| match kind {
+            crate::DecodeWeights::Int8 => {
+                Some(PackedMatrix::Int8(Q8Matrix::quantize(w.data(), cols)))
+            }
+            crate::DecodeWeights::Bf16 => {
+                Some(PackedMatrix::Bf16(Bf16Matrix::quantize(w.data(), cols)))
+            }
+            crate::DecodeWeights::F32 => None,
+        };
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            let inter = l.down.data().len() / hidden;
+            let attn = l.o.data().len() / hidden;
+            layers.push([
+                pack(&l.q, hidden)?,
+                pack(&l.k, hidden)?,
+                pack(&l.v, hidden)?,
+                pack(&l.o, attn)?,
+                pack(&l.gate, hidden)?,
+                pack(&l.up, hidden)?,
+                pack(&l.down, inter)?,
+            ]);
         }
+        let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
+        Some(Self {
+            layers,
+            head: pack(head, hidden)?,
+            tied: weights.lm_head.is_none(),
+        })
     }
 
-    /// Bytes of int8 values and scales.
+    /// Bytes of packed values (and scales).
     pub(crate) fn bytes(&self) -> usize {
-        let size = |m: &Q8Matrix| m.values.len() + 4 * m.scales.len();
-        self.layers.iter().flatten().map(size).sum::<usize>() + size(&self.head)
+        self.layers
+            .iter()
+            .flatten()
+            .map(PackedMatrix::bytes)
+            .sum::<usize>()
+            + self.head.bytes()
     }
 
-    /// Logits of hidden states: `[n, hidden]` → `[n, vocab]`, with the int8 head.
+    /// Logits of hidden states: `[n, hidden]` → `[n, vocab]`, with the packed head.
     pub(crate) fn logits(&self, hidden: &[f32], hidden_size: usize) -> Vec<f32> {
         let n = hidden.len() / hidden_size;
         let mut out = vec![0.0; n * self.head.rows()];
-        cpu_kernels::matmul_q8(hidden, n, hidden_size, &self.head, &mut out);
+        self.head.matmul(hidden, n, hidden_size, &mut out);
         out
     }
 
@@ -280,17 +294,17 @@ impl QuantizedWeights {
     }
 }
 
-/// Products of the decoder with f32 or int8 projections.
+/// Products of the decoder with f32 or packed projections.
 fn project<const N: usize>(
     x: &[f32],
     n: usize,
     k: usize,
-    pairs: [(&HostView, Option<&Q8Matrix>, &mut Vec<f32>); N],
+    pairs: [(&HostView, Option<&PackedMatrix>, &mut Vec<f32>); N],
 ) {
     if pairs.iter().all(|(_, q, _)| q.is_some()) {
         for (_, q, out) in pairs {
             if let Some(q) = q {
-                cpu_kernels::matmul_q8(x, n, k, q, out);
+                q.matmul(x, n, k, out);
             }
         }
         return;

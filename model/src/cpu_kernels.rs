@@ -18,6 +18,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod bf16;
 mod matmul;
 mod q8;
 
@@ -25,7 +28,59 @@ mod q8;
 use matmul::avx2;
 use matmul::portable;
 pub(crate) use matmul::{Product, gemm_raw, gemm_transb, matmul_transb};
+pub(crate) use bf16::{Bf16Matrix, matmul_bf16};
 pub(crate) use q8::{Q8Matrix, matmul_q8};
+
+/// A projection stored for decoding in a narrower type than f32 (`DecodeWeights`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PackedMatrix {
+    /// int8 in blocks of 32 with f32 scales.
+    Int8(Q8Matrix),
+    /// bfloat16 in AMX's tile layout (inputs rounded to bf16 too).
+    Bf16(Bf16Matrix),
+}
+
+impl PackedMatrix {
+    /// `out = x · Wᵀ` in this matrix's arithmetic: `x: [m, k]`, `out: [m, rows]`.
+    pub(crate) fn matmul(&self, x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        match self {
+            Self::Int8(q) => matmul_q8(x, m, k, q, out),
+            Self::Bf16(b) => matmul_bf16(x, m, k, b, out),
+        }
+    }
+
+    /// Rows (output columns of a product).
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Self::Int8(q) => q.rows(),
+            Self::Bf16(b) => b.rows(),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Self::Int8(q) => q.values.len() + 4 * q.scales.len(),
+            Self::Bf16(b) => b.bytes(),
+        }
+    }
+
+    /// The weights this matrix stands for, `[rows, cols]` f32.
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        match self {
+            Self::Int8(q) => q.dequantize(),
+            Self::Bf16(b) => b.dequantize(),
+        }
+    }
+
+    /// Row `j` as f32 into `out` (`cols` values).
+    pub(crate) fn row_into(&self, j: usize, out: &mut [f32]) {
+        match self {
+            Self::Int8(q) => q.row_into(j, out),
+            Self::Bf16(b) => b.row_into(j, out),
+        }
+    }
+}
 
 /// Work below this many multiply-adds runs on the calling thread (a rayon fork costs a few µs).
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -34,6 +89,18 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Whether the AVX-512 products can run (AVX-512F with AVX2 and FMA; cached by the standard
+/// library). `KAIZEN_NO_AVX512=1` turns them off (for side-by-side measurements).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && avx2_fma()
+            && std::env::var_os("KAIZEN_NO_AVX512").is_none_or(|v| v.is_empty() || v == "0")
+    })
 }
 
 /// Shape of the attention inputs.
@@ -230,6 +297,11 @@ impl Isa for Fused {
 
     #[inline(always)]
     fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+        if avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+            unsafe { avx512::skinny(x, m, k, w, out) };
+            return;
+        }
         // SAFETY: `Fused` code runs only on CPUs with AVX2 and FMA (see the type's doc).
         unsafe { avx2::skinny(x, m, k, w, out) };
     }

@@ -88,6 +88,15 @@ pub enum DecodeWeights {
     /// quantisation as an off-policy gap its importance ratio corrects. Applies on the CPU
     /// kernels only (elsewhere f32 is used).
     Int8,
+    /// The projections (attention, MLP, output head) rounded to bfloat16, and their inputs
+    /// rounded to bfloat16 at every product, summed in f32 (a GPU's bf16 matmul); norms,
+    /// attention, biases and untied embeddings stay f32. 2 bytes per weight. On CPUs with
+    /// Intel AMX (Xeon since Sapphire Rapids) the products run on AMX tiles, so batched decode
+    /// and prefill are no longer bound by the FMA units; elsewhere the f32 kernels compute the
+    /// same sums. Behaviour log-probs are exactly this model's; the rounded inputs make it
+    /// differ from the f32 weights a learner scores by a gap `kaizen bench generate --bf16`
+    /// reports (BENCHMARKS.md), which the importance ratio corrects.
+    Bf16,
 }
 
 /// Work counters of a [`DecodeBatch`], for benchmarks and metrics.
@@ -146,7 +155,7 @@ pub struct DecodeBatch {
     model: Llama,
     /// The model's weights as the CPU kernels read them, when they apply.
     cpu: Option<CpuWeights>,
-    /// The projections in int8 ([`DecodeWeights::Int8`]), when the CPU kernels apply.
+    /// The projections in int8 or bf16 ([`DecodeWeights`]), when the CPU kernels apply.
     quantized: Option<Arc<QuantizedWeights>>,
     tokenizer: Option<Arc<Tokenizer>>,
     options: GenerateOptions,
@@ -163,13 +172,12 @@ impl DecodeBatch {
     /// tensors when cloned). Pass a tokenizer to get text and to honour stop strings.
     pub fn new(model: Llama, tokenizer: Option<Arc<Tokenizer>>, options: GenerateOptions) -> Self {
         let cpu = CpuWeights::of(&model);
-        let quantized = match (&cpu, options.decode_weights) {
-            (Some(w), DecodeWeights::Int8) => Some(Arc::new(QuantizedWeights::of(
-                w,
-                model.config().hidden_size,
-            ))),
-            _ => None,
-        };
+        let quantized = cpu
+            .as_ref()
+            .and_then(|w| {
+                QuantizedWeights::of(w, model.config().hidden_size, options.decode_weights)
+            })
+            .map(Arc::new);
         Self {
             cache: model.new_cache(Vec::new()),
             cpu,

@@ -258,7 +258,12 @@ impl Llama {
         let weights = crate::cpu_forward::CpuWeights::of(self).ok_or_else(|| {
             Error::Input("int8 projections need the model on the CPU kernels".into())
         })?;
-        let q = crate::cpu_forward::QuantizedWeights::of(&weights, self.config().hidden_size);
+        let q = crate::cpu_forward::QuantizedWeights::of(
+            &weights,
+            self.config().hidden_size,
+            crate::DecodeWeights::Int8,
+        )
+        .ok_or_else(|| Error::Input("int8 projections: nothing to quantise".into()))?;
         let mut named: HashMap<String, HostTensor> = self.to_named().into_iter().collect();
         for (name, values) in q.dequantized(self.lm_head.is_none()) {
             if let Some(t) = named.get_mut(&name) {

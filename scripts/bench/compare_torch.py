@@ -105,13 +105,14 @@ def main():
             extra = ["--export", f"{tmp}/model"] if i == 0 else []
             k_gen.append(kaizen(args.kaizen, "generate", *common, *extra, "--batch", str(batch), "--group",
                                 str(group), "--prompt-len", str(plen), "--new-tokens", str(new)))
-        # kaizen decoding from int8 projections (actors.decode_weights = "int8"), same cases.
-        k_gen_int8 = []
+        # kaizen decoding from int8 or bf16 projections (actors.decode_weights), same cases.
+        k_gen_packed = {"int8": [], "bf16": []}
         if args.preset == "smollm2":
-            for name, batch, group, plen, new in gen_cases:
-                k_gen_int8.append(kaizen(args.kaizen, "generate", *common, "--int8", "--batch", str(batch),
-                                         "--group", str(group), "--prompt-len", str(plen),
-                                         "--new-tokens", str(new)))
+            for kind, runs in k_gen_packed.items():
+                for name, batch, group, plen, new in gen_cases:
+                    runs.append(kaizen(args.kaizen, "generate", *common, f"--{kind}", "--batch", str(batch),
+                                       "--group", str(group), "--prompt-len", str(plen),
+                                       "--new-tokens", str(new)))
         k_group_sep = None
         if args.preset == "tiny":
             name, batch, group, plen, new = gen_cases[1]
@@ -129,9 +130,10 @@ def main():
             t_hf = timed(lambda: hf_generate(model, prompts, new), args.repeats)
             rows.append((name, k["tokens_per_s"], n / t_loop, n / t_hf))
             gen_times[name] = (n / t_loop, n / t_hf)
-        for (name, *_), k in zip(gen_cases, k_gen_int8):
-            loop, hf = gen_times[name]
-            rows.append((f"{name} int8 (gap {k['logprob_gap_mean']:.3f})", k["tokens_per_s"], loop, hf))
+        for kind, runs in k_gen_packed.items():
+            for (name, *_), k in zip(gen_cases, runs):
+                loop, hf = gen_times[name]
+                rows.append((f"{name} {kind} (gap {k['logprob_gap_mean']:.3f})", k["tokens_per_s"], loop, hf))
         if k_group_sep is not None:
             rows.append(("group, separate prefill (kaizen)", k_group_sep["tokens_per_s"], None, None))
         model.train()

@@ -86,6 +86,7 @@ instruction = {toml_str(INSTRUCTION)}
 [actors]
 count = 1
 episodes_in_flight = {PROMPTS_PER_STEP * NUM_GENERATIONS}
+decode_weights = {toml_str(args.decode_weights)}
 
 [sampling]
 temperature = 1.0
@@ -290,6 +291,8 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--side", choices=["kaizen", "trl", "both"], default="both")
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--decode-weights", choices=["f32", "int8", "bf16"], default="f32",
+                        help="kaizen's actors.decode_weights (the learner is f32 either way)")
     parser.add_argument("--skip-zero-signal", action="store_true",
                         help="let kaizen skip the forward/backward pass of zero-advantage samples")
     parser.add_argument("--no-share-prompt-prefix", action="store_true",

@@ -45,6 +45,10 @@ enum What {
         /// report gives the behaviour log-probs' gap to the f32 model scoring the same tokens.
         #[arg(long)]
         int8: bool,
+        /// Decode from bf16 projections and inputs (`actors.decode_weights = "bf16"`; AMX
+        /// tiles where the CPU has them).
+        #[arg(long, conflicts_with = "int8")]
+        bf16: bool,
     },
     /// Teacher-forced scoring forward + backward (the learner's pass): tokens per second.
     Train {
@@ -142,6 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             new_tokens,
             no_share,
             int8,
+            bf16,
         } => {
             let policy = load(&model, &device)?;
             let vocab = policy.model.config().vocab_size;
@@ -163,6 +168,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 share_prefill: !no_share,
                 decode_weights: if int8 {
                     DecodeWeights::Int8
+                } else if bf16 {
+                    DecodeWeights::Bf16
                 } else {
                     DecodeWeights::F32
                 },
@@ -191,7 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut report = serde_json::json!({
                 "bench": "generate", "model": policy.name, "batch": batch, "group": group,
                 "prompt_len": prompt_len, "new_tokens": new_tokens, "shared_prefill": !no_share,
-                "decode_weights": if int8 { "int8" } else { "f32" },
+                "decode_weights": if int8 { "int8" } else if bf16 { "bf16" } else { "f32" },
                 "seconds": seconds, "tokens": produced,
                 "tokens_per_s": produced as f64 / seconds,
             });
@@ -226,9 +233,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .map(|(a, b)| f64::from((a - b).abs()))
                     .collect();
                 let n = gaps.len().max(1) as f64;
-                if int8 {
+                if int8 || bf16 {
                     report["quantize_s"] = quantize_s.into();
-                    report["int8_bytes"] = engine.quantized_bytes().into();
+                    report["packed_bytes"] = engine.quantized_bytes().into();
                 }
                 report["logprob_gap_mean"] = (gaps.iter().sum::<f64>() / n).into();
                 report["logprob_gap_max"] = gaps.iter().copied().fold(0.0, f64::max).into();

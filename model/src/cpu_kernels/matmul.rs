@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::PARALLEL_MIN_MACS;
 #[cfg(target_arch = "x86_64")]
-use super::avx2_fma;
+use super::{avx2_fma, avx512};
 
 /// Products with more rows than this go to the packing GEMM (`gemm` crate): with many rows the
 /// packed weight is reused enough to pay for itself.
@@ -96,6 +96,12 @@ struct ColumnTask<'a> {
 
 /// `out[i][j] = x_i · w_j` for `x: [m, k]`, `w: [n, k]`, `out`: `m` slices of `n`.
 pub(super) fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked at run time just above).
+        unsafe { super::avx512::skinny(x, m, k, w, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::PARALLEL_MIN_MACS;
 #[cfg(target_arch = "x86_64")]
-use super::avx2_fma;
+use super::{avx2_fma, avx512};
 use super::matmul::{SKINNY_MAX_ROWS, gemm_transb};
 
 /// Products with more rows than this dequantise the matrix and use the packing GEMM. Higher
@@ -165,6 +165,13 @@ pub(crate) fn matmul_q8(x: &[f32], m: usize, k: usize, w: &Q8Matrix, out: &mut [
 /// `out[i][j] = x_i · dequantize(q_j)` for `x: [m, k]`, `q: [n, k]` with `scales: [n, ⌈k /
 /// BLOCK⌉]`.
 fn skinny_q8(x: &[f32], m: usize, k: usize, q: &[i8], scales: &[f32], out: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(BLOCK) && avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked at run time just above), and
+        // k is a multiple of BLOCK.
+        unsafe { super::avx512::skinny_q8(x, m, k, q, scales, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if k.is_multiple_of(BLOCK) && avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).

@@ -361,3 +361,113 @@ fn int8_products_equal_products_with_the_dequantised_matrix() {
         }
     }
 }
+
+/// Every ISA's products, run directly where this CPU has it (the dispatch picks only one):
+/// f32 with `k` not a multiple of any vector width, int8 with `k` a multiple of the block, and
+/// every row count up to two blocks of input rows, against the portable kernels.
+#[test]
+fn every_simd_product_kernel_matches_the_portable_one() {
+    let n = 11; // two blocks of 4 weight rows and 3 single rows
+    for m in 1..=13 {
+        for k in [131, 64] {
+            let x = random(m * k, 60 + m as u64);
+            let w = random(n * k, 61);
+            let mut want = vec![0.0; m * n];
+            portable::skinny(&x, m, k, &w, &mut want.chunks_mut(n).collect::<Vec<_>>());
+            #[cfg(target_arch = "x86_64")]
+            {
+                if avx2_fma() {
+                    let mut got = vec![0.0; m * n];
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    unsafe { avx2::skinny(&x, m, k, &w, &mut got.chunks_mut(n).collect::<Vec<_>>()) };
+                    assert_close(&got, &want, 1e-5, &format!("avx2 skinny m={m} k={k}"));
+                }
+                if avx512() {
+                    let mut got = vec![0.0; m * n];
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+                    unsafe {
+                        avx512::skinny(&x, m, k, &w, &mut got.chunks_mut(n).collect::<Vec<_>>())
+                    };
+                    assert_close(&got, &want, 1e-5, &format!("avx512 skinny m={m} k={k}"));
+                }
+            }
+        }
+        let k = 96;
+        let q = Q8Matrix::quantize(&random(n * k, 62), k);
+        let x = random(m * k, 63 + m as u64);
+        let mut want = vec![0.0; m * n];
+        let mut rows: Vec<&mut [f32]> = want.chunks_mut(n).collect();
+        q8::portable::skinny_q8(&x, m, k, &q.values, &q.scales, &mut rows);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2_fma() {
+                let mut got = vec![0.0; m * n];
+                let mut rows: Vec<&mut [f32]> = got.chunks_mut(n).collect();
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                unsafe { q8::avx2::skinny_q8(&x, m, k, &q.values, &q.scales, &mut rows) };
+                assert_close(&got, &want, 1e-5, &format!("avx2 skinny_q8 m={m}"));
+            }
+            if avx512() {
+                let mut got = vec![0.0; m * n];
+                let mut rows: Vec<&mut [f32]> = got.chunks_mut(n).collect();
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA, and k is a multiple of the block.
+                unsafe { avx512::skinny_q8(&x, m, k, &q.values, &q.scales, &mut rows) };
+                assert_close(&got, &want, 1e-5, &format!("avx512 skinny_q8 m={m}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_rounds_to_nearest_even_and_back() {
+    use super::bf16::{from_bf16, to_bf16};
+    assert_eq!(to_bf16(1.0), 0x3f80);
+    assert_eq!(from_bf16(0x3f80), 1.0);
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+    assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+    // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: up to the even one.
+    assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+    assert_eq!(to_bf16(-2.5), 0xc020);
+    assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    for v in random(1000, 70) {
+        let r = from_bf16(to_bf16(v));
+        assert!((r - v).abs() <= v.abs() * 2f32.powi(-8), "{v} -> {r}");
+    }
+}
+
+/// bf16 products (AMX where this CPU has it, and the f32-kernel path) equal bf16(x) ·
+/// unpacked(W)ᵀ summed in f64, for row counts under, at and past a tile of 16 rows and the
+/// tall (prefill) path, `k` a multiple of the 32-column tile and not, and `n` not a multiple of
+/// the 16-row panel.
+#[test]
+fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
+    use super::bf16::{from_bf16, matmul_bf16_on, to_bf16};
+    for (k, n) in [(96, 37), (70, 53)] {
+        let w = random(n * k, 71);
+        let b = Bf16Matrix::quantize(&w, k);
+        let unpacked = b.dequantize();
+        assert_eq!(unpacked.len(), n * k);
+        for (got, want) in unpacked.iter().zip(&w) {
+            assert_eq!(*got, from_bf16(to_bf16(*want)));
+        }
+        let mut row = vec![0.0; k];
+        b.row_into(n - 1, &mut row);
+        assert_eq!(row, unpacked[(n - 1) * k..]);
+        for m in [1, 3, 15, 16, 17, 33, SKINNY_MAX_ROWS + 1] {
+            let x = random(m * k, 72 + m as u64);
+            let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+            let want = reference_matmul_transb(&rounded, m, k, &unpacked);
+            let mut amx_paths = vec![false];
+            #[cfg(target_arch = "x86_64")]
+            if super::bf16::amx::available() {
+                amx_paths.push(true);
+            }
+            for amx in amx_paths {
+                let mut got = vec![0.0; m * n];
+                matmul_bf16_on(&x, m, k, &b, &mut got, amx);
+                assert_close(&got, &want, 1e-5, &format!("bf16 m={m} k={k} amx={amx}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! bf16 products for decoding: `x · Wᵀ` with both `x` and `W` rounded to bfloat16 (round to
+//! nearest even) and the products summed in f32 — the arithmetic of a GPU's bf16 matmul.
+//!
+//! On CPUs with Intel AMX (Xeon since Sapphire Rapids) one `TDPBF16PS` multiplies a 16 × 32
+//! tile of inputs by a 32 × 16 tile of weights (8,192 multiply-adds) where AVX-512 does 16;
+//! batched decode and prefill then stop being bound by the FMA units (BENCHMARKS.md measures
+//! both). The weights are packed once per weights version into AMX's tile layout
+//! ([`Bf16Matrix`]): 2 bytes per weight. Elsewhere the same sums run on the f32 kernels over
+//! weights unpacked 16 rows at a time, so every CPU computes the same model up to float
+//! reassociation.
+
+use rayon::prelude::*;
+
+use super::PARALLEL_MIN_MACS;
+use super::matmul::{SKINNY_MAX_ROWS, gemm_transb, skinny};
+
+/// Weight rows (output columns) per panel: one AMX tile's columns of f32 results.
+const PANEL: usize = 16;
+/// Input columns per tile: 32 bf16 values are one 64-byte tile row.
+const CHUNK: usize = 32;
+/// bf16 values per packed tile (`CHUNK × PANEL`).
+const TILE: usize = CHUNK * PANEL;
+
+/// `x` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
+pub(crate) fn to_bf16(x: f32) -> u16 {
+    if x.is_nan() {
+        return 0x7fc0;
+    }
+    let bits = x.to_bits();
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 a bfloat16 stands for.
+pub(crate) fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// A `[rows, cols]` matrix in bfloat16, packed in AMX's tile layout: panels of [`PANEL`] rows,
+/// each a run of tiles over [`CHUNK`] columns; inside a tile, value `(r, 2t + e)` (row `r` of
+/// the panel, column `2t + e` of the chunk) sits at `t · 32 + r · 2 + e` (pairs of columns
+/// interleaved, as `TDPBF16PS` reads its second operand). Rows and columns are zero-padded to
+/// whole panels and chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Bf16Matrix {
+    packed: Vec<u16>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Bf16Matrix {
+    /// Rounds `w` (`[rows, cols]`, row-major) to bf16 and packs it.
+    pub(crate) fn quantize(w: &[f32], cols: usize) -> Self {
+        assert!(
+            cols > 0 && w.len().is_multiple_of(cols),
+            "Bf16Matrix: w is not [rows, cols]"
+        );
+        let rows = w.len() / cols;
+        let chunks = cols.div_ceil(CHUNK);
+        let mut packed = vec![0u16; rows.div_ceil(PANEL) * chunks * TILE];
+        packed
+            .par_chunks_mut(chunks * TILE)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                for r in 0..PANEL.min(rows - panel * PANEL) {
+                    let row = &w[(panel * PANEL + r) * cols..][..cols];
+                    for (c, &v) in row.iter().enumerate() {
+                        let (chunk, within) = (c / CHUNK, c % CHUNK);
+                        out[chunk * TILE + (within / 2) * 2 * PANEL + r * 2 + within % 2] =
+                            to_bf16(v);
+                    }
+                }
+            });
+        Self { packed, rows, cols }
+    }
+
+    /// Rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        2 * self.packed.len()
+    }
+
+    /// Rows `panel · 16 ..` (up to 16) as f32, into `out` (`[16, cols]`, rows past the matrix
+    /// zero).
+    fn panel_into(&self, panel: usize, out: &mut [f32]) {
+        let chunks = self.cols.div_ceil(CHUNK);
+        let tiles = &self.packed[panel * chunks * TILE..][..chunks * TILE];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate().take(PANEL) {
+            for (c, o) in row.iter_mut().enumerate() {
+                let (chunk, within) = (c / CHUNK, c % CHUNK);
+                *o = from_bf16(tiles[chunk * TILE + (within / 2) * 2 * PANEL + r * 2 + within % 2]);
+            }
+        }
+    }
+
+    /// Row `j` as f32 into `out` (`cols` values).
+    pub(crate) fn row_into(&self, j: usize, out: &mut [f32]) {
+        let chunks = self.cols.div_ceil(CHUNK);
+        let (panel, r) = (j / PANEL, j % PANEL);
+        let tiles = &self.packed[panel * chunks * TILE..][..chunks * TILE];
+        for (c, o) in out.iter_mut().enumerate().take(self.cols) {
+            let (chunk, within) = (c / CHUNK, c % CHUNK);
+            *o = from_bf16(tiles[chunk * TILE + (within / 2) * 2 * PANEL + r * 2 + within % 2]);
+        }
+    }
+
+    /// The matrix this one stands for (`[rows, cols]`, f32).
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows.div_ceil(PANEL) * PANEL * self.cols];
+        for (panel, o) in out.chunks_exact_mut(PANEL * self.cols).enumerate() {
+            self.panel_into(panel, o);
+        }
+        out.truncate(self.rows * self.cols);
+        out
+    }
+}
+
+/// `out = bf16(x) · Wᵀ` (f32 sums) for `x: [m, k]`, `W: [n, k]` in bf16, `out: [m, n]`.
+///
+/// # Panics
+/// If the slice lengths do not match `m`, `k` and `W`.
+pub(crate) fn matmul_bf16(x: &[f32], m: usize, k: usize, w: &Bf16Matrix, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let amx = amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let amx = false;
+    matmul_bf16_on(x, m, k, w, out, amx);
+}
+
+/// [`matmul_bf16`] on AMX tiles (`amx`, which must be available) or on the f32 kernels.
+pub(super) fn matmul_bf16_on(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Bf16Matrix,
+    out: &mut [f32],
+    amx: bool,
+) {
+    let n = w.rows;
+    assert!(
+        w.cols == k && x.len() == m * k && out.len() == m * n,
+        "matmul_bf16: shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let panels = n.div_ceil(PANEL);
+    let threads = rayon::current_num_threads();
+    let tasks = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        (threads * 4).min(panels)
+    } else {
+        1
+    };
+    #[cfg(target_arch = "x86_64")]
+    if amx {
+        assert!(amx::available(), "matmul_bf16_on: AMX is not available");
+        let x16 = amx::Inputs::new(x, m, k);
+        for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+            // SAFETY: AMX is available (asserted just above) and the ranges are inside `w`.
+            unsafe { amx::panels(&x16, w, first, count, outs) }
+        });
+        return;
+    }
+    let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+    if m > SKINNY_MAX_ROWS {
+        // Tall (prefill) without AMX: the packing GEMM over the unpacked matrix.
+        gemm_transb(&rounded, m, k, &w.dequantize(), out);
+        return;
+    }
+    for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+        let mut scratch = vec![0.0; PANEL * k];
+        for panel in first..first + count {
+            w.panel_into(panel, &mut scratch);
+            let cols = PANEL.min(n - panel * PANEL);
+            let off = (panel - first) * PANEL;
+            let mut rows: Vec<&mut [f32]> =
+                outs.iter_mut().map(|o| &mut o[off..off + cols]).collect();
+            skinny(&rounded, m, k, &scratch[..cols * k], &mut rows);
+        }
+    });
+}
+
+/// Splits the panels into `tasks` runs and calls `f(first_panel, panels, outs)` for each (in
+/// parallel when more than one), `outs` holding each input row's columns of those panels.
+fn for_panel_ranges(
+    out: &mut [f32],
+    n: usize,
+    panels: usize,
+    tasks: usize,
+    f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+) {
+    let per = panels.div_ceil(tasks);
+    let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
+    let mut runs = Vec::with_capacity(tasks);
+    let mut first = 0;
+    while first < panels {
+        let count = per.min(panels - first);
+        let cols = (count * PANEL).min(n - first * PANEL);
+        let outs: Vec<&mut [f32]> = rows
+            .iter_mut()
+            .map(|row| {
+                let (head, tail) = std::mem::take(row).split_at_mut(cols);
+                *row = tail;
+                head
+            })
+            .collect();
+        runs.push((first, count, outs));
+        first += count;
+    }
+    if runs.len() > 1 {
+        runs.into_par_iter()
+            .for_each(|(first, count, mut outs)| f(first, count, &mut outs));
+    } else {
+        for (first, count, mut outs) in runs {
+            f(first, count, &mut outs);
+        }
+    }
+}
+
+/// The AMX kernel (`TDPBF16PS` through inline assembly: the AMX intrinsics are not stable
+/// Rust).
+#[cfg(target_arch = "x86_64")]
+pub(super) mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use super::{Bf16Matrix, CHUNK, PANEL, TILE, to_bf16};
+
+    /// Whether the CPU has AMX-TILE and AMX-BF16 and the OS lets this process use the tile
+    /// registers (Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, asked once).
+    /// `KAIZEN_NO_AMX=1` turns it off.
+    pub(crate) fn available() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            if std::env::var_os("KAIZEN_NO_AMX").is_some_and(|v| !v.is_empty() && v != "0") {
+                return false;
+            }
+            // Leaf 7 only where the CPU reports it (the highest leaf is checked first).
+            if std::arch::x86_64::__cpuid(0).eax < 7 {
+                return false;
+            }
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (tile, bf16) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 22) != 0);
+            tile && bf16 && request_tile_permission()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn request_tile_permission() -> bool {
+        const SYS_ARCH_PRCTL: usize = 158;
+        const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+        const XFEATURE_XTILEDATA: usize = 18;
+        let ret: isize;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes this process's permitted
+        // XSAVE features; the syscall clobbers rcx and r11.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_permission() -> bool {
+        false
+    }
+
+    /// The inputs in bf16, `[m_pad, k_pad]` row-major (zero-padded to whole tiles).
+    pub(crate) struct Inputs {
+        values: Vec<u16>,
+        /// Input rows.
+        m: usize,
+        /// Rows per tile: `m` when under 16, else 16 (`m` padded to a multiple).
+        tile_rows: usize,
+        /// Values per row (`k` rounded up to [`CHUNK`]).
+        stride: usize,
+    }
+
+    impl Inputs {
+        pub(crate) fn new(x: &[f32], m: usize, k: usize) -> Self {
+            let tile_rows = m.min(PANEL);
+            let stride = k.div_ceil(CHUNK) * CHUNK;
+            let mut values = vec![0u16; m.div_ceil(tile_rows) * tile_rows * stride];
+            for (row, out) in x.chunks_exact(k).zip(values.chunks_exact_mut(stride)) {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = to_bf16(v);
+                }
+            }
+            Self {
+                values,
+                m,
+                tile_rows,
+                stride,
+            }
+        }
+    }
+
+    /// The 64-byte tile configuration: palette 1; tiles 0–1 the f32 results (`rows × 16`),
+    /// 2 the inputs (`rows × 32` bf16), 3–4 two weight panels (16 × 32 bf16 pairs).
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new(rows: usize) -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..5 {
+                // colsb[t] (u16 at 16 + 2t): 64 bytes per row for every tile.
+                c[16 + 2 * t] = 64;
+                // rows[t] (u8 at 48 + t).
+                c[48 + t] = if t == 3 || t == 4 { PANEL as u8 } else { rows as u8 };
+            }
+            Self(c)
+        }
+    }
+
+    /// Columns `first · 16 ..` of `count` panels of `bf16(x) · Wᵀ` into `outs` (each input
+    /// row's slice of those columns, starting at panel `first`).
+    ///
+    /// # Safety
+    /// [`available`] must have returned true; the panels must be inside `w`.
+    pub(crate) unsafe fn panels(
+        x: &Inputs,
+        w: &Bf16Matrix,
+        first: usize,
+        count: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        let chunks = w.cols.div_ceil(CHUNK);
+        let config = Config::new(x.tile_rows);
+        let mut results = [[0.0f32; PANEL * PANEL]; 2];
+        let x_stride = 2 * x.stride;
+        let (tile_stride, out_stride) = (64usize, 64usize);
+        // SAFETY: the configuration is 64 valid bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
+        let mut p = 0;
+        while p < count {
+            let pair = (count - p).min(2);
+            let panel = first + p;
+            let w0 = w.packed[panel * chunks * TILE..].as_ptr();
+            // A lone last panel multiplies the first again (its result is dropped).
+            let w1 = if pair == 2 {
+                w.packed[(panel + 1) * chunks * TILE..].as_ptr()
+            } else {
+                w0
+            };
+            for rows0 in (0..x.m).step_by(x.tile_rows) {
+                let a = x.values[rows0 * x.stride..].as_ptr();
+                // SAFETY: each tile load reads `rows × 64` bytes: inputs rows `rows0..+rows` of
+                // chunk c (inside the padded input), weights tile c of each panel (inside the
+                // packed matrix); the stores write two 16 × 16 f32 buffers.
+                unsafe {
+                    asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
+                    for c in 0..chunks {
+                        asm!(
+                            "tileloadd tmm2, [{a} + {sa}]",
+                            "tileloadd tmm3, [{b0} + {sb}]",
+                            "tileloadd tmm4, [{b1} + {sb}]",
+                            "tdpbf16ps tmm0, tmm2, tmm3",
+                            "tdpbf16ps tmm1, tmm2, tmm4",
+                            a = in(reg) a.add(c * CHUNK),
+                            sa = in(reg) x_stride,
+                            b0 = in(reg) w0.add(c * TILE),
+                            b1 = in(reg) w1.add(c * TILE),
+                            sb = in(reg) tile_stride,
+                            options(nostack),
+                        );
+                    }
+                    asm!(
+                        "tilestored [{c0} + {sc}], tmm0",
+                        "tilestored [{c1} + {sc}], tmm1",
+                        c0 = in(reg) results[0].as_mut_ptr(),
+                        c1 = in(reg) results[1].as_mut_ptr(),
+                        sc = in(reg) out_stride,
+                        options(nostack),
+                    );
+                }
+                let rows = x.tile_rows.min(x.m - rows0);
+                for (q, result) in results.iter().enumerate().take(pair) {
+                    let col0 = (p + q) * PANEL;
+                    for r in 0..rows {
+                        let out = &mut outs[rows0 + r];
+                        let cols = PANEL.min(out.len() - col0);
+                        out[col0..col0 + cols].copy_from_slice(&result[r * PANEL..][..cols]);
+                    }
+                }
+            }
+            p += pair;
+        }
+        // SAFETY: releases the tile state this function configured.
+        unsafe { asm!("tilerelease", options(nostack)) };
+    }
+}
