@@ -24,11 +24,11 @@ mod bf16;
 mod matmul;
 mod q8;
 
+pub(crate) use bf16::{Bf16Matrix, matmul_bf16};
 #[cfg(target_arch = "x86_64")]
 use matmul::avx2;
 use matmul::portable;
 pub(crate) use matmul::{Product, gemm_raw, gemm_transb, matmul_transb};
-pub(crate) use bf16::{Bf16Matrix, matmul_bf16};
 pub(crate) use q8::{Q8Matrix, matmul_q8};
 
 /// A projection stored for decoding in a narrower type than f32 (`DecodeWeights`).

@@ -13,7 +13,9 @@ use kaizen_model::{
 fn request(i: usize) -> GenerationRequest {
     GenerationRequest {
         session: None,
-        prompt: (0..3 + i % 7).map(|t| (t * 5 + i * 11) as u32 % 256).collect(),
+        prompt: (0..3 + i % 7)
+            .map(|t| (t * 5 + i * 11) as u32 % 256)
+            .collect(),
         params: SamplingParams {
             temperature: 1.0,
             max_new_tokens: 24,
@@ -39,7 +41,10 @@ fn a_bf16_row_decodes_the_same_alone_and_among_twenty() {
         let alone = generate(&model, None, &requests[i..=i], &bf16()).unwrap();
         assert_eq!(alone[0].tokens, together[i].tokens, "row {i}: tokens");
         let gap = common::max_abs_diff(&alone[0].logprobs, &together[i].logprobs);
-        assert!(gap < 1e-4, "row {i}: log-probs alone vs in the batch differ by {gap}");
+        assert!(
+            gap < 1e-4,
+            "row {i}: log-probs alone vs in the batch differ by {gap}"
+        );
     }
 }
 
@@ -50,7 +55,9 @@ fn bf16_behaviour_logprobs_are_close_to_the_f32_models() {
     let gens = generate(&model, None, &requests, &bf16()).unwrap();
     let mut batch = ScoreBatch::default();
     for (r, g) in requests.iter().zip(&gens) {
-        batch.sequences.push([r.prompt.clone(), g.tokens.clone()].concat());
+        batch
+            .sequences
+            .push([r.prompt.clone(), g.tokens.clone()].concat());
         let mut mask = vec![false; r.prompt.len()];
         mask.extend(vec![true; g.tokens.len()]);
         batch.loss_masks.push(mask);

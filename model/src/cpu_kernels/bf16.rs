@@ -5,14 +5,12 @@
 //! tile of inputs by a 32 × 16 tile of weights (8,192 multiply-adds) where AVX-512 does 16;
 //! batched decode and prefill then stop being bound by the FMA units (BENCHMARKS.md measures
 //! both). The weights are packed once per weights version into AMX's tile layout
-//! ([`Bf16Matrix`]): 2 bytes per weight. Elsewhere the same sums run on the f32 kernels over
-//! weights unpacked 16 rows at a time, so every CPU computes the same model up to float
-//! reassociation.
+//! ([`Bf16Matrix`]): 2 bytes per weight. Elsewhere the same sums run on the f32 units straight
+//! from the packed tiles, so every CPU computes the same model up to float reassociation.
 
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_MACS;
-use super::matmul::{SKINNY_MAX_ROWS, gemm_transb, skinny};
 
 /// Weight rows (output columns) per panel: one AMX tile's columns of f32 results.
 const PANEL: usize = 16;
@@ -166,21 +164,8 @@ pub(super) fn matmul_bf16_on(
         return;
     }
     let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
-    if m > SKINNY_MAX_ROWS {
-        // Tall (prefill) without AMX: the packing GEMM over the unpacked matrix.
-        gemm_transb(&rounded, m, k, &w.dequantize(), out);
-        return;
-    }
     for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-        let mut scratch = vec![0.0; PANEL * k];
-        for panel in first..first + count {
-            w.panel_into(panel, &mut scratch);
-            let cols = PANEL.min(n - panel * PANEL);
-            let off = (panel - first) * PANEL;
-            let mut rows: Vec<&mut [f32]> =
-                outs.iter_mut().map(|o| &mut o[off..off + cols]).collect();
-            skinny(&rounded, m, k, &scratch[..cols * k], &mut rows);
-        }
+        fallback::panels(&rounded, m, k, w, first, count, outs)
     });
 }
 
@@ -218,6 +203,116 @@ fn for_panel_ranges(
         for (first, count, mut outs) in runs {
             f(first, count, &mut outs);
         }
+    }
+}
+
+/// The products on the f32 units (CPUs without AMX), straight from the packed tiles: each tile
+/// row (one pair of columns of 16 weight rows, interleaved) is widened to f32 once and
+/// multiplied into up to `MR` input rows, 16 results per row kept in registers.
+mod fallback {
+    #[cfg(target_arch = "x86_64")]
+    use super::super::Fused;
+    use super::super::{Isa, Plain};
+    use super::{Bf16Matrix, CHUNK, PANEL, TILE};
+
+    /// Input rows per pass.
+    const MR: usize = 4;
+
+    /// As `amx::panels`, with `x` already rounded to bf16 values (`[m, k]` f32).
+    pub(super) fn panels(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &Bf16Matrix,
+        first: usize,
+        count: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::super::avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { panels_avx2(x, m, k, w, first, count, outs) };
+            return;
+        }
+        panels_body::<Plain>(x, m, k, w, first, count, outs);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn panels_avx2(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &Bf16Matrix,
+        first: usize,
+        count: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        panels_body::<Fused>(x, m, k, w, first, count, outs);
+    }
+
+    #[inline(always)]
+    fn panels_body<A: Isa>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &Bf16Matrix,
+        first: usize,
+        count: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        let chunks = k.div_ceil(CHUNK);
+        for panel in first..first + count {
+            let tiles = &w.packed[panel * chunks * TILE..][..chunks * TILE];
+            let col0 = (panel - first) * PANEL;
+            let cols = PANEL.min(outs[0].len() - col0);
+            let mut i = 0;
+            while i < m {
+                let r = MR.min(m - i);
+                let rows = &x[i * k..(i + r) * k];
+                let sums = match r {
+                    4 => rows_block::<A, 4>(rows, k, tiles),
+                    3 => rows_block::<A, 3>(rows, k, tiles),
+                    2 => rows_block::<A, 2>(rows, k, tiles),
+                    _ => rows_block::<A, 1>(rows, k, tiles),
+                };
+                for (a, s) in sums.iter().enumerate().take(r) {
+                    outs[i + a][col0..col0 + cols].copy_from_slice(&s[..cols]);
+                }
+                i += r;
+            }
+        }
+    }
+
+    /// The 16 sums of each of `R` rows (`rows`: `[R, k]`) with one panel's tiles.
+    #[inline(always)]
+    fn rows_block<A: Isa, const R: usize>(
+        rows: &[f32],
+        k: usize,
+        tiles: &[u16],
+    ) -> [[f32; PANEL]; MR] {
+        let mut acc = [[0.0f32; PANEL]; MR];
+        for pair in 0..k.div_ceil(2) {
+            let p = 2 * pair;
+            let (chunk, t) = (p / CHUNK, (p % CHUNK) / 2);
+            let tile_row = &tiles[chunk * TILE + t * 2 * PANEL..][..2 * PANEL];
+            let mut even = [0.0f32; PANEL];
+            let mut odd = [0.0f32; PANEL];
+            for n in 0..PANEL {
+                even[n] = f32::from_bits(u32::from(tile_row[2 * n]) << 16);
+                odd[n] = f32::from_bits(u32::from(tile_row[2 * n + 1]) << 16);
+            }
+            for (a, sums) in acc.iter_mut().enumerate().take(R) {
+                let row = &rows[a * k..(a + 1) * k];
+                let x0 = row[p];
+                // A padded last column (odd k) multiplies a zero weight.
+                let x1 = if p + 1 < k { row[p + 1] } else { 0.0 };
+                for n in 0..PANEL {
+                    sums[n] = A::mul_add(x1, odd[n], A::mul_add(x0, even[n], sums[n]));
+                }
+            }
+        }
+        acc
     }
 }
 
@@ -319,7 +414,11 @@ pub(super) mod amx {
                 // colsb[t] (u16 at 16 + 2t): 64 bytes per row for every tile.
                 c[16 + 2 * t] = 64;
                 // rows[t] (u8 at 48 + t).
-                c[48 + t] = if t == 3 || t == 4 { PANEL as u8 } else { rows as u8 };
+                c[48 + t] = if t == 3 || t == 4 {
+                    PANEL as u8
+                } else {
+                    rows as u8
+                };
             }
             Self(c)
         }

@@ -12,9 +12,9 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_MACS;
+use super::matmul::{SKINNY_MAX_ROWS, gemm_transb};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2_fma, avx512};
-use super::matmul::{SKINNY_MAX_ROWS, gemm_transb};
 
 /// Products with more rows than this dequantise the matrix and use the packing GEMM. Higher
 /// than f32's [`SKINNY_MAX_ROWS`]: below it the dequantisation (a full f32 copy of the matrix

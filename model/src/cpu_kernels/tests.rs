@@ -379,7 +379,9 @@ fn every_simd_product_kernel_matches_the_portable_one() {
                 if avx2_fma() {
                     let mut got = vec![0.0; m * n];
                     // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    unsafe { avx2::skinny(&x, m, k, &w, &mut got.chunks_mut(n).collect::<Vec<_>>()) };
+                    unsafe {
+                        avx2::skinny(&x, m, k, &w, &mut got.chunks_mut(n).collect::<Vec<_>>())
+                    };
                     assert_close(&got, &want, 1e-5, &format!("avx2 skinny m={m} k={k}"));
                 }
                 if avx512() {
@@ -436,14 +438,14 @@ fn bf16_rounds_to_nearest_even_and_back() {
     }
 }
 
-/// bf16 products (AMX where this CPU has it, and the f32-kernel path) equal bf16(x) ·
+/// bf16 products (AMX where this CPU has it, and the f32-unit path) equal bf16(x) ·
 /// unpacked(W)ᵀ summed in f64, for row counts under, at and past a tile of 16 rows and the
-/// tall (prefill) path, `k` a multiple of the 32-column tile and not, and `n` not a multiple of
-/// the 16-row panel.
+/// tall (prefill) path, `k` a multiple of the 32-column tile, not, and odd, and `n` a multiple
+/// of the 16-row panel and not.
 #[test]
 fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
     use super::bf16::{from_bf16, matmul_bf16_on, to_bf16};
-    for (k, n) in [(96, 37), (70, 53)] {
+    for (k, n) in [(96, 37), (70, 53), (67, 16)] {
         let w = random(n * k, 71);
         let b = Bf16Matrix::quantize(&w, k);
         let unpacked = b.dequantize();
