@@ -9,8 +9,20 @@ use super::PARALLEL_MIN_MACS;
 use super::{avx2_fma, avx512};
 
 /// Products with more rows than this go to the packing GEMM (`gemm` crate): with many rows the
-/// packed weight is reused enough to pay for itself.
+/// packed weight is reused enough to pay for itself. (With AVX-512 the skinny kernel's blocks
+/// are wider and the crossover is later: [`skinny_max_rows`].)
 pub(super) const SKINNY_MAX_ROWS: usize = 48;
+
+/// The row count up to which the skinny kernel serves a product: [`SKINNY_MAX_ROWS`], or 128
+/// with the AVX-512 kernel (SmolLM2 decoding 64 rows: 350 tokens/s on it against 256 through
+/// the GEMM; BENCHMARKS.md).
+pub(super) fn skinny_max_rows() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return 128;
+    }
+    SKINNY_MAX_ROWS
+}
 
 /// One weight `[n, k]` (row-major: the Hugging Face / GGUF layout) and the `[m, n]` buffer its
 /// product with the shared input is written to.
@@ -41,7 +53,7 @@ pub(crate) fn matmul_transb(x: &[f32], m: usize, k: usize, products: &mut [Produ
     if m == 0 || total_n == 0 {
         return;
     }
-    if m > SKINNY_MAX_ROWS {
+    if m > skinny_max_rows() {
         for p in products.iter_mut() {
             gemm_transb(x, m, k, p.weight, p.out);
         }

@@ -12,14 +12,14 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_MACS;
-use super::matmul::{SKINNY_MAX_ROWS, gemm_transb};
+use super::matmul::gemm_transb;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2_fma, avx512};
 
 /// Products with more rows than this dequantise the matrix and use the packing GEMM. Higher
-/// than f32's [`SKINNY_MAX_ROWS`]: below it the dequantisation (a full f32 copy of the matrix
+/// than f32's [`super::matmul::SKINNY_MAX_ROWS`]: below it the dequantisation (a full f32 copy of the matrix
 /// per call) costs more than the GEMM saves, which matters when every decode step pays it.
-pub(crate) const Q8_SKINNY_MAX_ROWS: usize = 4 * SKINNY_MAX_ROWS;
+pub(crate) const Q8_SKINNY_MAX_ROWS: usize = 192;
 
 /// Values per scale (GGUF Q8_0's block).
 pub(crate) const BLOCK: usize = 32;

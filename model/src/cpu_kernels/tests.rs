@@ -83,6 +83,7 @@ fn skinny_and_tall_products_match_burn_matmul() {
         (16, 576),
         (SKINNY_MAX_ROWS, 33),
         (SKINNY_MAX_ROWS + 1, 40),
+        (matmul::skinny_max_rows() + 1, 40),
         (130, 96),
     ]
     .iter()
