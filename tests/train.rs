@@ -33,10 +33,10 @@ fn sync_mode_runs_are_bit_reproducible() {
 }
 
 /// The actors' generation options through a job: turns continued from kept keys and values
-/// (logged as `actors/*`), and int8 decoding, whose sampler-learner gap is logged and larger
-/// than f32's while training still runs.
+/// (logged as `actors/*`), and int8 and bf16 decoding, whose sampler-learner gaps are logged
+/// and larger than f32's while training still runs.
 #[test]
-fn kept_kv_and_int8_decoding_run_through_a_job() {
+fn kept_kv_and_int8_and_bf16_decoding_run_through_a_job() {
     let tmp = tempfile::tempdir().unwrap();
     let last = |m: &std::collections::BTreeMap<(String, u64), f64>, key: &str| {
         m.iter()
@@ -49,6 +49,7 @@ fn kept_kv_and_int8_decoding_run_through_a_job() {
     for (i, sets) in [
         &["actors.kv_cache_mib=0"][..],
         &["actors.decode_weights=\"int8\""][..],
+        &["actors.decode_weights=\"bf16\""][..],
     ]
     .iter()
     .enumerate()
@@ -78,6 +79,10 @@ fn kept_kv_and_int8_decoding_run_through_a_job() {
     assert!(gap(plain) < 1e-3, "f32 gap {}", gap(plain));
     assert!(gap(int8) > gap(plain), "int8 moves the behaviour log-probs");
     assert!(last(int8, "loss").is_finite());
+    let bf16 = &runs_metrics[2];
+    assert!(gap(bf16) > gap(plain), "bf16 moves the behaviour log-probs");
+    assert!(gap(bf16) < 0.1, "bf16 gap {}", gap(bf16));
+    assert!(last(bf16, "loss").is_finite());
 }
 
 /// `run.time_limit_minutes` ends RL early at a step boundary, as a normal end: the steps it
