@@ -71,12 +71,7 @@ fn bf16_behaviour_logprobs_are_close_to_the_f32_models() {
     let behaviour: Vec<f32> = gens.iter().flat_map(|g| g.logprobs.clone()).collect();
     assert_eq!(f32_scores.len(), behaviour.len());
     let gap = common::max_abs_diff(&f32_scores, &behaviour);
-    let mean = f32_scores
-        .iter()
-        .zip(&behaviour)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f32>()
-        / behaviour.len() as f32;
+    let mean = common::mean_abs_diff(&f32_scores, &behaviour);
     assert!(gap > 0.0, "rounding to bf16 changes the model");
     // This random model's logits are sharp (initializer_range 0.2); SmolLM2's gap is in
     // BENCHMARKS.md.

@@ -40,3 +40,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Mean of `|a_i - b_i|` (lengths must match and be non-zero).
+pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert!(a.len() == b.len() && !a.is_empty());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}

@@ -76,12 +76,7 @@ fn check(tied: bool) {
     // The f32 model differs by the quantisation only.
     let f32_scores = scored(&model, &prompts, &completions);
     let gap = common::max_abs_diff(&f32_scores, &behaviour);
-    let mean = f32_scores
-        .iter()
-        .zip(&behaviour)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f32>()
-        / behaviour.len() as f32;
+    let mean = common::mean_abs_diff(&f32_scores, &behaviour);
     assert!(gap > 0.0, "quantisation changes the model");
     // This random model's logits are sharp (initializer_range 0.2); SmolLM2's gap is in
     // BENCHMARKS.md.

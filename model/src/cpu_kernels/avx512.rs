@@ -9,6 +9,7 @@
 
 use std::arch::x86_64::*;
 
+use super::matmul::avx2::hsum4;
 use super::q8::BLOCK;
 
 /// Lanes of one 512-bit register of f32.
@@ -153,19 +154,6 @@ fn store_sums<const R: usize, const C: usize>(
         unsafe { _mm_storeu_ps(sums.as_mut_ptr(), hsum4(half(0), half(1), half(2), half(3))) };
         out[i0 + a][j0..j0 + C].copy_from_slice(&sums[..C]);
     }
-}
-
-/// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
-    let ab = _mm256_hadd_ps(a, b);
-    let cd = _mm256_hadd_ps(c, d);
-    let abcd = _mm256_hadd_ps(ab, cd);
-    _mm_add_ps(
-        _mm256_castps256_ps128(abcd),
-        _mm256_extractf128_ps::<1>(abcd),
-    )
 }
 
 /// As `q8::portable::skinny_q8`: `out[i][j] = x_i · dequantize(q_j)` for `x: [m, k]`,

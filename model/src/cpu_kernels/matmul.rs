@@ -344,7 +344,7 @@ pub(super) mod avx2 {
     /// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    pub(in crate::cpu_kernels) fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
         // Pairwise adds within 128-bit halves, then the two halves.
         let ab = _mm256_hadd_ps(a, b);
         let cd = _mm256_hadd_ps(c, d);
