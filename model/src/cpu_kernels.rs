@@ -10,11 +10,14 @@
 //! region. Attention reads each row's keys and values straight from the KV cache, only over the
 //! columns that row can see.
 //!
-//! Each kernel has an AVX2 + FMA version (selected at run time) and a portable one; both compute
-//! the same sums up to float reassociation (tests compare them with burn's results).
+//! Each kernel has an AVX2 + FMA version (selected at run time) and a portable one; the decode
+//! products also have AVX-512 versions (`avx512`), and bf16 decode runs on Intel AMX tiles
+//! (`bf16`) where the CPU has them. All compute the same sums up to float reassociation (tests
+//! compare them with each other, with f64 sums and with burn's results).
 //!
 //! The matrix products (and the skinny kernel attention shares) are in the `matmul` submodule,
-//! re-exported here; attention and the element-wise steps are in this file.
+//! re-exported here, with int8 weights in `q8` and bf16 in `bf16`; attention and the
+//! element-wise steps are in this file.
 
 use rayon::prelude::*;
 
