@@ -88,6 +88,29 @@ impl PackedMatrix {
 /// Work below this many multiply-adds runs on the calling thread (a rayon fork costs a few µs).
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
+/// Splits `out` (`[m, n]`, row-major) into runs of `chunk` consecutive columns (the last may be
+/// shorter): for each run, its first column, its width and each row's slice of it (the
+/// column tasks the products hand to the rayon pool).
+fn column_runs(out: &mut [f32], n: usize, chunk: usize) -> Vec<(usize, usize, Vec<&mut [f32]>)> {
+    let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
+    let mut runs = Vec::with_capacity(n.div_ceil(chunk.max(1)));
+    let mut start = 0;
+    while start < n {
+        let len = chunk.max(1).min(n - start);
+        let slices = rows
+            .iter_mut()
+            .map(|row| {
+                let (head, tail) = std::mem::take(row).split_at_mut(len);
+                *row = tail;
+                head
+            })
+            .collect();
+        runs.push((start, len, slices));
+        start += len;
+    }
+    runs
+}
+
 /// Whether the AVX2 + FMA kernels can run (cached by the standard library).
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {

@@ -179,23 +179,10 @@ fn for_panel_ranges(
     f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 ) {
     let per = panels.div_ceil(tasks);
-    let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
-    let mut runs = Vec::with_capacity(tasks);
-    let mut first = 0;
-    while first < panels {
-        let count = per.min(panels - first);
-        let cols = (count * PANEL).min(n - first * PANEL);
-        let outs: Vec<&mut [f32]> = rows
-            .iter_mut()
-            .map(|row| {
-                let (head, tail) = std::mem::take(row).split_at_mut(cols);
-                *row = tail;
-                head
-            })
-            .collect();
-        runs.push((first, count, outs));
-        first += count;
-    }
+    let runs: Vec<_> = super::column_runs(out, n, per * PANEL)
+        .into_iter()
+        .map(|(start, len, outs)| (start / PANEL, len.div_ceil(PANEL), outs))
+        .collect();
     if runs.len() > 1 {
         runs.into_par_iter()
             .for_each(|(first, count, mut outs)| f(first, count, &mut outs));

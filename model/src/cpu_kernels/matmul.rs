@@ -70,23 +70,11 @@ pub(crate) fn matmul_transb(x: &[f32], m: usize, k: usize, products: &mut [Produ
     let mut tasks = Vec::new();
     for p in products.iter_mut() {
         let n = p.weight.len() / k;
-        let mut rows: Vec<&mut [f32]> = p.out.chunks_mut(n).collect();
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let out: Vec<&mut [f32]> = rows
-                .iter_mut()
-                .map(|row| {
-                    let (head, tail) = std::mem::take(row).split_at_mut(len);
-                    *row = tail;
-                    head
-                })
-                .collect();
+        for (start, len, out) in super::column_runs(p.out, n, chunk) {
             tasks.push(ColumnTask {
                 weight: &p.weight[start * k..(start + len) * k],
                 out,
             });
-            start += len;
         }
     }
     if parallel {

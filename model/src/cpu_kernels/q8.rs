@@ -133,22 +133,7 @@ pub(crate) fn matmul_q8(x: &[f32], m: usize, k: usize, w: &Q8Matrix, out: &mut [
         n
     };
     // Column tasks: weight rows `start..start + len` and each input row's output slice.
-    let mut rows: Vec<&mut [f32]> = out.chunks_mut(n).collect();
-    let mut tasks = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        let outs: Vec<&mut [f32]> = rows
-            .iter_mut()
-            .map(|row| {
-                let (head, tail) = std::mem::take(row).split_at_mut(len);
-                *row = tail;
-                head
-            })
-            .collect();
-        tasks.push((start, len, outs));
-        start += len;
-    }
+    let tasks = super::column_runs(out, n, chunk);
     let blocks = w.blocks();
     let run = |(start, len, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let values = &w.values[start * k..(start + len) * k];
