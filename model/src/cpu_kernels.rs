@@ -26,6 +26,8 @@ mod avx512;
 mod bf16;
 mod matmul;
 mod q8;
+#[cfg(target_arch = "x86_64")]
+mod vexp;
 
 pub(crate) use bf16::{Bf16Matrix, matmul_bf16};
 #[cfg(target_arch = "x86_64")]
@@ -274,7 +276,7 @@ impl<F: Fn(usize) -> usize> HeadTask<'_, F> {
             let mut rows: Vec<&mut [f32]> = scores.chunks_exact_mut(cols).collect();
             A::skinny(q, g, d, &self.keys[first * d..(pos + 1) * d], &mut rows);
             for s in scores.chunks_exact_mut(cols) {
-                softmax_scaled_in_place(s, scale);
+                A::softmax_scaled(s, scale);
             }
             out.fill(0.0);
             for (c, value) in self.values[first * d..(pos + 1) * d]
@@ -295,6 +297,8 @@ trait Isa {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
     /// As [`matmul::skinny`].
     fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]);
+    /// `s ← softmax(scale · s)` (`scale > 0`).
+    fn softmax_scaled(s: &mut [f32], scale: f32);
 }
 
 /// Portable code (no FMA unit assumed).
@@ -307,6 +311,10 @@ impl Isa for Plain {
 
     fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [&mut [f32]]) {
         portable::skinny(x, m, k, w, out);
+    }
+
+    fn softmax_scaled(s: &mut [f32], scale: f32) {
+        softmax_scaled_in_place(s, scale);
     }
 }
 
@@ -331,6 +339,12 @@ impl Isa for Fused {
         // SAFETY: `Fused` code runs only on CPUs with AVX2 and FMA (see the type's doc).
         unsafe { avx2::skinny(x, m, k, w, out) };
     }
+
+    #[inline(always)]
+    fn softmax_scaled(s: &mut [f32], scale: f32) {
+        // SAFETY: as `skinny`.
+        unsafe { vexp::softmax_scaled(s, scale) };
+    }
 }
 
 /// Lanes of the portable vector loops (one AVX register of f32).
@@ -344,9 +358,19 @@ fn axpy<A: Isa>(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `s ← softmax(scale · s)` (`scale > 0`).
+/// `s ← softmax(scale · s)` (`scale > 0`); returns `logsumexp(scale · s)`.
+pub(crate) fn softmax_scaled(s: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        return unsafe { vexp::softmax_scaled(s, scale) };
+    }
+    softmax_scaled_in_place(s, scale)
+}
+
+/// As [`softmax_scaled`], in portable code.
 #[inline(always)]
-fn softmax_scaled_in_place(s: &mut [f32], scale: f32) {
+fn softmax_scaled_in_place(s: &mut [f32], scale: f32) -> f32 {
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in s.iter_mut() {
@@ -357,6 +381,7 @@ fn softmax_scaled_in_place(s: &mut [f32], scale: f32) {
     for v in s.iter_mut() {
         *v *= inv;
     }
+    max * scale + sum.ln()
 }
 
 /// `e^x` in f32, branch-free so loops over it vectorize: Cody–Waite range reduction to
@@ -448,7 +473,8 @@ pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
-    silu_mul_portable(gate, up);
+    assert_eq!(gate.len(), up.len(), "silu_mul: shapes");
+    vexp::silu_mul(gate, up);
 }
 
 #[inline(always)]
@@ -456,6 +482,78 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: shapes");
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+/// The largest element of `x` (NaNs ignored); `-∞` when `x` is empty.
+pub(crate) fn max(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        return unsafe { vexp::max(x) };
+    }
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The gradient of `g_lp · log p_x + g_ent · H` with respect to the logits of one row, up to
+/// the target's `+g_lp / T` (added by the caller), written over the row's tempered logits `z`:
+/// with `p = softmax(z)`, `log p_j = z_j − lse`,
+///
+/// `∂/∂logits_j = (−g_lp · p_j − g_ent · p_j (log p_j + H)) / T`
+///
+/// (`∂ log p_x / ∂z_j = 1[j = x] − p_j`, `∂H / ∂z_j = −p_j (log p_j + H)`, `z = logits / T`).
+pub(crate) fn softmax_backward(
+    z: &mut [f32],
+    lse: f32,
+    entropy: f32,
+    g_lp: f32,
+    g_ent: f32,
+    inv_t: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { vexp::softmax_backward(z, lse, entropy, g_lp, g_ent, inv_t) };
+        return;
+    }
+    softmax_backward_portable(z, lse, entropy, g_lp, g_ent, inv_t);
+}
+
+#[inline(always)]
+fn softmax_backward_portable(
+    z: &mut [f32],
+    lse: f32,
+    entropy: f32,
+    g_lp: f32,
+    g_ent: f32,
+    inv_t: f32,
+) {
+    for v in z.iter_mut() {
+        let log_p = *v - lse;
+        let p = exp(log_p);
+        *v = (-g_lp * p - g_ent * p * (log_p + entropy)) * inv_t;
+    }
+}
+
+/// `out ← σ(x) = 1 / (1 + e^{-x})` element-wise.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn sigmoid(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "sigmoid: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { vexp::sigmoid(x, out) };
+        return;
+    }
+    sigmoid_portable(x, out);
+}
+
+#[inline(always)]
+fn sigmoid_portable(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = 1.0 / (1.0 + exp(-v));
     }
 }
 
@@ -503,7 +601,7 @@ fn exp_weights_avx2(
     w: &mut [f32],
     block_sums: &mut Vec<f64>,
 ) -> ExpSums {
-    exp_weights_portable(x, shift, scale, w, block_sums)
+    vexp::exp_weights(x, shift, scale, w, block_sums)
 }
 
 #[inline(always)]

@@ -130,7 +130,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
         };
     }
     let inv_t = 1.0 / params.temperature;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = cpu_kernels::max(logits);
     // log w_i: the tempered logit shifted by the maximum.
     let score = |i: usize| ((logits[i] - max) * inv_t) as f64;
     SCRATCH.with_borrow_mut(|(weights, blocks)| {

@@ -474,3 +474,101 @@ fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
         }
     }
 }
+
+/// The vectorised `e^x` steps (`vexp`) against the portable loops, on this CPU.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vectorised_exp_steps_match_the_portable_ones() {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
+    if !avx2_fma() {
+        eprintln!("no AVX2 + FMA on this CPU: only the portable steps run here");
+        return;
+    }
+    // e^x lane by lane, across the range and at its edges.
+    let mut xs: Vec<f32> = (0..4000).map(|i| -88.0 + i as f32 * 0.0443).collect();
+    xs.extend([
+        -100.0,
+        -87.31,
+        88.71,
+        100.0,
+        0.0,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+    ]);
+    xs.resize(xs.len().next_multiple_of(LANES), 1.0);
+    for c in xs.chunks_exact(LANES) {
+        let mut got = [0.0f32; LANES];
+        // SAFETY: the CPU has AVX2 and FMA (checked above); `c` and `got` hold eight f32.
+        unsafe { _mm256_storeu_ps(got.as_mut_ptr(), vexp::exp8(_mm256_loadu_ps(c.as_ptr()))) };
+        for (&x, &g) in c.iter().zip(&got) {
+            let want = exp(x);
+            assert!(
+                g == want || (g - want).abs() <= 2.5e-7 * want || (g.is_nan() && want.is_nan()),
+                "exp8({x}) = {g}, scalar {want}"
+            );
+        }
+    }
+
+    // Lengths with and without a scalar tail; one masked (-∞) logit.
+    for n in [7, 64, 1031] {
+        let mut x: Vec<f32> = random(n, 90 + n as u64).iter().map(|v| v * 9.0).collect();
+        x[n / 2] = f32::NEG_INFINITY;
+        let (shift, scale) = (3.0, 1.0 / 0.8);
+        let (mut w_port, mut w_vec) = (vec![0.0; n], vec![0.0; n]);
+        let (mut b_port, mut b_vec) = (Vec::new(), Vec::new());
+        let port = exp_weights_portable(&x, shift, scale, &mut w_port, &mut b_port);
+        // SAFETY: as above.
+        let vec = unsafe { vexp::exp_weights(&x, shift, scale, &mut w_vec, &mut b_vec) };
+        assert_close(&w_vec, &w_port, 1e-6, &format!("exp weights n={n}"));
+        assert_eq!(w_vec[n / 2], 0.0, "a masked logit has weight 0");
+        assert!(
+            (vec.total - port.total).abs() <= 1e-6 * port.total,
+            "{vec:?} {port:?}"
+        );
+        assert!((vec.weighted - port.weighted).abs() <= 1e-5 * port.weighted.abs());
+        assert_eq!(b_vec.len(), b_port.len());
+        assert!(vec.weighted.is_finite());
+
+        let up = random(n, 95);
+        let (mut g_port, mut g_vec) = (x.clone(), x.clone());
+        g_port[n / 2] = -30.0;
+        g_vec[n / 2] = -30.0;
+        silu_mul_portable(&mut g_port, &up);
+        // SAFETY: as above.
+        unsafe { vexp::silu_mul(&mut g_vec, &up) };
+        assert_close(&g_vec, &g_port, 1e-6, &format!("silu n={n}"));
+
+        let (mut s_port, mut s_vec) = (x.clone(), x.clone());
+        let lse_port = softmax_scaled_in_place(&mut s_port, 0.125);
+        // SAFETY: as above.
+        let lse_vec = unsafe { vexp::softmax_scaled(&mut s_vec, 0.125) };
+        assert_close(&s_vec, &s_port, 1e-6, &format!("softmax n={n}"));
+        let lse: f64 = x
+            .iter()
+            .map(|&v| (v as f64 * 0.125).exp())
+            .sum::<f64>()
+            .ln();
+        assert!((lse_vec as f64 - lse).abs() < 1e-5 && (lse_port as f64 - lse).abs() < 1e-5);
+
+        let (mut d_port, mut d_vec) = (s_port.clone(), s_port.clone());
+        softmax_backward_portable(&mut d_port, 0.3, 1.7, 0.9, -0.2, 1.25);
+        // SAFETY: as above.
+        unsafe { vexp::softmax_backward(&mut d_vec, 0.3, 1.7, 0.9, -0.2, 1.25) };
+        assert_close(&d_vec, &d_port, 1e-6, &format!("softmax backward n={n}"));
+
+        let (mut sig_port, mut sig_vec) = (vec![0.0; n], vec![0.0; n]);
+        sigmoid_portable(&x, &mut sig_port);
+        // SAFETY: as above.
+        unsafe { vexp::sigmoid(&x, &mut sig_vec) };
+        assert_close(&sig_vec, &sig_port, 1e-6, &format!("sigmoid n={n}"));
+        assert_eq!(sig_vec[n / 2], 0.0, "σ(-∞) = 0");
+        assert!((s_vec.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+
+        let mut with_nan = x.clone();
+        with_nan[1] = f32::NAN;
+        let want = with_nan.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(max(&with_nan), want, "max n={n}");
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+    }
+}

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{exp, gemm_raw, gemm_transb};
+use crate::cpu_kernels::{gemm_raw, gemm_transb, sigmoid, silu_mul};
 
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
@@ -209,9 +209,8 @@ pub(super) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096))
         .for_each(|((o, g), u)| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + exp(-g)) * u;
-            }
+            o.copy_from_slice(g);
+            silu_mul(o, u);
         });
     out
 }
@@ -228,10 +227,11 @@ pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f
         .zip(up.par_chunks(4096))
         .zip(d_act.par_chunks(4096))
         .for_each(|((((dg, du), g), u), da)| {
+            sigmoid(g, dg);
             for ((((dg, du), &g), &u), &da) in
                 dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(da)
             {
-                let s = 1.0 / (1.0 + exp(-g));
+                let s = *dg;
                 *du = da * g * s;
                 *dg = da * u * s * (1.0 + g * (1.0 - s));
             }
