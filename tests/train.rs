@@ -599,3 +599,53 @@ fn the_tiny_self_correction_job_improves_and_loses_no_trajectory() {
         "{stdout}"
     );
 }
+
+/// `sft.source = "self"` on the tiny job: each round plays its episodes, every trainable turn
+/// is accounted for (kept or dropped, by reason), the kept turns are written as chat JSONL and
+/// the round's share of the warm-start steps runs (or is counted as skipped).
+#[test]
+fn the_self_generated_warm_start_accounts_for_every_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=1",
+            "sft.source=\"self\"",
+            "sft.steps=6",
+            "sft.self_generated.rounds=2",
+            "sft.self_generated.problems_per_round=24",
+            "sft.self_generated.samples_per_problem=4",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    let run = run_dir(&runs, "self_correct_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    assert_eq!(one("self_sft/round"), vec![0.0, 1.0]);
+    assert_eq!(one("self_sft/episodes"), vec![96.0, 96.0]);
+    let kept = one("self_sft/kept");
+    assert_eq!(kept.len(), 2);
+    for (r, &kept) in kept.iter().enumerate() {
+        // Two attempts per episode, both trainable.
+        let accounted: f64 = ["kept", "rejected", "duplicates", "over_cap", "unchanged"]
+            .iter()
+            .map(|k| one(&format!("self_sft/{k}"))[r])
+            .sum();
+        assert_eq!(accounted, 192.0, "round {r}");
+        let lines = std::fs::read_to_string(run.join(format!("self_sft/round_{r}.jsonl")))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(lines as f64, kept, "round {r}: one chat line per kept turn");
+        let pass = one("self_sft/pass@k")[r];
+        assert!((0.0..=1.0).contains(&pass), "{pass}");
+    }
+    let trained = series(&run, "sft/loss").len() as f64;
+    let skipped: f64 = one("self_sft/skipped_steps").iter().sum();
+    assert_eq!(
+        trained + skipped,
+        6.0,
+        "every warm-start step ran or was counted"
+    );
+}

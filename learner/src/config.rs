@@ -332,10 +332,12 @@ impl OptimConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {
-    /// `demonstrations` (expert episodes of the configured environments) or a JSONL file of
-    /// `{"messages": [...]}` chat data (loss on assistant turns).
+    /// `self` (rejection sampling from the policy itself, STaR / ReST-EM: see
+    /// [`SelfGeneratedConfig`]), `demonstrations` (expert episodes of the configured
+    /// environments: an oracle, for comparison) or a JSONL file of `{"messages": [...]}` chat
+    /// data (loss on assistant turns).
     pub source: String,
-    /// Optimizer steps.
+    /// Optimizer steps (with `source = "self"`: over all rounds, split evenly between them).
     pub steps: u64,
     /// Sequences per step.
     #[serde(default = "default_sft_batch")]
@@ -343,6 +345,54 @@ pub struct SftConfig {
     /// Peak learning rate (cosine decay, 5% warm-up).
     #[serde(default = "default_sft_lr")]
     pub learning_rate: f64,
+    /// `[sft.self_generated]`: the rounds of `source = "self"` (defaults when absent; an error
+    /// with another `source`, as every unread section is).
+    #[serde(default)]
+    pub self_generated: Option<SelfGeneratedConfig>,
+}
+
+/// `[sft.self_generated]`: the self-generated warm start (`[sft] source = "self"`), after STaR
+/// (Zelikman et al. 2022, "Bootstrapping Reasoning With Reasoning") and ReST-EM (Singh et al.
+/// 2023, "Beyond Human Data"): each round samples `samples_per_problem` episodes of
+/// `problems_per_round` training problems from the current policy, keeps every model turn the
+/// verifier rewards with at least `min_reward` (for self-correction: a right first answer, and
+/// a second answer that fixed or kept a right one, its first answer as context), and
+/// fine-tunes on the kept turns for `steps / rounds` steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfGeneratedConfig {
+    /// Generate → filter → fine-tune rounds (≥ 1).
+    pub rounds: u32,
+    /// Training problems sampled per round (≥ 1).
+    pub problems_per_round: usize,
+    /// Episodes per problem, `k` of STaR's sampling (≥ 1).
+    pub samples_per_problem: usize,
+    /// Sampling temperature of the generated episodes (> 0).
+    pub temperature: f32,
+    /// A turn is kept when its reward is at least this (the verifier's 1 = right).
+    pub min_reward: f32,
+    /// Distinct kept completions per problem and turn at most (ReST-EM caps them so easy
+    /// problems do not dominate; ≥ 1).
+    pub max_per_problem: usize,
+    /// Keep a right turn that repeats the agent's previous turn in its thread word for word.
+    /// SCoRe (Kumar et al. 2024, §4) found that fine-tuning on self-generated corrections
+    /// amplifies this no-edit mode; `false` drops such turns. On the main job dropping them
+    /// did not help (BENCHMARKS.md, runs 16–17), so the default keeps them.
+    pub keep_unchanged: bool,
+}
+
+impl Default for SelfGeneratedConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 2,
+            problems_per_round: 160,
+            samples_per_problem: 4,
+            temperature: 1.0,
+            min_reward: 1.0,
+            max_per_problem: 2,
+            keep_unchanged: true,
+        }
+    }
 }
 
 fn default_sft_batch() -> usize {
@@ -553,6 +603,31 @@ impl JobConfig {
         }
         if !(self.actors.env_timeout_s.is_finite() && self.actors.env_timeout_s > 0.0) {
             return Err("`actors.env_timeout_s` must be > 0".into());
+        }
+        if let Some(g) = self.sft.as_ref().and_then(|s| s.self_generated.as_ref()) {
+            if g.rounds == 0 || g.problems_per_round == 0 || g.samples_per_problem == 0 {
+                return Err("`sft.self_generated`: `rounds`, `problems_per_round` and \
+                            `samples_per_problem` must be >= 1"
+                    .into());
+            }
+            if g.max_per_problem == 0 {
+                return Err("`sft.self_generated.max_per_problem` must be >= 1".into());
+            }
+            if !(g.temperature > 0.0 && g.temperature.is_finite()) {
+                return Err(format!(
+                    "`sft.self_generated.temperature` must be > 0, got {}",
+                    g.temperature
+                ));
+            }
+        }
+        if let Some(sft) = &self.sft
+            && sft.self_generated.is_some()
+            && sft.source != "self"
+        {
+            return Err(format!(
+                "`[sft.self_generated]` is read only with `sft.source = \"self\"`, got `{}`",
+                sft.source
+            ));
         }
         if let Some(sft) = &self.sft
             && sft.batch_size == 0

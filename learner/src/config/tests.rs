@@ -256,3 +256,44 @@ fn unread_sections_are_errors_even_at_their_defaults() {
         .is_ok()
     );
 }
+
+#[test]
+fn self_generated_warm_start_defaults_and_checks() {
+    let parse = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        JobConfig::parse(MINIMAL, Path::new("job.toml"), &sets)
+    };
+    let (c, _) = parse(&["sft.source=\"self\"", "sft.steps=4"]).unwrap();
+    let sft = c.sft.unwrap();
+    assert_eq!(sft.self_generated, None);
+    let (c, _) = parse(&[
+        "sft.source=\"self\"",
+        "sft.steps=4",
+        "sft.self_generated.rounds=3",
+    ])
+    .unwrap();
+    let g = c.sft.unwrap().self_generated.unwrap();
+    assert_eq!((g.rounds, g.samples_per_problem), (3, 4));
+    for bad in [
+        "sft.self_generated.rounds=0",
+        "sft.self_generated.max_per_problem=0",
+        "sft.self_generated.temperature=0.0",
+    ] {
+        let e = parse(&["sft.source=\"self\"", "sft.steps=4", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sft.self_generated"), "{bad}: {e}");
+    }
+    // The rounds' table is not read with another source: an error, not silently ignored.
+    let e = parse(&[
+        "sft.source=\"demonstrations\"",
+        "sft.steps=4",
+        "sft.self_generated.rounds=2",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("sft.self_generated") && e.contains("demonstrations"),
+        "{e}"
+    );
+}

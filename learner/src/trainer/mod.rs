@@ -46,6 +46,7 @@ mod evaluation;
 mod loops;
 mod preference;
 mod reporting;
+mod self_generated;
 mod setup;
 mod step;
 mod warm_start;

@@ -10,6 +10,9 @@ impl Run {
         slots: &[EnvSlot],
         sft: &crate::config::SftConfig,
     ) -> Result<(), Error> {
+        if sft.source == "self" {
+            return self.self_generated_warm_start(sft);
+        }
         let (tokenizer, template) = &self.policy_parts;
         let train_slots = &slots[..self.config.envs.len()];
         let samples: Vec<Sample> = if sft.source == "demonstrations" {
@@ -19,8 +22,34 @@ impl Run {
         } else {
             chat_samples(Path::new(&sft.source), tokenizer, template)?
         };
-        // Turns the actors would never play (a prompt over `sampling.max_prompt_length`) or the
-        // model cannot hold (over `max_position_embeddings`) are left out, and counted.
+        let before = samples.len();
+        let samples = self.fitting(samples);
+        if samples.is_empty() {
+            let max_positions = self.learner.policy().config().max_position_embeddings;
+            return Err(Error::Config {
+                path: "[sft]".into(),
+                message: format!(
+                    "every one of the {before} warm-start sequences is longer than \
+                     `sampling.max_prompt_length` ({}) or the model's context \
+                     ({max_positions} tokens)",
+                    self.config.sampling.max_prompt_length
+                ),
+            });
+        }
+        tracing::info!(
+            sequences = samples.len(),
+            steps = sft.steps,
+            "supervised warm start"
+        );
+        self.start_warm_phase(sft.learning_rate, sft.steps);
+        self.sft_until(&samples, sft.batch_size, sft.steps, 0)?;
+        self.finish_warm_phase()
+    }
+
+    /// `samples` without the turns the actors would never play (a prompt over
+    /// `sampling.max_prompt_length`) or the model cannot hold (over `max_position_embeddings`):
+    /// those are left out, and counted (`sft/too_long`).
+    pub(super) fn fitting(&mut self, samples: Vec<Sample>) -> Vec<Sample> {
         let max_positions = self.learner.policy().config().max_position_embeddings;
         let max_prompt = self.config.sampling.max_prompt_length;
         let before = samples.len();
@@ -36,16 +65,6 @@ impl Run {
             })
             .collect();
         let too_long = before - samples.len();
-        if samples.is_empty() {
-            return Err(Error::Config {
-                path: "[sft]".into(),
-                message: format!(
-                    "every one of the {before} warm-start sequences is longer than \
-                     `sampling.max_prompt_length` ({max_prompt}) or the model's context \
-                     ({max_positions} tokens)"
-                ),
-            });
-        }
         if too_long > 0 {
             tracing::warn!(
                 too_long,
@@ -54,18 +73,28 @@ impl Run {
                 "warm-start sequences left out: prompt or whole sequence too long"
             );
         }
-        self.trackers
-            .log_metrics(&[Metric::new("sft/too_long", too_long as f64, 0)]);
-        tracing::info!(
-            sequences = samples.len(),
-            steps = sft.steps,
-            "supervised warm start"
-        );
-        self.start_warm_phase(sft.learning_rate, sft.steps);
-        let mut epochs = Epochs::new(samples.len(), derive_seed(self.config.run.seed, 0x5F7));
-        while self.state.sft_steps < sft.steps {
+        self.trackers.log_metrics(&[Metric::new(
+            "sft/too_long",
+            too_long as f64,
+            self.state.sft_steps,
+        )]);
+        samples
+    }
+
+    /// SFT steps on batches of `samples` (epochs reshuffled, seeded by the run seed and
+    /// `stream`) until `state.sft_steps` reaches `until`.
+    pub(super) fn sft_until(
+        &mut self,
+        samples: &[Sample],
+        batch_size: usize,
+        until: u64,
+        stream: u64,
+    ) -> Result<(), Error> {
+        let seed = derive_seed(self.config.run.seed, 0x5F7 ^ stream << 16);
+        let mut epochs = Epochs::new(samples.len(), seed);
+        while self.state.sft_steps < until {
             let batch: Vec<Sample> = epochs
-                .next_batch(sft.batch_size)
+                .next_batch(batch_size)
                 .into_iter()
                 .map(|i| samples[i].clone())
                 .collect();
@@ -76,7 +105,7 @@ impl Run {
                 .map(|(k, v)| Metric::new(k.clone(), *v, self.state.sft_steps))
                 .collect();
             self.trackers.log_metrics(&points);
-            if self.state.sft_steps.is_multiple_of(10) || self.state.sft_steps == sft.steps {
+            if self.state.sft_steps.is_multiple_of(10) || self.state.sft_steps == until {
                 tracing::info!(
                     step = self.state.sft_steps,
                     loss = metrics.get("sft/loss").copied().unwrap_or(f64::NAN),
@@ -84,7 +113,7 @@ impl Run {
                 );
             }
         }
-        self.finish_warm_phase()
+        Ok(())
     }
 
     /// Before a warm-start phase (`[sft]`, `[preference]`) of `steps` steps: a fresh AdamW and

@@ -1,0 +1,469 @@
+//! The self-generated warm start (`[sft] source = "self"`): rounds of rejection sampling from
+//! the policy itself, after STaR (Zelikman et al. 2022) and ReST-EM (Singh et al. 2023).
+//!
+//! Each round: the actors play `samples_per_problem` episodes of each of `problems_per_round`
+//! fresh training problems with the current policy; every trainable model turn whose reward
+//! reaches `min_reward` is kept (duplicates and turns past `max_per_problem` per problem are
+//! dropped); the learner fine-tunes on the kept turns for the round's share of `sft.steps`;
+//! the new weights go to the actors for the next round. No data comes from outside the
+//! model: the verifier only filters.
+//!
+//! A kept turn is trained with everything before it in its thread as context: for
+//! self-correction, a wrong first answer stays in the prompt of the second answer that fixed
+//! it, and only the fix is learned. With `keep_unchanged = false`, a right turn that repeats
+//! the agent's previous turn word for word is dropped: SCoRe (Kumar et al. 2024, §4) found
+//! that fine-tuning on self-generated correction traces amplifies this no-edit mode. Tokens are the ones the model sampled (never re-encoded
+//! from text). Each round's kept turns are also written as chat JSONL
+//! (`self_sft/round_<r>.jsonl`, earlier assistant turns with `"weight": 0`), so a round can
+//! be inspected or replayed with `sft.source = <file>`.
+//!
+//! Logged per round (at the SFT step the round starts from): `self_sft/kept`, `rejected`,
+//! `duplicates`, `over_cap`, `unchanged`, `faults`, B-STaR's exploration monitors `pass@k` (problems with
+//! a kept final turn among their `k` episodes) and `distinct_correct` (distinct kept final
+//! completions per problem), `reward@t<i>` (mean reward of each turn), and the seconds spent
+//! generating.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::config::{SelfGeneratedConfig, SftConfig};
+
+/// Group-id bit of warm-start episodes (neither training groups' counter nor
+/// [`EVAL_GROUP_BIT`]).
+const SELF_GROUP_BIT: u64 = 1 << 61;
+
+/// One kept model turn, ready to train on.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct KeptTurn {
+    /// The thread's tokens up to the end of the kept completion.
+    pub tokens: Vec<u32>,
+    /// Positions before the kept completion (context).
+    pub context: usize,
+    /// The turn as a chat conversation (`{"messages": [...]}`), when the report carries the
+    /// conversation's text.
+    pub chat: Option<serde_json::Value>,
+}
+
+/// What one round generated, kept and dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct RoundCounts {
+    /// Episodes that produced a trajectory.
+    pub episodes: usize,
+    /// Episodes that ended in a fault (no trajectory).
+    pub faults: usize,
+    /// Turns kept for training.
+    pub kept: usize,
+    /// Trainable turns below `min_reward`.
+    pub rejected: usize,
+    /// Kept-quality turns whose completion was already kept for the same problem and turn.
+    pub duplicates: usize,
+    /// Kept-quality turns past `max_per_problem` for their problem and turn.
+    pub over_cap: usize,
+    /// Kept-quality turns that repeat the agent's previous turn in the thread word for word
+    /// (dropped when `keep_unchanged` is off).
+    pub unchanged: usize,
+    /// Problems played.
+    pub problems: usize,
+    /// Problems with at least one final turn at `min_reward` or above (pass@k).
+    pub solved: usize,
+    /// Distinct final completions at `min_reward` or above, summed over problems.
+    pub distinct_correct: usize,
+    /// `(sum of rewards, count)` of each turn index.
+    pub turn_rewards: Vec<(f64, usize)>,
+}
+
+impl RoundCounts {
+    /// The round's metrics (`self_sft/...`).
+    pub(super) fn metrics(&self, round: u32, seconds: f64) -> BTreeMap<String, f64> {
+        let per_problem = |v: usize| v as f64 / self.problems.max(1) as f64;
+        let mut out = BTreeMap::from([
+            ("self_sft/round".to_string(), f64::from(round)),
+            ("self_sft/episodes".to_string(), self.episodes as f64),
+            ("self_sft/faults".to_string(), self.faults as f64),
+            ("self_sft/kept".to_string(), self.kept as f64),
+            ("self_sft/rejected".to_string(), self.rejected as f64),
+            ("self_sft/duplicates".to_string(), self.duplicates as f64),
+            ("self_sft/over_cap".to_string(), self.over_cap as f64),
+            ("self_sft/unchanged".to_string(), self.unchanged as f64),
+            ("self_sft/pass@k".to_string(), per_problem(self.solved)),
+            (
+                "self_sft/distinct_correct".to_string(),
+                per_problem(self.distinct_correct),
+            ),
+            ("self_sft/generate_seconds".to_string(), seconds),
+        ]);
+        for (t, (sum, n)) in self.turn_rewards.iter().enumerate() {
+            out.insert(
+                format!("self_sft/reward@t{}", t + 1),
+                sum / (*n).max(1) as f64,
+            );
+        }
+        out
+    }
+}
+
+/// Filters a round's episode reports (grouped by problem through `group_id`): keeps every
+/// trainable turn with reward ≥ `min_reward`, at most `max_per_problem` distinct completions
+/// per problem and turn index, in report order.
+pub(super) fn keep_verified(
+    reports: &[EpisodeReport],
+    config: &SelfGeneratedConfig,
+) -> (Vec<KeptTurn>, RoundCounts) {
+    let mut counts = RoundCounts::default();
+    let mut kept = Vec::new();
+    // (problem, turn index) → distinct kept completions.
+    let mut seen: HashMap<(u64, usize), HashSet<Vec<u32>>> = HashMap::new();
+    let mut problems: HashMap<u64, HashSet<Vec<u32>>> = HashMap::new();
+    for report in reports {
+        let solved = problems.entry(report.task.group_id).or_default();
+        let Ok(trajectory) = &report.result else {
+            counts.faults += 1;
+            continue;
+        };
+        // A trajectory whose rewards do not line up with its turns counts as a fault.
+        let Ok(rewards) = trajectory.segment_rewards() else {
+            counts.faults += 1;
+            continue;
+        };
+        counts.episodes += 1;
+        let text_turns = (report.turns.len() == trajectory.segments.len()).then_some(&report.turns);
+        let last = trajectory.segments.len().saturating_sub(1);
+        for (i, (segment, &reward)) in trajectory.segments.iter().zip(&rewards).enumerate() {
+            if counts.turn_rewards.len() <= i {
+                counts.turn_rewards.resize(i + 1, (0.0, 0));
+            }
+            counts.turn_rewards[i].0 += f64::from(reward);
+            counts.turn_rewards[i].1 += 1;
+            let good = reward >= config.min_reward;
+            if good && i == last {
+                solved.insert(segment.completion_tokens.clone());
+            }
+            if !segment.trainable {
+                continue;
+            }
+            if !good {
+                counts.rejected += 1;
+                continue;
+            }
+            let distinct = seen.entry((report.task.group_id, i)).or_default();
+            let previous = trajectory.segments[..i]
+                .iter()
+                .rev()
+                .find(|e| e.thread == segment.thread && e.agent == segment.agent);
+            if !config.keep_unchanged
+                && previous.is_some_and(|e| e.completion_tokens == segment.completion_tokens)
+            {
+                counts.unchanged += 1;
+                continue;
+            }
+            if distinct.contains(&segment.completion_tokens) {
+                counts.duplicates += 1;
+                continue;
+            }
+            if distinct.len() >= config.max_per_problem {
+                counts.over_cap += 1;
+                continue;
+            }
+            distinct.insert(segment.completion_tokens.clone());
+            // The thread up to this turn: every earlier segment of the same thread, then this
+            // turn's prompt, as context.
+            let mut tokens = Vec::new();
+            for earlier in &trajectory.segments[..i] {
+                if earlier.thread == segment.thread {
+                    tokens.extend_from_slice(&earlier.prompt_tokens);
+                    tokens.extend_from_slice(&earlier.completion_tokens);
+                }
+            }
+            tokens.extend_from_slice(&segment.prompt_tokens);
+            let context = tokens.len();
+            tokens.extend_from_slice(&segment.completion_tokens);
+            let chat = text_turns.map(|turns| chat_line(&turns[i]));
+            kept.push(KeptTurn {
+                tokens,
+                context,
+                chat,
+            });
+        }
+    }
+    counts.kept = kept.len();
+    counts.problems = problems.len();
+    counts.solved = problems.values().filter(|s| !s.is_empty()).count();
+    counts.distinct_correct = problems.values().map(HashSet::len).sum();
+    (kept, counts)
+}
+
+/// A turn as an OpenAI-style chat line: the request's messages (earlier assistant messages as
+/// context, `"weight": 0`) and the answer (trained).
+fn chat_line(turn: &kaizen_envs::Turn) -> serde_json::Value {
+    let mut messages: Vec<serde_json::Value> = turn
+        .request
+        .messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::json!({"role": m.role, "content": m.content});
+            if m.role == kaizen_core::Role::Assistant {
+                v["weight"] = 0.into();
+            }
+            v
+        })
+        .collect();
+    messages.push(serde_json::json!({"role": "assistant", "content": turn.answer}));
+    serde_json::json!({ "messages": messages })
+}
+
+impl Run {
+    /// `[sft] source = "self"`: the rounds described in the module docs, then the warm phase
+    /// ends as for any warm start (reference frozen, fresh RL optimizer, weights published).
+    pub(super) fn self_generated_warm_start(&mut self, sft: &SftConfig) -> Result<(), Error> {
+        let config = sft.self_generated.clone().unwrap_or_default();
+        let rounds = u64::from(config.rounds);
+        let per_round = (sft.steps / rounds).max(1);
+        self.start_warm_phase(sft.learning_rate, sft.steps);
+        let dir = self.run_dir.join("self_sft");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // A resumed run continues with the round its SFT steps were in (its data generated
+        // afresh by the policy as restored).
+        let first = (self.state.sft_steps / per_round).min(rounds - 1);
+        for round in first..rounds {
+            let until = if round + 1 == rounds {
+                sft.steps
+            } else {
+                (round + 1) * per_round
+            };
+            let round = round as u32;
+            let start = Instant::now();
+            let reports = self.generate_round(round, &config)?;
+            let (kept, counts) = keep_verified(&reports, &config);
+            let seconds = start.elapsed().as_secs_f64();
+            let path = dir.join(format!("round_{round}.jsonl"));
+            let mut lines = String::new();
+            for chat in kept.iter().filter_map(|k| k.chat.as_ref()) {
+                lines.push_str(&chat.to_string());
+                lines.push('\n');
+            }
+            std::fs::write(&path, lines).map_err(|e| Error::io(&path, e))?;
+            let metrics = counts.metrics(round, seconds);
+            let points: Vec<Metric> = metrics
+                .iter()
+                .map(|(k, v)| Metric::new(k.clone(), *v, self.state.sft_steps))
+                .collect();
+            self.trackers.log_metrics(&points);
+            tracing::info!(
+                round,
+                kept = counts.kept,
+                rejected = counts.rejected,
+                duplicates = counts.duplicates,
+                pass_at_k = metrics["self_sft/pass@k"],
+                seconds,
+                file = %path.display(),
+                "self-generated warm start: round generated"
+            );
+            let samples: Vec<Sample> = kept
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| crate::sft_data::sample(k.tokens, k.context, i))
+                .collect();
+            let samples = self.fitting(samples);
+            if samples.is_empty() {
+                // Nothing to learn from this round: its steps are skipped, and counted.
+                tracing::warn!(
+                    round,
+                    episodes = counts.episodes,
+                    min_reward = config.min_reward,
+                    "no turn reached `min_reward`: the round trains nothing (raise \
+                     `samples_per_problem` or `temperature`, or lower `min_reward`)"
+                );
+                self.trackers.log_metrics(&[Metric::new(
+                    "self_sft/skipped_steps",
+                    (until - self.state.sft_steps) as f64,
+                    self.state.sft_steps,
+                )]);
+                self.state.sft_steps = until;
+                continue;
+            }
+            self.sft_until(&samples, sft.batch_size, until, u64::from(round))?;
+            if round as u64 + 1 < rounds {
+                let version = self.weights.publish(self.learner.policy())?;
+                self.state.weights_version = version.0;
+            }
+        }
+        self.finish_warm_phase()
+    }
+
+    /// Plays one round's episodes with the current policy and returns their reports (any
+    /// other report that arrives meanwhile is kept for the training loop).
+    fn generate_round(
+        &mut self,
+        round: u32,
+        config: &SelfGeneratedConfig,
+    ) -> Result<Vec<EpisodeReport>, Error> {
+        let envs = self.config.envs.len().max(1);
+        let mut tasks = Vec::with_capacity(config.problems_per_round * config.samples_per_problem);
+        for p in 0..config.problems_per_round {
+            let env_seed = self.state.next_seed;
+            self.state.next_seed += 1;
+            let group = SELF_GROUP_BIT | u64::from(round) << 32 | p as u64;
+            for sample in 0..config.samples_per_problem {
+                let id = self.state.next_task;
+                self.state.next_task += 1;
+                tasks.push(EpisodeTask {
+                    id,
+                    group_id: group,
+                    env: p % envs,
+                    seed: env_seed,
+                    sample: sample as u32,
+                    sampling_seed: sampling_seed(self.config.run.seed, id),
+                    sampling: SamplingOverrides {
+                        temperature: Some(config.temperature),
+                        ..SamplingOverrides::default()
+                    },
+                });
+            }
+        }
+        let expected = tasks.len();
+        self.rollouts.submit_all(tasks)?;
+        let mut reports = Vec::with_capacity(expected);
+        while reports.len() < expected {
+            let report = self
+                .rollouts
+                .recv()
+                .map_err(|e| Error::ActorsStopped(e.to_string()))?;
+            if report.task.group_id & SELF_GROUP_BIT != 0
+                && report.task.group_id & EVAL_GROUP_BIT == 0
+            {
+                reports.push(report);
+            } else {
+                self.counts.reported += 1;
+                self.stray.push(report);
+            }
+        }
+        Ok(reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kaizen_core::{AgentId, FinishReason, Outcome, Segment, Trajectory};
+    use kaizen_transport::EpisodeTask;
+
+    use super::*;
+
+    fn segment(prompt: &[u32], completion: &[u32]) -> Segment {
+        Segment {
+            agent: AgentId::new("solver"),
+            thread: 0,
+            prompt_tokens: prompt.to_vec(),
+            completion_tokens: completion.to_vec(),
+            behavior_logprobs: vec![0.0; completion.len()],
+            trainable: true,
+            temperature: 1.0,
+            weights_version: WeightsVersion(0),
+            finish_reason: FinishReason::Eos,
+        }
+    }
+
+    /// A two-attempt episode of problem `group` with answers `a1`, `a2` and their rewards.
+    fn episode(group: u64, a1: &[u32], a2: &[u32], rewards: [f32; 2]) -> EpisodeReport {
+        let trajectory = Trajectory {
+            id: 0,
+            env: "self_correct".into(),
+            seed: group,
+            group_id: group,
+            segments: vec![segment(&[1, 2], a1), segment(&[3], a2)],
+            outcome: Outcome::single("solver", rewards.to_vec()),
+        };
+        EpisodeReport {
+            task: EpisodeTask {
+                id: 0,
+                group_id: group,
+                env: 0,
+                seed: group,
+                sample: 0,
+                sampling_seed: 0,
+                sampling: SamplingOverrides::default(),
+            },
+            env: "self_correct".into(),
+            result: Ok(trajectory),
+            metrics: BTreeMap::new(),
+            turns: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_right_turns_with_their_thread_as_context_and_counts_the_rest() {
+        let config = SelfGeneratedConfig {
+            max_per_problem: 1,
+            keep_unchanged: true,
+            ..SelfGeneratedConfig::default()
+        };
+        let reports = vec![
+            // Wrong then fixed: only the fix is kept, the wrong answer is context.
+            episode(7, &[10], &[20, 21], [0.0, 1.0]),
+            // Right and kept right: both turns, but turn 2 repeats... a new completion.
+            episode(7, &[11], &[22], [1.0, 1.0]),
+            // The same fix again: a duplicate.
+            episode(7, &[12], &[20, 21], [0.0, 1.0]),
+            // Problem 8: wrong twice.
+            episode(8, &[13], &[23], [0.0, 0.0]),
+        ];
+        let (kept, counts) = keep_verified(&reports, &config);
+        assert_eq!(
+            kept,
+            vec![
+                KeptTurn {
+                    tokens: vec![1, 2, 10, 3, 20, 21],
+                    context: 4,
+                    chat: None
+                },
+                KeptTurn {
+                    tokens: vec![1, 2, 11],
+                    context: 2,
+                    chat: None
+                },
+            ]
+        );
+        assert_eq!(counts.kept, 2);
+        // Turn 1 of the first, third and fourth episode, turn 2 of the fourth.
+        assert_eq!(counts.rejected, 4);
+        assert_eq!(counts.duplicates, 1);
+        // Episode 2's turn 2 is right but problem 7 already has one kept turn-2 completion.
+        assert_eq!(counts.over_cap, 1);
+        assert_eq!((counts.problems, counts.solved), (2, 1));
+        // Problem 7's right final answers: [20, 21] and [22].
+        assert_eq!(counts.distinct_correct, 2);
+        assert_eq!(counts.turn_rewards, vec![(1.0, 4), (3.0, 4)]);
+        let metrics = counts.metrics(0, 1.0);
+        assert_eq!(metrics["self_sft/pass@k"], 0.5);
+        assert_eq!(metrics["self_sft/reward@t2"], 0.75);
+    }
+
+    #[test]
+    fn a_right_answer_repeated_word_for_word_is_dropped_unless_asked() {
+        let reports = vec![
+            episode(3, &[10], &[10], [1.0, 1.0]),
+            episode(3, &[10], &[11, 10], [1.0, 1.0]),
+        ];
+        let drop_copies = SelfGeneratedConfig {
+            keep_unchanged: false,
+            ..SelfGeneratedConfig::default()
+        };
+        let (kept, counts) = keep_verified(&reports, &drop_copies);
+        // Turn 1 once (the second is a duplicate), the recomputed turn 2; the copy is dropped.
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[1].tokens, vec![1, 2, 10, 3, 11, 10]);
+        assert_eq!((counts.unchanged, counts.duplicates), (1, 1));
+        let (kept, counts) = keep_verified(&reports, &SelfGeneratedConfig::default());
+        assert_eq!((kept.len(), counts.unchanged), (3, 0));
+    }
+
+    #[test]
+    fn a_fault_or_a_reward_count_mismatch_is_counted_not_kept() {
+        let mut bad = episode(1, &[5], &[6], [1.0, 1.0]);
+        if let Ok(t) = &mut bad.result {
+            t.outcome = Outcome::single("solver", vec![1.0]);
+        }
+        let (kept, counts) = keep_verified(&[bad], &SelfGeneratedConfig::default());
+        assert!(kept.is_empty());
+        assert_eq!((counts.faults, counts.episodes), (1, 0));
+    }
+}
