@@ -633,19 +633,35 @@ fn exp_weights_portable(
                 weighted[l] += if e > 0.0 { e * s } else { 0.0 };
             }
         }
-        let mut block_total = total.iter().sum::<f32>();
-        let mut block_weighted = weighted.iter().sum::<f32>();
-        for (xi, wi) in xb[body..].iter().zip(&mut wb[body..]) {
-            let s = (xi - shift) * scale;
-            *wi = exp(s);
-            block_total += *wi;
-            block_weighted += if *wi > 0.0 { *wi * s } else { 0.0 };
-        }
-        block_sums.push(block_total as f64);
-        sums.total += block_total as f64;
-        sums.weighted += block_weighted as f64;
+        let lanes = (total.iter().sum::<f32>(), weighted.iter().sum::<f32>());
+        let (xt, wt) = (&xb[body..], &mut wb[body..]);
+        finish_exp_block(xt, wt, shift, scale, lanes, block_sums, &mut sums);
     }
     sums
+}
+
+/// The end of one block of [`exp_weights`]: the weights of its scalar tail (`x`, `w`) added
+/// to its lanes' sums `(Σ w, Σ w s)`, the block's total pushed onto `block_sums` and both
+/// added to `sums` in f64.
+#[inline(always)]
+fn finish_exp_block(
+    x: &[f32],
+    w: &mut [f32],
+    shift: f32,
+    scale: f32,
+    (mut total, mut weighted): (f32, f32),
+    block_sums: &mut Vec<f64>,
+    sums: &mut ExpSums,
+) {
+    for (xi, wi) in x.iter().zip(w) {
+        let s = (xi - shift) * scale;
+        *wi = exp(s);
+        total += *wi;
+        weighted += if *wi > 0.0 { *wi * s } else { 0.0 };
+    }
+    block_sums.push(total as f64);
+    sums.total += total as f64;
+    sums.weighted += weighted as f64;
 }
 
 #[cfg(test)]

@@ -102,17 +102,9 @@ pub(super) fn exp_weights(
             let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(e, _mm256_setzero_ps());
             weighted = _mm256_add_ps(weighted, _mm256_and_ps(positive, _mm256_mul_ps(e, s)));
         }
-        let mut block_total = hsum8(total);
-        let mut block_weighted = hsum8(weighted);
-        for (xi, wi) in xb[body..].iter().zip(&mut wb[body..]) {
-            let s = (xi - shift) * scale;
-            *wi = exp(s);
-            block_total += *wi;
-            block_weighted += if *wi > 0.0 { *wi * s } else { 0.0 };
-        }
-        block_sums.push(block_total as f64);
-        sums.total += block_total as f64;
-        sums.weighted += block_weighted as f64;
+        let lanes = (hsum8(total), hsum8(weighted));
+        let (xt, wt) = (&xb[body..], &mut wb[body..]);
+        super::finish_exp_block(xt, wt, shift, scale, lanes, block_sums, &mut sums);
     }
     sums
 }
