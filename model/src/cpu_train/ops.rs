@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{gemm_raw, gemm_transb, sigmoid, silu_mul};
+use crate::cpu_kernels::{exp, gemm_raw, gemm_transb};
 
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
@@ -209,8 +209,9 @@ pub(super) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096))
         .for_each(|((o, g), u)| {
-            o.copy_from_slice(g);
-            silu_mul(o, u);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
         });
     out
 }
@@ -227,11 +228,10 @@ pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f
         .zip(up.par_chunks(4096))
         .zip(d_act.par_chunks(4096))
         .for_each(|((((dg, du), g), u), da)| {
-            sigmoid(g, dg);
             for ((((dg, du), &g), &u), &da) in
                 dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(da)
             {
-                let s = *dg;
+                let s = 1.0 / (1.0 + exp(-g));
                 *du = da * g * s;
                 *dg = da * u * s * (1.0 + g * (1.0 - s));
             }
