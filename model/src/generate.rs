@@ -464,16 +464,12 @@ impl DecodeBatch {
         let draw = |(row, logits): (&mut Row, &[f32])| {
             (!row.finished()).then(|| sample(logits, &row.params, &mut row.rng))
         };
-        let pairs = self.rows.iter_mut().zip(logits.chunks_exact(vocab));
-        let drawn: Vec<Option<Sampled>> = if n > 1 && rayon::current_num_threads() > 1 {
-            pairs
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(draw)
-                .collect()
-        } else {
-            pairs.map(draw).collect()
-        };
+        let drawn: Vec<Option<Sampled>> = self
+            .rows
+            .par_iter_mut()
+            .zip(logits.par_chunks_exact(vocab))
+            .map(draw)
+            .collect();
         for (row, s) in self.rows.iter_mut().zip(drawn) {
             let Some(s) = s else {
                 self.stats.dead_row_steps += 1;
