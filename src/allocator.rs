@@ -23,6 +23,12 @@ const TRIM_THRESHOLD: libc::c_int = libc::c_int::MAX;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TOP_PAD: libc::c_int = 256 << 20;
 
+/// One arena for every thread. glibc gives other threads (the rayon pool, which runs the
+/// learner's pass) their own arenas, whose heaps hold at most 64 MiB: larger blocks there are
+/// `mmap`ed whatever the threshold above, and unmapped again when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: libc::c_int = 1;
+
 /// Applies the settings above (glibc on Linux; elsewhere a no-op). Call once, early in
 /// `main`, before other threads start.
 pub fn keep_freed_memory() {
@@ -44,6 +50,7 @@ fn apply() {
         ("M_MMAP_THRESHOLD", libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD),
         ("M_TRIM_THRESHOLD", libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         ("M_TOP_PAD", libc::M_TOP_PAD, TOP_PAD),
+        ("M_ARENA_MAX", libc::M_ARENA_MAX, ARENA_MAX),
     ] {
         // SAFETY: `mallopt` only changes malloc's parameters, under malloc's own lock.
         let accepted = unsafe { libc::mallopt(option, value) } == 1;

@@ -3,21 +3,34 @@
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Gradients, Tensor};
-use kaizen_model::{CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, score_with};
+use kaizen_model::{
+    CpuGrads, CpuScorePass, Llama, ScoreBatch, ScoreOptions, Scores, TrainProducts, score_with,
+};
 
+use crate::LearnerConfig;
+use crate::optimizer::{AdamW, StepReport};
 use crate::{Collective, Error};
 
 /// Gradients summed over a step's micro-batches, from kaizen's CPU training pass where it
 /// applies (host buffers, no tensor additions) or from burn's autodiff.
 pub(crate) enum Accumulator {
-    Cpu(CpuGrads),
+    /// The CPU pass's gradient buffers and its products (f32, or bf16 with the step's weight
+    /// packs: an accumulator lives for one step, while the weights do not change).
+    Cpu(CpuGrads, TrainProducts),
     Burn(GradientsAccumulator<Llama>),
 }
 
 impl Accumulator {
-    pub(crate) fn new(model: &Llama, cpu_kernels: bool) -> Self {
-        match cpu_kernels.then(|| CpuGrads::new(model)).flatten() {
-            Some(grads) if CpuScorePass::applies(model) => Self::Cpu(grads),
+    pub(crate) fn new(model: &Llama, config: &LearnerConfig) -> Self {
+        match config.cpu_kernels.then(|| CpuGrads::new(model)).flatten() {
+            Some(grads) if CpuScorePass::applies(model) => {
+                let products = if config.bf16 {
+                    TrainProducts::bf16()
+                } else {
+                    TrainProducts::f32()
+                };
+                Self::Cpu(grads, products)
+            }
             _ => Self::Burn(GradientsAccumulator::new()),
         }
     }
@@ -29,8 +42,9 @@ impl Accumulator {
         batch: &ScoreBatch,
         options: &ScoreOptions,
     ) -> Result<(Scores, Option<CpuScorePass>), Error> {
-        if let Self::Cpu(_) = self
-            && let Some((scores, pass)) = CpuScorePass::forward(model, batch, options)?
+        if let Self::Cpu(_, products) = self
+            && let Some((scores, pass)) =
+                CpuScorePass::forward_with(model, batch, options, products)?
         {
             return Ok((scores, Some(pass)));
         }
@@ -59,7 +73,7 @@ impl Accumulator {
         pass: Option<CpuScorePass>,
     ) -> Result<(), Error> {
         match (self, pass) {
-            (Self::Cpu(into), Some(pass)) => pass.backward(grads, into)?,
+            (Self::Cpu(into, _), Some(pass)) => pass.backward(grads, into)?,
             (Self::Burn(acc), None) => {
                 acc.accumulate(model, GradientsParams::from_module(grads, model));
             }
@@ -82,7 +96,7 @@ impl Accumulator {
             return Ok(());
         }
         match self {
-            Self::Cpu(grads) => {
+            Self::Cpu(grads, _) => {
                 for buffer in grads.buffers_mut() {
                     collective.all_reduce_sum(buffer)?;
                 }
@@ -96,11 +110,13 @@ impl Accumulator {
         }
     }
 
-    /// The step's summed gradients.
-    pub(crate) fn grads(self, model: &Llama) -> GradientsParams {
+    /// Applies the step's summed gradients to `model` with `optimizer` at learning rate `lr`:
+    /// the CPU pass's host buffers go to the optimizer as they are, burn's through its
+    /// gradient tensors.
+    pub(crate) fn step(self, optimizer: &mut AdamW, model: Llama, lr: f64) -> (Llama, StepReport) {
         match self {
-            Self::Cpu(grads) => grads.into_params(&model.device().inner()),
-            Self::Burn(mut acc) => acc.grads(),
+            Self::Cpu(grads, _) => optimizer.step_host(model, grads.into_host().collect(), lr),
+            Self::Burn(mut acc) => optimizer.step(model, &acc.grads(), lr),
         }
     }
 }

@@ -595,6 +595,13 @@ impl JobConfig {
                 return Err(format!("`{key}` must be >= 1"));
             }
         }
+        if self.learner.bf16 && !self.learner.cpu_kernels {
+            return Err(
+                "`learner.bf16 = true` needs `learner.cpu_kernels = true` (the mixed-precision \
+                 products are the CPU training pass's)"
+                    .into(),
+            );
+        }
         if !(self.optim.learning_rate.is_finite() && self.optim.learning_rate >= 0.0) {
             return Err(format!(
                 "`optim.learning_rate` must be >= 0, got {}",

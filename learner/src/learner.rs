@@ -46,6 +46,14 @@ pub struct LearnerConfig {
     /// autodiff otherwise. Same loss and gradient up to float rounding. A value head (PPO)
     /// trains on this path too.
     pub cpu_kernels: bool,
+    /// bf16 mixed precision on the CPU training pass (TRL / `TrainingArguments` `bf16`): the
+    /// products with weight matrices (`x·Wᵀ`) and their backward (`dY·W`, `dYᵀ·X`) round their
+    /// operands to bfloat16 and sum in f32, as `torch.autocast(dtype=torch.bfloat16)` does;
+    /// the weights, optimizer, gradients, norms, attention and log-softmax stay f32
+    /// (`kaizen_model::TrainProducts`). On CPUs with AMX (Xeon since Sapphire Rapids) the
+    /// products run on its tiles, several times faster than f32; elsewhere they run on the f32
+    /// units and are slower than `false`. Needs `cpu_kernels`.
+    pub bf16: bool,
 }
 
 impl Default for LearnerConfig {
@@ -57,6 +65,7 @@ impl Default for LearnerConfig {
             max_completion_length: 256,
             share_prompt_prefix: true,
             cpu_kernels: true,
+            bf16: false,
         }
     }
 }
@@ -294,16 +303,14 @@ impl Learner {
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
         let parts =
             objective.micro_batches(used, self.config.gradient_accumulation_steps.max(world));
-        let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
+        let mut accumulator = Accumulator::new(&self.model, &self.config);
         // A separate critic is scored (and trained) alongside when the objective uses values.
         let critic = self
             .critic
             .as_ref()
             .filter(|_| objective.uses_values())
             .map(|c| c.model.clone());
-        let mut critic_acc = critic
-            .as_ref()
-            .map(|c| Accumulator::new(c, self.config.cpu_kernels));
+        let mut critic_acc = critic.as_ref().map(|c| Accumulator::new(c, &self.config));
         let mut merged = MetricsAcc::default();
         let mut scored_tokens = 0usize;
         let uses_reference = objective.uses_reference();
@@ -395,14 +402,12 @@ impl Learner {
         }
         let merged = merged.all_gather(self.collective.as_ref())?;
         let scored_tokens = self.sum_across_ranks(scored_tokens as f64)?;
-        let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
-        let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
+        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr);
         self.model = model;
         if let (Some(model), Some(acc), Some(c)) = (critic, critic_acc, self.critic.as_mut()) {
-            let grads = acc.grads(&model);
             let critic_lr = c.schedule.at(c.optimizer.step_count());
-            let (model, report) = c.optimizer.step(model, &grads, critic_lr);
+            let (model, report) = acc.step(&mut c.optimizer, model, critic_lr);
             c.model = model;
             metrics.insert("ppo/critic_grad_norm".into(), report.grad_norm);
             metrics.insert("ppo/critic_lr".into(), critic_lr);
@@ -467,7 +472,7 @@ impl Learner {
         let start = Instant::now();
         let num_tokens: usize = samples.iter().map(Sample::trained_tokens).sum();
         let lr = self.schedule.at(self.optimizer.step_count());
-        let mut accumulator = Accumulator::new(&self.model, self.config.cpu_kernels);
+        let mut accumulator = Accumulator::new(&self.model, &self.config);
         let mut loss = 0.0f64;
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
         let parts = micro_batches(samples, self.config.gradient_accumulation_steps.max(world));
@@ -487,9 +492,8 @@ impl Learner {
         }
         accumulator.all_reduce(self.collective.as_ref())?;
         let loss = self.sum_across_ranks(loss)?;
-        let grads = accumulator.grads(&self.model);
         // Cloning a module shares its tensors; the update builds new ones.
-        let (model, report) = self.optimizer.step(self.model.clone(), &grads, lr);
+        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr);
         self.model = model;
         let mut metrics = StepMetrics::new();
         metrics.insert("sft/loss".into(), loss);

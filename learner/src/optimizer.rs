@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use kaizen_model::{HostTensor, Llama};
@@ -52,13 +53,19 @@ impl Default for AdamWConfig {
 /// Before the update every gradient is scaled by `min(1, max_grad_norm / (‖g‖₂ + 1e-6))`,
 /// `‖g‖₂` being the norm of all gradients together (`torch.nn.utils.clip_grad_norm_`).
 ///
+/// The update is one fused pass per parameter over host memory (the parameter, its gradient
+/// and both moments, in parallel chunks), in f32 as torch's `foreach` kernel computes it: the
+/// parameter is read out of its tensor once and written back once, where a chain of tensor
+/// operations would allocate and fill a parameter-sized temporary per operation.
+///
 /// The moments are keyed by the parameter's module path (`layers.3.mlp.up_proj.weight`), so
 /// they survive a checkpoint round trip that rebuilds the model.
 #[derive(Debug, Default)]
 pub struct AdamW {
     config: AdamWConfig,
     step: u64,
-    moments: HashMap<String, (Tensor<1>, Tensor<1>)>,
+    /// `(m, v)` per parameter path, each as long as the parameter.
+    moments: HashMap<String, (Vec<f32>, Vec<f32>)>,
 }
 
 /// What one optimizer step did.
@@ -69,6 +76,9 @@ pub struct StepReport {
     /// The factor gradients were scaled by (1 when not clipped).
     pub clip_scale: f64,
 }
+
+/// Elements per parallel task of the fused update and of the gradient norm.
+const CHUNK: usize = 1 << 16;
 
 impl AdamW {
     /// A fresh optimizer (step 0, no moments).
@@ -95,12 +105,33 @@ impl AdamW {
     /// `grads` hold the gradients of the (autodiff) model's parameters; parameters without a
     /// gradient are left unchanged.
     pub fn step(&mut self, model: Llama, grads: &GradientsParams, lr: f64) -> (Llama, StepReport) {
-        let mut norm = GradNorm {
+        let mut host = HostGrads {
             grads,
-            sum_squares: 0.0,
+            host: Vec::new(),
         };
-        model.visit(&mut norm);
-        let grad_norm = norm.sum_squares.sqrt();
+        model.visit(&mut host);
+        self.step_host(model, host.host, lr)
+    }
+
+    /// As [`AdamW::step`], with each parameter's gradient given as host values (row-major, as
+    /// long as the parameter) by parameter id: what kaizen's CPU training pass produces.
+    /// Parameters without an entry are left unchanged.
+    ///
+    /// The gradient norm is summed in a fixed order (the order of `grads`, then chunk by
+    /// chunk), so data-parallel ranks holding the same gradients clip by the same factor.
+    pub fn step_host(
+        &mut self,
+        model: Llama,
+        grads: Vec<(ParamId, Vec<f32>)>,
+        lr: f64,
+    ) -> (Llama, StepReport) {
+        let chunks: Vec<&[f32]> = grads.iter().flat_map(|(_, g)| g.chunks(CHUNK)).collect();
+        let partial: Vec<f64> = chunks
+            .par_iter()
+            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .collect();
+        let grad_norm = partial.iter().sum::<f64>().sqrt();
+        let grads: HashMap<ParamId, Vec<f32>> = grads.into_iter().collect();
         let clip_scale = if self.config.max_grad_norm > 0.0 {
             (self.config.max_grad_norm / (grad_norm + 1e-6)).min(1.0)
         } else {
@@ -127,68 +158,62 @@ impl AdamW {
     /// The moments and step count as named host tensors (`exp_avg.<path>`,
     /// `exp_avg_sq.<path>`), for checkpoints.
     pub fn state(&self) -> (u64, Vec<(String, HostTensor)>) {
-        let host = |t: &Tensor<1>| {
-            let n = t.dims()[0];
-            // Optimizer moments are f32 tensors, which always convert.
-            let data = t
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec()
-                .expect("f32 moments");
-            HostTensor::new(vec![n], data)
-        };
         let mut out = Vec::with_capacity(2 * self.moments.len());
         let mut paths: Vec<&String> = self.moments.keys().collect();
         paths.sort();
         for path in paths {
             let (m, v) = &self.moments[path];
-            out.push((format!("exp_avg.{path}"), host(m)));
-            out.push((format!("exp_avg_sq.{path}"), host(v)));
+            out.push((
+                format!("exp_avg.{path}"),
+                HostTensor::new(vec![m.len()], m.clone()),
+            ));
+            out.push((
+                format!("exp_avg_sq.{path}"),
+                HostTensor::new(vec![v.len()], v.clone()),
+            ));
         }
         (self.step, out)
     }
 
-    /// Restores moments and step count saved by [`AdamW::state`] onto `device`.
+    /// Restores moments and step count saved by [`AdamW::state`].
     ///
     /// # Errors
-    /// The name of a tensor that has no partner (`exp_avg` without `exp_avg_sq`).
+    /// The name of a tensor that has no partner (`exp_avg` without `exp_avg_sq`), that is not
+    /// an optimizer tensor, or whose two moments differ in length.
     pub fn restore(
         config: AdamWConfig,
         step: u64,
         tensors: HashMap<String, HostTensor>,
-        device: &burn::tensor::Device,
     ) -> Result<Self, String> {
-        let mut moments = HashMap::new();
-        let mut pending: HashMap<String, HostTensor> = HashMap::new();
+        let mut firsts = HashMap::new();
+        let mut seconds = HashMap::new();
         for (name, t) in tensors {
             if let Some(path) = name.strip_prefix("exp_avg.") {
-                pending.insert(format!("m {path}"), t);
+                firsts.insert(path.to_string(), t.data);
             } else if let Some(path) = name.strip_prefix("exp_avg_sq.") {
-                pending.insert(format!("v {path}"), t);
+                seconds.insert(path.to_string(), t.data);
             } else {
                 return Err(format!("unexpected optimizer tensor `{name}`"));
             }
         }
-        let paths: Vec<String> = pending
-            .keys()
-            .filter_map(|k| k.strip_prefix("m ").map(str::to_string))
-            .collect();
-        for path in paths {
-            let m = pending.remove(&format!("m {path}"));
-            let v = pending
-                .remove(&format!("v {path}"))
+        let mut moments = HashMap::with_capacity(firsts.len());
+        for (path, m) in firsts {
+            let v = seconds
+                .remove(&path)
                 .ok_or_else(|| format!("`exp_avg.{path}` has no `exp_avg_sq.{path}`"))?;
-            let upload = |t: HostTensor| {
-                let n = t.data.len();
-                Tensor::<1>::from_data(TensorData::new(t.data, [n]), device)
-            };
-            if let Some(m) = m {
-                moments.insert(path, (upload(m), upload(v)));
+            if m.len() != v.len() {
+                return Err(format!(
+                    "`exp_avg.{path}` has {} values but `exp_avg_sq.{path}` has {}",
+                    m.len(),
+                    v.len()
+                ));
             }
+            moments.insert(path, (m, v));
         }
-        if let Some(orphan) = pending.keys().next() {
-            return Err(format!("optimizer tensor without a partner: {orphan}"));
+        if let Some(orphan) = seconds.keys().next() {
+            return Err(format!(
+                "optimizer tensor without a partner: exp_avg_sq.{orphan}"
+            ));
         }
         Ok(Self {
             config,
@@ -198,25 +223,62 @@ impl AdamW {
     }
 }
 
-struct GradNorm<'a> {
+/// Copies every parameter's gradient to host memory.
+struct HostGrads<'a> {
     grads: &'a GradientsParams,
-    sum_squares: f64,
+    /// In the model's visiting order.
+    host: Vec<(ParamId, Vec<f32>)>,
 }
 
-impl ModuleVisitor for GradNorm<'_> {
+impl ModuleVisitor for HostGrads<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            self.sum_squares += g.square().sum().into_scalar::<f64>();
-        }
+        let Some(g) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        self.host.push((param.id, host_f32(g.into_data())));
     }
 }
 
 struct Update<'a> {
     optimizer: &'a mut AdamW,
-    grads: &'a GradientsParams,
+    grads: HashMap<ParamId, Vec<f32>>,
     lr: f64,
     clip_scale: f64,
     path: Vec<String>,
+}
+
+/// The per-step constants of the fused update, in f32.
+#[derive(Clone, Copy)]
+struct Coefficients {
+    /// `max_grad_norm`'s clip factor.
+    clip: f32,
+    beta1: f32,
+    beta2: f32,
+    /// `1 − lr·λ` (1 for vectors).
+    decay: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    step_size: f32,
+    /// `1 / √(1 − β₂ᵗ)`.
+    inv_sqrt_bias2: f32,
+    eps: f32,
+}
+
+/// One fused AdamW update of `p` (see [`AdamW`]) with gradient `g` and moments `m`, `v`.
+fn fused_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Coefficients) {
+    let (one_m_b1, one_m_b2) = (1.0 - k.beta1, 1.0 - k.beta2);
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = g * k.clip;
+                *m = k.beta1 * *m + one_m_b1 * g;
+                *v = k.beta2 * *v + one_m_b2 * g * g;
+                let denom = v.sqrt() * k.inv_sqrt_bias2 + k.eps;
+                *p = *p * k.decay - k.step_size * *m / denom;
+            }
+        });
 }
 
 impl ModuleMapper for Update<'_> {
@@ -229,38 +291,180 @@ impl ModuleMapper for Update<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(grad) = self.grads.get::<D>(param.id) else {
+        let Some(g) = self.grads.remove(&param.id) else {
             return param;
         };
         let (id, tensor, mapper) = param.consume();
         let require_grad = tensor.is_require_grad();
-        let shape = tensor.dims();
-        let n: usize = shape.iter().product();
-        let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]) * self.clip_scale;
+        let shape = tensor.shape();
+        let inner = tensor.inner();
+        let (device, dtype) = (inner.device(), inner.dtype());
+        let mut p = host_f32(inner.into_data());
         let c = &self.optimizer.config;
         let t = self.optimizer.step as i32;
         let path = self.path.join(".");
-        let (m, v) = match self.optimizer.moments.remove(&path) {
-            Some((m, v)) => (m, v),
-            None => (g.zeros_like(), g.zeros_like()),
+        let (mut m, mut v) = match self.optimizer.moments.remove(&path) {
+            Some((m, v)) if m.len() == p.len() => (m, v),
+            Some((m, _)) => {
+                tracing::warn!(
+                    parameter = %path,
+                    saved = m.len(),
+                    expected = p.len(),
+                    "optimizer moments do not fit the parameter; starting them from zero"
+                );
+                (vec![0.0; p.len()], vec![0.0; p.len()])
+            }
+            None => (vec![0.0; p.len()], vec![0.0; p.len()]),
         };
-        let m = m * c.adam_beta1 + g.clone() * (1.0 - c.adam_beta1);
-        let v = v * c.adam_beta2 + g.square() * (1.0 - c.adam_beta2);
-        let bias1 = 1.0 - c.adam_beta1.powi(t);
-        let bias2 = 1.0 - c.adam_beta2.powi(t);
-        let decayed = if D >= 2 && c.weight_decay > 0.0 {
-            p * (1.0 - self.lr * c.weight_decay)
-        } else {
-            p
+        let k = Coefficients {
+            clip: self.clip_scale as f32,
+            beta1: c.adam_beta1 as f32,
+            beta2: c.adam_beta2 as f32,
+            decay: if D >= 2 {
+                (1.0 - self.lr * c.weight_decay) as f32
+            } else {
+                1.0
+            },
+            step_size: (self.lr / (1.0 - c.adam_beta1.powi(t))) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - c.adam_beta2.powi(t)).sqrt()) as f32,
+            eps: c.adam_epsilon as f32,
         };
-        let denom = v.clone().sqrt() / bias2.sqrt() + c.adam_epsilon;
-        let updated = decayed - m.clone() / denom * (self.lr / bias1);
+        fused_update(&mut p, &g, &mut m, &mut v, k);
         self.optimizer.moments.insert(path, (m, v));
-        let mut updated = Tensor::from_inner(updated.reshape(shape));
-        if require_grad {
-            updated = updated.require_grad();
+        let data = TensorData::new(p, shape).convert_dtype(dtype);
+        let updated = Tensor::<D>::from_inner(Tensor::from_data(data, &device));
+        Param::from_mapped_value(id, restore_grad(updated, require_grad), mapper)
+    }
+}
+
+/// The values of `data` as f32 (parameters and gradients of an f32 model already are; another
+/// float dtype converts, and the update converts back).
+fn host_f32(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("TensorData::convert::<f32> yields f32 values")
+}
+
+fn restore_grad<const D: usize>(tensor: Tensor<D>, require_grad: bool) -> Tensor<D> {
+    if require_grad {
+        tensor.require_grad()
+    } else {
+        tensor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// torch.optim.AdamW's step for one element, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        p: f64,
+        g: f64,
+        m: f64,
+        v: f64,
+        t: i32,
+        lr: f64,
+        c: &AdamWConfig,
+        clip: f64,
+    ) -> [f64; 3] {
+        let g = g * clip;
+        let m = c.adam_beta1 * m + (1.0 - c.adam_beta1) * g;
+        let v = c.adam_beta2 * v + (1.0 - c.adam_beta2) * g * g;
+        let p = p * (1.0 - lr * c.weight_decay);
+        let denom = v.sqrt() / (1.0 - c.adam_beta2.powi(t)).sqrt() + c.adam_epsilon;
+        [p - lr / (1.0 - c.adam_beta1.powi(t)) * m / denom, m, v]
+    }
+
+    #[test]
+    fn the_fused_update_follows_torch_over_steps_with_decay_and_clipping() {
+        let c = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let n = 3 * CHUNK + 17; // several parallel chunks and a short one
+        let mut p: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
+        let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let mut expected: Vec<[f64; 3]> = p.iter().map(|&x| [f64::from(x), 0.0, 0.0]).collect();
+        let lr = 1e-3;
+        for t in 1..=3 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| (((i * 7 + t) % 13) as f32 - 6.0) / 3.0)
+                .collect();
+            let clip = 0.5;
+            let k = Coefficients {
+                clip: clip as f32,
+                beta1: c.adam_beta1 as f32,
+                beta2: c.adam_beta2 as f32,
+                decay: (1.0 - lr * c.weight_decay) as f32,
+                step_size: (lr / (1.0 - c.adam_beta1.powi(t as i32))) as f32,
+                inv_sqrt_bias2: (1.0 / (1.0 - c.adam_beta2.powi(t as i32)).sqrt()) as f32,
+                eps: c.adam_epsilon as f32,
+            };
+            fused_update(&mut p, &g, &mut m, &mut v, k);
+            for (e, &g) in expected.iter_mut().zip(&g) {
+                *e = reference(e[0], f64::from(g), e[1], e[2], t as i32, lr, &c, clip);
+            }
         }
-        Param::from_mapped_value(id, updated, mapper)
+        for (i, e) in expected.iter().enumerate() {
+            assert!(
+                (f64::from(p[i]) - e[0]).abs() < 1e-6,
+                "p[{i}]: {} vs {}",
+                p[i],
+                e[0]
+            );
+            assert!(
+                (f64::from(m[i]) - e[1]).abs() < 1e-6,
+                "m[{i}]: {} vs {}",
+                m[i],
+                e[1]
+            );
+            assert!(
+                (f64::from(v[i]) - e[2]).abs() < 1e-6,
+                "v[{i}]: {} vs {}",
+                v[i],
+                e[2]
+            );
+        }
+    }
+
+    #[test]
+    fn moments_round_trip_and_bad_state_is_named() {
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.step = 4;
+        opt.moments.insert(
+            "layers.0.mlp.up_proj.weight".into(),
+            (vec![1.0, 2.0], vec![3.0, 4.0]),
+        );
+        let (step, tensors) = opt.state();
+        let named: HashMap<String, HostTensor> = tensors.into_iter().collect();
+        let back = AdamW::restore(AdamWConfig::default(), step, named.clone()).expect("restores");
+        assert_eq!(back.step, 4);
+        assert_eq!(back.moments, opt.moments);
+
+        let mut short = named.clone();
+        short.insert(
+            "exp_avg_sq.layers.0.mlp.up_proj.weight".into(),
+            HostTensor::new(vec![1], vec![0.0]),
+        );
+        let err = AdamW::restore(AdamWConfig::default(), 4, short).unwrap_err();
+        assert!(
+            err.contains("has 2 values") && err.contains("has 1"),
+            "{err}"
+        );
+
+        let mut orphan = named.clone();
+        orphan.remove("exp_avg.layers.0.mlp.up_proj.weight");
+        let err = AdamW::restore(AdamWConfig::default(), 4, orphan).unwrap_err();
+        assert!(
+            err.contains("exp_avg_sq.layers.0.mlp.up_proj.weight"),
+            "{err}"
+        );
+
+        let mut stray = named;
+        stray.insert("momentum.x".into(), HostTensor::new(vec![1], vec![0.0]));
+        let err = AdamW::restore(AdamWConfig::default(), 4, stray).unwrap_err();
+        assert!(err.contains("momentum.x"), "{err}");
     }
 }

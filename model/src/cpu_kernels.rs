@@ -29,7 +29,13 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod vexp;
 
-pub(crate) use bf16::{Bf16Matrix, matmul_bf16};
+pub(crate) use bf16::{Bf16Matrix, matmul_bf16, matmul_bf16_tn};
+
+/// Whether the CPU has AMX tiles for bf16 products, usable by this process.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn amx_available() -> bool {
+    bf16::amx::available()
+}
 #[cfg(target_arch = "x86_64")]
 use matmul::avx2;
 use matmul::portable;
@@ -50,7 +56,7 @@ impl PackedMatrix {
     pub(crate) fn matmul(&self, x: &[f32], m: usize, k: usize, out: &mut [f32]) {
         match self {
             Self::Int8(q) => matmul_q8(x, m, k, q, out),
-            Self::Bf16(b) => matmul_bf16(x, m, k, b, out),
+            Self::Bf16(b) => matmul_bf16(x, m, k, b, out, false),
         }
     }
 

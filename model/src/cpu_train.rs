@@ -54,6 +54,7 @@ mod packing;
 
 use attention::{attention_backward, attention_forward};
 pub use grads::CpuGrads;
+pub use ops::TrainProducts;
 use ops::{
     add_bias, add_in_place, axpy, column_sums_acc, dot, linear, matmul_nn, matmul_nn_acc,
     matmul_tn_acc, norm_apply, rms_norm_backward, rms_norm_rows, rope_rows, swiglu,
@@ -142,6 +143,8 @@ pub struct CpuScorePass {
     lse: Vec<f32>,
     entropy: Vec<f32>,
     temperature: f32,
+    /// How the products are computed (f32 or bf16 mixed precision).
+    products: TrainProducts,
     /// The autodiff leaves handed out as [`Scores::logprobs`], [`Scores::entropy`] and
     /// [`Scores::values`].
     logprobs_leaf: Option<Tensor<1>>,
@@ -173,6 +176,21 @@ impl CpuScorePass {
         model: &Llama,
         batch: &ScoreBatch,
         options: &ScoreOptions,
+    ) -> Result<Option<(Scores, Self)>> {
+        Self::forward_with(model, batch, options, &TrainProducts::f32())
+    }
+
+    /// [`CpuScorePass::forward`] with its products (and later its backward's) computed as
+    /// `products` says: f32, or bf16 mixed precision sharing `products`' weight packs (valid
+    /// while `model`'s weights do not change).
+    ///
+    /// # Errors
+    /// As [`CpuScorePass::forward`].
+    pub fn forward_with(
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+        products: &TrainProducts,
     ) -> Result<Option<(Scores, Self)>> {
         crate::score::validate(model, batch, options.temperature)?;
         if !model.device().is_autodiff() {
@@ -213,6 +231,7 @@ impl CpuScorePass {
             lse: Vec::new(),
             entropy: Vec::new(),
             temperature: options.temperature,
+            products: products.clone(),
             logprobs_leaf: None,
             entropy_leaf: None,
             values_leaf: None,
@@ -301,9 +320,9 @@ impl CpuScorePass {
         let (cos, sin) = (&self.cos_sin.0, &self.cos_sin.1);
         for layer in &self.params.layers {
             let (xn1, inv_rms1) = rms_norm_rows(&x, layer.input_norm.0.data(), eps);
-            let mut q = linear(&xn1, hidden, layer.q.0.data());
-            let mut k = linear(&xn1, hidden, layer.k.0.data());
-            let mut v = linear(&xn1, hidden, layer.v.0.data());
+            let mut q = linear(&xn1, hidden, layer.q.0.data(), &self.products);
+            let mut k = linear(&xn1, hidden, layer.k.0.data(), &self.products);
+            let mut v = linear(&xn1, hidden, layer.v.0.data(), &self.products);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_bias(&mut q, bq.0.data());
                 add_bias(&mut k, bk.0.data());
@@ -314,13 +333,13 @@ impl CpuScorePass {
             let mut attn = vec![0.0f32; n_tok * heads * d];
             let mut lse = vec![0.0f32; n_tok * heads];
             attention_forward(&self.packing, self.dims, &q, &k, &v, &mut attn, &mut lse);
-            let mut h = linear(&attn, heads * d, layer.o.0.data());
+            let mut h = linear(&attn, heads * d, layer.o.0.data(), &self.products);
             add_in_place(&mut h, &x);
             let (xn2, inv_rms2) = rms_norm_rows(&h, layer.post_norm.0.data(), eps);
-            let gate = linear(&xn2, hidden, layer.gate.0.data());
-            let up = linear(&xn2, hidden, layer.up.0.data());
+            let gate = linear(&xn2, hidden, layer.gate.0.data(), &self.products);
+            let up = linear(&xn2, hidden, layer.up.0.data(), &self.products);
             let act = swiglu(&gate, &up);
-            let mut next = linear(&act, inter, layer.down.0.data());
+            let mut next = linear(&act, inter, layer.down.0.data(), &self.products);
             add_in_place(&mut next, &h);
             self.layers.push(LayerSaved {
                 x: std::mem::replace(&mut x, next),
@@ -345,7 +364,7 @@ impl CpuScorePass {
             row.copy_from_slice(&xf[p * hidden..(p + 1) * hidden]);
         }
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
-        let mut z = linear(&hs, hidden, head.0.data());
+        let mut z = linear(&hs, hidden, head.0.data(), &self.products);
         self.hs = hs;
         let inv_t = 1.0 / self.temperature;
         let mut lse = vec![0.0f32; n];
@@ -452,7 +471,7 @@ impl CpuScorePass {
         });
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);
         // d hs = dlogits · W_head;  dW_head += dlogitsᵀ · hs.
-        let mut d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden);
+        let mut d_hs = matmul_nn(&dz, n, vocab, head.0.data(), hidden, &self.products);
         // Value head: V_i = w · hs_i + b, so d hs_i += dV_i · w, dw += Σ_i dV_i · hs_i,
         // db += Σ_i dV_i.
         if let (Some(dv), Some((weight, _)), Some((dw, db))) =
@@ -470,8 +489,8 @@ impl CpuScorePass {
             }
         }
         match lm_head_grad {
-            Some(g) => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, g),
-            None => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, embed_grad),
+            Some(g) => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, g, &self.products),
+            None => matmul_tn_acc(&dz, vocab, &self.hs, hidden, n, embed_grad, &self.products),
         }
         drop(dz);
         let mut dxf = vec![0.0f32; n_tok * hidden];
@@ -500,17 +519,47 @@ impl CpuScorePass {
         {
             // next = h + down(act), act = SiLU(gate) ⊙ up.
             let act = swiglu(&saved.gate, &saved.up);
-            matmul_tn_acc(&dx, hidden, &act, inter, n_tok, grads.down);
+            matmul_tn_acc(&dx, hidden, &act, inter, n_tok, grads.down, &self.products);
             drop(act);
-            let d_act = matmul_nn(&dx, n_tok, hidden, layer.down.0.data(), inter);
+            let d_act = matmul_nn(
+                &dx,
+                n_tok,
+                hidden,
+                layer.down.0.data(),
+                inter,
+                &self.products,
+            );
             let (d_gate, d_up) = swiglu_backward(&saved.gate, &saved.up, &d_act);
             drop(d_act);
             let xn2 = norm_apply(&saved.h, &saved.inv_rms2, layer.post_norm.0.data());
-            matmul_tn_acc(&d_gate, inter, &xn2, hidden, n_tok, grads.gate);
-            matmul_tn_acc(&d_up, inter, &xn2, hidden, n_tok, grads.up);
+            matmul_tn_acc(
+                &d_gate,
+                inter,
+                &xn2,
+                hidden,
+                n_tok,
+                grads.gate,
+                &self.products,
+            );
+            matmul_tn_acc(&d_up, inter, &xn2, hidden, n_tok, grads.up, &self.products);
             drop(xn2);
-            let mut d_xn2 = matmul_nn(&d_gate, n_tok, inter, layer.gate.0.data(), hidden);
-            matmul_nn_acc(&d_up, n_tok, inter, layer.up.0.data(), hidden, &mut d_xn2);
+            let mut d_xn2 = matmul_nn(
+                &d_gate,
+                n_tok,
+                inter,
+                layer.gate.0.data(),
+                hidden,
+                &self.products,
+            );
+            matmul_nn_acc(
+                &d_up,
+                n_tok,
+                inter,
+                layer.up.0.data(),
+                hidden,
+                &mut d_xn2,
+                &self.products,
+            );
             drop((d_gate, d_up));
             // dh = dx (residual) + RMSNorm backward of d_xn2.
             let mut dh = dx;
@@ -524,8 +573,23 @@ impl CpuScorePass {
             );
             drop(d_xn2);
             // h = x + o(attn).
-            matmul_tn_acc(&dh, hidden, &saved.attn, heads * d, n_tok, grads.o);
-            let d_attn = matmul_nn(&dh, n_tok, hidden, layer.o.0.data(), heads * d);
+            matmul_tn_acc(
+                &dh,
+                hidden,
+                &saved.attn,
+                heads * d,
+                n_tok,
+                grads.o,
+                &self.products,
+            );
+            let d_attn = matmul_nn(
+                &dh,
+                n_tok,
+                hidden,
+                layer.o.0.data(),
+                heads * d,
+                &self.products,
+            );
             let mut dq = vec![0.0f32; n_tok * heads * d];
             let mut dk = vec![0.0f32; n_tok * kv_heads * d];
             let mut dv = vec![0.0f32; n_tok * kv_heads * d];
@@ -547,11 +611,34 @@ impl CpuScorePass {
                 column_sums_acc(&dv, bv);
             }
             let xn1 = norm_apply(&saved.x, &saved.inv_rms1, layer.input_norm.0.data());
-            matmul_tn_acc(&dq, heads * d, &xn1, hidden, n_tok, grads.q);
-            matmul_tn_acc(&dk, kv_heads * d, &xn1, hidden, n_tok, grads.k);
-            matmul_tn_acc(&dv, kv_heads * d, &xn1, hidden, n_tok, grads.v);
+            matmul_tn_acc(&dq, heads * d, &xn1, hidden, n_tok, grads.q, &self.products);
+            matmul_tn_acc(
+                &dk,
+                kv_heads * d,
+                &xn1,
+                hidden,
+                n_tok,
+                grads.k,
+                &self.products,
+            );
+            matmul_tn_acc(
+                &dv,
+                kv_heads * d,
+                &xn1,
+                hidden,
+                n_tok,
+                grads.v,
+                &self.products,
+            );
             drop(xn1);
-            let mut d_xn1 = matmul_nn(&dq, n_tok, heads * d, layer.q.0.data(), hidden);
+            let mut d_xn1 = matmul_nn(
+                &dq,
+                n_tok,
+                heads * d,
+                layer.q.0.data(),
+                hidden,
+                &self.products,
+            );
             matmul_nn_acc(
                 &dk,
                 n_tok,
@@ -559,6 +646,7 @@ impl CpuScorePass {
                 layer.k.0.data(),
                 hidden,
                 &mut d_xn1,
+                &self.products,
             );
             matmul_nn_acc(
                 &dv,
@@ -567,6 +655,7 @@ impl CpuScorePass {
                 layer.v.0.data(),
                 hidden,
                 &mut d_xn1,
+                &self.products,
             );
             drop((dq, dk, dv));
             rms_norm_backward(

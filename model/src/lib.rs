@@ -39,7 +39,7 @@ mod weights;
 pub use attention::Attention;
 pub use chat::{ChatTemplate, ChatThread, SMOLLM2_DEFAULT_SYSTEM};
 pub use config::LlamaConfig;
-pub use cpu_train::{CpuGrads, CpuScorePass};
+pub use cpu_train::{CpuGrads, CpuScorePass, TrainProducts};
 pub use dequant::{GgmlType, dequantize};
 pub use error::{Error, Result};
 pub use generate::{

@@ -9,7 +9,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use common::{device, max_abs_diff, tiny_config};
 use kaizen_model::{
-    CpuGrads, CpuScorePass, Llama, LlamaConfig, ScoreBatch, ScoreOptions, Scores, score_with,
+    CpuGrads, CpuScorePass, Llama, LlamaConfig, ScoreBatch, ScoreOptions, Scores, TrainProducts,
+    score_with,
 };
 
 /// Two GRPO groups sharing their prompts, rows of different lengths, a multi-turn row (scored,
@@ -86,6 +87,18 @@ fn grad_values(grads: &GradientsParams, (id, rank): (ParamId, usize)) -> Option<
 }
 
 fn compare(config: &LlamaConfig, options: &ScoreOptions) {
+    compare_with(config, options, &TrainProducts::f32(), 1e-4, 1e-3);
+}
+
+/// The CPU pass with `products` against burn's f32 pass: log-probs, entropies and values
+/// within `tol`, every gradient within `rel` of its norm. Returns the largest log-prob gap.
+fn compare_with(
+    config: &LlamaConfig,
+    options: &ScoreOptions,
+    products: &TrainProducts,
+    tol: f32,
+    rel: f32,
+) -> f32 {
     let device = device().autodiff();
     let model = Llama::init(config, &device, 9).unwrap();
     let batch = batch();
@@ -95,17 +108,17 @@ fn compare(config: &LlamaConfig, options: &ScoreOptions) {
     let reference_entropy = reference.entropy.clone().map(host);
     let reference_grads = GradientsParams::from_grads(loss(&reference).backward(), &model);
 
-    let (scores, pass) = CpuScorePass::forward(&model, &batch, options)
+    let (scores, pass) = CpuScorePass::forward_with(&model, &batch, options, products)
         .unwrap()
         .expect("the CPU pass applies to a float32 flex model under autodiff");
     assert_eq!(scores.rows, reference.rows);
     let logprobs = host(scores.logprobs.clone());
-    let diff = max_abs_diff(&logprobs, &reference_logprobs);
-    assert!(diff < 1e-4, "log-probs differ by {diff}");
+    let lp_gap = max_abs_diff(&logprobs, &reference_logprobs);
+    assert!(lp_gap < tol, "log-probs differ by {lp_gap}");
     match (&scores.entropy, reference_entropy) {
         (Some(e), Some(r)) => {
             let diff = max_abs_diff(&host(e.clone()), &r);
-            assert!(diff < 1e-4, "entropies differ by {diff}");
+            assert!(diff < tol, "entropies differ by {diff}");
         }
         (None, None) => {}
         _ => panic!("entropy requested on one path only"),
@@ -113,7 +126,7 @@ fn compare(config: &LlamaConfig, options: &ScoreOptions) {
     match (&scores.values, &reference.values) {
         (Some(v), Some(r)) => {
             let diff = max_abs_diff(&host(v.clone()), &host(r.clone()));
-            assert!(diff < 1e-4, "values differ by {diff}");
+            assert!(diff < tol, "values differ by {diff}");
         }
         (None, None) => {}
         _ => panic!("a value head on one path only"),
@@ -141,8 +154,35 @@ fn compare(config: &LlamaConfig, options: &ScoreOptions) {
             .sqrt();
         assert!(norm > 0.0, "parameter {i}: zero reference gradient");
         assert!(
-            err <= 1e-3 * norm + 1e-6,
-            "parameter {i}: |Δ| {err:.3e} vs |g| {norm:.3e} ({options:?})"
+            err <= rel * norm + 1e-6,
+            "parameter {i}: |Δ| {err:.3e} vs |g| {norm:.3e} ({options:?}, {products:?})"
+        );
+    }
+    lp_gap
+}
+
+/// bf16 mixed precision (the products' operands rounded to bfloat16, f32 sums) stays within
+/// bf16's rounding of the f32 pass — log-probs within 0.1 nats, every gradient within 5% of
+/// its norm — on an untied model with biases, a tied one and a value head, and does round
+/// (the log-probs are not the f32 ones).
+#[test]
+fn bf16_products_stay_within_bf16_rounding_of_f32() {
+    let options = ScoreOptions {
+        with_entropy: true,
+        ..ScoreOptions::new(0.7)
+    };
+    let mut untied = tiny_config();
+    untied.tie_word_embeddings = false;
+    untied.attention_bias = true;
+    let mut tied = tiny_config();
+    tied.tie_word_embeddings = true;
+    let mut valued = tiny_config();
+    valued.value_head = true;
+    for config in [untied, tied, valued] {
+        let gap = compare_with(&config, &options, &TrainProducts::bf16(), 0.1, 5e-2);
+        assert!(
+            gap > 1e-6,
+            "bf16 products left the log-probs unrounded ({gap})"
         );
     }
 }

@@ -106,6 +106,7 @@ beta = 0.0
 gradient_accumulation_steps = {MICRO_BATCHES}
 max_completion_length = {args.max_new_tokens}
 skip_zero_signal = {str(args.skip_zero_signal).lower()}
+bf16 = {str(args.bf16).lower()}
 share_prompt_prefix = {str(not args.no_share_prompt_prefix).lower()}
 
 [optim]
@@ -240,7 +241,7 @@ def run_trl(args, tmp):
 
     config = GRPOConfig(
         output_dir=str(Path(tmp) / "trl"),
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False,
+        use_cpu=True, bf16=args.bf16, fp16=False, gradient_checkpointing=False, use_vllm=False,
         report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
         seed=SEED, shuffle_dataset=False, dataloader_num_workers=0,
         max_steps=args.steps,
@@ -292,7 +293,10 @@ def main():
     parser.add_argument("--side", choices=["kaizen", "trl", "both"], default="both")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--decode-weights", choices=["f32", "int8", "bf16"], default="f32",
-                        help="kaizen's actors.decode_weights (the learner is f32 either way)")
+                        help="kaizen's actors.decode_weights")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 mixed precision on both sides: TRL's bf16=True (torch.autocast on "
+                             "CPU) and kaizen's learner.bf16 = true")
     parser.add_argument("--skip-zero-signal", action="store_true",
                         help="let kaizen skip the forward/backward pass of zero-advantage samples")
     parser.add_argument("--no-share-prompt-prefix", action="store_true",
@@ -319,9 +323,10 @@ def main():
         if args.side in ("trl", "both"):
             results["trl"] = run_trl(args, tmp)
 
-    print(f"\nGRPO step: SmolLM2-135M-Instruct (f32), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} generations, "
+    print(f"\nGRPO step: SmolLM2-135M-Instruct (f32 weights, decode {args.decode_weights}), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} generations, "
           f"<= {args.max_new_tokens} new tokens, lr {args.lr:g}, beta 0, {MICRO_BATCHES} micro-batches, "
           f"{THREADS} threads; median of steps 2..{args.steps}"
+          + (" (bf16 mixed precision on both sides)" if args.bf16 else "")
           + (" (kaizen skips zero-signal samples)" if args.skip_zero_signal else "")
           + (" (kaizen recomputes shared prompts)" if args.no_share_prompt_prefix else ""))
     print(f"{'side':8} {'s/step':>8} {'generation':>11} {'learning':>9} {'tokens/step':>12} {'reward':>7}")
@@ -329,12 +334,14 @@ def main():
         print(f"{side:8} {r['s_per_step']:8.2f} {r['generation_s']:11.2f} {r['learning_s']:9.2f} "
               f"{r['tokens_per_step']:12.0f} {r['reward']:7.3f}")
     summary = {"steps": args.steps, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
-               "skip_zero_signal": args.skip_zero_signal,
-               "share_prompt_prefix": not args.no_share_prompt_prefix, **results}
+               "skip_zero_signal": args.skip_zero_signal, "decode_weights": args.decode_weights,
+               "bf16": args.bf16, "share_prompt_prefix": not args.no_share_prompt_prefix, **results}
     if len(results) == 2:
         ratio = results["trl"]["s_per_step"] / results["kaizen"]["s_per_step"]
+        gen_ratio = results["trl"]["generation_s"] / results["kaizen"]["generation_s"]
         summary["speedup"] = ratio
-        print(f"kaizen speedup (TRL s/step / kaizen s/step): {ratio:.2f}x")
+        summary["generation_speedup"] = gen_ratio
+        print(f"kaizen speedup (TRL s/step / kaizen s/step): {ratio:.2f}x; generation {gen_ratio:.2f}x")
     print(json.dumps(summary))
 
 

@@ -297,3 +297,31 @@ fn self_generated_warm_start_defaults_and_checks() {
         "{e}"
     );
 }
+
+#[test]
+fn learner_bf16_defaults_off_and_needs_the_cpu_pass() {
+    let (c, _) = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[]).unwrap();
+    assert!(!c.learner.bf16, "f32 products by default");
+    let (c, _) = JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &["learner.bf16=true".into()],
+    )
+    .unwrap();
+    assert!(c.learner.bf16);
+    c.validate().unwrap();
+    let err = JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &[
+            "learner.bf16=true".into(),
+            "learner.cpu_kernels=false".into(),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("learner.bf16") && err.contains("cpu_kernels"),
+        "{err}"
+    );
+}

@@ -208,13 +208,9 @@ pub fn follow(
                 };
                 let path = std::path::Path::new("rank 0's state");
                 let model = Llama::from_named(&header.model, &mut weights, path, &train_device)?;
-                let optimizer = AdamW::restore(
-                    config.optim.adamw(),
-                    header.optimizer_step,
-                    moments,
-                    &train_device.clone().inner(),
-                )
-                .map_err(Error::Collective)?;
+                let optimizer =
+                    AdamW::restore(config.optim.adamw(), header.optimizer_step, moments)
+                        .map_err(Error::Collective)?;
                 let mut next = Learner::with_objective(
                     model,
                     optimizer,

@@ -177,16 +177,14 @@ fn prepare(
 
     let schedule = rl_schedule(config);
     let optimizer = match optimizer_state {
-        Some((step, moments)) => AdamW::restore(
-            config.optim.adamw(),
-            step,
-            moments,
-            &train_device.clone().inner(),
-        )
-        .map_err(|message| Error::Checkpoint {
-            path: run_dir.to_path_buf(),
-            message,
-        })?,
+        Some((step, moments)) => {
+            AdamW::restore(config.optim.adamw(), step, moments).map_err(|message| {
+                Error::Checkpoint {
+                    path: run_dir.to_path_buf(),
+                    message,
+                }
+            })?
+        }
         None => AdamW::new(config.optim.adamw()),
     };
     // A resumed run with a KL penalty restores the reference it started RL with: the
@@ -215,6 +213,12 @@ fn prepare(
     } else {
         model
     };
+    if config.learner.bf16 && !kaizen_model::TrainProducts::bf16_on_tiles() {
+        tracing::warn!(
+            "learner.bf16: this CPU has no AMX tiles (or KAIZEN_NO_AMX is set); the bf16 \
+             products run on the f32 units and are slower than learner.bf16 = false"
+        );
+    }
     let mut learner = Learner::with_objective(
         model,
         optimizer,
@@ -253,16 +257,12 @@ fn prepare(
         let critic = match saved {
             Some((dir, (step, moments))) => Critic {
                 model: Policy::load_dir(&dir, train_device)?.model,
-                optimizer: AdamW::restore(
-                    config.optim.adamw(),
-                    step,
-                    moments,
-                    &train_device.clone().inner(),
-                )
-                .map_err(|message| Error::Checkpoint {
-                    path: dir.clone(),
-                    message,
-                })?,
+                optimizer: AdamW::restore(config.optim.adamw(), step, moments).map_err(
+                    |message| Error::Checkpoint {
+                        path: dir.clone(),
+                        message,
+                    },
+                )?,
                 schedule: critic_schedule(config),
             },
             None => new_critic(config, learner.model())?,

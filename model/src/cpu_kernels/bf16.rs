@@ -72,6 +72,39 @@ impl Bf16Matrix {
         Self { packed, rows, cols }
     }
 
+    /// Rounds `wᵀ` to bf16 and packs it, for `w: [rows, cols]` row-major: the result stands
+    /// for the `[cols, rows]` matrix `wᵀ` (as [`Bf16Matrix::quantize`] of the transpose, without
+    /// forming it). Each panel (16 rows of `wᵀ`) reads 16 consecutive values of every row of
+    /// `w`.
+    pub(crate) fn quantize_transposed(w: &[f32], cols: usize) -> Self {
+        assert!(
+            cols > 0 && w.len().is_multiple_of(cols),
+            "Bf16Matrix: w is not [rows, cols]"
+        );
+        // The packed matrix's shape.
+        let (rows, inner) = (cols, w.len() / cols);
+        let chunks = inner.div_ceil(CHUNK);
+        let mut packed = vec![0u16; rows.div_ceil(PANEL) * chunks * TILE];
+        packed
+            .par_chunks_mut(chunks * TILE)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                let (r0, width) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
+                for (c, w_row) in w.chunks_exact(cols).enumerate() {
+                    let (chunk, within) = (c / CHUNK, c % CHUNK);
+                    let base = chunk * TILE + (within / 2) * 2 * PANEL + within % 2;
+                    for (r, &v) in w_row[r0..r0 + width].iter().enumerate() {
+                        out[base + r * 2] = to_bf16(v);
+                    }
+                }
+            });
+        Self {
+            packed,
+            rows,
+            cols: inner,
+        }
+    }
+
     /// Rows.
     pub(crate) fn rows(&self) -> usize {
         self.rows
@@ -117,16 +150,24 @@ impl Bf16Matrix {
     }
 }
 
-/// `out = bf16(x) · Wᵀ` (f32 sums) for `x: [m, k]`, `W: [n, k]` in bf16, `out: [m, n]`.
+/// `out = bf16(x) · Wᵀ` (f32 sums) for `x: [m, k]`, `W: [n, k]` in bf16, `out: [m, n]`;
+/// `out += …` when `accumulate`.
 ///
 /// # Panics
 /// If the slice lengths do not match `m`, `k` and `W`.
-pub(crate) fn matmul_bf16(x: &[f32], m: usize, k: usize, w: &Bf16Matrix, out: &mut [f32]) {
+pub(crate) fn matmul_bf16(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Bf16Matrix,
+    out: &mut [f32],
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     let amx = amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     let amx = false;
-    matmul_bf16_on(x, m, k, w, out, amx);
+    matmul_bf16_on(x, m, k, w, out, accumulate, amx);
 }
 
 /// [`matmul_bf16`] on AMX tiles (`amx`, which must be available) or on the f32 kernels.
@@ -136,6 +177,7 @@ pub(super) fn matmul_bf16_on(
     k: usize,
     w: &Bf16Matrix,
     out: &mut [f32],
+    accumulate: bool,
     amx: bool,
 ) {
     let n = w.rows;
@@ -159,14 +201,73 @@ pub(super) fn matmul_bf16_on(
         let x16 = amx::Inputs::new(x, m, k);
         for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
             // SAFETY: AMX is available (asserted just above) and the ranges are inside `w`.
-            unsafe { amx::panels(&x16, w, first, count, outs) }
+            unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
         });
         return;
     }
     let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
     for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-        fallback::panels(&rounded, m, k, w, first, count, outs)
+        fallback::panels(&rounded, k, w, first, count, outs, accumulate)
     });
+}
+
+/// `out (+)= bf16(aᵀ) · Wᵀ` for `a: [rows, p]` (so the inputs `aᵀ` are `[p, rows]`), `W:
+/// [n, rows]` in bf16 and `out: [p, n]`: a weight gradient `dYᵀ·X` with `Xᵀ` packed as `W`.
+/// On AMX the inputs are rounded straight from `a`'s columns; elsewhere `aᵀ` is formed.
+///
+/// # Panics
+/// If the slice lengths do not match.
+pub(crate) fn matmul_bf16_tn(
+    a: &[f32],
+    rows: usize,
+    p: usize,
+    w: &Bf16Matrix,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    let n = w.rows;
+    assert!(
+        w.cols == rows && a.len() == rows * p && out.len() == p * n,
+        "matmul_bf16_tn: shapes"
+    );
+    if p == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        let panels = n.div_ceil(PANEL);
+        let threads = rayon::current_num_threads();
+        let tasks = if threads > 1 && p * n * rows >= PARALLEL_MIN_MACS {
+            (threads * 4).min(panels)
+        } else {
+            1
+        };
+        let x16 = amx::Inputs::transposed(a, rows, p);
+        for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+            // SAFETY: AMX is available (checked just above) and the ranges are inside `w`.
+            unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
+        });
+        return;
+    }
+    let mut a_t = vec![0.0f32; a.len()];
+    for (r, row) in a.chunks_exact(p).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            a_t[i * rows + r] = v;
+        }
+    }
+    matmul_bf16_on(&a_t, p, rows, w, out, accumulate, false);
+}
+
+/// `out ← sums`, or `out += sums` when `accumulate`.
+#[inline(always)]
+fn write(out: &mut [f32], sums: &[f32], accumulate: bool) {
+    if accumulate {
+        for (o, &s) in out.iter_mut().zip(sums) {
+            *o += s;
+        }
+    } else {
+        out.copy_from_slice(sums);
+    }
 }
 
 /// Splits the panels into `tasks` runs and calls `f(first_panel, panels, outs)` for each (in
@@ -208,46 +309,47 @@ mod fallback {
     /// As `amx::panels`, with `x` already rounded to bf16 values (`[m, k]` f32).
     pub(super) fn panels(
         x: &[f32],
-        m: usize,
         k: usize,
         w: &Bf16Matrix,
         first: usize,
         count: usize,
         outs: &mut [&mut [f32]],
+        accumulate: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
         if super::super::avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { panels_avx2(x, m, k, w, first, count, outs) };
+            unsafe { panels_avx2(x, k, w, first, count, outs, accumulate) };
             return;
         }
-        panels_body::<Plain>(x, m, k, w, first, count, outs);
+        panels_body::<Plain>(x, k, w, first, count, outs, accumulate);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn panels_avx2(
         x: &[f32],
-        m: usize,
         k: usize,
         w: &Bf16Matrix,
         first: usize,
         count: usize,
         outs: &mut [&mut [f32]],
+        accumulate: bool,
     ) {
-        panels_body::<Fused>(x, m, k, w, first, count, outs);
+        panels_body::<Fused>(x, k, w, first, count, outs, accumulate);
     }
 
     #[inline(always)]
     fn panels_body<A: Isa>(
         x: &[f32],
-        m: usize,
         k: usize,
         w: &Bf16Matrix,
         first: usize,
         count: usize,
         outs: &mut [&mut [f32]],
+        accumulate: bool,
     ) {
+        let m = x.len() / k;
         let chunks = k.div_ceil(CHUNK);
         for panel in first..first + count {
             let tiles = &w.packed[panel * chunks * TILE..][..chunks * TILE];
@@ -264,7 +366,7 @@ mod fallback {
                     _ => rows_block::<A, 1>(rows, k, tiles),
                 };
                 for (a, s) in sums.iter().enumerate().take(r) {
-                    outs[i + a][col0..col0 + cols].copy_from_slice(&s[..cols]);
+                    super::write(&mut outs[i + a][col0..col0 + cols], &s[..cols], accumulate);
                 }
                 i += r;
             }
@@ -309,6 +411,8 @@ mod fallback {
 pub(super) mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
+
+    use rayon::prelude::*;
 
     use super::{Bf16Matrix, CHUNK, PANEL, TILE, to_bf16};
 
@@ -370,17 +474,52 @@ pub(super) mod amx {
     }
 
     impl Inputs {
+        /// `x: [m, k]` rounded to bf16 (rows in parallel).
         pub(crate) fn new(x: &[f32], m: usize, k: usize) -> Self {
+            let mut inputs = Self::zeros(m, k);
+            inputs
+                .values
+                .par_chunks_mut(inputs.stride * PANEL)
+                .zip(x.par_chunks(k * PANEL))
+                .for_each(|(out, x)| {
+                    for (row, out) in x
+                        .chunks_exact(k)
+                        .zip(out.chunks_exact_mut(k.div_ceil(CHUNK) * CHUNK))
+                    {
+                        for (o, &v) in out.iter_mut().zip(row) {
+                            *o = to_bf16(v);
+                        }
+                    }
+                });
+            inputs
+        }
+
+        /// `aᵀ` rounded to bf16, for `a: [rows, p]` (the inputs are then `[p, rows]`), without
+        /// forming the f32 transpose; 16 input rows (16 columns of `a`) per parallel task.
+        pub(crate) fn transposed(a: &[f32], rows: usize, p: usize) -> Self {
+            let mut inputs = Self::zeros(p, rows);
+            let stride = inputs.stride;
+            inputs
+                .values
+                .par_chunks_mut(stride * PANEL)
+                .enumerate()
+                .for_each(|(block, out)| {
+                    let i0 = block * PANEL;
+                    let width = PANEL.min(p.saturating_sub(i0));
+                    for (r, a_row) in a.chunks_exact(p).enumerate() {
+                        for (j, &v) in a_row[i0..i0 + width].iter().enumerate() {
+                            out[j * stride + r] = to_bf16(v);
+                        }
+                    }
+                });
+            inputs
+        }
+
+        fn zeros(m: usize, k: usize) -> Self {
             let tile_rows = m.min(PANEL);
             let stride = k.div_ceil(CHUNK) * CHUNK;
-            let mut values = vec![0u16; m.div_ceil(tile_rows) * tile_rows * stride];
-            for (row, out) in x.chunks_exact(k).zip(values.chunks_exact_mut(stride)) {
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = to_bf16(v);
-                }
-            }
             Self {
-                values,
+                values: vec![0u16; m.div_ceil(tile_rows) * tile_rows * stride],
                 m,
                 tile_rows,
                 stride,
@@ -422,6 +561,7 @@ pub(super) mod amx {
         first: usize,
         count: usize,
         outs: &mut [&mut [f32]],
+        accumulate: bool,
     ) {
         let chunks = w.cols.div_ceil(CHUNK);
         let config = Config::new(x.tile_rows);
@@ -478,7 +618,11 @@ pub(super) mod amx {
                     for r in 0..rows {
                         let out = &mut outs[rows0 + r];
                         let cols = PANEL.min(out.len() - col0);
-                        out[col0..col0 + cols].copy_from_slice(&result[r * PANEL..][..cols]);
+                        super::write(
+                            &mut out[col0..col0 + cols],
+                            &result[r * PANEL..][..cols],
+                            accumulate,
+                        );
                     }
                 }
             }

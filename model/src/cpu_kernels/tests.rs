@@ -457,6 +457,18 @@ fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
         let mut row = vec![0.0; k];
         b.row_into(n - 1, &mut row);
         assert_eq!(row, unpacked[(n - 1) * k..]);
+        // Packing the transpose of a [k, n] matrix without forming it gives the same pack.
+        let mut w_t = vec![0.0; n * k];
+        for r in 0..n {
+            for c in 0..k {
+                w_t[c * n + r] = w[r * k + c];
+            }
+        }
+        assert_eq!(
+            Bf16Matrix::quantize_transposed(&w_t, n),
+            b,
+            "transposed pack k={k} n={n}"
+        );
         for m in [1, 3, 15, 16, 17, 33, SKINNY_MAX_ROWS + 1] {
             let x = random(m * k, 72 + m as u64);
             let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
@@ -468,10 +480,49 @@ fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
             }
             for amx in amx_paths {
                 let mut got = vec![0.0; m * n];
-                matmul_bf16_on(&x, m, k, &b, &mut got, amx);
+                matmul_bf16_on(&x, m, k, &b, &mut got, false, amx);
                 assert_close(&got, &want, 1e-5, &format!("bf16 m={m} k={k} amx={amx}"));
+                // Accumulating adds the same product onto what is there.
+                let start = random(m * n, 90 + m as u64);
+                let mut acc = start.clone();
+                matmul_bf16_on(&x, m, k, &b, &mut acc, true, amx);
+                let want_acc: Vec<f32> = start.iter().zip(&want).map(|(a, b)| a + b).collect();
+                assert_close(
+                    &acc,
+                    &want_acc,
+                    1e-5,
+                    &format!("bf16 += m={m} k={k} amx={amx}"),
+                );
             }
         }
+    }
+}
+
+/// A weight gradient's product `bf16(aᵀ) · Wᵀ` (inputs read from `a`'s columns) equals the
+/// product of the formed transpose, for `p` under, at and past a tile of 16 rows and `rows`
+/// not a multiple of the 32-column tile; accumulating adds onto `out`.
+#[test]
+fn bf16_products_of_a_transpose_equal_those_of_the_formed_transpose() {
+    use super::bf16::{from_bf16, matmul_bf16_tn, to_bf16};
+    for (rows, p, n) in [(45, 7, 20), (70, 16, 33), (33, 41, 16)] {
+        let a = random(rows * p, 80 + p as u64);
+        let w = random(n * rows, 81);
+        let b = Bf16Matrix::quantize(&w, rows);
+        let unpacked = b.dequantize();
+        let mut a_t = vec![0.0; rows * p];
+        for r in 0..rows {
+            for i in 0..p {
+                a_t[i * rows + r] = from_bf16(to_bf16(a[r * p + i]));
+            }
+        }
+        let want = reference_matmul_transb(&a_t, p, rows, &unpacked);
+        let mut got = vec![0.0; p * n];
+        matmul_bf16_tn(&a, rows, p, &b, &mut got, false);
+        assert_close(&got, &want, 1e-5, &format!("tn rows={rows} p={p}"));
+        let mut acc = vec![1.0; p * n];
+        matmul_bf16_tn(&a, rows, p, &b, &mut acc, true);
+        let want_acc: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+        assert_close(&acc, &want_acc, 1e-5, &format!("tn += rows={rows} p={p}"));
     }
 }
 

@@ -105,6 +105,12 @@ impl CpuGrads {
         params
     }
 
+    /// Each parameter's id and summed gradient (host memory, the parameter's row-major layout),
+    /// for an optimizer that updates on the host.
+    pub fn into_host(self) -> impl Iterator<Item = (ParamId, Vec<f32>)> {
+        self.grads.into_iter().map(|(id, _, values)| (id, values))
+    }
+
     /// The buffers, in the order of `ModelParams::ids`.
     pub(super) fn buffers(&mut self) -> impl Iterator<Item = &mut [f32]> {
         self.grads.iter_mut().map(|(_, _, v)| v.as_mut_slice())

@@ -2,33 +2,125 @@
 //! GEMM, RMSNorm, rotary positions and SwiGLU with their backward passes, and small vector
 //! helpers. Parallel over rows on the rayon pool.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{exp, gemm_raw, gemm_transb};
+use crate::cpu_kernels::{Bf16Matrix, exp, gemm_raw, gemm_transb, matmul_bf16, matmul_bf16_tn};
 
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
 
-/// `y = x · Wᵀ` for `x: [m, k]` and `W: [n, k]` (row-major), on the packing GEMM.
-pub(super) fn linear(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
+/// How the training pass multiplies by weight matrices and forms weight gradients.
+///
+/// - **f32** (the default): every product on the packing GEMM (`gemm` crate) in f32.
+/// - **bf16 mixed precision** ([`TrainProducts::bf16`]), the arithmetic of
+///   `torch.autocast(dtype=torch.bfloat16)` (Kalamkar et al. 2019, "A Study of BFLOAT16 for
+///   Deep Learning Training", <https://arxiv.org/abs/1905.12322>): the operands of the products
+///   `x·Wᵀ`, `dY·W` and `dYᵀ·X` are rounded to bfloat16 (nearest even) and summed in f32, on
+///   AMX tiles where the CPU has them (`TDPBF16PS`), else on the f32 units. Everything else —
+///   the weights themselves and the optimizer, norms, attention, softmax, the log-probs and
+///   the gradient buffers — stays f32. Each weight is rounded and packed once per pass set
+///   (once for `x·Wᵀ`, once transposed for `dY·W`) and the packs are shared by every
+///   micro-batch holding the same handle: make a new handle whenever the weights change.
+#[derive(Debug, Clone, Default)]
+pub struct TrainProducts {
+    bf16: Option<Arc<Bf16Packs>>,
+}
+
+impl TrainProducts {
+    /// Products in f32.
+    pub fn f32() -> Self {
+        Self::default()
+    }
+
+    /// Products in bf16 mixed precision, with an empty pack cache (valid while the weights it
+    /// is used with do not change).
+    pub fn bf16() -> Self {
+        Self {
+            bf16: Some(Arc::default()),
+        }
+    }
+
+    /// Whether products round their operands to bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
+    }
+
+    /// Whether bf16 products run on AMX tiles on this CPU (else on the f32 units, slower than
+    /// f32 products).
+    pub fn bf16_on_tiles() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::cpu_kernels::amx_available();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+/// bf16 packs of weight matrices, keyed by the weights' address, length and orientation.
+#[derive(Debug, Default)]
+pub(super) struct Bf16Packs {
+    packs: Mutex<HashMap<(usize, usize, bool), Arc<Bf16Matrix>>>,
+}
+
+impl Bf16Packs {
+    /// `w` (`[rows, cols]`) packed as itself, or as `wᵀ` (`[cols, rows]`) when `transposed`.
+    fn get(&self, w: &[f32], cols: usize, transposed: bool) -> Arc<Bf16Matrix> {
+        let key = (w.as_ptr() as usize, w.len(), transposed);
+        let lock = || self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pack) = lock().get(&key) {
+            return Arc::clone(pack);
+        }
+        let pack = Arc::new(if transposed {
+            Bf16Matrix::quantize_transposed(w, cols)
+        } else {
+            Bf16Matrix::quantize(w, cols)
+        });
+        lock().insert(key, Arc::clone(&pack));
+        pack
+    }
+}
+
+/// `y = x · Wᵀ` for `x: [m, k]` and `W: [n, k]` (row-major).
+pub(super) fn linear(x: &[f32], k: usize, w: &[f32], products: &TrainProducts) -> Vec<f32> {
     let m = x.len() / k;
     let mut out = vec![0.0f32; m * (w.len() / k)];
-    gemm_transb(x, m, k, w, &mut out);
+    match &products.bf16 {
+        Some(packs) => matmul_bf16(x, m, k, &packs.get(w, k, false), &mut out, false),
+        None => gemm_transb(x, m, k, w, &mut out),
+    }
     out
 }
 
 /// `x · W` for `x: [m, n]` and `W: [n, k]` (row-major): returns `[m, k]`.
-pub(super) fn matmul_nn(x: &[f32], m: usize, n: usize, w: &[f32], k: usize) -> Vec<f32> {
+pub(super) fn matmul_nn(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    w: &[f32],
+    k: usize,
+    products: &TrainProducts,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; m * k];
-    matmul_nn_into(x, m, n, w, k, &mut out, false);
+    matmul_nn_into(x, m, n, w, k, &mut out, false, products);
     out
 }
 
 /// `out += x · W` for `x: [m, n]` and `W: [n, k]`.
-pub(super) fn matmul_nn_acc(x: &[f32], m: usize, n: usize, w: &[f32], k: usize, out: &mut [f32]) {
-    matmul_nn_into(x, m, n, w, k, out, true);
+pub(super) fn matmul_nn_acc(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    w: &[f32],
+    k: usize,
+    out: &mut [f32],
+    products: &TrainProducts,
+) {
+    matmul_nn_into(x, m, n, w, k, out, true, products);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn matmul_nn_into(
     x: &[f32],
     m: usize,
@@ -37,11 +129,17 @@ fn matmul_nn_into(
     k: usize,
     out: &mut [f32],
     accumulate: bool,
+    products: &TrainProducts,
 ) {
     assert!(
         x.len() == m * n && w.len() == n * k && out.len() == m * k,
         "matmul_nn: shapes"
     );
+    if let Some(packs) = &products.bf16 {
+        // x · W = x · (Wᵀ)ᵀ: the product with W's transpose packed as the weight matrix.
+        matmul_bf16(x, m, n, &packs.get(w, k, true), out, accumulate);
+        return;
+    }
     // SAFETY: x is [m, n] (rs n, cs 1); W is [n, k] (rs k, cs 1); out is [m, k] (rs k, cs 1).
     unsafe {
         gemm_raw(m, k, n, out, (k, 1), accumulate, x, (n, 1), w, (k, 1));
@@ -57,11 +155,24 @@ pub(super) fn matmul_tn_acc(
     q: usize,
     rows: usize,
     out: &mut [f32],
+    products: &TrainProducts,
 ) {
     assert!(
         a.len() == rows * p && b.len() == rows * q && out.len() == p * q,
         "matmul_tn: shapes"
     );
+    if products.is_bf16() {
+        // aᵀ · b = aᵀ · (bᵀ)ᵀ: aᵀ as the inputs, bᵀ packed as the weight matrix.
+        matmul_bf16_tn(
+            a,
+            rows,
+            p,
+            &Bf16Matrix::quantize_transposed(b, q),
+            out,
+            true,
+        );
+        return;
+    }
     // SAFETY: aᵀ has element (i, r) at a[r p + i] (rs 1, cs p); b is [rows, q] (rs q, cs 1);
     // out is [p, q] (rs q, cs 1), read and written.
     unsafe {
