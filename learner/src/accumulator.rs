@@ -51,6 +51,23 @@ impl Accumulator {
         Ok((score_with(model, batch, options)?, None))
     }
 
+    /// Scores `batch` under a model nothing is back-propagated into (the frozen KL
+    /// reference): on the CPU pass with this step's products where it applies, else
+    /// [`score_with`].
+    pub(crate) fn score_detached(
+        &self,
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+    ) -> Result<Scores, Error> {
+        if let Self::Cpu(_, products) = self
+            && let Some(scores) = CpuScorePass::score_detached(model, batch, options, products)?
+        {
+            return Ok(scores);
+        }
+        Ok(score_with(model, batch, options)?)
+    }
+
     /// Back-propagates `loss` (built on the scores of `pass`, or on burn's scores when `None`)
     /// and adds the gradients.
     pub(crate) fn backward(

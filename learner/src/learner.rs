@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, StepNormalizers, sft_loss};
 use kaizen_core::{Trajectory, WeightsVersion};
-use kaizen_model::{Llama, ScoreBatch, ScoreOptions, score_with};
+use kaizen_model::{Llama, ScoreBatch, ScoreOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -366,7 +366,8 @@ impl Learner {
                             with_entropy: false,
                             ..options
                         };
-                        let scores = score_with(reference, &score_batch, &options)?;
+                        let scores =
+                            accumulator.score_detached(reference, &score_batch, &options)?;
                         Some(Tensor::from_inner(scores.logprobs.inner()))
                     }
                     _ => None,

@@ -12,7 +12,9 @@
 //!   itself. A row stops at its last scored token's predictor (later tokens cannot change any
 //!   scored log-prob).
 //! - **Products** go to the packing GEMM (`gemm` crate), parallel over the rayon pool; weight
-//!   gradients accumulate straight into their buffers (`dW += dYᵀ·X`).
+//!   gradients accumulate straight into their buffers (`dW += dYᵀ·X`). With
+//!   [`TrainProducts::bf16`] (bf16 mixed precision) their operands are rounded to bfloat16
+//!   and summed in f32 on AMX tiles where the CPU has them.
 //! - **Attention** (causal, grouped-query) keeps only the log-sum-exp of each query's scores and
 //!   recomputes the probabilities in the backward pass (as FlashAttention does, Dao et al. 2022,
 //!   <https://arxiv.org/abs/2205.14135>), parallel over clusters.
@@ -196,9 +198,37 @@ impl CpuScorePass {
         if !model.device().is_autodiff() {
             return Ok(None);
         }
-        let Some(params) = ModelParams::of(model) else {
+        let Some(mut pass) = Self::prepare(model, batch, options, products) else {
             return Ok(None);
         };
+        // Run on a pool thread so that parallel regions fork from inside the pool.
+        let logprobs = rayon::scope(|_| pass.run_forward());
+        let n = logprobs.len();
+        let device = model.device();
+        let leaf =
+            |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device).require_grad();
+        let logprobs = leaf(logprobs);
+        pass.logprobs_leaf = Some(logprobs.clone());
+        pass.entropy_leaf = options.with_entropy.then(|| leaf(pass.entropy.clone()));
+        pass.values_leaf = pass.values().map(leaf);
+        let scores = Scores {
+            logprobs,
+            entropy: pass.entropy_leaf.clone(),
+            values: pass.values_leaf.clone(),
+            rows: pass.packing.rows.clone(),
+        };
+        Ok(Some((scores, pass)))
+    }
+
+    /// The pass before its forward: parameter views, shapes, packing and rotary tables;
+    /// `None` where a parameter is not a float32 flex tensor.
+    fn prepare(
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+        products: &TrainProducts,
+    ) -> Option<Self> {
+        let params = ModelParams::of(model)?;
         let config = model.config();
         let dims = Dims {
             hidden: config.hidden_size,
@@ -218,7 +248,7 @@ impl CpuScorePass {
             cos.extend_from_slice(c);
             sin.extend_from_slice(s);
         }
-        let mut pass = Self {
+        Some(Self {
             params,
             dims,
             cos_sin: (cos, sin),
@@ -235,24 +265,37 @@ impl CpuScorePass {
             logprobs_leaf: None,
             entropy_leaf: None,
             values_leaf: None,
+        })
+    }
+
+    /// Scores `batch` as [`crate::score_with`] does, for a model nothing is back-propagated
+    /// into (a frozen KL reference, with or without autodiff): the returned tensors are
+    /// plain, and nothing is kept. `products` as in [`CpuScorePass::forward_with`].
+    ///
+    /// Returns `Ok(None)` where a parameter is not a float32 flex tensor.
+    ///
+    /// # Errors
+    /// As [`CpuScorePass::forward`].
+    pub fn score_detached(
+        model: &Llama,
+        batch: &ScoreBatch,
+        options: &ScoreOptions,
+        products: &TrainProducts,
+    ) -> Result<Option<Scores>> {
+        crate::score::validate(model, batch, options.temperature)?;
+        let Some(mut pass) = Self::prepare(model, batch, options, products) else {
+            return Ok(None);
         };
-        // Run on a pool thread so that parallel regions fork from inside the pool.
         let logprobs = rayon::scope(|_| pass.run_forward());
         let n = logprobs.len();
         let device = model.device();
-        let leaf =
-            |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device).require_grad();
-        let logprobs = leaf(logprobs);
-        pass.logprobs_leaf = Some(logprobs.clone());
-        pass.entropy_leaf = options.with_entropy.then(|| leaf(pass.entropy.clone()));
-        pass.values_leaf = pass.values().map(leaf);
-        let scores = Scores {
-            logprobs,
-            entropy: pass.entropy_leaf.clone(),
-            values: pass.values_leaf.clone(),
+        let plain = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
+        Ok(Some(Scores {
+            logprobs: plain(logprobs),
+            entropy: options.with_entropy.then(|| plain(pass.entropy.clone())),
+            values: pass.values().map(plain),
             rows: pass.packing.rows.clone(),
-        };
-        Ok(Some((scores, pass)))
+        }))
     }
 
     /// Back-propagates the loss whose gradients are `grads` (from `loss.backward()`, the loss

@@ -315,3 +315,42 @@ fn bad_input_is_an_error() {
     let err = CpuScorePass::forward(&model, &out_of_vocab, &ScoreOptions::new(1.0)).unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
 }
+
+/// Scoring a model nothing back-propagates into (a frozen reference, without autodiff) on the
+/// CPU pass gives `score_with`'s log-probs and entropies, in f32 and within bf16's rounding.
+#[test]
+fn detached_scores_equal_score_with_on_a_plain_model() {
+    let batch = batch();
+    let options = ScoreOptions {
+        with_entropy: true,
+        ..ScoreOptions::new(0.8)
+    };
+    for autodiff in [false, true] {
+        let device = if autodiff {
+            device().autodiff()
+        } else {
+            device()
+        };
+        let model = Llama::init(&tiny_config(), &device, 5).unwrap();
+        let reference = score_with(&model, &batch, &options).unwrap();
+        for (products, tol) in [(TrainProducts::f32(), 1e-4), (TrainProducts::bf16(), 0.1)] {
+            let scores = CpuScorePass::score_detached(&model, &batch, &options, &products)
+                .unwrap()
+                .expect("float32 flex weights");
+            assert_eq!(scores.rows, reference.rows);
+            let gap = max_abs_diff(&host(scores.logprobs), &host(reference.logprobs.clone()));
+            assert!(
+                gap < tol,
+                "autodiff {autodiff}, {products:?}: log-probs differ by {gap}"
+            );
+            let gap = max_abs_diff(
+                &host(scores.entropy.expect("entropy asked for")),
+                &host(reference.entropy.clone().expect("entropy asked for")),
+            );
+            assert!(
+                gap < tol,
+                "autodiff {autodiff}, {products:?}: entropies differ by {gap}"
+            );
+        }
+    }
+}

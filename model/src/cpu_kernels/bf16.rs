@@ -527,8 +527,8 @@ pub(super) mod amx {
         }
     }
 
-    /// The 64-byte tile configuration: palette 1; tiles 0–1 the f32 results (`rows × 16`),
-    /// 2 the inputs (`rows × 32` bf16), 3–4 two weight panels (16 × 32 bf16 pairs).
+    /// The 64-byte tile configuration: palette 1; tiles 0–3 the f32 results (`rows × 16`), 4–5
+    /// the inputs (`rows × 32` bf16), 6–7 two weight panels (16 × 32 bf16 pairs).
     #[repr(C, align(64))]
     struct Config([u8; 64]);
 
@@ -536,22 +536,23 @@ pub(super) mod amx {
         fn new(rows: usize) -> Self {
             let mut c = [0u8; 64];
             c[0] = 1;
-            for t in 0..5 {
+            for t in 0..8 {
                 // colsb[t] (u16 at 16 + 2t): 64 bytes per row for every tile.
                 c[16 + 2 * t] = 64;
                 // rows[t] (u8 at 48 + t).
-                c[48 + t] = if t == 3 || t == 4 {
-                    PANEL as u8
-                } else {
-                    rows as u8
-                };
+                c[48 + t] = if t >= 6 { PANEL as u8 } else { rows as u8 };
             }
             Self(c)
         }
     }
 
     /// Columns `first · 16 ..` of `count` panels of `bf16(x) · Wᵀ` into `outs` (each input
-    /// row's slice of those columns, starting at panel `first`).
+    /// row's slice of those columns, starting at panel `first`); added to what `outs` hold
+    /// when `accumulate`.
+    ///
+    /// Two weight panels at a time against two blocks of 16 input rows: four result tiles, so
+    /// each tile load feeds two `TDPBF16PS` (a single row block, as decoding has, feeds each
+    /// weight tile to one).
     ///
     /// # Safety
     /// [`available`] must have returned true; the panels must be inside `w`.
@@ -565,9 +566,10 @@ pub(super) mod amx {
     ) {
         let chunks = w.cols.div_ceil(CHUNK);
         let config = Config::new(x.tile_rows);
-        let mut results = [[0.0f32; PANEL * PANEL]; 2];
+        let mut results = [[0.0f32; PANEL * PANEL]; 4];
         let x_stride = 2 * x.stride;
         let (tile_stride, out_stride) = (64usize, 64usize);
+        let blocks = x.m.div_ceil(x.tile_rows);
         // SAFETY: the configuration is 64 valid bytes.
         unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
         let mut p = 0;
@@ -581,50 +583,101 @@ pub(super) mod amx {
             } else {
                 w0
             };
-            for rows0 in (0..x.m).step_by(x.tile_rows) {
-                let a = x.values[rows0 * x.stride..].as_ptr();
-                // SAFETY: each tile load reads `rows × 64` bytes: inputs rows `rows0..+rows` of
-                // chunk c (inside the padded input), weights tile c of each panel (inside the
-                // packed matrix); the stores write two 16 × 16 f32 buffers.
+            let mut block = 0;
+            while block < blocks {
+                let two = blocks - block >= 2;
+                let rows0 = block * x.tile_rows;
+                let a0 = x.values[rows0 * x.stride..].as_ptr();
+                // SAFETY: each tile load reads `rows × 64` bytes: input rows `rows0..` of chunk
+                // c (inside the padded inputs: `two` only when a second block exists), weight
+                // tile c of each panel (inside the packed matrix); the stores write 16 × 16 f32
+                // buffers.
                 unsafe {
-                    asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
-                    for c in 0..chunks {
+                    if two {
+                        let a1 = x.values[(rows0 + x.tile_rows) * x.stride..].as_ptr();
                         asm!(
-                            "tileloadd tmm2, [{a} + {sa}]",
-                            "tileloadd tmm3, [{b0} + {sb}]",
-                            "tileloadd tmm4, [{b1} + {sb}]",
-                            "tdpbf16ps tmm0, tmm2, tmm3",
-                            "tdpbf16ps tmm1, tmm2, tmm4",
-                            a = in(reg) a.add(c * CHUNK),
-                            sa = in(reg) x_stride,
-                            b0 = in(reg) w0.add(c * TILE),
-                            b1 = in(reg) w1.add(c * TILE),
-                            sb = in(reg) tile_stride,
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack)
+                        );
+                        for c in 0..chunks {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}]",
+                                "tileloadd tmm6, [{b0} + {sb}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tileloadd tmm7, [{b1} + {sb}]",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tileloadd tmm5, [{a1} + {sa}]",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(c * CHUNK),
+                                a1 = in(reg) a1.add(c * CHUNK),
+                                sa = in(reg) x_stride,
+                                b0 = in(reg) w0.add(c * TILE),
+                                b1 = in(reg) w1.add(c * TILE),
+                                sb = in(reg) tile_stride,
+                                options(nostack),
+                            );
+                        }
+                        asm!(
+                            "tilestored [{c0} + {sc}], tmm0",
+                            "tilestored [{c1} + {sc}], tmm1",
+                            "tilestored [{c2} + {sc}], tmm2",
+                            "tilestored [{c3} + {sc}], tmm3",
+                            c0 = in(reg) results[0].as_mut_ptr(),
+                            c1 = in(reg) results[1].as_mut_ptr(),
+                            c2 = in(reg) results[2].as_mut_ptr(),
+                            c3 = in(reg) results[3].as_mut_ptr(),
+                            sc = in(reg) out_stride,
+                            options(nostack),
+                        );
+                    } else {
+                        asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
+                        for c in 0..chunks {
+                            asm!(
+                                "tileloadd tmm4, [{a} + {sa}]",
+                                "tileloadd tmm6, [{b0} + {sb}]",
+                                "tileloadd tmm7, [{b1} + {sb}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                a = in(reg) a0.add(c * CHUNK),
+                                sa = in(reg) x_stride,
+                                b0 = in(reg) w0.add(c * TILE),
+                                b1 = in(reg) w1.add(c * TILE),
+                                sb = in(reg) tile_stride,
+                                options(nostack),
+                            );
+                        }
+                        asm!(
+                            "tilestored [{c0} + {sc}], tmm0",
+                            "tilestored [{c1} + {sc}], tmm1",
+                            c0 = in(reg) results[0].as_mut_ptr(),
+                            c1 = in(reg) results[1].as_mut_ptr(),
+                            sc = in(reg) out_stride,
                             options(nostack),
                         );
                     }
-                    asm!(
-                        "tilestored [{c0} + {sc}], tmm0",
-                        "tilestored [{c1} + {sc}], tmm1",
-                        c0 = in(reg) results[0].as_mut_ptr(),
-                        c1 = in(reg) results[1].as_mut_ptr(),
-                        sc = in(reg) out_stride,
-                        options(nostack),
-                    );
                 }
-                let rows = x.tile_rows.min(x.m - rows0);
-                for (q, result) in results.iter().enumerate().take(pair) {
-                    let col0 = (p + q) * PANEL;
-                    for r in 0..rows {
-                        let out = &mut outs[rows0 + r];
-                        let cols = PANEL.min(out.len() - col0);
-                        super::write(
-                            &mut out[col0..col0 + cols],
-                            &result[r * PANEL..][..cols],
-                            accumulate,
-                        );
+                let done = if two { 2 } else { 1 };
+                for b in 0..done {
+                    let first_row = rows0 + b * x.tile_rows;
+                    let rows = x.tile_rows.min(x.m.saturating_sub(first_row));
+                    for (q, result) in results[2 * b..].iter().enumerate().take(pair) {
+                        let col0 = (p + q) * PANEL;
+                        for r in 0..rows {
+                            let out = &mut outs[first_row + r];
+                            let cols = PANEL.min(out.len() - col0);
+                            super::write(
+                                &mut out[col0..col0 + cols],
+                                &result[r * PANEL..][..cols],
+                                accumulate,
+                            );
+                        }
                     }
                 }
+                block += done;
             }
             p += pair;
         }
