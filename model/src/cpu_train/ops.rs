@@ -103,7 +103,7 @@ pub(super) fn matmul_nn(
     products: &TrainProducts,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; m * k];
-    matmul_nn_into(x, m, n, w, k, &mut out, false, products);
+    matmul_nn_acc(x, m, n, w, k, &mut out, products);
     out
 }
 
@@ -117,32 +117,18 @@ pub(super) fn matmul_nn_acc(
     out: &mut [f32],
     products: &TrainProducts,
 ) {
-    matmul_nn_into(x, m, n, w, k, out, true, products);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn matmul_nn_into(
-    x: &[f32],
-    m: usize,
-    n: usize,
-    w: &[f32],
-    k: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    products: &TrainProducts,
-) {
     assert!(
         x.len() == m * n && w.len() == n * k && out.len() == m * k,
         "matmul_nn: shapes"
     );
     if let Some(packs) = &products.bf16 {
         // x · W = x · (Wᵀ)ᵀ: the product with W's transpose packed as the weight matrix.
-        matmul_bf16(x, m, n, &packs.get(w, k, true), out, accumulate);
+        matmul_bf16(x, m, n, &packs.get(w, k, true), out, true);
         return;
     }
     // SAFETY: x is [m, n] (rs n, cs 1); W is [n, k] (rs k, cs 1); out is [m, k] (rs k, cs 1).
     unsafe {
-        gemm_raw(m, k, n, out, (k, 1), accumulate, x, (n, 1), w, (k, 1));
+        gemm_raw(m, k, n, out, (k, 1), true, x, (n, 1), w, (k, 1));
     }
 }
 
