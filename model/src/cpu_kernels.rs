@@ -364,7 +364,17 @@ fn axpy<A: Isa>(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `s ← softmax(scale · s)` (`scale > 0`) in portable code; returns `logsumexp(scale · s)`.
+/// `s ← softmax(scale · s)` (`scale > 0`); returns `logsumexp(scale · s)`.
+pub(crate) fn softmax_scaled(s: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        return unsafe { vexp::softmax_scaled(s, scale) };
+    }
+    softmax_scaled_in_place(s, scale)
+}
+
+/// As [`softmax_scaled`], in portable code.
 #[inline(always)]
 fn softmax_scaled_in_place(s: &mut [f32], scale: f32) -> f32 {
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -489,6 +499,68 @@ pub(crate) fn max(x: &[f32]) -> f32 {
         return unsafe { vexp::max(x) };
     }
     x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The gradient of `g_lp · log p_x + g_ent · H` with respect to the logits of one row, up to
+/// the target's `+g_lp / T` (added by the caller), written over the row's tempered logits `z`:
+/// with `p = softmax(z)`, `log p_j = z_j − lse`,
+///
+/// `∂/∂logits_j = (−g_lp · p_j − g_ent · p_j (log p_j + H)) / T`
+///
+/// (`∂ log p_x / ∂z_j = 1[j = x] − p_j`, `∂H / ∂z_j = −p_j (log p_j + H)`, `z = logits / T`).
+pub(crate) fn softmax_backward(
+    z: &mut [f32],
+    lse: f32,
+    entropy: f32,
+    g_lp: f32,
+    g_ent: f32,
+    inv_t: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { vexp::softmax_backward(z, lse, entropy, g_lp, g_ent, inv_t) };
+        return;
+    }
+    softmax_backward_portable(z, lse, entropy, g_lp, g_ent, inv_t);
+}
+
+#[inline(always)]
+fn softmax_backward_portable(
+    z: &mut [f32],
+    lse: f32,
+    entropy: f32,
+    g_lp: f32,
+    g_ent: f32,
+    inv_t: f32,
+) {
+    for v in z.iter_mut() {
+        let log_p = *v - lse;
+        let p = exp(log_p);
+        *v = (-g_lp * p - g_ent * p * (log_p + entropy)) * inv_t;
+    }
+}
+
+/// `out ← σ(x) = 1 / (1 + e^{-x})` element-wise.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn sigmoid(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "sigmoid: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { vexp::sigmoid(x, out) };
+        return;
+    }
+    sigmoid_portable(x, out);
+}
+
+#[inline(always)]
+fn sigmoid_portable(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = 1.0 / (1.0 + exp(-v));
+    }
 }
 
 /// Elements per block of [`exp_weights`]' sums.

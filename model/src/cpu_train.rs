@@ -44,7 +44,7 @@ use burn::tensor::{Gradients, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::cpu_forward::{HostView, LlamaWeights};
-use crate::cpu_kernels::exp;
+use crate::cpu_kernels;
 use crate::llama::Llama;
 use crate::score::{ScoreBatch, ScoreOptions, Scores};
 use crate::{Error, Result};
@@ -418,26 +418,24 @@ impl CpuScorePass {
             .zip(entropy.par_iter_mut())
             .zip(logprobs.par_iter_mut())
             .zip(self.packing.targets.par_iter())
-            .for_each(|((((row, lse), entropy), logprob), &target)| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * inv_t;
-                let (mut sum, mut weighted) = (0.0f64, 0.0f64);
-                for chunk in row.chunks_mut(512) {
-                    let (mut s, mut w) = (0.0f32, 0.0f32);
-                    for v in chunk.iter_mut() {
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(weights, blocks), ((((row, lse), entropy), logprob), &target)| {
+                    // z = logits / T; w_j = e^{z_j − max z}; lse = max z + ln Σw;
+                    // H = −Σ p log p = ln Σw − Σ w (z − max z) / Σw.
+                    let max = cpu_kernels::max(row);
+                    weights.resize(row.len(), 0.0);
+                    blocks.clear();
+                    let sums = cpu_kernels::exp_weights(row, max, inv_t, weights, blocks);
+                    for v in row.iter_mut() {
                         *v *= inv_t;
-                        let e = exp(*v - max);
-                        s += e;
-                        w += e * *v;
                     }
-                    sum += s as f64;
-                    weighted += w as f64;
-                }
-                let l = max + (sum as f32).ln();
-                *lse = l;
-                // H = lse − Σ p z.
-                *entropy = l - (weighted / sum) as f32;
-                *logprob = row[target as usize] - l;
-            });
+                    let l = max * inv_t + (sums.total as f32).ln();
+                    *lse = l;
+                    *entropy = (sums.total.ln() - sums.weighted / sums.total) as f32;
+                    *logprob = row[target as usize] - l;
+                },
+            );
         self.z = z;
         self.lse = lse;
         self.entropy = entropy;
@@ -504,12 +502,7 @@ impl CpuScorePass {
         dz.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
             let g_lp = d_lp.map_or(0.0, |g| g[i]);
             let g_ent = d_ent.map_or(0.0, |g| g[i]);
-            let (lse, entropy) = (self.lse[i], self.entropy[i]);
-            for v in row.iter_mut() {
-                let log_p = *v - lse;
-                let p = exp(log_p);
-                *v = (-g_lp * p - g_ent * p * (log_p + entropy)) * inv_t;
-            }
+            cpu_kernels::softmax_backward(row, self.lse[i], self.entropy[i], g_lp, g_ent, inv_t);
             row[self.packing.targets[i] as usize] += g_lp * inv_t;
         });
         let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed);

@@ -602,6 +602,20 @@ fn vectorised_exp_steps_match_the_portable_ones() {
             .ln();
         assert!((lse_vec as f64 - lse).abs() < 1e-5 && (lse_port as f64 - lse).abs() < 1e-5);
 
+        let (mut d_port, mut d_vec) = (s_port.clone(), s_port.clone());
+        softmax_backward_portable(&mut d_port, 0.3, 1.7, 0.9, -0.2, 1.25);
+        // SAFETY: as above.
+        unsafe { vexp::softmax_backward(&mut d_vec, 0.3, 1.7, 0.9, -0.2, 1.25) };
+        assert_close(&d_vec, &d_port, 1e-6, &format!("softmax backward n={n}"));
+
+        let (mut sig_port, mut sig_vec) = (vec![0.0; n], vec![0.0; n]);
+        sigmoid_portable(&x, &mut sig_port);
+        // SAFETY: as above.
+        unsafe { vexp::sigmoid(&x, &mut sig_vec) };
+        assert_close(&sig_vec, &sig_port, 1e-6, &format!("sigmoid n={n}"));
+        assert_eq!(sig_vec[n / 2], 0.0, "σ(-∞) = 0");
+        assert!((s_vec.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+
         let mut with_nan = x.clone();
         with_nan[1] = f32::NAN;
         let want = with_nan.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -1,6 +1,7 @@
-//! AVX2 + FMA versions of the element-wise steps built on `e^x`: the sampler's softmax weights
-//! over the vocabulary ([`exp_weights`](super::exp_weights)), SiLU ([`silu_mul`](super::silu_mul)),
-//! attention's row softmax and the row maximum.
+//! AVX2 + FMA versions of the element-wise steps built on `e^x`: the sampler's (and the
+//! learner's log-softmax's) weights over the vocabulary ([`exp_weights`](super::exp_weights)),
+//! the log-softmax's backward, SiLU ([`silu_mul`](super::silu_mul)) and the sigmoid of its
+//! backward, attention's row softmax and the row maximum.
 //!
 //! The portable loops cannot vectorise: their sums are sequential in f32 and `exp`'s range
 //! checks are branches, so the compiler keeps them scalar (one `e^x` per ~6 ns measured under
@@ -183,4 +184,57 @@ pub(super) fn softmax_scaled(s: &mut [f32], scale: f32) -> f32 {
         *v *= 1.0 / sum;
     }
     m * scale + sum.ln()
+}
+
+/// As [`super::softmax_backward`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn softmax_backward(
+    row: &mut [f32],
+    lse: f32,
+    entropy: f32,
+    g_lp: f32,
+    g_ent: f32,
+    inv_t: f32,
+) {
+    let body = row.len() - row.len() % LANES;
+    let (vlse, vent) = (_mm256_set1_ps(lse), _mm256_set1_ps(entropy));
+    let (vg_lp, vg_ent, vinv_t) = (
+        _mm256_set1_ps(g_lp),
+        _mm256_set1_ps(g_ent),
+        _mm256_set1_ps(inv_t),
+    );
+    for c in row[..body].chunks_exact_mut(LANES) {
+        // SAFETY: `c` holds eight f32.
+        let log_p = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, vlse);
+        let p = exp8(log_p);
+        // (−g_lp·p − g_ent·p·(log p + H)) / T
+        let ent = _mm256_mul_ps(vg_ent, _mm256_mul_ps(p, _mm256_add_ps(log_p, vent)));
+        let d = _mm256_fmadd_ps(
+            _mm256_sub_ps(_mm256_setzero_ps(), vg_lp),
+            p,
+            _mm256_sub_ps(_mm256_setzero_ps(), ent),
+        );
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(d, vinv_t)) };
+    }
+    super::softmax_backward_portable(&mut row[body..], lse, entropy, g_lp, g_ent, inv_t);
+}
+
+/// As [`super::sigmoid`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn sigmoid(x: &[f32], out: &mut [f32]) {
+    let body = x.len() - x.len() % LANES;
+    let one = _mm256_set1_ps(1.0);
+    for (c, o) in x[..body]
+        .chunks_exact(LANES)
+        .zip(out[..body].chunks_exact_mut(LANES))
+    {
+        // SAFETY: `c` and `o` hold eight f32 each.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        let s = _mm256_div_ps(
+            one,
+            _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))),
+        );
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), s) };
+    }
+    super::sigmoid_portable(&x[body..], &mut out[body..]);
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::ops::{axpy, dot};
 use super::packing::Packing;
 use super::{Dims, LayerSaved};
-use crate::cpu_kernels::exp;
+use crate::cpu_kernels::{exp, softmax_scaled};
 
 /// The token ranges each query of a cluster attends to, as local indices.
 #[inline]
@@ -55,17 +55,10 @@ pub(super) fn attention_forward(
                     for j in ranges.iter().cloned().flatten() {
                         scores.push(dot(qi, &k[(j * kv + kh) * d..(j * kv + kh + 1) * d]) * scale);
                     }
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0.0f32;
-                    for s in scores.iter_mut() {
-                        *s = exp(*s - max);
-                        sum += *s;
-                    }
-                    lse[i * heads + h] = max + sum.ln();
+                    lse[i * heads + h] = softmax_scaled(&mut scores, 1.0);
                     let o = &mut out[(i * heads + h) * d..(i * heads + h + 1) * d];
-                    let inv = 1.0 / sum;
                     for (&p, j) in scores.iter().zip(ranges.iter().cloned().flatten()) {
-                        axpy(p * inv, &v[(j * kv + kh) * d..(j * kv + kh + 1) * d], o);
+                        axpy(p, &v[(j * kv + kh) * d..(j * kv + kh + 1) * d], o);
                     }
                 }
             }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{Bf16Matrix, exp, gemm_raw, gemm_transb, matmul_bf16, matmul_bf16_tn};
+use crate::cpu_kernels::{
+    Bf16Matrix, gemm_raw, gemm_transb, matmul_bf16, matmul_bf16_tn, sigmoid, silu_mul,
+};
 
 /// Rows per parallel task of the element-wise loops.
 const ROWS_PER_TASK: usize = 16;
@@ -306,9 +308,8 @@ pub(super) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096))
         .for_each(|((o, g), u)| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + exp(-g)) * u;
-            }
+            o.copy_from_slice(g);
+            silu_mul(o, u);
         });
     out
 }
@@ -325,10 +326,11 @@ pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f
         .zip(up.par_chunks(4096))
         .zip(d_act.par_chunks(4096))
         .for_each(|((((dg, du), g), u), da)| {
+            sigmoid(g, dg);
             for ((((dg, du), &g), &u), &da) in
                 dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(da)
             {
-                let s = 1.0 / (1.0 + exp(-g));
+                let s = *dg;
                 *du = da * g * s;
                 *dg = da * u * s * (1.0 + g * (1.0 - s));
             }
