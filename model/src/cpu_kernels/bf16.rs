@@ -188,13 +188,7 @@ pub(super) fn matmul_bf16_on(
     if m == 0 || n == 0 {
         return;
     }
-    let panels = n.div_ceil(PANEL);
-    let threads = rayon::current_num_threads();
-    let tasks = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
-        (threads * 4).min(panels)
-    } else {
-        1
-    };
+    let (panels, tasks) = panel_tasks(m, n, k);
     #[cfg(target_arch = "x86_64")]
     if amx {
         assert!(amx::available(), "matmul_bf16_on: AMX is not available");
@@ -235,13 +229,7 @@ pub(crate) fn matmul_bf16_tn(
     }
     #[cfg(target_arch = "x86_64")]
     if amx::available() {
-        let panels = n.div_ceil(PANEL);
-        let threads = rayon::current_num_threads();
-        let tasks = if threads > 1 && p * n * rows >= PARALLEL_MIN_MACS {
-            (threads * 4).min(panels)
-        } else {
-            1
-        };
+        let (panels, tasks) = panel_tasks(p, n, rows);
         let x16 = amx::Inputs::transposed(a, rows, p);
         for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
             // SAFETY: AMX is available (checked just above) and the ranges are inside `w`.
@@ -256,6 +244,19 @@ pub(crate) fn matmul_bf16_tn(
         }
     }
     matmul_bf16_on(&a_t, p, rows, w, out, accumulate, false);
+}
+
+/// The panels of an `[m, k] · [n, k]ᵀ` product and the parallel tasks they are split into
+/// (one below [`PARALLEL_MIN_MACS`] or on one thread).
+fn panel_tasks(m: usize, n: usize, k: usize) -> (usize, usize) {
+    let panels = n.div_ceil(PANEL);
+    let threads = rayon::current_num_threads();
+    let tasks = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        (threads * 4).min(panels)
+    } else {
+        1
+    };
+    (panels, tasks)
 }
 
 /// `out ← sums`, or `out += sums` when `accumulate`.
