@@ -649,3 +649,53 @@ fn the_self_generated_warm_start_accounts_for_every_turn() {
         "every warm-start step ran or was counted"
     );
 }
+
+/// No verifier in the loop: the warm start keeps the turns the model was most certain of, and
+/// RL is rewarded with each turn's self-certainty. The verifier's reward is only logged, and
+/// so is how often self-certainty agrees with it.
+#[test]
+fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=2",
+            "sft.source=\"self\"",
+            "sft.steps=2",
+            "sft.self_generated.rounds=1",
+            "sft.self_generated.problems_per_round=16",
+            "sft.self_generated.samples_per_problem=4",
+            "sft.self_generated.select=\"self_certainty\"",
+            "grpo.reward_source=\"self_certainty\"",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    let run = run_dir(&runs, "self_correct_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    // Selection by rank: nothing is rejected for its reward; every turn is accounted for.
+    assert_eq!(one("self_sft/rejected"), vec![0.0]);
+    let accounted: f64 = ["kept", "duplicates", "over_cap", "unchanged"]
+        .iter()
+        .map(|k| one(&format!("self_sft/{k}"))[0])
+        .sum();
+    assert_eq!(accounted, 128.0);
+    let selected_correct = one("self_sft/selected_correct")[0];
+    assert!((0.0..=1.0).contains(&selected_correct));
+    let best = one("self_sft/best_of_k_self_certainty")[0];
+    assert!((0.0..=1.0).contains(&best));
+    // RL: the trained reward is the self-certainty (a KL divergence: > 0), not the verifier's.
+    let rewards = one("reward/mean");
+    let verifier = one("env/verifier_reward");
+    assert_eq!((rewards.len(), verifier.len()), (2, 2));
+    for (r, v) in rewards.iter().zip(&verifier) {
+        assert!(*r > 0.0 && r.is_finite(), "self-certainty reward {r}");
+        assert!((0.0..=1.0).contains(v), "verifier reward {v}");
+        assert_ne!(r, v);
+    }
+    for a in one("self_certainty/agreement") {
+        assert!((0.0..=1.0).contains(&a), "{a}");
+    }
+    assert_eq!(one("faults"), vec![0.0, 0.0]);
+}

@@ -116,6 +116,7 @@ impl Responder for PolicyResponder {
             temperature,
             weights_version: completion.version,
             finish_reason: g.finish_reason,
+            self_certainty: g.self_certainty,
         });
         Ok(text)
     }

@@ -398,6 +398,7 @@ mod tests {
             temperature: 1.0,
             weights_version: WeightsVersion(0),
             finish_reason: FinishReason::Eos,
+            self_certainty: None,
         }
     }
 

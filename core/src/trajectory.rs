@@ -70,6 +70,13 @@ pub struct Segment {
     pub weights_version: WeightsVersion,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
+    /// The completion's self-certainty (nats): the mean over its tokens of the sampling
+    /// distribution's KL divergence from uniform (Kang et al. 2025; see
+    /// `kaizen_model::Sampled::self_certainty`). The model's own confidence, usable to select
+    /// or reward samples without a verifier. `None` when not recorded (greedy decoding,
+    /// trajectories from older peers).
+    #[serde(default)]
+    pub self_certainty: Option<f32>,
 }
 
 /// One finished episode, as sent from an actor to the learner.
@@ -192,6 +199,7 @@ mod tests {
             temperature: 1.0,
             weights_version: WeightsVersion(version),
             finish_reason: FinishReason::Eos,
+            self_certainty: None,
         }
     }
 

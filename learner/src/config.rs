@@ -265,6 +265,12 @@ pub struct GrpoConfig {
     pub dynamic_sampling: bool,
     /// Extra sampling rounds per step for dynamic sampling.
     pub max_resample_rounds: usize,
+    /// What the learner is rewarded with: the environment's rewards (`"env"`, the default), or
+    /// each turn's self-certainty (`"self_certainty"`: the policy's own confidence, no
+    /// verifier; Intuitor, Zhao et al. 2025). With the latter the environment's reward is
+    /// still logged (`env/verifier_reward`, and how well self-certainty orders each group's
+    /// samples as the verifier does, `self_certainty/agreement`), never trained on.
+    pub reward_source: RewardSource,
 }
 
 impl Default for GrpoConfig {
@@ -274,8 +280,30 @@ impl Default for GrpoConfig {
             prompts_per_step: 8,
             dynamic_sampling: false,
             max_resample_rounds: 2,
+            reward_source: RewardSource::Env,
         }
     }
+}
+
+/// `[grpo] reward_source`: see [`GrpoConfig::reward_source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSource {
+    /// The environment's rewards (its verifier or judge).
+    Env,
+    /// Each turn's self-certainty (`kaizen_envs::rewards::relabel_with_self_certainty`).
+    SelfCertainty,
+}
+
+/// `[sft.self_generated] select`: see [`SelfGeneratedConfig::select`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Turns whose reward reaches `min_reward` (STaR / ReST-EM).
+    Verifier,
+    /// The `max_per_problem` turns of highest self-certainty per problem and turn, whatever
+    /// the verifier says (best-of-N by the model's own confidence).
+    SelfCertainty,
 }
 
 /// `[optim]`: AdamW and the learning-rate schedule.
@@ -379,6 +407,12 @@ pub struct SelfGeneratedConfig {
     /// amplifies this no-edit mode; `false` drops such turns. On the main job dropping them
     /// did not help (BENCHMARKS.md, runs 16–17), so the default keeps them.
     pub keep_unchanged: bool,
+    /// How turns are chosen: `"verifier"` (reward ≥ `min_reward`, the default) or
+    /// `"self_certainty"`: per problem and turn index, the `max_per_problem` distinct
+    /// completions the model was most certain of (Kang et al. 2025's best-of-N; Huang et al.
+    /// 2024's "sharpening" by SFT on the model's own most-likely answers). No verifier is used
+    /// to choose; it is only logged (`self_sft/selected_correct`).
+    pub select: Selection,
 }
 
 impl Default for SelfGeneratedConfig {
@@ -391,6 +425,7 @@ impl Default for SelfGeneratedConfig {
             min_reward: 1.0,
             max_per_problem: 2,
             keep_unchanged: true,
+            select: Selection::Verifier,
         }
     }
 }

@@ -46,7 +46,7 @@ pub use collective::{Collective, SingleProcess};
 pub use config::{
     ActorsConfig, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig, EvalConfig,
     GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig,
-    RunConfig, SelfGeneratedConfig, SftConfig, expand_path, kaizen_cache,
+    RewardSource, RunConfig, Selection, SelfGeneratedConfig, SftConfig, expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

@@ -271,6 +271,7 @@ mod tests {
             temperature: 0.7,
             weights_version: WeightsVersion(v),
             finish_reason: FinishReason::Eos,
+            self_certainty: None,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Generation {
     /// Entropy (nats) of the tempered distribution at each step; empty unless
     /// [`GenerateOptions::entropy`] is set.
     pub entropies: Vec<f32>,
+    /// Mean over the sampled tokens of each step's self-certainty
+    /// ([`crate::Sampled::self_certainty`], nats): the completion's score for best-of-N
+    /// selection without a verifier. `None` for greedy decoding.
+    pub self_certainty: Option<f32>,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
     /// Decoded text (special tokens skipped, cut before the stop string that ended it); `None`
@@ -133,6 +137,8 @@ struct Row {
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     entropies: Vec<f32>,
+    /// Sum of the sampled steps' self-certainty (f64: summed over up to thousands of tokens).
+    certainty_sum: f64,
     /// Set when the row stops; the row stays in the cache until compaction.
     finish: Option<FinishReason>,
     /// Whether the finished row was moved to `done`.
@@ -360,6 +366,7 @@ impl DecodeBatch {
             tokens: Vec::new(),
             logprobs: Vec::new(),
             entropies: Vec::new(),
+            certainty_sum: 0.0,
             finish: None,
             collected: false,
         }
@@ -563,6 +570,7 @@ impl DecodeBatch {
         if options.entropy {
             row.entropies.push(s.entropy);
         }
+        row.certainty_sum += f64::from(s.self_certainty);
         stats.generated_tokens += 1;
         let reason = if options.eos_token_ids.contains(&s.token) {
             Some(FinishReason::Eos)
@@ -603,9 +611,12 @@ impl DecodeBatch {
                 let text = tok.decode(&row.tokens, true).unwrap_or_default();
                 cut_at_stop(text, &row.params.stop)
             });
+            let self_certainty = (!row.params.is_greedy() && !row.tokens.is_empty())
+                .then(|| (row.certainty_sum / row.tokens.len() as f64) as f32);
             self.done.push((
                 row.id,
                 Generation {
+                    self_certainty,
                     tokens: std::mem::take(&mut row.tokens),
                     logprobs: std::mem::take(&mut row.logprobs),
                     entropies: std::mem::take(&mut row.entropies),

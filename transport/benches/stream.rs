@@ -45,6 +45,7 @@ fn report(task: EpisodeTask) -> EpisodeReport {
         temperature: 1.0,
         weights_version: WeightsVersion(3),
         finish_reason: FinishReason::Eos,
+        self_certainty: None,
     };
     EpisodeReport {
         env: "self_correct".into(),

@@ -239,6 +239,7 @@ fn eos_token_counts_in_the_per_sequence_mean() {
         temperature: 1.0,
         weights_version: WeightsVersion(0),
         finish_reason: FinishReason::Eos,
+        self_certainty: None,
     };
     let segments = [
         segment(vec![7, 8, 2], vec![-0.5, -1.0, -0.1]),

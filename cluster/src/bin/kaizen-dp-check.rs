@@ -43,6 +43,7 @@ fn batch() -> Vec<Trajectory> {
                     temperature: 1.0,
                     weights_version: WeightsVersion(0),
                     finish_reason: FinishReason::Eos,
+                    self_certainty: None,
                 }],
                 outcome: Outcome::single("a", vec![((id * 13) % 5) as f32 / 4.0]),
             });

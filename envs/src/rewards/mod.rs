@@ -1,11 +1,13 @@
 //! Reward components: exact-answer verification (math, knights-and-knaves), model-judged
-//! scores, majority vote, and the [`Verifier`] hook for user rewards.
+//! scores, majority vote, the policy's self-certainty, and the [`Verifier`] hook for user
+//! rewards.
 
 mod judge_score;
 mod knights_knaves;
 mod majority_vote;
 mod math_answer;
 pub mod math_expression;
+mod self_certainty;
 mod verifier;
 
 pub use judge_score::parse_judge_score;
@@ -14,4 +16,5 @@ pub use majority_vote::{MajorityVote, majority_vote};
 pub use math_answer::{
     answers_match, final_answer_span, final_number, last_number, numbers_match, parse_final_answer,
 };
+pub use self_certainty::{MissingSelfCertainty, pairwise_agreement, relabel_with_self_certainty};
 pub use verifier::{BuiltinVerifier, Verifier, VerifierKind};

@@ -2,6 +2,7 @@
 //! flat groups under DAPO dynamic sampling), step, repeat.
 
 use super::*;
+use crate::config::RewardSource;
 
 /// Whether every episode of a group got the same reward for every agent and turn: then every
 /// advantage of the group is 0 (advantages are normalised per agent and turn index across the
@@ -14,6 +15,47 @@ pub(super) fn zero_signal(reports: &[EpisodeReport]) -> bool {
         .map(|t| &t.outcome.rewards)
         .collect();
     rewards.windows(2).all(|w| w[0] == w[1])
+}
+
+/// A report rewarded with its turns' self-certainty (`[grpo] reward_source =
+/// "self_certainty"`). The environment's reward goes to the report's metrics, for logging
+/// only: `verifier_reward` (mean over trained turns) and `self_certainty` (the same mean of
+/// the new rewards). A trained turn without a score turns the episode into a fault, logged.
+fn self_certainty_rewards(mut report: EpisodeReport) -> EpisodeReport {
+    let Ok(trajectory) = &mut report.result else {
+        return report;
+    };
+    match kaizen_envs::rewards::relabel_with_self_certainty(trajectory) {
+        Ok(Some(previous)) => {
+            let trained = |rewards: &[f32]| {
+                let values: Vec<f64> = trajectory
+                    .segments
+                    .iter()
+                    .zip(rewards)
+                    .filter(|(s, _)| s.trainable)
+                    .map(|(_, &r)| f64::from(r))
+                    .collect();
+                values.iter().sum::<f64>() / values.len().max(1) as f64
+            };
+            let verifier = trained(&previous);
+            let certainty = trained(&trajectory.segment_rewards().unwrap_or_default());
+            report.metrics.insert("verifier_reward".into(), verifier);
+            report.metrics.insert("self_certainty".into(), certainty);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "episode counted as a fault");
+            let fault = kaizen_envs::Fault {
+                kind: kaizen_envs::FaultKind::BadOutcome,
+                message: e.to_string(),
+            };
+            return EpisodeReport {
+                turns: std::mem::take(&mut report.turns),
+                ..EpisodeReport::faulted(report.task, report.env, fault)
+            };
+        }
+    }
+    report
 }
 
 impl Run {
@@ -57,17 +99,24 @@ impl Run {
         tasks
     }
 
-    /// Receives a training report (evaluation reports never arrive outside `evaluate`).
+    /// Receives a training report (evaluation reports never arrive outside `evaluate`), its
+    /// rewards replaced as `[grpo] reward_source` says.
     pub(super) fn recv(&mut self) -> Result<EpisodeReport, Error> {
-        if let Some(r) = self.stray.pop() {
-            return Ok(r);
-        }
-        let r = self
-            .rollouts
-            .recv()
-            .map_err(|e| Error::ActorsStopped(e.to_string()))?;
-        self.counts.reported += 1;
-        Ok(r)
+        let r = match self.stray.pop() {
+            Some(r) => r,
+            None => {
+                let r = self
+                    .rollouts
+                    .recv()
+                    .map_err(|e| Error::ActorsStopped(e.to_string()))?;
+                self.counts.reported += 1;
+                r
+            }
+        };
+        Ok(match self.config.grpo.reward_source {
+            RewardSource::Env => r,
+            RewardSource::SelfCertainty => self_certainty_rewards(r),
+        })
     }
 
     /// Whether RL goes on: steps left and time left.

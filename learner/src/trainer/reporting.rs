@@ -66,7 +66,30 @@ pub(super) fn episode_metrics(reports: &[EpisodeReport]) -> StepMetrics {
     {
         m.insert(format!("delta_t1_t{n}"), cn - c1);
     }
+    if let Some(agreement) = self_certainty_agreement(reports) {
+        m.insert("self_certainty/agreement".into(), agreement);
+    }
     m
+}
+
+/// With self-certainty rewards: how well each group's self-certainty orders its episodes as
+/// the verifier does ([`kaizen_envs::rewards::pairwise_agreement`] over the reports'
+/// `self_certainty` and `verifier_reward` metrics); `None` otherwise or without a pair.
+fn self_certainty_agreement(reports: &[EpisodeReport]) -> Option<f64> {
+    let mut groups: BTreeMap<u64, Vec<(f32, f32)>> = BTreeMap::new();
+    for r in reports {
+        if let (Some(&score), Some(&reward)) = (
+            r.metrics.get("self_certainty"),
+            r.metrics.get("verifier_reward"),
+        ) {
+            groups
+                .entry(r.task.group_id)
+                .or_default()
+                .push((score as f32, reward as f32));
+        }
+    }
+    let groups: Vec<_> = groups.into_values().collect();
+    kaizen_envs::rewards::pairwise_agreement(&groups)
 }
 
 /// The panels of the end-of-run plot: the curves people look at first, when present.

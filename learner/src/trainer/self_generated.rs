@@ -26,7 +26,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::config::{SelfGeneratedConfig, SftConfig};
+use crate::config::{Selection, SelfGeneratedConfig, SftConfig};
 
 /// Group-id bit of warm-start episodes (neither training groups' counter nor
 /// [`EVAL_GROUP_BIT`]).
@@ -70,6 +70,14 @@ pub(super) struct RoundCounts {
     pub distinct_correct: usize,
     /// `(sum of rewards, count)` of each turn index.
     pub turn_rewards: Vec<(f64, usize)>,
+    /// Kept turns whose reward reaches `min_reward` (all of them when the verifier selects).
+    pub kept_correct: usize,
+    /// How often a problem's final turns ordered by self-certainty agree with the verifier
+    /// ([`kaizen_envs::rewards::pairwise_agreement`]); `None` without a pair to compare.
+    pub self_certainty_agreement: Option<f64>,
+    /// Problems whose most self-certain final turn is right: B-STaR's exploitation monitor
+    /// with self-certainty as the selector (`None` without scores).
+    pub best_of_k_self_certainty: Option<f64>,
 }
 
 impl RoundCounts {
@@ -91,7 +99,17 @@ impl RoundCounts {
                 per_problem(self.distinct_correct),
             ),
             ("self_sft/generate_seconds".to_string(), seconds),
+            (
+                "self_sft/selected_correct".to_string(),
+                self.kept_correct as f64 / self.kept.max(1) as f64,
+            ),
         ]);
+        if let Some(a) = self.self_certainty_agreement {
+            out.insert("self_sft/self_certainty_agreement".to_string(), a);
+        }
+        if let Some(b) = self.best_of_k_self_certainty {
+            out.insert("self_sft/best_of_k_self_certainty".to_string(), b);
+        }
         for (t, (sum, n)) in self.turn_rewards.iter().enumerate() {
             out.insert(
                 format!("self_sft/reward@t{}", t + 1),
@@ -102,18 +120,39 @@ impl RoundCounts {
     }
 }
 
-/// Filters a round's episode reports (grouped by problem through `group_id`): keeps every
-/// trainable turn with reward ≥ `min_reward`, at most `max_per_problem` distinct completions
-/// per problem and turn index, in report order.
-pub(super) fn keep_verified(
+/// A trainable turn of a round, before selection.
+struct Candidate<'a> {
+    report: &'a EpisodeReport,
+    trajectory: &'a kaizen_core::Trajectory,
+    /// Index of the turn's segment in its trajectory.
+    index: usize,
+    reward: f32,
+}
+
+impl Candidate<'_> {
+    fn segment(&self) -> &kaizen_core::Segment {
+        &self.trajectory.segments[self.index]
+    }
+
+    fn score(&self) -> f32 {
+        self.segment().self_certainty.unwrap_or(f32::NEG_INFINITY)
+    }
+}
+
+/// Filters a round's episode reports (grouped by problem through `group_id`) as
+/// `config.select` says: with the verifier, every trainable turn with reward ≥ `min_reward`
+/// in report order; by self-certainty, the turns of each problem and turn index in decreasing
+/// self-certainty, whatever their reward. Either way at most `max_per_problem` distinct
+/// completions per problem and turn index are kept.
+pub(super) fn keep_selected(
     reports: &[EpisodeReport],
     config: &SelfGeneratedConfig,
 ) -> (Vec<KeptTurn>, RoundCounts) {
     let mut counts = RoundCounts::default();
-    let mut kept = Vec::new();
-    // (problem, turn index) → distinct kept completions.
-    let mut seen: HashMap<(u64, usize), HashSet<Vec<u32>>> = HashMap::new();
+    let mut candidates = Vec::new();
     let mut problems: HashMap<u64, HashSet<Vec<u32>>> = HashMap::new();
+    // Per problem: (self-certainty, reward) of each episode's final turn.
+    let mut finals: BTreeMap<u64, Vec<(f32, f32)>> = BTreeMap::new();
     for report in reports {
         let solved = problems.entry(report.task.group_id).or_default();
         let Ok(trajectory) = &report.result else {
@@ -126,7 +165,6 @@ pub(super) fn keep_verified(
             continue;
         };
         counts.episodes += 1;
-        let text_turns = (report.turns.len() == trajectory.segments.len()).then_some(&report.turns);
         let last = trajectory.segments.len().saturating_sub(1);
         for (i, (segment, &reward)) in trajectory.segments.iter().zip(&rewards).enumerate() {
             if counts.turn_rewards.len() <= i {
@@ -134,61 +172,106 @@ pub(super) fn keep_verified(
             }
             counts.turn_rewards[i].0 += f64::from(reward);
             counts.turn_rewards[i].1 += 1;
-            let good = reward >= config.min_reward;
-            if good && i == last {
-                solved.insert(segment.completion_tokens.clone());
-            }
-            if !segment.trainable {
-                continue;
-            }
-            if !good {
-                counts.rejected += 1;
-                continue;
-            }
-            let distinct = seen.entry((report.task.group_id, i)).or_default();
-            let previous = trajectory.segments[..i]
-                .iter()
-                .rev()
-                .find(|e| e.thread == segment.thread && e.agent == segment.agent);
-            if !config.keep_unchanged
-                && previous.is_some_and(|e| e.completion_tokens == segment.completion_tokens)
-            {
-                counts.unchanged += 1;
-                continue;
-            }
-            if distinct.contains(&segment.completion_tokens) {
-                counts.duplicates += 1;
-                continue;
-            }
-            if distinct.len() >= config.max_per_problem {
-                counts.over_cap += 1;
-                continue;
-            }
-            distinct.insert(segment.completion_tokens.clone());
-            // The thread up to this turn: every earlier segment of the same thread, then this
-            // turn's prompt, as context.
-            let mut tokens = Vec::new();
-            for earlier in &trajectory.segments[..i] {
-                if earlier.thread == segment.thread {
-                    tokens.extend_from_slice(&earlier.prompt_tokens);
-                    tokens.extend_from_slice(&earlier.completion_tokens);
+            if i == last {
+                if reward >= config.min_reward {
+                    solved.insert(segment.completion_tokens.clone());
+                }
+                if let Some(score) = segment.self_certainty {
+                    finals
+                        .entry(report.task.group_id)
+                        .or_default()
+                        .push((score, reward));
                 }
             }
-            tokens.extend_from_slice(&segment.prompt_tokens);
-            let context = tokens.len();
-            tokens.extend_from_slice(&segment.completion_tokens);
-            let chat = text_turns.map(|turns| chat_line(&turns[i]));
-            kept.push(KeptTurn {
-                tokens,
-                context,
-                chat,
-            });
+            if segment.trainable {
+                candidates.push(Candidate {
+                    report,
+                    trajectory,
+                    index: i,
+                    reward,
+                });
+            }
         }
     }
+    if config.select == Selection::SelfCertainty {
+        // Stable: equal scores keep report order.
+        candidates.sort_by(|a, b| {
+            (a.report.task.group_id, a.index)
+                .cmp(&(b.report.task.group_id, b.index))
+                .then(b.score().total_cmp(&a.score()))
+        });
+    }
+    let mut kept = Vec::new();
+    let mut kept_correct = 0usize;
+    // (problem, turn index) → distinct kept completions.
+    let mut seen: HashMap<(u64, usize), HashSet<Vec<u32>>> = HashMap::new();
+    for c in &candidates {
+        let (trajectory, i, segment) = (c.trajectory, c.index, c.segment());
+        if config.select == Selection::Verifier && c.reward < config.min_reward {
+            counts.rejected += 1;
+            continue;
+        }
+        let distinct = seen.entry((c.report.task.group_id, i)).or_default();
+        let previous = trajectory.segments[..i]
+            .iter()
+            .rev()
+            .find(|e| e.thread == segment.thread && e.agent == segment.agent);
+        if !config.keep_unchanged
+            && previous.is_some_and(|e| e.completion_tokens == segment.completion_tokens)
+        {
+            counts.unchanged += 1;
+            continue;
+        }
+        if distinct.contains(&segment.completion_tokens) {
+            counts.duplicates += 1;
+            continue;
+        }
+        if distinct.len() >= config.max_per_problem {
+            counts.over_cap += 1;
+            continue;
+        }
+        distinct.insert(segment.completion_tokens.clone());
+        if c.reward >= config.min_reward {
+            kept_correct += 1;
+        }
+        // The thread up to this turn: every earlier segment of the same thread, then this
+        // turn's prompt, as context.
+        let mut tokens = Vec::new();
+        for earlier in &trajectory.segments[..i] {
+            if earlier.thread == segment.thread {
+                tokens.extend_from_slice(&earlier.prompt_tokens);
+                tokens.extend_from_slice(&earlier.completion_tokens);
+            }
+        }
+        tokens.extend_from_slice(&segment.prompt_tokens);
+        let context = tokens.len();
+        tokens.extend_from_slice(&segment.completion_tokens);
+        let turns = &c.report.turns;
+        let chat = (turns.len() == trajectory.segments.len()).then(|| chat_line(&turns[i]));
+        kept.push(KeptTurn {
+            tokens,
+            context,
+            chat,
+        });
+    }
     counts.kept = kept.len();
+    counts.kept_correct = kept_correct;
     counts.problems = problems.len();
     counts.solved = problems.values().filter(|s| !s.is_empty()).count();
     counts.distinct_correct = problems.values().map(HashSet::len).sum();
+    let finals: Vec<Vec<(f32, f32)>> = finals.into_values().collect();
+    counts.self_certainty_agreement = kaizen_envs::rewards::pairwise_agreement(&finals);
+    counts.best_of_k_self_certainty = (!finals.is_empty()).then(|| {
+        let right = finals
+            .iter()
+            .filter(|f| {
+                f.iter()
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .is_some_and(|&(_, r)| r >= config.min_reward)
+            })
+            .count();
+        right as f64 / finals.len() as f64
+    });
     (kept, counts)
 }
 
@@ -233,7 +316,7 @@ impl Run {
             let round = round as u32;
             let start = Instant::now();
             let reports = self.generate_round(round, &config)?;
-            let (kept, counts) = keep_verified(&reports, &config);
+            let (kept, counts) = keep_selected(&reports, &config);
             let seconds = start.elapsed().as_secs_f64();
             let path = dir.join(format!("round_{round}.jsonl"));
             let mut lines = String::new();
@@ -359,6 +442,7 @@ mod tests {
             temperature: 1.0,
             weights_version: WeightsVersion(0),
             finish_reason: FinishReason::Eos,
+            self_certainty: None,
         }
     }
 
@@ -406,7 +490,7 @@ mod tests {
             // Problem 8: wrong twice.
             episode(8, &[13], &[23], [0.0, 0.0]),
         ];
-        let (kept, counts) = keep_verified(&reports, &config);
+        let (kept, counts) = keep_selected(&reports, &config);
         assert_eq!(
             kept,
             vec![
@@ -447,13 +531,69 @@ mod tests {
             keep_unchanged: false,
             ..SelfGeneratedConfig::default()
         };
-        let (kept, counts) = keep_verified(&reports, &drop_copies);
+        let (kept, counts) = keep_selected(&reports, &drop_copies);
         // Turn 1 once (the second is a duplicate), the recomputed turn 2; the copy is dropped.
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[1].tokens, vec![1, 2, 10, 3, 11, 10]);
         assert_eq!((counts.unchanged, counts.duplicates), (1, 1));
-        let (kept, counts) = keep_verified(&reports, &SelfGeneratedConfig::default());
+        let (kept, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
         assert_eq!((kept.len(), counts.unchanged), (3, 0));
+    }
+
+    /// `episode` with the self-certainty of each turn set.
+    fn scored(
+        group: u64,
+        a1: &[u32],
+        a2: &[u32],
+        rewards: [f32; 2],
+        scores: [f32; 2],
+    ) -> EpisodeReport {
+        let mut report = episode(group, a1, a2, rewards);
+        if let Ok(t) = &mut report.result {
+            for (s, score) in t.segments.iter_mut().zip(scores) {
+                s.self_certainty = Some(score);
+            }
+        }
+        report
+    }
+
+    #[test]
+    fn self_certainty_keeps_the_most_certain_turns_whatever_the_verifier_says() {
+        let config = SelfGeneratedConfig {
+            max_per_problem: 1,
+            select: Selection::SelfCertainty,
+            ..SelfGeneratedConfig::default()
+        };
+        let reports = vec![
+            scored(7, &[10], &[20], [0.0, 1.0], [1.0, 2.0]),
+            scored(7, &[11], &[21], [1.0, 0.0], [3.0, 5.0]),
+            scored(8, &[12], &[22], [0.0, 0.0], [0.5, 0.5]),
+            scored(8, &[13], &[23], [0.0, 1.0], [0.2, 0.9]),
+        ];
+        let (kept, counts) = keep_selected(&reports, &config);
+        let completions: Vec<u32> = kept.iter().map(|k| *k.tokens.last().unwrap()).collect();
+        // Problem 7: [11] (3.0) and [21] (5.0, wrong); problem 8: [12] (0.5) and [23] (0.9).
+        assert_eq!(completions, vec![11, 21, 12, 23]);
+        assert_eq!(kept[1].tokens, vec![1, 2, 11, 3, 21]);
+        assert_eq!((counts.kept, counts.over_cap, counts.rejected), (4, 4, 0));
+        // Right: [11] and [23].
+        assert_eq!(counts.kept_correct, 2);
+        // Final turns: problem 7 ranks wrong (5.0) over right (2.0); problem 8 agrees.
+        assert_eq!(counts.self_certainty_agreement, Some(0.5));
+        assert_eq!(counts.best_of_k_self_certainty, Some(0.5));
+        let metrics = counts.metrics(1, 1.0);
+        assert_eq!(metrics["self_sft/selected_correct"], 0.5);
+        assert_eq!(metrics["self_sft/self_certainty_agreement"], 0.5);
+        // The verifier keeps right turns only, so every kept turn is right.
+        let (kept, counts) = keep_selected(
+            &reports,
+            &SelfGeneratedConfig {
+                max_per_problem: 1,
+                ..SelfGeneratedConfig::default()
+            },
+        );
+        assert_eq!(kept.len(), 3);
+        assert_eq!(counts.metrics(1, 1.0)["self_sft/selected_correct"], 1.0);
     }
 
     #[test]
@@ -462,7 +602,7 @@ mod tests {
         if let Ok(t) = &mut bad.result {
             t.outcome = Outcome::single("solver", vec![1.0]);
         }
-        let (kept, counts) = keep_verified(&[bad], &SelfGeneratedConfig::default());
+        let (kept, counts) = keep_selected(&[bad], &SelfGeneratedConfig::default());
         assert!(kept.is_empty());
         assert_eq!((counts.faults, counts.episodes), (1, 0));
     }

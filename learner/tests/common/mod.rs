@@ -34,6 +34,7 @@ pub fn segment(prompt: Vec<u32>, completion: &[u32]) -> Segment {
         temperature: 1.0,
         weights_version: WeightsVersion(0),
         finish_reason: FinishReason::Eos,
+        self_certainty: None,
     }
 }
 

@@ -134,6 +134,7 @@ fn segment_to_proto(s: &Segment) -> proto::Segment {
         temperature: s.temperature,
         weights_version: s.weights_version.0,
         finish_reason: finish_to_proto(s.finish_reason) as i32,
+        self_certainty: s.self_certainty,
     }
 }
 
@@ -159,6 +160,7 @@ fn segment_from_proto(s: proto::Segment, index: usize, peer: &str) -> Result<Seg
         temperature: s.temperature,
         weights_version: WeightsVersion(s.weights_version),
         finish_reason: finish_from_proto(s.finish_reason, index, peer)?,
+        self_certainty: s.self_certainty,
     })
 }
 
@@ -396,6 +398,7 @@ mod tests {
             temperature: 0.7,
             weights_version: WeightsVersion(4),
             finish_reason: finish,
+            self_certainty: (thread == 0).then_some(0.75),
         }
     }
 
