@@ -282,9 +282,9 @@ fn score_stages_switch_and_resume_mid_stage() {
     assert_eq!(kl.len(), 4, "the KL is computed in both stages: {kl:?}");
 }
 
-/// Every algorithm's recipe runs end to end from its shipped config (shortened): every RL step
-/// trains (finite loss, a gradient) and logs its algorithm's own diagnostics. GSPO's async job
-/// computes its sequence-level ratio against behaviour log-probs of older weights.
+/// Every algorithm's recipe (and the `self_verify` world's tiny job) runs end to end from its
+/// shipped config (shortened): every RL step trains (finite loss, a gradient) and logs its
+/// algorithm's (or world's) own diagnostics. GSPO's async job computes its sequence-level ratio against behaviour log-probs of older weights.
 #[test]
 fn every_algorithms_config_trains() {
     for (name, key) in [
@@ -295,6 +295,7 @@ fn every_algorithms_config_trains() {
         ("self_correct_tiny_dpo", "dpo/rewards_margins"),
         ("self_correct_tiny_nft", "nft/pos_loss"),
         ("self_correct_tiny_offline_dpo", "preference/loss"),
+        ("self_verify_tiny", "env/verdict_right"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let runs = tmp.path().join("runs");
@@ -667,6 +668,8 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
             "sft.self_generated.problems_per_round=16",
             "sft.self_generated.samples_per_problem=4",
             "sft.self_generated.select=\"self_certainty\"",
+            "sft.self_generated.temperatures=[0.7, 1.2]",
+            "sft.self_generated.probe_problems=4",
             "grpo.reward_source=\"self_certainty\"",
             "eval.at_start=false",
             "eval.at_end=false",
@@ -685,6 +688,12 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
     assert!((0.0..=1.0).contains(&selected_correct));
     let best = one("self_sft/best_of_k_self_certainty")[0];
     assert!((0.0..=1.0).contains(&best));
+    // B-STaR's temperature: each candidate probed, the round sampled at the best one.
+    let probes = [0.7f64, 1.2].map(|t| one(&format!("self_sft/balance_at_temperature_{t}"))[0]);
+    let chosen = one("self_sft/temperature")[0];
+    let expected = if probes[1] > probes[0] { 1.2 } else { 0.7 };
+    assert!((chosen - expected).abs() < 1e-6, "{chosen} from {probes:?}");
+    assert!((0.0..=1.0).contains(&one("self_sft/balance_score")[0]));
     // RL: the trained reward is the self-certainty (a KL divergence: > 0), not the verifier's.
     let rewards = one("reward/mean");
     let verifier = one("env/verifier_reward");

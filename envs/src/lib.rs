@@ -20,7 +20,7 @@
 //!   symbolic normalisation, model-judged scores, majority vote, and the [`rewards::Verifier`]
 //!   hook for user rewards. [`metrics`] holds reference metrics (chrF, BLEU).
 //! - [`problems`] reads problem sets (JSONL) and generates arithmetic and word problems.
-//! - [`worlds`] holds the built-in environments: `self_correct`, `spc`, `household`,
+//! - [`worlds`] holds the built-in environments: `self_correct`, `self_verify`, `spc`, `household`,
 //!   `translate`. [`remote`] speaks the HTTP/JSON protocol to environments written in any
 //!   language (see `docs/environments.md`).
 #![warn(missing_docs)]

@@ -16,7 +16,7 @@ struct Entry {
 /// Maps environment names to builders, so that a job config selects an environment by name
 /// with a table of parameters.
 ///
-/// [`Registry::with_builtins`] holds kaizen's own worlds (`self_correct`, `spc`, `household`,
+/// [`Registry::with_builtins`] holds kaizen's own worlds (`self_correct`, `self_verify`, `spc`, `household`,
 /// `translate`) and `remote` (an HTTP/JSON environment given by `url`). User crates add theirs
 /// with [`Registry::register`]:
 ///
@@ -138,7 +138,14 @@ mod tests {
     fn builtins_are_listed_with_descriptions() {
         let registry = Registry::with_builtins();
         let names: Vec<&str> = registry.names().collect();
-        for name in ["household", "remote", "self_correct", "spc", "translate"] {
+        for name in [
+            "household",
+            "remote",
+            "self_correct",
+            "self_verify",
+            "spc",
+            "translate",
+        ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
         assert!(

@@ -413,6 +413,20 @@ pub struct SelfGeneratedConfig {
     /// 2024's "sharpening" by SFT on the model's own most-likely answers). No verifier is used
     /// to choose; it is only logged (`self_sft/selected_correct`).
     pub select: Selection,
+    /// B-STaR's adaptive temperature (Zeng et al. 2024, "B-STaR: Monitoring and Balancing
+    /// Exploration and Exploitation in Self-Taught Reasoners", §4): when not empty, each round
+    /// first plays `probe_problems` problems at every temperature listed here and samples the
+    /// round at the one whose selected turns have the highest balance score (see
+    /// `balance_target`); `temperature` is then unused. Each value > 0.
+    pub temperatures: Vec<f32>,
+    /// Problems of each temperature's probe (≥ 1 when `temperatures` is set).
+    pub probe_problems: usize,
+    /// B-STaR's `n*` in the balance score of a problem, `min(n'/n*, 1) · n'/n` with `n'` the
+    /// distinct right final turns among the `n` selected (0 when none is selected): it asks for
+    /// `n*` distinct right answers (exploration) that the selector picked without wrong ones
+    /// (exploitation). The round's score (`self_sft/balance_score`) is the mean over problems.
+    /// ≥ 1.
+    pub balance_target: usize,
 }
 
 impl Default for SelfGeneratedConfig {
@@ -426,6 +440,9 @@ impl Default for SelfGeneratedConfig {
             max_per_problem: 2,
             keep_unchanged: true,
             select: Selection::Verifier,
+            temperatures: Vec::new(),
+            probe_problems: 16,
+            balance_target: 2,
         }
     }
 }
@@ -654,6 +671,30 @@ impl JobConfig {
             }
             if g.max_per_problem == 0 {
                 return Err("`sft.self_generated.max_per_problem` must be >= 1".into());
+            }
+            if let Some(t) = g
+                .temperatures
+                .iter()
+                .find(|t| !(**t > 0.0 && t.is_finite()))
+            {
+                return Err(format!(
+                    "`sft.self_generated.temperatures` must all be > 0, got {t}"
+                ));
+            }
+            if !g.temperatures.is_empty() && g.probe_problems == 0 {
+                return Err("`sft.self_generated.probe_problems` must be >= 1 when \
+                            `temperatures` is set"
+                    .into());
+            }
+            if g.problems_per_round >= 1 << 24 || g.probe_problems >= 1 << 24 {
+                return Err(
+                    "`sft.self_generated.problems_per_round` and `probe_problems` must \
+                            be < 16777216 (they number the round's groups)"
+                        .into(),
+                );
+            }
+            if g.balance_target == 0 {
+                return Err("`sft.self_generated.balance_target` must be >= 1".into());
             }
             if !(g.temperature > 0.0 && g.temperature.is_finite()) {
                 return Err(format!(

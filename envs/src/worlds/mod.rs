@@ -2,12 +2,15 @@
 //! [`crate::Registry::with_builtins`]:
 //!
 //! - `self_correct` ([`SelfCorrectFactory`]): two-attempt self-correction on math problems.
+//! - `self_verify` ([`SelfVerifyFactory`]): solve, then verify the solution (and revise it),
+//!   every part rewarded by the outcome verifier.
 //! - `spc` ([`SpcFactory`]): the Self-Play Critic game, sneaky generator against critic.
 //! - `household` ([`household::HouseholdFactory`]): an ALFWorld-like text world.
 //! - `translate` ([`TranslateFactory`]): translation with a self-judged reward.
 
 pub mod household;
 mod self_correct;
+mod self_verify;
 mod spc;
 pub mod synthetic_language;
 mod translate;
@@ -15,6 +18,7 @@ mod translate;
 use std::sync::Arc;
 
 pub use self_correct::{SOLVER, SelfCorrectConfig, SelfCorrectFactory};
+pub use self_verify::{SelfVerifyConfig, SelfVerifyFactory, Verdict, parse_verdict};
 pub use spc::{CRITIC, SNEAKY, SpcConfig, SpcFactory};
 pub use translate::{
     Direction, JUDGE, SentenceToTranslate, TRANSLATOR, TranslateConfig, TranslateFactory,
@@ -33,6 +37,11 @@ pub(crate) fn builtins() -> Vec<(&'static str, &'static str, Builder)> {
             "self_correct",
             "two-attempt self-correction (SCoRe) on math problems: JSONL sets or generated",
             Arc::new(|p| SelfCorrectFactory::from_params("self_correct", p).map(boxed)),
+        ),
+        (
+            "self_verify",
+            "solve, then verify your own solution (and revise it): RISE / SPOC self-verification",
+            Arc::new(|p| SelfVerifyFactory::from_params("self_verify", p).map(boxed)),
         ),
         (
             "spc",

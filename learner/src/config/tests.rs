@@ -274,10 +274,27 @@ fn self_generated_warm_start_defaults_and_checks() {
     .unwrap();
     let g = c.sft.unwrap().self_generated.unwrap();
     assert_eq!((g.rounds, g.samples_per_problem), (3, 4));
+    assert_eq!(g.select, crate::Selection::Verifier);
+    assert!(g.temperatures.is_empty());
+    let (c, _) = parse(&[
+        "sft.source=\"self\"",
+        "sft.steps=4",
+        "sft.self_generated.select=\"self_certainty\"",
+        "sft.self_generated.temperatures=[0.7, 1.0, 1.3]",
+    ])
+    .unwrap();
+    let g = c.sft.unwrap().self_generated.unwrap();
+    assert_eq!(g.select, crate::Selection::SelfCertainty);
+    assert_eq!(g.temperatures, vec![0.7, 1.0, 1.3]);
+    let (c, _) = parse(&["grpo.reward_source=\"self_certainty\""]).unwrap();
+    assert_eq!(c.grpo.reward_source, crate::RewardSource::SelfCertainty);
     for bad in [
         "sft.self_generated.rounds=0",
         "sft.self_generated.max_per_problem=0",
         "sft.self_generated.temperature=0.0",
+        "sft.self_generated.temperatures=[0.7, 0.0]",
+        "sft.self_generated.balance_target=0",
+        "sft.self_generated.select=\"best\"",
     ] {
         let e = parse(&["sft.source=\"self\"", "sft.steps=4", bad])
             .unwrap_err()

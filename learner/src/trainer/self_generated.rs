@@ -4,7 +4,9 @@
 //! Each round: the actors play `samples_per_problem` episodes of each of `problems_per_round`
 //! fresh training problems with the current policy; every trainable model turn whose reward
 //! reaches `min_reward` is kept (duplicates and turns past `max_per_problem` per problem are
-//! dropped); the learner fine-tunes on the kept turns for the round's share of `sft.steps`;
+//! dropped) — or, with `select = "self_certainty"`, the `max_per_problem` turns per problem
+//! and turn index the model was most certain of, the verifier unused (best-of-N by
+//! self-certainty, Kang et al. 2025; "sharpening", Huang et al. 2024); the learner fine-tunes on the kept turns for the round's share of `sft.steps`;
 //! the new weights go to the actors for the next round. No data comes from outside the
 //! model: the verifier only filters.
 //!
@@ -20,8 +22,10 @@
 //! Logged per round (at the SFT step the round starts from): `self_sft/kept`, `rejected`,
 //! `duplicates`, `over_cap`, `unchanged`, `faults`, B-STaR's exploration monitors `pass@k` (problems with
 //! a kept final turn among their `k` episodes) and `distinct_correct` (distinct kept final
-//! completions per problem), `reward@t<i>` (mean reward of each turn), and the seconds spent
-//! generating.
+//! completions per problem), `reward@t<i>` (mean reward of each turn), the seconds spent
+//! generating, and the exploitation monitors `selected_correct` (share of kept turns the
+//! verifier accepts), `best_of_k_self_certainty` and `self_certainty_agreement` (how well
+//! self-certainty picks and orders each problem's final turns, judged by the verifier).
 
 use std::collections::HashSet;
 
@@ -78,6 +82,8 @@ pub(super) struct RoundCounts {
     /// Problems whose most self-certain final turn is right: B-STaR's exploitation monitor
     /// with self-certainty as the selector (`None` without scores).
     pub best_of_k_self_certainty: Option<f64>,
+    /// Mean over problems of [`balance_score`] of the kept final turns.
+    pub balance_score: f64,
 }
 
 impl RoundCounts {
@@ -99,6 +105,7 @@ impl RoundCounts {
                 per_problem(self.distinct_correct),
             ),
             ("self_sft/generate_seconds".to_string(), seconds),
+            ("self_sft/balance_score".to_string(), self.balance_score),
             (
                 "self_sft/selected_correct".to_string(),
                 self.kept_correct as f64 / self.kept.max(1) as f64,
@@ -127,6 +134,8 @@ struct Candidate<'a> {
     /// Index of the turn's segment in its trajectory.
     index: usize,
     reward: f32,
+    /// Whether it is its episode's final turn.
+    last: bool,
 }
 
 impl Candidate<'_> {
@@ -189,6 +198,7 @@ pub(super) fn keep_selected(
                     trajectory,
                     index: i,
                     reward,
+                    last: i == last,
                 });
             }
         }
@@ -203,6 +213,8 @@ pub(super) fn keep_selected(
     }
     let mut kept = Vec::new();
     let mut kept_correct = 0usize;
+    // Per problem: (kept final turns, right ones among them), for the balance score.
+    let mut kept_finals: HashMap<u64, (usize, usize)> = HashMap::new();
     // (problem, turn index) → distinct kept completions.
     let mut seen: HashMap<(u64, usize), HashSet<Vec<u32>>> = HashMap::new();
     for c in &candidates {
@@ -231,8 +243,14 @@ pub(super) fn keep_selected(
             continue;
         }
         distinct.insert(segment.completion_tokens.clone());
-        if c.reward >= config.min_reward {
+        let right = c.reward >= config.min_reward;
+        if right {
             kept_correct += 1;
+        }
+        if c.last {
+            let k = kept_finals.entry(c.report.task.group_id).or_default();
+            k.0 += 1;
+            k.1 += usize::from(right);
         }
         // The thread up to this turn: every earlier segment of the same thread, then this
         // turn's prompt, as context.
@@ -259,6 +277,14 @@ pub(super) fn keep_selected(
     counts.problems = problems.len();
     counts.solved = problems.values().filter(|s| !s.is_empty()).count();
     counts.distinct_correct = problems.values().map(HashSet::len).sum();
+    counts.balance_score = problems
+        .keys()
+        .map(|p| {
+            let (n, right) = kept_finals.get(p).copied().unwrap_or_default();
+            balance_score(n, right, config.balance_target)
+        })
+        .sum::<f64>()
+        / problems.len().max(1) as f64;
     let finals: Vec<Vec<(f32, f32)>> = finals.into_values().collect();
     counts.self_certainty_agreement = kaizen_envs::rewards::pairwise_agreement(&finals);
     counts.best_of_k_self_certainty = (!finals.is_empty()).then(|| {
@@ -273,6 +299,18 @@ pub(super) fn keep_selected(
         right as f64 / finals.len() as f64
     });
     (kept, counts)
+}
+
+/// B-STaR's balance score of one problem (Zeng et al. 2024, §4): `min(n'/n*, 1) · n'/n`
+/// for `n` selected final turns of which `n'` distinct ones are right and a target of `n*`
+/// (`target`); 0 when nothing was selected. The first factor rewards exploration (enough
+/// distinct right answers), the second exploitation (a selector that picks no wrong ones).
+pub(super) fn balance_score(selected: usize, right: usize, target: usize) -> f64 {
+    if selected == 0 {
+        return 0.0;
+    }
+    let right = right as f64;
+    (right / target.max(1) as f64).min(1.0) * right / selected as f64
 }
 
 /// A turn as an OpenAI-style chat line: the request's messages (earlier assistant messages as
@@ -314,8 +352,14 @@ impl Run {
                 (round + 1) * per_round
             };
             let round = round as u32;
+            let temperature = if config.temperatures.is_empty() {
+                config.temperature
+            } else {
+                self.choose_temperature(round, &config)?
+            };
             let start = Instant::now();
-            let reports = self.generate_round(round, &config)?;
+            let reports =
+                self.generate_round(round, 0, config.problems_per_round, temperature, &config)?;
             let (kept, counts) = keep_selected(&reports, &config);
             let seconds = start.elapsed().as_secs_f64();
             let path = dir.join(format!("round_{round}.jsonl"));
@@ -325,7 +369,8 @@ impl Run {
                 lines.push('\n');
             }
             std::fs::write(&path, lines).map_err(|e| Error::io(&path, e))?;
-            let metrics = counts.metrics(round, seconds);
+            let mut metrics = counts.metrics(round, seconds);
+            metrics.insert("self_sft/temperature".into(), f64::from(temperature));
             let points: Vec<Metric> = metrics
                 .iter()
                 .map(|(k, v)| Metric::new(k.clone(), *v, self.state.sft_steps))
@@ -373,19 +418,65 @@ impl Run {
         self.finish_warm_phase()
     }
 
-    /// Plays one round's episodes with the current policy and returns their reports (any
-    /// other report that arrives meanwhile is kept for the training loop).
-    fn generate_round(
+    /// B-STaR's choice of the round's temperature: plays `probe_problems` fresh problems at
+    /// each of `config.temperatures`, selects their turns as the round would, and returns the
+    /// temperature with the highest balance score (the first on ties). Logs each probe's score
+    /// (`self_sft/balance_at_temperature_<t>`) and the seconds spent.
+    fn choose_temperature(
         &mut self,
         round: u32,
         config: &SelfGeneratedConfig,
+    ) -> Result<f32, Error> {
+        let start = Instant::now();
+        let mut best = (f64::NEG_INFINITY, config.temperatures[0]);
+        let mut points = Vec::new();
+        for (k, &t) in config.temperatures.iter().enumerate() {
+            let reports =
+                self.generate_round(round, k as u64 + 1, config.probe_problems, t, config)?;
+            let (_, counts) = keep_selected(&reports, config);
+            tracing::info!(
+                round,
+                temperature = t,
+                balance_score = counts.balance_score,
+                pass_at_k = counts.solved as f64 / counts.problems.max(1) as f64,
+                "self-generated warm start: temperature probe"
+            );
+            points.push(Metric::new(
+                format!("self_sft/balance_at_temperature_{t}"),
+                counts.balance_score,
+                self.state.sft_steps,
+            ));
+            if counts.balance_score > best.0 {
+                best = (counts.balance_score, t);
+            }
+        }
+        points.push(Metric::new(
+            "self_sft/probe_seconds",
+            start.elapsed().as_secs_f64(),
+            self.state.sft_steps,
+        ));
+        self.trackers.log_metrics(&points);
+        Ok(best.1)
+    }
+
+    /// Plays `problems` fresh training problems × `samples_per_problem` episodes at
+    /// `temperature` with the current policy and returns their reports (any other report that
+    /// arrives meanwhile is kept for the training loop). `probe` 0 is the round itself, `k`
+    /// its `k`-th temperature probe (distinct group ids).
+    fn generate_round(
+        &mut self,
+        round: u32,
+        probe: u64,
+        problems: usize,
+        temperature: f32,
+        config: &SelfGeneratedConfig,
     ) -> Result<Vec<EpisodeReport>, Error> {
         let envs = self.config.envs.len().max(1);
-        let mut tasks = Vec::with_capacity(config.problems_per_round * config.samples_per_problem);
-        for p in 0..config.problems_per_round {
+        let mut tasks = Vec::with_capacity(problems * config.samples_per_problem);
+        for p in 0..problems {
             let env_seed = self.state.next_seed;
             self.state.next_seed += 1;
-            let group = SELF_GROUP_BIT | u64::from(round) << 32 | p as u64;
+            let group = SELF_GROUP_BIT | u64::from(round) << 32 | probe << 24 | p as u64;
             for sample in 0..config.samples_per_problem {
                 let id = self.state.next_task;
                 self.state.next_task += 1;
@@ -397,7 +488,7 @@ impl Run {
                     sample: sample as u32,
                     sampling_seed: sampling_seed(self.config.run.seed, id),
                     sampling: SamplingOverrides {
-                        temperature: Some(config.temperature),
+                        temperature: Some(temperature),
                         ..SamplingOverrides::default()
                     },
                 });
@@ -594,6 +685,27 @@ mod tests {
         );
         assert_eq!(kept.len(), 3);
         assert_eq!(counts.metrics(1, 1.0)["self_sft/selected_correct"], 1.0);
+    }
+
+    #[test]
+    fn the_balance_score_wants_enough_right_answers_and_no_wrong_picks() {
+        assert_eq!(balance_score(0, 0, 2), 0.0);
+        // Two right of two selected: full marks; one right of one: half the target.
+        assert_eq!(balance_score(2, 2, 2), 1.0);
+        assert_eq!(balance_score(1, 1, 2), 0.5);
+        // Two right of four selected: the target met, half the picks wrong.
+        assert_eq!(balance_score(4, 2, 2), 0.5);
+        assert_eq!(balance_score(3, 0, 2), 0.0);
+        // In a round: the verifier keeps problem 7's [20] (a final turn, right) and [11] (a
+        // first turn); problem 8 keeps nothing.
+        let reports = vec![
+            episode(7, &[10], &[20], [0.0, 1.0]),
+            episode(7, &[11], &[21], [1.0, 0.0]),
+            episode(8, &[12], &[22], [0.0, 0.0]),
+        ];
+        let (_, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
+        assert_eq!(counts.balance_score, (0.5 + 0.0) / 2.0);
+        assert_eq!(counts.metrics(0, 0.0)["self_sft/balance_score"], 0.25);
     }
 
     #[test]
