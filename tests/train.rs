@@ -282,9 +282,9 @@ fn score_stages_switch_and_resume_mid_stage() {
     assert_eq!(kl.len(), 4, "the KL is computed in both stages: {kl:?}");
 }
 
-/// Every algorithm's recipe (and the `self_verify` world's tiny job) runs end to end from its
-/// shipped config (shortened): every RL step trains (finite loss, a gradient) and logs its
-/// algorithm's (or world's) own diagnostics. GSPO's async job computes its sequence-level ratio against behaviour log-probs of older weights.
+/// Every algorithm's recipe runs end to end from its shipped config (shortened): every RL step
+/// trains (finite loss, a gradient) and logs its algorithm's own diagnostics. GSPO's async job
+/// computes its sequence-level ratio against behaviour log-probs of older weights.
 #[test]
 fn every_algorithms_config_trains() {
     for (name, key) in [
@@ -295,7 +295,6 @@ fn every_algorithms_config_trains() {
         ("self_correct_tiny_dpo", "dpo/rewards_margins"),
         ("self_correct_tiny_nft", "nft/pos_loss"),
         ("self_correct_tiny_offline_dpo", "preference/loss"),
-        ("self_verify_tiny", "env/verdict_right"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let runs = tmp.path().join("runs");
@@ -629,10 +628,17 @@ fn the_self_generated_warm_start_accounts_for_every_turn() {
     assert_eq!(kept.len(), 2);
     for (r, &kept) in kept.iter().enumerate() {
         // Two attempts per episode, both trainable.
-        let accounted: f64 = ["kept", "rejected", "duplicates", "over_cap", "unchanged"]
-            .iter()
-            .map(|k| one(&format!("self_sft/{k}"))[r])
-            .sum();
+        let accounted: f64 = [
+            "kept",
+            "rejected",
+            "duplicates",
+            "over_cap",
+            "unchanged",
+            "not_a_fix",
+        ]
+        .iter()
+        .map(|k| one(&format!("self_sft/{k}"))[r])
+        .sum();
         assert_eq!(accounted, 192.0, "round {r}");
         let lines = std::fs::read_to_string(run.join(format!("self_sft/round_{r}.jsonl")))
             .unwrap()
@@ -679,7 +685,7 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
     let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
     // Selection by rank: nothing is rejected for its reward; every turn is accounted for.
     assert_eq!(one("self_sft/rejected"), vec![0.0]);
-    let accounted: f64 = ["kept", "duplicates", "over_cap", "unchanged"]
+    let accounted: f64 = ["kept", "duplicates", "over_cap", "unchanged", "not_a_fix"]
         .iter()
         .map(|k| one(&format!("self_sft/{k}"))[0])
         .sum();
@@ -707,4 +713,39 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
         assert!((0.0..=1.0).contains(&a), "{a}");
     }
     assert_eq!(one("faults"), vec![0.0, 0.0]);
+}
+
+/// The `self_verify` world's shipped tiny job runs (shortened) and every step logs what the
+/// world measures: the solution's accuracy and the verdict's agreement with the verifier, each
+/// a rate in [0, 1], with no episode lost.
+#[test]
+fn the_self_verify_tiny_job_runs_and_logs_its_verdicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_shipped(
+        "self_verify_tiny",
+        &runs,
+        &[
+            "run.max_steps=3",
+            "sft.steps=20",
+            "eval.every=0",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dir(&runs, "self_verify_tiny");
+    for key in ["env/correct@t1", "env/verdict_right", "env/verdict_missing"] {
+        let values = series(&run, key);
+        assert_eq!(values.len(), 3, "{key}: {values:?}");
+        assert!(
+            values.iter().all(|(_, v)| (0.0..=1.0).contains(v)),
+            "{key}: {values:?}"
+        );
+    }
+    assert!(series(&run, "faults").iter().all(|(_, v)| *v == 0.0));
 }

@@ -413,6 +413,11 @@ pub struct SelfGeneratedConfig {
     /// 2024's "sharpening" by SFT on the model's own most-likely answers). No verifier is used
     /// to choose; it is only logged (`self_sft/selected_correct`).
     pub select: Selection,
+    /// Keep a later turn only when it fixes its thread's previous turn (that turn's reward
+    /// below `min_reward`): self-correction data made only of incorrect → correct episodes,
+    /// never of right answers kept right, which teach the second attempt to copy the first
+    /// (SCoRe, Kumar et al. 2024, §4). Dropped turns count in `self_sft/not_a_fix`.
+    pub fixes_only: bool,
     /// B-STaR's adaptive temperature (Zeng et al. 2024, "B-STaR: Monitoring and Balancing
     /// Exploration and Exploitation in Self-Taught Reasoners", §4): when not empty, each round
     /// first plays `probe_problems` problems at every temperature listed here and samples the
@@ -440,6 +445,7 @@ impl Default for SelfGeneratedConfig {
             max_per_problem: 2,
             keep_unchanged: true,
             select: Selection::Verifier,
+            fixes_only: false,
             temperatures: Vec::new(),
             probe_problems: 16,
             balance_target: 2,

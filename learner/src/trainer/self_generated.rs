@@ -66,6 +66,9 @@ pub(super) struct RoundCounts {
     /// Kept-quality turns that repeat the agent's previous turn in the thread word for word
     /// (dropped when `keep_unchanged` is off).
     pub unchanged: usize,
+    /// Kept-quality later turns whose previous turn was already right (dropped with
+    /// `fixes_only`).
+    pub not_a_fix: usize,
     /// Problems played.
     pub problems: usize,
     /// Problems with at least one final turn at `min_reward` or above (pass@k).
@@ -99,6 +102,7 @@ impl RoundCounts {
             ("self_sft/duplicates".to_string(), self.duplicates as f64),
             ("self_sft/over_cap".to_string(), self.over_cap as f64),
             ("self_sft/unchanged".to_string(), self.unchanged as f64),
+            ("self_sft/not_a_fix".to_string(), self.not_a_fix as f64),
             ("self_sft/pass@k".to_string(), per_problem(self.solved)),
             (
                 "self_sft/distinct_correct".to_string(),
@@ -134,6 +138,8 @@ struct Candidate<'a> {
     /// Index of the turn's segment in its trajectory.
     index: usize,
     reward: f32,
+    /// Every turn's reward in the trajectory.
+    rewards: std::rc::Rc<Vec<f32>>,
     /// Whether it is its episode's final turn.
     last: bool,
 }
@@ -175,6 +181,7 @@ pub(super) fn keep_selected(
         };
         counts.episodes += 1;
         let last = trajectory.segments.len().saturating_sub(1);
+        let all = std::rc::Rc::new(rewards.clone());
         for (i, (segment, &reward)) in trajectory.segments.iter().zip(&rewards).enumerate() {
             if counts.turn_rewards.len() <= i {
                 counts.turn_rewards.resize(i + 1, (0.0, 0));
@@ -198,6 +205,7 @@ pub(super) fn keep_selected(
                     trajectory,
                     index: i,
                     reward,
+                    rewards: all.clone(),
                     last: i == last,
                 });
             }
@@ -226,8 +234,17 @@ pub(super) fn keep_selected(
         let distinct = seen.entry((c.report.task.group_id, i)).or_default();
         let previous = trajectory.segments[..i]
             .iter()
+            .enumerate()
             .rev()
-            .find(|e| e.thread == segment.thread && e.agent == segment.agent);
+            .find(|(_, e)| e.thread == segment.thread && e.agent == segment.agent);
+        if config.fixes_only
+            && let Some((p, _)) = previous
+            && c.rewards[p] >= config.min_reward
+        {
+            counts.not_a_fix += 1;
+            continue;
+        }
+        let previous = previous.map(|(_, e)| e);
         if !config.keep_unchanged
             && previous.is_some_and(|e| e.completion_tokens == segment.completion_tokens)
         {
@@ -706,6 +723,26 @@ mod tests {
         let (_, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
         assert_eq!(counts.balance_score, (0.5 + 0.0) / 2.0);
         assert_eq!(counts.metrics(0, 0.0)["self_sft/balance_score"], 0.25);
+    }
+
+    #[test]
+    fn fixes_only_keeps_second_attempts_that_fix_a_wrong_first() {
+        let reports = vec![
+            episode(3, &[10], &[11], [0.0, 1.0]),
+            episode(3, &[12], &[13], [1.0, 1.0]),
+        ];
+        let config = SelfGeneratedConfig {
+            fixes_only: true,
+            ..SelfGeneratedConfig::default()
+        };
+        let (kept, counts) = keep_selected(&reports, &config);
+        // The fix [11] and the right first answer [12]; [13] only kept [12] right.
+        let last: Vec<u32> = kept.iter().map(|k| *k.tokens.last().unwrap()).collect();
+        assert_eq!(last, vec![11, 12]);
+        assert_eq!(counts.not_a_fix, 1);
+        assert_eq!(counts.metrics(0, 0.0)["self_sft/not_a_fix"], 1.0);
+        let (kept, _) = keep_selected(&reports, &SelfGeneratedConfig::default());
+        assert_eq!(kept.len(), 3);
     }
 
     #[test]
