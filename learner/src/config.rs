@@ -420,7 +420,7 @@ pub struct SelfGeneratedConfig {
     pub fixes_only: bool,
     /// B-STaR's adaptive temperature (Zeng et al. 2024, "B-STaR: Monitoring and Balancing
     /// Exploration and Exploitation in Self-Taught Reasoners", §4): when not empty, each round
-    /// first plays `probe_problems` problems at every temperature listed here and samples the
+    /// first plays the same `probe_problems` problems at every temperature listed here and samples the
     /// round at the one whose selected turns have the highest balance score (see
     /// `balance_target`); `temperature` is then unused. Each value > 0.
     pub temperatures: Vec<f32>,

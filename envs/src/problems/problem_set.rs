@@ -32,6 +32,23 @@ pub struct Problem {
     pub metadata: serde_json::Value,
 }
 
+impl Problem {
+    /// The expert's answer: each known step on its own line, then `The answer is
+    /// \boxed{<answer>}` (the gold answer's final-answer span). Used for demonstrations.
+    pub fn worked_solution(&self) -> String {
+        let mut text = String::new();
+        for step in &self.steps {
+            text.push_str(step);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "The answer is \\boxed{{{}}}.",
+            crate::rewards::final_answer_span(&self.answer)
+        ));
+        text
+    }
+}
+
 fn string_or_number<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<String, D::Error> {

@@ -14,7 +14,7 @@ use kaizen_core::{AgentId, Message, Outcome, Step};
 use serde::{Deserialize, Serialize};
 
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
-use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind, final_answer_span};
+use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that solves.
@@ -234,15 +234,7 @@ impl Env for SelfCorrect {
 
     fn expert_answer(&self) -> Option<String> {
         self.dialogue.pending()?;
-        let problem = self.problem.as_ref()?;
-        let answer = final_answer_span(&problem.answer);
-        let mut text = String::new();
-        for step in &problem.steps {
-            text.push_str(step);
-            text.push('\n');
-        }
-        text.push_str(&format!("The answer is \\boxed{{{answer}}}."));
-        Some(text)
+        Some(self.problem.as_ref()?.worked_solution())
     }
 }
 

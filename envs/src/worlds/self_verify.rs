@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SOLVER;
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
-use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind, final_answer_span};
+use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// Parameters of `self_verify` (its TOML table).
@@ -362,18 +362,7 @@ impl Env for SelfVerify {
     fn expert_answer(&self) -> Option<String> {
         self.dialogue.pending()?;
         let problem = self.problem.as_ref()?;
-        let solution = || {
-            let mut text = String::new();
-            for step in &problem.steps {
-                text.push_str(step);
-                text.push('\n');
-            }
-            text.push_str(&format!(
-                "The answer is \\boxed{{{}}}.",
-                final_answer_span(&problem.answer)
-            ));
-            text
-        };
+        let solution = || problem.worked_solution();
         match (self.state.solved, self.state.verdict) {
             (None, _) if self.shared.config.one_pass => {
                 Some(format!("{}\nVerdict: correct", solution()))

@@ -435,8 +435,8 @@ impl Run {
         self.finish_warm_phase()
     }
 
-    /// B-STaR's choice of the round's temperature: plays `probe_problems` fresh problems at
-    /// each of `config.temperatures`, selects their turns as the round would, and returns the
+    /// B-STaR's choice of the round's temperature: plays the same `probe_problems` fresh
+    /// problems at each of `config.temperatures`, selects their turns as the round would, and returns the
     /// temperature with the highest balance score (the first on ties). Logs each probe's score
     /// (`self_sft/balance_at_temperature_<t>`) and the seconds spent.
     fn choose_temperature(
@@ -447,7 +447,11 @@ impl Run {
         let start = Instant::now();
         let mut best = (f64::NEG_INFINITY, config.temperatures[0]);
         let mut points = Vec::new();
+        // Every temperature plays the same problems (B-STaR scores the configurations on one
+        // subset of queries); the round then draws fresh ones after them.
+        let first_seed = self.state.next_seed;
         for (k, &t) in config.temperatures.iter().enumerate() {
+            self.state.next_seed = first_seed;
             let reports =
                 self.generate_round(round, k as u64 + 1, config.probe_problems, t, config)?;
             let (_, counts) = keep_selected(&reports, config);
