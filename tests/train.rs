@@ -749,3 +749,61 @@ fn the_self_verify_tiny_job_runs_and_logs_its_verdicts() {
     }
     assert!(series(&run, "faults").iter().all(|(_, v)| *v == 0.0));
 }
+
+/// STaR's rationalisation and per-round evaluation on the tiny job: every problem a round left
+/// unsolved is played again with the gold answer hinted at its second attempt (each such
+/// episode shows exactly one hint), the round's data file stays hint-free, and the held-out set
+/// is evaluated after every round but the last.
+#[test]
+fn rationalisation_replays_unsolved_problems_with_a_hint_and_rounds_are_evaluated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=1",
+            "sft.source=\"self\"",
+            "sft.steps=2",
+            "sft.self_generated.rounds=2",
+            "sft.self_generated.problems_per_round=12",
+            "sft.self_generated.samples_per_problem=2",
+            "sft.self_generated.rationalize_turns=[2]",
+            "sft.self_generated.rationalize_samples=2",
+            "sft.self_generated.evaluate_rounds=true",
+            "eval.num_problems=8",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dir(&runs, "self_correct_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    let pass = one("self_sft/pass@k");
+    let problems = one("self_sft/rationalized_problems");
+    let episodes = one("self_sft/rationalized_episodes");
+    let hinted = one("self_sft/rationalized_hinted_turns");
+    assert_eq!((pass.len(), problems.len()), (2, 2), "one value per round");
+    for r in 0..2 {
+        // The unsolved problems, two hinted episodes each, one hint per episode (attempt 2).
+        assert_eq!(problems[r], (12.0 * (1.0 - pass[r])).round(), "round {r}");
+        assert_eq!(episodes[r], 2.0 * problems[r]);
+        assert_eq!(hinted[r], episodes[r]);
+    }
+    assert!(problems[0] > 0.0, "the random model solves few problems");
+    let kept = one("self_sft/rationalized_kept");
+    assert!(kept.iter().all(|k| *k >= 0.0 && *k <= 2.0 * 12.0 * 2.0));
+    for round in 0..2 {
+        let file = run.join(format!("self_sft/round_{round}.jsonl"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("Hint:"), "{}: {text}", file.display());
+    }
+    // Evaluated after round 0 only (round 1's policy is what RL starts from).
+    let evals = series(&run, "eval_round/self_correct/correct@t1");
+    assert_eq!(evals.len(), 1, "{evals:?}");
+    assert!((0.0..=1.0).contains(&evals[0].1));
+    assert_eq!(one("faults"), vec![0.0]);
+}

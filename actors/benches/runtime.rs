@@ -221,6 +221,7 @@ impl Bench {
                 sample: (i % GROUP) as u32,
                 sampling_seed: derive_seed(7, id),
                 sampling: SamplingOverrides::default(),
+                hint_turns: Vec::new(),
             });
         }
         self.pool.submit_all(tasks).expect("the pool is running");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use kaizen_core::Trajectory;
-use kaizen_envs::{EnvSlot, EpisodeLimits, Fault, FaultKind, run_episode};
+use kaizen_envs::{EnvSlot, EpisodeLimits, Fault, FaultKind, run_episode_with_hints};
 use kaizen_model::{ChatTemplate, Tokenizer};
 use tokio::task::JoinSet;
 
@@ -337,7 +337,14 @@ async fn play(
         next_thread: 0,
         segments: Vec::new(),
     };
-    let episode = run_episode(env, task.seed, &mut responder, shared.limits).await;
+    let episode = run_episode_with_hints(
+        env,
+        task.seed,
+        &mut responder,
+        shared.limits,
+        &task.hint_turns,
+    )
+    .await;
     let metrics = episode.metrics();
     let result = episode.end.map(|outcome| Trajectory {
         id: task.id,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kaizen_core::{AgentId, Request, SamplingOverrides, Segment};
+use kaizen_core::{AgentId, Message, Request, SamplingOverrides, Segment};
 use kaizen_envs::Responder;
 use kaizen_model::{ChatTemplate, ChatThread, GenerationRequest, Tokenizer};
 use tokio::sync::oneshot;
@@ -33,6 +33,12 @@ impl Responder for PolicyResponder {
     async fn respond(&mut self, request: &Request) -> Result<String, String> {
         let turn = self.segments.len() as u32;
         let tok = self.tokenizer.clone();
+        // Rationalisation: the policy samples with the hint, the thread records the turn
+        // without it.
+        let hinted_prompt = match &request.hint {
+            Some(hint) => Some(self.hinted_prompt(request, hint)?),
+            None => None,
+        };
         // Continue the agent's thread when the request extends it; start a new one otherwise.
         let continued = match self.threads.get_mut(&request.agent) {
             Some((_, thread)) => thread
@@ -56,7 +62,8 @@ impl Responder for PolicyResponder {
             .threads
             .get_mut(&request.agent)
             .ok_or("internal: thread missing")?;
-        let prompt = thread.tokens().to_vec();
+        let hinted = hinted_prompt.is_some();
+        let prompt = hinted_prompt.unwrap_or_else(|| thread.tokens().to_vec());
         if prompt.len() > self.sampling.max_prompt_length {
             return Err(format!(
                 "prompt of {} tokens exceeds max_prompt_length {}",
@@ -80,8 +87,9 @@ impl Responder for PolicyResponder {
             request: GenerationRequest {
                 prompt,
                 params,
-                // The engine keeps this thread's keys and values for its next turn.
-                session: Some(self.episode),
+                // The engine keeps this thread's keys and values for its next turn (not
+                // those of a hinted prompt, which the thread does not continue).
+                session: (!hinted).then_some(self.episode),
             },
             reply,
         }));
@@ -119,6 +127,29 @@ impl Responder for PolicyResponder {
             self_certainty: g.self_certainty,
         });
         Ok(text)
+    }
+}
+
+impl PolicyResponder {
+    /// The prompt of `request` with `hint` as a last user message: the agent's thread
+    /// continued with it when the request continues the thread (earlier completions keep their
+    /// sampled ids), a fresh rendering otherwise. The thread itself is not changed.
+    fn hinted_prompt(&self, request: &Request, hint: &str) -> Result<Vec<u32>, String> {
+        let mut messages = request.messages.clone();
+        messages.push(Message::user(hint));
+        if let Some((_, thread)) = self.threads.get(&request.agent) {
+            let mut copy = thread.clone();
+            if copy
+                .continue_with(&self.tokenizer, &messages)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Ok(copy.tokens().to_vec());
+            }
+        }
+        ChatThread::start(self.template.clone(), &self.tokenizer, &messages)
+            .map(|t| t.tokens().to_vec())
+            .map_err(|e| e.to_string())
     }
 }
 

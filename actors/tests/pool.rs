@@ -60,6 +60,7 @@ fn task(id: u64, group: u64, sample: u32) -> EpisodeTask {
         sample,
         sampling_seed: 1000 * group + sample as u64,
         sampling: SamplingOverrides::default(),
+        hint_turns: Vec::new(),
     }
 }
 
@@ -296,4 +297,42 @@ fn a_slow_consumer_loses_nothing() {
     rt.block_on(pool.shutdown());
     ids.sort();
     assert_eq!(ids, (0..10).collect::<Vec<_>>());
+}
+
+/// STaR's rationalisation: at a hinted turn the policy samples with the environment's hint (a
+/// longer prompt is prefilled), but the recorded thread is the unhinted one: the same prompt
+/// tokens as the episode played without hints, the hint only in the readable turn.
+#[test]
+fn a_hinted_turn_samples_with_the_hint_and_records_the_thread_without_it() {
+    let plain = task(0, 0, 0);
+    let hinted = EpisodeTask {
+        hint_turns: vec![2],
+        ..task(0, 0, 0)
+    };
+    // Without kept keys and values every turn prefills its whole prompt, so the counts compare.
+    let mut off = config(1);
+    off.engine.kv_cache_bytes = 0;
+    let (a, _, prefilled_plain) = play_with(vec![self_correct()], vec![plain], off.clone());
+    let (b, _, prefilled_hinted) = play_with(vec![self_correct()], vec![hinted], off);
+    let (ta, tb) = (a[0].result.as_ref().unwrap(), b[0].result.as_ref().unwrap());
+    // Turn 1 is not hinted: the same sample.
+    assert_eq!(ta.segments[0].prompt_tokens, tb.segments[0].prompt_tokens);
+    assert_eq!(
+        ta.segments[0].completion_tokens,
+        tb.segments[0].completion_tokens
+    );
+    assert!(b[0].turns[0].request.hint.is_none());
+    // Turn 2: the recorded prompt is the thread's unhinted continuation.
+    assert_eq!(ta.segments[1].prompt_tokens, tb.segments[1].prompt_tokens);
+    let hint = b[0].turns[1].request.hint.as_deref().unwrap();
+    assert!(
+        hint.starts_with("Hint: the correct final answer is "),
+        "{hint}"
+    );
+    assert!(a[0].turns[1].request.hint.is_none());
+    // The policy saw the hint: turn 2 prefilled the hint message too.
+    assert!(
+        prefilled_hinted > prefilled_plain,
+        "{prefilled_hinted} vs {prefilled_plain}"
+    );
 }

@@ -78,6 +78,16 @@ pub struct Request {
     /// Sampling changes for this turn only.
     #[serde(default)]
     pub sampling: SamplingOverrides,
+    /// A hint shown to the policy for this turn only (STaR's rationalisation, Zelikman et
+    /// al. 2022, §3.2: the gold answer, so the model can write a solution that reaches it). The
+    /// actor samples with the hint as an extra user message after `messages`, but records the
+    /// turn without it: the thread, the segment's prompt tokens and every later turn stay
+    /// hint-free, so a turn answered with a hint trains with the unhinted context. Its
+    /// behaviour log-probs are those of the hinted context, so such turns are supervised data
+    /// only. Set by the episode runner from `kaizen_envs::Env::hint` at the turns an
+    /// episode task names; environments leave it `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -92,6 +102,7 @@ impl Request {
             messages,
             trainable: true,
             sampling: SamplingOverrides::default(),
+            hint: None,
         }
     }
 

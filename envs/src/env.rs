@@ -37,6 +37,14 @@ pub trait Env: Send {
     fn expert_answer(&self) -> Option<String> {
         None
     }
+
+    /// A hint for the pending request that lets the policy reach the right answer (the gold
+    /// answer), for STaR's rationalisation (Zelikman et al. 2022, §3.2): the policy is shown
+    /// it for one turn and trained on what it wrote without it. Asked only at the turns an
+    /// episode task names (`EpisodeTask::hint_turns`). `None` by default.
+    fn hint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Makes fresh environment instances, one per episode.

@@ -42,4 +42,5 @@ pub use error::{Error, Result};
 pub use registry::{Builder, Registry, parse_params};
 pub use runner::{
     Episode, EpisodeLimits, Fault, FaultKind, Responder, Turn, demonstrate, run_episode,
+    run_episode_with_hints,
 };

@@ -157,7 +157,8 @@ impl Episode {
 }
 
 enum Answerer<'a> {
-    Policy(&'a mut dyn Responder),
+    /// The policy, shown the environment's hint at these turns (1-based).
+    Policy(&'a mut dyn Responder, &'a [u32]),
     Expert,
 }
 
@@ -174,7 +175,22 @@ pub async fn run_episode(
     responder: &mut dyn Responder,
     limits: EpisodeLimits,
 ) -> Episode {
-    drive(env, seed, Answerer::Policy(responder), limits).await
+    drive(env, seed, Answerer::Policy(responder, &[]), limits).await
+}
+
+/// [`run_episode`] with STaR's rationalisation: at each turn in `hint_turns` (1-based,
+/// counting the episode's requests) the request carries the environment's [`Env::hint`] in
+/// [`Request::hint`] (none when the environment has no hint for it; the recorded
+/// [`Turn`] shows whether it had one). A hint that panics ends the episode as
+/// [`FaultKind::EnvPanic`].
+pub async fn run_episode_with_hints(
+    env: Box<dyn Env>,
+    seed: u64,
+    responder: &mut dyn Responder,
+    limits: EpisodeLimits,
+    hint_turns: &[u32],
+) -> Episode {
+    drive(env, seed, Answerer::Policy(responder, hint_turns), limits).await
 }
 
 /// Plays one episode answering every request with the environment's
@@ -220,8 +236,14 @@ async fn drive_turns(
                 message: format!("more than {} requests", limits.max_turns),
             });
         }
+        let mut request = request;
         let answer = match answerer {
-            Answerer::Policy(responder) => respond(&mut **responder, &request, limits).await?,
+            Answerer::Policy(responder, hint_turns) => {
+                if hint_turns.contains(&(turns.len() as u32 + 1)) {
+                    request.hint = hint(env.as_ref())?;
+                }
+                respond(&mut **responder, &request, limits).await?
+            }
             Answerer::Expert => expert(env.as_ref())?,
         };
         let agent = request.agent.clone();
@@ -332,6 +354,13 @@ fn expert(env: &dyn Env) -> std::result::Result<String, Fault> {
         }),
         Ok(Some(answer)) => Ok(answer),
     }
+}
+
+fn hint(env: &dyn Env) -> std::result::Result<Option<String>, Fault> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| env.hint())).map_err(|panic| Fault {
+        kind: FaultKind::EnvPanic,
+        message: format!("hint panicked: {}", panic_message(panic)),
+    })
 }
 
 fn check_outcome(outcome: &Outcome, turns: &[Turn]) -> std::result::Result<(), Fault> {
@@ -447,6 +476,10 @@ mod tests {
         fn expert_answer(&self) -> Option<String> {
             Some(self.asked.to_string())
         }
+
+        fn hint(&self) -> Option<String> {
+            Some(format!("the answer is {}", self.asked))
+        }
     }
 
     struct Script(Vec<&'static str>);
@@ -548,6 +581,42 @@ mod tests {
         let ep = run_episode(Counter::boxed(3, None), 0, &mut answer, limits()).await;
         assert!(ep.outcome().is_some());
         assert_eq!(asked, 3);
+    }
+
+    #[tokio::test]
+    async fn hints_reach_the_policy_at_the_named_turns_only() {
+        let mut seen = Vec::new();
+        let mut answer = |r: &Request| {
+            seen.push(r.hint.clone());
+            Ok(r.hint
+                .as_deref()
+                .unwrap_or("?")
+                .replace("the answer is ", ""))
+        };
+        let ep = run_episode_with_hints(Counter::boxed(3, None), 0, &mut answer, limits(), &[2, 3])
+            .await;
+        assert_eq!(
+            seen,
+            [
+                None,
+                Some("the answer is 2".into()),
+                Some("the answer is 3".into())
+            ]
+        );
+        // The recorded turns show which were hinted; the messages never contain the hint.
+        assert_eq!(ep.turns[1].request.hint.as_deref(), Some("the answer is 2"));
+        assert!(ep.turns.iter().all(|t| {
+            t.request
+                .messages
+                .iter()
+                .all(|m| !m.content.contains("answer is"))
+        }));
+        let answers: Vec<&str> = ep.turns.iter().map(|t| t.answer.as_str()).collect();
+        assert_eq!(answers, ["?", "2", "3"]);
+        // Without hint turns nothing is hinted.
+        let mut plain = |r: &Request| Ok(if r.hint.is_some() { "hinted" } else { "1" }.into());
+        let ep = run_episode(Counter::boxed(1, None), 0, &mut plain, limits()).await;
+        assert_eq!(ep.turns[0].answer, "1");
     }
 
     #[tokio::test]

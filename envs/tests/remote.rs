@@ -16,6 +16,7 @@ use kaizen_core::{AgentId, Request};
 use kaizen_envs::remote::{RemoteConfig, RemoteFactory};
 use kaizen_envs::{
     EnvFactory, EpisodeLimits, FaultKind, Registry, Responder, demonstrate, run_episode,
+    run_episode_with_hints,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -127,6 +128,18 @@ async fn the_python_guessing_game_plays_through_the_remote_client() {
             assert!(pair[1].request.continues(&pair[0].request, &pair[0].answer));
         }
     }
+
+    // The hint (shown only at the turns a task names) travels with the request.
+    let mut hinted = |r: &Request| {
+        Ok(r.hint
+            .as_deref()
+            .map_or("0".to_string(), |h| h.trim_matches(|c: char| !c.is_ascii_digit()).to_string()))
+    };
+    let ep = run_episode_with_hints(factory.make(), 5, &mut hinted, limits(), &[2]).await;
+    assert!(ep.turns[0].request.hint.is_none());
+    assert!(ep.turns[1].request.hint.as_deref().unwrap().starts_with("The number is "));
+    assert_eq!(ep.turns.len(), 2, "found with the hint on the second guess");
+    assert_eq!(ep.outcome().unwrap().metrics["solved"], 1.0);
 
     // A scripted policy that never finds it: every guess rewarded 0, episode ends at 7.
     let a = run_episode(factory.make(), 3, &mut Always("0"), limits()).await;

@@ -432,6 +432,19 @@ pub struct SelfGeneratedConfig {
     /// (exploitation). The round's score (`self_sft/balance_score`) is the mean over problems.
     /// ≥ 1.
     pub balance_target: usize,
+    /// STaR's rationalisation (Zelikman et al. 2022, §3.2): after a round's sampling, each
+    /// problem with no right final turn is played `rationalize_samples` more times with the
+    /// environment's hint (the gold answer, `Env::hint`) shown at these turns (1-based, counting
+    /// the episode's requests; for self-correction `[2]` hints the second attempt, so a wrong
+    /// first answer is followed by a fix). The selected turns are trained on without the hint
+    /// in their context. Empty (the default): no rationalisation. Needs `select = "verifier"`.
+    pub rationalize_turns: Vec<u32>,
+    /// Hinted episodes per unsolved problem (≥ 1).
+    pub rationalize_samples: usize,
+    /// Evaluate the held-out set after every round but the last (`eval_round/...` at the SFT
+    /// step the round ended on; the last round is the `eval/...` RL starts from), so the
+    /// accuracy of each round of self-training is logged.
+    pub evaluate_rounds: bool,
 }
 
 impl Default for SelfGeneratedConfig {
@@ -449,6 +462,9 @@ impl Default for SelfGeneratedConfig {
             temperatures: Vec::new(),
             probe_problems: 16,
             balance_target: 2,
+            rationalize_turns: Vec::new(),
+            rationalize_samples: 1,
+            evaluate_rounds: false,
         }
     }
 }
@@ -701,6 +717,30 @@ impl JobConfig {
             }
             if g.balance_target == 0 {
                 return Err("`sft.self_generated.balance_target` must be >= 1".into());
+            }
+            if g.temperatures.len() >= 255 {
+                return Err("`sft.self_generated.temperatures` holds at most 254 values".into());
+            }
+            if g.rationalize_turns.contains(&0) {
+                return Err(
+                    "`sft.self_generated.rationalize_turns` are 1-based turn numbers: \
+                            each must be >= 1"
+                        .into(),
+                );
+            }
+            if !g.rationalize_turns.is_empty() {
+                if g.rationalize_samples == 0 {
+                    return Err(
+                        "`sft.self_generated.rationalize_samples` must be >= 1 when \
+                                `rationalize_turns` is set"
+                            .into(),
+                    );
+                }
+                if g.select != Selection::Verifier {
+                    return Err("`sft.self_generated.rationalize_turns` needs `select = \
+                                \"verifier\"`: the hint is the gold answer"
+                        .into());
+                }
             }
             if !(g.temperature > 0.0 && g.temperature.is_finite()) {
                 return Err(format!(

@@ -65,6 +65,7 @@ pub fn evaluate(
                         temperature: Some(temperature),
                         ..SamplingOverrides::default()
                     },
+                    hint_turns: Vec::new(),
                 });
             };
             push(0, config.temperature);

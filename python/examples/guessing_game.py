@@ -63,6 +63,9 @@ class GuessingGame(Env):
     def expert(self):
         return str((self.low + self.high) // 2)
 
+    def hint(self):
+        return f"The number is {self.secret}."
+
 
 if __name__ == "__main__":
     args = command_line(__doc__).parse_args()

@@ -26,6 +26,11 @@ class Env:
         """What an expert would answer to the pending request, or None."""
         return None
 
+    def hint(self):
+        """A hint that lets the policy reach the right answer to the pending request (the gold
+        answer), shown only when kaizen rationalises (STaR), or None."""
+        return None
+
 
 def _message(role, content):
     if not isinstance(content, str):

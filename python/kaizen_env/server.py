@@ -84,7 +84,13 @@ def make_server(factory, host="127.0.0.1", port=0, max_episodes=1024, name=None,
         env = factory()
         step = _check_step(env.reset(seed, params))
         episode_id = episodes.add(env) if step["kind"] == "request" else uuid.uuid4().hex
-        return {"episode_id": episode_id, "step": step, "expert": env.expert() if step["kind"] == "request" else None}
+        pending = step["kind"] == "request"
+        return {
+            "episode_id": episode_id,
+            "step": step,
+            "expert": env.expert() if pending else None,
+            "hint": env.hint() if pending else None,
+        }
 
     def step(body):
         for field, kind in (("episode_id", str), ("agent", str), ("text", str)):
@@ -96,10 +102,12 @@ def make_server(factory, host="127.0.0.1", port=0, max_episodes=1024, name=None,
         env, lock = item
         with lock:
             result = _check_step(env.step(body["agent"], body["text"]))
-            expert = env.expert() if result["kind"] == "request" else None
+            pending = result["kind"] == "request"
+            expert = env.expert() if pending else None
+            hint = env.hint() if pending else None
         if result["kind"] == "done":
             episodes.remove(body["episode_id"])
-        return {"step": result, "expert": expert}
+        return {"step": result, "expert": expert, "hint": hint}
 
     routes = {("GET", "/info"): lambda _: info, ("POST", "/reset"): reset, ("POST", "/step"): step}
 

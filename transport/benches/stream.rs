@@ -75,6 +75,7 @@ fn task(id: u64) -> EpisodeTask {
         sample: (id % 8) as u32,
         sampling_seed: id,
         sampling: Default::default(),
+        hint_turns: Vec::new(),
     }
 }
 

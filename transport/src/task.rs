@@ -25,6 +25,14 @@ pub struct EpisodeTask {
     /// before the environment's own per-request overrides.
     #[serde(default)]
     pub sampling: SamplingOverrides,
+    /// The turns (1-based, counting the episode's requests) at which the policy is shown the
+    /// environment's hint (`kaizen_envs::Env::hint`, the gold answer): STaR's
+    /// rationalisation. Hinted turns are recorded without the hint (see
+    /// [`kaizen_core::Request::hint`]); their behaviour log-probs belong to the hinted context,
+    /// so such episodes are supervised data only and the RL trainer rejects them. Empty for
+    /// every ordinary episode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hint_turns: Vec<u32>,
 }
 
 /// A finished episode: its trajectory (or the fault that ended it), metrics and readable turns.

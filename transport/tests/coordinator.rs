@@ -60,6 +60,7 @@ fn task(id: u64, group: u64) -> EpisodeTask {
         sample: (id % 4) as u32,
         sampling_seed: id * 7,
         sampling: Default::default(),
+        hint_turns: Vec::new(),
     }
 }
 

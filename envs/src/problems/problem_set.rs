@@ -49,6 +49,17 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The gold answer as a hint for rationalisation (STaR): `The correct final answer is
+    /// <answer>.`, the answer being the gold answer's final-answer span.
+    pub fn hint(&self) -> String {
+        format!(
+            "Hint: the correct final answer is {}.",
+            crate::rewards::final_answer_span(&self.answer)
+        )
+    }
+}
+
 fn string_or_number<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<String, D::Error> {

@@ -159,6 +159,7 @@ impl EnvFactory for RemoteFactory {
             shared: self.shared.clone(),
             episode: None,
             expert: None,
+            hint: None,
         })
     }
 }
@@ -316,6 +317,7 @@ struct RemoteEnv {
     shared: Arc<Shared>,
     episode: Option<String>,
     expert: Option<String>,
+    hint: Option<String>,
 }
 
 #[async_trait]
@@ -328,6 +330,7 @@ impl Env for RemoteEnv {
         let reply: ResetReply = self.shared.call("reset", Some(&body), true).await?;
         self.episode = matches!(reply.step, Step::Request(_)).then_some(reply.episode_id);
         self.expert = reply.expert;
+        self.hint = reply.hint;
         Ok(reply.step)
     }
 
@@ -339,15 +342,21 @@ impl Env for RemoteEnv {
             text: text.to_string(),
         };
         self.expert = None;
+        self.hint = None;
         let reply: StepReply = self.shared.call("step", Some(&body), false).await?;
         if matches!(reply.step, Step::Done(_)) {
             self.episode = None;
         }
         self.expert = reply.expert;
+        self.hint = reply.hint;
         Ok(reply.step)
     }
 
     fn expert_answer(&self) -> Option<String> {
         self.expert.clone()
+    }
+
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
     }
 }

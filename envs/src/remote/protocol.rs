@@ -49,6 +49,10 @@ pub struct ResetReply {
     /// What an expert would answer to the request in `step`, when the server knows.
     #[serde(default)]
     pub expert: Option<String>,
+    /// A hint for the request in `step` (the gold answer; `Env::hint`), when the server has
+    /// one. Optional: older servers omit it.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// Body of `POST /step`.
@@ -70,6 +74,10 @@ pub struct StepReply {
     /// What an expert would answer to the request in `step`, when the server knows.
     #[serde(default)]
     pub expert: Option<String>,
+    /// A hint for the request in `step` (the gold answer; `Env::hint`), when the server has
+    /// one. Optional: older servers omit it.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// Body of a failure reply (any non-2xx status).

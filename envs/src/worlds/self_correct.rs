@@ -236,6 +236,12 @@ impl Env for SelfCorrect {
         self.dialogue.pending()?;
         Some(self.problem.as_ref()?.worked_solution())
     }
+
+    /// The gold answer ([`Problem::hint`]), at any attempt.
+    fn hint(&self) -> Option<String> {
+        self.dialogue.pending()?;
+        Some(self.problem.as_ref()?.hint())
+    }
 }
 
 #[cfg(test)]

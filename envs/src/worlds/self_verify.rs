@@ -378,6 +378,20 @@ impl Env for SelfVerify {
             ),
         }
     }
+
+    /// For a solving turn the gold answer ([`Problem::hint`]); for a verification, whether
+    /// the solution in the conversation is right.
+    fn hint(&self) -> Option<String> {
+        self.dialogue.pending()?;
+        let problem = self.problem.as_ref()?;
+        match (self.state.solved, self.state.verdict) {
+            (Some(solved), None) if !self.shared.config.one_pass => Some(format!(
+                "Hint: the solution above is {}.",
+                if solved { "correct" } else { "incorrect" }
+            )),
+            _ => Some(problem.hint()),
+        }
+    }
 }
 
 #[cfg(test)]

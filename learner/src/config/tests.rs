@@ -295,11 +295,37 @@ fn self_generated_warm_start_defaults_and_checks() {
         "sft.self_generated.temperatures=[0.7, 0.0]",
         "sft.self_generated.balance_target=0",
         "sft.self_generated.select=\"best\"",
+        "sft.self_generated.rationalize_turns=[0]",
     ] {
         let e = parse(&["sft.source=\"self\"", "sft.steps=4", bad])
             .unwrap_err()
             .to_string();
         assert!(e.contains("sft.self_generated"), "{bad}: {e}");
+    }
+    // Rationalisation: off by default; its hint is the gold answer, so only with the verifier.
+    assert!(g.rationalize_turns.is_empty() && !g.evaluate_rounds);
+    let (c, _) = parse(&[
+        "sft.source=\"self\"",
+        "sft.steps=4",
+        "sft.self_generated.rationalize_turns=[2]",
+        "sft.self_generated.rationalize_samples=2",
+    ])
+    .unwrap();
+    let g = c.sft.unwrap().self_generated.unwrap();
+    assert_eq!((g.rationalize_turns, g.rationalize_samples), (vec![2], 2));
+    for bad in [
+        "sft.self_generated.select=\"self_certainty\"",
+        "sft.self_generated.rationalize_samples=0",
+    ] {
+        let e = parse(&[
+            "sft.source=\"self\"",
+            "sft.steps=4",
+            "sft.self_generated.rationalize_turns=[2]",
+            bad,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rationalize"), "{bad}: {e}");
     }
     // The rounds' table is not read with another source: an error, not silently ignored.
     let e = parse(&[

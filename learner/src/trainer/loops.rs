@@ -43,19 +43,23 @@ fn self_certainty_rewards(mut report: EpisodeReport) -> EpisodeReport {
             report.metrics.insert("self_certainty".into(), certainty);
         }
         Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "episode counted as a fault");
-            let fault = kaizen_envs::Fault {
-                kind: kaizen_envs::FaultKind::BadOutcome,
-                message: e.to_string(),
-            };
-            return EpisodeReport {
-                turns: std::mem::take(&mut report.turns),
-                ..EpisodeReport::faulted(report.task, report.env, fault)
-            };
-        }
+        Err(e) => return rejected(report, &e.to_string()),
     }
     report
+}
+
+/// `report` as a [`kaizen_envs::FaultKind::BadOutcome`] fault with `message` (its turns kept
+/// for samples), counted like any fault.
+fn rejected(mut report: EpisodeReport, message: &str) -> EpisodeReport {
+    tracing::warn!(error = message, "episode counted as a fault");
+    let fault = kaizen_envs::Fault {
+        kind: kaizen_envs::FaultKind::BadOutcome,
+        message: message.to_string(),
+    };
+    EpisodeReport {
+        turns: std::mem::take(&mut report.turns),
+        ..EpisodeReport::faulted(report.task, report.env, fault)
+    }
 }
 
 impl Run {
@@ -92,6 +96,7 @@ impl Run {
                     sample: sample as u32,
                     sampling_seed: sampling_seed(self.config.run.seed, id),
                     sampling: SamplingOverrides::default(),
+                    hint_turns: Vec::new(),
                 });
             }
         }
@@ -113,6 +118,14 @@ impl Run {
                 r
             }
         };
+        if !r.task.hint_turns.is_empty() {
+            // Never submitted by the RL loops; a hinted episode's log-probs belong to a context
+            // its trajectory does not show, so it must not reach a policy-gradient step.
+            return Ok(rejected(
+                r,
+                "a rationalised (hinted) episode is supervised data only",
+            ));
+        }
         Ok(match self.config.grpo.reward_source {
             RewardSource::Env => r,
             RewardSource::SelfCertainty => self_certainty_rewards(r),

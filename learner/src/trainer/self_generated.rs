@@ -19,6 +19,13 @@
 //! (`self_sft/round_<r>.jsonl`, earlier assistant turns with `"weight": 0`), so a round can
 //! be inspected or replayed with `sft.source = <file>`.
 //!
+//! With `rationalize_turns` (STaR's rationalisation), each problem none of whose episodes
+//! ended right is played again with the environment's hint (the gold answer) shown at those
+//! turns; its selected turns join the round's data, trained without the hint in their context
+//! (`self_sft/rationalized_*`; the exploration monitors below count only the unhinted episodes).
+//! With `evaluate_rounds`, the held-out set is evaluated after every round but the last
+//! (`eval_round/...`).
+//!
 //! Logged per round (at the SFT step the round starts from): `self_sft/kept`, `rejected`,
 //! `duplicates`, `over_cap`, `unchanged`, `faults`, B-STaR's exploration monitors `pass@k` (problems with
 //! a kept final turn among their `k` episodes) and `distinct_correct` (distinct kept final
@@ -35,6 +42,10 @@ use crate::config::{Selection, SelfGeneratedConfig, SftConfig};
 /// Group-id bit of warm-start episodes (neither training groups' counter nor
 /// [`EVAL_GROUP_BIT`]).
 const SELF_GROUP_BIT: u64 = 1 << 61;
+
+/// The probe slot (bits 24–31 of a warm-start group id) of rationalised episodes; temperature
+/// probes use 1..=254.
+const RATIONALIZE_PROBE: u64 = 0xFF;
 
 /// One kept model turn, ready to train on.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +96,8 @@ pub(super) struct RoundCounts {
     /// Problems whose most self-certain final turn is right: B-STaR's exploitation monitor
     /// with self-certainty as the selector (`None` without scores).
     pub best_of_k_self_certainty: Option<f64>,
-    /// Mean over problems of [`balance_score`] of the kept final turns.
+    /// Mean over problems of [`balance_score`] of the final turns the selector accepts
+    /// (distinct, at most `max_per_problem`; before `fixes_only` and `keep_unchanged`).
     pub balance_score: f64,
 }
 
@@ -128,6 +140,46 @@ impl RoundCounts {
             );
         }
         out
+    }
+}
+
+impl RoundCounts {
+    /// The metrics of a round's rationalisation (`self_sft/rationalized_*`), these counts
+    /// being `keep_selected`'s over the hinted `reports`: problems played again, episodes,
+    /// turns shown a hint, kept turns, the share of problems solved with the hint, and seconds.
+    pub(super) fn rationalized_metrics(
+        &self,
+        reports: &[EpisodeReport],
+        started: Instant,
+    ) -> BTreeMap<String, f64> {
+        let hinted = reports
+            .iter()
+            .flat_map(|r| &r.turns)
+            .filter(|t| t.request.hint.is_some())
+            .count();
+        BTreeMap::from([
+            (
+                "self_sft/rationalized_problems".to_string(),
+                self.problems as f64,
+            ),
+            (
+                "self_sft/rationalized_episodes".to_string(),
+                self.episodes as f64,
+            ),
+            (
+                "self_sft/rationalized_hinted_turns".to_string(),
+                hinted as f64,
+            ),
+            ("self_sft/rationalized_kept".to_string(), self.kept as f64),
+            (
+                "self_sft/rationalized_pass".to_string(),
+                self.solved as f64 / self.problems.max(1) as f64,
+            ),
+            (
+                "self_sft/rationalized_seconds".to_string(),
+                started.elapsed().as_secs_f64(),
+            ),
+        ])
     }
 }
 
@@ -221,8 +273,10 @@ pub(super) fn keep_selected(
     }
     let mut kept = Vec::new();
     let mut kept_correct = 0usize;
-    // Per problem: (kept final turns, right ones among them), for the balance score.
-    let mut kept_finals: HashMap<u64, (usize, usize)> = HashMap::new();
+    // Per problem: the distinct final turns the selector accepts (at most `max_per_problem`)
+    // and the right ones among them, for the balance score. Counted before `fixes_only` and
+    // `keep_unchanged` drop turns: they shape the training data, not the selector.
+    let mut selected_finals: HashMap<u64, (HashSet<&[u32]>, usize)> = HashMap::new();
     // (problem, turn index) → distinct kept completions.
     let mut seen: HashMap<(u64, usize), HashSet<Vec<u32>>> = HashMap::new();
     for c in &candidates {
@@ -230,6 +284,15 @@ pub(super) fn keep_selected(
         if config.select == Selection::Verifier && c.reward < config.min_reward {
             counts.rejected += 1;
             continue;
+        }
+        let right = c.reward >= config.min_reward;
+        if c.last {
+            let (finals, right_finals) = selected_finals.entry(c.report.task.group_id).or_default();
+            if finals.len() < config.max_per_problem
+                && finals.insert(segment.completion_tokens.as_slice())
+            {
+                *right_finals += usize::from(right);
+            }
         }
         let distinct = seen.entry((c.report.task.group_id, i)).or_default();
         let previous = trajectory.segments[..i]
@@ -260,14 +323,8 @@ pub(super) fn keep_selected(
             continue;
         }
         distinct.insert(segment.completion_tokens.clone());
-        let right = c.reward >= config.min_reward;
         if right {
             kept_correct += 1;
-        }
-        if c.last {
-            let k = kept_finals.entry(c.report.task.group_id).or_default();
-            k.0 += 1;
-            k.1 += usize::from(right);
         }
         // The thread up to this turn: every earlier segment of the same thread, then this
         // turn's prompt, as context.
@@ -297,7 +354,9 @@ pub(super) fn keep_selected(
     counts.balance_score = problems
         .keys()
         .map(|p| {
-            let (n, right) = kept_finals.get(p).copied().unwrap_or_default();
+            let (n, right) = selected_finals
+                .get(p)
+                .map_or((0, 0), |(finals, right)| (finals.len(), *right));
             balance_score(n, right, config.balance_target)
         })
         .sum::<f64>()
@@ -377,7 +436,16 @@ impl Run {
             let start = Instant::now();
             let reports =
                 self.generate_round(round, 0, config.problems_per_round, temperature, &config)?;
-            let (kept, counts) = keep_selected(&reports, &config);
+            let (mut kept, counts) = keep_selected(&reports, &config);
+            let mut metrics = counts.metrics(round, start.elapsed().as_secs_f64());
+            if !config.rationalize_turns.is_empty() {
+                let started = Instant::now();
+                let unsolved = unsolved_problems(&reports, config.min_reward);
+                let hinted = self.rationalize(round, &unsolved, temperature, &config)?;
+                let (more, hinted_counts) = keep_selected(&hinted, &config);
+                metrics.extend(hinted_counts.rationalized_metrics(&hinted, started));
+                kept.extend(more);
+            }
             let seconds = start.elapsed().as_secs_f64();
             let path = dir.join(format!("round_{round}.jsonl"));
             let mut lines = String::new();
@@ -386,7 +454,7 @@ impl Run {
                 lines.push('\n');
             }
             std::fs::write(&path, lines).map_err(|e| Error::io(&path, e))?;
-            let mut metrics = counts.metrics(round, seconds);
+            metrics.insert("self_sft/generate_seconds".into(), seconds);
             metrics.insert("self_sft/temperature".into(), f64::from(temperature));
             let points: Vec<Metric> = metrics
                 .iter()
@@ -395,7 +463,7 @@ impl Run {
             self.trackers.log_metrics(&points);
             tracing::info!(
                 round,
-                kept = counts.kept,
+                kept = kept.len(),
                 rejected = counts.rejected,
                 duplicates = counts.duplicates,
                 pass_at_k = metrics["self_sft/pass@k"],
@@ -430,6 +498,14 @@ impl Run {
             if round as u64 + 1 < rounds {
                 let version = self.weights.publish(self.learner.policy())?;
                 self.state.weights_version = version.0;
+                if config.evaluate_rounds {
+                    let eval = self.evaluate("eval_round")?;
+                    let points: Vec<Metric> = eval
+                        .iter()
+                        .map(|(k, v)| Metric::new(k.clone(), *v, self.state.sft_steps))
+                        .collect();
+                    self.trackers.log_metrics(&points);
+                }
             }
         }
         self.finish_warm_phase()
@@ -481,9 +557,8 @@ impl Run {
     }
 
     /// Plays `problems` fresh training problems × `samples_per_problem` episodes at
-    /// `temperature` with the current policy and returns their reports (any other report that
-    /// arrives meanwhile is kept for the training loop). `probe` 0 is the round itself, `k`
-    /// its `k`-th temperature probe (distinct group ids).
+    /// `temperature` with the current policy and returns their reports. `probe` 0 is the
+    /// round itself, `k` its `k`-th temperature probe (distinct group ids).
     fn generate_round(
         &mut self,
         round: u32,
@@ -499,22 +574,65 @@ impl Run {
             self.state.next_seed += 1;
             let group = SELF_GROUP_BIT | u64::from(round) << 32 | probe << 24 | p as u64;
             for sample in 0..config.samples_per_problem {
-                let id = self.state.next_task;
-                self.state.next_task += 1;
-                tasks.push(EpisodeTask {
-                    id,
-                    group_id: group,
-                    env: p % envs,
-                    seed: env_seed,
-                    sample: sample as u32,
-                    sampling_seed: sampling_seed(self.config.run.seed, id),
-                    sampling: SamplingOverrides {
-                        temperature: Some(temperature),
-                        ..SamplingOverrides::default()
-                    },
-                });
+                tasks.push(self.round_task(group, p % envs, env_seed, sample, temperature));
             }
         }
+        self.play_round(tasks)
+    }
+
+    /// STaR's rationalisation: plays each problem of `unsolved` (a task of it) again
+    /// `rationalize_samples` times at `temperature`, the environment's hint shown at
+    /// `rationalize_turns`, and returns the reports.
+    fn rationalize(
+        &mut self,
+        round: u32,
+        unsolved: &[EpisodeTask],
+        temperature: f32,
+        config: &SelfGeneratedConfig,
+    ) -> Result<Vec<EpisodeReport>, Error> {
+        let mut tasks = Vec::with_capacity(unsolved.len() * config.rationalize_samples);
+        for (p, problem) in unsolved.iter().enumerate() {
+            let group =
+                SELF_GROUP_BIT | u64::from(round) << 32 | RATIONALIZE_PROBE << 24 | p as u64;
+            for sample in 0..config.rationalize_samples {
+                let mut task =
+                    self.round_task(group, problem.env, problem.seed, sample, temperature);
+                task.hint_turns = config.rationalize_turns.clone();
+                tasks.push(task);
+            }
+        }
+        self.play_round(tasks)
+    }
+
+    /// A warm-start episode of problem `seed` in environment `env`.
+    fn round_task(
+        &mut self,
+        group: u64,
+        env: usize,
+        seed: u64,
+        sample: usize,
+        temperature: f32,
+    ) -> EpisodeTask {
+        let id = self.state.next_task;
+        self.state.next_task += 1;
+        EpisodeTask {
+            id,
+            group_id: group,
+            env,
+            seed,
+            sample: sample as u32,
+            sampling_seed: sampling_seed(self.config.run.seed, id),
+            sampling: SamplingOverrides {
+                temperature: Some(temperature),
+                ..SamplingOverrides::default()
+            },
+            hint_turns: Vec::new(),
+        }
+    }
+
+    /// Submits `tasks` and returns their reports (any other report that arrives meanwhile is
+    /// kept for the training loop).
+    fn play_round(&mut self, tasks: Vec<EpisodeTask>) -> Result<Vec<EpisodeReport>, Error> {
         let expected = tasks.len();
         self.rollouts.submit_all(tasks)?;
         let mut reports = Vec::with_capacity(expected);
@@ -534,6 +652,31 @@ impl Run {
         }
         Ok(reports)
     }
+}
+
+/// One task of each problem (group) among `reports` with no final turn at `min_reward` or
+/// above, in order of first appearance: the problems rationalisation plays again.
+pub(super) fn unsolved_problems(reports: &[EpisodeReport], min_reward: f32) -> Vec<EpisodeTask> {
+    let mut order: Vec<u64> = Vec::new();
+    let mut first: HashMap<u64, (&EpisodeTask, bool)> = HashMap::new();
+    for r in reports {
+        let solved = r.result.as_ref().is_ok_and(|t| {
+            t.segment_rewards()
+                .ok()
+                .and_then(|rewards| rewards.last().copied())
+                .is_some_and(|last| last >= min_reward)
+        });
+        let entry = first.entry(r.task.group_id).or_insert_with(|| {
+            order.push(r.task.group_id);
+            (&r.task, false)
+        });
+        entry.1 |= solved;
+    }
+    order
+        .into_iter()
+        .filter_map(|g| first.get(&g).filter(|(_, solved)| !solved))
+        .map(|(task, _)| (*task).clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -577,6 +720,7 @@ mod tests {
                 sample: 0,
                 sampling_seed: 0,
                 sampling: SamplingOverrides::default(),
+                hint_turns: Vec::new(),
             },
             env: "self_correct".into(),
             result: Ok(trajectory),
@@ -745,8 +889,40 @@ mod tests {
         assert_eq!(last, vec![11, 12]);
         assert_eq!(counts.not_a_fix, 1);
         assert_eq!(counts.metrics(0, 0.0)["self_sft/not_a_fix"], 1.0);
-        let (kept, _) = keep_selected(&reports, &SelfGeneratedConfig::default());
+        // The balance score judges the selector: both right final turns count, though only
+        // the fix is trained on.
+        assert_eq!(counts.balance_score, 1.0);
+        let (kept, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
         assert_eq!(kept.len(), 3);
+        assert_eq!(counts.balance_score, 1.0);
+    }
+
+    #[test]
+    fn unsolved_problems_are_those_without_a_right_final_turn() {
+        let mut faulted = episode(10, &[1], &[2], [1.0, 1.0]);
+        faulted.result = Err(kaizen_envs::Fault {
+            kind: kaizen_envs::FaultKind::EnvError,
+            message: "broke".into(),
+        });
+        let reports = vec![
+            episode(7, &[10], &[20], [0.0, 1.0]),
+            // A right first answer broken on the second attempt: not solved.
+            episode(8, &[11], &[21], [1.0, 0.0]),
+            episode(8, &[12], &[22], [0.0, 0.0]),
+            episode(9, &[13], &[23], [0.0, 0.0]),
+            episode(7, &[14], &[24], [0.0, 0.0]),
+            faulted,
+        ];
+        let unsolved = unsolved_problems(&reports, 1.0);
+        let groups: Vec<u64> = unsolved.iter().map(|t| t.group_id).collect();
+        assert_eq!(groups, vec![8, 9, 10]);
+        // The task kept is the problem's (its environment and seed are replayed).
+        assert_eq!(unsolved[0].seed, 8);
+        assert!(
+            unsolved_problems(&reports, 0.0)
+                .iter()
+                .all(|t| t.group_id == 10)
+        );
     }
 
     #[test]

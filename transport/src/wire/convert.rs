@@ -77,6 +77,7 @@ pub fn task_to_proto(task: &EpisodeTask) -> proto::EpisodeTask {
         sample: task.sample,
         sampling_seed: task.sampling_seed,
         sampling: Some(sampling_to_proto(&task.sampling)),
+        hint_turns: task.hint_turns.clone(),
     }
 }
 
@@ -97,6 +98,7 @@ pub fn task_from_proto(task: proto::EpisodeTask, peer: &str) -> Result<EpisodeTa
             Some(s) => sampling_from_proto(s, peer)?,
             None => SamplingOverrides::default(),
         },
+        hint_turns: task.hint_turns,
     })
 }
 
@@ -461,6 +463,7 @@ mod tests {
                 max_new_tokens: Some(17),
                 stop: vec!["\n\n".into(), "</answer>".into()],
             },
+            hint_turns: vec![2],
         }
     }
 
@@ -474,6 +477,7 @@ mod tests {
                     max_new_tokens: Some(8),
                     ..SamplingOverrides::default()
                 },
+                hint: (agent == "solver").then(|| "the answer is 4".to_string()),
             },
             answer: answer.into(),
         }
@@ -539,6 +543,7 @@ mod tests {
         );
         let plain = EpisodeTask {
             sampling: SamplingOverrides::default(),
+            hint_turns: Vec::new(),
             ..task()
         };
         assert_eq!(
