@@ -131,13 +131,20 @@ async fn the_python_guessing_game_plays_through_the_remote_client() {
 
     // The hint (shown only at the turns a task names) travels with the request.
     let mut hinted = |r: &Request| {
-        Ok(r.hint
-            .as_deref()
-            .map_or("0".to_string(), |h| h.trim_matches(|c: char| !c.is_ascii_digit()).to_string()))
+        Ok(r.hint.as_deref().map_or("0".to_string(), |h| {
+            h.trim_matches(|c: char| !c.is_ascii_digit()).to_string()
+        }))
     };
     let ep = run_episode_with_hints(factory.make(), 5, &mut hinted, limits(), &[2]).await;
     assert!(ep.turns[0].request.hint.is_none());
-    assert!(ep.turns[1].request.hint.as_deref().unwrap().starts_with("The number is "));
+    assert!(
+        ep.turns[1]
+            .request
+            .hint
+            .as_deref()
+            .unwrap()
+            .starts_with("The number is ")
+    );
     assert_eq!(ep.turns.len(), 2, "found with the hint on the second guess");
     assert_eq!(ep.outcome().unwrap().metrics["solved"], 1.0);
 
