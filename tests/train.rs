@@ -715,6 +715,74 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
     assert_eq!(one("faults"), vec![0.0, 0.0]);
 }
 
+/// Label-free RL (TTRL): each group's majority answer is the pseudo-label. Every trained turn
+/// votes, so the mean trained reward equals the share of votes in the majority, step by step;
+/// the verifier's reward is only logged.
+#[test]
+fn majority_vote_rewards_each_group_with_its_own_consensus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=3",
+            "grpo.reward_source=\"majority_vote\"",
+            "grpo.vote_answers=\"numeric\"",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(&runs, "self_correct_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    assert_eq!(one("faults"), vec![0.0; 3]);
+    let rewards = one("reward/mean");
+    let agreement = one("env/majority_vote/agreement");
+    assert_eq!((rewards.len(), agreement.len()), (3, 3));
+    for (r, a) in rewards.iter().zip(&agreement) {
+        assert!((r - a).abs() < 1e-9, "reward {r} vs majority share {a}");
+        assert!(*a > 0.0, "some answers must vote");
+    }
+    for key in ["env/verifier_reward", "env/majority_vote/reward_agreement", "env/majority_vote/label_accuracy"] {
+        let values = one(key);
+        assert_eq!(values.len(), 3, "{key}");
+        assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{key}: {values:?}");
+    }
+}
+
+/// The `code` world's shipped tiny job runs (shortened): every episode's code is executed in
+/// the sandbox (its cost logged), every attempt is accounted for, and nothing is lost.
+#[test]
+fn the_code_tiny_job_runs_its_episodes_through_the_sandbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    train_shipped(
+        "code_tiny",
+        &runs,
+        &[
+            "run.max_steps=2",
+            "sft.steps=10",
+            "eval.every=0",
+            "eval.at_start=false",
+            "eval.num_problems=8",
+        ],
+    );
+    let run = run_dir(&runs, "code_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    assert_eq!(one("faults"), vec![0.0, 0.0]);
+    for ms in one("env/sandbox_ms") {
+        assert!(ms > 1.0 && ms < 5000.0, "sandbox time {ms} ms");
+    }
+    // Unsolved first attempts get a fix: between 1 and 2 attempts per episode on average.
+    for a in one("env/attempts") {
+        assert!((1.0..=2.0).contains(&a), "attempts {a}");
+    }
+    let t1 = one("eval/code/correct@t1");
+    let t2 = one("eval/code/correct@t2");
+    assert_eq!((t1.len(), t2.len()), (1, 1));
+    assert!(t2[0] >= t1[0], "solved by attempt 2 includes solved by attempt 1");
+}
+
 /// The `self_verify` world's shipped tiny job runs (shortened) and every step logs what the
 /// world measures: the solution's accuracy and the verdict's agreement with the verifier, each
 /// a rate in [0, 1], with no episode lost.

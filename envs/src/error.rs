@@ -50,6 +50,10 @@ pub enum Error {
         /// The agent that answered.
         got: AgentId,
     },
+    /// A sandboxed execution of model-written code broke a limit or did something forbidden
+    /// (the episode ends as a `fault/sandbox` fault).
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// `step` was called with no episode in progress (before `reset`, or after `Done`).
     #[error("no episode in progress: call reset first")]
     NoEpisode,

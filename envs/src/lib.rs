@@ -21,7 +21,7 @@
 //!   hook for user rewards. [`metrics`] holds reference metrics (chrF, BLEU).
 //! - [`problems`] reads problem sets (JSONL) and generates arithmetic and word problems.
 //! - [`worlds`] holds the built-in environments: `self_correct`, `self_verify`, `spc`, `household`,
-//!   `translate`. [`remote`] speaks the HTTP/JSON protocol to environments written in any
+//!   `translate`, `code`; [`sandbox`] runs model-written Python against tests under limits. [`remote`] speaks the HTTP/JSON protocol to environments written in any
 //!   language (see `docs/environments.md`).
 #![warn(missing_docs)]
 
@@ -34,6 +34,7 @@ mod registry;
 pub mod remote;
 pub mod rewards;
 mod runner;
+pub mod sandbox;
 pub mod worlds;
 
 pub use dialogue::Dialogue;

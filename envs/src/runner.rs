@@ -79,6 +79,10 @@ pub enum FaultKind {
     /// place, so the episode is counted and the link is not broken by a message the peer would
     /// refuse.
     ReportTooLarge,
+    /// Model-written code broke a limit of the sandbox that ran it, or did something it
+    /// forbids (`kaizen_envs::sandbox`): the environment's step returned
+    /// [`crate::Error::Sandbox`].
+    Sandbox,
 }
 
 impl FaultKind {
@@ -94,6 +98,7 @@ impl FaultKind {
             FaultKind::NoExpert => "fault/no_expert",
             FaultKind::ActorLost => "fault/actor_lost",
             FaultKind::ReportTooLarge => "fault/report_too_large",
+            FaultKind::Sandbox => "fault/sandbox",
         }
     }
 }
@@ -309,7 +314,10 @@ where
             },
         }),
         Ok(Ok((_, Err(e)))) => Err(Fault {
-            kind: FaultKind::EnvError,
+            kind: match e {
+                crate::Error::Sandbox(_) => FaultKind::Sandbox,
+                _ => FaultKind::EnvError,
+            },
             message: e.to_string(),
         }),
         Ok(Ok((env, Ok(step)))) => Ok((env, step)),

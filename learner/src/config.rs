@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, NftConfig, PpoConfig};
 use kaizen_model::LlamaConfig;
+use kaizen_envs::rewards::VoteAnswers;
 use kaizen_tracking::TrackingConfig;
 use kaizen_transport::SamplingConfig;
 use serde::{Deserialize, Serialize};
@@ -270,7 +271,16 @@ pub struct GrpoConfig {
     /// verifier; Intuitor, Zhao et al. 2025). With the latter the environment's reward is
     /// still logged (`env/verifier_reward`, and how well self-certainty orders each group's
     /// samples as the verifier does, `self_certainty/agreement`), never trained on.
+    /// `"majority_vote"`: label-free rewards over each whole group (TTRL, Zuo et al. 2025):
+    /// the final answers of every trained turn of a prompt's `num_generations` episodes vote,
+    /// and a turn earns 1 when its answer is the majority's, else 0; no gold answer is trained
+    /// on (the environment's reward is logged as `env/verifier_reward`, with
+    /// `env/majority_vote/*` monitors).
     pub reward_source: RewardSource,
+    /// How a majority vote reads answers (`reward_source = "majority_vote"`): `"math"` by
+    /// value (`1/2` = `0.5`, and a restated `3 + 4` = 7), `"numeric"` only computed numbers
+    /// (a restated question is no answer; use it with numeric verifiers).
+    pub vote_answers: VoteAnswers,
 }
 
 impl Default for GrpoConfig {
@@ -281,6 +291,7 @@ impl Default for GrpoConfig {
             dynamic_sampling: false,
             max_resample_rounds: 2,
             reward_source: RewardSource::Env,
+            vote_answers: VoteAnswers::Math,
         }
     }
 }
@@ -293,6 +304,9 @@ pub enum RewardSource {
     Env,
     /// Each turn's self-certainty (`kaizen_envs::rewards::relabel_with_self_certainty`).
     SelfCertainty,
+    /// The group's majority answer as a pseudo-label
+    /// (`kaizen_envs::rewards::relabel_group_by_majority`).
+    MajorityVote,
 }
 
 /// `[sft.self_generated] select`: see [`SelfGeneratedConfig::select`].

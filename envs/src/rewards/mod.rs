@@ -12,7 +12,10 @@ mod verifier;
 
 pub use judge_score::parse_judge_score;
 pub use knights_knaves::{assignments, knights_knaves_match};
-pub use majority_vote::{MajorityVote, majority_vote};
+pub use majority_vote::{
+    GroupMember, GroupVote, MajorityVote, VoteAnswers, majority_vote, majority_vote_by,
+    relabel_group_by_majority,
+};
 pub use math_answer::{
     answers_match, final_answer_span, final_number, last_number, numbers_match, parse_final_answer,
 };

@@ -7,7 +7,10 @@
 //! - `spc` ([`SpcFactory`]): the Self-Play Critic game, sneaky generator against critic.
 //! - `household` ([`household::HouseholdFactory`]): an ALFWorld-like text world.
 //! - `translate` ([`TranslateFactory`]): translation with a self-judged reward.
+//! - `code` ([`CodeFactory`]): write a Python function, run its tests in a sandbox, fix it
+//!   from the failures (LeDex-style self-debugging).
 
+mod code;
 pub mod household;
 mod self_correct;
 mod self_verify;
@@ -17,6 +20,7 @@ mod translate;
 
 use std::sync::Arc;
 
+pub use code::{CODER, CodeConfig, CodeFactory, CodeReward, CodeTask, extract_code, read_tasks};
 pub use self_correct::{SOLVER, SelfCorrectConfig, SelfCorrectFactory};
 pub use self_verify::{SelfVerifyConfig, SelfVerifyFactory, Verdict, parse_verdict};
 pub use spc::{CRITIC, SNEAKY, SpcConfig, SpcFactory};
@@ -52,6 +56,11 @@ pub(crate) fn builtins() -> Vec<(&'static str, &'static str, Builder)> {
             "household",
             "ALFWorld-like text world: six task types, admissible actions, step limit",
             Arc::new(|p| household::HouseholdFactory::from_params("household", p).map(boxed)),
+        ),
+        (
+            "code",
+            "write a Python function, run its unit tests in a sandbox, fix it from the failures",
+            Arc::new(|p| CodeFactory::from_params("code", p).map(boxed)),
         ),
         (
             "translate",

@@ -48,18 +48,84 @@ fn self_certainty_rewards(mut report: EpisodeReport) -> EpisodeReport {
     report
 }
 
+/// A group's reports rewarded by majority vote (`[grpo] reward_source = "majority_vote"`,
+/// see [`kaizen_envs::rewards::relabel_group_by_majority`]). Each report's metrics get, for
+/// logging only: `verifier_reward` (the environment's mean reward over its trained turns),
+/// `majority_vote/agreement` (the share of the group's votes in the majority),
+/// `majority_vote/label_accuracy` (the environment's mean reward of the majority's turns: 1
+/// when the pseudo-label is right under a 0/1 verifier; absent when nobody answered) and
+/// `majority_vote/reward_agreement` (the share of its trained turns whose pseudo-reward
+/// equals the verifier's 0/1 verdict, reward ≥ 0.5). A report whose turns do not line up with
+/// its trajectory becomes a fault.
+fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewards::VoteAnswers) {
+    use kaizen_envs::rewards::{GroupMember, relabel_group_by_majority};
+    let mut members = Vec::new();
+    let mut index = Vec::new();
+    for (i, r) in group.iter_mut().enumerate() {
+        let EpisodeReport { result, turns, .. } = r;
+        if let Ok(trajectory) = result {
+            members.push(GroupMember {
+                trajectory,
+                texts: turns.iter().map(|t| t.answer.as_str()).collect(),
+            });
+            index.push(i);
+        }
+    }
+    let trained = |m: &GroupMember<'_>| -> Vec<bool> {
+        m.trajectory.segments.iter().map(|s| s.trainable).collect()
+    };
+    let flags: Vec<Vec<bool>> = members.iter().map(trained).collect();
+    let vote = relabel_group_by_majority(&mut members, answers);
+    drop(members);
+    // The environment's rewards of the majority's turns, over the whole group.
+    let mut label = Vec::new();
+    for ((previous, majority), trainable) in vote.previous.iter().zip(&vote.in_majority).zip(&flags) {
+        let Some(previous) = previous else { continue };
+        let trained = previous.iter().zip(trainable).filter(|(_, t)| **t).map(|(r, _)| *r);
+        label.extend(trained.zip(majority).filter(|(_, m)| **m).map(|(r, _)| f64::from(r)));
+    }
+    let label_accuracy = (!label.is_empty()).then(|| label.iter().sum::<f64>() / label.len() as f64);
+    for (((i, previous), majority), trainable) in
+        index.into_iter().zip(&vote.previous).zip(&vote.in_majority).zip(&flags)
+    {
+        let report = &mut group[i];
+        let Some(previous) = previous else {
+            reject(
+                report,
+                "majority vote: the episode's turns do not line up with its trajectory's segments",
+            );
+            continue;
+        };
+        let verdicts: Vec<f32> = previous.iter().zip(trainable).filter(|(_, t)| **t).map(|(r, _)| *r).collect();
+        let n = verdicts.len().max(1) as f64;
+        let agree = verdicts.iter().zip(majority).filter(|(r, m)| (**r >= 0.5) == **m).count();
+        let m = &mut report.metrics;
+        m.insert("verifier_reward".into(), verdicts.iter().map(|&r| f64::from(r)).sum::<f64>() / n);
+        m.insert("majority_vote/agreement".into(), vote.vote.agreement);
+        m.insert("majority_vote/reward_agreement".into(), agree as f64 / n);
+        if let Some(a) = label_accuracy {
+            m.insert("majority_vote/label_accuracy".into(), a);
+        }
+    }
+}
+
 /// `report` as a [`kaizen_envs::FaultKind::BadOutcome`] fault with `message` (its turns kept
 /// for samples), counted like any fault.
 fn rejected(mut report: EpisodeReport, message: &str) -> EpisodeReport {
+    reject(&mut report, message);
+    report
+}
+
+/// [`rejected`] in place.
+fn reject(report: &mut EpisodeReport, message: &str) {
     tracing::warn!(error = message, "episode counted as a fault");
     let fault = kaizen_envs::Fault {
         kind: kaizen_envs::FaultKind::BadOutcome,
         message: message.to_string(),
     };
-    EpisodeReport {
-        turns: std::mem::take(&mut report.turns),
-        ..EpisodeReport::faulted(report.task, report.env, fault)
-    }
+    let faulted = EpisodeReport::faulted(report.task.clone(), report.env.clone(), fault);
+    report.result = faulted.result;
+    report.metrics = faulted.metrics;
 }
 
 impl Run {
@@ -127,9 +193,17 @@ impl Run {
             ));
         }
         Ok(match self.config.grpo.reward_source {
-            RewardSource::Env => r,
+            RewardSource::Env | RewardSource::MajorityVote => r,
             RewardSource::SelfCertainty => self_certainty_rewards(r),
         })
+    }
+
+    /// Rewards that need a whole group, applied once its `num_generations` reports are in
+    /// (before DAPO's dynamic sampling judges it): `[grpo] reward_source = "majority_vote"`.
+    pub(super) fn group_rewards(&self, group: &mut [EpisodeReport]) {
+        if self.config.grpo.reward_source == RewardSource::MajorityVote {
+            majority_vote_rewards(group, self.config.grpo.vote_answers);
+        }
     }
 
     /// Whether RL goes on: steps left and time left.
@@ -154,6 +228,9 @@ impl Run {
                 let r = self.recv()?;
                 groups.entry(r.task.group_id).or_default().push(r);
             }
+            for group in groups.values_mut() {
+                self.group_rewards(group);
+            }
             // DAPO dynamic sampling: replace groups without signal.
             let mut rounds = 0;
             while self.config.grpo.dynamic_sampling && rounds < self.config.grpo.max_resample_rounds
@@ -173,6 +250,9 @@ impl Run {
                 for _ in 0..flat.len() * g {
                     let r = self.recv()?;
                     fresh.entry(r.task.group_id).or_default().push(r);
+                }
+                for group in fresh.values_mut() {
+                    self.group_rewards(group);
                 }
                 let mut replaced = 0;
                 for (id, rs) in fresh {
@@ -225,8 +305,9 @@ impl Run {
                 let group = pending.entry(id).or_default();
                 group.push(r);
                 if group.len() == g
-                    && let Some(done) = pending.remove(&id)
+                    && let Some(mut done) = pending.remove(&id)
                 {
+                    self.group_rewards(&mut done);
                     ready.push(done);
                 }
             }

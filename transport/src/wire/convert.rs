@@ -640,6 +640,7 @@ mod tests {
             (FaultKind::NoExpert, "no_expert"),
             (FaultKind::ActorLost, "actor_lost"),
             (FaultKind::ReportTooLarge, "report_too_large"),
+            (FaultKind::Sandbox, "sandbox"),
         ];
         for (kind, name) in kinds {
             let mut r = report();
