@@ -732,7 +732,11 @@ fn majority_vote_rewards_each_group_with_its_own_consensus() {
             "eval.at_end=false",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = run_dir(&runs, "self_correct_tiny");
     let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
     assert_eq!(one("faults"), vec![0.0; 3]);
@@ -743,10 +747,17 @@ fn majority_vote_rewards_each_group_with_its_own_consensus() {
         assert!((r - a).abs() < 1e-9, "reward {r} vs majority share {a}");
         assert!(*a > 0.0, "some answers must vote");
     }
-    for key in ["env/verifier_reward", "env/majority_vote/reward_agreement", "env/majority_vote/label_accuracy"] {
+    for key in [
+        "env/verifier_reward",
+        "env/majority_vote/reward_agreement",
+        "env/majority_vote/label_accuracy",
+    ] {
         let values = one(key);
         assert_eq!(values.len(), 3, "{key}");
-        assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{key}: {values:?}");
+        assert!(
+            values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{key}: {values:?}"
+        );
     }
 }
 
@@ -780,7 +791,10 @@ fn the_code_tiny_job_runs_its_episodes_through_the_sandbox() {
     let t1 = one("eval/code/correct@t1");
     let t2 = one("eval/code/correct@t2");
     assert_eq!((t1.len(), t2.len()), (1, 1));
-    assert!(t2[0] >= t1[0], "solved by attempt 2 includes solved by attempt 1");
+    assert!(
+        t2[0] >= t1[0],
+        "solved by attempt 2 includes solved by attempt 1"
+    );
 }
 
 /// The `self_verify` world's shipped tiny job runs (shortened) and every step logs what the

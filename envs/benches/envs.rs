@@ -1,6 +1,7 @@
 //! Episodes per second of each built-in environment with a scripted policy (the environment's
-//! expert, no model), through the same runner an actor uses, and remote-environment round trips
-//! on localhost against the Python example server. Shows that environments are never the
+//! expert, no model), through the same runner an actor uses, the code sandbox's executions per
+//! second (one at a time and 8 submitted at once), and remote-environment round trips on
+//! localhost against the Python example server. Shows that environments are never the
 //! bottleneck of a run (a model turn takes milliseconds to seconds).
 //!
 //!     cargo bench -p kaizen-envs --bench envs
@@ -40,6 +41,14 @@ fn episodes(c: &mut Criterion) {
         ("spc", "generator = { difficulty = \"medium\" }"),
         ("household", ""),
         ("translate", ""),
+        (
+            "code",
+            concat!(
+                "tasks = \"",
+                env!("CARGO_MANIFEST_DIR"),
+                "/../data/code/train.jsonl\""
+            ),
+        ),
     ] {
         let factory = builtin(name, params);
         let mut seed = 0u64;
@@ -49,6 +58,38 @@ fn episodes(c: &mut Criterion) {
                 let ep = rt.block_on(demonstrate(factory.make(), seed, EpisodeLimits::default()));
                 assert!(ep.outcome().is_some(), "{name} seed {seed}: {:?}", ep.end);
                 ep.turns.len()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// One sandboxed execution of a passing solution against 4 tests, alone and 8 at once (the
+/// sandbox runs as many as the machine has cores).
+fn sandbox(c: &mut Criterion) {
+    use kaizen_envs::sandbox::{Sandbox, SandboxConfig};
+    let rt = runtime();
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    let solution = "def add_3(x):\n    return x + 3\n";
+    let tests: Vec<String> = (0..4)
+        .map(|i| format!("assert add_3({i}) == {}", i + 3))
+        .collect();
+    let mut group = c.benchmark_group("sandbox");
+    group.measurement_time(Duration::from_secs(8));
+    for batch in [1usize, 8] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("run_tests_x{batch}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..batch {
+                        let (s, t) = (sandbox.clone(), tests.clone());
+                        set.spawn(async move { s.run_tests(solution, &t).await });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        assert!(r.expect("task").expect("sandbox run").all_passed());
+                    }
+                })
             })
         });
     }
@@ -96,5 +137,5 @@ fn remote(c: &mut Criterion) {
     let _ = child.wait();
 }
 
-criterion_group!(benches, episodes, remote);
+criterion_group!(benches, episodes, sandbox, remote);
 criterion_main!(benches);

@@ -233,7 +233,9 @@ impl Sandbox {
             .acquire()
             .await
             .map_err(|e| SandboxError::Crashed(e.to_string()))?;
-        let dir = tempfile::Builder::new().prefix("kaizen-sandbox-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("kaizen-sandbox-")
+            .tempdir()?;
         let root: PathBuf = dir.path().to_path_buf();
         tokio::fs::write(root.join("harness.py"), HARNESS).await?;
         tokio::fs::write(root.join("solution.py"), solution).await?;
@@ -274,8 +276,14 @@ impl Sandbox {
             }
         };
         let cap = c.max_output_bytes;
-        let stdout = child.stdout.take().map(|s| tokio::spawn(read_capped(s, cap)));
-        let stderr = child.stderr.take().map(|s| tokio::spawn(read_capped(s, cap)));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
         let wall = Duration::from_secs_f64(c.timeout_seconds);
         // The output readers finish when the group's pipes close; a flood ends them early.
         let outputs = async {
@@ -318,10 +326,9 @@ impl Sandbox {
         kill_group();
         let (out, err) = match collected {
             Some(o) => o,
-            None => match tokio::time::timeout(Duration::from_secs(1), &mut outputs).await {
-                Ok(o) => o,
-                Err(_) => (Capped::default(), Capped::default()),
-            },
+            None => tokio::time::timeout(Duration::from_secs(1), &mut outputs)
+                .await
+                .unwrap_or_default(),
         };
         if out.overflow || err.overflow {
             return Err(SandboxError::Output(cap));

@@ -146,11 +146,9 @@ async fn hostile_programs_end_as_faults_with_a_reason() {
             "f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 65536)\n",
             |e| matches!(e, SandboxError::FileSize(_)),
         ),
-        (
-            "ctypes",
-            "import ctypes\nctypes.CDLL(None).fork()\n",
-            |e| matches!(e, SandboxError::Forbidden(_)),
-        ),
+        ("ctypes", "import ctypes\nctypes.CDLL(None).fork()\n", |e| {
+            matches!(e, SandboxError::Forbidden(_))
+        }),
         (
             "killing its parent",
             "import os\nos.kill(os.getppid(), 9)\n",
@@ -198,11 +196,11 @@ async fn a_missing_interpreter_is_a_clear_error() {
         python: "/nonexistent/python3".into(),
         ..SandboxConfig::default()
     });
-    let e = s.run_tests("x = 1", &["assert x == 1".into()]).await.unwrap_err();
-    assert!(
-        e.to_string().contains("/nonexistent/python3"),
-        "{e}"
-    );
+    let e = s
+        .run_tests("x = 1", &["assert x == 1".into()])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/python3"), "{e}");
 }
 
 // ---- the `code` environment ----
@@ -254,15 +252,31 @@ async fn a_failed_attempt_shows_the_failures_and_a_fix_is_rewarded() {
         ],
         asked: Vec::new(),
     };
-    let episode = run_episode(factory(false).make(), 0, &mut script, EpisodeLimits::default()).await;
+    let episode = run_episode(
+        factory(false).make(),
+        0,
+        &mut script,
+        EpisodeLimits::default(),
+    )
+    .await;
     let outcome = episode.end.clone().unwrap();
     assert_eq!(outcome.rewards[&AgentId::new("coder")], vec![0.0, 1.0]);
-    assert!(script.asked[0].contains("assert double(2) == 4"), "{}", script.asked[0]);
+    assert!(
+        script.asked[0].contains("assert double(2) == 4"),
+        "{}",
+        script.asked[0]
+    );
     let feedback = &script.asked[1];
     assert!(feedback.contains("failed 2 of 3 tests"), "{feedback}");
-    assert!(feedback.contains("double(0) returned 2, expected 0"), "{feedback}");
+    assert!(
+        feedback.contains("double(0) returned 2, expected 0"),
+        "{feedback}"
+    );
     let m = &outcome.metrics;
-    assert_eq!((m["correct@t1"], m["correct@t2"], m["i_to_c"]), (0.0, 1.0, 1.0));
+    assert_eq!(
+        (m["correct@t1"], m["correct@t2"], m["i_to_c"]),
+        (0.0, 1.0, 1.0)
+    );
     assert!((m["tests_passed@t1"] - 1.0 / 3.0).abs() < 1e-9);
     assert!(m["sandbox_ms"] > 0.0);
 }
@@ -273,10 +287,19 @@ async fn a_solved_task_ends_and_an_explanation_earns_its_fixs_reward() {
         replies: vec!["def double(x):\n    return 2 * x\n"],
         asked: Vec::new(),
     };
-    let episode = run_episode(factory(true).make(), 0, &mut solved, EpisodeLimits::default()).await;
+    let episode = run_episode(
+        factory(true).make(),
+        0,
+        &mut solved,
+        EpisodeLimits::default(),
+    )
+    .await;
     let outcome = episode.end.unwrap();
     assert_eq!(outcome.rewards[&AgentId::new("coder")], vec![1.0]);
-    assert_eq!((outcome.metrics["correct@t1"], outcome.metrics["correct@t2"]), (1.0, 1.0));
+    assert_eq!(
+        (outcome.metrics["correct@t1"], outcome.metrics["correct@t2"]),
+        (1.0, 1.0)
+    );
 
     let mut explained = Script {
         replies: vec![
@@ -286,11 +309,25 @@ async fn a_solved_task_ends_and_an_explanation_earns_its_fixs_reward() {
         ],
         asked: Vec::new(),
     };
-    let episode = run_episode(factory(true).make(), 0, &mut explained, EpisodeLimits::default()).await;
+    let episode = run_episode(
+        factory(true).make(),
+        0,
+        &mut explained,
+        EpisodeLimits::default(),
+    )
+    .await;
     let outcome = episode.end.unwrap();
     assert_eq!(outcome.rewards[&AgentId::new("coder")], vec![0.0, 1.0, 1.0]);
-    assert!(explained.asked[1].contains("Explain"), "{}", explained.asked[1]);
-    assert!(explained.asked[2].contains("corrected function"), "{}", explained.asked[2]);
+    assert!(
+        explained.asked[1].contains("Explain"),
+        "{}",
+        explained.asked[1]
+    );
+    assert!(
+        explained.asked[2].contains("corrected function"),
+        "{}",
+        explained.asked[2]
+    );
 }
 
 #[tokio::test]
@@ -299,7 +336,13 @@ async fn runaway_code_ends_the_episode_as_a_sandbox_fault() {
         replies: vec!["import os\ndef double(x):\n    os.fork()\n"],
         asked: Vec::new(),
     };
-    let episode = run_episode(factory(false).make(), 0, &mut script, EpisodeLimits::default()).await;
+    let episode = run_episode(
+        factory(false).make(),
+        0,
+        &mut script,
+        EpisodeLimits::default(),
+    )
+    .await;
     let fault = episode.end.clone().unwrap_err();
     assert_eq!(fault.kind, FaultKind::Sandbox);
     assert!(fault.message.contains("os.fork"), "{fault}");
@@ -330,7 +373,9 @@ fn task_files_are_checked_line_by_line() {
          {\"id\":\"b\",\"prompt\":\"p\",\"entry_point\":\"g\",\"tests\":[]}\n",
     )
     .unwrap();
-    let e = kaizen_envs::worlds::read_tasks(&path).unwrap_err().to_string();
+    let e = kaizen_envs::worlds::read_tasks(&path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(":2:") && e.contains("no tests"), "{e}");
     // The shipped task sets read, and every reference solution passes its own tests.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/code");
@@ -346,7 +391,10 @@ async fn every_shipped_reference_solution_passes_its_tests() {
     let s = Sandbox::new(SandboxConfig::default());
     let tasks = kaizen_envs::worlds::read_tasks(&root.join("heldout.jsonl")).unwrap();
     for t in &tasks {
-        let e = s.run_tests(t.solution.as_deref().unwrap(), &t.tests).await.unwrap();
+        let e = s
+            .run_tests(t.solution.as_deref().unwrap(), &t.tests)
+            .await
+            .unwrap();
         assert!(e.all_passed(), "{}: {e:?}", t.id);
     }
 }

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, NftConfig, PpoConfig};
-use kaizen_model::LlamaConfig;
 use kaizen_envs::rewards::VoteAnswers;
+use kaizen_model::LlamaConfig;
 use kaizen_tracking::TrackingConfig;
 use kaizen_transport::SamplingConfig;
 use serde::{Deserialize, Serialize};

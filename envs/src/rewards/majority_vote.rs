@@ -125,7 +125,10 @@ pub struct GroupVote {
 ///
 /// Meant for single-answer tasks (every trained turn answers the same question); in games whose
 /// agents answer different questions the vote is meaningless.
-pub fn relabel_group_by_majority(members: &mut [GroupMember<'_>], answers: VoteAnswers) -> GroupVote {
+pub fn relabel_group_by_majority(
+    members: &mut [GroupMember<'_>],
+    answers: VoteAnswers,
+) -> GroupVote {
     let previous: Vec<Option<Vec<f32>>> = members
         .iter()
         .map(|m| {
@@ -210,7 +213,8 @@ mod tests {
     fn numeric_answers_do_not_count_a_restated_question() {
         let math = majority_vote_by(&["\\boxed{3+4}", "\\boxed{3+4}", "7"], VoteAnswers::Math);
         assert_eq!(math.rewards, vec![1.0, 1.0, 1.0]);
-        let numeric = majority_vote_by(&["\\boxed{3+4}", "\\boxed{3+4}", "7"], VoteAnswers::Numeric);
+        let numeric =
+            majority_vote_by(&["\\boxed{3+4}", "\\boxed{3+4}", "7"], VoteAnswers::Numeric);
         assert_eq!(numeric.rewards, vec![0.0, 0.0, 1.0]);
         assert_eq!(numeric.answer.as_deref(), Some("7"));
     }
@@ -248,12 +252,24 @@ mod tests {
         let mut c = episode(3, &[false, true], vec![0.0, 0.0]);
         let mut bad = episode(4, &[true, true], vec![1.0, 0.0]);
         let mut members = vec![
-            GroupMember { trajectory: &mut a, texts: vec!["12", "\\boxed{7}"] },
-            GroupMember { trajectory: &mut b, texts: vec!["7", "so 7"] },
+            GroupMember {
+                trajectory: &mut a,
+                texts: vec!["12", "\\boxed{7}"],
+            },
+            GroupMember {
+                trajectory: &mut b,
+                texts: vec!["7", "so 7"],
+            },
             // The untrained turn's "12" does not vote; the trained one's "12" does.
-            GroupMember { trajectory: &mut c, texts: vec!["12", "12"] },
+            GroupMember {
+                trajectory: &mut c,
+                texts: vec!["12", "12"],
+            },
             // Texts that do not line up with the segments: left out, unchanged.
-            GroupMember { trajectory: &mut bad, texts: vec!["12"] },
+            GroupMember {
+                trajectory: &mut bad,
+                texts: vec!["12"],
+            },
         ];
         let group = relabel_group_by_majority(&mut members, VoteAnswers::Numeric);
         // Votes: 12, 7, 7, 7, 12 -> 7 with 3 of 5.
@@ -261,7 +277,10 @@ mod tests {
         assert!((group.vote.agreement - 0.6).abs() < 1e-12);
         assert_eq!(group.previous[0], Some(vec![0.0, 1.0]));
         assert_eq!(group.previous[3], None);
-        assert_eq!(group.in_majority, vec![vec![false, true], vec![true, true], vec![false], vec![]]);
+        assert_eq!(
+            group.in_majority,
+            vec![vec![false, true], vec![true, true], vec![false], vec![]]
+        );
         drop(members);
         assert_eq!(a.outcome.rewards[&AgentId::new("solver")], vec![0.0, 1.0]);
         assert_eq!(b.outcome.rewards[&AgentId::new("solver")], vec![1.0, 1.0]);

@@ -151,13 +151,19 @@ pub fn read_tasks(path: &Path) -> Result<Vec<CodeTask>> {
             line: i + 1,
             message,
         };
-        let task: CodeTask = serde_json::from_str(line)
-            .map_err(|e| data(format!("expected a code task {{id, prompt, entry_point, tests, solution?}}: {e}")))?;
+        let task: CodeTask = serde_json::from_str(line).map_err(|e| {
+            data(format!(
+                "expected a code task {{id, prompt, entry_point, tests, solution?}}: {e}"
+            ))
+        })?;
         if task.tests.is_empty() {
             return Err(data(format!("task `{}` has no tests", task.id)));
         }
         if task.entry_point.trim().is_empty() {
-            return Err(data(format!("task `{}` has an empty `entry_point`", task.id)));
+            return Err(data(format!(
+                "task `{}` has an empty `entry_point`",
+                task.id
+            )));
         }
         tasks.push(task);
     }
@@ -358,7 +364,9 @@ impl Code {
                     rewards.push(scores[code_turn]);
                     code_turn += 1;
                 }
-                TurnKind::Explanation => rewards.push(scores.get(code_turn).copied().unwrap_or(0.0)),
+                TurnKind::Explanation => {
+                    rewards.push(scores.get(code_turn).copied().unwrap_or(0.0))
+                }
             }
         }
         let solved: Vec<bool> = self.executions.iter().map(Execution::all_passed).collect();
@@ -385,7 +393,8 @@ impl Code {
             .sum::<f64>()
             / self.executions.len() as f64;
         m.insert("sandbox_ms".into(), ms);
-        outcome.info = serde_json::json!({ "task": self.task().map(|t| t.id.clone()).unwrap_or_default() });
+        outcome.info =
+            serde_json::json!({ "task": self.task().map(|t| t.id.clone()).unwrap_or_default() });
         outcome
     }
 }
@@ -481,6 +490,9 @@ mod tests {
             "def g(): return 2\n"
         );
         assert_eq!(extract_code("```\nx = 1\n```", "g"), "x = 1\n");
-        assert_eq!(extract_code("```python\ndef g(): return 2", "g"), "def g(): return 2");
+        assert_eq!(
+            extract_code("```python\ndef g(): return 2", "g"),
+            "def g(): return 2"
+        );
     }
 }

@@ -79,14 +79,28 @@ fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewa
     drop(members);
     // The environment's rewards of the majority's turns, over the whole group.
     let mut label = Vec::new();
-    for ((previous, majority), trainable) in vote.previous.iter().zip(&vote.in_majority).zip(&flags) {
+    for ((previous, majority), trainable) in vote.previous.iter().zip(&vote.in_majority).zip(&flags)
+    {
         let Some(previous) = previous else { continue };
-        let trained = previous.iter().zip(trainable).filter(|(_, t)| **t).map(|(r, _)| *r);
-        label.extend(trained.zip(majority).filter(|(_, m)| **m).map(|(r, _)| f64::from(r)));
+        let trained = previous
+            .iter()
+            .zip(trainable)
+            .filter(|(_, t)| **t)
+            .map(|(r, _)| *r);
+        label.extend(
+            trained
+                .zip(majority)
+                .filter(|(_, m)| **m)
+                .map(|(r, _)| f64::from(r)),
+        );
     }
-    let label_accuracy = (!label.is_empty()).then(|| label.iter().sum::<f64>() / label.len() as f64);
-    for (((i, previous), majority), trainable) in
-        index.into_iter().zip(&vote.previous).zip(&vote.in_majority).zip(&flags)
+    let label_accuracy =
+        (!label.is_empty()).then(|| label.iter().sum::<f64>() / label.len() as f64);
+    for (((i, previous), majority), trainable) in index
+        .into_iter()
+        .zip(&vote.previous)
+        .zip(&vote.in_majority)
+        .zip(&flags)
     {
         let report = &mut group[i];
         let Some(previous) = previous else {
@@ -96,11 +110,23 @@ fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewa
             );
             continue;
         };
-        let verdicts: Vec<f32> = previous.iter().zip(trainable).filter(|(_, t)| **t).map(|(r, _)| *r).collect();
+        let verdicts: Vec<f32> = previous
+            .iter()
+            .zip(trainable)
+            .filter(|(_, t)| **t)
+            .map(|(r, _)| *r)
+            .collect();
         let n = verdicts.len().max(1) as f64;
-        let agree = verdicts.iter().zip(majority).filter(|(r, m)| (**r >= 0.5) == **m).count();
+        let agree = verdicts
+            .iter()
+            .zip(majority)
+            .filter(|(r, m)| (**r >= 0.5) == **m)
+            .count();
         let m = &mut report.metrics;
-        m.insert("verifier_reward".into(), verdicts.iter().map(|&r| f64::from(r)).sum::<f64>() / n);
+        m.insert(
+            "verifier_reward".into(),
+            verdicts.iter().map(|&r| f64::from(r)).sum::<f64>() / n,
+        );
         m.insert("majority_vote/agreement".into(), vote.vote.agreement);
         m.insert("majority_vote/reward_agreement".into(), agree as f64 / n);
         if let Some(a) = label_accuracy {
