@@ -80,11 +80,14 @@ async fn an_honest_solution_passes_and_a_wrong_one_says_what_it_returned() {
     }
 }
 
+/// A hostile program: its name, its code, and the fault it must end as.
+type Case = (&'static str, &'static str, fn(&SandboxError) -> bool);
+
 /// The hostile programs: each must end as the named fault, and quickly.
 #[tokio::test]
 async fn hostile_programs_end_as_faults_with_a_reason() {
     let s = sandbox();
-    let cases: &[(&str, &str, fn(&SandboxError) -> bool)] = &[
+    let cases: &[Case] = &[
         (
             "cpu-bound infinite loop",
             "def double(x):\n    while True:\n        pass\n",
