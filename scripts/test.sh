@@ -15,7 +15,8 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
-ldconfig -p 2>/dev/null | grep -q 'libclang[-.]' || need+=(libclang-dev)
+# libclang.so / libclang-14.so.1, not libclang-cpp.so (a different library bindgen cannot load).
+ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' || need+=(libclang-dev)
 if ((${#need[@]})); then
     sudo=()
     [[ $(id -u) == 0 ]] || sudo=(sudo)
