@@ -109,9 +109,10 @@ pub struct GroupVote {
     /// The vote over every trained turn of the group (its `rewards` in member, then turn
     /// order).
     pub vote: MajorityVote,
-    /// Per member, its rewards before the vote, one per segment ([`Trajectory::segment_rewards`]);
-    /// `None` for a member left out (texts not one per segment, or rewards that do not line up
-    /// with its turns), whose rewards are unchanged: the caller should reject it.
+    /// Per member, the rewards of its trained turns before the vote, in segment order (aligned
+    /// with [`GroupVote::in_majority`]); `None` for a member left out (texts not one per
+    /// segment, or rewards that do not line up with its turns), whose rewards are unchanged:
+    /// the caller should reject it.
     pub previous: Vec<Option<Vec<f32>>>,
     /// Per member, whether each trained turn is in the majority (its new reward is 1), in
     /// segment order over trained segments; empty for a member left out.
@@ -133,7 +134,11 @@ pub fn relabel_group_by_majority(
         .iter()
         .map(|m| {
             let rewards = m.trajectory.segment_rewards().ok()?;
-            (m.texts.len() == m.trajectory.segments.len()).then_some(rewards)
+            let segments = &m.trajectory.segments;
+            (m.texts.len() == segments.len()).then(|| {
+                let trained = segments.iter().zip(rewards).filter(|(s, _)| s.trainable);
+                trained.map(|(_, r)| r).collect()
+            })
         })
         .collect();
     let mut voters: Vec<&str> = Vec::new();
@@ -276,6 +281,7 @@ mod tests {
         assert_eq!(group.vote.answer.as_deref(), Some("7"));
         assert!((group.vote.agreement - 0.6).abs() < 1e-12);
         assert_eq!(group.previous[0], Some(vec![0.0, 1.0]));
+        assert_eq!(group.previous[2], Some(vec![0.0]), "trained turns only");
         assert_eq!(group.previous[3], None);
         assert_eq!(
             group.in_majority,

@@ -71,51 +71,29 @@ fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewa
             index.push(i);
         }
     }
-    let trained = |m: &GroupMember<'_>| -> Vec<bool> {
-        m.trajectory.segments.iter().map(|s| s.trainable).collect()
-    };
-    let flags: Vec<Vec<bool>> = members.iter().map(trained).collect();
     let vote = relabel_group_by_majority(&mut members, answers);
     drop(members);
     // The environment's rewards of the majority's turns, over the whole group.
-    let mut label = Vec::new();
-    for ((previous, majority), trainable) in vote.previous.iter().zip(&vote.in_majority).zip(&flags)
-    {
-        let Some(previous) = previous else { continue };
-        let trained = previous
-            .iter()
-            .zip(trainable)
-            .filter(|(_, t)| **t)
-            .map(|(r, _)| *r);
-        label.extend(
-            trained
-                .zip(majority)
-                .filter(|(_, m)| **m)
-                .map(|(r, _)| f64::from(r)),
-        );
-    }
+    let label: Vec<f64> = vote
+        .previous
+        .iter()
+        .zip(&vote.in_majority)
+        .filter_map(|(previous, majority)| Some(previous.as_ref()?.iter().zip(majority)))
+        .flatten()
+        .filter(|(_, m)| **m)
+        .map(|(r, _)| f64::from(*r))
+        .collect();
     let label_accuracy =
         (!label.is_empty()).then(|| label.iter().sum::<f64>() / label.len() as f64);
-    for (((i, previous), majority), trainable) in index
-        .into_iter()
-        .zip(&vote.previous)
-        .zip(&vote.in_majority)
-        .zip(&flags)
-    {
+    for ((i, previous), majority) in index.into_iter().zip(&vote.previous).zip(&vote.in_majority) {
         let report = &mut group[i];
-        let Some(previous) = previous else {
+        let Some(verdicts) = previous else {
             reject(
                 report,
                 "majority vote: the episode's turns do not line up with its trajectory's segments",
             );
             continue;
         };
-        let verdicts: Vec<f32> = previous
-            .iter()
-            .zip(trainable)
-            .filter(|(_, t)| **t)
-            .map(|(r, _)| *r)
-            .collect();
         let n = verdicts.len().max(1) as f64;
         let agree = verdicts
             .iter()
