@@ -14,7 +14,9 @@ scripts/fetch_model.sh >/dev/null
 source scripts/lib/venv.sh
 family="${KAIZEN_DATA:-basic_arithmetic_easy}"
 data="$KAIZEN_CACHE/data/$family"
-if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]]; then
+# Sets made before the arithmetic families got their reworded twins (Co-Reward) are remade too.
+if [[ ! -s "$data/train.jsonl" || ! -s "$data/heldout.jsonl" ]] ||
+    { [[ "$family" =~ ^(basic_arithmetic|chain_sum) ]] && ! head -1 "$data/train.jsonl" | grep -q '"twin"'; }; then
     scripts/data/make_problem_sets.sh --families "$family" --train 2000 --heldout 200
 fi
 if [[ -n "${KAIZEN_DATA:-}" ]]; then

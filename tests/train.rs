@@ -761,6 +761,101 @@ fn majority_vote_rewards_each_group_with_its_own_consensus() {
     }
 }
 
+/// Label-free RL by Co-Reward: every prompt's group is paired with a group of its twin
+/// (the same problem reworded, same seed, the `<name>_twin` slot), and each group is rewarded
+/// by agreement with the other's majority answer, in the sync and the async loop.
+#[test]
+fn co_reward_pairs_each_group_with_its_twin_and_rewards_cross_agreement() {
+    for mode in ["sync", "async"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        let mode_set = format!("run.mode=\"{mode}\"");
+        let out = train_tiny_self_correction(
+            &runs,
+            &[
+                "run.max_steps=2",
+                &mode_set,
+                "run.log_samples=1000",
+                "grpo.reward_source=\"co_reward\"",
+                "grpo.vote_answers=\"numeric\"",
+                "grpo.prompts_per_step=2",
+                "grpo.num_generations=4",
+                "env.twin={ ask = \"twin\" }",
+                "eval.at_start=false",
+                "eval.at_end=false",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = run_dir(&runs, "self_correct_tiny");
+        let one =
+            |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+        assert_eq!(one("faults"), vec![0.0; 2], "{mode}");
+        let rewards = one("reward/mean");
+        let agreement = one("env/co_reward/agreement");
+        assert_eq!((rewards.len(), agreement.len()), (2, 2), "{mode}");
+        for (r, a) in rewards.iter().zip(&agreement) {
+            assert!(
+                (r - a).abs() < 1e-9,
+                "{mode}: reward {r} vs share agreeing with the twin's label {a}"
+            );
+        }
+        for key in [
+            "env/verifier_reward",
+            "env/co_reward/reward_agreement",
+            "env/co_reward/labels_agree",
+        ] {
+            let values = one(key);
+            assert_eq!(values.len(), 2, "{mode} {key}");
+            assert!(
+                values.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{key}: {values:?}"
+            );
+        }
+        // Each step trains 2 prompts x (question + twin) x 4 episodes; a pair shares its seed.
+        let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+        let mut by_step: BTreeMap<u64, Vec<serde_json::Value>> = BTreeMap::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            by_step
+                .entry(v["step"].as_u64().unwrap())
+                .or_default()
+                .push(v);
+        }
+        assert_eq!(by_step.len(), 2, "{mode}");
+        for (step, episodes) in &by_step {
+            assert_eq!(episodes.len(), 16, "{mode} step {step}");
+            let seeds = |env: &str| -> Vec<u64> {
+                let mut s: Vec<u64> = episodes
+                    .iter()
+                    .filter(|e| e["env"] == env)
+                    .map(|e| e["seed"].as_u64().unwrap())
+                    .collect();
+                s.sort();
+                s
+            };
+            let (question, twin) = (seeds("self_correct"), seeds("self_correct_twin"));
+            assert_eq!(question.len(), 8, "{mode} step {step}");
+            assert_eq!(
+                question, twin,
+                "{mode} step {step}: twins share their seeds"
+            );
+            let twin_prompt = episodes
+                .iter()
+                .find(|e| e["env"] == "self_correct_twin")
+                .and_then(|e| e["turns"][0]["prompt"].as_str())
+                .unwrap();
+            assert!(
+                twin_prompt.starts_with("What is the value of"),
+                "{twin_prompt}"
+            );
+        }
+    }
+}
+
 /// The `code` world's shipped tiny job runs (shortened): every episode's code is executed in
 /// the sandbox (its cost logged), every attempt is accounted for, and nothing is lost.
 #[test]

@@ -51,6 +51,7 @@ fn verifier_agrees_with_reasoning_gym_score_answer() {
             answer: case["gold"].as_str().unwrap().to_string(),
             verifier,
             steps: vec![],
+            twin: None,
             metadata: Value::Null,
         };
         let candidate = case["candidate"].as_str().unwrap();

@@ -178,6 +178,24 @@ pub struct EnvConfig {
     /// far from training seeds).
     #[serde(default)]
     pub eval_params: Option<toml::Table>,
+    /// The analogical twin of this environment (Co-Reward): keys that replace `params`' to
+    /// ask the same problem, for the same seed, another way with the same answer, e.g.
+    /// `twin = { ask = "twin" }` for `self_correct`. With `[grpo] reward_source =
+    /// "co_reward"` every group of this environment is paired with a group of its twin. The
+    /// twin is an environment slot of its own, named `<name>_twin`, after the evaluation
+    /// slots ([`JobConfig::twin_slot`]).
+    #[serde(default)]
+    pub twin: Option<toml::Table>,
+}
+
+impl EnvConfig {
+    /// The twin's parameters: `params` with the keys of `twin` replaced (`None` without a
+    /// twin).
+    pub fn twin_params(&self) -> Option<toml::Table> {
+        let mut params = self.params.clone();
+        params.extend(self.twin.clone()?);
+        Some(params)
+    }
 }
 
 fn one() -> f64 {
@@ -275,9 +293,13 @@ pub struct GrpoConfig {
     /// the final answers of every trained turn of a prompt's `num_generations` episodes vote,
     /// and a turn earns 1 when its answer is the majority's, else 0; no gold answer is trained
     /// on (the environment's reward is logged as `env/verifier_reward`, with
-    /// `env/majority_vote/*` monitors).
+    /// `env/majority_vote/*` monitors). `"co_reward"`: label-free rewards by cross-agreement
+    /// (Co-Reward, Zhang et al. 2025): each group is paired with a group of the same problem
+    /// asked by the environment's twin (`[[env]] twin`, required), and each group's turns earn
+    /// 1 when their answer is the *other* group's majority answer; a step then trains
+    /// `2 × prompts_per_step` groups (`env/co_reward/*` monitors).
     pub reward_source: RewardSource,
-    /// How a majority vote reads answers (`reward_source = "majority_vote"`): `"math"` by
+    /// How a vote reads answers (`reward_source = "majority_vote"` or `"co_reward"`): `"math"` by
     /// value (`1/2` = `0.5`, and a restated `3 + 4` = 7), `"numeric"` only computed numbers
     /// (a restated question is no answer; use it with numeric verifiers).
     pub vote_answers: VoteAnswers,
@@ -307,6 +329,20 @@ pub enum RewardSource {
     /// The group's majority answer as a pseudo-label
     /// (`kaizen_envs::rewards::relabel_group_by_majority`).
     MajorityVote,
+    /// The twin group's majority answer as a pseudo-label
+    /// (`kaizen_envs::rewards::relabel_twin_groups`).
+    CoReward,
+}
+
+impl GrpoConfig {
+    /// Groups trained per prompt: 2 under Co-Reward (the question's and its twin's), else 1.
+    pub fn groups_per_prompt(&self) -> usize {
+        if self.reward_source == RewardSource::CoReward {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// `[sft.self_generated] select`: see [`SelfGeneratedConfig::select`].
@@ -591,6 +627,15 @@ impl Default for CheckpointConfig {
 }
 
 impl JobConfig {
+    /// The actors' slot of environment `env`'s twin (`[[env]] twin`): the slots are the
+    /// training environments, their evaluation variants, then the twins in environment order
+    /// (see `build_envs`). `None` when `env` has no twin.
+    pub fn twin_slot(&self, env: usize) -> Option<usize> {
+        self.envs.get(env)?.twin.as_ref()?;
+        let before = self.envs[..env].iter().filter(|e| e.twin.is_some()).count();
+        Some(2 * self.envs.len() + before)
+    }
+
     /// Reads `path`, applies `--set key.path=value` overrides, and validates.
     ///
     /// # Errors
@@ -662,6 +707,14 @@ impl JobConfig {
         for (i, e) in self.envs.iter().enumerate() {
             if !(e.weight.is_finite() && e.weight > 0.0) {
                 return Err(format!("env[{i}].weight must be > 0, got {}", e.weight));
+            }
+            if self.grpo.reward_source == RewardSource::CoReward && e.twin.is_none() {
+                return Err(format!(
+                    "`grpo.reward_source = \"co_reward\"` pairs every group with its twin, but \
+                     env[{i}] ({}) has no `twin` (e.g. `twin = {{ ask = \"twin\" }}` for \
+                     self_correct)",
+                    e.name
+                ));
             }
         }
         let positive = [

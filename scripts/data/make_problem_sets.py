@@ -2,7 +2,10 @@
 """Make JSONL problem sets for kaizen from reasoning-gym (offline, seeded).
 
 Writes <out>/<family>/train.jsonl and <out>/<family>/heldout.jsonl, one problem per line:
-{"question", "answer", "verifier", "metadata"} (the format kaizen's ProblemSet reads).
+{"question", "answer", "verifier", "metadata"} (the format kaizen's ProblemSet reads), and for
+the arithmetic families a "twin": the question reworded with the same answer (a sum's terms in
+reverse order: "Calculate 7 - 3 + 2." -> "What is the value of 2 - 3 + 7?"), the rephrased
+question of Co-Reward (`[[env]] twin = { ask = "twin" }`, `grpo.reward_source = "co_reward"`).
 The held-out split is drawn with a distant seed (reasoning-gym seeds item i with seed + i, so
 seed + 1 would repeat the training items shifted by one) and never repeats a training question.
 
@@ -39,18 +42,45 @@ FAMILIES = {
 }
 
 HELDOUT_SEED_OFFSET = 10_000_000
+TWIN_FAMILIES = {"basic_arithmetic", "chain_sum"}
+
+
+def twin(expression):
+    """The expression reworded: a flat sum of integers ("7 - 3 + 2", "2 - -1") with its signed
+    terms in reverse order, anything else (parentheses, * and /) as it is, asked as "What is
+    the value of ...?"."""
+    tokens = expression.split()
+    terms = []
+    if len(tokens) % 2 == 1 and all(op in ("+", "-") for op in tokens[1::2]):
+        try:
+            values = [int(t) for t in tokens[0::2]]
+            terms = [values[0]] + [v if op == "+" else -v for op, v in zip(tokens[1::2], values[1:])]
+        except ValueError:
+            terms = []
+    if terms:
+        terms.reverse()
+        text = str(terms[0])
+        for t in terms[1:]:
+            text += f" - {-t}" if t < 0 else f" + {t}"
+        assert eval(text) == eval(expression.replace("- -", "+ ")), (expression, text)
+    else:
+        text = expression
+    return f"What is the value of {text}?"
 
 
 def records(family, size, seed):
     name, kwargs, verifier = FAMILIES[family]
     ds = rg.create_dataset(name, size=size, seed=seed, **kwargs)
     for x in ds:
-        yield {
+        row = {
             "question": x["question"],
             "answer": x["answer"],
             "verifier": verifier,
             "metadata": x["metadata"],
         }
+        if name in TWIN_FAMILIES and x["metadata"].get("expression"):
+            row["twin"] = twin(x["metadata"]["expression"])
+        yield row
 
 
 def write_jsonl(path, rows):

@@ -72,15 +72,22 @@ impl ProblemGenerator {
     pub fn generate(&self, seed: u64) -> Problem {
         let salt = (self.family as u64) << 8 | self.difficulty as u64;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (question, answer, steps) = match self.family {
-            Family::Arithmetic => arithmetic(&mut rng, self.difficulty),
-            Family::WordProblem => word_problem(&mut rng, self.difficulty),
+        let (question, answer, steps, twin) = match self.family {
+            Family::Arithmetic => {
+                let (question, answer, steps, twin) = arithmetic(&mut rng, self.difficulty);
+                (question, answer, steps, Some(twin))
+            }
+            Family::WordProblem => {
+                let (question, answer, steps) = word_problem(&mut rng, self.difficulty);
+                (question, answer, steps, None)
+            }
         };
         Problem {
             question,
             answer: answer.to_string(),
             verifier: VerifierKind::Math,
             steps,
+            twin,
             metadata: serde_json::json!({
                 "source": "kaizen_generator",
                 "family": self.family,
@@ -91,13 +98,18 @@ impl ProblemGenerator {
     }
 }
 
-fn arithmetic(rng: &mut ChaCha8Rng, difficulty: Difficulty) -> (String, i64, Vec<String>) {
+/// An arithmetic problem: its question, answer, steps and twin (the question reworded, and for
+/// sums of `+` and `-` terms the terms in reverse order: `Compute 7 - 3 + 2.` becomes `What is
+/// the value of 2 - 3 + 7?`).
+fn arithmetic(rng: &mut ChaCha8Rng, difficulty: Difficulty) -> (String, i64, Vec<String>, String) {
     let terms = rng.random_range(difficulty.terms());
     let max = difficulty.max_operand();
     let mut value = rng.random_range(1..=max);
     let mut text = value.to_string();
     let mut low_precedence = false;
     let mut steps = Vec::new();
+    // The signed terms while the expression is a plain sum (no `*` yet).
+    let mut signed: Option<Vec<i64>> = Some(vec![value]);
     for _ in 1..terms {
         let ops: &[char] = if matches!(difficulty, Difficulty::Easy | Difficulty::Starter) {
             &['+', '-']
@@ -116,6 +128,13 @@ fn arithmetic(rng: &mut ChaCha8Rng, difficulty: Difficulty) -> (String, i64, Vec
             _ => value * operand,
         };
         steps.push(format!("{value} {op} {operand} = {result}"));
+        signed = match (signed, op) {
+            (Some(mut terms), '+' | '-') => {
+                terms.push(if op == '-' { -operand } else { operand });
+                Some(terms)
+            }
+            _ => None,
+        };
         if op == '*' && low_precedence {
             text = format!("({text}) * {operand}");
         } else {
@@ -124,7 +143,26 @@ fn arithmetic(rng: &mut ChaCha8Rng, difficulty: Difficulty) -> (String, i64, Vec
         low_precedence = op != '*';
         value = result;
     }
-    (format!("Compute {text}."), value, steps)
+    let reworded = match signed {
+        Some(terms) => {
+            let mut twin = String::new();
+            for (i, t) in terms.iter().rev().enumerate() {
+                match (i, *t < 0) {
+                    (0, _) => twin.push_str(&t.to_string()),
+                    (_, true) => twin.push_str(&format!(" - {}", -t)),
+                    (_, false) => twin.push_str(&format!(" + {t}")),
+                }
+            }
+            twin
+        }
+        None => text.clone(),
+    };
+    (
+        format!("Compute {text}."),
+        value,
+        steps,
+        format!("What is the value of {reworded}?"),
+    )
 }
 
 const NAMES: [&str; 8] = [
@@ -234,16 +272,46 @@ mod tests {
     }
 
     #[test]
-    fn the_question_evaluates_to_the_answer_for_arithmetic() {
-        let g = ProblemGenerator::default();
-        for seed in 0..200 {
-            let p = g.generate(seed);
-            let expr = p
-                .question
-                .trim_start_matches("Compute ")
-                .trim_end_matches('.');
-            assert!(answers_match(&p.answer, expr), "{expr} = {}", p.answer);
+    fn the_question_and_its_twin_evaluate_to_the_answer_for_arithmetic() {
+        for difficulty in [
+            Difficulty::Starter,
+            Difficulty::Easy,
+            Difficulty::Medium,
+            Difficulty::Hard,
+        ] {
+            let g = ProblemGenerator {
+                family: Family::Arithmetic,
+                difficulty,
+            };
+            let mut reordered = 0;
+            for seed in 0..200 {
+                let p = g.generate(seed);
+                let expr = p
+                    .question
+                    .trim_start_matches("Compute ")
+                    .trim_end_matches('.');
+                assert!(answers_match(&p.answer, expr), "{expr} = {}", p.answer);
+                let twin = p.twin.as_deref().unwrap();
+                let reworded = twin
+                    .strip_prefix("What is the value of ")
+                    .and_then(|t| t.strip_suffix('?'))
+                    .unwrap();
+                assert!(answers_match(&p.answer, reworded), "{twin} = {}", p.answer);
+                reordered += usize::from(reworded != expr);
+            }
+            // Sums have their terms reversed (`3 + 3` stays as it is); products keep theirs.
+            if matches!(difficulty, Difficulty::Starter | Difficulty::Easy) {
+                assert!(
+                    reordered > 150,
+                    "{difficulty:?}: {reordered} of 200 reordered"
+                );
+            }
         }
+        let words = ProblemGenerator {
+            family: Family::WordProblem,
+            difficulty: Difficulty::Easy,
+        };
+        assert_eq!(words.generate(1).twin, None);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::{Error, Result};
 ///
 /// On disk this is one JSONL line, GSM8K style: `{"question": "...", "answer": "42"}`, with
 /// optional `verifier` (`"math"`, `"knights_knaves"`, `"exact"`), `steps` (a correct
-/// step-by-step solution, one `expression = value` per entry) and `metadata` (kept as is).
+/// step-by-step solution, one `expression = value` per entry), `twin` (the same problem asked
+/// another way, with the same answer: Co-Reward's rephrased question) and `metadata` (kept as
+/// is).
 /// Other fields are ignored. A numeric `answer` is read as its decimal text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
@@ -27,6 +29,11 @@ pub struct Problem {
     /// A correct step-by-step solution, when known (one `expression = value` per step).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<String>,
+    /// The same problem asked another way, with the same gold answer (Co-Reward's rephrased
+    /// twin, Zhang et al. 2025): asked instead of `question` by environments told to
+    /// (`self_correct`'s `ask = "twin"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<String>,
     /// Source details (dataset, index, difficulty...), not interpreted.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub metadata: serde_json::Value,

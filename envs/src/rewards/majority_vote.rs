@@ -40,7 +40,7 @@ pub enum VoteAnswers {
 }
 
 impl VoteAnswers {
-    fn parse(self, response: &str) -> Option<Expr> {
+    pub(super) fn parse(self, response: &str) -> Option<Expr> {
         match self {
             Self::Math => parse_final_answer(response),
             Self::Numeric => math_expression::parse(&final_number(response)?),
@@ -57,39 +57,64 @@ pub fn majority_vote(responses: &[&str]) -> MajorityVote {
 /// [`majority_vote`] with the answers read as `answers` says.
 pub fn majority_vote_by(responses: &[&str], answers: VoteAnswers) -> MajorityVote {
     let parsed: Vec<Option<Expr>> = responses.iter().map(|r| answers.parse(r)).collect();
-    // clusters[i] = (representative response index, member indices)
-    let mut clusters: Vec<(usize, Vec<usize>)> = Vec::new();
+    let Some(rep) = majority_index(&parsed) else {
+        return MajorityVote {
+            answer: None,
+            rewards: vec![0.0; responses.len()],
+            agreement: 0.0,
+        };
+    };
+    agreeing_with(responses, &parsed, parsed[rep].as_ref(), responses[rep])
+}
+
+/// The index of the first response of the largest cluster of equal answers (ties to the
+/// cluster seen first); `None` when no response has an answer.
+pub(super) fn majority_index(parsed: &[Option<Expr>]) -> Option<usize> {
+    // clusters[i] = (representative response index, member count)
+    let mut clusters: Vec<(usize, usize)> = Vec::new();
     for (i, answer) in parsed.iter().enumerate() {
         let Some(answer) = answer else { continue };
         let home = clusters
             .iter_mut()
             .find(|(rep, _)| parsed[*rep].as_ref().is_some_and(|r| r.equals(answer)));
         match home {
-            Some((_, members)) => members.push(i),
-            None => clusters.push((i, vec![i])),
+            Some((_, count)) => *count += 1,
+            None => clusters.push((i, 1)),
         }
     }
-    let mut majority: Option<&(usize, Vec<usize>)> = None;
-    for c in &clusters {
-        if majority.is_none_or(|m| c.1.len() > m.1.len()) {
+    let mut majority: Option<(usize, usize)> = None;
+    for c in clusters {
+        if majority.is_none_or(|m| c.1 > m.1) {
             majority = Some(c);
         }
     }
-    let mut rewards = vec![0.0; responses.len()];
-    let Some((rep, members)) = majority else {
+    majority.map(|(rep, _)| rep)
+}
+
+/// Rewards `responses` (answers `parsed`) with `1[a_i = label]`; `label_text` is the response
+/// the label was read from (its final-answer span becomes [`MajorityVote::answer`]).
+pub(super) fn agreeing_with(
+    responses: &[&str],
+    parsed: &[Option<Expr>],
+    label: Option<&Expr>,
+    label_text: &str,
+) -> MajorityVote {
+    let Some(label) = label else {
         return MajorityVote {
             answer: None,
-            rewards,
+            rewards: vec![0.0; responses.len()],
             agreement: 0.0,
         };
     };
-    for &i in members {
-        rewards[i] = 1.0;
-    }
+    let rewards: Vec<f32> = parsed
+        .iter()
+        .map(|a| f32::from(u8::from(a.as_ref().is_some_and(|a| a.equals(label)))))
+        .collect();
+    let agreeing = rewards.iter().filter(|&&r| r > 0.0).count();
     MajorityVote {
-        answer: Some(final_answer_span(responses[*rep]).to_string()),
+        answer: Some(final_answer_span(label_text).to_string()),
+        agreement: agreeing as f64 / responses.len().max(1) as f64,
         rewards,
-        agreement: members.len() as f64 / responses.len() as f64,
     }
 }
 
@@ -130,58 +155,96 @@ pub fn relabel_group_by_majority(
     members: &mut [GroupMember<'_>],
     answers: VoteAnswers,
 ) -> GroupVote {
-    let previous: Vec<Option<Vec<f32>>> = members
-        .iter()
-        .map(|m| {
-            let rewards = m.trajectory.segment_rewards().ok()?;
-            let segments = &m.trajectory.segments;
-            (m.texts.len() == segments.len()).then(|| {
-                let trained = segments.iter().zip(rewards).filter(|(s, _)| s.trainable);
-                trained.map(|(_, r)| r).collect()
-            })
-        })
-        .collect();
-    let mut voters: Vec<&str> = Vec::new();
-    for (m, prev) in members.iter().zip(&previous) {
-        if prev.is_none() {
-            continue;
-        }
-        for (s, text) in m.trajectory.segments.iter().zip(&m.texts) {
-            if s.trainable {
-                voters.push(text);
-            }
-        }
-    }
-    let vote = majority_vote_by(&voters, answers);
-    let mut next = vote.rewards.iter();
-    let mut in_majority = Vec::with_capacity(members.len());
-    for (m, prev) in members.iter_mut().zip(&previous) {
-        let mut flags = Vec::new();
-        if prev.is_none() {
-            in_majority.push(flags);
-            continue;
-        }
-        let mut rewards: std::collections::BTreeMap<AgentId, Vec<f32>> = Default::default();
-        for s in &m.trajectory.segments {
-            let r = if s.trainable {
-                let r = next.next().copied().unwrap_or(0.0);
-                flags.push(r > 0.0);
-                r
-            } else {
-                0.0
-            };
-            rewards.entry(s.agent.clone()).or_default().push(r);
-        }
-        for (agent, list) in &mut m.trajectory.outcome.rewards {
-            *list = rewards.remove(agent).unwrap_or_default();
-        }
-        m.trajectory.outcome.rewards.extend(rewards);
-        in_majority.push(flags);
-    }
+    let ballots = Ballots::of(members, answers);
+    let label = majority_index(&ballots.parsed);
+    let vote = agreeing_with(
+        &ballots.texts,
+        &ballots.parsed,
+        label.and_then(|i| ballots.parsed[i].as_ref()),
+        label.map_or("", |i| ballots.texts[i]),
+    );
+    let in_majority = ballots.assign(members, &vote.rewards);
     GroupVote {
         vote,
-        previous,
+        previous: ballots.previous,
         in_majority,
+    }
+}
+
+/// The trained turns of a group, as votes.
+pub(super) struct Ballots<'a> {
+    /// Per member, its trained turns' rewards before relabelling (`None`: left out).
+    pub previous: Vec<Option<Vec<f32>>>,
+    /// The texts of the trained turns of the members not left out, member then turn order.
+    pub texts: Vec<&'a str>,
+    /// Their answers.
+    pub parsed: Vec<Option<Expr>>,
+}
+
+impl<'a> Ballots<'a> {
+    /// The ballots of `members`: a member is left out when its texts are not one per segment
+    /// or its rewards do not line up with its turns.
+    pub fn of(members: &[GroupMember<'a>], answers: VoteAnswers) -> Self {
+        let previous: Vec<Option<Vec<f32>>> = members
+            .iter()
+            .map(|m| {
+                let rewards = m.trajectory.segment_rewards().ok()?;
+                let segments = &m.trajectory.segments;
+                (m.texts.len() == segments.len()).then(|| {
+                    let trained = segments.iter().zip(rewards).filter(|(s, _)| s.trainable);
+                    trained.map(|(_, r)| r).collect()
+                })
+            })
+            .collect();
+        let mut texts: Vec<&'a str> = Vec::new();
+        for (m, prev) in members.iter().zip(&previous) {
+            if prev.is_none() {
+                continue;
+            }
+            for (s, text) in m.trajectory.segments.iter().zip(&m.texts) {
+                if s.trainable {
+                    texts.push(text);
+                }
+            }
+        }
+        let parsed = texts.iter().map(|t| answers.parse(t)).collect();
+        Self {
+            previous,
+            texts,
+            parsed,
+        }
+    }
+
+    /// Gives the trained turns of the members not left out the `rewards` (one per ballot, in
+    /// ballot order) and every untrained turn 0; returns, per member, which trained turns got
+    /// a positive reward (empty for a member left out).
+    pub fn assign(&self, members: &mut [GroupMember<'_>], rewards: &[f32]) -> Vec<Vec<bool>> {
+        let mut next = rewards.iter();
+        let mut flags_all = Vec::with_capacity(members.len());
+        for (m, prev) in members.iter_mut().zip(&self.previous) {
+            let mut flags = Vec::new();
+            if prev.is_none() {
+                flags_all.push(flags);
+                continue;
+            }
+            let mut by_agent: std::collections::BTreeMap<AgentId, Vec<f32>> = Default::default();
+            for s in &m.trajectory.segments {
+                let r = if s.trainable {
+                    let r = next.next().copied().unwrap_or(0.0);
+                    flags.push(r > 0.0);
+                    r
+                } else {
+                    0.0
+                };
+                by_agent.entry(s.agent.clone()).or_default().push(r);
+            }
+            for (agent, list) in &mut m.trajectory.outcome.rewards {
+                *list = by_agent.remove(agent).unwrap_or_default();
+            }
+            m.trajectory.outcome.rewards.extend(by_agent);
+            flags_all.push(flags);
+        }
+        flags_all
     }
 }
 

@@ -1,7 +1,8 @@
 //! Reward components: exact-answer verification (math, knights-and-knaves), model-judged
-//! scores, majority vote, the policy's self-certainty, and the [`Verifier`] hook for user
+//! scores, majority vote, Co-Reward's cross-agreement between twin questions, the policy's self-certainty, and the [`Verifier`] hook for user
 //! rewards.
 
+mod co_reward;
 mod judge_score;
 mod knights_knaves;
 mod majority_vote;
@@ -10,6 +11,7 @@ pub mod math_expression;
 mod self_certainty;
 mod verifier;
 
+pub use co_reward::{CoReward, relabel_twin_groups};
 pub use judge_score::parse_judge_score;
 pub use knights_knaves::{assignments, knights_knaves_match};
 pub use majority_vote::{

@@ -53,6 +53,23 @@ pub struct SelfCorrectConfig {
     /// uses the job's `sampling.max_completion_length`. Entries must be ≥ 1.
     #[serde(default)]
     pub max_new_tokens: Vec<usize>,
+    /// Which wording of each problem is asked: `"question"` (the default) or `"twin"`, the
+    /// problem's rephrased twin (`Problem::twin`, same answer), for Co-Reward's paired groups
+    /// (`[[env]] twin = { ask = "twin" }` and `[grpo] reward_source = "co_reward"`). A problem
+    /// without a twin ends its episode with an error naming it.
+    #[serde(default)]
+    pub ask: Ask,
+}
+
+/// `self_correct`'s `ask`: see [`SelfCorrectConfig::ask`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ask {
+    /// The problem's `question`.
+    #[default]
+    Question,
+    /// The problem's `twin`.
+    Twin,
 }
 
 fn default_attempts() -> usize {
@@ -82,6 +99,7 @@ impl Default for SelfCorrectConfig {
             correction_prompt: default_correction_prompt(),
             verifier: None,
             max_new_tokens: Vec::new(),
+            ask: Ask::Question,
         }
     }
 }
@@ -206,6 +224,15 @@ impl Env for SelfCorrect {
         if let Some(kind) = config.verifier {
             problem.verifier = kind;
         }
+        let question = match config.ask {
+            Ask::Question => problem.question.clone(),
+            Ask::Twin => problem.twin.clone().ok_or_else(|| {
+                Error::Env(format!(
+                    "`ask = \"twin\"` but problem {:?} (seed {seed}) has no `twin`",
+                    problem.question
+                ))
+            })?,
+        };
         self.dialogue = Dialogue::new();
         self.scores.clear();
         let mut messages = Vec::new();
@@ -213,8 +240,8 @@ impl Env for SelfCorrect {
             messages.push(Message::system(system));
         }
         messages.push(Message::user(format!(
-            "{}\n\n{}",
-            problem.question, config.instruction
+            "{question}\n\n{}",
+            config.instruction
         )));
         self.problem = Some(problem);
         Ok(self.ask(messages))
@@ -338,6 +365,41 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("max_new_tokens[1]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_twin_asks_the_rephrased_question_with_the_same_answer() {
+        let params: toml::Table = toml::from_str("ask = \"twin\"").unwrap();
+        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make();
+        let problem = ProblemGenerator::default().generate(4);
+        let Step::Request(r) = env.reset(4).await.unwrap() else {
+            panic!("no request")
+        };
+        let shown = &r.messages.last().unwrap().content;
+        assert!(
+            shown.starts_with(problem.twin.as_deref().unwrap()),
+            "{shown}"
+        );
+        let right = format!("\\boxed{{{}}}", problem.answer);
+        let step = env.step(&r.agent, &right).await.unwrap();
+        let Step::Request(r) = step else {
+            panic!("one attempt left")
+        };
+        let Step::Done(outcome) = env.step(&r.agent, &right).await.unwrap() else {
+            panic!("not done")
+        };
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
+
+        // Problems without a twin: the episode fails, naming the problem.
+        let params: toml::Table =
+            toml::from_str("ask = \"twin\"\ngenerator = { family = \"word_problem\" }").unwrap();
+        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make();
+        let err = env.reset(4).await.err().unwrap().to_string();
+        assert!(err.contains("has no `twin`"), "{err}");
     }
 
     #[tokio::test]

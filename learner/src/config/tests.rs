@@ -288,6 +288,22 @@ fn self_generated_warm_start_defaults_and_checks() {
     assert_eq!(g.temperatures, vec![0.7, 1.0, 1.3]);
     let (c, _) = parse(&["grpo.reward_source=\"self_certainty\""]).unwrap();
     assert_eq!(c.grpo.reward_source, crate::RewardSource::SelfCertainty);
+    // Co-Reward needs every environment's twin; the twin slot follows the evaluation slots.
+    let e = parse(&["grpo.reward_source=\"co_reward\""])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no `twin`"), "{e}");
+    let (c, _) = parse(&[
+        "grpo.reward_source=\"co_reward\"",
+        "env.twin={ ask = \"twin\" }",
+    ])
+    .unwrap();
+    assert_eq!(c.grpo.groups_per_prompt(), 2);
+    assert_eq!(c.twin_slot(0), Some(2 * c.envs.len()));
+    assert_eq!(
+        c.envs[0].twin_params().unwrap()["ask"].as_str(),
+        Some("twin")
+    );
     for bad in [
         "sft.self_generated.rounds=0",
         "sft.self_generated.max_per_problem=0",

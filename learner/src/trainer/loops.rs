@@ -49,31 +49,71 @@ fn self_certainty_rewards(mut report: EpisodeReport) -> EpisodeReport {
 }
 
 /// A group's reports rewarded by majority vote (`[grpo] reward_source = "majority_vote"`,
-/// see [`kaizen_envs::rewards::relabel_group_by_majority`]). Each report's metrics get, for
-/// logging only: `verifier_reward` (the environment's mean reward over its trained turns),
-/// `majority_vote/agreement` (the share of the group's votes in the majority),
-/// `majority_vote/label_accuracy` (the environment's mean reward of the majority's turns: 1
-/// when the pseudo-label is right under a 0/1 verifier; absent when nobody answered) and
-/// `majority_vote/reward_agreement` (the share of its trained turns whose pseudo-reward
-/// equals the verifier's 0/1 verdict, reward ≥ 0.5). A report whose turns do not line up with
-/// its trajectory becomes a fault.
+/// see [`kaizen_envs::rewards::relabel_group_by_majority`]); metrics as [`vote_metrics`]
+/// says, under `majority_vote/`.
 fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewards::VoteAnswers) {
-    use kaizen_envs::rewards::{GroupMember, relabel_group_by_majority};
+    use kaizen_envs::rewards::relabel_group_by_majority;
+    let (mut members, index) = group_members(group);
+    let vote = relabel_group_by_majority(&mut members, answers);
+    drop(members);
+    vote_metrics(group, &index, &vote, "majority_vote", None);
+}
+
+/// A question's group and its twin's rewarded by each other's majority answer (`[grpo]
+/// reward_source = "co_reward"`, see [`kaizen_envs::rewards::relabel_twin_groups`]); metrics
+/// as [`vote_metrics`] says, under `co_reward/`, with `co_reward/labels_agree` (1 when the two
+/// groups' majority answers are equal).
+fn co_rewards(
+    question: &mut [EpisodeReport],
+    twin: &mut [EpisodeReport],
+    answers: kaizen_envs::rewards::VoteAnswers,
+) {
+    use kaizen_envs::rewards::relabel_twin_groups;
+    let (mut q_members, q_index) = group_members(question);
+    let (mut t_members, t_index) = group_members(twin);
+    let co = relabel_twin_groups(&mut q_members, &mut t_members, answers);
+    drop((q_members, t_members));
+    let agree = co.labels_agree.map(|a| f64::from(u8::from(a)));
+    vote_metrics(question, &q_index, &co.question, "co_reward", agree);
+    vote_metrics(twin, &t_index, &co.twin, "co_reward", agree);
+}
+
+/// The episodes of `group` that have a trajectory, as vote members with their turns' texts,
+/// and their indices in `group`.
+fn group_members(
+    group: &mut [EpisodeReport],
+) -> (Vec<kaizen_envs::rewards::GroupMember<'_>>, Vec<usize>) {
     let mut members = Vec::new();
     let mut index = Vec::new();
     for (i, r) in group.iter_mut().enumerate() {
         let EpisodeReport { result, turns, .. } = r;
         if let Ok(trajectory) = result {
-            members.push(GroupMember {
+            members.push(kaizen_envs::rewards::GroupMember {
                 trajectory,
                 texts: turns.iter().map(|t| t.answer.as_str()).collect(),
             });
             index.push(i);
         }
     }
-    let vote = relabel_group_by_majority(&mut members, answers);
-    drop(members);
-    // The environment's rewards of the majority's turns, over the whole group.
+    (members, index)
+}
+
+/// Each relabelled report's metrics get, for logging only: `verifier_reward` (the
+/// environment's mean reward over its trained turns), `<prefix>/agreement` (the share of the
+/// group's votes that agree with its pseudo-label), `<prefix>/label_accuracy` (the
+/// environment's mean reward of the turns that agree with it: 1 when the pseudo-label is right
+/// under a 0/1 verifier; absent when no turn agrees) and `<prefix>/reward_agreement` (the
+/// share of its trained turns whose pseudo-reward equals the verifier's 0/1 verdict, reward ≥
+/// 0.5), and `<prefix>/labels_agree` when given. A report whose turns do not line up with its
+/// trajectory becomes a fault.
+fn vote_metrics(
+    group: &mut [EpisodeReport],
+    index: &[usize],
+    vote: &kaizen_envs::rewards::GroupVote,
+    prefix: &str,
+    labels_agree: Option<f64>,
+) {
+    // The environment's rewards of the turns that agree with the label, over the whole group.
     let label: Vec<f64> = vote
         .previous
         .iter()
@@ -85,12 +125,14 @@ fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewa
         .collect();
     let label_accuracy =
         (!label.is_empty()).then(|| label.iter().sum::<f64>() / label.len() as f64);
-    for ((i, previous), majority) in index.into_iter().zip(&vote.previous).zip(&vote.in_majority) {
+    for ((&i, previous), majority) in index.iter().zip(&vote.previous).zip(&vote.in_majority) {
         let report = &mut group[i];
         let Some(verdicts) = previous else {
             reject(
                 report,
-                "majority vote: the episode's turns do not line up with its trajectory's segments",
+                &format!(
+                    "{prefix}: the episode's turns do not line up with its trajectory's segments"
+                ),
             );
             continue;
         };
@@ -105,10 +147,13 @@ fn majority_vote_rewards(group: &mut [EpisodeReport], answers: kaizen_envs::rewa
             "verifier_reward".into(),
             verdicts.iter().map(|&r| f64::from(r)).sum::<f64>() / n,
         );
-        m.insert("majority_vote/agreement".into(), vote.vote.agreement);
-        m.insert("majority_vote/reward_agreement".into(), agree as f64 / n);
+        m.insert(format!("{prefix}/agreement"), vote.vote.agreement);
+        m.insert(format!("{prefix}/reward_agreement"), agree as f64 / n);
         if let Some(a) = label_accuracy {
-            m.insert("majority_vote/label_accuracy".into(), a);
+            m.insert(format!("{prefix}/label_accuracy"), a);
+        }
+        if let Some(a) = labels_agree {
+            m.insert(format!("{prefix}/labels_agree"), a);
         }
     }
 }
@@ -133,8 +178,10 @@ fn reject(report: &mut EpisodeReport, message: &str) {
 }
 
 impl Run {
-    /// The next `count` groups: environment by weight (seeded by the group id), environment seed
-    /// from the data position, `num_generations` episodes each.
+    /// The groups of the next `count` prompts: environment by weight (seeded by the group id),
+    /// environment seed from the data position, `num_generations` episodes each; under
+    /// Co-Reward each prompt's group is followed by its twin's (same seed, the twin slot),
+    /// the pair recorded in `twins`.
     pub(super) fn next_groups(&mut self, count: usize) -> Vec<EpisodeTask> {
         let g = self.config.grpo.num_generations;
         let weights: Vec<f64> = self.config.envs.iter().map(|e| e.weight).collect();
@@ -155,19 +202,31 @@ impl Run {
                 }
                 pick -= w;
             }
-            for sample in 0..g {
-                let id = self.state.next_task;
-                self.state.next_task += 1;
-                tasks.push(EpisodeTask {
-                    id,
-                    group_id: group,
-                    env,
-                    seed: env_seed,
-                    sample: sample as u32,
-                    sampling_seed: sampling_seed(self.config.run.seed, id),
-                    sampling: SamplingOverrides::default(),
-                    hint_turns: Vec::new(),
-                });
+            let mut slots = vec![(group, env)];
+            if self.config.grpo.reward_source == RewardSource::CoReward
+                && let Some(twin_slot) = self.config.twin_slot(env)
+            {
+                let twin = self.state.next_group;
+                self.state.next_group += 1;
+                self.twins.insert(group, twin);
+                self.twins.insert(twin, group);
+                slots.push((twin, twin_slot));
+            }
+            for (group, env) in slots {
+                for sample in 0..g {
+                    let id = self.state.next_task;
+                    self.state.next_task += 1;
+                    tasks.push(EpisodeTask {
+                        id,
+                        group_id: group,
+                        env,
+                        seed: env_seed,
+                        sample: sample as u32,
+                        sampling_seed: sampling_seed(self.config.run.seed, id),
+                        sampling: SamplingOverrides::default(),
+                        hint_turns: Vec::new(),
+                    });
+                }
             }
         }
         self.counts.submitted += tasks.len() as u64;
@@ -197,16 +256,45 @@ impl Run {
             ));
         }
         Ok(match self.config.grpo.reward_source {
-            RewardSource::Env | RewardSource::MajorityVote => r,
+            RewardSource::Env | RewardSource::MajorityVote | RewardSource::CoReward => r,
             RewardSource::SelfCertainty => self_certainty_rewards(r),
         })
     }
 
-    /// Rewards that need a whole group, applied once its `num_generations` reports are in
-    /// (before DAPO's dynamic sampling judges it): `[grpo] reward_source = "majority_vote"`.
-    pub(super) fn group_rewards(&self, group: &mut [EpisodeReport]) {
-        if self.config.grpo.reward_source == RewardSource::MajorityVote {
-            majority_vote_rewards(group, self.config.grpo.vote_answers);
+    /// Rewards that need whole groups, applied to the complete groups in `groups` (before
+    /// DAPO's dynamic sampling judges them): `[grpo] reward_source = "majority_vote"` rewards
+    /// each group; `"co_reward"` each pair of twin groups both present (a group whose twin is
+    /// not is left as it is, for a later call).
+    pub(super) fn group_rewards(&mut self, groups: &mut BTreeMap<u64, Vec<EpisodeReport>>) {
+        let answers = self.config.grpo.vote_answers;
+        match self.config.grpo.reward_source {
+            RewardSource::MajorityVote => {
+                for group in groups.values_mut() {
+                    majority_vote_rewards(group, answers);
+                }
+            }
+            RewardSource::CoReward => {
+                let ids: Vec<u64> = groups.keys().copied().collect();
+                for id in ids {
+                    let Some(&twin) = self.twins.get(&id) else {
+                        continue;
+                    };
+                    if twin < id || !groups.contains_key(&twin) {
+                        continue; // rewarded with its partner, or the partner is not in
+                    }
+                    let (Some(mut question), Some(mut twin_group)) =
+                        (groups.remove(&id), groups.remove(&twin))
+                    else {
+                        continue;
+                    };
+                    co_rewards(&mut question, &mut twin_group, answers);
+                    groups.insert(id, question);
+                    groups.insert(twin, twin_group);
+                    self.twins.remove(&id);
+                    self.twins.remove(&twin);
+                }
+            }
+            RewardSource::Env | RewardSource::SelfCertainty => {}
         }
     }
 
@@ -219,6 +307,7 @@ impl Run {
     pub(super) fn sync_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
         let b = self.config.grpo.prompts_per_step;
         let g = self.config.grpo.num_generations;
+        let per_prompt = self.config.grpo.groups_per_prompt();
         while self.more_steps() {
             if stop.load(Ordering::SeqCst) {
                 return Ok(true);
@@ -228,13 +317,11 @@ impl Run {
             let mut groups: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
             let tasks = self.next_groups(b);
             self.rollouts.submit_all(tasks)?;
-            for _ in 0..b * g {
+            for _ in 0..b * per_prompt * g {
                 let r = self.recv()?;
                 groups.entry(r.task.group_id).or_default().push(r);
             }
-            for group in groups.values_mut() {
-                self.group_rewards(group);
-            }
+            self.group_rewards(&mut groups);
             // DAPO dynamic sampling: replace groups without signal.
             let mut rounds = 0;
             while self.config.grpo.dynamic_sampling && rounds < self.config.grpo.max_resample_rounds
@@ -248,16 +335,16 @@ impl Run {
                     break;
                 }
                 rounds += 1;
-                let tasks = self.next_groups(flat.len());
+                // Prompts enough for one fresh group per flat one (Co-Reward pairs give two).
+                let tasks = self.next_groups(flat.len().div_ceil(per_prompt));
+                let count = tasks.len();
                 self.rollouts.submit_all(tasks)?;
                 let mut fresh: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
-                for _ in 0..flat.len() * g {
+                for _ in 0..count {
                     let r = self.recv()?;
                     fresh.entry(r.task.group_id).or_default().push(r);
                 }
-                for group in fresh.values_mut() {
-                    self.group_rewards(group);
-                }
+                self.group_rewards(&mut fresh);
                 let mut replaced = 0;
                 for (id, rs) in fresh {
                     if !zero_signal(&rs)
@@ -291,10 +378,13 @@ impl Run {
     pub(super) fn async_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
         let b = self.config.grpo.prompts_per_step;
         let g = self.config.grpo.num_generations;
+        let per_step = b * self.config.grpo.groups_per_prompt();
         let in_flight = b * (self.config.learner.max_policy_lag as usize + 1);
         let tasks = self.next_groups(in_flight);
         self.rollouts.submit_all(tasks)?;
         let mut pending: HashMap<u64, Vec<EpisodeReport>> = HashMap::new();
+        // Complete groups whose group rewards wait for their twin (Co-Reward).
+        let mut complete: BTreeMap<u64, Vec<EpisodeReport>> = BTreeMap::new();
         let mut ready: Vec<Vec<EpisodeReport>> = Vec::new();
         let mut tokens_mark = self.rollouts.generated_tokens();
         let mut mark = Instant::now();
@@ -303,20 +393,29 @@ impl Run {
                 return Ok(true);
             }
             let wait_start = Instant::now();
-            while ready.len() < b {
+            while ready.len() < per_step {
                 let r = self.recv()?;
                 let id = r.task.group_id;
                 let group = pending.entry(id).or_default();
                 group.push(r);
                 if group.len() == g
-                    && let Some(mut done) = pending.remove(&id)
+                    && let Some(done) = pending.remove(&id)
                 {
-                    self.group_rewards(&mut done);
-                    ready.push(done);
+                    complete.insert(id, done);
+                    self.group_rewards(&mut complete);
+                    // Groups still paired in `twins` wait for their twin.
+                    let rewarded: Vec<u64> = complete
+                        .keys()
+                        .filter(|id| !self.twins.contains_key(id))
+                        .copied()
+                        .collect();
+                    for id in rewarded {
+                        ready.extend(complete.remove(&id));
+                    }
                 }
             }
             let waiting = wait_start.elapsed().as_secs_f64();
-            let take: Vec<Vec<EpisodeReport>> = ready.drain(..b).collect();
+            let take: Vec<Vec<EpisodeReport>> = ready.drain(..per_step).collect();
             let elapsed = mark.elapsed().as_secs_f64();
             let generated = self.rollouts.generated_tokens() - tokens_mark;
             tokens_mark = self.rollouts.generated_tokens();
@@ -336,6 +435,7 @@ impl Run {
             self.finish_step(metrics)?;
         }
         self.counts.unused += pending.values().map(|v| v.len() as u64).sum::<u64>()
+            + complete.values().map(|v| v.len() as u64).sum::<u64>()
             + ready.iter().map(|v| v.len() as u64).sum::<u64>();
         Ok(false)
     }

@@ -308,6 +308,8 @@ struct Run {
     counts: EpisodeCounts,
     targets: Vec<EvalTarget>,
     stray: Vec<EpisodeReport>,
+    /// Co-Reward's pairs: each submitted group's twin group, both ways, until rewarded.
+    twins: HashMap<u64, u64>,
     samples_file: std::fs::File,
     progress: Option<ProgressBar>,
     eval_base: Option<BTreeMap<String, f64>>,
@@ -471,6 +473,7 @@ pub fn train(
         state,
         targets,
         stray: Vec::new(),
+        twins: HashMap::new(),
         samples_file,
         progress,
         eval_base: None,

@@ -40,7 +40,8 @@ pub fn load_policy(config: &JobConfig, device: &Device) -> Result<Policy, Error>
 }
 
 /// Builds the actors' environment list: the training environments, then their evaluation
-/// variants. Returns the slots and the evaluation targets.
+/// variants, then the twins of those that have one (`[[env]] twin`, named `<name>_twin`; see
+/// [`JobConfig::twin_slot`]). Returns the slots and the evaluation targets.
 ///
 /// # Errors
 /// Environment construction errors (unknown name, bad parameters).
@@ -67,6 +68,14 @@ pub fn build_envs(
             name: e.name.clone(),
             factory: registry.build(&e.name, params)?,
         });
+    }
+    for e in &config.envs {
+        if let Some(params) = e.twin_params() {
+            slots.push(EnvSlot {
+                name: format!("{}_twin", e.name),
+                factory: registry.build(&e.name, &params)?,
+            });
+        }
     }
     Ok((slots, targets))
 }
