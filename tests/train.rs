@@ -856,6 +856,65 @@ fn co_reward_pairs_each_group_with_its_twin_and_rewards_cross_agreement() {
     }
 }
 
+/// SMART on the tiny job: a strategy menu on the first attempt, the self-generated warm start
+/// relabelling later successes onto the first prompt, and the strategy mix logged in training
+/// and evaluation (each turn's mix sums to 1), every warm-start turn accounted for.
+#[test]
+fn a_strategy_menu_logs_the_mix_and_relabels_in_the_warm_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_tiny_self_correction(
+        &runs,
+        &[
+            "run.max_steps=1",
+            "env.params.strategies=[\"direct\", \"step_by_step\", \"program\"]",
+            "sft.source=\"self\"",
+            "sft.steps=4",
+            "sft.self_generated.rounds=1",
+            "sft.self_generated.problems_per_round=16",
+            "sft.self_generated.relabel_first=true",
+            "eval.at_start=false",
+            "eval.num_problems=16",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dir(&runs, "self_correct_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    for prefix in ["env", "eval/self_correct"] {
+        for turn in ["t1", "final"] {
+            let mix: f64 = ["direct", "step_by_step", "program"]
+                .iter()
+                .map(|s| one(&format!("{prefix}/strategy@{turn}/{s}"))[0])
+                .sum();
+            assert!(
+                (mix - 1.0).abs() < 1e-9,
+                "{prefix} {turn}: mix sums to {mix}"
+            );
+        }
+        let switched = one(&format!("{prefix}/switched"))[0];
+        assert!((0.0..=1.0).contains(&switched), "{switched}");
+    }
+    // Relabelled turns are kept turns: the accounting of 16 x 4 episodes x 2 turns holds with
+    // them added.
+    let get = |k: &str| one(&format!("self_sft/{k}"))[0];
+    let dropped: f64 = [
+        "rejected",
+        "duplicates",
+        "over_cap",
+        "unchanged",
+        "not_a_fix",
+    ]
+    .iter()
+    .map(|k| get(k))
+    .sum();
+    assert_eq!(get("kept") - get("relabelled") + dropped, 128.0);
+    assert_eq!(one("faults"), vec![0.0]);
+}
+
 /// The `code` world's shipped tiny job runs (shortened): every episode's code is executed in
 /// the sandbox (its cost logged), every attempt is accounted for, and nothing is lost.
 #[test]

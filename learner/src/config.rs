@@ -495,6 +495,13 @@ pub struct SelfGeneratedConfig {
     /// step the round ended on; the last round is the `eval/...` RL starts from), so the
     /// accuracy of each round of self-training is logged.
     pub evaluate_rounds: bool,
+    /// SMART's relabelling (Liu et al. 2025, "SMART: Self-learning Meta-strategy Agent for
+    /// Reasoning Tasks", §3): in an episode whose first turn is below `min_reward` and a later
+    /// turn of the same agent and thread reaches it, the later turn's completion is also kept
+    /// as the answer to the *first* turn's prompt, so the strategy that finally succeeded is
+    /// learnt as the first choice. Needs `select = "verifier"`; counted in
+    /// `self_sft/relabelled` (within `max_per_problem` distinct first-turn completions).
+    pub relabel_first: bool,
 }
 
 impl Default for SelfGeneratedConfig {
@@ -515,6 +522,7 @@ impl Default for SelfGeneratedConfig {
             rationalize_turns: Vec::new(),
             rationalize_samples: 1,
             evaluate_rounds: false,
+            relabel_first: false,
         }
     }
 }
@@ -808,6 +816,13 @@ impl JobConfig {
                                 \"verifier\"`: the hint is the gold answer"
                         .into());
                 }
+            }
+            if g.relabel_first && g.select != Selection::Verifier {
+                return Err(
+                    "`sft.self_generated.relabel_first` needs `select = \"verifier\"`: \
+                            it relabels the turn the verifier accepted"
+                        .into(),
+                );
             }
             if !(g.temperature > 0.0 && g.temperature.is_finite()) {
                 return Err(format!(

@@ -184,8 +184,22 @@ pub fn read_tasks(path: &Path) -> Result<Vec<CodeTask>> {
 /// follow a right answer with a broken "alternatively" variant, as EvalPlus's sanitiser
 /// also assumes.
 pub fn extract_code(reply: &str, entry_point: &str) -> String {
+    let (closed, unclosed) = fenced_blocks(reply);
+    let defines = format!("def {entry_point}(");
+    closed
+        .iter()
+        .find(|b| b.contains(&defines))
+        .or(closed.first())
+        .copied()
+        .or(unclosed)
+        .unwrap_or(reply)
+        .to_string()
+}
+
+/// The bodies of the closed fenced blocks of `reply` (```` ``` ```` with any info string), in
+/// order, and the body of an unclosed last block (a reply cut off by its token budget).
+pub(crate) fn fenced_blocks(reply: &str) -> (Vec<&str>, Option<&str>) {
     let mut closed = Vec::new();
-    let mut unclosed = None;
     let mut rest = reply;
     while let Some(start) = rest.find("```") {
         let after = &rest[start + 3..];
@@ -197,21 +211,10 @@ pub fn extract_code(reply: &str, entry_point: &str) -> String {
                 closed.push(&body[..end]);
                 rest = &body[end + 3..];
             }
-            None => {
-                unclosed = Some(body);
-                break;
-            }
+            None => return (closed, Some(body)),
         }
     }
-    let defines = format!("def {entry_point}(");
-    closed
-        .iter()
-        .find(|b| b.contains(&defines))
-        .or(closed.first())
-        .copied()
-        .or(unclosed)
-        .unwrap_or(reply)
-        .to_string()
+    (closed, None)
 }
 
 struct Shared {

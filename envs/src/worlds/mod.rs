@@ -15,6 +15,7 @@ pub mod household;
 mod self_correct;
 mod self_verify;
 mod spc;
+pub mod strategies;
 pub mod synthetic_language;
 mod translate;
 

@@ -5,6 +5,11 @@
 //! an error and asks for a corrected solution (the conversation continues). Every attempt is
 //! rewarded by the verifier; metrics carry `correct@t1` ... `correct@tN` and the transitions
 //! between the first and last attempt, `i_to_c` (incorrect to correct) and `c_to_i`.
+//!
+//! With `strategies` (SMART, see [`super::strategies`]) the first message offers a menu of
+//! strategies instead of the instruction; each attempt names the one it follows (or is read
+//! from its shape), a program is run in the sandbox and what it prints is the attempt's answer
+//! (shown back before the next attempt), and later attempts may switch.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +18,10 @@ use async_trait::async_trait;
 use kaizen_core::{AgentId, Message, Outcome, Step};
 use serde::{Deserialize, Serialize};
 
+use super::strategies::{self, Strategy};
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
 use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that solves.
@@ -59,6 +66,15 @@ pub struct SelfCorrectConfig {
     /// without a twin ends its episode with an error naming it.
     #[serde(default)]
     pub ask: Ask,
+    /// SMART's strategy menu (`"direct"`, `"step_by_step"`, `"program"`), offered in the first
+    /// message in place of `instruction`; empty (the default): no menu. Metrics gain
+    /// `strategy@t1/<name>` and `strategy@final/<name>` (the mix), `accuracy@t1/<name>` (on
+    /// the episodes whose first attempt chose it), `declared@t1` and `switched`.
+    #[serde(default)]
+    pub strategies: Vec<Strategy>,
+    /// Limits of each program run (the `"program"` strategy).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 /// `self_correct`'s `ask`: see [`SelfCorrectConfig::ask`].
@@ -100,6 +116,8 @@ impl Default for SelfCorrectConfig {
             verifier: None,
             max_new_tokens: Vec::new(),
             ask: Ask::Question,
+            strategies: Vec::new(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -108,6 +126,8 @@ struct Shared {
     problems: ProblemSet,
     verifier: Arc<dyn Verifier>,
     config: SelfCorrectConfig,
+    /// Runs programs (`strategies` with `"program"`).
+    sandbox: Option<Sandbox>,
 }
 
 /// Makes `self_correct` episodes over a problem set, scored by a [`Verifier`].
@@ -128,7 +148,8 @@ impl SelfCorrectFactory {
     /// A factory whose rewards come from a user `verifier`.
     ///
     /// # Errors
-    /// [`Error::Params`] when `config.attempts` is 0 or a `max_new_tokens` entry is 0.
+    /// [`Error::Params`] when `config.attempts` is 0, a `max_new_tokens` entry is 0, a
+    /// strategy is listed twice or a sandbox limit is invalid.
     pub fn with_verifier(
         problems: ProblemSet,
         config: SelfCorrectConfig,
@@ -146,11 +167,31 @@ impl SelfCorrectFactory {
                 message: format!("`max_new_tokens[{k}]` must be at least 1, got 0"),
             });
         }
+        let params = |message: String| Error::Params {
+            env: "self_correct".into(),
+            message,
+        };
+        let mut offered = config.strategies.clone();
+        offered.sort();
+        offered.dedup();
+        if offered.len() != config.strategies.len() {
+            return Err(params(format!(
+                "`strategies` lists a strategy twice: {:?}",
+                config.strategies
+            )));
+        }
+        let sandbox = if config.strategies.contains(&Strategy::Program) {
+            config.sandbox.validate().map_err(params)?;
+            Some(Sandbox::new(config.sandbox.clone()))
+        } else {
+            None
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 problems,
                 verifier,
                 config,
+                sandbox,
             }),
         })
     }
@@ -174,6 +215,8 @@ impl EnvFactory for SelfCorrectFactory {
             problem: None,
             dialogue: Dialogue::new(),
             scores: Vec::new(),
+            chosen: Vec::new(),
+            sandbox_ms: Vec::new(),
         })
     }
 }
@@ -183,6 +226,10 @@ struct SelfCorrect {
     problem: Option<Problem>,
     dialogue: Dialogue,
     scores: Vec<f32>,
+    /// Each attempt's strategy and whether it was declared (with `strategies`).
+    chosen: Vec<(Strategy, bool)>,
+    /// Milliseconds of each program run.
+    sandbox_ms: Vec<f64>,
 }
 
 impl SelfCorrect {
@@ -212,7 +259,62 @@ impl SelfCorrect {
         outcome
             .metrics
             .insert("c_to_i".into(), f64::from(u8::from(first && !last)));
+        if let (Some(&(s1, declared)), Some(&(sn, _))) = (self.chosen.first(), self.chosen.last()) {
+            let m = &mut outcome.metrics;
+            for s in &self.shared.config.strategies {
+                let name = s.name();
+                m.insert(format!("strategy@t1/{name}"), f64::from(u8::from(s1 == *s)));
+                m.insert(
+                    format!("strategy@final/{name}"),
+                    f64::from(u8::from(sn == *s)),
+                );
+            }
+            m.insert(
+                format!("accuracy@t1/{}", s1.name()),
+                f64::from(u8::from(first)),
+            );
+            m.insert("declared@t1".into(), f64::from(u8::from(declared)));
+            m.insert("switched".into(), f64::from(u8::from(s1 != sn)));
+        }
+        if !self.sandbox_ms.is_empty() {
+            let ms = self.sandbox_ms.iter().sum::<f64>() / self.sandbox_ms.len() as f64;
+            outcome.metrics.insert("sandbox_ms".into(), ms);
+        }
         outcome
+    }
+
+    /// Scores an attempt that follows the strategy menu, and says what its program printed
+    /// (`None` for other strategies).
+    ///
+    /// # Errors
+    /// [`Error::Sandbox`] when a program breaks a sandbox limit (the episode ends as a fault).
+    async fn score_strategy(
+        &mut self,
+        problem: &Problem,
+        text: &str,
+    ) -> Result<(f32, Option<String>)> {
+        let (strategy, declared) = strategies::chosen(text, &self.shared.config.strategies);
+        self.chosen.push((strategy, declared));
+        let sandbox = match (strategy, &self.shared.sandbox) {
+            (Strategy::Program, Some(sandbox)) => sandbox,
+            _ => return Ok((self.shared.verifier.score(problem, text), None)),
+        };
+        let Some(code) = strategies::program(text) else {
+            return Ok((
+                0.0,
+                Some("Your reply has no ```python block to run.".into()),
+            ));
+        };
+        let run = sandbox.run_tests(code, &[]).await?;
+        self.sandbox_ms.push(run.elapsed.as_secs_f64() * 1e3);
+        Ok(match &run.load_error {
+            Some(error) => (0.0, Some(format!("Your program failed: {error}"))),
+            None => {
+                let answer = strategies::printed_answer(&run.stdout);
+                let score = self.shared.verifier.score(problem, answer);
+                (score, Some(format!("Your program printed: {answer}")))
+            }
+        })
     }
 }
 
@@ -235,33 +337,71 @@ impl Env for SelfCorrect {
         };
         self.dialogue = Dialogue::new();
         self.scores.clear();
+        self.chosen.clear();
+        self.sandbox_ms.clear();
         let mut messages = Vec::new();
         if let Some(system) = &config.system_prompt {
             messages.push(Message::system(system));
         }
-        messages.push(Message::user(format!(
-            "{question}\n\n{}",
-            config.instruction
-        )));
+        let instruction = if config.strategies.is_empty() {
+            config.instruction.clone()
+        } else {
+            strategies::menu(&config.strategies)
+        };
+        messages.push(Message::user(format!("{question}\n\n{instruction}")));
         self.problem = Some(problem);
         Ok(self.ask(messages))
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
         self.dialogue.answer(agent, text)?;
-        let problem = self.problem.as_ref().ok_or(Error::NoEpisode)?;
-        self.scores.push(self.shared.verifier.score(problem, text));
+        let problem = self.problem.clone().ok_or(Error::NoEpisode)?;
+        let (score, printed) = if self.shared.config.strategies.is_empty() {
+            (self.shared.verifier.score(&problem, text), None)
+        } else {
+            self.score_strategy(&problem, text).await?
+        };
+        self.scores.push(score);
         if self.scores.len() < self.shared.config.attempts {
-            let prompt = Message::user(&self.shared.config.correction_prompt);
-            return Ok(self.ask(vec![prompt]));
+            let config = &self.shared.config;
+            let mut prompt = String::new();
+            if let Some(printed) = printed {
+                prompt.push_str(&printed);
+                prompt.push_str("\n\n");
+            }
+            prompt.push_str(&config.correction_prompt);
+            if !config.strategies.is_empty() {
+                prompt.push_str(" You may keep your strategy or switch to another from the list.");
+            }
+            return Ok(self.ask(vec![Message::user(prompt)]));
         }
         self.dialogue.finish();
         Ok(Step::Done(self.outcome()))
     }
 
+    /// The worked solution; with a strategy menu, declared as `step_by_step` when offered
+    /// (else the first offered strategy's name, the solution unchanged).
     fn expert_answer(&self) -> Option<String> {
         self.dialogue.pending()?;
-        Some(self.problem.as_ref()?.worked_solution())
+        let solution = self.problem.as_ref()?.worked_solution();
+        let offered = &self.shared.config.strategies;
+        Some(match offered.first() {
+            None => solution,
+            Some(first) => {
+                let s = if offered.contains(&Strategy::StepByStep) {
+                    Strategy::StepByStep
+                } else {
+                    *first
+                };
+                match s {
+                    Strategy::Program => format!(
+                        "Strategy: program\n```python\nprint({})\n```",
+                        crate::rewards::final_answer_span(&self.problem.as_ref()?.answer)
+                    ),
+                    s => format!("Strategy: {}\n{solution}", s.name()),
+                }
+            }
+        })
     }
 
     /// The gold answer ([`Problem::hint`]), at any attempt.
@@ -400,6 +540,95 @@ mod tests {
             .make();
         let err = env.reset(4).await.err().unwrap().to_string();
         assert!(err.contains("has no `twin`"), "{err}");
+    }
+
+    /// Plays a strategy-menu episode (all three strategies) with `answers`; returns the
+    /// requests and the outcome.
+    async fn play_strategies(answers: &[&str]) -> Result<(Vec<kaizen_core::Request>, Outcome)> {
+        let params: toml::Table =
+            toml::from_str("strategies = [\"direct\", \"step_by_step\", \"program\"]\nsandbox = { timeout_seconds = 2.0 }").unwrap();
+        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make();
+        let mut step = env.reset(3).await?;
+        let mut requests = Vec::new();
+        for answer in answers {
+            let Step::Request(r) = step else {
+                panic!("ended early")
+            };
+            requests.push(r.clone());
+            step = env.step(&r.agent, answer).await?;
+        }
+        let Step::Done(outcome) = step else {
+            panic!("not done")
+        };
+        Ok((requests, outcome))
+    }
+
+    #[tokio::test]
+    async fn a_strategy_menu_runs_programs_lets_attempts_switch_and_logs_the_mix() {
+        let problem = ProblemGenerator::default().generate(3);
+        let expression = problem
+            .question
+            .trim_start_matches("Compute ")
+            .trim_end_matches('.');
+        let program = format!("Strategy: program\n```python\nprint({expression})\n```");
+        let (requests, outcome) = play_strategies(&["Strategy: direct\n\\boxed{-1}", &program])
+            .await
+            .unwrap();
+        let first = &requests[0].messages.last().unwrap().content;
+        assert!(
+            first.contains("- program: write a Python program"),
+            "{first}"
+        );
+        let second = &requests[1].messages.last().unwrap().content;
+        assert!(second.contains("switch to another"), "{second}");
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
+        let m = &outcome.metrics;
+        assert_eq!(m["strategy@t1/direct"], 1.0);
+        assert_eq!(m["strategy@t1/program"], 0.0);
+        assert_eq!(m["strategy@final/program"], 1.0);
+        assert_eq!(m["accuracy@t1/direct"], 0.0);
+        assert!(!m.contains_key("accuracy@t1/program"));
+        assert_eq!((m["declared@t1"], m["switched"]), (1.0, 1.0));
+        assert!(m["sandbox_ms"] > 0.0);
+
+        // A program's output (or its failure) is shown before the next attempt.
+        let (requests, outcome) =
+            play_strategies(&["```python\nprint(1/0)\n```", "2 + 2 = 4\nso \\boxed{4}"])
+                .await
+                .unwrap();
+        let second = &requests[1].messages.last().unwrap().content;
+        assert!(
+            second.starts_with("Your program failed: ZeroDivisionError"),
+            "{second}"
+        );
+        let m = &outcome.metrics;
+        assert_eq!((m["strategy@t1/program"], m["declared@t1"]), (1.0, 0.0));
+        assert_eq!(m["strategy@final/step_by_step"], 1.0);
+
+        // A runaway program ends the episode with a sandbox error, never the caller.
+        let err = play_strategies(&["```python\nwhile True: pass\n```", "x"])
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Sandbox(_)), "{err}");
+
+        // The expert declares its strategy and is right.
+        for seed in 0..10 {
+            let params: toml::Table = toml::from_str("strategies = [\"program\"]").unwrap();
+            let env = SelfCorrectFactory::from_params("self_correct", &params)
+                .unwrap()
+                .make();
+            let ep = demonstrate(env, seed, EpisodeLimits::default()).await;
+            let outcome = ep.outcome().unwrap();
+            assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
+        }
+        let twice: toml::Table = toml::from_str("strategies = [\"direct\", \"direct\"]").unwrap();
+        let err = SelfCorrectFactory::from_params("self_correct", &twice)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[tokio::test]

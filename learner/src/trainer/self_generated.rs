@@ -80,6 +80,9 @@ pub(super) struct RoundCounts {
     /// Kept-quality later turns whose previous turn was already right (dropped with
     /// `fixes_only`).
     pub not_a_fix: usize,
+    /// Later right turns also kept as answers to their episode's first prompt
+    /// (`relabel_first`, SMART); included in `kept`.
+    pub relabelled: usize,
     /// Problems played.
     pub problems: usize,
     /// Problems with at least one final turn at `min_reward` or above (pass@k).
@@ -115,6 +118,7 @@ impl RoundCounts {
             ("self_sft/over_cap".to_string(), self.over_cap as f64),
             ("self_sft/unchanged".to_string(), self.unchanged as f64),
             ("self_sft/not_a_fix".to_string(), self.not_a_fix as f64),
+            ("self_sft/relabelled".to_string(), self.relabelled as f64),
             ("self_sft/pass@k".to_string(), per_problem(self.solved)),
             (
                 "self_sft/distinct_correct".to_string(),
@@ -346,6 +350,19 @@ pub(super) fn keep_selected(
             chat,
         });
     }
+    if config.relabel_first {
+        for report in reports {
+            if let Some(turn) = relabelled_first(report, config.min_reward) {
+                let distinct = seen.entry((report.task.group_id, 0)).or_default();
+                let completion = turn.tokens[turn.context..].to_vec();
+                if distinct.len() < config.max_per_problem && distinct.insert(completion) {
+                    kept_correct += 1;
+                    counts.relabelled += 1;
+                    kept.push(turn);
+                }
+            }
+        }
+    }
     counts.kept = kept.len();
     counts.kept_correct = kept_correct;
     counts.problems = problems.len();
@@ -375,6 +392,52 @@ pub(super) fn keep_selected(
         right as f64 / finals.len() as f64
     });
     (kept, counts)
+}
+
+/// SMART's relabelling of one episode (`relabel_first`): when its first trainable turn is
+/// below `min_reward` and a later turn of the same agent and thread reaches it, that later
+/// completion as the answer to the first turn's prompt (the first prompt is the whole thread
+/// so far, so it stands alone). `None` otherwise, or for a fault.
+fn relabelled_first(report: &EpisodeReport, min_reward: f32) -> Option<KeptTurn> {
+    let trajectory = report.result.as_ref().ok()?;
+    let rewards = trajectory.segment_rewards().ok()?;
+    let (first, first_segment) = trajectory
+        .segments
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.trainable)?;
+    if rewards[first] >= min_reward {
+        return None;
+    }
+    let (later, segment) = trajectory
+        .segments
+        .iter()
+        .enumerate()
+        .skip(first + 1)
+        .find(|(i, s)| {
+            s.trainable
+                && s.thread == first_segment.thread
+                && s.agent == first_segment.agent
+                && rewards[*i] >= min_reward
+        })?;
+    let mut tokens = first_segment.prompt_tokens.clone();
+    let context = tokens.len();
+    tokens.extend_from_slice(&segment.completion_tokens);
+    let turns = &report.turns;
+    let chat = (turns.len() == trajectory.segments.len()).then(|| {
+        let mut line = chat_line(&turns[first]);
+        if let Some(messages) = line["messages"].as_array_mut()
+            && let Some(answer) = messages.last_mut()
+        {
+            answer["content"] = turns[later].answer.clone().into();
+        }
+        line
+    });
+    Some(KeptTurn {
+        tokens,
+        context,
+        chat,
+    })
 }
 
 /// B-STaR's balance score of one problem (Zeng et al. 2024, §4): `min(n'/n*, 1) · n'/n`
@@ -727,6 +790,31 @@ mod tests {
             metrics: BTreeMap::new(),
             turns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn relabel_first_keeps_a_later_success_as_the_answer_to_the_first_prompt() {
+        let config = SelfGeneratedConfig {
+            relabel_first: true,
+            ..SelfGeneratedConfig::default()
+        };
+        let reports = vec![
+            // Wrong, then right: the fix is kept in its thread and relabelled onto turn 1.
+            episode(5, &[7], &[8, 9], [0.0, 1.0]),
+            // The same success again: a duplicate first-turn completion, not kept twice.
+            episode(5, &[6], &[8, 9], [0.0, 1.0]),
+            // Right at once: nothing to relabel.
+            episode(6, &[4], &[4], [1.0, 1.0]),
+        ];
+        let (kept, counts) = keep_selected(&reports, &config);
+        assert_eq!(counts.relabelled, 1);
+        let relabelled: Vec<_> = kept.iter().filter(|k| k.tokens == [1, 2, 8, 9]).collect();
+        assert_eq!(relabelled.len(), 1);
+        assert_eq!(relabelled[0].context, 2);
+        assert_eq!(counts.kept, kept.len());
+        let (plain, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
+        assert_eq!(counts.relabelled, 0);
+        assert!(plain.iter().all(|k| k.tokens != [1, 2, 8, 9]));
     }
 
     #[test]
