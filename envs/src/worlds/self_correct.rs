@@ -60,10 +60,14 @@ pub struct SelfCorrectConfig {
     /// uses the job's `sampling.max_completion_length`. Entries must be ≥ 1.
     #[serde(default)]
     pub max_new_tokens: Vec<usize>,
-    /// Which wording of each problem is asked: `"question"` (the default) or `"twin"`, the
-    /// problem's rephrased twin (`Problem::twin`, same answer), for Co-Reward's paired groups
-    /// (`[[env]] twin = { ask = "twin" }` and `[grpo] reward_source = "co_reward"`). A problem
-    /// without a twin ends its episode with an error naming it.
+    /// Which wording of each problem is asked: `"question"` (the default); `"twin"`, the
+    /// problem's rephrased twin (`Problem::twin`, same answer, written by a script), for
+    /// Co-Reward's paired groups (`[[env]] twin = { ask = "twin" }` and `[grpo] reward_source
+    /// = "co_reward"`; a problem without a twin ends its episode with an error naming it); or
+    /// `"policy_rewrite"`: the policy rewords the question itself in a first, untrained turn
+    /// (`rewrite_prompt`), and the attempts then answer its rewording in a fresh thread (an
+    /// empty rewording falls back to the question). The rewriting turn's reward is 0 and it
+    /// casts no vote; `correct@t1`... count the attempts only.
     #[serde(default)]
     pub ask: Ask,
     /// SMART's strategy menu (`"direct"`, `"step_by_step"`, `"program"`), offered in the first
@@ -75,6 +79,14 @@ pub struct SelfCorrectConfig {
     /// Limits of each program run (the `"program"` strategy).
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Asks for the rewording (`ask = "policy_rewrite"`); the question follows it.
+    #[serde(default = "default_rewrite_prompt")]
+    pub rewrite_prompt: String,
+}
+
+fn default_rewrite_prompt() -> String {
+    "Reword the following question without solving it. Reply with only the reworded question."
+        .into()
 }
 
 /// `self_correct`'s `ask`: see [`SelfCorrectConfig::ask`].
@@ -86,6 +98,8 @@ pub enum Ask {
     Question,
     /// The problem's `twin`.
     Twin,
+    /// The policy's own rewording of the question, asked for in an untrained first turn.
+    PolicyRewrite,
 }
 
 fn default_attempts() -> usize {
@@ -118,6 +132,7 @@ impl Default for SelfCorrectConfig {
             ask: Ask::Question,
             strategies: Vec::new(),
             sandbox: SandboxConfig::default(),
+            rewrite_prompt: default_rewrite_prompt(),
         }
     }
 }
@@ -217,6 +232,8 @@ impl EnvFactory for SelfCorrectFactory {
             scores: Vec::new(),
             chosen: Vec::new(),
             sandbox_ms: Vec::new(),
+            rewriting: false,
+            rewritten: false,
         })
     }
 }
@@ -230,6 +247,10 @@ struct SelfCorrect {
     chosen: Vec<(Strategy, bool)>,
     /// Milliseconds of each program run.
     sandbox_ms: Vec<f64>,
+    /// The pending request is the policy's rewording (`ask = "policy_rewrite"`).
+    rewriting: bool,
+    /// The episode began with a rewording turn.
+    rewritten: bool,
 }
 
 impl SelfCorrect {
@@ -246,7 +267,11 @@ impl SelfCorrect {
 
     fn outcome(&self) -> Outcome {
         let correct: Vec<bool> = self.scores.iter().map(|&s| s >= 1.0).collect();
-        let mut outcome = Outcome::single(SOLVER, self.scores.clone());
+        // The rewording turn (untrained) is the solver's first answered request: reward 0.
+        let rewards = std::iter::repeat_n(0.0, usize::from(self.rewritten))
+            .chain(self.scores.iter().copied())
+            .collect();
+        let mut outcome = Outcome::single(SOLVER, rewards);
         for (t, c) in correct.iter().enumerate() {
             outcome
                 .metrics
@@ -281,6 +306,23 @@ impl SelfCorrect {
             outcome.metrics.insert("sandbox_ms".into(), ms);
         }
         outcome
+    }
+
+    /// The first attempt's request: `question` with the instruction (or the strategy menu),
+    /// after the system prompt.
+    fn ask_question(&mut self, question: &str) -> Step {
+        let config = &self.shared.config;
+        let mut messages = Vec::new();
+        if let Some(system) = &config.system_prompt {
+            messages.push(Message::system(system));
+        }
+        let instruction = if config.strategies.is_empty() {
+            config.instruction.clone()
+        } else {
+            strategies::menu(&config.strategies)
+        };
+        messages.push(Message::user(format!("{question}\n\n{instruction}")));
+        self.ask(messages)
     }
 
     /// Scores an attempt that follows the strategy menu, and says what its program printed
@@ -326,6 +368,12 @@ impl Env for SelfCorrect {
         if let Some(kind) = config.verifier {
             problem.verifier = kind;
         }
+        self.dialogue = Dialogue::new();
+        self.scores.clear();
+        self.chosen.clear();
+        self.sandbox_ms.clear();
+        self.rewriting = false;
+        self.rewritten = false;
         let question = match config.ask {
             Ask::Question => problem.question.clone(),
             Ask::Twin => problem.twin.clone().ok_or_else(|| {
@@ -334,28 +382,44 @@ impl Env for SelfCorrect {
                     problem.question
                 ))
             })?,
+            Ask::PolicyRewrite => {
+                let mut messages = Vec::new();
+                if let Some(system) = &config.system_prompt {
+                    messages.push(Message::system(system));
+                }
+                messages.push(Message::user(format!(
+                    "{}\n\n{}",
+                    config.rewrite_prompt, problem.question
+                )));
+                self.problem = Some(problem);
+                self.rewriting = true;
+                let mut request = self.dialogue.ask(SOLVER, messages);
+                request.trainable = false;
+                if let Some(&budget) = config.max_new_tokens.first() {
+                    request.sampling.max_new_tokens = Some(budget);
+                }
+                return Ok(Step::Request(request));
+            }
         };
-        self.dialogue = Dialogue::new();
-        self.scores.clear();
-        self.chosen.clear();
-        self.sandbox_ms.clear();
-        let mut messages = Vec::new();
-        if let Some(system) = &config.system_prompt {
-            messages.push(Message::system(system));
-        }
-        let instruction = if config.strategies.is_empty() {
-            config.instruction.clone()
-        } else {
-            strategies::menu(&config.strategies)
-        };
-        messages.push(Message::user(format!("{question}\n\n{instruction}")));
         self.problem = Some(problem);
-        Ok(self.ask(messages))
+        Ok(self.ask_question(&question))
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
         self.dialogue.answer(agent, text)?;
         let problem = self.problem.clone().ok_or(Error::NoEpisode)?;
+        if self.rewriting {
+            self.rewriting = false;
+            self.rewritten = true;
+            let reworded = text.trim();
+            let question = if reworded.is_empty() {
+                problem.question.as_str()
+            } else {
+                reworded
+            };
+            self.dialogue.restart(agent);
+            return Ok(self.ask_question(question));
+        }
         let (score, printed) = if self.shared.config.strategies.is_empty() {
             (self.shared.verifier.score(&problem, text), None)
         } else {
@@ -540,6 +604,51 @@ mod tests {
             .make();
         let err = env.reset(4).await.err().unwrap().to_string();
         assert!(err.contains("has no `twin`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_policy_rewrite_is_an_untrained_first_turn_whose_rewording_is_answered() {
+        let params: toml::Table = toml::from_str("ask = \"policy_rewrite\"").unwrap();
+        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make();
+        let problem = ProblemGenerator::default().generate(4);
+        let Step::Request(r) = env.reset(4).await.unwrap() else {
+            panic!("no request")
+        };
+        assert!(!r.trainable, "the rewording is not trained");
+        assert!(r.messages[0].content.starts_with("Reword"));
+        assert!(r.messages[0].content.ends_with(&problem.question));
+        let Step::Request(first) = env.step(&r.agent, "  How much is it?  ").await.unwrap() else {
+            panic!("no attempt")
+        };
+        assert!(first.trainable);
+        assert!(
+            !first.continues(&r, "  How much is it?  "),
+            "a fresh thread"
+        );
+        assert!(first.messages[0].content.starts_with("How much is it?\n\n"));
+        let right = format!("\\boxed{{{}}}", problem.answer);
+        let Step::Request(second) = env.step(&first.agent, "\\boxed{-3}").await.unwrap() else {
+            panic!("one attempt left")
+        };
+        let Step::Done(outcome) = env.step(&second.agent, &right).await.unwrap() else {
+            panic!("not done")
+        };
+        // One reward per answered request: the rewording's 0, then the attempts'.
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 0.0, 1.0]);
+        assert_eq!(outcome.metrics["correct@t1"], 0.0);
+        assert_eq!(outcome.metrics["correct@t2"], 1.0);
+        assert!(!outcome.metrics.contains_key("correct@t3"));
+
+        // An empty rewording falls back to the question.
+        let Step::Request(r) = env.reset(4).await.unwrap() else {
+            panic!("no request")
+        };
+        let Step::Request(first) = env.step(&r.agent, " ").await.unwrap() else {
+            panic!("no attempt")
+        };
+        assert!(first.messages[0].content.starts_with(&problem.question));
     }
 
     /// Plays a strategy-menu episode (all three strategies) with `answers`; returns the
