@@ -16,6 +16,17 @@ pub enum Error {
     /// An environment of that name is already registered.
     #[error("environment `{0}` is already registered")]
     DuplicateEnv(String),
+    /// The registry has no group reward of that name.
+    #[error("unknown group reward `{name}`; registered group rewards: {known}")]
+    UnknownGroupReward {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma separated (may be empty).
+        known: String,
+    },
+    /// A group reward of that name is already registered.
+    #[error("group reward `{0}` is already registered")]
+    DuplicateGroupReward(String),
     /// The parameters (TOML table) of an environment are invalid.
     #[error("environment `{env}`: invalid parameters: {message}")]
     Params {

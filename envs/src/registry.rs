@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use crate::rewards::GroupReward;
 use crate::{EnvFactory, Error, Result};
 
 /// Builds an environment factory from the environment's TOML table (its parameters).
@@ -34,9 +35,13 @@ struct Entry {
 /// let factory = registry.build("my_math", &toml::Table::new()).unwrap();
 /// let _env = factory.make();
 /// ```
+///
+/// It also holds the user's group rewards ([`Registry::register_group_reward`]), selected by
+/// `[grpo] reward_source = "group"` and `group_reward = "<name>"`.
 #[derive(Default, Clone)]
 pub struct Registry {
     entries: BTreeMap<String, Arc<Entry>>,
+    group_rewards: BTreeMap<String, Arc<dyn GroupReward>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -103,6 +108,42 @@ impl Registry {
             known: self.names().collect::<Vec<_>>().join(", "),
         })?;
         (entry.build)(params)
+    }
+
+    /// Registers a reward over whole groups under `name` (see [`GroupReward`]).
+    ///
+    /// # Errors
+    /// [`Error::DuplicateGroupReward`] when the name is taken.
+    pub fn register_group_reward(
+        &mut self,
+        name: impl Into<String>,
+        reward: Arc<dyn GroupReward>,
+    ) -> Result<()> {
+        let name = name.into();
+        if self.group_rewards.contains_key(&name) {
+            return Err(Error::DuplicateGroupReward(name));
+        }
+        self.group_rewards.insert(name, reward);
+        Ok(())
+    }
+
+    /// The group reward registered as `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroupReward`], listing the registered names.
+    pub fn group_reward(&self, name: &str) -> Result<Arc<dyn GroupReward>> {
+        self.group_rewards
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownGroupReward {
+                name: name.to_string(),
+                known: self
+                    .group_rewards
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Registered names, sorted.

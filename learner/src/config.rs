@@ -297,8 +297,13 @@ pub struct GrpoConfig {
     /// (Co-Reward, Zhang et al. 2025): each group is paired with a group of the same problem
     /// asked by the environment's twin (`[[env]] twin`, required), and each group's turns earn
     /// 1 when their answer is the *other* group's majority answer; a step then trains
-    /// `2 × prompts_per_step` groups (`env/co_reward/*` monitors).
+    /// `2 × prompts_per_step` groups (`env/co_reward/*` monitors). `"group"`: the group
+    /// reward registered as `group_reward` (`kaizen_envs::rewards::GroupReward`, a user hook
+    /// that sees each whole group before its rewards are final).
     pub reward_source: RewardSource,
+    /// The registered group reward of `reward_source = "group"`
+    /// (`kaizen_envs::Registry::register_group_reward`).
+    pub group_reward: Option<String>,
     /// How a vote reads answers (`reward_source = "majority_vote"` or `"co_reward"`): `"math"` by
     /// value (`1/2` = `0.5`, and a restated `3 + 4` = 7), `"numeric"` only computed numbers
     /// (a restated question is no answer; use it with numeric verifiers).
@@ -313,6 +318,7 @@ impl Default for GrpoConfig {
             dynamic_sampling: false,
             max_resample_rounds: 2,
             reward_source: RewardSource::Env,
+            group_reward: None,
             vote_answers: VoteAnswers::Math,
         }
     }
@@ -332,6 +338,8 @@ pub enum RewardSource {
     /// The twin group's majority answer as a pseudo-label
     /// (`kaizen_envs::rewards::relabel_twin_groups`).
     CoReward,
+    /// A registered [`kaizen_envs::rewards::GroupReward`] (`[grpo] group_reward`).
+    Group,
 }
 
 impl GrpoConfig {
@@ -711,6 +719,22 @@ impl JobConfig {
                  nothing between turns)",
                 self.actors.kv_cache_mib
             ));
+        }
+        match (self.grpo.reward_source, &self.grpo.group_reward) {
+            (RewardSource::Group, None) => {
+                return Err(
+                    "`grpo.reward_source = \"group\"` needs `grpo.group_reward`, the name \
+                            a group reward was registered under"
+                        .into(),
+                );
+            }
+            (RewardSource::Group, Some(_)) | (_, None) => {}
+            (_, Some(name)) => {
+                return Err(format!(
+                    "`grpo.group_reward = {name:?}` is used only with `grpo.reward_source = \
+                     \"group\"`"
+                ));
+            }
         }
         for (i, e) in self.envs.iter().enumerate() {
             if !(e.weight.is_finite() && e.weight > 0.0) {

@@ -3,6 +3,7 @@
 //! rewards.
 
 mod co_reward;
+mod group_reward;
 mod judge_score;
 mod knights_knaves;
 mod majority_vote;
@@ -12,6 +13,7 @@ mod self_certainty;
 mod verifier;
 
 pub use co_reward::{CoReward, relabel_twin_groups};
+pub use group_reward::{GroupReward, MemberVerdict};
 pub use judge_score::parse_judge_score;
 pub use knights_knaves::{assignments, knights_knaves_match};
 pub use majority_vote::{

@@ -78,6 +78,31 @@ fn co_rewards(
     vote_metrics(twin, &t_index, &co.twin, "co_reward", agree);
 }
 
+/// A group rewarded by the user's hook (`[grpo] reward_source = "group"`): each member's
+/// metrics are merged into its report's; a member it rejects, or leaves without a verdict,
+/// becomes a fault.
+fn user_group_rewards(group: &mut [EpisodeReport], hook: &dyn kaizen_envs::rewards::GroupReward) {
+    let (mut members, index) = group_members(group);
+    let verdicts = hook.relabel(&mut members);
+    drop(members);
+    let mut verdicts = verdicts.into_iter();
+    for i in index {
+        let lined_up = group[i]
+            .result
+            .as_ref()
+            .is_ok_and(|t| t.segment_rewards().is_ok());
+        match verdicts.next() {
+            Some(Ok(_)) if !lined_up => reject(
+                &mut group[i],
+                "group reward: the rewards no longer line up with the episode's turns",
+            ),
+            Some(Ok(metrics)) => group[i].metrics.extend(metrics),
+            Some(Err(message)) => reject(&mut group[i], &format!("group reward: {message}")),
+            None => reject(&mut group[i], "group reward: no verdict for this episode"),
+        }
+    }
+}
+
 /// The episodes of `group` that have a trajectory, as vote members with their turns' texts,
 /// and their indices in `group`.
 fn group_members(
@@ -256,7 +281,10 @@ impl Run {
             ));
         }
         Ok(match self.config.grpo.reward_source {
-            RewardSource::Env | RewardSource::MajorityVote | RewardSource::CoReward => r,
+            RewardSource::Env
+            | RewardSource::MajorityVote
+            | RewardSource::CoReward
+            | RewardSource::Group => r,
             RewardSource::SelfCertainty => self_certainty_rewards(r),
         })
     }
@@ -292,6 +320,13 @@ impl Run {
                     groups.insert(twin, twin_group);
                     self.twins.remove(&id);
                     self.twins.remove(&twin);
+                }
+            }
+            RewardSource::Group => {
+                if let Some(hook) = &self.group_reward {
+                    for group in groups.values_mut() {
+                        user_group_rewards(group, hook.as_ref());
+                    }
                 }
             }
             RewardSource::Env | RewardSource::SelfCertainty => {}

@@ -310,6 +310,8 @@ struct Run {
     stray: Vec<EpisodeReport>,
     /// Co-Reward's pairs: each submitted group's twin group, both ways, until rewarded.
     twins: HashMap<u64, u64>,
+    /// The user's group reward (`[grpo] reward_source = "group"`).
+    group_reward: Option<Arc<dyn kaizen_envs::rewards::GroupReward>>,
     samples_file: std::fs::File,
     progress: Option<ProgressBar>,
     eval_base: Option<BTreeMap<String, f64>>,
@@ -352,6 +354,12 @@ pub fn train(
         .map_err(|e| Error::io("tokio runtime", e))?;
     let train_device = options.device.clone().autodiff();
     let (slots, targets) = build_envs(&config, &options.registry)?;
+    let group_reward = match (&config.grpo.reward_source, &config.grpo.group_reward) {
+        (crate::config::RewardSource::Group, Some(name)) => {
+            Some(options.registry.group_reward(name)?)
+        }
+        _ => None,
+    };
 
     // A new run, or the newest checkpoint of an old one.
     let (policy, state, optimizer_state, run_dir, mut trackers) = match &options.resume {
@@ -474,6 +482,7 @@ pub fn train(
         targets,
         stray: Vec::new(),
         twins: HashMap::new(),
+        group_reward,
         samples_file,
         progress,
         eval_base: None,
