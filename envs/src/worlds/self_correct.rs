@@ -480,6 +480,14 @@ mod tests {
     use super::*;
     use crate::{EpisodeLimits, demonstrate};
 
+    /// A `self_correct` environment from a TOML parameter table.
+    fn env_from(params: &str) -> Box<dyn Env> {
+        let params: toml::Table = toml::from_str(params).unwrap();
+        SelfCorrectFactory::from_params("self_correct", &params)
+            .unwrap()
+            .make()
+    }
+
     fn factory(attempts: usize) -> SelfCorrectFactory {
         let config = SelfCorrectConfig {
             attempts,
@@ -547,11 +555,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_attempt_gets_its_token_budget() {
-        let params: toml::Table =
-            toml::from_str("attempts = 3\nmax_new_tokens = [24, 64]").unwrap();
-        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
-            .unwrap()
-            .make();
+        let mut env = env_from("attempts = 3\nmax_new_tokens = [24, 64]");
         let mut budgets = Vec::new();
         let mut step = env.reset(1).await.unwrap();
         while let Step::Request(r) = step {
@@ -573,10 +577,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_twin_asks_the_rephrased_question_with_the_same_answer() {
-        let params: toml::Table = toml::from_str("ask = \"twin\"").unwrap();
-        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
-            .unwrap()
-            .make();
+        let mut env = env_from("ask = \"twin\"");
         let problem = ProblemGenerator::default().generate(4);
         let Step::Request(r) = env.reset(4).await.unwrap() else {
             panic!("no request")
@@ -597,21 +598,14 @@ mod tests {
         assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
 
         // Problems without a twin: the episode fails, naming the problem.
-        let params: toml::Table =
-            toml::from_str("ask = \"twin\"\ngenerator = { family = \"word_problem\" }").unwrap();
-        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
-            .unwrap()
-            .make();
+        let mut env = env_from("ask = \"twin\"\ngenerator = { family = \"word_problem\" }");
         let err = env.reset(4).await.err().unwrap().to_string();
         assert!(err.contains("has no `twin`"), "{err}");
     }
 
     #[tokio::test]
     async fn a_policy_rewrite_is_an_untrained_first_turn_whose_rewording_is_answered() {
-        let params: toml::Table = toml::from_str("ask = \"policy_rewrite\"").unwrap();
-        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
-            .unwrap()
-            .make();
+        let mut env = env_from("ask = \"policy_rewrite\"");
         let problem = ProblemGenerator::default().generate(4);
         let Step::Request(r) = env.reset(4).await.unwrap() else {
             panic!("no request")
@@ -654,11 +648,9 @@ mod tests {
     /// Plays a strategy-menu episode (all three strategies) with `answers`; returns the
     /// requests and the outcome.
     async fn play_strategies(answers: &[&str]) -> Result<(Vec<kaizen_core::Request>, Outcome)> {
-        let params: toml::Table =
-            toml::from_str("strategies = [\"direct\", \"step_by_step\", \"program\"]\nsandbox = { timeout_seconds = 2.0 }").unwrap();
-        let mut env = SelfCorrectFactory::from_params("self_correct", &params)
-            .unwrap()
-            .make();
+        let mut env = env_from(
+            "strategies = [\"direct\", \"step_by_step\", \"program\"]\nsandbox = { timeout_seconds = 2.0 }",
+        );
         let mut step = env.reset(3).await?;
         let mut requests = Vec::new();
         for answer in answers {
@@ -725,10 +717,7 @@ mod tests {
 
         // The expert declares its strategy and is right.
         for seed in 0..10 {
-            let params: toml::Table = toml::from_str("strategies = [\"program\"]").unwrap();
-            let env = SelfCorrectFactory::from_params("self_correct", &params)
-                .unwrap()
-                .make();
+            let env = env_from("strategies = [\"program\"]");
             let ep = demonstrate(env, seed, EpisodeLimits::default()).await;
             let outcome = ep.outcome().unwrap();
             assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
