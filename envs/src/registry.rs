@@ -137,12 +137,17 @@ impl Registry {
             .cloned()
             .ok_or_else(|| Error::UnknownGroupReward {
                 name: name.to_string(),
-                known: self
-                    .group_rewards
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: if self.group_rewards.is_empty() {
+                    "none (a program that calls kaizen_learner::train registers its own with \
+                     Registry::register_group_reward)"
+                        .into()
+                } else {
+                    self.group_rewards
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             })
     }
 
