@@ -10,6 +10,8 @@ use kaizen_envs::Registry;
 use kaizen_envs::rewards::{GroupMember, GroupReward, MemberVerdict};
 use kaizen_learner::{JobConfig, TrainOptions, train};
 
+mod common;
+
 /// Rewards every turn of a group's first member 1 and the others 0; rejects the second member
 /// (it becomes a fault) and logs `first` and `group_size` for the rest.
 struct FirstMember;
@@ -37,17 +39,13 @@ impl GroupReward for FirstMember {
     }
 }
 
-/// The mean of `key` per step in `run`'s metrics.
+/// The values of `key` in `run`'s metrics, in step order.
 fn series(run: &Path, key: &str) -> Vec<f64> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        if v["key"] == key {
-            out.insert(v["step"].as_u64().unwrap(), v["value"].as_f64().unwrap());
-        }
-    }
-    out.into_values().collect()
+    common::metrics(run)
+        .into_iter()
+        .filter(|((k, _), _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 #[test]
