@@ -86,7 +86,7 @@ pub fn chosen(reply: &str, offered: &[Strategy]) -> (Strategy, bool) {
             return (*s, true);
         }
     }
-    let shape = if !fenced_blocks(reply).0.is_empty() || fenced_blocks(reply).1.is_some() {
+    let shape = if program(reply).is_some() {
         Strategy::Program
     } else if reply.lines().filter(|l| !l.trim().is_empty()).count() > 1 {
         Strategy::StepByStep
