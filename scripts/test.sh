@@ -40,6 +40,10 @@ step "Python for the environment tests (kaizen-envs: remote protocol, TextWorld)
 KAIZEN_TEST_PYTHON=$(command -v python3) || { echo "python3 is needed by the environment tests" >&2; exit 1; }
 KAIZEN_TEXTWORLD_PYTHON=$(kaizen_venv textworld textworld==1.7.0)
 export KAIZEN_TEST_PYTHON KAIZEN_TEXTWORLD_PYTHON
+
+step "OpenAI's Python client for the serving tests (tests/serve.rs: kaizen serve)"
+KAIZEN_OPENAI_PYTHON=$(kaizen_venv openai "openai==3.51.0")
+export KAIZEN_OPENAI_PYTHON
 # Tests that need a service or venv fail (instead of returning early) when it is missing.
 export KAIZEN_REQUIRE_SERVICES=1
 

@@ -34,6 +34,9 @@ enum Command {
     /// Run one process of a multi-process job (learner or actor), as torchrun, Slurm or
     /// Kubernetes starts it: `kaizen launch configs/<job>.toml [--role learner|actor]`.
     Launch(commands::launch::Args),
+    /// Serve a model behind an OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`):
+    /// `kaizen serve MODEL [--port 8000]`.
+    Serve(commands::serve::Args),
     /// Plot metric curves of one or several runs, overlaid, to a PNG or SVG file.
     Report(commands::report::Args),
 }
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => commands::export::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Runs(args) => commands::runs::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Launch(args) => commands::launch::run(args),

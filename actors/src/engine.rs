@@ -7,8 +7,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kaizen_core::WeightsVersion;
-use kaizen_model::{DecodeBatch, GenerateOptions, Generation, GenerationRequest, Tokenizer};
-use tokio::sync::oneshot;
+use kaizen_model::{
+    DecodeBatch, GenerateOptions, Generation, GenerationRequest, TokenLogprobs, Tokenizer,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::weights::{Published, WeightSubscriber};
 
@@ -30,13 +32,57 @@ pub(crate) type Reply = Result<(Completion, BusyGuard), String>;
 pub(crate) struct Job {
     pub key: (u64, u32),
     pub request: GenerationRequest,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: Sink,
 }
 
-/// What an episode sends its engine.
+/// Where a job's answer goes. A sink whose receiver is gone cancels its row at the next step.
+pub(crate) enum Sink {
+    /// The whole completion at once (an episode's turn).
+    Reply(oneshot::Sender<Reply>),
+    /// Tokens as they are sampled, then the completion (a streaming client).
+    Stream {
+        /// The request's choice index, echoed in every event.
+        choice: usize,
+        tx: mpsc::UnboundedSender<StreamEvent>,
+    },
+}
+
+impl Sink {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Reply(tx) => tx.is_closed(),
+            Self::Stream { tx, .. } => tx.is_closed(),
+        }
+    }
+}
+
+/// What a streaming request hears, in order: zero or more `Tokens`, then one `Done`.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// Tokens sampled since the last event (the completion's tail may come only with `Done`).
+    Tokens {
+        /// The request's choice index.
+        choice: usize,
+        /// The new token ids.
+        tokens: Vec<u32>,
+        /// Their untempered log-probs, when the request asked for them.
+        token_logprobs: Vec<TokenLogprobs>,
+    },
+    /// The whole completion (all its tokens, also those already sent), or why it was rejected.
+    Done {
+        /// The request's choice index.
+        choice: usize,
+        /// The completion, or the engine's reason for rejecting the request.
+        result: Result<Completion, String>,
+    },
+}
+
+/// What an episode (or a server) sends its engine.
 pub(crate) enum Msg {
     /// Generate a completion.
     Generate(Job),
+    /// Generate several completions admitted together (one prefill for a shared prompt).
+    GenerateAll(Vec<Job>),
     /// The episode (session) ended: drop the keys and values kept for its next turn.
     Forget(u64),
 }
@@ -112,6 +158,8 @@ pub struct EngineCounters {
     pub busy_micros: AtomicU64,
     /// Requests answered.
     pub completions: AtomicU64,
+    /// Decode steps taken (each samples one token for every active row of a slot).
+    pub decode_steps: AtomicU64,
     /// Prompt tokens whose keys and values were kept from the episode's previous turn instead
     /// of prefilled again.
     pub reused_prompt_tokens: AtomicU64,
@@ -172,11 +220,20 @@ pub(crate) struct EngineHandle {
     pub gate: Arc<Gate>,
 }
 
+/// A row's caller: where its answer goes, its session, and how many tokens were streamed.
+struct Pending {
+    sink: Sink,
+    session: Option<u64>,
+    sent: usize,
+}
+
 struct Slot {
     version: WeightsVersion,
     batch: DecodeBatch,
-    /// Each row's reply channel and session.
-    replies: HashMap<u64, (oneshot::Sender<Reply>, Option<u64>)>,
+    /// Each row's caller.
+    replies: HashMap<u64, Pending>,
+    /// Rows of `replies` that stream their tokens.
+    streaming: usize,
     /// Evictions of the batch's kept turns already counted.
     evicted_seen: u64,
 }
@@ -185,18 +242,71 @@ impl Slot {
     fn deliver(&mut self, gate: &Arc<Gate>, counters: &EngineCounters) {
         for (id, generation) in self.batch.take_finished() {
             counters.completions.fetch_add(1, Ordering::Relaxed);
-            if let Some((reply, session)) = self.replies.remove(&id) {
+            let Some(pending) = self.replies.remove(&id) else {
+                continue;
+            };
+            let completion = Completion {
+                generation,
+                version: self.version,
+            };
+            let delivered = match pending.sink {
                 // The episode is busy (back in its environment) from this moment, so the next
                 // step waits for its next request. If it is gone (e.g. timed out), the guard
                 // comes back with the failed send and is dropped, with what was kept for it.
-                let sent = reply.send(Ok((
-                    Completion {
-                        generation,
-                        version: self.version,
-                    },
-                    gate.busy(),
-                )));
-                if let (Err(_), Some(session)) = (sent, session) {
+                Sink::Reply(reply) => reply.send(Ok((completion, gate.busy()))).is_ok(),
+                Sink::Stream { choice, tx } => {
+                    self.streaming -= 1;
+                    tx.send(StreamEvent::Done {
+                        choice,
+                        result: Ok(completion),
+                    })
+                    .is_ok()
+                }
+            };
+            if let (false, Some(session)) = (delivered, pending.session) {
+                self.batch.forget(session);
+            }
+        }
+    }
+
+    /// Sends streaming rows the tokens sampled since their last event.
+    fn stream(&mut self) {
+        if self.streaming == 0 {
+            return;
+        }
+        for (&id, pending) in &mut self.replies {
+            let Sink::Stream { choice, tx } = &pending.sink else {
+                continue;
+            };
+            let Some((tokens, top)) = self.batch.partial(id) else {
+                continue;
+            };
+            if tokens.len() > pending.sent {
+                let _ = tx.send(StreamEvent::Tokens {
+                    choice: *choice,
+                    tokens: tokens[pending.sent..].to_vec(),
+                    token_logprobs: top.get(pending.sent..).unwrap_or_default().to_vec(),
+                });
+                pending.sent = tokens.len();
+            }
+        }
+    }
+
+    /// Stops the rows whose callers went away (a closed stream, a timed-out episode).
+    fn cancel_abandoned(&mut self) {
+        let gone: Vec<u64> = self
+            .replies
+            .iter()
+            .filter(|(_, p)| p.sink.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if let Some(pending) = self.replies.remove(&id) {
+                if matches!(pending.sink, Sink::Stream { .. }) {
+                    self.streaming -= 1;
+                }
+                self.batch.cancel(id);
+                if let Some(session) = pending.session {
                     self.batch.forget(session);
                 }
             }
@@ -250,6 +360,7 @@ fn engine_loop(
         for m in messages {
             match m {
                 Msg::Generate(job) => jobs.push(job),
+                Msg::GenerateAll(all) => jobs.extend(all),
                 Msg::Forget(session) => {
                     for slot in &mut slots {
                         slot.batch.forget(session);
@@ -294,6 +405,7 @@ fn engine_loop(
                         version: current.version,
                         batch,
                         replies: HashMap::new(),
+                        streaming: 0,
                         evicted_seen,
                     });
                     slots.last_mut().expect("just pushed")
@@ -301,8 +413,10 @@ fn engine_loop(
             };
             admit(slot, jobs, &mut next_id, &counters);
             slot.deliver(&gate, &counters);
+            slot.stream();
         }
         for slot in &mut slots {
+            slot.cancel_abandoned();
             if slot.batch.active() > 0 {
                 let before = slot.batch.stats().generated_tokens;
                 slot.batch.step();
@@ -310,7 +424,9 @@ fn engine_loop(
                 counters
                     .generated_tokens
                     .fetch_add((after - before) as u64, Ordering::Relaxed);
+                counters.decode_steps.fetch_add(1, Ordering::Relaxed);
                 slot.deliver(&gate, &counters);
+                slot.stream();
             }
         }
         counters
@@ -341,21 +457,42 @@ fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCo
     for job in jobs {
         let id = *next_id;
         *next_id += 1;
-        replies.push((id, (job.reply, job.request.session)));
+        let pending = Pending {
+            sink: job.reply,
+            session: job.request.session,
+            sent: 0,
+        };
+        replies.push((id, pending));
         tagged.push((id, job.request));
     }
+    let accept = |slot: &mut Slot, id: u64, pending: Pending| {
+        if matches!(pending.sink, Sink::Stream { .. }) {
+            slot.streaming += 1;
+        }
+        slot.replies.insert(id, pending);
+    };
     match slot.batch.add(tagged.clone()) {
-        Ok(()) => slot.replies.extend(replies),
+        Ok(()) => {
+            for (id, pending) in replies {
+                accept(slot, id, pending);
+            }
+        }
         Err(_) => {
             // Find the culprits one by one (rare path).
-            for ((id, request), (_, reply)) in tagged.into_iter().zip(replies) {
+            for ((id, request), (_, pending)) in tagged.into_iter().zip(replies) {
                 match slot.batch.add(vec![(id, request)]) {
-                    Ok(()) => {
-                        slot.replies.insert(id, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.0.send(Err(e.to_string()));
-                    }
+                    Ok(()) => accept(slot, id, pending),
+                    Err(e) => match pending.sink {
+                        Sink::Reply(reply) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                        Sink::Stream { choice, tx } => {
+                            let _ = tx.send(StreamEvent::Done {
+                                choice,
+                                result: Err(e.to_string()),
+                            });
+                        }
+                    },
                 }
             }
         }

@@ -22,14 +22,16 @@ mod engine;
 mod error;
 mod local;
 mod responder;
+mod serving;
 mod weights;
 
 pub use actor::{ActorConfig, ActorPool, Submitter};
-pub use engine::{Completion, EngineConfig, EngineCounters, KvAcrossVersions};
+pub use engine::{Completion, EngineConfig, EngineCounters, KvAcrossVersions, StreamEvent};
 pub use error::Error;
 pub use kaizen_envs::EnvSlot;
 pub use kaizen_transport::{EpisodeReport, EpisodeTask, SamplingConfig, derive_seed};
 pub use local::LocalActors;
+pub use serving::ServingEngine;
 pub use weights::{
     Published, WeightPublisher, WeightSubscriber, weight_broadcast, weight_broadcast_at,
 };

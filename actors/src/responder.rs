@@ -9,7 +9,7 @@ use kaizen_envs::Responder;
 use kaizen_model::{ChatTemplate, ChatThread, GenerationRequest, Tokenizer};
 use tokio::sync::oneshot;
 
-use crate::engine::{BusyGuard, EngineHandle, Job, Msg};
+use crate::engine::{BusyGuard, EngineHandle, Job, Msg, Sink};
 use crate::{SamplingConfig, derive_seed};
 
 /// The policy side of one episode: renders requests into token threads, asks the engine,
@@ -91,7 +91,7 @@ impl Responder for PolicyResponder {
                 // those of a hinted prompt, which the thread does not continue).
                 session: (!hinted).then_some(self.episode),
             },
-            reply,
+            reply: Sink::Reply(reply),
         }));
         self.busy = None;
         let result = match sent {

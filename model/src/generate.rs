@@ -12,7 +12,7 @@ use crate::cpu_forward::{self, CpuWeights, QuantizedWeights};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, token_tensor};
 use crate::prefix_cache::PrefixCache;
-use crate::sampler::{Sampled, SamplingParams, sample};
+use crate::sampler::{Sampled, SamplingParams, TokenLogprobs, sample, token_logprobs};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -43,6 +43,9 @@ pub struct Generation {
     /// ([`crate::Sampled::self_certainty`], nats): the completion's score for best-of-N
     /// selection without a verifier. `None` for greedy decoding.
     pub self_certainty: Option<f32>,
+    /// Each sampled id's untempered log-prob and its position's most likely alternatives;
+    /// empty unless [`SamplingParams::top_logprobs`] is set.
+    pub token_logprobs: Vec<TokenLogprobs>,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
     /// Decoded text (special tokens skipped, cut before the stop string that ended it); `None`
@@ -137,6 +140,7 @@ struct Row {
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     entropies: Vec<f32>,
+    token_logprobs: Vec<TokenLogprobs>,
     /// Sum of the sampled steps' self-certainty (f64: summed over up to thousands of tokens).
     certainty_sum: f64,
     /// Set when the row stops; the row stays in the cache until compaction.
@@ -366,6 +370,7 @@ impl DecodeBatch {
             tokens: Vec::new(),
             logprobs: Vec::new(),
             entropies: Vec::new(),
+            token_logprobs: Vec::new(),
             certainty_sum: 0.0,
             finish: None,
             collected: false,
@@ -468,10 +473,8 @@ impl DecodeBatch {
         self.stats.decode_steps += 1;
         // Rows sample independently (each has its own generator), so a wide batch draws them
         // in parallel: over a 49k vocabulary the softmax is ~0.1 ms a row.
-        let draw = |(row, logits): (&mut Row, &[f32])| {
-            (!row.finished()).then(|| sample(logits, &row.params, &mut row.rng))
-        };
-        let drawn: Vec<Option<Sampled>> = self
+        let draw = |(row, logits): (&mut Row, &[f32])| (!row.finished()).then(|| draw(row, logits));
+        let drawn: Vec<Option<Drawn>> = self
             .rows
             .par_iter_mut()
             .zip(logits.par_chunks_exact(vocab))
@@ -519,6 +522,29 @@ impl DecodeBatch {
         std::mem::take(&mut self.done)
     }
 
+    /// What the unfinished row `id` has sampled so far (for streaming): its tokens and, when
+    /// requested, their [`TokenLogprobs`]. `None` once the row finished (its
+    /// [`Generation`] comes from [`DecodeBatch::take_finished`]) or for an unknown id.
+    pub fn partial(&self, id: u64) -> Option<(&[u32], &[TokenLogprobs])> {
+        self.rows
+            .iter()
+            .find(|r| r.id == id && !r.finished())
+            .map(|r| (r.tokens.as_slice(), r.token_logprobs.as_slice()))
+    }
+
+    /// Stops the unfinished row `id` without a [`Generation`] (its caller went away); its
+    /// cache row is freed at the next compaction and nothing is kept for its session. Returns
+    /// whether such a row existed.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        let Some(row) = self.rows.iter_mut().find(|r| r.id == id && !r.finished()) else {
+            return false;
+        };
+        row.finish = Some(FinishReason::Length);
+        row.collected = true;
+        row.session = None;
+        true
+    }
+
     /// Runs prompts (left-padded to the longest) through the model with a fresh cache; returns
     /// the cache and each prompt's last-position logits (`[prompts, vocab]`, flat).
     fn prefill(&mut self, prompts: &[&[u32]]) -> (KvCache, Vec<f32>) {
@@ -545,7 +571,7 @@ impl DecodeBatch {
     }
 
     fn sample_into(&mut self, row: &mut Row, logits: &[f32]) {
-        let s = sample(logits, &row.params, &mut row.rng);
+        let s = draw(row, logits);
         Self::record(
             row,
             s,
@@ -559,13 +585,14 @@ impl DecodeBatch {
     /// Appends a sampled token to `row` and sets its finish reason if it stopped.
     fn record(
         row: &mut Row,
-        s: Sampled,
+        (s, top): Drawn,
         options: &GenerateOptions,
         tokenizer: Option<&Tokenizer>,
         max_positions: usize,
         stats: &mut GenerationStats,
     ) {
         row.tokens.push(s.token);
+        row.token_logprobs.extend(top);
         row.logprobs.push(s.logprob);
         if options.entropy {
             row.entropies.push(s.entropy);
@@ -620,6 +647,7 @@ impl DecodeBatch {
                     tokens: std::mem::take(&mut row.tokens),
                     logprobs: std::mem::take(&mut row.logprobs),
                     entropies: std::mem::take(&mut row.entropies),
+                    token_logprobs: std::mem::take(&mut row.token_logprobs),
                     finish_reason: reason,
                     text,
                 },
@@ -640,6 +668,19 @@ impl DecodeBatch {
         self.cache.select_rows(&keep);
         self.rows.retain(|r| !r.finished());
     }
+}
+
+/// A sampled token and, when the row asks for them, its untempered log-probs.
+type Drawn = (Sampled, Option<TokenLogprobs>);
+
+/// Samples the row's next token from `logits` (`[vocab]`).
+fn draw(row: &mut Row, logits: &[f32]) -> Drawn {
+    let s = sample(logits, &row.params, &mut row.rng);
+    let top = row
+        .params
+        .top_logprobs
+        .map(|k| token_logprobs(logits, s.token, k));
+    (s, top)
 }
 
 /// Runs the next columns `tokens` (`[rows, seq]`) through `model`, extending `cache`, and returns

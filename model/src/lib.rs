@@ -58,7 +58,9 @@ pub use policy::{Policy, smollm2_path};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
 pub use rms_norm::RmsNorm;
 pub use rope::Rope;
-pub use sampler::{Sampled, SamplingParams, argmax, sample};
+pub use sampler::{
+    MAX_TOP_LOGPROBS, Sampled, SamplingParams, TokenLogprobs, argmax, sample, token_logprobs,
+};
 pub use score::{ScoreBatch, ScoreOptions, Scores, score, score_with, shared_prefix};
 pub use tokenizer::{Tokenizer, byte_to_unicode};
 pub use weights::{HostTensor, TensorSource, read_safetensors, write_safetensors};

@@ -31,6 +31,11 @@ pub struct SamplingParams {
     /// Seed of this row's random stream. The same seed gives the same tokens whatever else is
     /// in the batch.
     pub seed: u64,
+    /// `Some(k)`: also record, for every sampled token, its log-prob under the model's own
+    /// distribution (`log_softmax(logits)`, temperature 1, before any truncation — what
+    /// OpenAI's `logprobs` and vLLM's default raw log-probs report) and the `k ≤ 20` most
+    /// likely tokens with theirs ([`TokenLogprobs`]). `None` (the default) costs nothing.
+    pub top_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -43,9 +48,13 @@ impl Default for SamplingParams {
             max_new_tokens: 64,
             stop: Vec::new(),
             seed: 0,
+            top_logprobs: None,
         }
     }
 }
+
+/// Most alternatives [`SamplingParams::top_logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     /// Greedy decoding of up to `max_new_tokens` tokens.
@@ -86,6 +95,11 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::Sampling("`stop` strings must not be empty".into()));
         }
+        if let Some(k) = self.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(Error::Sampling(format!(
+                "`top_logprobs` must be at most {MAX_TOP_LOGPROBS}, got {k}"
+            )));
+        }
         Ok(())
     }
 
@@ -112,6 +126,49 @@ pub struct Sampled {
     /// 2025, "Scalable Best-of-N Selection for Large Language Models via Self-Certainty",
     /// eq. 3; at `T = 1` it is their token score exactly). `0` for greedy decoding.
     pub self_certainty: f32,
+}
+
+/// A sampled token's log-prob under the model's untempered distribution and the most likely
+/// alternatives at its position ([`SamplingParams::top_logprobs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// `log_softmax(logits)[token]` (nats, ≤ 0), temperature 1, no truncation.
+    pub logprob: f32,
+    /// The `k` most likely tokens and their log-probs on the same scale, most likely first
+    /// (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-prob of `token` and the `k` most likely tokens under `log_softmax(logits)`:
+/// `log p_i = l_i − max − log Σ_j exp(l_j − max)` (the sum in f64). One pass for the maximum,
+/// one for the sum, one to select the top `k` (O(V·k) worst case, O(V) in practice).
+pub fn token_logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+    let max = cpu_kernels::max(logits);
+    let mut total = 0.0f64;
+    for block in logits.chunks(1024) {
+        let s: f32 = block.iter().map(|&l| (l - max).exp()).sum();
+        total += f64::from(s);
+    }
+    let log_total = total.ln();
+    let log_p = |l: f32| (f64::from(l - max) - log_total) as f32;
+    // The k best (logit, id) pairs, best first; a new logit enters only if it beats the worst.
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == k && best[k - 1].0 >= l {
+                continue;
+            }
+            let at = best.partition_point(|&(b, _)| b >= l);
+            best.insert(at, (l, i as u32));
+            best.truncate(k);
+        }
+    }
+    TokenLogprobs {
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| log_p(l)),
+        top: best.into_iter().map(|(l, i)| (i, log_p(l))).collect(),
+    }
 }
 
 /// Samples one token from a row of logits.
@@ -309,6 +366,37 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn token_logprobs_are_the_untempered_log_softmax_and_its_top_k() {
+        let logits: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0)
+            .collect();
+        let naive = probs(&logits, 1.0);
+        for token in [0u32, 17, 4999] {
+            let lp = token_logprobs(&logits, token, 5);
+            assert!((f64::from(lp.logprob) - naive[token as usize].ln()).abs() < 1e-4);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let want: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
+            let got: Vec<u32> = lp.top.iter().map(|&(i, _)| i).collect();
+            assert_eq!(got, want, "top 5 by logit, ties by id");
+            for &(i, l) in &lp.top {
+                assert!((f64::from(l) - naive[i as usize].ln()).abs() < 1e-4);
+            }
+        }
+        assert!(token_logprobs(&logits, 3, 0).top.is_empty());
+        let bad = SamplingParams {
+            top_logprobs: Some(21),
+            ..SamplingParams::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("top_logprobs")
+        );
+    }
 
     fn rng(seed: u64) -> ChaCha8Rng {
         ChaCha8Rng::seed_from_u64(seed)

@@ -8,4 +8,5 @@ pub mod generate;
 pub mod launch;
 pub mod report;
 pub mod runs;
+pub mod serve;
 pub mod train;

@@ -58,6 +58,7 @@ impl SamplingConfig {
                 .unwrap_or(self.max_completion_length),
             stop,
             seed,
+            top_logprobs: None,
         }
     }
 }

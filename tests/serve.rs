@@ -1,0 +1,109 @@
+//! `kaizen serve` driven by the official OpenAI Python client (`tests/fixtures/openai_client.py`,
+//! `openai==3.51.0` in `KAIZEN_OPENAI_PYTHON`; `scripts/test.sh` provides it and sets
+//! `KAIZEN_REQUIRE_SERVICES=1`, under which a missing client fails the test).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::kaizen;
+
+const KAIZEN: &str = env!("CARGO_BIN_EXE_kaizen");
+const CLIENT: &str = "tests/fixtures/openai_client.py";
+
+fn openai_python() -> Option<String> {
+    match std::env::var("KAIZEN_OPENAI_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert_ne!(
+                std::env::var("KAIZEN_REQUIRE_SERVICES").as_deref(),
+                Ok("1"),
+                "KAIZEN_OPENAI_PYTHON (a python with openai==3.51.0) is required"
+            );
+            eprintln!("KAIZEN_OPENAI_PYTHON unset: skipping (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// A `kaizen serve tiny` on a free port; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(KAIZEN)
+            .args(["serve", "tiny", "--port", "0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("kaizen serve exited before listening")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break format!("{address}/v1");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, base }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(python: &str, args: &[&str]) {
+    let out = Command::new(python)
+        .arg(CLIENT)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{CLIENT} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The text `kaizen generate` prints for one greedy sample (its line break removed).
+fn generated(args: &[&str]) -> String {
+    let out = kaizen(&[&["generate", "--model", "tiny"], args].concat());
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_suffix('\n').unwrap().to_string()
+}
+
+#[test]
+fn the_openai_client_gets_what_kaizen_generate_gives_and_errors_that_name_the_field() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let chat = generated(&["--chat", "--prompt", "hello", "--max-tokens", "40"]);
+    let completion = generated(&["--prompt", "abc", "--max-tokens", "8"]);
+    let server = Server::start(&["--served-model-name", "tiny"], &[]);
+    client(&python, &["api", &server.base, &chat, &completion]);
+}
+
+#[test]
+fn an_api_key_is_required_when_set() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let server = Server::start(&[], &[("KAIZEN_API_KEY", "s3cret")]);
+    client(&python, &["auth", &server.base, "s3cret"]);
+}
