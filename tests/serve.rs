@@ -107,3 +107,35 @@ fn an_api_key_is_required_when_set() {
     let server = Server::start(&[], &[("KAIZEN_API_KEY", "s3cret")]);
     client(&python, &["auth", &server.base, "s3cret"]);
 }
+
+#[test]
+fn kaizen_train_trains_on_an_openai_client_program_episodes() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let config = std::fs::read_to_string("configs/openai_agent_tiny.toml")
+        .unwrap()
+        .replace("command = \"python3\"", &format!("command = {python:?}"))
+        .replace("max_steps = 30", "max_steps = 4")
+        .replace("every = 10", "every = 2");
+    let config = format!(
+        "{config}\n[tracking]\nruns_dir = {:?}\n",
+        runs.display().to_string()
+    );
+    let path = common::write(dir.path(), "job.toml", &config);
+    let out = kaizen(&["train", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("trained 64 faulted 0"),
+        "4 steps x 4 prompts x 4 generations, no faults:\n{stdout}"
+    );
+    let run = common::run_dir(&runs, "openai_agent_tiny");
+    let metrics = common::metrics(&run);
+    for step in 1..=4 {
+        let reward = metrics[&("env/reward".to_string(), step)];
+        assert!((0.0..=1.0).contains(&reward), "step {step}: {reward}");
+    }
+    assert!(run.join("checkpoints").is_dir());
+}

@@ -173,7 +173,7 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<ChatJob, ApiError> {
 /// written after its content as the model writes them, and consecutive `tool` messages become
 /// one user turn of `<tool_response>` blocks. When tools are offered their block is appended
 /// to the first system message (or becomes one).
-fn to_messages(
+pub(crate) fn to_messages(
     messages: &[ChatMessage],
     tools: Option<&[api::Tool]>,
 ) -> Result<Vec<Message>, ApiError> {

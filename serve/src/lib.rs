@@ -8,10 +8,13 @@
 //!   `GET /v1/kaizen/stats` (the engine's counters). Requests are decoded by
 //!   [`kaizen_actors::ServingEngine`], the actors' continuous-batching engine: concurrent
 //!   requests share decode steps.
+//! - [`agent`]: the `openai_agent` environment — a program that talks to an OpenAI endpoint
+//!   is an environment; its chat completions are the episode's turns.
 //! - Malformed requests get OpenAI-shaped 4xx errors naming the field; bodies are limited to
 //!   [`ServeConfig::max_body_bytes`]; [`ServeConfig::api_key`] requires a bearer token.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 mod chat;
 mod completions;

@@ -51,7 +51,7 @@ struct PlayArgs {
 
 /// Runs `kaizen envs`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let registry = Registry::with_builtins();
+    let registry = super::registry();
     match args.command {
         EnvsCommand::List => {
             let width = registry.names().map(str::len).max().unwrap_or(0);

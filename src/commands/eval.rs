@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::Device;
-use kaizen_envs::Registry;
 use kaizen_learner::{JobConfig, evaluate_policy, load_policy, resolve_model_source};
 use kaizen_model::Policy;
 
@@ -56,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let metrics = evaluate_policy(
         &config,
         &policy,
-        &Registry::with_builtins(),
+        &super::registry(),
         &kaizen_cluster::LocalLauncher,
     )?;
     if args.json {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use burn::tensor::Device;
 use kaizen_cluster::{ActorOptions, CoordinatorLauncher, LaunchEnv, job_fingerprint, run_actor};
-use kaizen_envs::Registry;
 #[cfg(feature = "mpi")]
 use kaizen_learner::Collective;
 
@@ -146,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     name,
                     fingerprint,
                     device: Device::default(),
-                    registry: Registry::with_builtins(),
+                    registry: super::registry(),
                 },
             )?;
             println!(

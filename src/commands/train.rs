@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use burn::tensor::Device;
-use kaizen_envs::Registry;
 use kaizen_learner::{JobConfig, TrainOptions, train};
 
 /// Arguments of `kaizen train`.
@@ -75,7 +74,7 @@ pub(crate) fn run_job(
         device: Device::default(),
         stop,
         progress: !args.no_progress,
-        registry: Registry::with_builtins(),
+        registry: super::registry(),
         resume: args.resume.clone(),
         launcher,
         collective,
