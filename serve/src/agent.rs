@@ -7,7 +7,8 @@
 //! makes becomes a [`Step::Request`] for agent `agent`: the actor samples the answer with the
 //! policy (recording tokens and behaviour log-probs, as for any environment) and the HTTP
 //! request is answered with it. The episode ends when the program exits; its reward is the
-//! last `POST …/kaizen/reward` body `{"reward": x}`, or else the last line of its stdout that
+//! last `POST $KAIZEN_REWARD_URL` (`…/episodes/<id>/v1/kaizen/reward`, also
+//! `/v1/kaizen/episodes/<id>/reward`) body `{"reward": x}`, or else the last line of its stdout that
 //! is a JSON object with a numeric `reward`. The reward is given to the last turn.
 //!
 //! An assistant message the program sends back unchanged continues the policy's token thread
@@ -138,6 +139,7 @@ impl Gateway {
         let app = Router::new()
             .route("/episodes/{id}/v1/chat/completions", post(gateway_chat))
             .route("/episodes/{id}/v1/kaizen/reward", post(gateway_reward))
+            .route("/v1/kaizen/episodes/{id}/reward", post(gateway_reward))
             .route("/episodes/{id}/v1/models", get(gateway_models))
             .with_state(gateway.clone());
         tokio::spawn(async move {

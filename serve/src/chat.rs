@@ -20,9 +20,8 @@ use crate::{AppState, stream, tools};
 
 /// A checked chat request, ready for the engine.
 struct ChatJob {
-    id: String,
-    created: u64,
-    model: String,
+    /// Id, creation time, model name and `include_usage`, as every chunk repeats them.
+    header: stream::ChunkHeader,
     prompt_len: usize,
     requests: Vec<GenerationRequest>,
     stop: Vec<String>,
@@ -31,7 +30,6 @@ struct ChatJob {
     /// Parse `<tool_call>` blocks out of completions.
     tools: bool,
     stream: bool,
-    include_usage: bool,
 }
 
 pub(crate) async fn handle(
@@ -45,16 +43,13 @@ pub(crate) async fn handle(
     if job.stream {
         return stream_chat(state, job);
     }
-    let results = state.engine.complete(job.requests.clone()).await;
-    let mut choices = Vec::with_capacity(results.len());
-    let mut completion_tokens = 0;
-    for (index, result) in results.into_iter().enumerate() {
-        let completion = match result {
-            Ok(c) => c,
-            Err(e) => return ApiError::internal(format!("generation failed: {e}")).into_response(),
-        };
-        completion_tokens += completion.generation.tokens.len();
-        let text = text_of(&state, &completion);
+    let (completions, completion_tokens) = match state.complete_all(job.requests.clone()).await {
+        Ok(done) => done,
+        Err(e) => return e.into_response(),
+    };
+    let mut choices = Vec::with_capacity(completions.len());
+    for (index, completion) in completions.iter().enumerate() {
+        let text = text_of(&state, completion);
         let (message, has_calls) = assistant_message(&job, index, &text);
         let logprobs = job.logprobs.map(|_| {
             json!({"content": logprob_content(&state, &completion.generation.tokens, &completion.generation.token_logprobs)})
@@ -69,10 +64,10 @@ pub(crate) async fn handle(
     json_response(
         StatusCode::OK,
         &json!({
-            "id": job.id,
+            "id": job.header.id,
             "object": "chat.completion",
-            "created": job.created,
-            "model": job.model,
+            "created": job.header.created,
+            "model": job.header.model,
             "choices": choices,
             "usage": Usage::new(job.prompt_len, completion_tokens),
         }),
@@ -152,20 +147,23 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<ChatJob, ApiError> {
         })
         .collect();
     Ok(ChatJob {
-        id: format!("chatcmpl-{n}"),
-        created: api::now_seconds(),
-        model: request.model,
+        header: stream::ChunkHeader {
+            id: format!("chatcmpl-{n}"),
+            object: "chat.completion.chunk",
+            created: api::now_seconds(),
+            model: request.model,
+            include_usage: request
+                .sampling
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        },
         prompt_len: prompt.len(),
         requests,
         stop,
         logprobs,
         tools,
         stream: request.sampling.stream.unwrap_or(false),
-        include_usage: request
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
     })
 }
 
@@ -269,7 +267,7 @@ pub(crate) fn text_of(state: &AppState, completion: &Completion) -> String {
 /// The assistant message of choice `index`, and whether it makes tool calls.
 fn assistant_message(job: &ChatJob, index: usize, text: &str) -> (Value, bool) {
     if job.tools {
-        let (content, calls) = tools::parse_calls(text, &format!("call_{}_{index}", job.id));
+        let (content, calls) = tools::parse_calls(text, &format!("call_{}_{index}", job.header.id));
         if !calls.is_empty() {
             return (
                 json!({"role": "assistant", "content": content, "tool_calls": calls}),
@@ -320,22 +318,10 @@ fn stream_chat(state: Arc<AppState>, job: ChatJob) -> Response {
     let mut events = state.engine.stream(job.requests.clone());
     tokio::spawn(async move {
         let n = job.requests.len();
-        let chunk = |choices: Value| {
-            let mut c = json!({
-                "id": job.id,
-                "object": "chat.completion.chunk",
-                "created": job.created,
-                "model": job.model,
-                    "choices": choices,
-            });
-            if job.include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
+        let header = &job.header;
         for index in 0..n {
             let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            if tx.send(chunk(first)).await.is_err() {
+            if tx.send(header.chunk(first)).await.is_err() {
                 return;
             }
         }
@@ -419,15 +405,13 @@ fn stream_chat(state: Arc<AppState>, job: ChatJob) -> Response {
                     json!([{"index": choice, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
                 }
             };
-            if tx.send(chunk(delta)).await.is_err() {
+            if tx.send(header.chunk(delta)).await.is_err() {
                 return;
             }
         }
-        if job.include_usage {
-            let mut last = chunk(json!([]));
-            last["usage"] = serde_json::to_value(Usage::new(job.prompt_len, completion_tokens))
-                .unwrap_or_default();
-            let _ = tx.send(last).await;
+        if header.include_usage {
+            let usage = Usage::new(job.prompt_len, completion_tokens);
+            let _ = tx.send(header.usage(usage)).await;
         }
     });
     stream::sse(rx)

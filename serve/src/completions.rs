@@ -22,15 +22,13 @@ const MAX_LEGACY_LOGPROBS: usize = 5;
 
 /// A checked completion request: choice `p * n + j` is prompt `p`'s `j`-th choice.
 struct CompletionJob {
-    id: String,
-    created: u64,
-    model: String,
+    /// Id, creation time, model name and `include_usage`, as every chunk repeats them.
+    header: stream::ChunkHeader,
     prompt_tokens: usize,
     requests: Vec<GenerationRequest>,
     stop: Vec<String>,
     logprobs: Option<usize>,
     stream: bool,
-    include_usage: bool,
 }
 
 pub(crate) async fn handle(
@@ -44,18 +42,13 @@ pub(crate) async fn handle(
     if job.stream {
         return stream_completions(state, job);
     }
-    let results = state.engine.complete(job.requests.clone()).await;
-    let mut choices = Vec::with_capacity(results.len());
-    let mut completion_tokens = 0;
-    for (index, result) in results.into_iter().enumerate() {
-        let completion = match result {
-            Ok(c) => c,
-            Err(e) => {
-                return ApiError::internal(format!("generation failed: {e}")).into_response();
-            }
-        };
+    let (completions, completion_tokens) = match state.complete_all(job.requests.clone()).await {
+        Ok(done) => done,
+        Err(e) => return e.into_response(),
+    };
+    let mut choices = Vec::with_capacity(completions.len());
+    for (index, completion) in completions.iter().enumerate() {
         let generation = &completion.generation;
-        completion_tokens += generation.tokens.len();
         let logprobs = job.logprobs.map(|_| {
             legacy_logprobs(
                 &state,
@@ -66,7 +59,7 @@ pub(crate) async fn handle(
         });
         choices.push(json!({
             "index": index,
-            "text": text_of(&state, &completion),
+            "text": text_of(&state, completion),
             "logprobs": logprobs,
             "finish_reason": finish_reason(generation.finish_reason, false),
         }));
@@ -74,10 +67,10 @@ pub(crate) async fn handle(
     json_response(
         StatusCode::OK,
         &json!({
-            "id": job.id,
+            "id": job.header.id,
             "object": "text_completion",
-            "created": job.created,
-            "model": job.model,
+            "created": job.header.created,
+            "model": job.header.model,
             "choices": choices,
             "usage": Usage::new(job.prompt_tokens, completion_tokens),
         }),
@@ -159,19 +152,22 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<CompletionJob, ApiError> {
         }));
     }
     Ok(CompletionJob {
-        id: format!("cmpl-{serial}"),
-        created: api::now_seconds(),
-        model: request.model,
+        header: stream::ChunkHeader {
+            id: format!("cmpl-{serial}"),
+            object: "text_completion",
+            created: api::now_seconds(),
+            model: request.model,
+            include_usage: request
+                .sampling
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        },
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
         requests,
         stop,
         logprobs: request.logprobs,
         stream: request.sampling.stream.unwrap_or(false),
-        include_usage: request
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
     })
 }
 
@@ -220,19 +216,7 @@ fn stream_completions(state: Arc<AppState>, job: CompletionJob) -> Response {
     let mut events = state.engine.stream(job.requests.clone());
     tokio::spawn(async move {
         let n = job.requests.len();
-        let chunk = |choices: Value| {
-            let mut c = json!({
-                "id": job.id,
-                "object": "text_completion",
-                "created": job.created,
-                "model": job.model,
-                "choices": choices,
-            });
-            if job.include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
+        let header = &job.header;
         let mut detok: Vec<Detokenizer> = (0..n).map(|_| Detokenizer::new(&job.stop)).collect();
         let mut sent_tokens = vec![0usize; n];
         let mut offsets = vec![0usize; n];
@@ -279,14 +263,13 @@ fn stream_completions(state: Arc<AppState>, job: CompletionJob) -> Response {
                     json!({"index": choice, "text": text, "logprobs": logprobs, "finish_reason": finish})
                 }
             };
-            if tx.send(chunk(json!([choice]))).await.is_err() {
+            if tx.send(header.chunk(json!([choice]))).await.is_err() {
                 return;
             }
         }
-        if job.include_usage {
-            let mut last = chunk(json!([]));
-            last["usage"] = json!(Usage::new(job.prompt_tokens, completion_tokens));
-            let _ = tx.send(last).await;
+        if header.include_usage {
+            let usage = Usage::new(job.prompt_tokens, completion_tokens);
+            let _ = tx.send(header.usage(usage)).await;
         }
     });
     stream::sse(rx)

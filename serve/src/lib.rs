@@ -107,6 +107,23 @@ impl AppState {
         (n, kaizen_transport::derive_seed(self.config.seed, n))
     }
 
+    /// Completes one API request's choices: the completions in order and the tokens they
+    /// sampled, or a 500 naming the engine's reason.
+    async fn complete_all(
+        &self,
+        requests: Vec<kaizen_model::GenerationRequest>,
+    ) -> Result<(Vec<kaizen_actors::Completion>, usize), ApiError> {
+        let completions = self
+            .engine
+            .complete(requests)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+        let tokens = completions.iter().map(|c| c.generation.tokens.len()).sum();
+        Ok((completions, tokens))
+    }
+
     /// Checks the `model` field against the served name.
     fn check_model(&self, model: &str) -> Result<(), ApiError> {
         if model == self.config.served_model_name {
