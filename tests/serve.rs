@@ -108,34 +108,97 @@ fn an_api_key_is_required_when_set() {
     client(&python, &["auth", &server.base, "s3cret"]);
 }
 
-#[test]
-fn kaizen_train_trains_on_an_openai_client_program_episodes() {
-    let Some(python) = openai_python() else {
-        return;
-    };
+/// A finished run of `kaizen train configs/<experiment>.toml` with `python` as the agent's
+/// command and the config's text edited by `edits`: its stdout and run directory.
+fn train(python: &str, experiment: &str, edits: &[(&str, &str)]) -> (String, RunDir) {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let config = std::fs::read_to_string("configs/openai_agent_tiny.toml")
+    let mut config = std::fs::read_to_string(format!("configs/{experiment}.toml"))
         .unwrap()
-        .replace("command = \"python3\"", &format!("command = {python:?}"))
-        .replace("max_steps = 30", "max_steps = 4")
-        .replace("every = 10", "every = 2");
+        .replace("command = \"python3\"", &format!("command = {python:?}"));
+    for (from, to) in edits {
+        assert!(config.contains(from), "{experiment}: no `{from}`");
+        config = config.replace(from, to);
+    }
     let config = format!(
         "{config}\n[tracking]\nruns_dir = {:?}\n",
         runs.display().to_string()
     );
     let path = common::write(dir.path(), "job.toml", &config);
     let out = kaizen(&["train", path.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let run = common::run_dir(&runs, experiment);
+    (stdout, RunDir { _dir: dir, run })
+}
+
+/// A run directory, and the temporary directory that holds it.
+struct RunDir {
+    _dir: tempfile::TempDir,
+    run: std::path::PathBuf,
+}
+
+#[test]
+fn kaizen_train_trains_on_an_openai_client_program_episodes() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let (stdout, dir) = train(
+        &python,
+        "openai_agent_tiny",
+        &[
+            ("max_steps = 30", "max_steps = 4"),
+            ("every = 10", "every = 2"),
+        ],
+    );
     assert!(
         stdout.contains("trained 64 faulted 0"),
         "4 steps x 4 prompts x 4 generations, no faults:\n{stdout}"
     );
-    let run = common::run_dir(&runs, "openai_agent_tiny");
-    let metrics = common::metrics(&run);
+    let metrics = common::metrics(&dir.run);
     for step in 1..=4 {
         let reward = metrics[&("env/reward".to_string(), step)];
         assert!((0.0..=1.0).contains(&reward), "step {step}: {reward}");
     }
-    assert!(run.join("checkpoints").is_dir());
+    assert!(dir.run.join("checkpoints").is_dir());
+}
+
+/// A tool-using agent learns through the endpoint: `examples/openai_agent/weather.py` (the
+/// official client, `tools`, `tool` messages) is the environment; the tiny model is warm-started
+/// on OpenAI-format demonstrations of which half guess instead of calling the tool, then GRPO
+/// on its own episodes teaches it that calling pays. The same 64 held-out episodes are
+/// evaluated after the warm start and after RL.
+#[test]
+fn a_tool_using_agent_learns_to_call_its_tool() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let (stdout, dir) = train(&python, "openai_agent_tools_tiny", &[]);
+    assert!(stdout.contains("faulted 0"), "{stdout}");
+    let metrics = common::metrics(&dir.run);
+    let steps = metrics
+        .keys()
+        .filter(|(k, _)| k == "env/reward")
+        .map(|&(_, s)| s)
+        .max()
+        .unwrap();
+    let eval = |name: &str, step: u64| metrics[&(format!("eval/openai_agent/{name}"), step)];
+    let (called, reward) = (eval("called", 0), eval("reward", 0));
+    // The warm start learnt the call format from the demonstrations that call (the random
+    // model never makes a call), and calls about as often as they did...
+    assert_eq!(
+        metrics[&("eval_base/openai_agent/called".to_string(), 0)],
+        0.0
+    );
+    assert!(
+        (0.2..0.8).contains(&called),
+        "calls after the warm start: {called}"
+    );
+    // ... and RL on the policy's own episodes made it call, and earn, more.
+    assert_eq!(steps, 12);
+    let (called_end, reward_end) = (eval("called", steps), eval("reward", steps));
+    assert!(
+        called_end >= called + 0.2 && reward_end > reward,
+        "held-out calls {called} -> {called_end}, reward {reward} -> {reward_end}"
+    );
 }

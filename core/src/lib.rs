@@ -18,6 +18,7 @@
 
 mod error;
 mod message;
+pub mod openai_chat;
 mod step;
 mod trajectory;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kaizen_core::{Message, Role, WeightsVersion};
+use kaizen_core::{Role, WeightsVersion};
 use kaizen_envs::EnvSlot;
 use kaizen_envs::{EpisodeLimits, demonstrate};
 use kaizen_model::{ChatTemplate, ChatThread, Tokenizer};
@@ -90,40 +90,45 @@ pub fn demonstration_samples(
     Ok(out)
 }
 
-/// Chat conversations from a JSONL file (`{"messages": [{"role", "content"}, ...]}` per line):
+/// Chat conversations from a JSONL file in OpenAI's chat fine-tuning format
+/// (`{"messages": [{"role", "content"}, ...], "tools": [...]}` per line, `tools` optional):
 /// one sequence per conversation, loss on every assistant message (and its EOS) whose optional
-/// `"weight"` is not 0. `"weight": 0` keeps an assistant message as context only, as in OpenAI's
-/// chat fine-tuning format — e.g. a first attempt that a trained correction answers.
+/// `"weight"` is not 0. `"weight": 0` keeps an assistant message as context only — e.g. a first
+/// attempt that a trained correction answers. Assistant `tool_calls`, `tool` messages and the
+/// offered `tools` are rendered by [`kaizen_core::openai_chat::to_messages`], the conversion
+/// `kaizen serve` applies to requests, so a tool-calling turn is trained on the exact text the
+/// served model writes and is shown.
 ///
 /// # Errors
-/// [`Error::Io`]; [`Error::Config`] naming the file and line for malformed lines, a `weight`
-/// other than 0 or 1 or on a non-assistant message, or conversations without a trained
-/// assistant message. Other message fields than `role`, `content`, `weight` and `name` are
-/// errors (a misspelt `weight` must not silently train a context message).
+/// [`Error::Io`]; [`Error::Config`] naming the file, line and field for malformed lines, a
+/// `weight` other than 0 or 1 or on a non-assistant message, or conversations without a trained
+/// assistant message. Message fields other than `role`, `content`, `weight`, `name`,
+/// `tool_calls` and `tool_call_id` are errors (a misspelt `weight` must not silently train a
+/// context message).
 pub fn chat_samples(
     path: &Path,
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
 ) -> Result<Vec<Sample>, Error> {
+    use kaizen_core::openai_chat::{self, ChatMessage, Tool};
+    const FIELDS: [&str; 6] = [
+        "role",
+        "content",
+        "weight",
+        "name",
+        "tool_calls",
+        "tool_call_id",
+    ];
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let fail = |line: usize, message: String| Error::Config {
         path: path.to_path_buf(),
         message: format!("line {line}: {message}"),
     };
     #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Line {
-        role: Role,
-        content: String,
-        #[serde(default)]
-        weight: Option<u8>,
-        /// OpenAI's optional speaker name: accepted, not rendered.
-        #[serde(default, rename = "name")]
-        _name: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
     struct Conversation {
-        messages: Vec<Line>,
+        messages: Vec<serde_json::Map<String, serde_json::Value>>,
+        #[serde(default)]
+        tools: Option<Vec<Tool>>,
     }
     let mut out = Vec::new();
     for (i, line) in text
@@ -133,34 +138,57 @@ pub fn chat_samples(
     {
         let conv: Conversation =
             serde_json::from_str(line).map_err(|e| fail(i + 1, e.to_string()))?;
-        // (index, trained) of every assistant message.
+        // (index among assistant messages in order, trained) of every assistant message.
         let mut assistants = Vec::new();
-        for (j, m) in conv.messages.iter().enumerate() {
-            match (m.role == Role::Assistant, m.weight) {
-                (true, None | Some(1)) => assistants.push((j, true)),
-                (true, Some(0)) => assistants.push((j, false)),
+        let mut chat = Vec::with_capacity(conv.messages.len());
+        for (j, mut m) in conv.messages.into_iter().enumerate() {
+            if let Some(key) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+                return Err(fail(
+                    i + 1,
+                    format!(
+                        "messages[{j}]: unknown field `{key}` (expected one of {})",
+                        FIELDS.join(", ")
+                    ),
+                ));
+            }
+            let weight = m.remove("weight");
+            let message: ChatMessage = serde_json::from_value(serde_json::Value::Object(m))
+                .map_err(|e| fail(i + 1, format!("messages[{j}]: {e}")))?;
+            let assistant = message.role == "assistant";
+            match (assistant, weight.as_ref().map(serde_json::Value::as_u64)) {
+                (true, None | Some(Some(1))) => assistants.push(true),
+                (true, Some(Some(0))) => assistants.push(false),
                 (false, None) => {}
-                (true, Some(w)) => {
+                (true, Some(_)) => {
                     return Err(fail(
                         i + 1,
-                        format!("message {j}: `weight` must be 0 or 1, got {w}"),
+                        format!(
+                            "messages[{j}].weight must be 0 or 1, got {}",
+                            weight.unwrap_or_default()
+                        ),
                     ));
                 }
                 (false, Some(_)) => {
                     return Err(fail(
                         i + 1,
-                        format!("message {j}: `weight` is only allowed on assistant messages"),
+                        format!("messages[{j}].weight is only allowed on assistant messages"),
                     ));
                 }
             }
+            chat.push(message);
         }
-        if !assistants.iter().any(|&(_, trained)| trained) {
+        if !assistants.iter().any(|&trained| trained) {
             return Err(fail(i + 1, "no assistant message to train on".into()));
         }
-        let messages: Vec<Message> = conv
-            .messages
-            .into_iter()
-            .map(|m| Message::new(m.role, m.content))
+        let messages = openai_chat::to_messages(&chat, conv.tools.as_deref())
+            .map_err(|e| fail(i + 1, e.message))?;
+        // Assistant messages keep their order through the conversion.
+        let assistants: Vec<(usize, bool)> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .map(|(a, _)| a)
+            .zip(assistants)
             .collect();
         let first = assistants[0].0;
         if first == 0 {
@@ -257,7 +285,11 @@ mod tests {
                 r#","weight":0"#,
                 "no assistant message to train on",
             ),
-            (r#","weight":2"#, "", "`weight` must be 0 or 1, got 2"),
+            (
+                r#","weight":2"#,
+                "",
+                "messages[1].weight must be 0 or 1, got 2",
+            ),
         ] {
             std::fs::write(&path, line(w0, w1)).unwrap();
             let err = chat_samples(&path, &tok, &template)
@@ -274,5 +306,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("only allowed on assistant"), "{err}");
+    }
+
+    #[test]
+    fn tool_calls_train_on_the_text_the_server_shows_and_parses() {
+        use kaizen_core::openai_chat;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tools.jsonl");
+        let conversation = serde_json::json!({
+            "tools": [{"type": "function", "function": {"name": "calc",
+                       "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "user", "content": "12*34?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c0",
+                 "type": "function", "function": {"name": "calc", "arguments": "{\"expr\": \"12*34\"}"}}]},
+                {"role": "tool", "tool_call_id": "c0", "content": "408"},
+                {"role": "assistant", "content": "408"},
+            ]
+        });
+        std::fs::write(&path, conversation.to_string()).unwrap();
+        let tok = Tokenizer::byte_level();
+        let s = &chat_samples(&path, &tok, &ChatTemplate::chatml()).unwrap()[0];
+        let text = |ids: &[u32]| tok.decode(ids, true).unwrap();
+        let call =
+            "<tool_call>\n{\"name\": \"calc\", \"arguments\": {\"expr\": \"12*34\"}}\n</tool_call>";
+        // Loss on the call and the answer (each with its EOS), nothing else.
+        assert_eq!(text(&s.trained_ids()), format!("{call}408"));
+        assert_eq!(s.trained_ids().iter().filter(|&&t| t == 258).count(), 2);
+        // The trained call parses back into the call, as the server returns it.
+        let (content, calls) = openai_chat::parse_calls(call, "c");
+        assert_eq!(
+            (content, calls[0].function.arguments.as_str()),
+            (None, r#"{"expr":"12*34"}"#)
+        );
+        // The context holds the tools block and the tool's answer as a user turn.
+        let all = text(&s.tokens);
+        assert!(
+            all.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"calc\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("<tool_response>\n408\n</tool_response>"),
+            "{all}"
+        );
+        // A misspelt field is refused by name.
+        std::fs::write(
+            &path,
+            r#"{"messages":[{"role":"user","content":"x"},{"role":"assistant","content":"y","wieght":0}]}"#,
+        )
+        .unwrap();
+        let err = chat_samples(&path, &tok, &ChatTemplate::chatml())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("messages[1]: unknown field `wieght`"), "{err}");
     }
 }

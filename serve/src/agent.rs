@@ -41,7 +41,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use crate::api::{self, ApiError, ChatRequest, json_response};
-use crate::{chat, tools};
+use crate::chat;
+use kaizen_core::openai_chat;
 
 /// The one agent of an `openai_agent` episode.
 pub const AGENT: &str = "agent";
@@ -118,7 +119,7 @@ enum Event {
         reply: oneshot::Sender<std::result::Result<String, ApiError>>,
     },
     /// The program's reward for the episode.
-    Reward(f32),
+    Reward(RewardBody),
 }
 
 /// The HTTP server the episodes' programs talk to.
@@ -168,10 +169,45 @@ async fn gateway_models() -> Response {
     )
 }
 
-#[derive(Deserialize)]
+/// A reward report: `{"reward": x, "metrics": {"name": number, ...}}` (`metrics` optional),
+/// POSTed or printed as the last JSON line of stdout. The metrics are logged with the episode's
+/// (`env/<name>`, averaged over a step's episodes), e.g. the parts a reward is made of.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct RewardBody {
     reward: f32,
+    #[serde(default)]
+    metrics: std::collections::BTreeMap<String, f64>,
 }
+
+impl RewardBody {
+    /// The field at fault when the report cannot be used.
+    fn check(&self) -> std::result::Result<(), (String, String)> {
+        if !self.reward.is_finite() {
+            return Err(("reward".into(), "`reward` must be a finite number".into()));
+        }
+        for (name, value) in &self.metrics {
+            if RESERVED_METRICS.contains(&name.as_str()) || name.is_empty() {
+                return Err((
+                    format!("metrics.{name}"),
+                    format!(
+                        "metric name `{name}` is taken (not one of {})",
+                        RESERVED_METRICS.join(", ")
+                    ),
+                ));
+            }
+            if !value.is_finite() {
+                return Err((
+                    format!("metrics.{name}"),
+                    format!("`metrics.{name}` must be a finite number, got {value}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Episode metrics the environment sets itself.
+const RESERVED_METRICS: [&str; 3] = ["reward", "turns", "fault"];
 
 async fn gateway_reward(
     State(gateway): State<Arc<Gateway>>,
@@ -180,18 +216,14 @@ async fn gateway_reward(
 ) -> Response {
     let result = async {
         let body: RewardBody = api::parse(&api::body(body)?)?;
-        if !body.reward.is_finite() {
-            return Err(ApiError::invalid(
-                "reward",
-                "`reward` must be a finite number",
-            ));
-        }
+        body.check()
+            .map_err(|(field, message)| ApiError::invalid(&field, message))?;
         let episode = gateway.episode(id)?;
         episode
-            .send(Event::Reward(body.reward))
+            .send(Event::Reward(body))
             .await
             .map_err(|_| ApiError::internal("the episode has ended"))?;
-        Ok(())
+        Ok::<(), ApiError>(())
     }
     .await;
     match result {
@@ -242,7 +274,7 @@ async fn gateway_chat(
             .await
             .map_err(|_| ApiError::internal("the episode ended before answering"))??;
         let (content, calls) = if tools {
-            tools::parse_calls(&text, &format!("call_{id}"))
+            openai_chat::parse_calls(&text, &format!("call_{id}"))
         } else {
             (Some(text.clone()), Vec::new())
         };
@@ -280,7 +312,7 @@ struct Episode {
     /// policy's exact text, so a thread continues with the sampled ids.
     written: HashMap<String, String>,
     turns: usize,
-    reward: Option<f32>,
+    reward: Option<RewardBody>,
 }
 
 struct OpenAiAgentEnv {
@@ -358,15 +390,24 @@ impl OpenAiAgentEnv {
                 .join("\n");
             return Err(self.fail(format!("exited with {status}; stderr ends:\n{tail}")));
         }
-        let reward = episode.reward.or_else(|| reward_line(&stdout)).ok_or_else(|| {
-            self.fail("exited without a reward (POST {\"reward\": x} to $KAIZEN_REWARD_URL, or print it as the last JSON line)".into())
-        })?;
+        let report = match episode.reward {
+            Some(report) => report,
+            None => reward_line(&stdout)
+                .ok_or_else(|| {
+                    self.fail("exited without a reward (POST {\"reward\": x} to $KAIZEN_REWARD_URL, or print it as the last JSON line)".into())
+                })?
+                .map_err(|(field, message)| {
+                    self.fail(format!("its reward line's `{field}`: {message}"))
+                })?,
+        };
+        let reward = report.reward;
         if episode.turns == 0 {
             return Err(self.fail("exited without asking the policy anything".into()));
         }
         let mut rewards = vec![0.0; episode.turns];
         rewards[episode.turns - 1] = reward;
         let mut outcome = Outcome::single(AGENT, rewards);
+        outcome.metrics.extend(report.metrics);
         outcome.metrics.insert("reward".into(), f64::from(reward));
         outcome.metrics.insert("turns".into(), episode.turns as f64);
         Ok(Step::Done(outcome))
@@ -386,12 +427,20 @@ impl OpenAiAgentEnv {
     }
 }
 
-/// The last stdout line that is a JSON object with a numeric `reward`.
-fn reward_line(stdout: &str) -> Option<f32> {
+/// The report on the last stdout line that is a JSON object with a numeric `reward` (other
+/// fields but `metrics` are ignored); an error names the field of a report that cannot be used.
+fn reward_line(stdout: &str) -> Option<std::result::Result<RewardBody, (String, String)>> {
     stdout.lines().rev().find_map(|line| {
         let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-        let reward = value.get("reward")?.as_f64()? as f32;
-        reward.is_finite().then_some(reward)
+        // A line without a numeric reward is not a report.
+        value.get("reward")?.as_f64()?;
+        let report = serde_json::from_value::<RewardBody>(value).map_err(|e| {
+            (
+                "metrics".to_string(),
+                format!("`metrics` must map names to numbers: {e}"),
+            )
+        });
+        Some(report.and_then(|r| r.check().map(|()| r)))
     })
 }
 
@@ -471,9 +520,10 @@ impl Env for OpenAiAgentEnv {
             return Err(Error::NoEpisode);
         };
         if tools {
-            let (content, calls) = tools::parse_calls(text, "call");
+            let (content, calls) = openai_chat::parse_calls(text, "call");
             if !calls.is_empty() {
-                let rendered = tools::render_calls(content.as_deref().unwrap_or_default(), &calls);
+                let rendered =
+                    openai_chat::render_calls(content.as_deref().unwrap_or_default(), &calls);
                 episode.written.insert(rendered, text.to_string());
             }
         }
@@ -503,4 +553,29 @@ pub fn register(registry: &mut kaizen_envs::Registry) -> Result<()> {
                 .map(|f| Arc::new(f) as Arc<dyn EnvFactory>)
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_reward_line_is_the_report_with_its_metrics() {
+        let stdout = "{\"reward\": 0.1}\nnot json\n{\"reward\": 0.5, \"called\": true, \"metrics\": {\"called\": 1, \"answered\": 0.0}}\n{\"note\": 1}\n";
+        let report = reward_line(stdout).unwrap().unwrap();
+        assert_eq!(report.reward, 0.5);
+        assert_eq!(
+            report.metrics.into_iter().collect::<Vec<_>>(),
+            [("answered".to_string(), 0.0), ("called".to_string(), 1.0)]
+        );
+        assert_eq!(reward_line("{\"note\": 1}\nplain text"), None);
+        for (line, field) in [
+            (r#"{"reward": 1, "metrics": {"turns": 2}}"#, "metrics.turns"),
+            (r#"{"reward": 1, "metrics": {"x": "high"}}"#, "metrics"),
+            (r#"{"reward": 1, "metrics": [1]}"#, "metrics"),
+        ] {
+            let (at, message) = reward_line(line).unwrap().unwrap_err();
+            assert_eq!(at, field, "{line}: {message}");
+        }
+    }
 }

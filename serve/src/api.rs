@@ -168,73 +168,9 @@ pub struct Sampling {
     pub logit_bias: Option<serde_json::Map<String, Value>>,
 }
 
-/// A chat message's `content`: a string, or text parts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    /// Plain text.
-    Text(String),
-    /// `[{"type": "text", "text": ...}, ...]`.
-    Parts(Vec<ContentPart>),
-}
-
-/// One part of a message's content.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
-    /// Only `text` is supported.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The text of a `text` part.
-    pub text: Option<String>,
-}
-
-/// A tool call, as the assistant made it and the client sends it back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolCall {
-    /// The call's id (`call_...`).
-    pub id: String,
-    /// Always `function`.
-    #[serde(rename = "type", default = "function_kind")]
-    pub kind: String,
-    /// The function and its JSON-encoded arguments.
-    pub function: FunctionCall,
-}
-
-fn function_kind() -> String {
-    "function".into()
-}
-
-/// A function call's name and arguments (a JSON object encoded as a string).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FunctionCall {
-    /// The function's name.
-    pub name: String,
-    /// Its arguments, JSON text.
-    pub arguments: String,
-}
-
-/// One message of a chat request.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `developer`, `user`, `assistant` or `tool`.
-    pub role: String,
-    /// The text (may be null for an assistant message with tool calls).
-    pub content: Option<Content>,
-    /// The assistant's tool calls.
-    pub tool_calls: Option<Vec<ToolCall>>,
-    /// The call a `tool` message answers.
-    pub tool_call_id: Option<String>,
-}
-
-/// A tool the model may call: `{"type": "function", "function": {name, description, parameters}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Tool {
-    /// Always `function`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The function's schema, passed to the model as is.
-    pub function: Value,
-}
+pub use kaizen_core::openai_chat::{
+    ChatMessage, Content, ContentPart, FunctionCall, Tool, ToolCall,
+};
 
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,14 +9,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kaizen_actors::{Completion, StreamEvent};
-use kaizen_core::{FinishReason, Message, Role};
+use kaizen_core::FinishReason;
 use kaizen_model::{GenerationRequest, MAX_TOP_LOGPROBS, TokenLogprobs};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::api::{self, ApiError, ChatMessage, ChatRequest, Content, Usage, json_response};
+use crate::api::{self, ApiError, ChatMessage, ChatRequest, Usage, json_response};
 use crate::text::Detokenizer;
-use crate::{AppState, stream, tools};
+use crate::{AppState, stream};
+use kaizen_core::openai_chat;
 
 /// A checked chat request, ready for the engine.
 struct ChatJob {
@@ -167,90 +168,13 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<ChatJob, ApiError> {
     })
 }
 
-/// The request's messages as kaizen's: `developer` is `system`, an assistant's tool calls are
-/// written after its content as the model writes them, and consecutive `tool` messages become
-/// one user turn of `<tool_response>` blocks. When tools are offered their block is appended
-/// to the first system message (or becomes one).
+/// The request's messages as kaizen's ([`kaizen_core::openai_chat::to_messages`]); a 400
+/// naming the field when they cannot be read.
 pub(crate) fn to_messages(
     messages: &[ChatMessage],
     tools: Option<&[api::Tool]>,
-) -> Result<Vec<Message>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages",
-            "`messages` must not be empty",
-        ));
-    }
-    let mut out: Vec<Message> = Vec::with_capacity(messages.len() + 1);
-    let mut previous_tool = false;
-    for (i, m) in messages.iter().enumerate() {
-        let content = content_text(m.content.as_ref(), i)?;
-        let is_tool = m.role == "tool";
-        match m.role.as_str() {
-            "system" | "developer" => out.push(Message::new(Role::System, content)),
-            "user" => out.push(Message::new(Role::User, content)),
-            "assistant" => {
-                let calls = m.tool_calls.as_deref().unwrap_or_default();
-                out.push(Message::new(
-                    Role::Assistant,
-                    tools::render_calls(&content, calls),
-                ));
-            }
-            "tool" => {
-                let block = format!("<tool_response>\n{content}\n</tool_response>");
-                match out.last_mut() {
-                    Some(last) if previous_tool => {
-                        last.content.push('\n');
-                        last.content.push_str(&block);
-                    }
-                    _ => out.push(Message::new(Role::User, block)),
-                }
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    &format!("messages[{i}].role"),
-                    format!(
-                        "`messages[{i}].role` must be system, developer, user, assistant or tool, got `{other}`"
-                    ),
-                ));
-            }
-        }
-        previous_tool = is_tool;
-    }
-    if let Some(tools) = tools {
-        let block = tools::tools_block(tools);
-        match out.first_mut() {
-            Some(first) if first.role == Role::System => {
-                first.content = format!("{}\n\n{block}", first.content);
-            }
-            _ => out.insert(0, Message::new(Role::System, block)),
-        }
-    }
-    Ok(out)
-}
-
-fn content_text(content: Option<&Content>, i: usize) -> Result<String, ApiError> {
-    match content {
-        None => Ok(String::new()),
-        Some(Content::Text(s)) => Ok(s.clone()),
-        Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                match (part.kind.as_str(), &part.text) {
-                    ("text", Some(t)) => text.push_str(t),
-                    (kind, _) => {
-                        return Err(ApiError::invalid(
-                            &format!("messages[{i}].content[{j}]"),
-                            format!(
-                                "`messages[{i}].content[{j}]`: only text parts are supported, got `{kind}`"
-                            ),
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
-    }
+) -> Result<Vec<kaizen_core::Message>, ApiError> {
+    openai_chat::to_messages(messages, tools).map_err(|e| ApiError::invalid(&e.field, e.message))
 }
 
 /// The completion's text (the engine decodes it; this is the fallback).
@@ -267,7 +191,8 @@ pub(crate) fn text_of(state: &AppState, completion: &Completion) -> String {
 /// The assistant message of choice `index`, and whether it makes tool calls.
 fn assistant_message(job: &ChatJob, index: usize, text: &str) -> (Value, bool) {
     if job.tools {
-        let (content, calls) = tools::parse_calls(text, &format!("call_{}_{index}", job.header.id));
+        let (content, calls) =
+            openai_chat::parse_calls(text, &format!("call_{}_{index}", job.header.id));
         if !calls.is_empty() {
             return (
                 json!({"role": "assistant", "content": content, "tool_calls": calls}),

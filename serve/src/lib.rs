@@ -20,7 +20,6 @@ mod chat;
 mod completions;
 mod stream;
 pub mod text;
-pub mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -60,9 +60,21 @@ impl TokenBytes {
 
 /// The text of a completion as its tokens arrive: [`Detokenizer::push`] returns what can be
 /// shown now, [`Detokenizer::finish`] the rest given the final (stop-cut) text.
+///
+/// Decoding is incremental, as Hugging Face's text-generation-inference and vLLM do it: each push
+/// decodes only the tokens since the last settled point, together with the tokens before it
+/// (whose text is known) so a decoder that depends on context sees the same neighbourhood. A
+/// window whose text ends in an unfinished UTF-8 character (U+FFFD) waits for the next token.
+/// The cost per token is constant, not proportional to the completion so far.
 pub struct Detokenizer {
     tokens: Vec<u32>,
-    /// Bytes of text already returned.
+    /// Start of the window decoded for context (its text is already in `text`).
+    prefix_offset: usize,
+    /// End of the settled tokens: their text is all in `text`.
+    read_offset: usize,
+    /// The settled text so far.
+    text: String,
+    /// Bytes of `text` already returned.
     sent: usize,
     /// Bytes held back so a stop string is never shown in part (longest stop − 1).
     holdback: usize,
@@ -73,6 +85,9 @@ impl Detokenizer {
     pub fn new(stop: &[String]) -> Self {
         Self {
             tokens: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            text: String::new(),
             sent: 0,
             holdback: stop.iter().map(String::len).max().unwrap_or(1) - 1,
         }
@@ -81,17 +96,26 @@ impl Detokenizer {
     /// Adds tokens; returns the new text that is safe to show (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, tokens: &[u32]) -> String {
         self.tokens.extend_from_slice(tokens);
-        let text = tokenizer.decode(&self.tokens, true).unwrap_or_default();
-        // A trailing replacement character is an unfinished multi-byte character.
-        let mut end = text.trim_end_matches('\u{FFFD}').len();
-        end = end.saturating_sub(self.holdback);
-        while end > 0 && !text.is_char_boundary(end) {
+        let decode = |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default();
+        let prefix = decode(&self.tokens[self.prefix_offset..self.read_offset]);
+        let window = decode(&self.tokens[self.prefix_offset..]);
+        if !window.ends_with('\u{FFFD}') {
+            match window.strip_prefix(prefix.as_str()) {
+                Some(new) => self.text.push_str(new),
+                // A decoder that rewrote the context's text: decode everything once.
+                None => self.text = decode(&self.tokens),
+            }
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.tokens.len();
+        }
+        let mut end = self.text.len().saturating_sub(self.holdback);
+        while end > 0 && !self.text.is_char_boundary(end) {
             end -= 1;
         }
         if end <= self.sent {
             return String::new();
         }
-        let new = text[self.sent..end].to_string();
+        let new = self.text[self.sent..end].to_string();
         self.sent = end;
         new
     }
@@ -137,5 +161,25 @@ mod tests {
         let ids = tok.encode("naïve café", false).unwrap();
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| tb.bytes(&tok, id)).collect();
         assert_eq!(String::from_utf8(bytes).unwrap(), "naïve café");
+    }
+
+    #[test]
+    fn incremental_text_equals_decoding_everything_at_once() {
+        let tok = Tokenizer::byte_level();
+        let text = "naïve 日本語 café — done";
+        let ids = tok.encode(text, false).unwrap();
+        for chunk in [1, 2, 3, 5] {
+            let mut d = Detokenizer::new(&[]);
+            let mut shown = String::new();
+            for piece in ids.chunks(chunk) {
+                let new = d.push(&tok, piece);
+                assert!(!new.contains('\u{FFFD}'), "{new:?}");
+                shown.push_str(&new);
+                // Everything settled so far is shown: at most an unfinished character waits.
+                let all = tok.decode(&d.tokens, true).unwrap();
+                assert!(all.trim_end_matches('\u{FFFD}').starts_with(&shown));
+            }
+            assert_eq!(shown, text, "chunks of {chunk}");
+        }
     }
 }
