@@ -12,20 +12,9 @@ use common::kaizen;
 const KAIZEN: &str = env!("CARGO_BIN_EXE_kaizen");
 const CLIENT: &str = "tests/fixtures/openai_client.py";
 
-fn openai_python() -> Option<String> {
-    match std::env::var("KAIZEN_OPENAI_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert_ne!(
-                std::env::var("KAIZEN_REQUIRE_SERVICES").as_deref(),
-                Ok("1"),
-                "KAIZEN_OPENAI_PYTHON (a python with openai==3.51.0) is required"
-            );
-            eprintln!("KAIZEN_OPENAI_PYTHON unset: skipping (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
+#[path = "support/openai_python.rs"]
+mod support;
+use support::openai_python;
 
 /// A `kaizen serve tiny` on a free port; killed on drop.
 struct Server {

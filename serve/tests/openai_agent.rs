@@ -14,20 +14,9 @@ use kaizen_core::{AgentId, SamplingOverrides};
 use kaizen_envs::{EpisodeLimits, Registry};
 use kaizen_model::{ChatTemplate, GenerateOptions, Policy};
 
-fn openai_python() -> Option<String> {
-    match std::env::var("KAIZEN_OPENAI_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert_ne!(
-                std::env::var("KAIZEN_REQUIRE_SERVICES").as_deref(),
-                Ok("1"),
-                "KAIZEN_OPENAI_PYTHON (a python with openai==3.51.0) is required"
-            );
-            eprintln!("KAIZEN_OPENAI_PYTHON unset: skipping (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
+#[path = "../../tests/support/openai_python.rs"]
+mod support;
+use support::openai_python;
 
 fn registry() -> Registry {
     let mut registry = Registry::with_builtins();
