@@ -222,6 +222,7 @@ impl Bench {
                 sampling_seed: derive_seed(7, id),
                 sampling: SamplingOverrides::default(),
                 hint_turns: Vec::new(),
+                search: None,
             });
         }
         self.pool.submit_all(tasks).expect("the pool is running");

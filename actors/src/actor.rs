@@ -1,12 +1,14 @@
 //! Actors: tokio tasks that play many episodes at once and stream their trajectories.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kaizen_core::Trajectory;
+use kaizen_envs::search::{TreeSearch, search_episode};
 use kaizen_envs::{EnvSlot, EpisodeLimits, Fault, FaultKind, run_episode_with_hints};
 use kaizen_model::{ChatTemplate, Tokenizer};
+use kaizen_transport::{RolloutReport, SearchReport};
 use tokio::task::JoinSet;
 
 use crate::SamplingConfig;
@@ -324,19 +326,26 @@ async fn play(
 ) -> (EpisodeReport, Option<BusyGuard>) {
     let slot = &shared.envs[task.env];
     let env = slot.factory.make();
-    let mut responder = PolicyResponder {
+    let responder = PolicyResponder {
         engine,
-        busy: Some(busy),
+        busy: Arc::new(Mutex::new(Some(busy))),
+        session: task.id,
+        branches: Arc::new(AtomicU64::new(0)),
         tokenizer: shared.tokenizer.clone(),
         template: shared.template.clone(),
         sampling: shared.sampling.clone(),
         task_sampling: task.sampling.clone(),
         episode: task.id,
         sampling_seed: task.sampling_seed,
+        root_seed: task.sampling_seed,
         threads: HashMap::new(),
         next_thread: 0,
         segments: Vec::new(),
     };
+    if let Some(spec) = task.search.clone() {
+        return play_tree(&shared, slot, env, responder, task, &spec).await;
+    }
+    let mut responder = responder;
     let episode = run_episode_with_hints(
         env,
         task.seed,
@@ -346,22 +355,80 @@ async fn play(
     )
     .await;
     let metrics = episode.metrics();
-    let result = episode.end.map(|outcome| Trajectory {
-        id: task.id,
-        env: slot.name.clone(),
-        seed: task.seed,
-        group_id: task.group_id,
-        segments: std::mem::take(&mut responder.segments),
-        outcome,
-    });
+    let result = trajectory(&task, slot, episode.end, &mut responder);
     let report = EpisodeReport {
         env: slot.name.clone(),
         task,
         result,
         metrics,
         turns: episode.turns,
+        tree: None,
     };
-    (report, responder.busy.take())
+    (report, responder.take_busy())
+}
+
+/// The trajectory of an episode that ended with `end`, its turns as tokens taken from
+/// `responder`.
+fn trajectory(
+    task: &EpisodeTask,
+    slot: &EnvSlot,
+    end: Result<kaizen_core::Outcome, Fault>,
+    responder: &mut PolicyResponder,
+) -> Result<Trajectory, Fault> {
+    end.map(|outcome| Trajectory {
+        id: task.id,
+        env: slot.name.clone(),
+        seed: task.seed,
+        group_id: task.group_id,
+        segments: std::mem::take(&mut responder.segments),
+        outcome,
+    })
+}
+
+/// Searches the task's episode as a tree ([`kaizen_envs::search::search_episode`]); the report
+/// carries the first rollout as its own trajectory and the tree with the others.
+async fn play_tree(
+    shared: &Shared,
+    slot: &EnvSlot,
+    env: Box<dyn kaizen_envs::Env>,
+    root: PolicyResponder,
+    task: EpisodeTask,
+    spec: &TreeSearch,
+) -> (EpisodeReport, Option<BusyGuard>) {
+    let busy = root.busy.clone();
+    let outcome = search_episode(env, task.seed, root, shared.limits, spec).await;
+    let mut rollouts = outcome
+        .rollouts
+        .into_iter()
+        .map(|mut r| {
+            let metrics = r.episode.metrics();
+            let result = trajectory(&task, slot, r.episode.end, &mut r.responder);
+            RolloutReport {
+                path: r.path,
+                result,
+                metrics,
+                turns: r.episode.turns,
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
+    let first = rollouts
+        .next()
+        .expect("a search plays at least one rollout");
+    let guard = busy.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let report = EpisodeReport {
+        env: slot.name.clone(),
+        task,
+        result: first.result,
+        metrics: first.metrics,
+        turns: first.turns,
+        tree: Some(SearchReport {
+            nodes: outcome.nodes,
+            path: first.path,
+            rollouts: rollouts.collect(),
+        }),
+    };
+    (report, guard)
 }
 
 fn panicked(shared: &Shared, task: EpisodeTask, e: &tokio::task::JoinError) -> EpisodeReport {

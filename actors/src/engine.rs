@@ -85,6 +85,8 @@ pub(crate) enum Msg {
     GenerateAll(Vec<Job>),
     /// The episode (session) ended: drop the keys and values kept for its next turn.
     Forget(u64),
+    /// A searched episode branches: session `to` starts as a copy of what `from` keeps.
+    Fork { from: u64, to: u64 },
 }
 
 /// Counts episodes that are busy outside the engine (in environment calls). Before each
@@ -167,6 +169,9 @@ pub struct EngineCounters {
     pub kv_evicted: AtomicU64,
     /// Bytes of keys and values kept between turns now (a gauge).
     pub kv_kept_bytes: AtomicU64,
+    /// Prompt tokens whose kept keys and values were copied to a searched episode's branch
+    /// (`Msg::Fork`) instead of prefilled again for it.
+    pub kv_forked_tokens: AtomicU64,
 }
 
 /// How the engine batches.
@@ -365,6 +370,15 @@ fn engine_loop(
                     for slot in &mut slots {
                         slot.batch.forget(session);
                     }
+                }
+                Msg::Fork { from, to } => {
+                    let copied: usize = slots
+                        .iter_mut()
+                        .map(|s| s.batch.fork_session(from, to))
+                        .sum();
+                    counters
+                        .kv_forked_tokens
+                        .fetch_add(copied as u64, Ordering::Relaxed);
                 }
             }
         }

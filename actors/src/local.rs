@@ -16,8 +16,8 @@ pub struct LocalActors {
     pool: Option<ActorPool>,
     runtime: tokio::runtime::Runtime,
     /// The engines' totals at the last [`Rollouts::metrics`] call (prefill positions, sampled
-    /// tokens, reused prompt tokens, evictions), so metrics are per step.
-    reported: std::sync::Mutex<[u64; 4]>,
+    /// tokens, reused prompt tokens, evictions, forked tokens), so metrics are per step.
+    reported: std::sync::Mutex<[u64; 5]>,
 }
 
 impl LocalActors {
@@ -53,7 +53,7 @@ impl LocalActors {
             Self {
                 pool: Some(pool),
                 runtime,
-                reported: std::sync::Mutex::new([0; 4]),
+                reported: std::sync::Mutex::new([0; 5]),
             },
             publisher,
         ))
@@ -117,6 +117,7 @@ impl Rollouts for LocalActors {
             sum(&|c| c.generated_tokens.load(Relaxed)),
             sum(&|c| c.reused_prompt_tokens.load(Relaxed)),
             sum(&|c| c.kv_evicted.load(Relaxed)),
+            sum(&|c| c.kv_forked_tokens.load(Relaxed)),
         ];
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let d: Vec<f64> = now
@@ -130,6 +131,9 @@ impl Rollouts for LocalActors {
             ("actors/reused_prompt_tokens".to_string(), d[2]),
             ("actors/kv_evicted".to_string(), d[3]),
         ]);
+        if d[4] > 0.0 {
+            m.insert("actors/kv_forked_tokens".into(), d[4]);
+        }
         if d[1] > 0.0 {
             m.insert("actors/prefill_per_token".into(), d[0] / d[1]);
         }

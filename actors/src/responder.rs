@@ -1,28 +1,42 @@
 //! Answering one episode's requests with the policy, keeping every model turn as tokens.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use kaizen_core::{AgentId, Message, Request, SamplingOverrides, Segment};
 use kaizen_envs::Responder;
+use kaizen_envs::search::Branching;
 use kaizen_model::{ChatTemplate, ChatThread, GenerationRequest, Tokenizer};
 use tokio::sync::oneshot;
 
 use crate::engine::{BusyGuard, EngineHandle, Job, Msg, Sink};
 use crate::{SamplingConfig, derive_seed};
 
+/// Marks an episode as busy outside the engine; shared by the branches of a searched episode,
+/// which take turns (one answers at a time).
+pub(crate) type BusySlot = Arc<Mutex<Option<BusyGuard>>>;
+
 /// The policy side of one episode: renders requests into token threads, asks the engine,
-/// records each model turn as a [`Segment`].
+/// records each model turn as a [`Segment`]. A searched episode has one per branch
+/// ([`Branching::branch`]), each with its own kept keys and values (`session`).
 pub(crate) struct PolicyResponder {
     pub engine: EngineHandle,
-    pub busy: Option<BusyGuard>,
+    pub busy: BusySlot,
+    /// The engine session its keys and values are kept under between turns (the episode id
+    /// for an ordinary episode).
+    pub session: u64,
+    /// Sessions made for branches of this episode so far (shared by its branches).
+    pub branches: Arc<AtomicU64>,
     pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub sampling: SamplingConfig,
     pub task_sampling: SamplingOverrides,
     pub episode: u64,
     pub sampling_seed: u64,
+    /// The episode's own sampling seed (rollouts of a search derive theirs from it).
+    pub root_seed: u64,
     pub threads: HashMap<AgentId, (u32, ChatThread)>,
     pub next_thread: u32,
     pub segments: Vec<Segment>,
@@ -89,11 +103,11 @@ impl Responder for PolicyResponder {
                 params,
                 // The engine keeps this thread's keys and values for its next turn (not
                 // those of a hinted prompt, which the thread does not continue).
-                session: (!hinted).then_some(self.episode),
+                session: (!hinted).then_some(self.session),
             },
             reply: Sink::Reply(reply),
         }));
-        self.busy = None;
+        set_busy(&self.busy, None);
         let result = match sent {
             Ok(()) => answer
                 .await
@@ -104,11 +118,11 @@ impl Responder for PolicyResponder {
         let (completion, busy) = match result {
             Ok(answer) => answer,
             Err(e) => {
-                self.busy = Some(self.engine.gate.busy());
+                set_busy(&self.busy, Some(self.engine.gate.busy()));
                 return Err(e);
             }
         };
-        self.busy = Some(busy);
+        set_busy(&self.busy, Some(busy));
         let g = completion.generation;
         let text = g.text.clone().unwrap_or_default();
         thread
@@ -131,6 +145,11 @@ impl Responder for PolicyResponder {
 }
 
 impl PolicyResponder {
+    /// Takes the busy guard out (the episode is over).
+    pub(crate) fn take_busy(&self) -> Option<BusyGuard> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// The prompt of `request` with `hint` as a last user message: the agent's thread
     /// continued with it when the request continues the thread (earlier completions keep their
     /// sampled ids), a fresh rendering otherwise. The thread itself is not changed.
@@ -153,10 +172,59 @@ impl PolicyResponder {
     }
 }
 
+impl Branching for PolicyResponder {
+    /// A branch in its own engine session, which starts as a copy of this one's kept keys and
+    /// values (`Msg::Fork`, sent before any request of the branch, so the engine applies it
+    /// first), sampling from the stream of `rollout` (0: the episode's own).
+    fn branch(&self, rollout: u32) -> Self {
+        let n = self.branches.fetch_add(1, Ordering::Relaxed);
+        let session = derive_seed(self.episode ^ BRANCH_SESSIONS, n);
+        let _ = self.engine.tx.send(Msg::Fork {
+            from: self.session,
+            to: session,
+        });
+        Self {
+            engine: self.engine.clone(),
+            busy: self.busy.clone(),
+            session,
+            branches: self.branches.clone(),
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.clone(),
+            sampling: self.sampling.clone(),
+            task_sampling: self.task_sampling.clone(),
+            episode: self.episode,
+            sampling_seed: rollout_seed(self.root_seed, rollout),
+            root_seed: self.root_seed,
+            threads: self.threads.clone(),
+            next_thread: self.next_thread,
+            segments: self.segments.clone(),
+        }
+    }
+}
+
+fn set_busy(busy: &BusySlot, guard: Option<BusyGuard>) {
+    // A poisoned slot only means another branch panicked holding it; the guard is still the
+    // episode's.
+    *busy.lock().unwrap_or_else(|e| e.into_inner()) = guard;
+}
+
+/// Mixed into branch session ids so they do not meet episode ids.
+const BRANCH_SESSIONS: u64 = 0x5EA2_C4B2_A4C4_0000;
+
+/// The sampling seed of rollout `rollout` of a searched episode whose own seed is `root`
+/// (rollout 0 samples as the ordinary episode does).
+fn rollout_seed(root: u64, rollout: u32) -> u64 {
+    if rollout == 0 {
+        root
+    } else {
+        derive_seed(root ^ BRANCH_SESSIONS, u64::from(rollout))
+    }
+}
+
 impl Drop for PolicyResponder {
-    /// The episode is over: its engine drops what it kept for the next turn.
+    /// The episode (or branch) is over: its engine drops what it kept for the next turn.
     fn drop(&mut self) {
-        let _ = self.engine.tx.try_send(Msg::Forget(self.episode));
+        let _ = self.engine.tx.try_send(Msg::Forget(self.session));
     }
 }
 

@@ -61,6 +61,7 @@ fn task(id: u64, group: u64, sample: u32) -> EpisodeTask {
         sampling_seed: 1000 * group + sample as u64,
         sampling: SamplingOverrides::default(),
         hint_turns: Vec::new(),
+        search: None,
     }
 }
 
@@ -307,6 +308,7 @@ fn a_hinted_turn_samples_with_the_hint_and_records_the_thread_without_it() {
     let plain = task(0, 0, 0);
     let hinted = EpisodeTask {
         hint_turns: vec![2],
+        search: None,
         ..task(0, 0, 0)
     };
     // Without kept keys and values every turn prefills its whole prompt, so the counts compare.
@@ -335,4 +337,122 @@ fn a_hinted_turn_samples_with_the_hint_and_records_the_thread_without_it() {
         prefilled_hinted > prefilled_plain,
         "{prefilled_hinted} vs {prefilled_plain}"
     );
+}
+
+fn household() -> EnvSlot {
+    let params: toml::Table = toml::from_str("max_steps = 4\nadmissible_actions = false").unwrap();
+    EnvSlot {
+        name: "household".into(),
+        factory: Registry::with_builtins()
+            .build("household", &params)
+            .unwrap(),
+    }
+}
+
+#[test]
+fn a_searched_episode_forks_env_and_kv_cache_and_accounts_for_every_rollout() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let spec = kaizen_envs::search::TreeSearch {
+        rollouts: 6,
+        branches: 2,
+        exploration: 1.0,
+        max_depth: 3,
+    };
+    let plain: Vec<EpisodeTask> = (0..2).map(|g| task(g, g, 0)).collect();
+    let searched: Vec<EpisodeTask> = plain
+        .iter()
+        .map(|t| EpisodeTask {
+            search: Some(spec.clone()),
+            ..t.clone()
+        })
+        .collect();
+    let ordinary = play(vec![household()], plain, 1);
+    // Searched, on one actor, counting what the engine copied for branches.
+    let rt = runtime();
+    let policy = Policy::tiny(&Device::default(), 0).unwrap();
+    let (publisher, _) = weight_broadcast(policy.model.clone());
+    let pool = ActorPool::spawn(
+        rt.handle(),
+        vec![household(), self_correct()],
+        Arc::new(policy.tokenizer.clone()),
+        ChatTemplate::chatml(),
+        &publisher,
+        config(1),
+    )
+    .unwrap();
+    let mut tasks = searched.clone();
+    // An environment that cannot fork: its search ends in a named fault, still reported.
+    tasks.push(EpisodeTask {
+        env: 1,
+        ..task(7, 7, 0)
+    });
+    tasks[2].search = Some(spec.clone());
+    pool.submit_all(tasks).unwrap();
+    let mut reports: Vec<EpisodeReport> = (0..3).map(|_| pool.results().recv().unwrap()).collect();
+    let forked: u64 = pool
+        .counters()
+        .iter()
+        .map(|c| c.kv_forked_tokens.load(Relaxed))
+        .sum();
+    let reused: u64 = pool
+        .counters()
+        .iter()
+        .map(|c| c.reused_prompt_tokens.load(Relaxed))
+        .sum();
+    rt.block_on(pool.shutdown());
+    reports.sort_by_key(|r| r.task.id);
+    assert!(
+        forked > 0,
+        "branches start from their parent's keys and values"
+    );
+    assert!(reused >= forked, "{reused} reused vs {forked} forked");
+
+    let fault = reports[2].result.as_ref().unwrap_err();
+    assert!(fault.message.contains("cannot fork"), "{fault}");
+    for (report, plain) in reports[..2].iter().zip(&ordinary) {
+        // The first rollout is the ordinary episode.
+        let (a, b) = (
+            report.result.as_ref().unwrap(),
+            plain.result.as_ref().unwrap(),
+        );
+        assert_eq!(a.segments.len(), b.segments.len());
+        for (x, y) in a.segments.iter().zip(&b.segments) {
+            assert_eq!(x.completion_tokens, y.completion_tokens);
+            for (p, q) in x.behavior_logprobs.iter().zip(&y.behavior_logprobs) {
+                assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+            }
+        }
+        let tree = report.tree.as_ref().unwrap();
+        let rollouts: Vec<_> = report.rollouts().collect();
+        assert!(rollouts.len() >= 2 && rollouts.len() <= spec.rollouts);
+        assert_eq!(tree.nodes[0].visits as usize, rollouts.len());
+        // Rollouts through the same node share their turns up to it, token for token.
+        for (pa, ra, _, ta) in &rollouts {
+            for (pb, rb, _, tb) in &rollouts {
+                let shared = pa.iter().zip(pb.iter()).take_while(|(x, y)| x == y).count();
+                let (sa, sb) = (
+                    &ra.as_ref().unwrap().segments,
+                    &rb.as_ref().unwrap().segments,
+                );
+                for d in 0..shared - 1 {
+                    assert_eq!(ta[d].answer, tb[d].answer);
+                    assert_eq!(sa[d].completion_tokens, sb[d].completion_tokens);
+                }
+            }
+            for (d, &n) in pa.iter().enumerate().skip(1) {
+                assert_eq!(
+                    tree.nodes[n].action.as_deref(),
+                    Some(ta[d - 1].answer.as_str())
+                );
+            }
+        }
+        // A searched report crosses the wire unchanged.
+        let wire = kaizen_transport::wire::report_to_proto(report);
+        let back = kaizen_transport::wire::report_from_proto(wire, "test").unwrap();
+        assert_eq!(back.task, report.task);
+        let back_tree = back.tree.unwrap();
+        assert_eq!(back_tree.nodes, tree.nodes);
+        assert_eq!(back_tree.rollouts.len(), tree.rollouts.len());
+        assert_eq!(back_tree.path, tree.path);
+    }
 }

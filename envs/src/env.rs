@@ -45,6 +45,15 @@ pub trait Env: Send {
     fn hint(&self) -> Option<String> {
         None
     }
+
+    /// An independent copy of this environment in its current state, for tree search
+    /// (`kaizen_transport::TreeSearch`): stepping the copy with the same texts gives exactly the
+    /// steps the original would give, and neither copy sees the other's steps afterwards.
+    /// Environments that can fork say so with [`EnvFactory::can_fork`]; `None` (the default)
+    /// means this one cannot (a remote process, a sandbox with files).
+    fn fork(&self) -> Option<Box<dyn Env>> {
+        None
+    }
 }
 
 /// Makes fresh environment instances, one per episode.
@@ -54,6 +63,12 @@ pub trait Env: Send {
 pub trait EnvFactory: Send + Sync {
     /// A new environment instance, ready for [`Env::reset`].
     fn make(&self) -> Box<dyn Env>;
+
+    /// Whether this factory's environments implement [`Env::fork`] (tree search is refused
+    /// before a job starts on environments that do not). `false` by default.
+    fn can_fork(&self) -> bool {
+        false
+    }
 }
 
 impl<F> EnvFactory for F

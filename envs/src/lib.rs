@@ -15,7 +15,8 @@
 //! - [`run_episode`] drives one episode with a [`Responder`] (the policy, a person, a script)
 //!   and isolates faults: an environment that errors, panics or hangs ends only its episode,
 //!   with the cause in [`Episode::end`] and the `fault/*` metrics. [`demonstrate`] plays the
-//!   environment's own expert, for demonstrations.
+//!   environment's own expert, for demonstrations. [`search::search_episode`] searches an
+//!   episode as a tree (MCTS) on environments that can fork ([`Env::fork`]).
 //! - [`rewards`] holds the pluggable reward parts: exact-answer verification with numeric and
 //!   symbolic normalisation, model-judged scores, majority vote, and the [`rewards::Verifier`]
 //!   hook for user rewards. [`metrics`] holds reference metrics (chrF, BLEU).
@@ -35,6 +36,7 @@ pub mod remote;
 pub mod rewards;
 mod runner;
 pub mod sandbox;
+pub mod search;
 pub mod worlds;
 
 pub use dialogue::Dialogue;

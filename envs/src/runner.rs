@@ -259,7 +259,7 @@ async fn drive_turns(
 }
 
 /// Object-safe helper so a spawned task can own the agent and text it passes to `step`.
-trait StepOwned {
+pub(crate) trait StepOwned {
     fn step_owned(
         &mut self,
         agent: AgentId,
@@ -277,7 +277,7 @@ impl StepOwned for Box<dyn Env> {
     }
 }
 
-async fn call_env<F>(
+pub(crate) async fn call_env<F>(
     mut env: Box<dyn Env>,
     limits: EpisodeLimits,
     call: F,
@@ -324,7 +324,7 @@ where
     }
 }
 
-async fn respond(
+pub(crate) async fn respond(
     responder: &mut dyn Responder,
     request: &Request,
     limits: EpisodeLimits,
@@ -371,7 +371,7 @@ fn hint(env: &dyn Env) -> std::result::Result<Option<String>, Fault> {
     })
 }
 
-fn check_outcome(outcome: &Outcome, turns: &[Turn]) -> std::result::Result<(), Fault> {
+pub(crate) fn check_outcome(outcome: &Outcome, turns: &[Turn]) -> std::result::Result<(), Fault> {
     let mut counts: BTreeMap<&AgentId, usize> = BTreeMap::new();
     for turn in turns {
         *counts.entry(&turn.request.agent).or_default() += 1;

@@ -510,6 +510,22 @@ pub struct SelfGeneratedConfig {
     /// learnt as the first choice. Needs `select = "verifier"`; counted in
     /// `self_sft/relabelled` (within `max_per_problem` distinct first-turn completions).
     pub relabel_first: bool,
+    /// Search each of the round's episodes as a tree (Monte-Carlo tree search over its turns,
+    /// `kaizen_envs::search`): each of the `samples_per_problem` episodes of a problem is a tree
+    /// of `search.rollouts` rollouts, and every rollout is filtered as an episode of its own.
+    /// Only on environments that can fork (`household`). Unset (the default): no search.
+    pub search: Option<kaizen_envs::search::TreeSearch>,
+    /// ReST-MCTS*'s process rewards (Zhang et al. 2024, §3.2): the reward of each turn a tree
+    /// holds becomes the value of the state it led to (the share of the tree's rollouts through
+    /// it that succeeded), later turns the rollout's return, before the filter at
+    /// `min_reward`. Needs `search`.
+    pub process_rewards: bool,
+    /// Agent-R's reflection data (Yuan et al. 2025, §3.2): each failed rollout of a tree is
+    /// cut at its first error (the first state from which no rollout succeeded) and spliced
+    /// with a success from the parent state after a revision turn; these conversations are
+    /// trained with the round's kept turns and written to `self_sft/reflection_<round>.jsonl`.
+    /// A rollout succeeds when its return reaches `min_reward`. Needs `search`.
+    pub reflection: bool,
 }
 
 impl Default for SelfGeneratedConfig {
@@ -531,6 +547,9 @@ impl Default for SelfGeneratedConfig {
             rationalize_samples: 1,
             evaluate_rounds: false,
             relabel_first: false,
+            search: None,
+            process_rewards: false,
+            reflection: false,
         }
     }
 }
@@ -853,6 +872,16 @@ impl JobConfig {
                     "`sft.self_generated.temperature` must be > 0, got {}",
                     g.temperature
                 ));
+            }
+            match &g.search {
+                Some(search) => search
+                    .validate()
+                    .map_err(|e| format!("`sft.self_generated.search`: {e}"))?,
+                None if g.process_rewards || g.reflection => {
+                    return Err("`sft.self_generated.process_rewards` and `reflection` need                                 `search` (they read the searched trees)"
+                        .into());
+                }
+                None => {}
             }
         }
         if let Some(sft) = &self.sft

@@ -66,6 +66,7 @@ pub fn evaluate(
                         ..SamplingOverrides::default()
                     },
                     hint_turns: Vec::new(),
+                    search: None,
                 });
             };
             push(0, config.temperature);

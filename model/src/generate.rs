@@ -233,6 +233,16 @@ impl DecodeBatch {
         }
     }
 
+    /// Copies what is kept for session `from` to session `to` ([`PrefixCache::fork`]): a tree
+    /// search's branch continues from it without prefilling the shared prefix again. Returns
+    /// the tokens copied (0 without a prefix cache or an entry for `from`).
+    pub fn fork_session(&mut self, from: u64, to: u64) -> usize {
+        match &mut self.prefix {
+            Some(p) => p.fork(from, to),
+            None => 0,
+        }
+    }
+
     /// Rows still generating.
     pub fn active(&self) -> usize {
         self.rows.iter().filter(|r| !r.finished()).count()

@@ -31,6 +31,10 @@ pub struct PrefixCacheStats {
     pub evicted: u64,
     /// Tokens of the evicted entries (prefilled again if their sessions continue).
     pub evicted_tokens: u64,
+    /// Entries copied from one session to another ([`PrefixCache::fork`]).
+    pub forks: u64,
+    /// Tokens of the copied entries: prefill positions a forked branch does not recompute.
+    pub forked_tokens: u64,
 }
 
 struct Entry {
@@ -99,9 +103,14 @@ impl PrefixCache {
     /// columns), evicting the oldest entries beyond the budget. An entry larger than the whole
     /// budget is not kept.
     pub(crate) fn insert(&mut self, session: u64, tokens: Vec<u32>, cache: KvCache) {
+        self.stats.stored += 1;
+        self.push(session, tokens, cache);
+    }
+
+    /// Adds an entry and evicts the oldest ones beyond the budget.
+    fn push(&mut self, session: u64, tokens: Vec<u32>, cache: KvCache) {
         let size = cache.bytes();
         self.clock += 1;
-        self.stats.stored += 1;
         self.entries.push(Entry {
             session,
             tokens,
@@ -147,6 +156,29 @@ impl PrefixCache {
         self.stats.hits += 1;
         self.stats.reused_tokens += n as u64;
         Some((cache, n))
+    }
+
+    /// Copies `from`'s most recently stored entry to session `to`, for a branch of a tree
+    /// search that continues the same conversation in its own way: the branch's next request
+    /// finds the copy and prefills only what follows it, while `from` keeps its entry for its
+    /// other branches. Returns the copied tokens (0 when `from` has no entry, e.g. it was
+    /// evicted: the branch then prefills its whole prompt). The copy counts against the budget
+    /// like any stored entry.
+    pub fn fork(&mut self, from: u64, to: u64) -> usize {
+        let Some(e) = self
+            .entries
+            .iter()
+            .filter(|e| e.session == from)
+            .max_by_key(|e| e.stamp)
+        else {
+            return 0;
+        };
+        let (tokens, cache) = (e.tokens.clone(), e.cache.clone());
+        let n = tokens.len();
+        self.stats.forks += 1;
+        self.stats.forked_tokens += n as u64;
+        self.push(to, tokens, cache);
+        n
     }
 
     /// Drops every entry of `session` (its episode ended).

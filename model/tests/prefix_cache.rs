@@ -162,3 +162,75 @@ fn a_prompt_that_diverges_reuses_the_common_prefix_and_forget_drops_a_session() 
     run(&mut batch, vec![(2, req(changed, 7))]);
     assert_eq!(batch.stats().reused_prompt_tokens, before);
 }
+
+#[test]
+fn forked_branches_sample_what_full_prefills_sample_and_share_the_parent_prefix() {
+    let model = tiny_model(&device(), 23);
+    let req = |prompt: Vec<u32>, seed, session| GenerationRequest {
+        prompt,
+        params: params(seed, 5),
+        session,
+    };
+    let mut batch = DecodeBatch::new(model.clone(), None, GenerateOptions::default());
+    batch.enable_prefix_cache(64 << 20);
+    let root: Vec<u32> = (20..40).collect();
+    let first = run(&mut batch, vec![(0, req(root.clone(), 1, Some(1)))]);
+    let mut thread = root.clone();
+    thread.extend_from_slice(&first[0].1.tokens);
+    // Three branches continue the parent's thread, each with its own reply and seed.
+    let branches: Vec<Vec<u32>> = (0..3u32)
+        .map(|b| {
+            let mut p = thread.clone();
+            p.extend([100 + b, 101 + b]);
+            p
+        })
+        .collect();
+    let kept_tokens = root.len() + first[0].1.tokens.len() - 1;
+    for b in 0..branches.len() {
+        let child = 10 + b as u64;
+        assert_eq!(batch.fork_session(1, child), kept_tokens, "branch {b}");
+    }
+    let before = batch.stats();
+    let got = run(
+        &mut batch,
+        branches
+            .iter()
+            .enumerate()
+            .map(|(b, p)| {
+                (
+                    1 + b as u64,
+                    req(p.clone(), 7 + b as u64, Some(10 + b as u64)),
+                )
+            })
+            .collect(),
+    );
+    let after = batch.stats();
+    assert_eq!(
+        after.reused_prompt_tokens - before.reused_prompt_tokens,
+        3 * kept_tokens,
+        "every branch reuses the parent's keys and values"
+    );
+    assert_eq!(
+        after.prefill_tokens - before.prefill_tokens,
+        3 * 3,
+        "each branch prefills its parent's last sampled token and its reply"
+    );
+    let stats = batch.prefix_cache().unwrap().stats();
+    assert_eq!(
+        (stats.forks, stats.forked_tokens),
+        (3, 3 * kept_tokens as u64)
+    );
+    // The parent keeps its entry for more branches; an unknown session forks nothing.
+    assert_eq!(batch.fork_session(1, 99), kept_tokens);
+    assert_eq!(batch.fork_session(12345, 98), 0);
+    // A full prefill of each branch's whole conversation samples the same.
+    for (b, prompt) in branches.into_iter().enumerate() {
+        let mut plain = DecodeBatch::new(model.clone(), None, GenerateOptions::default());
+        let reference = run(&mut plain, vec![(0, req(prompt, 7 + b as u64, None))]);
+        let forked = &got.iter().find(|(id, _)| *id == 1 + b as u64).unwrap().1;
+        assert_eq!(forked.tokens, reference[0].1.tokens, "branch {b}");
+        for (x, y) in forked.logprobs.iter().zip(&reference[0].1.logprobs) {
+            assert!((x - y).abs() < 1e-4, "branch {b}: {x} vs {y}");
+        }
+    }
+}

@@ -85,6 +85,7 @@ fn play(env: EnvSlot, episodes: u64) -> Vec<EpisodeReport> {
             sampling_seed: 77 + id,
             sampling: SamplingOverrides::default(),
             hint_turns: Vec::new(),
+            search: None,
         })
         .collect();
     pool.submit_all(tasks).unwrap();

@@ -62,6 +62,7 @@ fn report(task: EpisodeTask) -> EpisodeReport {
             ("correct@t2".to_string(), 1.0),
         ]),
         turns: Vec::new(),
+        tree: None,
         task,
     }
 }
@@ -76,6 +77,7 @@ fn task(id: u64) -> EpisodeTask {
         sampling_seed: id,
         sampling: Default::default(),
         hint_turns: Vec::new(),
+        search: None,
     }
 }
 

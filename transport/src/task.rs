@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use kaizen_core::{SamplingOverrides, Trajectory};
+use kaizen_envs::search::{TreeNode, TreeSearch};
 use kaizen_envs::{Fault, Turn};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,12 @@ pub struct EpisodeTask {
     /// every ordinary episode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hint_turns: Vec<u32>,
+    /// Search this episode as a tree (`kaizen_envs::search`, MCTS over its turns) instead of
+    /// playing it once: the report's own trajectory is the first rollout (the ordinary
+    /// episode) and [`EpisodeReport::tree`] holds the tree and the other rollouts. Only on
+    /// environments that can fork. `None` for every ordinary episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<TreeSearch>,
 }
 
 /// A finished episode: its trajectory (or the fault that ended it), metrics and readable turns.
@@ -47,6 +54,36 @@ pub struct EpisodeReport {
     /// Episode metrics (the outcome's, plus `fault` and `fault/<kind>`).
     pub metrics: BTreeMap<String, f64>,
     /// The conversation as text (requests and answers), for trajectory samples.
+    pub turns: Vec<Turn>,
+    /// The searched tree, when the task asked for a search ([`EpisodeTask::search`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<SearchReport>,
+}
+
+/// A searched episode's tree and its rollouts after the first (which is the report's own
+/// trajectory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchReport {
+    /// The tree's nodes; node 0 is the root, each with its visits and mean return (the
+    /// per-step value of the state it stands for).
+    pub nodes: Vec<TreeNode>,
+    /// The node path of the report's own rollout (the first).
+    pub path: Vec<usize>,
+    /// The other rollouts, in the order they were played.
+    pub rollouts: Vec<RolloutReport>,
+}
+
+/// One rollout of a searched episode after the first: a whole episode from `reset` (the
+/// prefix it shares with its tree included).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutReport {
+    /// Node ids from the root; turns past the last node were not made nodes.
+    pub path: Vec<usize>,
+    /// The trajectory (its id is the task's), or the fault that ended the rollout.
+    pub result: Result<Trajectory, Fault>,
+    /// Episode metrics, as [`EpisodeReport::metrics`].
+    pub metrics: BTreeMap<String, f64>,
+    /// The conversation as text.
     pub turns: Vec<Turn>,
 }
 
@@ -64,6 +101,33 @@ impl EpisodeReport {
             result: Err(fault),
             metrics,
             turns: Vec::new(),
+            tree: None,
         }
+    }
+
+    /// Every rollout of this report, its own first: `(path, result, metrics, turns)`. One item
+    /// for an episode that was not searched (its path is empty).
+    pub fn rollouts(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &[usize],
+            &Result<Trajectory, Fault>,
+            &BTreeMap<String, f64>,
+            &[Turn],
+        ),
+    > {
+        let own = (
+            self.tree.as_ref().map_or(&[][..], |t| &t.path[..]),
+            &self.result,
+            &self.metrics,
+            &self.turns[..],
+        );
+        let rest = self.tree.iter().flat_map(|t| {
+            t.rollouts
+                .iter()
+                .map(|r| (&r.path[..], &r.result, &r.metrics, &r.turns[..]))
+        });
+        std::iter::once(own).chain(rest)
     }
 }

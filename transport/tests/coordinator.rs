@@ -61,6 +61,7 @@ fn task(id: u64, group: u64) -> EpisodeTask {
         sampling_seed: id * 7,
         sampling: Default::default(),
         hint_turns: Vec::new(),
+        search: None,
     }
 }
 
@@ -89,6 +90,7 @@ fn report(task: EpisodeTask) -> EpisodeReport {
         }),
         metrics: BTreeMap::from([("correct@t1".to_string(), 1.0)]),
         turns: Vec::new(),
+        tree: None,
         task,
     }
 }

@@ -250,6 +250,7 @@ impl Run {
                         sampling_seed: sampling_seed(self.config.run.seed, id),
                         sampling: SamplingOverrides::default(),
                         hint_turns: Vec::new(),
+                        search: None,
                     });
                 }
             }

@@ -49,6 +49,7 @@ mod reporting;
 mod self_generated;
 mod setup;
 mod step;
+mod tree_data;
 mod warm_start;
 
 pub use data_parallel::follow;

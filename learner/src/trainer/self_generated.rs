@@ -36,6 +36,7 @@
 
 use std::collections::HashSet;
 
+use super::tree_data;
 use super::*;
 use crate::config::{Selection, SelfGeneratedConfig, SftConfig};
 
@@ -497,10 +498,19 @@ impl Run {
                 self.choose_temperature(round, &config)?
             };
             let start = Instant::now();
-            let reports =
+            let searched =
                 self.generate_round(round, 0, config.problems_per_round, temperature, &config)?;
+            let (reflection, trees) =
+                tree_data::reflections(&searched, f64::from(config.min_reward), config.reflection);
+            let reports: Vec<EpisodeReport> = searched
+                .iter()
+                .flat_map(|r| tree_data::expand(r, config.process_rewards))
+                .collect();
             let (mut kept, counts) = keep_selected(&reports, &config);
             let mut metrics = counts.metrics(round, start.elapsed().as_secs_f64());
+            if config.search.is_some() {
+                metrics.extend(trees.metrics());
+            }
             if !config.rationalize_turns.is_empty() {
                 let started = Instant::now();
                 let unsolved = unsolved_problems(&reports, config.min_reward);
@@ -517,6 +527,11 @@ impl Run {
                 lines.push('\n');
             }
             std::fs::write(&path, lines).map_err(|e| Error::io(&path, e))?;
+            let reflected = if config.reflection {
+                self.reflection_samples(&dir, round, &reflection)?
+            } else {
+                Vec::new()
+            };
             metrics.insert("self_sft/generate_seconds".into(), seconds);
             metrics.insert("self_sft/temperature".into(), f64::from(temperature));
             let points: Vec<Metric> = metrics
@@ -534,11 +549,12 @@ impl Run {
                 file = %path.display(),
                 "self-generated warm start: round generated"
             );
-            let samples: Vec<Sample> = kept
+            let mut samples: Vec<Sample> = kept
                 .into_iter()
                 .enumerate()
                 .map(|(i, k)| crate::sft_data::sample(k.tokens, k.context, i))
                 .collect();
+            samples.extend(reflected);
             let samples = self.fitting(samples);
             if samples.is_empty() {
                 // Nothing to learn from this round: its steps are skipped, and counted.
@@ -574,6 +590,24 @@ impl Run {
         self.finish_warm_phase()
     }
 
+    /// Writes a round's reflection conversations to `self_sft/reflection_<round>.jsonl` and
+    /// renders them for training as any chat file is (`sft_data::chat_samples`).
+    fn reflection_samples(
+        &self,
+        dir: &std::path::Path,
+        round: u32,
+        lines: &[serde_json::Value],
+    ) -> Result<Vec<Sample>, Error> {
+        let path = dir.join(format!("reflection_{round}.jsonl"));
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tokenizer, template) = &self.policy_parts;
+        crate::sft_data::chat_samples(&path, tokenizer, template)
+    }
+
     /// B-STaR's choice of the round's temperature: plays the same `probe_problems` fresh
     /// problems at each of `config.temperatures`, selects their turns as the round would, and returns the
     /// temperature with the highest balance score (the first on ties). Logs each probe's score
@@ -591,8 +625,11 @@ impl Run {
         let first_seed = self.state.next_seed;
         for (k, &t) in config.temperatures.iter().enumerate() {
             self.state.next_seed = first_seed;
-            let reports =
-                self.generate_round(round, k as u64 + 1, config.probe_problems, t, config)?;
+            let reports: Vec<EpisodeReport> = self
+                .generate_round(round, k as u64 + 1, config.probe_problems, t, config)?
+                .iter()
+                .flat_map(|r| tree_data::expand(r, config.process_rewards))
+                .collect();
             let (_, counts) = keep_selected(&reports, config);
             tracing::info!(
                 round,
@@ -661,6 +698,8 @@ impl Run {
                 let mut task =
                     self.round_task(group, problem.env, problem.seed, sample, temperature);
                 task.hint_turns = config.rationalize_turns.clone();
+                // Hinted episodes are played once, not searched.
+                task.search = None;
                 tasks.push(task);
             }
         }
@@ -690,6 +729,12 @@ impl Run {
                 ..SamplingOverrides::default()
             },
             hint_turns: Vec::new(),
+            search: self
+                .config
+                .sft
+                .as_ref()
+                .and_then(|s| s.self_generated.as_ref())
+                .and_then(|g| g.search.clone()),
         }
     }
 
@@ -784,11 +829,13 @@ mod tests {
                 sampling_seed: 0,
                 sampling: SamplingOverrides::default(),
                 hint_turns: Vec::new(),
+                search: None,
             },
             env: "self_correct".into(),
             result: Ok(trajectory),
             metrics: BTreeMap::new(),
             turns: Vec::new(),
+            tree: None,
         }
     }
 

@@ -44,16 +44,33 @@ pub fn load_policy(config: &JobConfig, device: &Device) -> Result<Policy, Error>
 /// [`JobConfig::twin_slot`]). Returns the slots and the evaluation targets.
 ///
 /// # Errors
-/// Environment construction errors (unknown name, bad parameters).
+/// Environment construction errors (unknown name, bad parameters); [`Error::Config`] when a
+/// searched warm start (`[sft.self_generated] search`) names an environment that cannot fork.
 pub fn build_envs(
     config: &JobConfig,
     registry: &Registry,
 ) -> Result<(Vec<EnvSlot>, Vec<EvalTarget>), Error> {
     let mut slots = Vec::new();
+    let searched = config
+        .sft
+        .as_ref()
+        .and_then(|s| s.self_generated.as_ref())
+        .is_some_and(|g| g.search.is_some());
     for e in &config.envs {
+        let factory = registry.build(&e.name, &e.params)?;
+        if searched && !factory.can_fork() {
+            return Err(Error::Config {
+                path: "[sft.self_generated] search".into(),
+                message: format!(
+                    "environment `{}` cannot fork (its factory's `can_fork` is false), and \
+                     tree search forks the environment at every node",
+                    e.name
+                ),
+            });
+        }
         slots.push(EnvSlot {
             name: e.name.clone(),
-            factory: registry.build(&e.name, &e.params)?,
+            factory,
         });
     }
     let mut targets = Vec::new();

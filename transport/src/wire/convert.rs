@@ -15,7 +15,7 @@ use kaizen_core::{
 use kaizen_envs::{Fault, FaultKind, Turn};
 
 use super::proto;
-use crate::{EpisodeReport, EpisodeTask, Error};
+use crate::{EpisodeReport, EpisodeTask, Error, RolloutReport, SearchReport};
 
 fn protocol(peer: &str, message: impl Into<String>) -> Error {
     Error::Protocol {
@@ -78,6 +78,12 @@ pub fn task_to_proto(task: &EpisodeTask) -> proto::EpisodeTask {
         sampling_seed: task.sampling_seed,
         sampling: Some(sampling_to_proto(&task.sampling)),
         hint_turns: task.hint_turns.clone(),
+        // A search spec holds only numbers, which always serialise.
+        search_json: task
+            .search
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .unwrap_or_default(),
     }
 }
 
@@ -99,6 +105,13 @@ pub fn task_from_proto(task: proto::EpisodeTask, peer: &str) -> Result<EpisodeTa
             None => SamplingOverrides::default(),
         },
         hint_turns: task.hint_turns,
+        search: if task.search_json.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&task.search_json).map_err(|e| {
+                protocol(peer, format!("task.search_json is not a tree search: {e}"))
+            })?)
+        },
     })
 }
 
@@ -304,27 +317,97 @@ pub fn report_to_proto(report: &EpisodeReport) -> proto::Report {
     proto::Report {
         task: Some(task_to_proto(&report.task)),
         env: report.env.clone(),
-        result: Some(match &report.result {
-            Ok(t) => proto::report::Result::Trajectory(trajectory_to_proto(t)),
-            Err(f) => proto::report::Result::Fault(proto::Fault {
-                kind: fault_kind_name(f.kind),
-                message: f.message.clone(),
-            }),
+        result: Some(match result_to_proto(&report.result) {
+            Ok(t) => proto::report::Result::Trajectory(t),
+            Err(f) => proto::report::Result::Fault(f),
         }),
-        metrics: report
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-        turns_json: if report.turns.is_empty() {
-            String::new()
-        } else {
-            // Turns hold only strings, bools, numbers and string-named enums, which always
-            // serialise; the empty fallback is never taken.
-            serde_json::to_string(&report.turns).unwrap_or_default()
-        },
+        metrics: metrics_to_proto(&report.metrics),
+        turns_json: turns_to_json(&report.turns),
         generated_tokens: 0,
+        tree: report.tree.as_ref().map(|tree| proto::SearchTree {
+            // Nodes hold only numbers, bools and strings, which always serialise.
+            nodes_json: serde_json::to_string(&tree.nodes).unwrap_or_default(),
+            path: tree.path.iter().map(|&n| n as u64).collect(),
+            rollouts: tree
+                .rollouts
+                .iter()
+                .map(|r| proto::Rollout {
+                    path: r.path.iter().map(|&n| n as u64).collect(),
+                    result: Some(match result_to_proto(&r.result) {
+                        Ok(t) => proto::rollout::Result::Trajectory(t),
+                        Err(f) => proto::rollout::Result::Fault(f),
+                    }),
+                    metrics: metrics_to_proto(&r.metrics),
+                    turns_json: turns_to_json(&r.turns),
+                })
+                .collect(),
+        }),
     }
+}
+
+fn result_to_proto(result: &Result<Trajectory, Fault>) -> Result<proto::Trajectory, proto::Fault> {
+    match result {
+        Ok(t) => Ok(trajectory_to_proto(t)),
+        Err(f) => Err(proto::Fault {
+            kind: fault_kind_name(f.kind),
+            message: f.message.clone(),
+        }),
+    }
+}
+
+fn metrics_to_proto(metrics: &BTreeMap<String, f64>) -> std::collections::HashMap<String, f64> {
+    metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn turns_to_json(turns: &[Turn]) -> String {
+    if turns.is_empty() {
+        String::new()
+    } else {
+        // Turns hold only strings, bools, numbers and string-named enums, which always
+        // serialise; the empty fallback is never taken.
+        serde_json::to_string(turns).unwrap_or_default()
+    }
+}
+
+fn turns_from_json(json: &str, field: &str, peer: &str) -> Result<Vec<Turn>, Error> {
+    if json.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(json)
+        .map_err(|e| protocol(peer, format!("{field} is not a JSON list of turns: {e}")))
+}
+
+/// A trajectory or fault from the wire; the trajectory must be the task's (`field` names the
+/// message in errors).
+fn result_from_proto(
+    result: Result<proto::Trajectory, proto::Fault>,
+    task_id: u64,
+    field: &str,
+    peer: &str,
+) -> Result<Result<Trajectory, Fault>, Error> {
+    match result {
+        Ok(t) => {
+            let t = trajectory_from_proto(t, peer)?;
+            if t.id != task_id {
+                return Err(protocol(
+                    peer,
+                    format!(
+                        "{field}.trajectory.id = {} but report.task.id = {task_id} (expected equal)",
+                        t.id
+                    ),
+                ));
+            }
+            Ok(Ok(t))
+        }
+        Err(f) => Ok(Err(Fault {
+            kind: fault_kind_from_name(&f.kind, peer)?,
+            message: f.message,
+        })),
+    }
+}
+
+fn path_from_proto(path: Vec<u64>, field: &str, peer: &str) -> Result<Vec<usize>, Error> {
+    path.into_iter().map(|n| to_usize(n, field, peer)).collect()
 }
 
 /// A report from its wire message, sent by `peer`.
@@ -341,22 +424,11 @@ pub fn report_from_proto(report: proto::Report, peer: &str) -> Result<EpisodeRep
     let task = task_from_proto(task, peer)?;
     let result = match report.result {
         Some(proto::report::Result::Trajectory(t)) => {
-            let t = trajectory_from_proto(t, peer)?;
-            if t.id != task.id {
-                return Err(protocol(
-                    peer,
-                    format!(
-                        "report.trajectory.id = {} but report.task.id = {} (expected equal)",
-                        t.id, task.id
-                    ),
-                ));
-            }
-            Ok(t)
+            result_from_proto(Ok(t), task.id, "report", peer)?
         }
-        Some(proto::report::Result::Fault(f)) => Err(Fault {
-            kind: fault_kind_from_name(&f.kind, peer)?,
-            message: f.message,
-        }),
+        Some(proto::report::Result::Fault(f)) => {
+            result_from_proto(Err(f), task.id, "report", peer)?
+        }
         None => {
             return Err(protocol(
                 peer,
@@ -364,15 +436,42 @@ pub fn report_from_proto(report: proto::Report, peer: &str) -> Result<EpisodeRep
             ));
         }
     };
-    let turns: Vec<Turn> = if report.turns_json.is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_str(&report.turns_json).map_err(|e| {
-            protocol(
-                peer,
-                format!("report.turns_json is not a JSON list of turns: {e}"),
-            )
-        })?
+    let turns = turns_from_json(&report.turns_json, "report.turns_json", peer)?;
+    let tree = match report.tree {
+        None => None,
+        Some(tree) => {
+            let nodes = serde_json::from_str(&tree.nodes_json).map_err(|e| {
+                protocol(
+                    peer,
+                    format!("report.tree.nodes_json is not a JSON list of tree nodes: {e}"),
+                )
+            })?;
+            let mut rollouts = Vec::with_capacity(tree.rollouts.len());
+            for (i, r) in tree.rollouts.into_iter().enumerate() {
+                let field = format!("report.tree.rollouts[{i}]");
+                let result = match r.result {
+                    Some(proto::rollout::Result::Trajectory(t)) => Ok(t),
+                    Some(proto::rollout::Result::Fault(f)) => Err(f),
+                    None => {
+                        return Err(protocol(
+                            peer,
+                            format!("{field}.result is missing (expected a trajectory or a fault)"),
+                        ));
+                    }
+                };
+                rollouts.push(RolloutReport {
+                    path: path_from_proto(r.path, &format!("{field}.path"), peer)?,
+                    result: result_from_proto(result, task.id, &field, peer)?,
+                    metrics: r.metrics.into_iter().collect(),
+                    turns: turns_from_json(&r.turns_json, &format!("{field}.turns_json"), peer)?,
+                });
+            }
+            Some(SearchReport {
+                nodes,
+                path: path_from_proto(tree.path, "report.tree.path", peer)?,
+                rollouts,
+            })
+        }
     };
     Ok(EpisodeReport {
         task,
@@ -380,6 +479,7 @@ pub fn report_from_proto(report: proto::Report, peer: &str) -> Result<EpisodeRep
         result,
         metrics: report.metrics.into_iter().collect::<BTreeMap<_, _>>(),
         turns,
+        tree,
     })
 }
 
@@ -464,6 +564,7 @@ mod tests {
                 stop: vec!["\n\n".into(), "</answer>".into()],
             },
             hint_turns: vec![2],
+            search: None,
         }
     }
 
@@ -494,6 +595,7 @@ mod tests {
                 turn("judge", "is 5 right?", "no"),
                 turn("solver", "try again", "4 ✓"),
             ],
+            tree: None,
         }
     }
 
@@ -544,6 +646,7 @@ mod tests {
         let plain = EpisodeTask {
             sampling: SamplingOverrides::default(),
             hint_turns: Vec::new(),
+            search: None,
             ..task()
         };
         assert_eq!(

@@ -102,8 +102,13 @@ impl EnvFactory for HouseholdFactory {
             invalid: 0,
         })
     }
+
+    fn can_fork(&self) -> bool {
+        true
+    }
 }
 
+#[derive(Clone)]
 struct Household {
     config: Arc<HouseholdConfig>,
     scene: Option<Scene>,
@@ -180,6 +185,10 @@ impl Env for Household {
     fn expert_answer(&self) -> Option<String> {
         self.dialogue.pending()?;
         self.scene.as_ref()?.expert_action()
+    }
+
+    fn fork(&self) -> Option<Box<dyn Env>> {
+        Some(Box::new(self.clone()))
     }
 }
 
