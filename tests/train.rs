@@ -1043,3 +1043,72 @@ fn rationalisation_replays_unsolved_problems_with_a_hint_and_rounds_are_evaluate
     assert!((0.0..=1.0).contains(&evals[0].1));
     assert_eq!(one("faults"), vec![0.0]);
 }
+
+/// A searched warm start on `household` (MCTS over actions): every rollout of every tree is
+/// filtered as an episode, the round's reflection conversations are written and counted, and
+/// an environment that cannot fork is refused before the run starts.
+#[test]
+fn a_searched_warm_start_accounts_for_every_rollout_and_refuses_envs_that_cannot_fork() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = train_shipped(
+        "household_tiny",
+        &runs,
+        &[
+            "run.max_steps=1",
+            "sft.source=\"self\"",
+            "sft.steps=2",
+            "sft.self_generated.rounds=1",
+            "sft.self_generated.problems_per_round=6",
+            "sft.self_generated.samples_per_problem=1",
+            "sft.self_generated.min_reward=0.5",
+            "sft.self_generated.process_rewards=true",
+            "sft.self_generated.reflection=true",
+            "sft.self_generated.search={rollouts=4, branches=2, max_depth=3}",
+            "eval.at_start=false",
+            "eval.at_end=false",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dir(&runs, "household_tiny");
+    let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
+    assert_eq!(one("tree/trees"), vec![6.0]);
+    let rollouts = one("tree/rollouts")[0];
+    assert!((12.0..=24.0).contains(&rollouts), "{rollouts} rollouts");
+    assert_eq!(
+        one("self_sft/episodes"),
+        vec![rollouts],
+        "every rollout filtered"
+    );
+    let reflections = std::fs::read_to_string(run.join("self_sft/reflection_0.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(reflections as f64, one("reflection/conversations")[0]);
+    let solved = one("tree/solved")[0];
+    assert!(
+        solved >= one("tree/first_success")[0],
+        "a tree holds its first rollout"
+    );
+
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/self_correct_tiny.toml");
+    let err = kaizen_fails(&[
+        "train",
+        config.to_str().unwrap(),
+        "--no-progress",
+        "--set",
+        &format!("tracking.runs_dir={:?}", runs.display().to_string()),
+        "--set",
+        "sft.source=\"self\"",
+        "--set",
+        "sft.self_generated.search={rollouts=4}",
+    ]);
+    assert!(
+        err.contains("[sft.self_generated] search") && err.contains("cannot fork"),
+        "{err}"
+    );
+}

@@ -17,10 +17,16 @@
 //!   The same probe without a publish gives the admission latency alone; the time until the
 //!   first `self_correct` trajectory stamped with the new version is what the learner sees.
 //!
+//! - `search` (table): tree search (`EpisodeTask::search`, MCTS over `household` actions) with
+//!   the tiny model: rollouts per second of 16 trees × 8 rollouts with the parent's keys and
+//!   values forked to each branch, against the same trees with nothing kept (every turn of
+//!   every branch prefills its whole conversation: replaying the prefix), and against 128
+//!   independent episodes.
+//!
 //!     cargo bench -p kaizen-actors --bench runtime [-- FILTER]
 //!
-//! FILTER (a substring: `channel`, `actor_tokens`, `weight_pickup`) selects sections; `--test`
-//! runs everything briefly to check that it works.
+//! FILTER (a substring: `channel`, `actor_tokens`, `weight_pickup`, `search`) selects sections;
+//! `--test` runs everything briefly to check that it works.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -553,5 +559,108 @@ fn main() {
     }
     if wanted("weight_pickup") {
         weight_pickup(&durations);
+    }
+    if wanted("search") {
+        search(test);
+    }
+}
+
+/// The `search` table (see the module docs).
+fn search(test: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let trees = if test { 2 } else { 16 };
+    let spec = kaizen_envs::search::TreeSearch {
+        rollouts: 8,
+        branches: 2,
+        exploration: 1.0,
+        max_depth: 4,
+    };
+    let params: toml::Table =
+        toml::from_str("max_steps = 6\nadmissible_actions = false").expect("valid parameters");
+    let household = || EnvSlot {
+        name: "household".into(),
+        factory: Registry::with_builtins()
+            .build("household", &params)
+            .expect("household is built in"),
+    };
+    println!(
+        "search: tiny model, household (6 actions at most, 16 tokens each), {trees} trees × {} \
+         rollouts (branches {}, max depth {}), 64 episodes in flight",
+        spec.rollouts, spec.branches, spec.max_depth
+    );
+    println!("| case | rollouts | seconds | rollouts/s | prefill positions | forked positions |");
+    println!("|---|---|---|---|---|---|");
+    let cases: [(&str, Option<&kaizen_envs::search::TreeSearch>, usize, usize); 3] = [
+        ("trees, KV forked", Some(&spec), 64 << 20, trees),
+        ("trees, prefix replayed", Some(&spec), 0, trees),
+        (
+            "independent episodes",
+            None,
+            64 << 20,
+            trees * spec.rollouts,
+        ),
+    ];
+    for (name, search, kv_cache_bytes, tasks) in cases {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let tokenizer = Tokenizer::byte_level();
+        let (publisher, _) = weight_broadcast(tiny_model());
+        let config = ActorConfig {
+            actors: 1,
+            episodes_in_flight: 64,
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                max_completion_length: 16,
+                max_prompt_length: 2048,
+                ..SamplingConfig::default()
+            },
+            limits: EpisodeLimits::default(),
+            engine: EngineConfig {
+                kv_cache_bytes,
+                ..EngineConfig::new(&tokenizer, None)
+            },
+            results_capacity: 256,
+        };
+        let pool = ActorPool::spawn(
+            runtime.handle(),
+            vec![household()],
+            Arc::new(tokenizer),
+            ChatTemplate::chatml(),
+            &publisher,
+            config,
+        )
+        .expect("actor pool");
+        let work: Vec<EpisodeTask> = (0..tasks as u64)
+            .map(|id| EpisodeTask {
+                id,
+                group_id: id,
+                env: 0,
+                seed: id % trees as u64,
+                sample: 0,
+                sampling_seed: derive_seed(5, id),
+                sampling: SamplingOverrides::default(),
+                hint_turns: Vec::new(),
+                search: search.cloned(),
+            })
+            .collect();
+        let start = Instant::now();
+        pool.submit_all(work).expect("pool accepts tasks");
+        let rollouts: usize = (0..tasks)
+            .map(|_| pool.results().recv().expect("a report").rollouts().count())
+            .sum();
+        let seconds = start.elapsed().as_secs_f64();
+        let sum = |f: &dyn Fn(&kaizen_actors::EngineCounters) -> u64| -> u64 {
+            pool.counters().iter().map(|c| f(c)).sum()
+        };
+        let prefill = sum(&|c| c.prefill_tokens.load(Relaxed));
+        let forked = sum(&|c| c.kv_forked_tokens.load(Relaxed));
+        runtime.block_on(pool.shutdown());
+        println!(
+            "| {name} | {rollouts} | {seconds:.2} | {:.1} | {prefill} | {forked} |",
+            rollouts as f64 / seconds
+        );
     }
 }

@@ -89,6 +89,9 @@ pub(super) struct TreeCounts {
     /// Reflection conversations made, and the depth (turn) of their first errors summed.
     pub reflections: usize,
     pub error_depth_sum: usize,
+    /// Per depth (answers from the root, from 1): the sum of node values and the node count,
+    /// for the mean per-step value by depth.
+    pub depth_values: BTreeMap<usize, (f64, usize)>,
 }
 
 impl TreeCounts {
@@ -115,6 +118,9 @@ impl TreeCounts {
                 self.reflections as f64,
             ),
         ]);
+        for (depth, (sum, n)) in &self.depth_values {
+            m.insert(format!("tree/value@depth{depth}"), sum / (*n).max(1) as f64);
+        }
         if self.reflections > 0 {
             m.insert(
                 "reflection/first_error_turn".into(),
@@ -149,6 +155,13 @@ pub(super) fn reflections(
             .collect();
         counts.trees += 1;
         counts.nodes += tree.nodes.len();
+        for node in tree.nodes.iter().filter(|n| n.depth > 0) {
+            if let Some(v) = node.value() {
+                let e = counts.depth_values.entry(node.depth).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
         counts.rollouts += report.rollouts().count();
         let wins = rollouts.iter().filter(|r| r.2 >= threshold).count();
         counts.successes += wins;
@@ -376,6 +389,8 @@ mod tests {
             (1, 2, 1, 1)
         );
         assert_eq!(counts.first_successes, 0);
+        // Depth 1 holds the dead end (0) and the winning child (1).
+        assert_eq!(counts.metrics()["tree/value@depth1"], 0.5);
         let messages = lines[0]["messages"].as_array().unwrap();
         let text: Vec<(String, String, Option<u64>)> = messages
             .iter()
