@@ -21,4 +21,4 @@ pub mod wire;
 pub use error::Error;
 pub use rollouts::{Rollouts, WeightSink};
 pub use sampling::{SamplingConfig, derive_seed};
-pub use task::{EpisodeReport, EpisodeTask, RolloutReport, SearchReport};
+pub use task::{EpisodeReport, EpisodeTask, RolloutReport, RolloutView, SearchReport};

@@ -60,6 +60,14 @@ pub struct EpisodeReport {
     pub tree: Option<SearchReport>,
 }
 
+/// One rollout of a report, borrowed: its node path, result, metrics and turns.
+pub type RolloutView<'a> = (
+    &'a [usize],
+    &'a Result<Trajectory, Fault>,
+    &'a BTreeMap<String, f64>,
+    &'a [Turn],
+);
+
 /// A searched episode's tree and its rollouts after the first (which is the report's own
 /// trajectory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,16 +115,7 @@ impl EpisodeReport {
 
     /// Every rollout of this report, its own first: `(path, result, metrics, turns)`. One item
     /// for an episode that was not searched (its path is empty).
-    pub fn rollouts(
-        &self,
-    ) -> impl Iterator<
-        Item = (
-            &[usize],
-            &Result<Trajectory, Fault>,
-            &BTreeMap<String, f64>,
-            &[Turn],
-        ),
-    > {
+    pub fn rollouts(&self) -> impl Iterator<Item = RolloutView<'_>> {
         let own = (
             self.tree.as_ref().map_or(&[][..], |t| &t.path[..]),
             &self.result,
