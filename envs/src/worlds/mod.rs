@@ -24,7 +24,7 @@ use std::sync::Arc;
 pub use code::{CODER, CodeConfig, CodeFactory, CodeReward, CodeTask, extract_code, read_tasks};
 pub use self_correct::{Ask, SOLVER, SelfCorrectConfig, SelfCorrectFactory};
 pub use self_verify::{SelfVerifyConfig, SelfVerifyFactory, Verdict, parse_verdict};
-pub use spc::{CRITIC, SNEAKY, SpcConfig, SpcFactory};
+pub use spc::{CRITIC, CriticItem, SNEAKY, SpcConfig, SpcFactory};
 pub use translate::{
     Direction, JUDGE, SentenceToTranslate, TRANSLATOR, TranslateConfig, TranslateFactory,
     read_pairs,

@@ -49,6 +49,71 @@ pub struct SpcConfig {
     /// Reward of a sneaky rewrite that is not actually wrong or cannot be read.
     #[serde(default = "default_invalid_penalty")]
     pub invalid_penalty: f32,
+    /// A held-out critic set (JSONL of [`CriticItem`], made by
+    /// `scripts/data/make_spc_sets.sh`): each episode shows the critic item `seed mod n`'s step
+    /// (planted error or not) and nothing else, so `critic_correct@incorrect` is the critic's
+    /// accuracy on held-out erroneous steps. Meant for `[env.eval_params]`; `problems` and
+    /// `generator` are then unused.
+    #[serde(default)]
+    pub critic_set: Option<PathBuf>,
+}
+
+/// One held-out critic question: a problem's step-by-step solution up to step `index` (0-based),
+/// where `shown` replaces the true step — with an error planted in it or unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriticItem {
+    /// The problem.
+    pub question: String,
+    /// The true steps (`expression = value`).
+    pub steps: Vec<String>,
+    /// The judged step (0-based).
+    pub index: usize,
+    /// The step shown in its place.
+    pub shown: String,
+    /// `"correct"` or `"incorrect"`.
+    pub truth: String,
+    /// The kind of planted error (`null` for a correct step).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Reads a critic set; errors name the file, the line and what was expected.
+fn read_critic_set(env: &str, path: &std::path::Path) -> Result<Vec<CriticItem>> {
+    let bad = |message: String| Error::Params {
+        env: env.into(),
+        message: format!("critic_set {}: {message}", path.display()),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut items = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let item: CriticItem =
+            serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+        if item.index >= item.steps.len() {
+            return Err(bad(format!(
+                "line {}: `index` {} is past the {} steps",
+                i + 1,
+                item.index,
+                item.steps.len()
+            )));
+        }
+        if item.truth != "correct" && item.truth != "incorrect" {
+            return Err(bad(format!(
+                "line {}: `truth` must be \"correct\" or \"incorrect\", got {:?}",
+                i + 1,
+                item.truth
+            )));
+        }
+        items.push(item);
+    }
+    if items.is_empty() {
+        return Err(bad("no items".into()));
+    }
+    Ok(items)
 }
 
 fn default_sneaky_probability() -> f64 {
@@ -66,6 +131,7 @@ impl Default for SpcConfig {
             generator: None,
             sneaky_probability: default_sneaky_probability(),
             invalid_penalty: default_invalid_penalty(),
+            critic_set: None,
         }
     }
 }
@@ -74,6 +140,7 @@ impl Default for SpcConfig {
 #[derive(Clone)]
 pub struct SpcFactory {
     shared: Arc<(ProblemSet, SpcConfig)>,
+    critic_set: Option<Arc<Vec<CriticItem>>>,
 }
 
 impl SpcFactory {
@@ -95,6 +162,7 @@ impl SpcFactory {
         }
         Ok(Self {
             shared: Arc::new((problems, config)),
+            critic_set: None,
         })
     }
 
@@ -104,8 +172,14 @@ impl SpcFactory {
     /// [`Error::Params`] for unknown or invalid fields; problem-set read errors.
     pub fn from_params(env: &str, params: &toml::Table) -> Result<Self> {
         let config: SpcConfig = parse_params(env, params)?;
+        let critic_set = match &config.critic_set {
+            Some(path) => Some(Arc::new(read_critic_set(env, path)?)),
+            None => None,
+        };
         let problems = ProblemSet::from_params(env, config.problems.as_ref(), config.generator)?;
-        Self::new(problems, config)
+        let mut factory = Self::new(problems, config)?;
+        factory.critic_set = critic_set;
+        Ok(factory)
     }
 }
 
@@ -113,6 +187,7 @@ impl EnvFactory for SpcFactory {
     fn make(&self) -> Box<dyn Env> {
         Box::new(Spc {
             shared: self.shared.clone(),
+            critic_set: self.critic_set.clone(),
             round: None,
             dialogue: Dialogue::new(),
         })
@@ -148,6 +223,7 @@ struct Round {
 
 struct Spc {
     shared: Arc<(ProblemSet, SpcConfig)>,
+    critic_set: Option<Arc<Vec<CriticItem>>>,
     round: Option<Round>,
     dialogue: Dialogue,
 }
@@ -218,6 +294,29 @@ fn numbered(steps: &[String]) -> String {
 }
 
 impl Spc {
+    /// A held-out critic question: the critic alone judges `item`'s shown step.
+    fn reset_critic_item(&mut self, item: &CriticItem) -> Result<Step> {
+        let problem = Problem {
+            question: item.question.clone(),
+            answer: String::new(),
+            verifier: Default::default(),
+            steps: item.steps.clone(),
+            twin: None,
+            metadata: serde_json::Value::Null,
+        };
+        let wrong = item.truth == "incorrect";
+        self.dialogue = Dialogue::new();
+        self.round = Some(Round {
+            problem,
+            index: item.index,
+            value: math_expression::parse("0").ok_or_else(|| Error::Env("internal".into()))?,
+            sneaky: false,
+            rewrite: wrong.then_some(Rewrite::Wrong),
+            shown: None,
+        });
+        self.ask_critic(item.shown.clone())
+    }
+
     fn round(&self) -> Result<&Round> {
         self.round.as_ref().ok_or(Error::NoEpisode)
     }
@@ -263,6 +362,13 @@ impl Spc {
             outcome
                 .metrics
                 .insert("critic_unparsed".into(), metric(verdict == Some(None)));
+            // Accuracy on wrong steps and on right ones, apart (each averaged over the episodes
+            // that have it).
+            let key = match truth {
+                Truth::Correct => "critic_correct@correct",
+                Truth::Incorrect => "critic_correct@incorrect",
+            };
+            outcome.metrics.insert(key.into(), metric(r > 0.0));
         }
         if round.sneaky {
             let sneaky_reward = match (round.rewrite, critic_reward) {
@@ -298,6 +404,9 @@ impl Spc {
 #[async_trait]
 impl Env for Spc {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
+        if let Some(items) = self.critic_set.clone() {
+            return self.reset_critic_item(&items[(seed % items.len() as u64) as usize]);
+        }
         let (problems, config) = &*self.shared;
         let problem = problems.problem(seed);
         if problem.steps.is_empty() {
@@ -518,5 +627,63 @@ mod tests {
             }
         }
         assert!((30..=70).contains(&sneaky_rounds), "{sneaky_rounds}");
+    }
+
+    #[tokio::test]
+    async fn the_held_out_critic_set_asks_only_the_critic_and_scores_it_by_the_planted_truth() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/spc");
+        let mut params = toml::Table::new();
+        params.insert(
+            "critic_set".into(),
+            root.join("heldout_critic.jsonl")
+                .display()
+                .to_string()
+                .into(),
+        );
+        let factory = SpcFactory::from_params("spc", &params).unwrap();
+        let items = read_critic_set("spc", &root.join("heldout_critic.jsonl")).unwrap();
+        assert_eq!(items.len(), 200);
+        assert_eq!(items.iter().filter(|i| i.truth == "incorrect").count(), 100);
+        // The held-out problems are not training problems.
+        let train = std::fs::read_to_string(root.join("train.jsonl")).unwrap();
+        let questions: std::collections::HashSet<String> = train
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].to_string())
+            .collect();
+        assert!(items.iter().all(|i| {
+            !questions.contains(&serde_json::Value::from(i.question.clone()).to_string())
+        }));
+        for seed in 0..8u64 {
+            let item = &items[seed as usize];
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(r.agent.as_str(), CRITIC);
+            assert!(r.messages[0].content.contains(&item.shown));
+            let (say, other) = if item.truth == "correct" {
+                ("Verdict: correct.", "Verdict: incorrect.")
+            } else {
+                ("Verdict: incorrect.", "Verdict: correct.")
+            };
+            let Step::Done(right) = env.step(&AgentId::new(CRITIC), say).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(rewards(&right, CRITIC), vec![1.0]);
+            assert!(!right.rewards.contains_key(&AgentId::new(SNEAKY)));
+            let key = format!("critic_correct@{}", item.truth);
+            assert_eq!(right.metrics[&key], 1.0);
+            env.reset(seed).await.unwrap();
+            let Step::Done(wrong) = env.step(&AgentId::new(CRITIC), other).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(wrong.metrics[&key], 0.0);
+        }
+        // A malformed set is named with its line.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"question\": \"q\", \"steps\": [\"1 + 1 = 2\"], \"index\": 3, \"shown\": \"x\", \"truth\": \"correct\"}\n").unwrap();
+        let err = read_critic_set("spc", &bad).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("`index`"), "{err}");
     }
 }
