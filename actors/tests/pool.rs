@@ -22,14 +22,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn self_correct() -> EnvSlot {
-    let params: toml::Table = toml::from_str("attempts = 2").unwrap();
+/// The built-in environment `name` with the TOML parameters `params`.
+fn builtin(name: &str, params: &str) -> EnvSlot {
+    let params: toml::Table = toml::from_str(params).unwrap();
     EnvSlot {
-        name: "self_correct".into(),
-        factory: Registry::with_builtins()
-            .build("self_correct", &params)
-            .unwrap(),
+        name: name.into(),
+        factory: Registry::with_builtins().build(name, &params).unwrap(),
     }
+}
+
+fn self_correct() -> EnvSlot {
+    builtin("self_correct", "attempts = 2")
 }
 
 fn config(actors: usize) -> ActorConfig {
@@ -340,13 +343,7 @@ fn a_hinted_turn_samples_with_the_hint_and_records_the_thread_without_it() {
 }
 
 fn household() -> EnvSlot {
-    let params: toml::Table = toml::from_str("max_steps = 4\nadmissible_actions = false").unwrap();
-    EnvSlot {
-        name: "household".into(),
-        factory: Registry::with_builtins()
-            .build("household", &params)
-            .unwrap(),
-    }
+    builtin("household", "max_steps = 4\nadmissible_actions = false")
 }
 
 #[test]

@@ -490,6 +490,22 @@ mod tests {
         }
     }
 
+    /// Searches seed 1 of `Path` with `Coin` for `rollouts` rollouts.
+    async fn searched(forkable: bool, rollouts: usize) -> SearchOutcome<Coin> {
+        let coin = Coin {
+            rollout: 0,
+            turn: 0,
+        };
+        search_episode(
+            env(forkable),
+            1,
+            coin,
+            EpisodeLimits::default(),
+            &spec(rollouts),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn the_first_rollout_is_the_ordinary_episode() {
         let limits = EpisodeLimits::default();
@@ -520,17 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn node_values_are_the_mean_returns_of_the_rollouts_through_them() {
-        let out = search_episode(
-            env(true),
-            1,
-            Coin {
-                rollout: 0,
-                turn: 0,
-            },
-            EpisodeLimits::default(),
-            &spec(12),
-        )
-        .await;
+        let out = searched(true, 12).await;
         let mut through: BTreeMap<usize, (u32, f64)> = BTreeMap::new();
         for r in &out.rollouts {
             let ret = episode_return(&r.episode.end);
@@ -560,6 +566,7 @@ mod tests {
                 .map(|c| &c.action)
                 .collect();
             let all = actions.len();
+            actions.sort();
             actions.dedup();
             assert_eq!(actions.len(), all, "siblings answer differently");
         }
@@ -571,17 +578,7 @@ mod tests {
     #[tokio::test]
     async fn an_exhausted_tree_stops_and_holds_every_leaf_it_reached_once() {
         // 2 answers at each of 3 depths: at most 1 + 2 + 4 nodes to expand twice each.
-        let out = search_episode(
-            env(true),
-            1,
-            Coin {
-                rollout: 0,
-                turn: 0,
-            },
-            EpisodeLimits::default(),
-            &spec(100),
-        )
-        .await;
+        let out = searched(true, 100).await;
         assert!(out.rollouts.len() <= 14, "{} rollouts", out.rollouts.len());
         let leaves: Vec<&TreeNode> = out.nodes.iter().filter(|n| n.terminal).collect();
         assert!(leaves.iter().all(|n| n.depth == 3 && n.visits >= 1));
@@ -597,17 +594,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_environment_that_cannot_fork_ends_its_rollout_with_a_named_fault() {
-        let out = search_episode(
-            env(false),
-            1,
-            Coin {
-                rollout: 0,
-                turn: 0,
-            },
-            EpisodeLimits::default(),
-            &spec(3),
-        )
-        .await;
+        let out = searched(false, 3).await;
         let fault = out.rollouts[0].episode.end.as_ref().unwrap_err();
         assert_eq!(fault.kind, FaultKind::EnvError);
         assert!(fault.message.contains("cannot fork"), "{fault}");
