@@ -125,15 +125,17 @@ pub struct SearchOutcome<R> {
 
 /// What a rollout is worth: the sum of every agent's rewards (0 for a fault).
 pub fn episode_return(end: &std::result::Result<Outcome, Fault>) -> f64 {
-    match end {
-        Ok(outcome) => outcome
-            .rewards
-            .values()
-            .flat_map(|r| r.iter())
-            .map(|&r| f64::from(r))
-            .sum(),
-        Err(_) => 0.0,
-    }
+    end.as_ref().map_or(0.0, outcome_return)
+}
+
+/// The sum of every agent's rewards in `outcome`.
+pub fn outcome_return(outcome: &Outcome) -> f64 {
+    outcome
+        .rewards
+        .values()
+        .flat_map(|r| r.iter())
+        .map(|&r| f64::from(r))
+        .sum()
 }
 
 /// The value of the state after each answer of a rollout that the tree holds

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kaizen_envs::Turn;
-use kaizen_envs::search::{TreeNode, episode_return};
+use kaizen_envs::search::{TreeNode, outcome_return};
 use kaizen_transport::EpisodeReport;
 
 /// The revision signal that starts a reflection turn, before the action that succeeded.
@@ -39,7 +39,7 @@ pub(super) fn expand(report: &EpisodeReport, process_rewards: bool) -> Vec<Episo
         .map(|(path, result, metrics, turns)| {
             let mut result = result.clone();
             if process_rewards && let Ok(t) = &mut result {
-                let ret = episode_return(&Ok(t.outcome.clone()));
+                let ret = outcome_return(&t.outcome);
                 let mut index: BTreeMap<kaizen_core::AgentId, usize> = BTreeMap::new();
                 for (k, turn) in turns.iter().enumerate() {
                     let i = index.entry(turn.request.agent.clone()).or_default();
@@ -147,9 +147,7 @@ pub(super) fn reflections(
             .rollouts()
             .filter(|(_, result, _, _)| result.is_ok())
             .map(|(path, result, _, turns)| {
-                let ret = result
-                    .as_ref()
-                    .map_or(0.0, |t| episode_return(&Ok(t.outcome.clone())));
+                let ret = result.as_ref().map_or(0.0, |t| outcome_return(&t.outcome));
                 (path, turns, ret)
             })
             .collect();
@@ -170,7 +168,7 @@ pub(super) fn reflections(
             report
                 .result
                 .as_ref()
-                .is_ok_and(|t| episode_return(&Ok(t.outcome.clone())) >= threshold),
+                .is_ok_and(|t| outcome_return(&t.outcome) >= threshold),
         );
         if !make {
             continue;
