@@ -364,6 +364,17 @@ pub enum Selection {
     SelfCertainty,
 }
 
+/// `[sft.self_generated] relabel_as`: see [`SelfGeneratedConfig::relabel_as`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelabelAs {
+    /// The later turn's completion, as written.
+    #[default]
+    Completion,
+    /// The environment's `info.first_replies` entry for the later turn.
+    FirstReply,
+}
+
 /// `[optim]`: AdamW and the learning-rate schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -510,6 +521,16 @@ pub struct SelfGeneratedConfig {
     /// learnt as the first choice. Needs `select = "verifier"`; counted in
     /// `self_sft/relabelled` (within `max_per_problem` distinct first-turn completions).
     pub relabel_first: bool,
+    /// What `relabel_first` keeps as the first turn's answer: `"completion"` (the default),
+    /// the later turn's completion as it was written (SMART: the winning strategy becomes the
+    /// first choice); `"first_reply"`, the later turn's final answer written as a reply to
+    /// the first prompt, which the environment reports as `info.first_replies[k]` for its
+    /// `k`-th answered turn (`self_correct`: `\\boxed{answer}`, also what a program printed).
+    /// The second distils what a later attempt worked out — with a program, or by
+    /// correcting itself — into the first attempt's direct answer (Yu et al. 2024,
+    /// "Distilling System 2 into System 1", <https://arxiv.org/abs/2407.06023>). Episodes
+    /// without that entry are not relabelled.
+    pub relabel_as: RelabelAs,
     /// Search each of the round's episodes as a tree (Monte-Carlo tree search over its turns,
     /// `kaizen_envs::search`): each of the `samples_per_problem` episodes of a problem is a tree
     /// of `search.rollouts` rollouts, and every rollout is filtered as an episode of its own.
@@ -547,6 +568,7 @@ impl Default for SelfGeneratedConfig {
             rationalize_samples: 1,
             evaluate_rounds: false,
             relabel_first: false,
+            relabel_as: RelabelAs::Completion,
             search: None,
             process_rewards: false,
             reflection: false,

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::strategies::{self, Strategy};
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
-use crate::rewards::{BuiltinVerifier, Verifier, VerifierKind};
+use crate::rewards::{
+    BuiltinVerifier, Verifier, VerifierKind, final_answer_span, last_number, math_expression,
+};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
@@ -76,6 +78,14 @@ pub struct SelfCorrectConfig {
     /// the episodes whose first attempt chose it), `declared@t1` and `switched`.
     #[serde(default)]
     pub strategies: Vec<Strategy>,
+    /// The first attempt (1-based) offered the `strategies` menu; earlier attempts follow
+    /// `instruction` and are scored as plain replies (no program runs). 1 (the default): the
+    /// menu comes with the question (SMART). 2: the first attempt answers on its own and the
+    /// menu comes with the correction prompt, so the second attempt may check the first with
+    /// a program (tool-interactive self-correction, CRITIC; Gou et al. 2024,
+    /// <https://arxiv.org/abs/2305.11738>). Must be at most `attempts`.
+    #[serde(default = "default_strategies_from")]
+    pub strategies_from: usize,
     /// Limits of each program run (the `"program"` strategy).
     #[serde(default)]
     pub sandbox: SandboxConfig,
@@ -106,6 +116,10 @@ fn default_attempts() -> usize {
     2
 }
 
+fn default_strategies_from() -> usize {
+    1
+}
+
 fn default_instruction() -> String {
     "Solve the problem step by step. Put your final answer within \\boxed{}.".into()
 }
@@ -131,10 +145,21 @@ impl Default for SelfCorrectConfig {
             max_new_tokens: Vec::new(),
             ask: Ask::Question,
             strategies: Vec::new(),
+            strategies_from: default_strategies_from(),
             sandbox: SandboxConfig::default(),
             rewrite_prompt: default_rewrite_prompt(),
         }
     }
+}
+
+/// A reply's final answer: its [`final_answer_span`] (sentence punctuation trimmed) when that
+/// parses as math, else the span's last number, else the span.
+fn answer_of(text: &str) -> String {
+    let span = final_answer_span(text).trim_end_matches(['.', ',', ';', ':', '!']);
+    if math_expression::parse(span).is_some() {
+        return span.to_string();
+    }
+    last_number(span).unwrap_or_else(|| span.to_string())
 }
 
 struct Shared {
@@ -195,6 +220,13 @@ impl SelfCorrectFactory {
                 config.strategies
             )));
         }
+        if !config.strategies.is_empty() && !(1..=config.attempts).contains(&config.strategies_from)
+        {
+            return Err(params(format!(
+                "`strategies_from` must be between 1 and `attempts` ({}), got {}",
+                config.attempts, config.strategies_from
+            )));
+        }
         let sandbox = if config.strategies.contains(&Strategy::Program) {
             config.sandbox.validate().map_err(params)?;
             Some(Sandbox::new(config.sandbox.clone()))
@@ -232,6 +264,7 @@ impl EnvFactory for SelfCorrectFactory {
             scores: Vec::new(),
             chosen: Vec::new(),
             sandbox_ms: Vec::new(),
+            first_replies: Vec::new(),
             rewriting: false,
             rewritten: false,
         })
@@ -247,6 +280,9 @@ struct SelfCorrect {
     chosen: Vec<(Strategy, bool)>,
     /// Milliseconds of each program run.
     sandbox_ms: Vec<f64>,
+    /// Each answered turn's final answer as a first-attempt reply (`\\boxed{..}`); `None` for
+    /// the rewording turn. Reported as the outcome's `info.first_replies`.
+    first_replies: Vec<Option<String>>,
     /// The pending request is the policy's rewording (`ask = "policy_rewrite"`).
     rewriting: bool,
     /// The episode began with a rewording turn.
@@ -298,6 +334,10 @@ impl SelfCorrect {
                 format!("accuracy@t1/{}", s1.name()),
                 f64::from(u8::from(first)),
             );
+            m.insert(
+                format!("accuracy@final/{}", sn.name()),
+                f64::from(u8::from(last)),
+            );
             m.insert("declared@t1".into(), f64::from(u8::from(declared)));
             m.insert("switched".into(), f64::from(u8::from(s1 != sn)));
         }
@@ -305,6 +345,7 @@ impl SelfCorrect {
             let ms = self.sandbox_ms.iter().sum::<f64>() / self.sandbox_ms.len() as f64;
             outcome.metrics.insert("sandbox_ms".into(), ms);
         }
+        outcome.info = serde_json::json!({ "first_replies": self.first_replies });
         outcome
     }
 
@@ -316,7 +357,7 @@ impl SelfCorrect {
         if let Some(system) = &config.system_prompt {
             messages.push(Message::system(system));
         }
-        let instruction = if config.strategies.is_empty() {
+        let instruction = if config.strategies.is_empty() || config.strategies_from > 1 {
             config.instruction.clone()
         } else {
             strategies::menu(&config.strategies)
@@ -325,8 +366,9 @@ impl SelfCorrect {
         self.ask(messages)
     }
 
-    /// Scores an attempt that follows the strategy menu, and says what its program printed
-    /// (`None` for other strategies).
+    /// Scores an attempt that follows the strategy menu: its score, what its program printed
+    /// (`None` for other strategies) and its final answer ([`answer_of`] the printed line or
+    /// of the reply; empty when a program did not run).
     ///
     /// # Errors
     /// [`Error::Sandbox`] when a program breaks a sandbox limit (the episode ends as a fault).
@@ -334,27 +376,42 @@ impl SelfCorrect {
         &mut self,
         problem: &Problem,
         text: &str,
-    ) -> Result<(f32, Option<String>)> {
+    ) -> Result<(f32, Option<String>, String)> {
         let (strategy, declared) = strategies::chosen(text, &self.shared.config.strategies);
         self.chosen.push((strategy, declared));
         let sandbox = match (strategy, &self.shared.sandbox) {
             (Strategy::Program, Some(sandbox)) => sandbox,
-            _ => return Ok((self.shared.verifier.score(problem, text), None)),
+            _ => {
+                return Ok((
+                    self.shared.verifier.score(problem, text),
+                    None,
+                    answer_of(text),
+                ));
+            }
         };
         let Some(code) = strategies::program(text) else {
             return Ok((
                 0.0,
                 Some("Your reply has no ```python block to run.".into()),
+                String::new(),
             ));
         };
         let run = sandbox.run_tests(code, &[]).await?;
         self.sandbox_ms.push(run.elapsed.as_secs_f64() * 1e3);
         Ok(match &run.load_error {
-            Some(error) => (0.0, Some(format!("Your program failed: {error}"))),
+            Some(error) => (
+                0.0,
+                Some(format!("Your program failed: {error}")),
+                String::new(),
+            ),
             None => {
-                let answer = strategies::printed_answer(&run.stdout);
-                let score = self.shared.verifier.score(problem, answer);
-                (score, Some(format!("Your program printed: {answer}")))
+                let printed = strategies::printed_answer(&run.stdout);
+                let score = self.shared.verifier.score(problem, printed);
+                (
+                    score,
+                    Some(format!("Your program printed: {printed}")),
+                    answer_of(printed),
+                )
             }
         })
     }
@@ -372,6 +429,7 @@ impl Env for SelfCorrect {
         self.scores.clear();
         self.chosen.clear();
         self.sandbox_ms.clear();
+        self.first_replies.clear();
         self.rewriting = false;
         self.rewritten = false;
         let question = match config.ask {
@@ -411,6 +469,7 @@ impl Env for SelfCorrect {
         if self.rewriting {
             self.rewriting = false;
             self.rewritten = true;
+            self.first_replies.push(None);
             let reworded = text.trim();
             let question = if reworded.is_empty() {
                 problem.question.as_str()
@@ -420,14 +479,33 @@ impl Env for SelfCorrect {
             self.dialogue.restart(agent);
             return Ok(self.ask_question(question));
         }
-        let (score, printed) = if self.shared.config.strategies.is_empty() {
-            (self.shared.verifier.score(&problem, text), None)
+        let config = &self.shared.config;
+        let attempt = self.scores.len() + 1;
+        let (score, printed, answer) = if config.strategies.is_empty() {
+            (
+                self.shared.verifier.score(&problem, text),
+                None,
+                answer_of(text),
+            )
+        } else if attempt < config.strategies_from {
+            // Before the menu: a plain reply, its shape read among the text strategies.
+            let shape = strategies::chosen(text, &[Strategy::Direct, Strategy::StepByStep]);
+            self.chosen.push(shape);
+            (
+                self.shared.verifier.score(&problem, text),
+                None,
+                answer_of(text),
+            )
         } else {
             self.score_strategy(&problem, text).await?
         };
         self.scores.push(score);
-        if self.scores.len() < self.shared.config.attempts {
-            let config = &self.shared.config;
+        // The same answer as a first-attempt reply, kept only when it scores as the attempt did.
+        let reply = format!("\\boxed{{{answer}}}");
+        let same = self.shared.verifier.score(&problem, &reply) == score;
+        self.first_replies.push(same.then_some(reply));
+        let config = &self.shared.config;
+        if attempt < config.attempts {
             let mut prompt = String::new();
             if let Some(printed) = printed {
                 prompt.push_str(&printed);
@@ -435,7 +513,14 @@ impl Env for SelfCorrect {
             }
             prompt.push_str(&config.correction_prompt);
             if !config.strategies.is_empty() {
-                prompt.push_str(" You may keep your strategy or switch to another from the list.");
+                if attempt + 1 == config.strategies_from {
+                    prompt.push_str("\n\n");
+                    prompt.push_str(&strategies::menu(&config.strategies));
+                } else if attempt + 1 > config.strategies_from {
+                    prompt.push_str(
+                        " You may keep your strategy or switch to another from the list.",
+                    );
+                }
             }
             return Ok(self.ask(vec![Message::user(prompt)]));
         }
@@ -727,6 +812,87 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_menu_from_the_second_attempt_lets_it_check_the_first_with_a_program() {
+        let problem = ProblemGenerator::default().generate(3);
+        let expression = problem
+            .question
+            .trim_start_matches("Compute ")
+            .trim_end_matches('.');
+        let program = format!("```python\nprint({expression})\n```");
+        let play = |answers: Vec<String>| async move {
+            let mut env = env_from(
+                "strategies = [\"direct\", \"step_by_step\", \"program\"]\n\
+                 strategies_from = 2\nsandbox = { timeout_seconds = 2.0 }",
+            );
+            let mut step = env.reset(3).await.unwrap();
+            let mut requests = Vec::new();
+            for answer in &answers {
+                let Step::Request(r) = step else {
+                    panic!("ended early")
+                };
+                requests.push(r.clone());
+                step = env.step(&r.agent, answer).await.unwrap();
+            }
+            let Step::Done(outcome) = step else {
+                panic!("not done")
+            };
+            (requests, outcome)
+        };
+        // A wrong first answer, then a program that prints the right one.
+        let (requests, outcome) = play(vec!["\\boxed{-1}".into(), program.clone()]).await;
+        let first = &requests[0].messages.last().unwrap().content;
+        assert!(
+            first.ends_with(&SelfCorrectConfig::default().instruction),
+            "{first}"
+        );
+        assert!(!first.contains("- program"), "{first}");
+        let second = &requests[1].messages.last().unwrap().content;
+        assert!(
+            second.contains("- program: write a Python program"),
+            "{second}"
+        );
+        assert!(!second.contains("switch to another"), "{second}");
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
+        let m = &outcome.metrics;
+        assert_eq!(
+            (m["strategy@t1/direct"], m["strategy@final/program"]),
+            (1.0, 1.0)
+        );
+        assert_eq!(
+            (m["accuracy@t1/direct"], m["accuracy@final/program"]),
+            (0.0, 1.0)
+        );
+        assert!(m["sandbox_ms"] > 0.0);
+        // The program's answer, written as a first-attempt reply, is right too.
+        let replies = &outcome.info["first_replies"];
+        let reply = replies[1].as_str().unwrap();
+        assert_eq!(reply, format!("\\boxed{{{}}}", problem.answer));
+        assert_eq!(BuiltinVerifier.score(&problem, reply), 1.0);
+        assert_eq!(replies[0], "\\boxed{-1}");
+
+        // A program that prints a sentence: the first reply holds only its answer.
+        let wordy = format!("```python\nprint(f\"The final answer is {{{expression}}}.\")\n```");
+        let (_, outcome) = play(vec!["\\boxed{-1}".into(), wordy]).await;
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
+        assert_eq!(
+            outcome.info["first_replies"][1],
+            format!("\\boxed{{{}}}", problem.answer)
+        );
+
+        // Before the menu a program is a plain reply: not run, and wrong.
+        let (_, outcome) = play(vec![program.clone(), "x".into()]).await;
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 0.0]);
+        assert!(!outcome.metrics.contains_key("sandbox_ms"));
+
+        let late: toml::Table =
+            toml::from_str("strategies = [\"program\"]\nstrategies_from = 3").unwrap();
+        let err = SelfCorrectFactory::from_params("self_correct", &late)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`strategies_from`"), "{err}");
     }
 
     #[tokio::test]

@@ -50,7 +50,16 @@ impl Strategy {
 }
 
 /// The menu shown with the question: one line per offered strategy, and how to declare one.
+/// A menu of one strategy is its instruction alone ("Write a Python program in a ```python
+/// block that prints the final answer.").
 pub fn menu(offered: &[Strategy]) -> String {
+    if let [only] = offered {
+        let describe = only.describe();
+        let mut chars = describe.chars();
+        return chars.next().map_or_else(String::new, |c| {
+            c.to_uppercase().chain(chars).collect::<String>()
+        });
+    }
     let mut text = String::from(
         "Choose one of these strategies and start your reply with its name, like \
          \"Strategy: ",
@@ -169,6 +178,10 @@ mod tests {
 
     #[test]
     fn the_menu_lists_the_offered_strategies_and_programs_print_their_answer() {
+        assert_eq!(
+            menu(&[Strategy::Program]),
+            "Write a Python program in a ```python block that prints the final answer."
+        );
         let text = menu(&[Strategy::StepByStep, Strategy::Program]);
         assert!(text.contains("\"Strategy: step_by_step\""), "{text}");
         assert!(text.contains("- program: write a Python program"), "{text}");

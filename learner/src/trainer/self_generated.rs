@@ -38,7 +38,7 @@ use std::collections::HashSet;
 
 use super::tree_data;
 use super::*;
-use crate::config::{Selection, SelfGeneratedConfig, SftConfig};
+use crate::config::{RelabelAs, Selection, SelfGeneratedConfig, SftConfig};
 
 /// Group-id bit of warm-start episodes (neither training groups' counter nor
 /// [`EVAL_GROUP_BIT`]).
@@ -220,6 +220,16 @@ pub(super) fn keep_selected(
     reports: &[EpisodeReport],
     config: &SelfGeneratedConfig,
 ) -> (Vec<KeptTurn>, RoundCounts) {
+    keep_selected_with(reports, config, &|_| None)
+}
+
+/// [`keep_selected`], with `encode` turning a reply's text into its trained tokens (the
+/// answer and EOS) for `relabel_as = "first_reply"`; `None` drops that relabelling.
+pub(super) fn keep_selected_with(
+    reports: &[EpisodeReport],
+    config: &SelfGeneratedConfig,
+    encode: &dyn Fn(&str) -> Option<Vec<u32>>,
+) -> (Vec<KeptTurn>, RoundCounts) {
     let mut counts = RoundCounts::default();
     let mut candidates = Vec::new();
     let mut problems: HashMap<u64, HashSet<Vec<u32>>> = HashMap::new();
@@ -353,7 +363,7 @@ pub(super) fn keep_selected(
     }
     if config.relabel_first {
         for report in reports {
-            if let Some(turn) = relabelled_first(report, config.min_reward) {
+            if let Some(turn) = relabelled_first(report, config, encode) {
                 let distinct = seen.entry((report.task.group_id, 0)).or_default();
                 let completion = turn.tokens[turn.context..].to_vec();
                 if distinct.len() < config.max_per_problem && distinct.insert(completion) {
@@ -397,9 +407,16 @@ pub(super) fn keep_selected(
 
 /// SMART's relabelling of one episode (`relabel_first`): when its first trainable turn is
 /// below `min_reward` and a later turn of the same agent and thread reaches it, that later
-/// completion as the answer to the first turn's prompt (the first prompt is the whole thread
-/// so far, so it stands alone). `None` otherwise, or for a fault.
-fn relabelled_first(report: &EpisodeReport, min_reward: f32) -> Option<KeptTurn> {
+/// completion (or, with `relabel_as = "first_reply"`, the environment's
+/// `info.first_replies` entry for it, encoded by `encode`) as the answer to the first turn's
+/// prompt (the first prompt is the whole thread so far, so it stands alone). `None`
+/// otherwise, or for a fault.
+fn relabelled_first(
+    report: &EpisodeReport,
+    config: &SelfGeneratedConfig,
+    encode: &dyn Fn(&str) -> Option<Vec<u32>>,
+) -> Option<KeptTurn> {
+    let min_reward = config.min_reward;
     let trajectory = report.result.as_ref().ok()?;
     let rewards = trajectory.segment_rewards().ok()?;
     let (first, first_segment) = trajectory
@@ -423,14 +440,29 @@ fn relabelled_first(report: &EpisodeReport, min_reward: f32) -> Option<KeptTurn>
         })?;
     let mut tokens = first_segment.prompt_tokens.clone();
     let context = tokens.len();
-    tokens.extend_from_slice(&segment.completion_tokens);
     let turns = &report.turns;
+    let answer = match config.relabel_as {
+        RelabelAs::Completion => {
+            tokens.extend_from_slice(&segment.completion_tokens);
+            turns.get(later).map(|t| t.answer.clone())
+        }
+        RelabelAs::FirstReply => {
+            // The later turn's index among the agent's answered turns.
+            let k = trajectory.segments[..later]
+                .iter()
+                .filter(|s| s.agent == segment.agent)
+                .count();
+            let reply = trajectory.outcome.info["first_replies"][k].as_str()?;
+            tokens.extend(encode(reply)?);
+            Some(reply.to_string())
+        }
+    };
     let chat = (turns.len() == trajectory.segments.len()).then(|| {
         let mut line = chat_line(&turns[first]);
         if let Some(messages) = line["messages"].as_array_mut()
-            && let Some(answer) = messages.last_mut()
+            && let Some(last) = messages.last_mut()
         {
-            answer["content"] = turns[later].answer.clone().into();
+            last["content"] = answer.clone().unwrap_or_default().into();
         }
         line
     });
@@ -506,7 +538,9 @@ impl Run {
                 .iter()
                 .flat_map(|r| tree_data::expand(r, config.process_rewards))
                 .collect();
-            let (mut kept, counts) = keep_selected(&reports, &config);
+            let (tokenizer, _) = &self.policy_parts;
+            let encode = |reply: &str| crate::sft_data::answer_tokens(tokenizer, reply).ok();
+            let (mut kept, counts) = keep_selected_with(&reports, &config, &encode);
             let mut metrics = counts.metrics(round, start.elapsed().as_secs_f64());
             if config.search.is_some() {
                 metrics.extend(trees.metrics());
@@ -862,6 +896,49 @@ mod tests {
         let (plain, counts) = keep_selected(&reports, &SelfGeneratedConfig::default());
         assert_eq!(counts.relabelled, 0);
         assert!(plain.iter().all(|k| k.tokens != [1, 2, 8, 9]));
+    }
+
+    #[test]
+    fn relabel_as_first_reply_distils_the_later_answer_into_a_direct_first_answer() {
+        let config = SelfGeneratedConfig {
+            relabel_first: true,
+            relabel_as: RelabelAs::FirstReply,
+            ..SelfGeneratedConfig::default()
+        };
+        let with_replies = |mut report: EpisodeReport, replies: serde_json::Value| {
+            if let Ok(t) = &mut report.result {
+                t.outcome.info = serde_json::json!({ "first_replies": replies });
+            }
+            report
+        };
+        let reports = vec![
+            // Wrong, then a right program: its printed answer becomes the first answer.
+            with_replies(
+                episode(5, &[7], &[8, 9, 10], [0.0, 1.0]),
+                serde_json::json!(["\\boxed{1}", "\\boxed{3}"]),
+            ),
+            // No reply reported for the later turn: not relabelled.
+            with_replies(
+                episode(6, &[7], &[8, 9, 11], [0.0, 1.0]),
+                serde_json::json!(["\\boxed{1}", null]),
+            ),
+            // No info at all: not relabelled.
+            episode(7, &[7], &[8, 9, 12], [0.0, 1.0]),
+        ];
+        let encode = |reply: &str| (reply == "\\boxed{3}").then(|| vec![30, 31]);
+        let (kept, counts) = keep_selected_with(&reports, &config, &encode);
+        assert_eq!(counts.relabelled, 1);
+        let first: Vec<_> = kept.iter().filter(|k| k.context == 2).collect();
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].tokens.as_slice(), first[0].context),
+            (&[1, 2, 30, 31][..], 2)
+        );
+        // The later turns stay kept as they were written.
+        assert_eq!(kept.len(), 4);
+        // Without an encoder nothing is relabelled.
+        let (_, counts) = keep_selected(&reports, &config);
+        assert_eq!(counts.relabelled, 0);
     }
 
     #[test]

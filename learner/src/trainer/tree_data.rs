@@ -173,12 +173,18 @@ pub(super) fn reflections(
         if !make {
             continue;
         }
+        // The nodes at least one successful rollout went through.
+        let won: BTreeSet<usize> = rollouts
+            .iter()
+            .filter(|r| r.2 >= threshold)
+            .flat_map(|r| r.0.iter().copied())
+            .collect();
         let mut spliced: BTreeSet<usize> = BTreeSet::new();
         for (path, turns, ret) in &rollouts {
             if *ret >= threshold {
                 continue;
             }
-            let Some(k) = first_error(&tree.nodes, path, threshold) else {
+            let Some(k) = first_error(&won, path) else {
                 continue;
             };
             // One conversation per wrong child.
@@ -209,12 +215,11 @@ pub(super) fn reflections(
 }
 
 /// The first node on `path` (its index in it, ≥ 1) from which no rollout succeeded while its
-/// parent has a success below it; `None` when the path has none.
-fn first_error(nodes: &[TreeNode], path: &[usize], threshold: f64) -> Option<usize> {
-    // A node's value is the mean return through it; with returns in [0, 1] a success below it
-    // makes the value positive, and all-failure makes it 0.
-    let succeeded = |n: usize| nodes[n].value_sum >= threshold;
-    (1..path.len()).find(|&k| !succeeded(path[k]) && succeeded(path[k - 1]))
+/// parent has a success below it (`won`: the nodes some successful rollout went through);
+/// `None` when the path has none. Counting successes, not summing returns, keeps this exact
+/// for any return scale.
+fn first_error(won: &BTreeSet<usize>, path: &[usize]) -> Option<usize> {
+    (1..path.len()).find(|&k| !won.contains(&path[k]) && won.contains(&path[k - 1]))
 }
 
 /// The messages `turns[k]`'s request adds after `turns[k - 1]`'s request and answer.
@@ -419,6 +424,14 @@ mod tests {
         assert_eq!(text[5], ("assistant".into(), "take x".into(), Some(1)));
         assert_eq!(text[7], ("assistant".into(), "put x".into(), Some(1)));
         assert_eq!(text.len(), 8);
+        // Returns that are not 0/1: the dead end's summed returns (say three failures at 0.5)
+        // pass the threshold, yet nothing through it succeeded — still the first error.
+        let mut partial = report();
+        if let Some(tree) = &mut partial.tree {
+            tree.nodes[1].value_sum = 1.5;
+        }
+        let (again, _) = reflections(&[partial], 1.0, true);
+        assert_eq!(again, lines);
         // No success in the tree: nothing to splice with.
         let mut lost = report();
         if let Some(tree) = &mut lost.tree {
