@@ -586,20 +586,30 @@ mod tests {
         seed: u64,
         answers: &[&str],
     ) -> (Vec<kaizen_core::Request>, Outcome) {
-        let mut env = factory(attempts).make();
-        let mut step = env.reset(seed).await.unwrap();
+        play_env(factory(attempts).make(), seed, answers)
+            .await
+            .unwrap()
+    }
+
+    /// Plays `env` from `seed` with `answers`; returns the requests and the outcome.
+    async fn play_env(
+        mut env: Box<dyn Env>,
+        seed: u64,
+        answers: &[&str],
+    ) -> Result<(Vec<kaizen_core::Request>, Outcome)> {
+        let mut step = env.reset(seed).await?;
         let mut requests = Vec::new();
         for answer in answers {
             let Step::Request(r) = step else {
                 panic!("ended early")
             };
             requests.push(r.clone());
-            step = env.step(&r.agent, answer).await.unwrap();
+            step = env.step(&r.agent, answer).await?;
         }
         let Step::Done(outcome) = step else {
             panic!("not done")
         };
-        (requests, outcome)
+        Ok((requests, outcome))
     }
 
     #[tokio::test]
@@ -733,22 +743,10 @@ mod tests {
     /// Plays a strategy-menu episode (all three strategies) with `answers`; returns the
     /// requests and the outcome.
     async fn play_strategies(answers: &[&str]) -> Result<(Vec<kaizen_core::Request>, Outcome)> {
-        let mut env = env_from(
+        let env = env_from(
             "strategies = [\"direct\", \"step_by_step\", \"program\"]\nsandbox = { timeout_seconds = 2.0 }",
         );
-        let mut step = env.reset(3).await?;
-        let mut requests = Vec::new();
-        for answer in answers {
-            let Step::Request(r) = step else {
-                panic!("ended early")
-            };
-            requests.push(r.clone());
-            step = env.step(&r.agent, answer).await?;
-        }
-        let Step::Done(outcome) = step else {
-            panic!("not done")
-        };
-        Ok((requests, outcome))
+        play_env(env, 3, answers).await
     }
 
     #[tokio::test]
@@ -823,23 +821,12 @@ mod tests {
             .trim_end_matches('.');
         let program = format!("```python\nprint({expression})\n```");
         let play = |answers: Vec<String>| async move {
-            let mut env = env_from(
+            let env = env_from(
                 "strategies = [\"direct\", \"step_by_step\", \"program\"]\n\
                  strategies_from = 2\nsandbox = { timeout_seconds = 2.0 }",
             );
-            let mut step = env.reset(3).await.unwrap();
-            let mut requests = Vec::new();
-            for answer in &answers {
-                let Step::Request(r) = step else {
-                    panic!("ended early")
-                };
-                requests.push(r.clone());
-                step = env.step(&r.agent, answer).await.unwrap();
-            }
-            let Step::Done(outcome) = step else {
-                panic!("not done")
-            };
-            (requests, outcome)
+            let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
+            play_env(env, 3, &answers).await.unwrap()
         };
         // A wrong first answer, then a program that prints the right one.
         let (requests, outcome) = play(vec!["\\boxed{-1}".into(), program.clone()]).await;
