@@ -481,24 +481,21 @@ impl Env for SelfCorrect {
         }
         let config = &self.shared.config;
         let attempt = self.scores.len() + 1;
-        let (score, printed, answer) = if config.strategies.is_empty() {
-            (
-                self.shared.verifier.score(&problem, text),
-                None,
-                answer_of(text),
-            )
-        } else if attempt < config.strategies_from {
-            // Before the menu: a plain reply, its shape read among the text strategies.
-            let shape = strategies::chosen(text, &[Strategy::Direct, Strategy::StepByStep]);
-            self.chosen.push(shape);
-            (
-                self.shared.verifier.score(&problem, text),
-                None,
-                answer_of(text),
-            )
-        } else {
-            self.score_strategy(&problem, text).await?
-        };
+        let (score, printed, answer) =
+            if config.strategies.is_empty() || attempt < config.strategies_from {
+                if !config.strategies.is_empty() {
+                    // Before the menu: a plain reply, its shape read among the text strategies.
+                    let shape = strategies::chosen(text, &[Strategy::Direct, Strategy::StepByStep]);
+                    self.chosen.push(shape);
+                }
+                (
+                    self.shared.verifier.score(&problem, text),
+                    None,
+                    answer_of(text),
+                )
+            } else {
+                self.score_strategy(&problem, text).await?
+            };
         self.scores.push(score);
         // The same answer as a first-attempt reply, kept only when it scores as the attempt did.
         let reply = format!("\\boxed{{{answer}}}");
