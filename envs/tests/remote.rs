@@ -158,6 +158,73 @@ async fn the_python_guessing_game_plays_through_the_remote_client() {
     );
 }
 
+/// With `deterministic = true` a remote episode forks by replaying its seed and texts: the copy
+/// steps exactly as an episode played from the start would, the original is unaffected, and
+/// without the flag nothing forks.
+#[tokio::test]
+async fn a_deterministic_remote_episode_forks_by_replaying_it() {
+    let Some(py) = python("KAIZEN_TEST_PYTHON", Some("python3")) else {
+        return;
+    };
+    let server = Server::start(&py, "python/examples/guessing_game.py");
+    let build = |deterministic: bool| {
+        let table: toml::Table = toml::from_str(&format!(
+            "url = \"{}\"\ndeterministic = {deterministic}\n[params]\nmax_number = 100",
+            server.url
+        ))
+        .unwrap();
+        Registry::with_builtins().build("remote", &table).unwrap()
+    };
+    let guesser = AgentId::new("guesser");
+    // The step an episode of seed 4 gives after `texts`, played from its start.
+    let played = |texts: &'static [&'static str]| {
+        let factory = build(false);
+        let guesser = guesser.clone();
+        async move {
+            let mut env = factory.make();
+            let mut step = env.reset(4).await.unwrap();
+            for text in texts {
+                step = env.step(&guesser, text).await.unwrap();
+            }
+            step
+        }
+    };
+
+    let plain = build(false);
+    assert!(!plain.can_fork());
+    let mut env = plain.make();
+    env.reset(4).await.unwrap();
+    assert!(env.fork().is_none());
+
+    let factory = build(true);
+    assert!(factory.can_fork());
+    let mut parent = factory.make();
+    assert!(parent.fork().is_none(), "nothing to fork before a reset");
+    parent.reset(4).await.unwrap();
+    parent.step(&guesser, "50").await.unwrap();
+    let mut child = parent.fork().unwrap();
+    let mut grandchild = child.fork().unwrap(); // a fork of a fork not yet replayed
+    assert_eq!(
+        child.step(&guesser, "25").await.unwrap(),
+        played(&["50", "25"]).await
+    );
+    assert_eq!(
+        grandchild.step(&guesser, "1").await.unwrap(),
+        played(&["50", "1"]).await
+    );
+    // The original never saw its copies' texts.
+    assert_eq!(
+        parent.step(&guesser, "75").await.unwrap(),
+        played(&["50", "75"]).await
+    );
+    // A fork made after the copy has stepped replays its own history too.
+    let mut second = child.fork().unwrap();
+    assert_eq!(
+        second.step(&guesser, "12").await.unwrap(),
+        played(&["50", "25", "12"]).await
+    );
+}
+
 #[tokio::test]
 async fn many_remote_episodes_run_at_once() {
     let Some(py) = python("KAIZEN_TEST_PYTHON", Some("python3")) else {

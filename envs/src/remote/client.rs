@@ -33,6 +33,13 @@ pub struct RemoteConfig {
     /// Passed to the server's `/reset` as `params`.
     #[serde(default)]
     pub params: toml::Table,
+    /// The server's episodes are a function of the seed and the texts stepped (the protocol
+    /// asks this of the seed; here the user vouches for the whole episode). kaizen may then
+    /// fork an episode for tree search ([`Env::fork`]): the copy replays the seed and the
+    /// texts so far on a new server episode before its first step of its own, so any server
+    /// can be searched without a fork endpoint. `false` (the default): episodes cannot fork.
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 fn default_timeout_s() -> f64 {
@@ -58,6 +65,7 @@ impl RemoteConfig {
             retries: default_retries(),
             max_reply_bytes: default_max_reply_bytes(),
             params: toml::Table::new(),
+            deterministic: false,
         }
     }
 }
@@ -160,7 +168,15 @@ impl EnvFactory for RemoteFactory {
             episode: None,
             expert: None,
             hint: None,
+            seed: None,
+            history: Vec::new(),
+            replay: false,
         })
+    }
+
+    /// With `deterministic = true`: forks replay the episode (see [`RemoteConfig`]).
+    fn can_fork(&self) -> bool {
+        self.shared.config.deterministic
     }
 }
 
@@ -318,6 +334,52 @@ struct RemoteEnv {
     episode: Option<String>,
     expert: Option<String>,
     hint: Option<String>,
+    /// The episode's seed, once reset.
+    seed: Option<u64>,
+    /// Every (agent, text) stepped since the reset, for a fork's replay.
+    history: Vec<(AgentId, String)>,
+    /// A fork not yet on the server: its first step replays `seed` and `history` first.
+    replay: bool,
+}
+
+impl RemoteEnv {
+    /// Replays a fork's episode on a new server episode: `/reset` with its seed, then every
+    /// text of its history, each of which must leave the episode running.
+    async fn replay(&mut self) -> Result<()> {
+        let seed = self.seed.ok_or(Error::NoEpisode)?;
+        let body = ResetRequest {
+            seed,
+            params: self.shared.params.clone(),
+        };
+        let reply: ResetReply = self.shared.call("reset", Some(&body), true).await?;
+        let episode = reply.episode_id;
+        let mut running = matches!(reply.step, Step::Request(_));
+        for (agent, text) in &self.history {
+            if !running {
+                break;
+            }
+            let body = StepRequest {
+                episode_id: episode.clone(),
+                agent: agent.clone(),
+                text: text.clone(),
+            };
+            let reply: StepReply = self.shared.call("step", Some(&body), false).await?;
+            running = matches!(reply.step, Step::Request(_));
+        }
+        if !running {
+            return Err(self.shared.error(
+                "step",
+                format!(
+                    "replaying a forked episode (seed {seed}, {} texts) ended it early: the \
+                     server's episodes are not deterministic, so `deterministic = true` is wrong",
+                    self.history.len()
+                ),
+            ));
+        }
+        self.episode = Some(episode);
+        self.replay = false;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -331,10 +393,16 @@ impl Env for RemoteEnv {
         self.episode = matches!(reply.step, Step::Request(_)).then_some(reply.episode_id);
         self.expert = reply.expert;
         self.hint = reply.hint;
+        self.seed = Some(seed);
+        self.history.clear();
+        self.replay = false;
         Ok(reply.step)
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
+        if self.replay {
+            self.replay().await?;
+        }
         let episode_id = self.episode.clone().ok_or(Error::NoEpisode)?;
         let body = StepRequest {
             episode_id,
@@ -347,6 +415,7 @@ impl Env for RemoteEnv {
         if matches!(reply.step, Step::Done(_)) {
             self.episode = None;
         }
+        self.history.push((agent.clone(), text.to_string()));
         self.expert = reply.expert;
         self.hint = reply.hint;
         Ok(reply.step)
@@ -358,5 +427,23 @@ impl Env for RemoteEnv {
 
     fn hint(&self) -> Option<String> {
         self.hint.clone()
+    }
+
+    /// With `deterministic = true`, a copy that replays this episode on the server before its
+    /// first step (the pending request's expert answer and hint carry over); `None` otherwise,
+    /// or when no episode is running.
+    fn fork(&self) -> Option<Box<dyn Env>> {
+        if !self.shared.config.deterministic || (self.episode.is_none() && !self.replay) {
+            return None;
+        }
+        Some(Box::new(RemoteEnv {
+            shared: self.shared.clone(),
+            episode: None,
+            expert: self.expert.clone(),
+            hint: self.hint.clone(),
+            seed: self.seed,
+            history: self.history.clone(),
+            replay: true,
+        }))
     }
 }

@@ -86,12 +86,56 @@ pub struct SelfCorrectConfig {
     /// <https://arxiv.org/abs/2305.11738>). Must be at most `attempts`.
     #[serde(default = "default_strategies_from")]
     pub strategies_from: usize,
+    /// The menu offered with each correction prompt after the attempt that first got
+    /// `strategies`, in place of it; empty (the default): the same menu, and the correction
+    /// prompt only adds that the attempt may keep its strategy or switch. With `strategies =
+    /// ["direct", "step_by_step", "program"]` and `correction_strategies = ["program"]` the
+    /// first attempt chooses its strategy (SMART) and the second checks it with a program
+    /// (CRITIC). Needs `strategies` and an attempt after `strategies_from`.
+    #[serde(default)]
+    pub correction_strategies: Vec<Strategy>,
+    /// Shown in place of the generated `strategies` menu where it is first offered, e.g.
+    /// "Reply with only the final answer, like \\boxed{5}, or with a Python program in a
+    /// ```python block that prints it." (a base model may follow a sentence better than a
+    /// list); replies are read against `strategies` as with the menu. Needs `strategies`.
+    #[serde(default)]
+    pub menu_prompt: Option<String>,
     /// Limits of each program run (the `"program"` strategy).
     #[serde(default)]
     pub sandbox: SandboxConfig,
     /// Asks for the rewording (`ask = "policy_rewrite"`); the question follows it.
     #[serde(default = "default_rewrite_prompt")]
     pub rewrite_prompt: String,
+}
+
+impl SelfCorrectConfig {
+    /// The menu offered to attempt `attempt` (1-based): empty before `strategies_from` (a
+    /// plain reply), `strategies` at it, then `correction_strategies` when given.
+    fn offered(&self, attempt: usize) -> &[Strategy] {
+        if self.strategies.is_empty() || attempt < self.strategies_from {
+            &[]
+        } else if attempt == self.strategies_from || self.correction_strategies.is_empty() {
+            &self.strategies
+        } else {
+            &self.correction_strategies
+        }
+    }
+
+    /// The text that offers `strategies` where they are first offered.
+    fn first_menu(&self) -> String {
+        self.menu_prompt
+            .clone()
+            .unwrap_or_else(|| strategies::menu(&self.strategies))
+    }
+
+    /// Every strategy some attempt is offered, `strategies` first.
+    fn every_strategy(&self) -> impl Iterator<Item = Strategy> + '_ {
+        let extra = self
+            .correction_strategies
+            .iter()
+            .filter(|s| !self.strategies.contains(s));
+        self.strategies.iter().chain(extra).copied()
+    }
 }
 
 fn default_rewrite_prompt() -> String {
@@ -146,6 +190,8 @@ impl Default for SelfCorrectConfig {
             ask: Ask::Question,
             strategies: Vec::new(),
             strategies_from: default_strategies_from(),
+            correction_strategies: Vec::new(),
+            menu_prompt: None,
             sandbox: SandboxConfig::default(),
             rewrite_prompt: default_rewrite_prompt(),
         }
@@ -166,7 +212,7 @@ struct Shared {
     problems: ProblemSet,
     verifier: Arc<dyn Verifier>,
     config: SelfCorrectConfig,
-    /// Runs programs (`strategies` with `"program"`).
+    /// Runs programs (`"program"` among `strategies` or `correction_strategies`).
     sandbox: Option<Sandbox>,
 }
 
@@ -211,14 +257,18 @@ impl SelfCorrectFactory {
             env: "self_correct".into(),
             message,
         };
-        let mut offered = config.strategies.clone();
-        offered.sort();
-        offered.dedup();
-        if offered.len() != config.strategies.len() {
-            return Err(params(format!(
-                "`strategies` lists a strategy twice: {:?}",
-                config.strategies
-            )));
+        for (field, list) in [
+            ("strategies", &config.strategies),
+            ("correction_strategies", &config.correction_strategies),
+        ] {
+            let mut offered = list.clone();
+            offered.sort();
+            offered.dedup();
+            if offered.len() != list.len() {
+                return Err(params(format!(
+                    "`{field}` lists a strategy twice: {list:?}"
+                )));
+            }
         }
         if !config.strategies.is_empty() && !(1..=config.attempts).contains(&config.strategies_from)
         {
@@ -227,7 +277,21 @@ impl SelfCorrectFactory {
                 config.attempts, config.strategies_from
             )));
         }
-        let sandbox = if config.strategies.contains(&Strategy::Program) {
+        if config.menu_prompt.is_some() && config.strategies.is_empty() {
+            return Err(params("`menu_prompt` needs `strategies`".into()));
+        }
+        if !config.correction_strategies.is_empty()
+            && (config.strategies.is_empty() || config.strategies_from >= config.attempts)
+        {
+            return Err(params(format!(
+                "`correction_strategies` needs `strategies` and an attempt after \
+                 `strategies_from` ({}) among the {} `attempts`",
+                config.strategies_from, config.attempts
+            )));
+        }
+        let runs_programs = config.strategies.contains(&Strategy::Program)
+            || config.correction_strategies.contains(&Strategy::Program);
+        let sandbox = if runs_programs {
             config.sandbox.validate().map_err(params)?;
             Some(Sandbox::new(config.sandbox.clone()))
         } else {
@@ -322,12 +386,12 @@ impl SelfCorrect {
             .insert("c_to_i".into(), f64::from(u8::from(first && !last)));
         if let (Some(&(s1, declared)), Some(&(sn, _))) = (self.chosen.first(), self.chosen.last()) {
             let m = &mut outcome.metrics;
-            for s in &self.shared.config.strategies {
+            for s in self.shared.config.every_strategy() {
                 let name = s.name();
-                m.insert(format!("strategy@t1/{name}"), f64::from(u8::from(s1 == *s)));
+                m.insert(format!("strategy@t1/{name}"), f64::from(u8::from(s1 == s)));
                 m.insert(
                     format!("strategy@final/{name}"),
-                    f64::from(u8::from(sn == *s)),
+                    f64::from(u8::from(sn == s)),
                 );
             }
             m.insert(
@@ -360,13 +424,13 @@ impl SelfCorrect {
         let instruction = if config.strategies.is_empty() || config.strategies_from > 1 {
             config.instruction.clone()
         } else {
-            strategies::menu(&config.strategies)
+            config.first_menu()
         };
         messages.push(Message::user(format!("{question}\n\n{instruction}")));
         self.ask(messages)
     }
 
-    /// Scores an attempt that follows the strategy menu: its score, what its program printed
+    /// Scores attempt `attempt` (1-based), which follows a strategy menu: its score, what its program printed
     /// (`None` for other strategies) and its final answer ([`answer_of`] the printed line or
     /// of the reply; empty when a program did not run).
     ///
@@ -376,8 +440,10 @@ impl SelfCorrect {
         &mut self,
         problem: &Problem,
         text: &str,
+        attempt: usize,
     ) -> Result<(f32, Option<String>, String)> {
-        let (strategy, declared) = strategies::chosen(text, &self.shared.config.strategies);
+        let offered = self.shared.config.offered(attempt);
+        let (strategy, declared) = strategies::chosen(text, offered);
         self.chosen.push((strategy, declared));
         let sandbox = match (strategy, &self.shared.sandbox) {
             (Strategy::Program, Some(sandbox)) => sandbox,
@@ -481,21 +547,20 @@ impl Env for SelfCorrect {
         }
         let config = &self.shared.config;
         let attempt = self.scores.len() + 1;
-        let (score, printed, answer) =
-            if config.strategies.is_empty() || attempt < config.strategies_from {
-                if !config.strategies.is_empty() {
-                    // Before the menu: a plain reply, its shape read among the text strategies.
-                    let shape = strategies::chosen(text, &[Strategy::Direct, Strategy::StepByStep]);
-                    self.chosen.push(shape);
-                }
-                (
-                    self.shared.verifier.score(&problem, text),
-                    None,
-                    answer_of(text),
-                )
-            } else {
-                self.score_strategy(&problem, text).await?
-            };
+        let (score, printed, answer) = if config.offered(attempt).is_empty() {
+            if !config.strategies.is_empty() {
+                // Before the menu: a plain reply, its shape read among the text strategies.
+                let shape = strategies::chosen(text, &[Strategy::Direct, Strategy::StepByStep]);
+                self.chosen.push(shape);
+            }
+            (
+                self.shared.verifier.score(&problem, text),
+                None,
+                answer_of(text),
+            )
+        } else {
+            self.score_strategy(&problem, text, attempt).await?
+        };
         self.scores.push(score);
         // The same answer as a first-attempt reply, kept only when it scores as the attempt did.
         let reply = format!("\\boxed{{{answer}}}");
@@ -509,15 +574,16 @@ impl Env for SelfCorrect {
                 prompt.push_str("\n\n");
             }
             prompt.push_str(&config.correction_prompt);
-            if !config.strategies.is_empty() {
-                if attempt + 1 == config.strategies_from {
-                    prompt.push_str("\n\n");
-                    prompt.push_str(&strategies::menu(&config.strategies));
-                } else if attempt + 1 > config.strategies_from {
-                    prompt.push_str(
-                        " You may keep your strategy or switch to another from the list.",
-                    );
-                }
+            let (next, menu) = (attempt + 1, config.offered(attempt + 1));
+            if menu.is_empty() {
+            } else if next == config.strategies_from {
+                prompt.push_str("\n\n");
+                prompt.push_str(&config.first_menu());
+            } else if !config.correction_strategies.is_empty() {
+                prompt.push_str("\n\n");
+                prompt.push_str(&strategies::menu(menu));
+            } else {
+                prompt.push_str(" You may keep your strategy or switch to another from the list.");
             }
             return Ok(self.ask(vec![Message::user(prompt)]));
         }
@@ -877,6 +943,89 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("`strategies_from`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn correction_strategies_give_the_second_attempt_its_own_menu() {
+        let problem = ProblemGenerator::default().generate(5);
+        let expression = problem
+            .question
+            .trim_start_matches("Compute ")
+            .trim_end_matches('.');
+        let program = format!("```python\nprint({expression})\n```");
+        let play = |answers: Vec<String>| async move {
+            let env = env_from(
+                "attempts = 3\nstrategies = [\"direct\", \"step_by_step\"]\n\
+                 correction_strategies = [\"program\"]\nsandbox = { timeout_seconds = 2.0 }",
+            );
+            let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
+            play_env(env, 5, &answers).await.unwrap()
+        };
+        // The first attempt chooses from its menu (no program); every correction asks for one.
+        let (requests, outcome) =
+            play(vec![program.clone(), program.clone(), "\\boxed{-1}".into()]).await;
+        let first = &requests[0].messages.last().unwrap().content;
+        assert!(first.contains("- step_by_step"), "{first}");
+        assert!(!first.contains("program"), "{first}");
+        for request in &requests[1..] {
+            let prompt = &request.messages.last().unwrap().content;
+            assert!(prompt.contains("Write a Python program"), "{prompt}");
+            assert!(!prompt.contains("switch to another"), "{prompt}");
+        }
+        // A program is not on the first menu, so it is a plain (wrong) reply and is not run;
+        // the second attempt's program runs and is right; the third, asked for a program,
+        // has no block to run.
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0, 0.0]);
+        let m = &outcome.metrics;
+        assert_eq!(
+            (m["strategy@t1/program"], m["strategy@t1/direct"]),
+            (0.0, 1.0)
+        );
+        assert_eq!(m["strategy@final/program"], 1.0);
+        assert!(m["sandbox_ms"] > 0.0);
+        let (_, outcome) = play(vec!["\\boxed{-1}".into(), program.clone(), program.clone()]).await;
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0, 1.0]);
+        assert_eq!(outcome.metrics["accuracy@final/program"], 1.0);
+
+        // `menu_prompt` replaces the first menu's text; a program on it still runs.
+        let env = env_from(
+            "strategies = [\"direct\", \"program\"]\ncorrection_strategies = [\"program\"]\n\
+             menu_prompt = \"Answer, or write a program that prints the answer.\"\n\
+             sandbox = { timeout_seconds = 2.0 }",
+        );
+        let (requests, outcome) = play_env(env, 5, &[program.as_str(), "\\boxed{-1}"])
+            .await
+            .unwrap();
+        let first = &requests[0].messages.last().unwrap().content;
+        assert!(
+            first.ends_with("\n\nAnswer, or write a program that prints the answer."),
+            "{first}"
+        );
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 0.0]);
+        assert_eq!(outcome.metrics["strategy@t1/program"], 1.0);
+
+        for (params, field) in [
+            (
+                "correction_strategies = [\"program\"]",
+                "`correction_strategies`",
+            ),
+            (
+                "attempts = 2\nstrategies = [\"direct\"]\nstrategies_from = 2\n\
+                 correction_strategies = [\"program\"]",
+                "`correction_strategies`",
+            ),
+            (
+                "strategies = [\"direct\"]\ncorrection_strategies = [\"program\", \"program\"]",
+                "twice",
+            ),
+            ("menu_prompt = \"Answer.\"", "`menu_prompt`"),
+        ] {
+            let table: toml::Table = toml::from_str(params).unwrap();
+            let err = SelfCorrectFactory::from_params("self_correct", &table)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains(field), "{params}: {err}");
+        }
     }
 
     #[tokio::test]
