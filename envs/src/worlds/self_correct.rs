@@ -636,6 +636,27 @@ mod tests {
             .make()
     }
 
+    /// The error a `self_correct` TOML parameter table is refused with.
+    fn params_error(params: &str) -> String {
+        let params: toml::Table = toml::from_str(params).unwrap();
+        SelfCorrectFactory::from_params("self_correct", &params)
+            .err()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Problem `seed` of the default generator, its expression and a program that prints it.
+    fn problem_with_program(seed: u64) -> (Problem, String, String) {
+        let problem = ProblemGenerator::default().generate(seed);
+        let expression = problem
+            .question
+            .trim_start_matches("Compute ")
+            .trim_end_matches('.')
+            .to_string();
+        let program = format!("```python\nprint({expression})\n```");
+        (problem, expression, program)
+    }
+
     fn factory(attempts: usize) -> SelfCorrectFactory {
         let config = SelfCorrectConfig {
             attempts,
@@ -707,8 +728,7 @@ mod tests {
         assert!(outcome.metrics.contains_key("correct@t3"));
         let (again, _) = play(3, 9, &["a", "b", "c"]).await;
         assert_eq!(requests, again);
-        let params: toml::Table = toml::from_str("attempts = 0").unwrap();
-        assert!(SelfCorrectFactory::from_params("self_correct", &params).is_err());
+        assert!(params_error("attempts = 0").contains("`attempts`"));
     }
 
     #[tokio::test]
@@ -725,11 +745,7 @@ mod tests {
         let (requests, _) = play(2, 1, &["a", "b"]).await;
         assert!(requests.iter().all(|r| r.sampling.max_new_tokens.is_none()));
 
-        let params: toml::Table = toml::from_str("max_new_tokens = [24, 0]").unwrap();
-        let err = SelfCorrectFactory::from_params("self_correct", &params)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = params_error("max_new_tokens = [24, 0]");
         assert!(err.contains("max_new_tokens[1]"), "{err}");
     }
 
@@ -814,12 +830,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_strategy_menu_runs_programs_lets_attempts_switch_and_logs_the_mix() {
-        let problem = ProblemGenerator::default().generate(3);
-        let expression = problem
-            .question
-            .trim_start_matches("Compute ")
-            .trim_end_matches('.');
-        let program = format!("Strategy: program\n```python\nprint({expression})\n```");
+        let (_, _, program) = problem_with_program(3);
+        let program = format!("Strategy: program\n{program}");
         let (requests, outcome) = play_strategies(&["Strategy: direct\n\\boxed{-1}", &program])
             .await
             .unwrap();
@@ -868,21 +880,13 @@ mod tests {
             let outcome = ep.outcome().unwrap();
             assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
         }
-        let twice: toml::Table = toml::from_str("strategies = [\"direct\", \"direct\"]").unwrap();
-        let err = SelfCorrectFactory::from_params("self_correct", &twice)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("twice"), "{err}");
+        let err = params_error("strategies = [\"direct\", \"direct\"]");
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[tokio::test]
     async fn a_menu_from_the_second_attempt_lets_it_check_the_first_with_a_program() {
-        let problem = ProblemGenerator::default().generate(3);
-        let expression = problem
-            .question
-            .trim_start_matches("Compute ")
-            .trim_end_matches('.');
-        let program = format!("```python\nprint({expression})\n```");
+        let (problem, expression, program) = problem_with_program(3);
         let play = |answers: Vec<String>| async move {
             let env = env_from(
                 "strategies = [\"direct\", \"step_by_step\", \"program\"]\n\
@@ -937,22 +941,13 @@ mod tests {
         assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 0.0]);
         assert!(!outcome.metrics.contains_key("sandbox_ms"));
 
-        let late: toml::Table =
-            toml::from_str("strategies = [\"program\"]\nstrategies_from = 3").unwrap();
-        let err = SelfCorrectFactory::from_params("self_correct", &late)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("`strategies_from`"), "{err}");
+        let err = params_error("strategies = [\"program\"]\nstrategies_from = 3");
+        assert!(err.contains("`strategies_from`"), "{err}");
     }
 
     #[tokio::test]
     async fn correction_strategies_give_the_second_attempt_its_own_menu() {
-        let problem = ProblemGenerator::default().generate(5);
-        let expression = problem
-            .question
-            .trim_start_matches("Compute ")
-            .trim_end_matches('.');
-        let program = format!("```python\nprint({expression})\n```");
+        let (_, _, program) = problem_with_program(5);
         let play = |answers: Vec<String>| async move {
             let env = env_from(
                 "attempts = 3\nstrategies = [\"direct\", \"step_by_step\"]\n\
@@ -1020,11 +1015,8 @@ mod tests {
             ),
             ("menu_prompt = \"Answer.\"", "`menu_prompt`"),
         ] {
-            let table: toml::Table = toml::from_str(params).unwrap();
-            let err = SelfCorrectFactory::from_params("self_correct", &table)
-                .err()
-                .unwrap();
-            assert!(err.to_string().contains(field), "{params}: {err}");
+            let err = params_error(params);
+            assert!(err.contains(field), "{params}: {err}");
         }
     }
 
