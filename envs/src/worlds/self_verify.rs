@@ -20,7 +20,8 @@
 //! the verifier), `says_correct` (the model calls its solution right), `verdict_missing`,
 //! `recall_wrong` (of wrong solutions, the share the model calls incorrect: NaN-free, counted
 //! as `wrong_flagged` and `wrong`), `final_correct` (after a revision, when one happened),
-//! `revised`, `i_to_c` and `c_to_i` (first solution → revision).
+//! `revised`, `i_to_c` and `c_to_i` (first solution → revision); with `verdict_reward =
+//! "balanced"`, `verdict_weight` (the weight of a right verdict on the episode's solution).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +67,56 @@ pub struct SelfVerifyConfig {
     /// Solution and verification in one answer (see the module docs).
     #[serde(default)]
     pub one_pass: bool,
+    /// How a verdict is rewarded: `"agreement"` (the default, RISE) or `"balanced"` (see
+    /// [`VerdictReward`]).
+    #[serde(default)]
+    pub verdict_reward: VerdictReward,
+}
+
+/// How a verdict is rewarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictReward {
+    /// 1 when the verdict agrees with the verifier's judgement of the solution, else 0
+    /// (RISE). When most solutions are wrong, a constant "incorrect" earns nearly 1: the
+    /// policy learns the base rate, not to check (BENCHMARKS.md, run 35).
+    #[default]
+    Agreement,
+    /// Agreement weighted by the inverse share of the solution's class:
+    ///
+    /// `r = 1[verdict = truth] / (2 · p̂(truth))`, with `p̂(right)` the share of right first
+    /// solutions among the factory's recent episodes (an exponential moving average over
+    /// about [`CLASS_SHARE_HORIZON`] episodes, starting at ½; each class's share floored at
+    /// [`MIN_CLASS_SHARE`]) and `p̂(wrong) = 1 − p̂(right)`.
+    ///
+    /// Its expectation is `Σ_c p(c) · TPR_c / (2 p(c)) = (TPR_right + TPR_wrong) / 2`, the
+    /// verdict's balanced accuracy: a constant verdict earns ½ whatever the base rate, and only
+    /// telling right from wrong earns more. SPC (Chen et al. 2025) guards its critic the same
+    /// way, by balancing right and wrong steps in its training data.
+    Balanced,
+}
+
+/// Episodes over which [`VerdictReward::Balanced`] averages the share of right solutions.
+pub const CLASS_SHARE_HORIZON: u64 = 512;
+/// The smallest share [`VerdictReward::Balanced`] gives a class (a weight of at most 10).
+pub const MIN_CLASS_SHARE: f64 = 0.05;
+
+/// The running share of right first solutions (for [`VerdictReward::Balanced`]).
+#[derive(Debug)]
+struct ClassShare {
+    episodes: u64,
+    right: f64,
+}
+
+impl ClassShare {
+    /// Adds one first solution and returns the weight of its class.
+    fn add(&mut self, solved: bool) -> f64 {
+        self.episodes += 1;
+        let step = 1.0 / self.episodes.min(CLASS_SHARE_HORIZON) as f64;
+        self.right += (f64::from(u8::from(solved)) - self.right) * step;
+        let share = if solved { self.right } else { 1.0 - self.right };
+        1.0 / (2.0 * share.max(MIN_CLASS_SHARE))
+    }
 }
 
 fn default_instruction(one_pass: bool) -> String {
@@ -102,6 +153,7 @@ impl Default for SelfVerifyConfig {
             revise: false,
             revise_prompt: default_revise_prompt(),
             one_pass: false,
+            verdict_reward: VerdictReward::Agreement,
         }
     }
 }
@@ -151,6 +203,8 @@ struct Shared {
     verifier: Arc<dyn Verifier>,
     config: SelfVerifyConfig,
     instruction: String,
+    /// The share of right first solutions, for `verdict_reward = "balanced"`.
+    class_share: std::sync::Mutex<ClassShare>,
 }
 
 /// Makes `self_verify` episodes over a problem set, scored by a [`Verifier`].
@@ -195,6 +249,10 @@ impl SelfVerifyFactory {
                 verifier,
                 config,
                 instruction,
+                class_share: std::sync::Mutex::new(ClassShare {
+                    episodes: 0,
+                    right: 0.5,
+                }),
             }),
         })
     }
@@ -227,6 +285,8 @@ impl EnvFactory for SelfVerifyFactory {
 struct State {
     /// Whether the first solution is right.
     solved: Option<bool>,
+    /// The weight of a right verdict on that solution (1 unless `verdict_reward = "balanced"`).
+    verdict_weight: f32,
     verdict: Option<Option<Verdict>>,
     /// Whether the revision is right, when there was one.
     revised: Option<bool>,
@@ -259,6 +319,9 @@ impl SelfVerify {
         let m = &mut outcome.metrics;
         m.insert("correct@t1".into(), flag(solved));
         m.insert("verdict_right".into(), flag(right_verdict));
+        if self.shared.config.verdict_reward == VerdictReward::Balanced {
+            m.insert("verdict_weight".into(), f64::from(s.verdict_weight));
+        }
         m.insert(
             "says_correct".into(),
             flag(verdict == Some(Verdict::Correct)),
@@ -289,7 +352,25 @@ impl SelfVerify {
         } else {
             Verdict::Incorrect
         };
-        f32::from(u8::from(verdict == Some(expected)))
+        f32::from(u8::from(verdict == Some(expected))) * self.state.verdict_weight
+    }
+
+    /// Records whether the first solution is right, and the weight its verdict will get.
+    fn solved(&mut self, solved: bool) {
+        self.state.solved = Some(solved);
+        self.state.verdict_weight = match self.shared.config.verdict_reward {
+            VerdictReward::Agreement => 1.0,
+            VerdictReward::Balanced => {
+                // A poisoned lock only means another episode panicked mid-update: the share
+                // is still a number in [0, 1].
+                let mut share = self
+                    .shared
+                    .class_share
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                share.add(solved) as f32
+            }
+        };
     }
 }
 
@@ -317,7 +398,8 @@ impl Env for SelfVerify {
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
         self.dialogue.answer(agent, text)?;
-        let config = &self.shared.config;
+        let shared = self.shared.clone();
+        let config = &shared.config;
         if self.state.solved.is_none() {
             let solution = if config.one_pass {
                 solution_part(text)
@@ -325,7 +407,7 @@ impl Env for SelfVerify {
                 text
             };
             let reward = self.score(solution)?;
-            self.state.solved = Some(reward >= 1.0);
+            self.solved(reward >= 1.0);
             if config.one_pass {
                 let verdict = parse_verdict(&text[solution.len()..]);
                 self.state.verdict = Some(verdict);
@@ -419,6 +501,71 @@ mod tests {
 
     fn gold(seed: u64) -> String {
         ProblemGenerator::default().generate(seed).answer
+    }
+
+    /// The mean verdict reward of 200 episodes, one in ten with a right solution, each judged
+    /// by `judge(solved)`.
+    async fn mean_verdict_reward(reward: VerdictReward, judge: fn(bool) -> &'static str) -> f64 {
+        let config = SelfVerifyConfig {
+            verdict_reward: reward,
+            ..SelfVerifyConfig::default()
+        };
+        let factory = factory(config);
+        let mut total = 0.0;
+        for seed in 0..200u64 {
+            let solved = seed % 10 == 0;
+            let answer = if solved {
+                format!("\\boxed{{{}}}", gold(seed))
+            } else {
+                "\\boxed{-999}".to_string()
+            };
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!("no first request")
+            };
+            env.step(&r.agent, &answer).await.unwrap();
+            let Step::Done(o) = env.step(&r.agent, judge(solved)).await.unwrap() else {
+                panic!("not done after the verdict")
+            };
+            total += f64::from(o.rewards[&AgentId::new(SOLVER)][1]);
+        }
+        total / 200.0
+    }
+
+    #[tokio::test]
+    async fn a_balanced_verdict_reward_pays_a_constant_verdict_one_half() {
+        type Judge = fn(bool) -> &'static str;
+        let always_incorrect: Judge = |_| "\\boxed{incorrect}";
+        let always_correct: Judge = |_| "\\boxed{correct}";
+        let perfect: Judge = |solved| {
+            if solved {
+                "\\boxed{correct}"
+            } else {
+                "\\boxed{incorrect}"
+            }
+        };
+        // Agreement pays the base rate: 0.9 for always "incorrect" when 90% are wrong.
+        let agreement = mean_verdict_reward(VerdictReward::Agreement, always_incorrect).await;
+        assert!((agreement - 0.9).abs() < 1e-6, "{agreement}");
+        // Balanced pays a constant verdict about 1/2 either way, a perfect judge about 1.
+        for (judge, expected) in [
+            (always_incorrect, 0.5),
+            (always_correct, 0.5),
+            (perfect, 1.0),
+        ] {
+            let mean = mean_verdict_reward(VerdictReward::Balanced, judge).await;
+            assert!((mean - expected).abs() < 0.1, "{mean} vs {expected}");
+        }
+        // The share starts at 1/2 (weight 1) and a class's weight is capped at 10.
+        let mut share = ClassShare {
+            episodes: 0,
+            right: 0.5,
+        };
+        assert_eq!(share.add(false), 0.5);
+        for _ in 0..1000 {
+            share.add(false);
+        }
+        assert_eq!(share.add(true), 1.0 / (2.0 * MIN_CLASS_SHARE));
     }
 
     #[test]
