@@ -591,12 +591,18 @@ impl Env for SelfCorrect {
         Ok(Step::Done(self.outcome()))
     }
 
-    /// The worked solution; with a strategy menu, declared as `step_by_step` when offered
-    /// (else the first offered strategy's name, the solution unchanged).
+    /// The worked solution; with a strategy menu at this attempt, declared as `step_by_step`
+    /// when offered (else the first offered strategy: a program prints the answer, another
+    /// strategy's name is declared with the solution unchanged).
     fn expert_answer(&self) -> Option<String> {
         self.dialogue.pending()?;
         let solution = self.problem.as_ref()?.worked_solution();
-        let offered = &self.shared.config.strategies;
+        let attempt = self.scores.len() + 1;
+        let offered = if self.rewriting {
+            &[]
+        } else {
+            self.shared.config.offered(attempt)
+        };
         Some(match offered.first() {
             None => solution,
             Some(first) => {
@@ -981,6 +987,21 @@ mod tests {
         let (_, outcome) = play(vec!["\\boxed{-1}".into(), program.clone(), program.clone()]).await;
         assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0, 1.0]);
         assert_eq!(outcome.metrics["accuracy@final/program"], 1.0);
+
+        // The expert follows each attempt's own menu, and is right on every attempt.
+        for seed in 0..10 {
+            let env = env_from(
+                "strategies = [\"direct\", \"step_by_step\"]\ncorrection_strategies = [\"program\"]",
+            );
+            let ep = demonstrate(env, seed, EpisodeLimits::default()).await;
+            assert!(
+                ep.turns[1].answer.contains("```python"),
+                "{}",
+                ep.turns[1].answer
+            );
+            let outcome = ep.outcome().unwrap();
+            assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![1.0, 1.0]);
+        }
 
         // `menu_prompt` replaces the first menu's text; a program on it still runs.
         let env = env_from(
