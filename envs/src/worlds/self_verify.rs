@@ -85,9 +85,9 @@ pub enum VerdictReward {
     /// Agreement weighted by the inverse share of the solution's class:
     ///
     /// `r = 1[verdict = truth] / (2 · p̂(truth))`, with `p̂(right)` the share of right first
-    /// solutions among the factory's recent episodes (an exponential moving average over
-    /// about [`CLASS_SHARE_HORIZON`] episodes, starting at ½; each class's share floored at
-    /// [`MIN_CLASS_SHARE`]) and `p̂(wrong) = 1 − p̂(right)`.
+    /// solutions among the factory's episodes so far, including this one (their mean over the
+    /// first [`CLASS_SHARE_HORIZON`], then an exponential moving average over about that many;
+    /// each class's share floored at [`MIN_CLASS_SHARE`]) and `p̂(wrong) = 1 − p̂(right)`.
     ///
     /// Its expectation is `Σ_c p(c) · TPR_c / (2 p(c)) = (TPR_right + TPR_wrong) / 2`, the
     /// verdict's balanced accuracy: a constant verdict earns ½ whatever the base rate, and only
@@ -556,7 +556,8 @@ mod tests {
             let mean = mean_verdict_reward(VerdictReward::Balanced, judge).await;
             assert!((mean - expected).abs() < 0.1, "{mean} vs {expected}");
         }
-        // The share starts at 1/2 (weight 1) and a class's weight is capped at 10.
+        // The first episode alone sets the share (weight 1/2 for its class, whose share is
+        // then 1), and a class's weight is capped at 10.
         let mut share = ClassShare {
             episodes: 0,
             right: 0.5,
