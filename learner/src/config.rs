@@ -501,6 +501,21 @@ pub struct SelfGeneratedConfig {
     /// (exploitation). The round's score (`self_sft/balance_score`) is the mean over problems.
     /// ≥ 1.
     pub balance_target: usize,
+    /// B-STaR's reward threshold with self-certainty as the reward model (Zeng et al. 2024,
+    /// §4; `select = "self_certainty"` only): a turn is kept only when its self-certainty is at
+    /// least the `certainty_quantile`-quantile of the self-certainties of the round's turns at
+    /// the same index (self-certainty has no fixed scale, so the threshold is a quantile of
+    /// the round's own scores: 0.5 keeps the more certain half). In `[0, 1)`; 0 (the default)
+    /// sets no threshold. The thresholds used are logged as `self_sft/certainty_threshold@t<i>`.
+    pub certainty_quantile: f32,
+    /// B-STaR's adaptive reward threshold: when not empty, each round (and each temperature
+    /// probe) selects its turns once at every quantile listed here, as `certainty_quantile`, and
+    /// keeps the selection with the highest balance score (the first on ties), logging each
+    /// one's score (`self_sft/balance_at_quantile_<q>`) and the choice
+    /// (`self_sft/certainty_quantile`). The turns are still chosen by self-certainty alone; the
+    /// choice of threshold counts right answers with the verifier, as B-STaR's does with the
+    /// training set's gold answers. Each value in `[0, 1)`; needs `select = "self_certainty"`.
+    pub certainty_quantiles: Vec<f32>,
     /// STaR's rationalisation (Zelikman et al. 2022, §3.2): after a round's sampling, each
     /// problem with no right final turn is played `rationalize_samples` more times with the
     /// environment's hint (the gold answer, `Env::hint`) shown at these turns (1-based, counting
@@ -564,6 +579,8 @@ impl Default for SelfGeneratedConfig {
             temperatures: Vec::new(),
             probe_problems: 16,
             balance_target: 2,
+            certainty_quantile: 0.0,
+            certainty_quantiles: Vec::new(),
             rationalize_turns: Vec::new(),
             rationalize_samples: 1,
             evaluate_rounds: false,
@@ -857,6 +874,27 @@ impl JobConfig {
             }
             if g.balance_target == 0 {
                 return Err("`sft.self_generated.balance_target` must be >= 1".into());
+            }
+            for (name, q) in std::iter::once(("certainty_quantile", &g.certainty_quantile)).chain(
+                g.certainty_quantiles
+                    .iter()
+                    .map(|q| ("certainty_quantiles", q)),
+            ) {
+                if !(0.0..1.0).contains(q) {
+                    return Err(format!(
+                        "`sft.self_generated.{name}` must be in [0, 1) (a quantile of the \
+                         round's self-certainties), got {q}"
+                    ));
+                }
+            }
+            if (g.certainty_quantile > 0.0 || !g.certainty_quantiles.is_empty())
+                && g.select != Selection::SelfCertainty
+            {
+                return Err(
+                    "`sft.self_generated.certainty_quantile(s)` needs `select = \
+                            \"self_certainty\"`: it thresholds the self-certainty of the turns"
+                        .into(),
+                );
             }
             if g.temperatures.len() >= 255 {
                 return Err("`sft.self_generated.temperatures` holds at most 254 values".into());

@@ -23,7 +23,7 @@ use crate::problems::{Problem, ProblemGenerator, ProblemSet};
 use crate::rewards::{
     BuiltinVerifier, Verifier, VerifierKind, final_answer_span, last_number, math_expression,
 };
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that solves.
@@ -328,6 +328,7 @@ impl EnvFactory for SelfCorrectFactory {
             scores: Vec::new(),
             chosen: Vec::new(),
             sandbox_ms: Vec::new(),
+            limits_broken: 0,
             first_replies: Vec::new(),
             rewriting: false,
             rewritten: false,
@@ -344,6 +345,8 @@ struct SelfCorrect {
     chosen: Vec<(Strategy, bool)>,
     /// Milliseconds of each program run.
     sandbox_ms: Vec<f64>,
+    /// Programs of this episode that broke a sandbox limit.
+    limits_broken: usize,
     /// Each answered turn's final answer as a first-attempt reply (`\\boxed{..}`); `None` for
     /// the rewording turn. Reported as the outcome's `info.first_replies`.
     first_replies: Vec<Option<String>>,
@@ -409,6 +412,11 @@ impl SelfCorrect {
             let ms = self.sandbox_ms.iter().sum::<f64>() / self.sandbox_ms.len() as f64;
             outcome.metrics.insert("sandbox_ms".into(), ms);
         }
+        if self.shared.sandbox.is_some() {
+            outcome
+                .metrics
+                .insert("program_limits".into(), self.limits_broken as f64);
+        }
         outcome.info = serde_json::json!({ "first_replies": self.first_replies });
         outcome
     }
@@ -434,8 +442,11 @@ impl SelfCorrect {
     /// (`None` for other strategies) and its final answer ([`answer_of`] the printed line or
     /// of the reply; empty when a program did not run).
     ///
+    /// A program that breaks a sandbox limit scores 0 (counted in `program_limits`).
+    ///
     /// # Errors
-    /// [`Error::Sandbox`] when a program breaks a sandbox limit (the episode ends as a fault).
+    /// [`Error::Sandbox`] when the sandbox cannot start the interpreter or prepare its
+    /// directory (the episode ends as a `fault/sandbox` fault).
     async fn score_strategy(
         &mut self,
         problem: &Problem,
@@ -462,7 +473,23 @@ impl SelfCorrect {
                 String::new(),
             ));
         };
-        let run = sandbox.run_tests(code, &[]).await?;
+        let run = match sandbox.run_tests(code, &[]).await {
+            Ok(run) => run,
+            // The sandbox itself failing is a fault of the episode, not of the attempt.
+            Err(e @ (SandboxError::Spawn { .. } | SandboxError::Io(_))) => return Err(e.into()),
+            // The program's own doing (past the time limit, a memory or output flood, a
+            // forbidden call): a wrong attempt, and the next one is told why.
+            Err(e) => {
+                self.limits_broken += 1;
+                let why = e.to_string();
+                let why = why.strip_prefix("sandbox: ").unwrap_or(&why);
+                return Ok((
+                    0.0,
+                    Some(format!("Your program failed: {why}")),
+                    String::new(),
+                ));
+            }
+        };
         self.sandbox_ms.push(run.elapsed.as_secs_f64() * 1e3);
         Ok(match &run.load_error {
             Some(error) => (
@@ -495,6 +522,7 @@ impl Env for SelfCorrect {
         self.scores.clear();
         self.chosen.clear();
         self.sandbox_ms.clear();
+        self.limits_broken = 0;
         self.first_replies.clear();
         self.rewriting = false;
         self.rewritten = false;
@@ -872,12 +900,35 @@ mod tests {
         assert_eq!((m["strategy@t1/program"], m["declared@t1"]), (1.0, 0.0));
         assert_eq!(m["strategy@final/step_by_step"], 1.0);
 
-        // A runaway program ends the episode with a sandbox error, never the caller.
-        let err = play_strategies(&["```python\nwhile True: pass\n```", "x"])
-            .await
-            .err()
-            .unwrap();
-        assert!(matches!(err, Error::Sandbox(_)), "{err}");
+        assert_eq!(m["program_limits"], 0.0);
+
+        // A runaway program is a wrong attempt, told why; the episode goes on.
+        let (requests, outcome) =
+            play_strategies(&["```python\nwhile True: pass\n```", "\\boxed{x}"])
+                .await
+                .unwrap();
+        let second = &requests[1].messages.last().unwrap().content;
+        assert!(
+            second.starts_with(
+                "Your program failed: still running after the 2 s wall-clock limit (killed)"
+            ),
+            "{second}"
+        );
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 0.0]);
+        assert_eq!(outcome.metrics["program_limits"], 1.0);
+        // So is a forbidden call, with the right answer after it.
+        let (_, _, program) = problem_with_program(3);
+        let (requests, outcome) =
+            play_strategies(&["```python\nimport os\nos.system('true')\n```", &program])
+                .await
+                .unwrap();
+        let second = &requests[1].messages.last().unwrap().content;
+        assert!(
+            second.starts_with("Your program failed: forbidden operation"),
+            "{second}"
+        );
+        assert_eq!(outcome.rewards[&AgentId::new(SOLVER)], vec![0.0, 1.0]);
+        assert_eq!(outcome.metrics["program_limits"], 1.0);
 
         // The expert declares its strategy and is right.
         for seed in 0..10 {

@@ -286,6 +286,43 @@ fn self_generated_warm_start_defaults_and_checks() {
     let g = c.sft.unwrap().self_generated.unwrap();
     assert_eq!(g.select, crate::Selection::SelfCertainty);
     assert_eq!(g.temperatures, vec![0.7, 1.0, 1.3]);
+    assert!(g.certainty_quantile == 0.0 && g.certainty_quantiles.is_empty());
+    // B-STaR's reward threshold: quantiles of self-certainty, only with that selector.
+    let certain = [
+        "sft.source=\"self\"",
+        "sft.steps=4",
+        "sft.self_generated.select=\"self_certainty\"",
+    ];
+    let (c, _) = parse(
+        &[
+            &certain[..],
+            &["sft.self_generated.certainty_quantiles=[0.0, 0.5]"],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let g = c.sft.unwrap().self_generated.unwrap();
+    assert_eq!(g.certainty_quantiles, vec![0.0, 0.5]);
+    for bad in [
+        "sft.self_generated.certainty_quantile=1.0",
+        "sft.self_generated.certainty_quantiles=[0.5, -0.1]",
+    ] {
+        let e = parse(&[&certain[..], &[bad]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be in [0, 1)"), "{bad}: {e}");
+    }
+    let e = parse(&[
+        "sft.source=\"self\"",
+        "sft.steps=4",
+        "sft.self_generated.certainty_quantile=0.5",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("certainty_quantile(s)` needs `select = \"self_certainty\""),
+        "{e}"
+    );
     let (c, _) = parse(&["grpo.reward_source=\"self_certainty\""]).unwrap();
     assert_eq!(c.grpo.reward_source, crate::RewardSource::SelfCertainty);
     // Co-Reward needs every environment's twin; the twin slot follows the evaluation slots.

@@ -103,6 +103,9 @@ pub(super) struct RoundCounts {
     /// Mean over problems of [`balance_score`] of the final turns the selector accepts
     /// (distinct, at most `max_per_problem`; before `fixes_only` and `keep_unchanged`).
     pub balance_score: f64,
+    /// B-STaR's reward threshold in use (`certainty_quantile`): the quantile and, per turn
+    /// index (0-based), the self-certainty it came to; `None` without a threshold.
+    pub certainty_threshold: Option<(f32, BTreeMap<usize, f32>)>,
 }
 
 impl RoundCounts {
@@ -137,6 +140,15 @@ impl RoundCounts {
         }
         if let Some(b) = self.best_of_k_self_certainty {
             out.insert("self_sft/best_of_k_self_certainty".to_string(), b);
+        }
+        if let Some((q, thresholds)) = &self.certainty_threshold {
+            out.insert("self_sft/certainty_quantile".to_string(), f64::from(*q));
+            for (i, t) in thresholds {
+                out.insert(
+                    format!("self_sft/certainty_threshold@t{}", i + 1),
+                    f64::from(*t),
+                );
+            }
         }
         for (t, (sum, n)) in self.turn_rewards.iter().enumerate() {
             out.insert(
@@ -286,6 +298,8 @@ pub(super) fn keep_selected_with(
                 .then(b.score().total_cmp(&a.score()))
         });
     }
+    let thresholds = (config.select == Selection::SelfCertainty && config.certainty_quantile > 0.0)
+        .then(|| certainty_thresholds(&candidates, config.certainty_quantile));
     let mut kept = Vec::new();
     let mut kept_correct = 0usize;
     // Per problem: the distinct final turns the selector accepts (at most `max_per_problem`)
@@ -297,6 +311,12 @@ pub(super) fn keep_selected_with(
     for c in &candidates {
         let (trajectory, i, segment) = (c.trajectory, c.index, c.segment());
         if config.select == Selection::Verifier && c.reward < config.min_reward {
+            counts.rejected += 1;
+            continue;
+        }
+        if let Some(thresholds) = &thresholds
+            && thresholds.get(&c.index).is_none_or(|&t| c.score() < t)
+        {
             counts.rejected += 1;
             continue;
         }
@@ -389,6 +409,7 @@ pub(super) fn keep_selected_with(
         })
         .sum::<f64>()
         / problems.len().max(1) as f64;
+    counts.certainty_threshold = thresholds.map(|t| (config.certainty_quantile, t));
     let finals: Vec<Vec<(f32, f32)>> = finals.into_values().collect();
     counts.self_certainty_agreement = kaizen_envs::rewards::pairwise_agreement(&finals);
     counts.best_of_k_self_certainty = (!finals.is_empty()).then(|| {
@@ -403,6 +424,63 @@ pub(super) fn keep_selected_with(
         right as f64 / finals.len() as f64
     });
     (kept, counts)
+}
+
+/// Per turn index, the `q`-quantile of the self-certainties of `candidates` at that index
+/// (the score at rank `⌊q·n⌋` of the `n` in increasing order; turns without a score are left
+/// out, and an index none of whose turns has one gets no entry: its turns are not kept).
+fn certainty_thresholds(candidates: &[Candidate<'_>], q: f32) -> BTreeMap<usize, f32> {
+    let mut scores: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    for c in candidates {
+        if let Some(s) = c.segment().self_certainty {
+            scores.entry(c.index).or_default().push(s);
+        }
+    }
+    scores
+        .into_iter()
+        .map(|(i, mut s)| {
+            s.sort_by(f32::total_cmp);
+            let rank = ((f64::from(q) * s.len() as f64) as usize).min(s.len() - 1);
+            (i, s[rank])
+        })
+        .collect()
+}
+
+/// [`keep_selected_with`] at B-STaR's adaptive reward threshold: with
+/// `config.certainty_quantiles` set, the selection at each of those quantiles (as
+/// `certainty_quantile`) whose balance score is highest (the first on ties), and every
+/// quantile's balance score; otherwise the selection `config` describes and no scores.
+pub(super) fn keep_best_selected(
+    reports: &[EpisodeReport],
+    config: &SelfGeneratedConfig,
+    encode: &dyn Fn(&str) -> Option<Vec<u32>>,
+) -> (Vec<KeptTurn>, RoundCounts, Vec<(f32, f64)>) {
+    if config.certainty_quantiles.is_empty() {
+        let (kept, counts) = keep_selected_with(reports, config, encode);
+        return (kept, counts, Vec::new());
+    }
+    let mut best: Option<(Vec<KeptTurn>, RoundCounts)> = None;
+    let mut scores = Vec::with_capacity(config.certainty_quantiles.len());
+    for &q in &config.certainty_quantiles {
+        let at = SelfGeneratedConfig {
+            certainty_quantile: q,
+            ..config.clone()
+        };
+        let (kept, mut counts) = keep_selected_with(reports, &at, encode);
+        // Quantile 0 keeps every turn; it is still the threshold chosen.
+        counts
+            .certainty_threshold
+            .get_or_insert_with(|| (q, BTreeMap::new()));
+        scores.push((q, counts.balance_score));
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| counts.balance_score > b.balance_score)
+        {
+            best = Some((kept, counts));
+        }
+    }
+    let (kept, counts) = best.unwrap_or_default();
+    (kept, counts, scores)
 }
 
 /// SMART's relabelling of one episode (`relabel_first`): when its first trainable turn is
@@ -540,8 +618,11 @@ impl Run {
                 .collect();
             let (tokenizer, _) = &self.policy_parts;
             let encode = |reply: &str| crate::sft_data::answer_tokens(tokenizer, reply).ok();
-            let (mut kept, counts) = keep_selected_with(&reports, &config, &encode);
+            let (mut kept, counts, quantiles) = keep_best_selected(&reports, &config, &encode);
             let mut metrics = counts.metrics(round, start.elapsed().as_secs_f64());
+            for (q, score) in quantiles {
+                metrics.insert(format!("self_sft/balance_at_quantile_{q}"), score);
+            }
             if config.search.is_some() {
                 metrics.extend(trees.metrics());
             }
@@ -664,7 +745,7 @@ impl Run {
                 .iter()
                 .flat_map(|r| tree_data::expand(r, config.process_rewards))
                 .collect();
-            let (_, counts) = keep_selected(&reports, config);
+            let (_, counts, _) = keep_best_selected(&reports, config, &|_| None);
             tracing::info!(
                 round,
                 temperature = t,
@@ -1062,6 +1143,66 @@ mod tests {
         );
         assert_eq!(kept.len(), 3);
         assert_eq!(counts.metrics(1, 1.0)["self_sft/selected_correct"], 1.0);
+    }
+
+    #[test]
+    fn b_star_chooses_the_certainty_threshold_with_the_best_balance_score() {
+        // Problem 7: final turns right at 5.0, wrong at 4.0 and 1.0; problem 8: right at 6.0,
+        // wrong at 2.0, right at 0.5. First turns (all wrong) at 0.1 … 0.6.
+        let reports = vec![
+            scored(7, &[10], &[20], [0.0, 1.0], [0.1, 5.0]),
+            scored(7, &[11], &[21], [0.0, 0.0], [0.2, 4.0]),
+            scored(7, &[12], &[22], [0.0, 0.0], [0.3, 1.0]),
+            scored(8, &[13], &[30], [0.0, 1.0], [0.4, 6.0]),
+            scored(8, &[14], &[31], [0.0, 0.0], [0.5, 2.0]),
+            scored(8, &[15], &[32], [0.0, 1.0], [0.6, 0.5]),
+        ];
+        let config = SelfGeneratedConfig {
+            select: Selection::SelfCertainty,
+            balance_target: 1,
+            certainty_quantiles: vec![0.0, 0.5, 0.7, 0.9],
+            ..SelfGeneratedConfig::default()
+        };
+        let (kept, counts, scores) = keep_best_selected(&reports, &config, &|_| None);
+        // Final scores in order: 0.5 1 2 4 5 6. Quantile 0 keeps the two most certain of each
+        // problem (one right, one wrong: ½ each); 0.5 → 4.0 (problem 8 keeps only its right
+        // 6.0); 0.7 → 5.0 (each keeps only its right answer); 0.9 → 6.0 (problem 7 keeps none).
+        assert_eq!(
+            scores,
+            vec![(0.0, 0.5), (0.5, 0.75), (0.7, 1.0), (0.9, 0.5)]
+        );
+        assert_eq!(counts.balance_score, 1.0);
+        let (q, thresholds) = counts.certainty_threshold.clone().unwrap();
+        assert_eq!(q, 0.7);
+        // Each turn index has its own threshold: first turns at their 0.7-quantile, 0.5.
+        assert_eq!(thresholds, BTreeMap::from([(0, 0.5), (1, 5.0)]));
+        let last: Vec<u32> = kept.iter().map(|k| *k.tokens.last().unwrap()).collect();
+        assert_eq!(last, vec![20, 15, 14, 30]);
+        assert_eq!((counts.kept, counts.rejected), (4, 8));
+        let metrics = counts.metrics(0, 0.0);
+        assert_eq!(metrics["self_sft/certainty_quantile"], f64::from(0.7f32));
+        assert_eq!(metrics["self_sft/certainty_threshold@t1"], 0.5);
+        assert_eq!(metrics["self_sft/certainty_threshold@t2"], 5.0);
+        // A fixed quantile is the same selection; without one, nothing is thresholded.
+        let fixed = SelfGeneratedConfig {
+            certainty_quantiles: Vec::new(),
+            certainty_quantile: 0.7,
+            ..config.clone()
+        };
+        let (same, fixed_counts, none) = keep_best_selected(&reports, &fixed, &|_| None);
+        assert_eq!((same, fixed_counts, none), (kept, counts, Vec::new()));
+        let plain = SelfGeneratedConfig {
+            certainty_quantiles: Vec::new(),
+            ..config
+        };
+        let (kept, counts) = keep_selected(&reports, &plain);
+        assert_eq!((kept.len(), counts.rejected), (8, 0));
+        assert_eq!(counts.certainty_threshold, None);
+        assert!(
+            !counts
+                .metrics(0, 0.0)
+                .contains_key("self_sft/certainty_quantile")
+        );
     }
 
     #[test]
