@@ -676,6 +676,7 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
             "sft.self_generated.select=\"self_certainty\"",
             "sft.self_generated.temperatures=[0.7, 1.2]",
             "sft.self_generated.probe_problems=4",
+            "sft.self_generated.certainty_quantiles=[0.0, 0.5]",
             "grpo.reward_source=\"self_certainty\"",
             "eval.at_start=false",
             "eval.at_end=false",
@@ -683,12 +684,34 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
     );
     let run = run_dir(&runs, "self_correct_tiny");
     let one = |key: &str| -> Vec<f64> { series(&run, key).into_iter().map(|(_, v)| v).collect() };
-    // Selection by rank: nothing is rejected for its reward; every turn is accounted for.
-    assert_eq!(one("self_sft/rejected"), vec![0.0]);
-    let accounted: f64 = ["kept", "duplicates", "over_cap", "unchanged", "not_a_fix"]
-        .iter()
-        .map(|k| one(&format!("self_sft/{k}"))[0])
-        .sum();
+    // B-STaR's reward threshold: the quantile of self-certainty with the best balance score.
+    let balance = [0.0f64, 0.5].map(|q| one(&format!("self_sft/balance_at_quantile_{q}"))[0]);
+    let quantile = one("self_sft/certainty_quantile")[0];
+    let expected = if balance[1] > balance[0] { 0.5 } else { 0.0 };
+    assert_eq!(quantile, expected, "{balance:?}");
+    assert_eq!(one("self_sft/balance_score")[0], balance[0].max(balance[1]));
+    // Selection by rank: nothing is rejected for its reward, only below the threshold (none
+    // at quantile 0); every turn is accounted for.
+    let rejected = one("self_sft/rejected")[0];
+    assert_eq!(
+        rejected == 0.0,
+        quantile == 0.0,
+        "{rejected} rejected at {quantile}"
+    );
+    if quantile > 0.0 {
+        assert!(one("self_sft/certainty_threshold@t1")[0] > 0.0);
+    }
+    let accounted: f64 = [
+        "kept",
+        "rejected",
+        "duplicates",
+        "over_cap",
+        "unchanged",
+        "not_a_fix",
+    ]
+    .iter()
+    .map(|k| one(&format!("self_sft/{k}"))[0])
+    .sum();
     assert_eq!(accounted, 128.0);
     let selected_correct = one("self_sft/selected_correct")[0];
     assert!((0.0..=1.0).contains(&selected_correct));
