@@ -210,6 +210,22 @@ fn series(run: &Path, key: &str) -> Vec<(u64, f64)> {
     out.into_iter().collect()
 }
 
+/// The trainable turns of self-generated round `round` (0-based), as its counts account for
+/// them: kept (relabelled ones included) or dropped for a reason.
+fn accounted_turns(run: &Path, round: usize) -> f64 {
+    [
+        "kept",
+        "rejected",
+        "duplicates",
+        "over_cap",
+        "unchanged",
+        "not_a_fix",
+    ]
+    .iter()
+    .map(|k| series(run, &format!("self_sft/{k}"))[round].1)
+    .sum()
+}
+
 fn mean(values: &[(u64, f64)]) -> f64 {
     values.iter().map(|(_, v)| v).sum::<f64>() / values.len() as f64
 }
@@ -628,18 +644,7 @@ fn the_self_generated_warm_start_accounts_for_every_turn() {
     assert_eq!(kept.len(), 2);
     for (r, &kept) in kept.iter().enumerate() {
         // Two attempts per episode, both trainable.
-        let accounted: f64 = [
-            "kept",
-            "rejected",
-            "duplicates",
-            "over_cap",
-            "unchanged",
-            "not_a_fix",
-        ]
-        .iter()
-        .map(|k| one(&format!("self_sft/{k}"))[r])
-        .sum();
-        assert_eq!(accounted, 192.0, "round {r}");
+        assert_eq!(accounted_turns(&run, r), 192.0, "round {r}");
         let lines = std::fs::read_to_string(run.join(format!("self_sft/round_{r}.jsonl")))
             .unwrap()
             .lines()
@@ -701,18 +706,7 @@ fn self_certainty_selects_warm_start_data_and_rewards_rl_without_the_verifier() 
     if quantile > 0.0 {
         assert!(one("self_sft/certainty_threshold@t1")[0] > 0.0);
     }
-    let accounted: f64 = [
-        "kept",
-        "rejected",
-        "duplicates",
-        "over_cap",
-        "unchanged",
-        "not_a_fix",
-    ]
-    .iter()
-    .map(|k| one(&format!("self_sft/{k}"))[0])
-    .sum();
-    assert_eq!(accounted, 128.0);
+    assert_eq!(accounted_turns(&run, 0), 128.0);
     let selected_correct = one("self_sft/selected_correct")[0];
     assert!((0.0..=1.0).contains(&selected_correct));
     let best = one("self_sft/best_of_k_self_certainty")[0];
@@ -923,18 +917,8 @@ fn a_strategy_menu_logs_the_mix_and_relabels_in_the_warm_start() {
     }
     // Relabelled turns are kept turns: the accounting of 16 x 4 episodes x 2 turns holds with
     // them added.
-    let get = |k: &str| one(&format!("self_sft/{k}"))[0];
-    let dropped: f64 = [
-        "rejected",
-        "duplicates",
-        "over_cap",
-        "unchanged",
-        "not_a_fix",
-    ]
-    .iter()
-    .map(|k| get(k))
-    .sum();
-    assert_eq!(get("kept") - get("relabelled") + dropped, 128.0);
+    let relabelled = one("self_sft/relabelled")[0];
+    assert_eq!(accounted_turns(&run, 0) - relabelled, 128.0);
     assert_eq!(one("faults"), vec![0.0]);
 }
 
