@@ -8,6 +8,15 @@
 //! round the step is shown unchanged. The `critic` agent then judges the step
 //! (`Verdict: correct|incorrect` and a reason).
 //!
+//! With `planted_probability`, a round that is not sneaky is instead, with that probability
+//! overall, a *planted* round: the environment itself makes the shown step wrong (its value off
+//! by 2 to 9, up or down) and only the critic plays. This balances the critic's training data
+//! between right and wrong steps, as SPC does for its critic, while the sneaky agent's rewrites
+//! are still mostly not wrong (BENCHMARKS.md: without it the critic collapses to "correct").
+//! The kind of planted error differs from the held-out set's (off by one or ten, swapped
+//! digits, the other operator), so held-out accuracy on wrong steps is not measured on errors
+//! the critic was trained to spot.
+//!
 //! Rewards are zero-sum: the critic gets +1 when its verdict matches the truth and -1
 //! otherwise (also when no verdict can be read); a sneaky step that is wrong gets the
 //! opposite of the critic's reward. A rewrite that is not actually wrong earns
@@ -46,6 +55,10 @@ pub struct SpcConfig {
     /// Probability that a round is sneaky (the step is rewritten) rather than honest.
     #[serde(default = "default_sneaky_probability")]
     pub sneaky_probability: f64,
+    /// Probability that a round is planted (the environment makes the shown step wrong and
+    /// only the critic plays); `sneaky_probability + planted_probability` must be at most 1.
+    #[serde(default)]
+    pub planted_probability: f64,
     /// Reward of a sneaky rewrite that is not actually wrong or cannot be read.
     #[serde(default = "default_invalid_penalty")]
     pub invalid_penalty: f32,
@@ -130,6 +143,7 @@ impl Default for SpcConfig {
             problems: None,
             generator: None,
             sneaky_probability: default_sneaky_probability(),
+            planted_probability: 0.0,
             invalid_penalty: default_invalid_penalty(),
             critic_set: None,
         }
@@ -147,8 +161,8 @@ impl SpcFactory {
     /// A factory over `problems` (each needs at least one step).
     ///
     /// # Errors
-    /// [`Error::Params`] when `sneaky_probability` is outside [0, 1] or the penalty is not
-    /// finite.
+    /// [`Error::Params`] when `sneaky_probability` or `planted_probability` is outside [0, 1],
+    /// their sum is above 1, or the penalty is not finite.
     pub fn new(problems: ProblemSet, config: SpcConfig) -> Result<Self> {
         let bad = |message: &str| Error::Params {
             env: "spc".into(),
@@ -156,6 +170,14 @@ impl SpcFactory {
         };
         if !(0.0..=1.0).contains(&config.sneaky_probability) {
             return Err(bad("`sneaky_probability` must be in [0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&config.planted_probability) {
+            return Err(bad("`planted_probability` must be in [0, 1]"));
+        }
+        if config.sneaky_probability + config.planted_probability > 1.0 + 1e-9 {
+            return Err(bad(
+                "`sneaky_probability` + `planted_probability` must be at most 1",
+            ));
         }
         if !config.invalid_penalty.is_finite() {
             return Err(bad("`invalid_penalty` must be a finite number"));
@@ -201,7 +223,7 @@ enum Truth {
     Incorrect,
 }
 
-/// What the sneaky agent's rewrite turned out to be.
+/// What the sneaky agent's rewrite (or the environment's planted error) turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rewrite {
     Wrong,
@@ -216,6 +238,8 @@ struct Round {
     /// The value the chosen step must have.
     value: Expr,
     sneaky: bool,
+    /// The environment planted an error in the shown step.
+    planted: bool,
     rewrite: Option<Rewrite>,
     /// The step the critic is shown.
     shown: Option<String>,
@@ -284,6 +308,28 @@ fn parse_verdict(text: &str) -> Option<Truth> {
     })
 }
 
+/// `step` (`expression = value`) with its value moved by 2 to 9, up or down (a move that would
+/// turn a non-negative value negative moves up); `None` when the value is not an exact number.
+fn plant_error(step: &str, value: &Expr, rng: &mut ChaCha8Rng) -> Option<String> {
+    let (lhs, _) = step.rsplit_once('=')?;
+    let v = value.exact()?.to_f64();
+    if !v.is_finite() {
+        return None;
+    }
+    let k = f64::from(rng.random_range(2u8..=9));
+    let wrong = if (v >= 0.0 && v - k < 0.0) || rng.random_bool(0.5) {
+        v + k
+    } else {
+        v - k
+    };
+    let wrong = if wrong.fract() == 0.0 {
+        format!("{wrong:.0}")
+    } else {
+        format!("{wrong}")
+    };
+    Some(format!("{} = {wrong}", lhs.trim()))
+}
+
 fn numbered(steps: &[String]) -> String {
     steps
         .iter()
@@ -311,6 +357,7 @@ impl Spc {
             index: item.index,
             value: math_expression::parse("0").ok_or_else(|| Error::Env("internal".into()))?,
             sneaky: false,
+            planted: false,
             rewrite: wrong.then_some(Rewrite::Wrong),
             shown: None,
         });
@@ -390,6 +437,9 @@ impl Spc {
         outcome
             .metrics
             .insert("sneaky_round".into(), metric(round.sneaky));
+        outcome
+            .metrics
+            .insert("planted_round".into(), metric(round.planted));
         outcome.info = serde_json::json!({
             "step": round.index + 1,
             "original": round.problem.steps[round.index],
@@ -427,18 +477,38 @@ impl Env for Spc {
                 ))
             })?;
         let sneaky = rng.random_bool(config.sneaky_probability);
+        // Drawn only when planting is on, so that the rounds of `planted_probability = 0`
+        // follow the same random stream as before it existed.
+        let planted = !sneaky
+            && config.planted_probability > 0.0
+            && rng.random_bool(
+                (config.planted_probability / (1.0 - config.sneaky_probability)).min(1.0),
+            );
+        let planted_step =
+            if planted {
+                Some(plant_error(&problem.steps[index], &value, &mut rng).ok_or_else(|| {
+                Error::Env(format!(
+                    "cannot plant an error in step `{}` of seed {seed}: its value is not an \
+                     exact number",
+                    problem.steps[index]
+                ))
+            })?)
+            } else {
+                None
+            };
         self.dialogue = Dialogue::new();
         self.round = Some(Round {
             problem,
             index,
             value,
             sneaky,
-            rewrite: None,
+            planted,
+            rewrite: planted.then_some(Rewrite::Wrong),
             shown: None,
         });
         let round = self.round()?;
         if !sneaky {
-            let shown = round.problem.steps[index].clone();
+            let shown = planted_step.unwrap_or_else(|| round.problem.steps[index].clone());
             return self.ask_critic(shown);
         }
         let prompt = format!(
@@ -589,6 +659,89 @@ mod tests {
         assert_eq!(rewards(&o, CRITIC), vec![-1.0]);
         assert_eq!(o.metrics["critic_unparsed"], 1.0);
         assert!(!o.rewards.contains_key(&AgentId::new(SNEAKY)));
+    }
+
+    #[tokio::test]
+    async fn planted_rounds_show_the_critic_a_wrong_step_and_balance_its_data() {
+        let config = |sneaky_probability, planted_probability| SpcConfig {
+            sneaky_probability,
+            planted_probability,
+            ..SpcConfig::default()
+        };
+        let generated = || ProblemSet::generated(ProblemGenerator::default());
+        let factory = SpcFactory::new(generated(), config(0.5, 0.25)).unwrap();
+        let (mut planted, mut sneaky) = (0, 0);
+        for seed in 0..400 {
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            if r.agent.as_str() == SNEAKY {
+                sneaky += 1;
+                continue;
+            }
+            let prompt = &r.messages[0].content;
+            let Step::Done(o) = env.step(&r.agent, "Verdict: incorrect").await.unwrap() else {
+                panic!()
+            };
+            if o.metrics["planted_round"] == 0.0 {
+                assert_eq!(rewards(&o, CRITIC), vec![-1.0], "an honest step is right");
+                continue;
+            }
+            planted += 1;
+            // The shown step is wrong by 2 to 9 and replaces the true one in the prompt.
+            let (original, shown) = (
+                o.info["original"].as_str().unwrap(),
+                o.info["shown"].as_str().unwrap(),
+            );
+            let value = math_expression::parse(original.rsplit('=').next().unwrap()).unwrap();
+            assert_eq!(classify(shown, &value), Rewrite::Wrong, "{shown}");
+            let off = math_expression::parse(shown.rsplit('=').next().unwrap())
+                .and_then(|e| e.exact())
+                .unwrap()
+                .to_f64()
+                - value.exact().unwrap().to_f64();
+            assert!((2.0..=9.0).contains(&off.abs()), "{shown} vs {original}");
+            // (Whole lines: a value moved by up to 9 can extend the original, 1 -> 10.)
+            assert!(prompt.contains(&format!(": {shown}\n")), "{prompt}");
+            assert!(!prompt.contains(&format!(": {original}\n")), "{prompt}");
+            assert_eq!(o.info["truth"], "incorrect");
+            assert_eq!(rewards(&o, CRITIC), vec![1.0], "\"incorrect\" is right");
+            assert_eq!(o.metrics["critic_correct@incorrect"], 1.0);
+            assert!(!o.rewards.contains_key(&AgentId::new(SNEAKY)));
+        }
+        assert!(
+            (160..=240).contains(&sneaky),
+            "{sneaky} sneaky rounds of 400"
+        );
+        assert!(
+            (70..=130).contains(&planted),
+            "{planted} planted rounds of 400"
+        );
+        // Without planting, the rounds are the same as before the option existed.
+        let plain = SpcFactory::new(generated(), config(0.5, 0.0)).unwrap();
+        for seed in 0..50 {
+            let agent = |f: &SpcFactory| {
+                let mut env = f.make();
+                async move {
+                    match env.reset(seed).await.unwrap() {
+                        Step::Request(r) => r.agent,
+                        Step::Done(_) => panic!(),
+                    }
+                }
+            };
+            let honest_or_planted = agent(&factory).await.as_str() == CRITIC;
+            let honest = agent(&plain).await.as_str() == CRITIC;
+            assert_eq!(honest_or_planted, honest, "seed {seed}");
+        }
+        let err = SpcFactory::new(generated(), config(0.6, 0.6))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("`planted_probability` must be at most 1"),
+            "{err}"
+        );
     }
 
     #[test]

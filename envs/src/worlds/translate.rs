@@ -7,6 +7,13 @@
 //! a score that cannot be parsed gives 0 and `judge_unparsed = 1`. When a reference exists,
 //! chrF and BLEU (sacrebleu-exact) are reported as metrics, never as rewards.
 //!
+//! Reference-free signs of reward hacking are logged with every episode: `source_chrf`, the
+//! chrF of the translation against the *source* (a copy of the source scores 100), and
+//! `length_ratio` (translation characters / source characters). `max_source_chrf` is a guard
+//! against the commonest hack of a self-judged translator, leaving the sentence untranslated
+//! (a small judge rates a copy of the source as a perfect translation): a translation whose
+//! `source_chrf` reaches it earns 0 and counts in `copy_guarded`.
+//!
 //! Sentences come from the built-in English ↔ Zelan generator
 //! ([`super::synthetic_language`]) or from a user file of pairs: TSV (`source<TAB>reference`,
 //! reference optional) or JSONL (`{"source": ..., "reference": ...}`).
@@ -66,6 +73,10 @@ pub struct TranslateConfig {
     /// Token budget of the judging turn.
     #[serde(default = "default_judge_max_tokens")]
     pub judge_max_tokens: usize,
+    /// Guard: a translation whose chrF against the source (0–100) is at least this earns 0
+    /// whatever the judge says (`copy_guarded = 1`). Unset: no guard.
+    #[serde(default)]
+    pub max_source_chrf: Option<f64>,
 }
 
 fn default_judge_max_tokens() -> usize {
@@ -81,6 +92,7 @@ impl Default for TranslateConfig {
             target_language: None,
             shots: 0,
             judge_max_tokens: default_judge_max_tokens(),
+            max_source_chrf: None,
         }
     }
 }
@@ -183,13 +195,20 @@ impl TranslateFactory {
     /// A factory over the built-in pair or `pairs` (when given).
     ///
     /// # Errors
-    /// [`Error::Params`] when `judge_max_tokens` is 0.
+    /// [`Error::Params`] when `judge_max_tokens` is 0 or `max_source_chrf` is not in (0, 100].
     pub fn new(config: TranslateConfig, pairs: Option<Vec<SentenceToTranslate>>) -> Result<Self> {
+        let bad = |message: &str| Error::Params {
+            env: "translate".into(),
+            message: message.into(),
+        };
         if config.judge_max_tokens == 0 {
-            return Err(Error::Params {
-                env: "translate".into(),
-                message: "`judge_max_tokens` must be at least 1".into(),
-            });
+            return Err(bad("`judge_max_tokens` must be at least 1"));
+        }
+        if config
+            .max_source_chrf
+            .is_some_and(|m| !(m > 0.0 && m <= 100.0))
+        {
+            return Err(bad("`max_source_chrf` must be in (0, 100] (a chrF score)"));
         }
         let (default_source, default_target) = match (&pairs, config.direction) {
             (Some(_), _) => ("the source language", "the target language"),
@@ -269,10 +288,27 @@ impl Translate {
         let sentence = self.sentence.as_ref().ok_or(Error::NoEpisode)?;
         let translation = self.translation.as_deref().unwrap_or("").trim();
         let score = parse_judge_score(judge_text, MAX_SCORE);
-        let reward = score.unwrap_or(0.0);
+        let judged = score.unwrap_or(0.0);
+        let source_chrf = ChrF::default().sentence(translation, &sentence.source);
+        let guarded = self
+            .shared
+            .config
+            .max_source_chrf
+            .is_some_and(|max| source_chrf >= max);
+        let reward = if guarded { 0.0 } else { judged };
         let mut outcome = Outcome::single(TRANSLATOR, vec![reward as f32]);
         outcome.rewards.insert(AgentId::new(JUDGE), vec![0.0]);
-        outcome.metrics.insert("judge_score".into(), reward);
+        outcome.metrics.insert("judge_score".into(), judged);
+        outcome.metrics.insert("source_chrf".into(), source_chrf);
+        outcome.metrics.insert(
+            "length_ratio".into(),
+            translation.chars().count() as f64 / sentence.source.chars().count().max(1) as f64,
+        );
+        if self.shared.config.max_source_chrf.is_some() {
+            outcome
+                .metrics
+                .insert("copy_guarded".into(), f64::from(u8::from(guarded)));
+        }
         outcome.metrics.insert(
             "judge_unparsed".into(),
             f64::from(u8::from(score.is_none())),
@@ -404,6 +440,47 @@ mod tests {
         assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.0]);
         assert_eq!(o.metrics["judge_unparsed"], 1.0);
         assert_eq!(o.metrics["chrf"], 0.0);
+    }
+
+    #[tokio::test]
+    async fn the_copy_guard_zeroes_an_untranslated_sentence_whatever_the_judge_says() {
+        let config = |max_source_chrf| TranslateConfig {
+            max_source_chrf,
+            ..TranslateConfig::default()
+        };
+        let source = sentence_pair(5).english;
+        let unguarded = TranslateFactory::new(config(None), None).unwrap();
+        let (o, _) = play(&unguarded, 5, &source, "Score: 95").await;
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.95]);
+        assert_eq!(o.metrics["source_chrf"], 100.0);
+        assert_eq!(o.metrics["length_ratio"], 1.0);
+        assert!(!o.metrics.contains_key("copy_guarded"));
+
+        let guarded = TranslateFactory::new(config(Some(70.0)), None).unwrap();
+        let (o, _) = play(&guarded, 5, &source, "Score: 95").await;
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.0]);
+        assert_eq!(
+            o.metrics["judge_score"], 0.95,
+            "the judge's score is still logged"
+        );
+        assert_eq!(o.metrics["copy_guarded"], 1.0);
+        let reference = sentence_pair(5).zelan;
+        let (o, _) = play(&guarded, 5, &reference, "Score: 95").await;
+        assert!(
+            o.metrics["source_chrf"] < 70.0,
+            "{}",
+            o.metrics["source_chrf"]
+        );
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.95]);
+        assert_eq!(o.metrics["copy_guarded"], 0.0);
+
+        for bad in [0.0, 101.0, f64::NAN] {
+            let err = TranslateFactory::new(config(Some(bad)), None)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("max_source_chrf"), "{err}");
+        }
     }
 
     #[tokio::test]
