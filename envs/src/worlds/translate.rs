@@ -9,10 +9,9 @@
 //!
 //! Reference-free signs of reward hacking are logged with every episode: `source_chrf`, the
 //! chrF of the translation against the *source* (a copy of the source scores 100), and
-//! `length_ratio` (translation characters / source characters). `max_source_chrf` is a guard
-//! against the commonest hack of a self-judged translator, leaving the sentence untranslated
-//! (a small judge rates a copy of the source as a perfect translation): a translation whose
-//! `source_chrf` reaches it earns 0 and counts in `copy_guarded`.
+//! `length_ratio` (translation characters / source characters). `max_source_chrf` guards
+//! against one hack of a self-judged translator, leaving the sentence untranslated: a
+//! translation whose `source_chrf` reaches it earns 0 and counts in `copy_guarded`.
 //!
 //! Sentences come from the built-in English ↔ Zelan generator
 //! ([`super::synthetic_language`]) or from a user file of pairs: TSV (`source<TAB>reference`,
