@@ -12,7 +12,8 @@
 //! overall, a *planted* round: the environment itself makes the shown step wrong (its value off
 //! by 2 to 9, up or down) and only the critic plays. This balances the critic's training data
 //! between right and wrong steps, as SPC does for its critic, while the sneaky agent's rewrites
-//! are still mostly not wrong (BENCHMARKS.md: without it the critic collapses to "correct").
+//! are still mostly not wrong. Measured with SmolLM2-135M (BENCHMARKS.md): without it the
+//! critic collapses to "correct"; with 0.25 it collapses to "incorrect" instead.
 //! The kind of planted error differs from the held-out set's (off by one or ten, swapped
 //! digits, the other operator), so held-out accuracy on wrong steps is not measured on errors
 //! the critic was trained to spot.
