@@ -7,10 +7,14 @@
 //!   passes, when the output limit is crossed, and after every run (no stragglers); an empty
 //!   environment (`PATH` only), stdin closed, no user site-packages (`-I -S`), no bytecode
 //!   written (`-B`).
-//! - **rlimits** (set in the child before `exec`): CPU seconds (`RLIMIT_CPU`, SIGXCPU past
-//!   it), address space (`RLIMIT_AS`), largest file written (`RLIMIT_FSIZE`, SIGXFSZ), open
-//!   files (`RLIMIT_NOFILE`), no core dumps, and no new processes or threads (`RLIMIT_NPROC =
-//!   0`; not enforced for root, which the audit hook covers).
+//! - **rlimits** (set by the harness, its first act, before it reads the solution): CPU
+//!   seconds (`RLIMIT_CPU`, SIGXCPU past it), address space (`RLIMIT_AS`), largest file
+//!   written (`RLIMIT_FSIZE`, SIGXFSZ), open files (`RLIMIT_NOFILE`), no core dumps, and no
+//!   new processes or threads (`RLIMIT_NPROC = 0`; not enforced for root, which the audit hook
+//!   covers). Not set between `fork` and `exec` (a `pre_exec` hook), because that forces a
+//!   `fork` of the caller: an actor holding SmolLM2 copies gigabytes of page tables per
+//!   execution (99 ms per execution against ~25 ms with `posix_spawn`, BENCHMARKS.md). With no
+//!   `pre_exec`, the interpreter starts with `posix_spawn` (vfork).
 //! - **Audit hook** (PEP 578, in the harness, installed before the untrusted code runs): process
 //!   creation (`os.system`, `fork`, `exec*`, `posix_spawn`, `subprocess`), sockets, `ctypes`,
 //!   signals, `setrlimit`, and file writes, renames or deletions outside the directory end the
@@ -37,6 +41,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
 const HARNESS: &str = include_str!("sandbox/harness.py");
+/// The `PATH` of an execution (its only environment variable besides `HOME`).
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The harness's exit status after a write past the file-size limit (Python ignores SIGXFSZ,
 /// so the write fails with EFBIG and the harness ends the run).
 const FILE_SIZE_EXIT: i32 = 96;
@@ -49,7 +55,8 @@ const MEMORY_EXIT: i32 = 98;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// The Python interpreter (3.8 or newer, for audit hooks).
+    /// The Python interpreter (3.8 or newer, for audit hooks): a path, or a name looked up in
+    /// `/usr/local/bin:/usr/bin:/bin` and then in kaizen's own `PATH`.
     pub python: String,
     /// Wall-clock limit per execution, seconds.
     pub timeout_seconds: f64,
@@ -243,24 +250,28 @@ impl Sandbox {
         tokio::fs::write(root.join("tests.json"), tests_json).await?;
         tokio::fs::write(root.join("result.json"), "").await?;
         let c = &self.config;
-        let mut command = tokio::process::Command::new(&c.python);
+        // An absolute path: with a bare name and its own `PATH`, std would fork instead of
+        // posix_spawn (posix_spawnp searches the parent's `PATH`, not the child's).
+        let mut command = tokio::process::Command::new(resolve(&c.python));
         command
             .args(["-I", "-S", "-B", "harness.py"])
+            .args(
+                [
+                    c.cpu_seconds,
+                    c.memory_mib.saturating_mul(1 << 20),
+                    c.max_file_bytes,
+                ]
+                .map(|v| v.to_string()),
+            )
             .current_dir(&root)
             .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("PATH", SANDBOX_PATH)
             .env("HOME", &root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let limits = RLimits::from(c);
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe `setrlimit`.
-        unsafe {
-            command.pre_exec(move || limits.apply());
-        }
         let started = Instant::now();
         let mut child = command.spawn().map_err(|source| SandboxError::Spawn {
             python: c.python.clone(),
@@ -359,6 +370,27 @@ impl Sandbox {
     }
 }
 
+/// `python` as an absolute path: itself when it names a file (has a `/`), else the first
+/// executable of that name in [`SANDBOX_PATH`], then in the caller's `PATH`; unchanged when
+/// none is found (the spawn then reports it).
+fn resolve(python: &str) -> PathBuf {
+    if python.contains('/') {
+        return PathBuf::from(python);
+    }
+    let caller = std::env::var_os("PATH").unwrap_or_default();
+    SANDBOX_PATH
+        .split(':')
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&caller))
+        .map(|dir| dir.join(python))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(python))
+}
+
 /// `": <the last line of stderr>"`, or nothing.
 fn last_line(stderr: &str) -> String {
     stderr
@@ -425,47 +457,5 @@ async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin, cap: usize) 
                 out.bytes.extend_from_slice(&buf[..n]);
             }
         }
-    }
-}
-
-/// The rlimits set in the child, copied in before the fork.
-#[derive(Clone, Copy)]
-struct RLimits {
-    cpu: u64,
-    memory: u64,
-    file: u64,
-}
-
-impl From<&SandboxConfig> for RLimits {
-    fn from(c: &SandboxConfig) -> Self {
-        Self {
-            cpu: c.cpu_seconds,
-            memory: c.memory_mib << 20,
-            file: c.max_file_bytes,
-        }
-    }
-}
-
-impl RLimits {
-    fn apply(self) -> std::io::Result<()> {
-        let set = |resource, soft: u64, hard: u64| -> std::io::Result<()> {
-            let limit = libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
-            };
-            // SAFETY: `limit` is a valid rlimit for the duration of the call.
-            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        };
-        // The hard CPU limit one second later: SIGXCPU at the soft one, SIGKILL at the hard.
-        set(libc::RLIMIT_CPU, self.cpu, self.cpu + 1)?;
-        set(libc::RLIMIT_AS, self.memory, self.memory)?;
-        set(libc::RLIMIT_FSIZE, self.file, self.file)?;
-        set(libc::RLIMIT_CORE, 0, 0)?;
-        set(libc::RLIMIT_NOFILE, 64, 64)?;
-        set(libc::RLIMIT_NPROC, 0, 0)?;
-        Ok(())
     }
 }

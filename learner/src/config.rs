@@ -121,6 +121,11 @@ pub struct RunConfig {
     /// reached (final evaluation, checkpoint). The schedule still spans `max_steps`.
     #[serde(default)]
     pub time_limit_minutes: f64,
+    /// What `time_limit_minutes` bounds: RL (`"rl"`, the default: the final evaluation and
+    /// checkpoint come after the budget) or the whole job (`"job"`: RL stops early enough that
+    /// its next step and the final evaluation end inside the budget).
+    #[serde(default)]
+    pub time_limit_scope: TimeLimitScope,
     /// Trajectories per step written to `samples.jsonl` in the run directory (readable text).
     #[serde(default = "default_log_samples")]
     pub log_samples: usize,
@@ -128,6 +133,20 @@ pub struct RunConfig {
 
 fn default_log_samples() -> usize {
     2
+}
+
+/// What `run.time_limit_minutes` bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeLimitScope {
+    /// RL: once the budget is spent, RL stops at the next step boundary; the final evaluation
+    /// and checkpoint follow, after the budget.
+    #[default]
+    Rl,
+    /// The whole job: RL does not start a step that would not end, with the final evaluation
+    /// after it, inside the budget. The next step is expected to take as long as the last one,
+    /// the final evaluation as long as the last evaluation (0 while none has run).
+    Job,
 }
 
 /// Sync or async training.

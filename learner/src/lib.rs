@@ -46,8 +46,8 @@ pub use collective::{Collective, SingleProcess};
 pub use config::{
     ActorsConfig, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig, EvalConfig,
     GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig,
-    RelabelAs, RewardSource, RunConfig, Selection, SelfGeneratedConfig, SftConfig, expand_path,
-    kaizen_cache,
+    RelabelAs, RewardSource, RunConfig, Selection, SelfGeneratedConfig, SftConfig, TimeLimitScope,
+    expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

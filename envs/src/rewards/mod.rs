@@ -14,7 +14,7 @@ mod verifier;
 
 pub use co_reward::{CoReward, relabel_twin_groups};
 pub use group_reward::{GroupReward, MemberVerdict};
-pub use judge_score::parse_judge_score;
+pub use judge_score::{parse_judge_score, parse_judge_score_reading_fractions};
 pub use knights_knaves::{assignments, knights_knaves_match};
 pub use majority_vote::{
     GroupMember, GroupVote, MajorityVote, VoteAnswers, majority_vote, majority_vote_by,

@@ -2,8 +2,15 @@
 
 Started by kaizen's sandbox (`envs/src/sandbox.rs`) as `python3 -I -S -B harness.py` in a fresh
 temporary directory that holds `solution.py` (the model's code) and `tests.json` (a list of
-test statements, usually `assert f(x) == y`), with CPU, memory, file-size and process rlimits
-already set. It writes one JSON object to `result.json`:
+test statements, usually `assert f(x) == y`), with the rlimits as arguments:
+
+    harness.py CPU_SECONDS ADDRESS_SPACE_BYTES FILE_BYTES
+
+It sets them first (CPU time, address space, file size, no core dumps, 64 open files, no new
+processes), before it reads anything of the solution. The parent does not set them between
+fork and exec, so that it can start the interpreter with posix_spawn (vfork) instead of
+forking its own address space: an actor holding a model is gigabytes, and copying its page
+tables cost ~80 ms per execution. It writes one JSON object to `result.json`:
 
     {"loaded": bool, "load_error": str|null, "tests": [{"test", "passed", "error"}...]}
 
@@ -19,8 +26,33 @@ import ast
 import errno
 import json
 import os
+import resource
 import sys
 
+LIMITS_EXIT = 95
+
+
+def _set_limits(argv):
+    """The rlimits of the run (see the module's doc); a failure ends it with LIMITS_EXIT."""
+    try:
+        cpu, memory, file_size = (int(a) for a in argv)
+        limits = [
+            # The hard CPU limit one second later: SIGXCPU at the soft one, SIGKILL at the hard.
+            (resource.RLIMIT_CPU, cpu, cpu + 1),
+            (resource.RLIMIT_AS, memory, memory),
+            (resource.RLIMIT_FSIZE, file_size, file_size),
+            (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_NOFILE, 64, 64),
+            (resource.RLIMIT_NPROC, 0, 0),
+        ]
+        for which, soft, hard in limits:
+            resource.setrlimit(which, (soft, hard))
+    except Exception as e:  # noqa: BLE001 - any failure means the limits do not hold
+        os.write(2, ("KAIZEN_SANDBOX_LIMITS %s: %s\n" % (type(e).__name__, e)).encode())
+        os._exit(LIMITS_EXIT)
+
+
+_set_limits(sys.argv[1:])
 ROOT = os.path.realpath(os.getcwd())
 FILE_SIZE_EXIT = 96
 FORBIDDEN_EXIT = 97

@@ -12,6 +12,9 @@
 //! `length_ratio` (translation characters / source characters). `max_source_chrf` guards
 //! against one hack of a self-judged translator, leaving the sentence untranslated: a
 //! translation whose `source_chrf` reaches it earns 0 and counts in `copy_guarded`.
+//! `min_length_ratio` / `max_length_ratio` guard against another, a reply of a few words (or a
+//! rambling one) that a weak judge scores anyway: it earns 0 and counts in `length_guarded`.
+//! `judge_fractions` reads a judge's `0.85` as 85 out of 100.
 //!
 //! Sentences come from the built-in English ↔ Zelan generator
 //! ([`super::synthetic_language`]) or from a user file of pairs: TSV (`source<TAB>reference`,
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::synthetic_language::sentence_pair;
 use crate::metrics::{ChrF, sentence_bleu};
-use crate::rewards::parse_judge_score;
+use crate::rewards::{parse_judge_score, parse_judge_score_reading_fractions};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that translates.
@@ -76,6 +79,20 @@ pub struct TranslateConfig {
     /// whatever the judge says (`copy_guarded = 1`). Unset: no guard.
     #[serde(default)]
     pub max_source_chrf: Option<f64>,
+    /// Guard: a translation with fewer characters than this many per source character earns 0
+    /// whatever the judge says (`length_guarded = 1`). Against the hack of a few words a weak
+    /// judge answers with a number (BENCHMARKS.md, SSR-Zero: `length_ratio` 3.99 → 0.31).
+    /// Unset: no guard.
+    #[serde(default)]
+    pub min_length_ratio: Option<f64>,
+    /// Guard: a translation with more characters than this many per source character earns 0
+    /// (`length_guarded = 1`): a continuation that rambles past the sentence. Unset: no guard.
+    #[serde(default)]
+    pub max_length_ratio: Option<f64>,
+    /// Read a judge's score written as a decimal fraction of one (`0.85`) on a 0–1 scale
+    /// instead of 0–100 ([`crate::rewards::parse_judge_score_reading_fractions`]).
+    #[serde(default)]
+    pub judge_fractions: bool,
 }
 
 fn default_judge_max_tokens() -> usize {
@@ -92,6 +109,9 @@ impl Default for TranslateConfig {
             shots: 0,
             judge_max_tokens: default_judge_max_tokens(),
             max_source_chrf: None,
+            min_length_ratio: None,
+            max_length_ratio: None,
+            judge_fractions: false,
         }
     }
 }
@@ -194,7 +214,8 @@ impl TranslateFactory {
     /// A factory over the built-in pair or `pairs` (when given).
     ///
     /// # Errors
-    /// [`Error::Params`] when `judge_max_tokens` is 0 or `max_source_chrf` is not in (0, 100].
+    /// [`Error::Params`] when `judge_max_tokens` is 0, `max_source_chrf` is not in (0, 100], or
+    /// the length ratios are not finite and positive with `min_length_ratio < max_length_ratio`.
     pub fn new(config: TranslateConfig, pairs: Option<Vec<SentenceToTranslate>>) -> Result<Self> {
         let bad = |message: &str| Error::Params {
             env: "translate".into(),
@@ -208,6 +229,24 @@ impl TranslateFactory {
             .is_some_and(|m| !(m > 0.0 && m <= 100.0))
         {
             return Err(bad("`max_source_chrf` must be in (0, 100] (a chrF score)"));
+        }
+        for (field, ratio) in [
+            ("min_length_ratio", config.min_length_ratio),
+            ("max_length_ratio", config.max_length_ratio),
+        ] {
+            if ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(bad(&format!(
+                    "`{field}` must be a positive number (translation characters per source character), got {}",
+                    ratio.unwrap_or_default()
+                )));
+            }
+        }
+        if let (Some(min), Some(max)) = (config.min_length_ratio, config.max_length_ratio)
+            && min >= max
+        {
+            return Err(bad(&format!(
+                "`min_length_ratio` ({min}) must be below `max_length_ratio` ({max})"
+            )));
         }
         let (default_source, default_target) = match (&pairs, config.direction) {
             (Some(_), _) => ("the source language", "the target language"),
@@ -286,27 +325,42 @@ impl Translate {
     fn outcome(&self, judge_text: &str) -> Result<Outcome> {
         let sentence = self.sentence.as_ref().ok_or(Error::NoEpisode)?;
         let translation = self.translation.as_deref().unwrap_or("").trim();
-        let score = parse_judge_score(judge_text, MAX_SCORE);
+        let config = &self.shared.config;
+        let score = if config.judge_fractions {
+            parse_judge_score_reading_fractions(judge_text, MAX_SCORE)
+        } else {
+            parse_judge_score(judge_text, MAX_SCORE)
+        };
         let judged = score.unwrap_or(0.0);
         let source_chrf = ChrF::default().sentence(translation, &sentence.source);
-        let guarded = self
-            .shared
-            .config
-            .max_source_chrf
-            .is_some_and(|max| source_chrf >= max);
-        let reward = if guarded { 0.0 } else { judged };
+        let length_ratio =
+            translation.chars().count() as f64 / sentence.source.chars().count().max(1) as f64;
+        let guarded = config.max_source_chrf.is_some_and(|max| source_chrf >= max);
+        let length_guarded = config
+            .min_length_ratio
+            .is_some_and(|min| length_ratio < min)
+            || config
+                .max_length_ratio
+                .is_some_and(|max| length_ratio > max);
+        let reward = if guarded || length_guarded {
+            0.0
+        } else {
+            judged
+        };
         let mut outcome = Outcome::single(TRANSLATOR, vec![reward as f32]);
         outcome.rewards.insert(AgentId::new(JUDGE), vec![0.0]);
         outcome.metrics.insert("judge_score".into(), judged);
         outcome.metrics.insert("source_chrf".into(), source_chrf);
-        outcome.metrics.insert(
-            "length_ratio".into(),
-            translation.chars().count() as f64 / sentence.source.chars().count().max(1) as f64,
-        );
-        if self.shared.config.max_source_chrf.is_some() {
+        outcome.metrics.insert("length_ratio".into(), length_ratio);
+        if config.max_source_chrf.is_some() {
             outcome
                 .metrics
                 .insert("copy_guarded".into(), f64::from(u8::from(guarded)));
+        }
+        if config.min_length_ratio.is_some() || config.max_length_ratio.is_some() {
+            outcome
+                .metrics
+                .insert("length_guarded".into(), f64::from(u8::from(length_guarded)));
         }
         outcome.metrics.insert(
             "judge_unparsed".into(),
@@ -479,6 +533,53 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert!(err.contains("max_source_chrf"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_length_guards_zero_a_stub_or_a_ramble_and_fractions_read_on_their_scale() {
+        let config = |min, max, judge_fractions| TranslateConfig {
+            min_length_ratio: min,
+            max_length_ratio: max,
+            judge_fractions,
+            ..TranslateConfig::default()
+        };
+        let reference = sentence_pair(5).zelan;
+        let stub: String = reference.chars().take(3).collect();
+        let ramble = format!("{reference} {reference} {reference}");
+        let guarded = TranslateFactory::new(config(Some(0.5), Some(2.0), false), None).unwrap();
+        for (text, want_guarded) in [(&stub, true), (&ramble, true), (&reference, false)] {
+            let (o, _) = play(&guarded, 5, text, "Score: 90").await;
+            let reward = o.rewards[&AgentId::new(TRANSLATOR)][0];
+            assert_eq!(
+                o.metrics["length_guarded"],
+                f64::from(u8::from(want_guarded)),
+                "{text}"
+            );
+            assert_eq!(reward, if want_guarded { 0.0 } else { 0.9 }, "{text}");
+            assert_eq!(
+                o.metrics["judge_score"], 0.9,
+                "the judge's score is still logged"
+            );
+        }
+        let unguarded = TranslateFactory::new(config(None, None, false), None).unwrap();
+        let (o, _) = play(&unguarded, 5, &stub, "0.99").await;
+        assert!(!o.metrics.contains_key("length_guarded"));
+        assert!((o.rewards[&AgentId::new(TRANSLATOR)][0] - 0.0099).abs() < 1e-6);
+        let fractions = TranslateFactory::new(config(None, None, true), None).unwrap();
+        let (o, _) = play(&fractions, 5, &stub, "0.99").await;
+        assert!((o.rewards[&AgentId::new(TRANSLATOR)][0] - 0.99).abs() < 1e-6);
+
+        for (min, max, field) in [
+            (Some(0.0), None, "min_length_ratio"),
+            (None, Some(f64::INFINITY), "max_length_ratio"),
+            (Some(2.0), Some(1.0), "min_length_ratio"),
+        ] {
+            let err = TranslateFactory::new(config(min, max, false), None)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(field), "{err}");
         }
     }
 

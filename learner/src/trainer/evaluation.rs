@@ -54,7 +54,8 @@ impl Run {
         )?;
         self.counts.reported += stray.len() as u64;
         self.stray.extend(stray);
-        out.insert("eval/seconds".into(), start.elapsed().as_secs_f64());
+        self.eval_seconds = start.elapsed().as_secs_f64();
+        out.insert("eval/seconds".into(), self.eval_seconds);
         let out: BTreeMap<String, f64> = out
             .into_iter()
             .map(|(k, v)| (k.replacen("eval/", &format!("{prefix}/"), 1), v))

@@ -334,10 +334,23 @@ impl Run {
         }
     }
 
-    /// Whether RL goes on: steps left and time left.
+    /// Whether RL goes on: steps left and time left. With `time_limit_scope = "job"`, time
+    /// left for the next step and the final evaluation after it, as long as the last ones took.
     pub(super) fn more_steps(&self) -> bool {
+        let final_eval = if self.config.eval.at_end {
+            self.eval_seconds
+        } else {
+            0.0
+        };
         self.state.step < self.config.run.max_steps
-            && self.deadline.is_none_or(|d| Instant::now() < d)
+            && self.deadline.is_none_or(|d| {
+                time_left_for_a_step(
+                    self.config.run.time_limit_scope,
+                    d.saturating_duration_since(Instant::now()),
+                    self.last_step_seconds,
+                    final_eval,
+                )
+            })
     }
 
     pub(super) fn sync_loop(&mut self, stop: &AtomicBool) -> Result<bool, Error> {
@@ -474,5 +487,60 @@ impl Run {
             + complete.values().map(|v| v.len() as u64).sum::<u64>()
             + ready.iter().map(|v| v.len() as u64).sum::<u64>();
         Ok(false)
+    }
+}
+
+/// Whether RL may start another step with `left` before the deadline: under
+/// [`TimeLimitScope::Rl`] while any is left; under [`TimeLimitScope::Job`] while the step
+/// (`last_step` seconds, as the last one took) and the final evaluation (`final_eval` seconds)
+/// both fit.
+fn time_left_for_a_step(
+    scope: TimeLimitScope,
+    left: Duration,
+    last_step: f64,
+    final_eval: f64,
+) -> bool {
+    match scope {
+        TimeLimitScope::Rl => !left.is_zero(),
+        TimeLimitScope::Job => left.as_secs_f64() > last_step + final_eval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_scoped_limit_keeps_time_for_the_next_step_and_the_final_evaluation() {
+        let left = Duration::from_secs(300);
+        // RL scope: any time left starts a step, however long the last one was.
+        assert!(time_left_for_a_step(TimeLimitScope::Rl, left, 1e6, 1e6));
+        assert!(!time_left_for_a_step(
+            TimeLimitScope::Rl,
+            Duration::ZERO,
+            0.0,
+            0.0
+        ));
+        // Job scope: 300 s left holds a 150 s step and a 140 s evaluation, not a 170 s one.
+        assert!(time_left_for_a_step(
+            TimeLimitScope::Job,
+            left,
+            150.0,
+            140.0
+        ));
+        assert!(!time_left_for_a_step(
+            TimeLimitScope::Job,
+            left,
+            150.0,
+            170.0
+        ));
+        // Before the first step and evaluation nothing is reserved.
+        assert!(time_left_for_a_step(TimeLimitScope::Job, left, 0.0, 0.0));
+        assert!(!time_left_for_a_step(
+            TimeLimitScope::Job,
+            Duration::ZERO,
+            0.0,
+            0.0
+        ));
     }
 }

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Error;
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{JobConfig, Mode};
+use crate::config::{JobConfig, Mode, TimeLimitScope};
 use crate::critic::Critic;
 use crate::eval::{EVAL_GROUP_BIT, EvalTarget, evaluate};
 use crate::launcher::{ActorsSpec, Launcher, StartedActors};
@@ -320,6 +320,11 @@ struct Run {
     eval_end: Option<BTreeMap<String, f64>>,
     /// When `run.time_limit_minutes` runs out.
     deadline: Option<Instant>,
+    /// Seconds of the last RL step (0 before the first) and when it ended.
+    last_step_seconds: f64,
+    step_mark: Option<Instant>,
+    /// Seconds of the last evaluation (0 before the first).
+    eval_seconds: f64,
     /// The data-parallel group, until RL starts and the learner joins it.
     collective: Option<Box<dyn crate::Collective>>,
 }
@@ -490,6 +495,9 @@ pub fn train(
         eval_start: None,
         eval_end: None,
         deadline: None,
+        last_step_seconds: 0.0,
+        step_mark: None,
+        eval_seconds: 0.0,
         collective,
     };
 
@@ -643,6 +651,7 @@ impl Run {
             self.learner.set_collective(group);
             self.sync_followers()?;
         }
+        self.step_mark = Some(Instant::now());
         let killed = match self.config.run.mode {
             Mode::Sync => self.sync_loop(&options.stop),
             Mode::Async => self.async_loop(&options.stop),

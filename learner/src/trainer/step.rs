@@ -52,6 +52,11 @@ impl Run {
     }
 
     pub(super) fn finish_step(&mut self, mut metrics: StepMetrics) -> Result<(), Error> {
+        let now = Instant::now();
+        if let Some(mark) = self.step_mark {
+            self.last_step_seconds = now.duration_since(mark).as_secs_f64();
+        }
+        self.step_mark = Some(now);
         self.state.step += 1;
         self.state.optimizer_steps = self.learner.steps();
         let step = self.state.step;

@@ -35,6 +35,13 @@ pub struct HouseholdConfig {
     /// Task types to draw from (all six when empty).
     #[serde(default)]
     pub task_types: Vec<TaskType>,
+    /// Maps a reply that is not a valid action onto the admissible action sharing the most
+    /// words with its last line (word-overlap F1, at least this value, in (0, 1]); counted in
+    /// `matched_actions`. LLM agents on ALFWorld map free text onto the admissible commands
+    /// the same way; a small model's "Putting the soapbar in a shelf" becomes
+    /// `put soapbar 1 in/on shelf 1`. Unset: a reply must be an action.
+    #[serde(default)]
+    pub match_admissible: Option<f64>,
 }
 
 fn default_max_steps() -> usize {
@@ -51,6 +58,7 @@ impl Default for HouseholdConfig {
             max_steps: default_max_steps(),
             admissible_actions: true,
             task_types: Vec::new(),
+            match_admissible: None,
         }
     }
 }
@@ -70,13 +78,21 @@ impl HouseholdFactory {
     /// A factory with these settings.
     ///
     /// # Errors
-    /// [`Error::Params`] when `max_steps` is 0.
+    /// [`Error::Params`] when `max_steps` is 0 or `match_admissible` is not in (0, 1].
     pub fn new(config: HouseholdConfig) -> Result<Self> {
+        let bad = |message: String| Error::Params {
+            env: "household".into(),
+            message,
+        };
         if config.max_steps == 0 {
-            return Err(Error::Params {
-                env: "household".into(),
-                message: "`max_steps` must be at least 1".into(),
-            });
+            return Err(bad("`max_steps` must be at least 1".into()));
+        }
+        if let Some(t) = config.match_admissible
+            && !(t > 0.0 && t <= 1.0)
+        {
+            return Err(bad(format!(
+                "`match_admissible` must be in (0, 1] (a word-overlap F1), got {t}"
+            )));
         }
         Ok(Self {
             config: Arc::new(config),
@@ -100,6 +116,7 @@ impl EnvFactory for HouseholdFactory {
             dialogue: Dialogue::new(),
             steps: 0,
             invalid: 0,
+            matched: 0,
         })
     }
 
@@ -115,6 +132,7 @@ struct Household {
     dialogue: Dialogue,
     steps: usize,
     invalid: usize,
+    matched: usize,
 }
 
 impl Household {
@@ -140,6 +158,12 @@ impl Household {
                 "invalid_actions",
                 self.invalid as f64 / self.steps.max(1) as f64,
             );
+        if self.config.match_admissible.is_some() {
+            outcome = outcome.with_metric(
+                "matched_actions",
+                self.matched as f64 / self.steps.max(1) as f64,
+            );
+        }
         outcome.info =
             serde_json::json!({ "task_type": scene.task.kind, "goal": scene.task.describe() });
         Step::Done(outcome)
@@ -153,6 +177,7 @@ impl Env for Household {
         self.dialogue = Dialogue::new();
         self.steps = 0;
         self.invalid = 0;
+        self.matched = 0;
         let intro = format!("{RULES}\n\n{}", scene.introduction());
         let first = self.observation(&scene, intro);
         self.scene = Some(scene);
@@ -163,10 +188,18 @@ impl Env for Household {
         self.dialogue.answer(agent, text)?;
         let mut scene = self.scene.take().ok_or(Error::NoEpisode)?;
         self.steps += 1;
-        let observation = match parse_action(text) {
+        let mut observation = match parse_action(text) {
             Some(action) => scene.apply(&action),
             None => NOTHING_HAPPENS.to_string(),
         };
+        if observation == NOTHING_HAPPENS
+            && let Some(threshold) = self.config.match_admissible
+            && let Some(action) = closest_admissible(text, &scene.admissible_actions(), threshold)
+                .and_then(|a| parse_action(&a))
+        {
+            observation = scene.apply(&action);
+            self.matched += 1;
+        }
         if observation == NOTHING_HAPPENS {
             self.invalid += 1;
         }
@@ -192,10 +225,123 @@ impl Env for Household {
     }
 }
 
+/// The admissible action whose words best match the last non-empty line of `text`: the highest
+/// word-overlap F1 (words are lower-cased runs of letters and digits; counted with
+/// multiplicity), the first in `admissible`'s order on a tie; `None` below `threshold`.
+pub fn closest_admissible(text: &str, admissible: &[String], threshold: f64) -> Option<String> {
+    fn words(s: &str) -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let reply = words(line);
+    if reply.is_empty() {
+        return None;
+    }
+    let mut best: Option<(f64, &String)> = None;
+    for action in admissible {
+        let mut left = words(action);
+        let n = left.len();
+        let overlap = reply
+            .iter()
+            .filter(|w| match left.iter().position(|a| a == *w) {
+                Some(i) => {
+                    left.swap_remove(i);
+                    true
+                }
+                None => false,
+            })
+            .count();
+        if overlap == 0 {
+            continue;
+        }
+        let (p, r) = (
+            overlap as f64 / reply.len() as f64,
+            overlap as f64 / n as f64,
+        );
+        let f1 = 2.0 * p * r / (p + r);
+        if best.is_none_or(|(b, _)| f1 > b) {
+            best = Some((f1, action));
+        }
+    }
+    best.filter(|(f1, _)| *f1 >= threshold)
+        .map(|(_, a)| a.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{EpisodeLimits, demonstrate};
+
+    #[test]
+    fn free_text_maps_to_the_admissible_action_with_the_most_words_in_common() {
+        let admissible: Vec<String> = [
+            "go to shelf 1",
+            "take soapbar 1 from countertop 1",
+            "put soapbar 1 in/on shelf 1",
+            "examine shelf 1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let pick = |text: &str, t| closest_admissible(text, &admissible, t);
+        assert_eq!(
+            pick("I think...\nFinally, putting the soapbar in a shelf.", 0.3).as_deref(),
+            Some("put soapbar 1 in/on shelf 1")
+        );
+        assert_eq!(
+            pick("Go to the shelf", 0.3).as_deref(),
+            Some("go to shelf 1")
+        );
+        assert_eq!(pick("Go to the shelf", 0.9), None, "below the threshold");
+        assert_eq!(pick("Hello there!", 0.1), None, "no word in common");
+        assert_eq!(pick("   \n", 0.1), None);
+        assert_eq!(
+            pick("take soapbar 1 from countertop 1", 1.0).as_deref(),
+            Some("take soapbar 1 from countertop 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_matched_reply_acts_and_is_counted_and_the_threshold_is_validated() {
+        let seed = 3;
+        let config = |m| HouseholdConfig {
+            match_admissible: m,
+            ..HouseholdConfig::default()
+        };
+        let factory = HouseholdFactory::new(config(Some(0.5))).unwrap();
+        let mut env = factory.make();
+        let Step::Request(_) = env.reset(seed).await.unwrap() else {
+            panic!()
+        };
+        let scene = Scene::generate(seed, &[]);
+        let target = scene
+            .admissible_actions()
+            .into_iter()
+            .find(|a| a.split_whitespace().count() >= 3)
+            .unwrap();
+        // The action in prose: every word of it, plus filler that keeps the F1 above 0.5.
+        let prose = format!("Let me now {target} please");
+        assert!(parse_action(&prose).is_none(), "{prose}");
+        let plain = {
+            let mut s = scene.clone();
+            s.apply(&parse_action(&target).unwrap())
+        };
+        let Step::Request(next) = env.step(&AgentId::new(AGENT), &prose).await.unwrap() else {
+            panic!("the episode ended after one action")
+        };
+        let shown = next.messages.last().unwrap().content.clone();
+        assert!(shown.starts_with(&plain), "{shown} vs {plain}");
+
+        for bad in [0.0, 1.5, f64::NAN] {
+            let err = HouseholdFactory::new(config(Some(bad)))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("match_admissible"), "{err}");
+        }
+    }
 
     #[tokio::test]
     async fn the_expert_solves_every_task_of_1000_seeds_with_admissible_actions() {
