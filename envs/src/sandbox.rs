@@ -202,6 +202,8 @@ struct HarnessResult {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     config: SandboxConfig,
+    /// `config.python` resolved to a path once ([`resolve`]).
+    python: PathBuf,
     permits: Arc<Semaphore>,
 }
 
@@ -213,6 +215,7 @@ impl Sandbox {
             n => n,
         };
         Self {
+            python: resolve(&config.python),
             config,
             permits: Arc::new(Semaphore::new(n)),
         }
@@ -252,7 +255,7 @@ impl Sandbox {
         let c = &self.config;
         // An absolute path: with a bare name and its own `PATH`, std would fork instead of
         // posix_spawn (posix_spawnp searches the parent's `PATH`, not the child's).
-        let mut command = tokio::process::Command::new(resolve(&c.python));
+        let mut command = tokio::process::Command::new(&self.python);
         command
             .args(["-I", "-S", "-B", "harness.py"])
             .args(
