@@ -13,7 +13,7 @@
 //!   new processes or threads (`RLIMIT_NPROC = 0`; not enforced for root, which the audit hook
 //!   covers). Not set between `fork` and `exec` (a `pre_exec` hook), because that forces a
 //!   `fork` of the caller: an actor holding SmolLM2 copies gigabytes of page tables per
-//!   execution (99 ms per execution against ~25 ms with `posix_spawn`, BENCHMARKS.md). With no
+//!   execution (99 ms per execution against 16 ms with `posix_spawn`, BENCHMARKS.md). With no
 //!   `pre_exec`, the interpreter starts with `posix_spawn` (vfork).
 //! - **Audit hook** (PEP 578, in the harness, installed before the untrusted code runs): process
 //!   creation (`os.system`, `fork`, `exec*`, `posix_spawn`, `subprocess`), sockets, `ctypes`,
