@@ -112,7 +112,14 @@ fn summarize(
             }
         }
         for (k, (sum, n)) in &sums {
-            out.insert(format!("eval/{}/{k}", target.name), sum / *n as f64);
+            // Faults are a share of all episodes (only faulted ones carry `fault/<kind>`);
+            // other metrics the mean over the episodes that report them.
+            let n = if k.starts_with("fault/") {
+                first.len()
+            } else {
+                *n
+            };
+            out.insert(format!("eval/{}/{k}", target.name), sum / n.max(1) as f64);
         }
         let total = first.len().max(1) as f64;
         out.insert(format!("eval/{}/episodes", target.name), first.len() as f64);
@@ -132,6 +139,22 @@ fn summarize(
                 format!("eval/{}/delta_t1_t{n}", target.name),
                 (cn - c1) / total,
             );
+            let last = format!("correct@t{n}");
+            let pairs = PairedAttempts::count(
+                first
+                    .iter()
+                    .filter_map(|r| Some((*r.metrics.get("correct@t1")?, *r.metrics.get(&last)?))),
+            );
+            let prefix = format!("eval/{}", target.name);
+            out.insert(format!("{prefix}/correct@t1_stderr"), pairs.first_stderr());
+            out.insert(format!("{prefix}/correct@t{n}_stderr"), pairs.last_stderr());
+            out.insert(
+                format!("{prefix}/delta_t1_t{n}_stderr"),
+                pairs.delta_stderr(),
+            );
+            out.insert(format!("{prefix}/fixed_t1_t{n}"), pairs.fixed as f64);
+            out.insert(format!("{prefix}/broken_t1_t{n}"), pairs.broken as f64);
+            out.insert(format!("{prefix}/mcnemar_p_t1_t{n}"), pairs.mcnemar_p());
         }
         if config.pass_k > 0 {
             let mut solved: BTreeMap<u64, bool> = BTreeMap::new();
@@ -147,4 +170,126 @@ fn summarize(
         }
     }
     out
+}
+
+/// The first and last attempts of the same evaluation episodes, paired: the counts behind
+/// Δ(t1→tN) and its significance.
+///
+/// An episode counts as correct at an attempt when its `correct@t<k>` metric is ≥ 0.5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PairedAttempts {
+    /// Episodes with both attempts reported.
+    pub episodes: usize,
+    /// Right at the first attempt.
+    pub first_correct: usize,
+    /// Right at the last attempt.
+    pub last_correct: usize,
+    /// Wrong at the first attempt, right at the last (McNemar's `b`).
+    pub fixed: usize,
+    /// Right at the first attempt, wrong at the last (McNemar's `c`).
+    pub broken: usize,
+}
+
+impl PairedAttempts {
+    /// Counts `(correct@t1, correct@tN)` pairs, one per episode.
+    pub fn count(pairs: impl IntoIterator<Item = (f64, f64)>) -> Self {
+        let mut p = PairedAttempts::default();
+        for (first, last) in pairs {
+            let (first, last) = (first >= 0.5, last >= 0.5);
+            p.episodes += 1;
+            p.first_correct += usize::from(first);
+            p.last_correct += usize::from(last);
+            p.fixed += usize::from(!first && last);
+            p.broken += usize::from(first && !last);
+        }
+        p
+    }
+
+    /// Standard error of the first attempt's accuracy, `√(p̂(1 − p̂)/n)` (binomial), as a
+    /// fraction; 0 without episodes.
+    pub fn first_stderr(&self) -> f64 {
+        binomial_stderr(self.first_correct, self.episodes)
+    }
+
+    /// Standard error of the last attempt's accuracy (binomial), as a fraction.
+    pub fn last_stderr(&self) -> f64 {
+        binomial_stderr(self.last_correct, self.episodes)
+    }
+
+    /// Standard error of Δ = mean(dᵢ), dᵢ = last − first ∈ {−1, 0, 1} per episode:
+    /// `√((E[d²] − E[d]²)/n)` with `E[d²] = (b + c)/n`, `E[d] = (b − c)/n`; a fraction.
+    pub fn delta_stderr(&self) -> f64 {
+        if self.episodes == 0 {
+            return 0.0;
+        }
+        let n = self.episodes as f64;
+        let mean = (self.fixed as f64 - self.broken as f64) / n;
+        let second = (self.fixed + self.broken) as f64 / n;
+        ((second - mean * mean).max(0.0) / n).sqrt()
+    }
+
+    /// One-sided exact McNemar test of "the last attempt is better than the first": under the
+    /// null each discordant episode is a fix or a break with probability ½, so
+    /// `p = P(X ≥ b)`, `X ~ Binomial(b + c, ½)`. 1 when no episode changed.
+    pub fn mcnemar_p(&self) -> f64 {
+        let (b, m) = (self.fixed, self.fixed + self.broken);
+        // ln m! by summation: m is at most the number of evaluation episodes.
+        let ln_fact: Vec<f64> = std::iter::once(0.0)
+            .chain((1..=m).scan(0.0f64, |acc, i| {
+                *acc += (i as f64).ln();
+                Some(*acc)
+            }))
+            .collect();
+        let ln_half_m = m as f64 * std::f64::consts::LN_2;
+        (b..=m)
+            .map(|k| (ln_fact[m] - ln_fact[k] - ln_fact[m - k] - ln_half_m).exp())
+            .sum::<f64>()
+            .min(1.0)
+    }
+}
+
+fn binomial_stderr(successes: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let p = successes as f64 / n as f64;
+    (p * (1.0 - p) / n as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(fixed: usize, broken: usize, both_right: usize, both_wrong: usize) -> PairedAttempts {
+        PairedAttempts::count(
+            std::iter::repeat_n((0.0, 1.0), fixed)
+                .chain(std::iter::repeat_n((1.0, 0.0), broken))
+                .chain(std::iter::repeat_n((1.0, 1.0), both_right))
+                .chain(std::iter::repeat_n((0.0, 0.0), both_wrong)),
+        )
+    }
+
+    #[test]
+    fn paired_counts_and_standard_errors_match_hand_computed_values() {
+        // Run 41's end: 200 episodes, t1 69 right, 18 fixed, 0 broken.
+        let p = pairs(18, 0, 69, 113);
+        assert_eq!((p.episodes, p.first_correct, p.last_correct), (200, 69, 87));
+        assert!((p.first_stderr() - (0.345f64 * 0.655 / 200.0).sqrt()).abs() < 1e-12);
+        // d: 18 ones, 182 zeros: mean 0.09, E[d²] 0.09, var 0.0819.
+        assert!((p.delta_stderr() - (0.0819f64 / 200.0).sqrt()).abs() < 1e-12);
+        assert!((p.mcnemar_p() - 0.5f64.powi(18)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn mcnemar_p_is_the_binomial_upper_tail_and_one_without_changes() {
+        // b = 3, c = 1: P(X ≥ 3 | 4, ½) = (4 + 1)/16.
+        assert!((pairs(3, 1, 5, 5).mcnemar_p() - 5.0 / 16.0).abs() < 1e-12);
+        // b = 1, c = 3: P(X ≥ 1 | 4, ½) = 15/16.
+        assert!((pairs(1, 3, 0, 0).mcnemar_p() - 15.0 / 16.0).abs() < 1e-12);
+        assert_eq!(pairs(0, 0, 7, 3).mcnemar_p(), 1.0);
+        assert_eq!(PairedAttempts::default().delta_stderr(), 0.0);
+        // Large counts stay finite: b = 600, c = 400.
+        let p = pairs(600, 400, 0, 0).mcnemar_p();
+        assert!(p > 0.0 && p < 1e-9, "{p}");
+    }
 }

@@ -51,7 +51,7 @@ pub use config::{
 };
 pub use critic::Critic;
 pub use error::Error;
-pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, evaluate};
+pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, PairedAttempts, evaluate};
 pub use launcher::{ActorsSpec, Launcher, StartedActors};
 pub use learner::{Learner, LearnerConfig, StepMetrics};
 pub use objective::{Algorithm, ObjectiveConfig};

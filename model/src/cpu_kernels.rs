@@ -31,10 +31,10 @@ mod vexp;
 
 pub(crate) use bf16::{Bf16Matrix, matmul_bf16, matmul_bf16_tn};
 
-/// Whether the CPU has AMX tiles for bf16 products, usable by this process.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn amx_available() -> bool {
-    bf16::amx::available()
+/// Whether the CPU has instructions for bf16 products (AMX tiles usable by this process, or
+/// AVX512-BF16), rather than running them on the f32 units.
+pub(crate) fn bf16_accelerated() -> bool {
+    bf16::Bf16Path::best() != bf16::Bf16Path::F32Units
 }
 #[cfg(target_arch = "x86_64")]
 use matmul::avx2;

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use kaizen_model::{
     ChatTemplate, CpuGrads, CpuScorePass, DecodeBatch, DecodeWeights, GenerateOptions,
     GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams, ScoreBatch, ScoreOptions,
-    Tokenizer, score_with,
+    Tokenizer, TrainProducts, score_with,
 };
 
 /// Arguments of `kaizen bench`.
@@ -75,6 +75,9 @@ enum What {
         /// (`learner.cpu_kernels = false`).
         #[arg(long)]
         burn: bool,
+        /// bf16 mixed precision on kaizen's CPU training pass (`learner.bf16 = true`).
+        #[arg(long, conflicts_with = "burn")]
+        bf16: bool,
     },
 }
 
@@ -250,6 +253,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prompt_len,
             no_share,
             burn,
+            bf16,
         } => {
             anyhow::ensure!(
                 prompt_len < seq,
@@ -278,11 +282,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ..ScoreOptions::new(1.0)
             };
             let cpu = !burn && CpuScorePass::applies(&policy.model);
+            // The learner keeps one pack cache per weights version: packing is not timed
+            // after the warm-up.
+            let products = if bf16 {
+                TrainProducts::bf16()
+            } else {
+                TrainProducts::f32()
+            };
             let seconds = median_seconds(model.repeats, || {
                 if cpu
                     && let Some(mut grads) = CpuGrads::new(&policy.model)
                     && let Some((scores, pass)) =
-                        CpuScorePass::forward(&policy.model, &batch_data, &options)?
+                        CpuScorePass::forward_with(&policy.model, &batch_data, &options, &products)?
                 {
                     let loss = scores.logprobs.mean().neg();
                     pass.backward(&loss.backward(), &mut grads)?;
@@ -299,6 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "bench": "train", "model": policy.name, "batch": batch, "seq": seq,
                     "group": group, "prompt_len": prompt_len, "shared_prefix": !no_share,
                     "pass": if cpu { "kaizen_cpu" } else { "burn_autodiff" },
+                    "products": if bf16 { "bf16" } else { "f32" },
                     "seconds": seconds, "tokens_per_s": (batch * seq) as f64 / seconds,
                 })
             );

@@ -214,10 +214,11 @@ fn prepare(
     } else {
         model
     };
-    if config.learner.bf16 && !kaizen_model::TrainProducts::bf16_on_tiles() {
+    if config.learner.bf16 && !kaizen_model::TrainProducts::bf16_accelerated() {
         tracing::warn!(
-            "learner.bf16: this CPU has no AMX tiles (or KAIZEN_NO_AMX is set); the bf16 \
-             products run on the f32 units and are slower than learner.bf16 = false"
+            "learner.bf16: this CPU has neither AMX tiles nor AVX512-BF16 (or KAIZEN_NO_AMX / \
+             KAIZEN_NO_AVX512 is set); the bf16 products run on the f32 units and are slower \
+             than learner.bf16 = false"
         );
     }
     let mut learner = Learner::with_objective(

@@ -51,7 +51,15 @@ pub(super) fn episode_metrics(reports: &[EpisodeReport]) -> StepMetrics {
     m.insert("response_length".into(), mean(&lengths));
     m.insert("faults".into(), faults as f64);
     for (k, (sum, n)) in &env_sums {
-        m.insert(format!("env/{k}"), sum / *n as f64);
+        // A metric is the mean over the episodes that report it (`accuracy@t1/direct` only
+        // over episodes that answered directly), except faults: only faulted episodes carry
+        // `fault/<kind>`, and its share is over all of the step's episodes.
+        let n = if k.starts_with("fault/") {
+            reports.len()
+        } else {
+            *n
+        };
+        m.insert(format!("env/{k}"), sum / n.max(1) as f64);
     }
     let last = env_sums
         .keys()
@@ -154,5 +162,65 @@ impl Run {
                 tracing::warn!(error = %e, "could not write samples.jsonl");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kaizen_envs::{Fault, FaultKind};
+
+    fn report(result: Result<Trajectory, Fault>, metrics: &[(&str, f64)]) -> EpisodeReport {
+        EpisodeReport {
+            task: EpisodeTask {
+                id: 0,
+                group_id: 0,
+                env: 0,
+                seed: 0,
+                sample: 0,
+                sampling_seed: 0,
+                sampling: SamplingOverrides::default(),
+                hint_turns: Vec::new(),
+                search: None,
+            },
+            env: "self_correct".into(),
+            result,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            turns: Vec::new(),
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn a_fault_kind_is_a_share_of_all_episodes_and_other_metrics_of_those_reporting_them() {
+        let fault = |kind| Fault {
+            kind,
+            message: "x".into(),
+        };
+        let reports = vec![
+            report(
+                Err(fault(FaultKind::Sandbox)),
+                &[("fault", 1.0), ("fault/sandbox", 1.0)],
+            ),
+            report(
+                Err(fault(FaultKind::EnvTimeout)),
+                &[("fault", 1.0), ("fault/env_timeout", 1.0)],
+            ),
+            report(
+                Err(fault(FaultKind::Sandbox)),
+                &[("fault", 1.0), ("fault/sandbox", 1.0)],
+            ),
+            report(
+                Err(fault(FaultKind::Policy)),
+                &[("fault", 0.0), ("accuracy@t1/direct", 1.0)],
+            ),
+        ];
+        let m = episode_metrics(&reports);
+        assert_eq!(m["env/fault/sandbox"], 0.5);
+        assert_eq!(m["env/fault/env_timeout"], 0.25);
+        assert_eq!(m["env/fault"], 0.75);
+        // Reported by one episode: its mean over that episode.
+        assert_eq!(m["env/accuracy@t1/direct"], 1.0);
+        assert_eq!(m["faults"], 4.0);
     }
 }

@@ -5,8 +5,10 @@
 //! tile of inputs by a 32 × 16 tile of weights (8,192 multiply-adds) where AVX-512 does 16;
 //! batched decode and prefill then stop being bound by the FMA units (BENCHMARKS.md measures
 //! both). The weights are packed once per weights version into AMX's tile layout
-//! ([`Bf16Matrix`]): 2 bytes per weight. Elsewhere the same sums run on the f32 units straight
-//! from the packed tiles, so every CPU computes the same model up to float reassociation.
+//! ([`Bf16Matrix`]): 2 bytes per weight. On CPUs with AVX512-BF16 (AMD Zen 4 and later, Intel
+//! Cooper Lake) `VDPBF16PS` does 32 multiply-adds per instruction from the same tiles, twice an
+//! f32 FMA ([`dpbf16`]). Elsewhere the same sums run on the f32 units straight from the packed
+//! tiles. Every path computes the same model up to float reassociation.
 
 use rayon::prelude::*;
 
@@ -163,14 +165,54 @@ pub(crate) fn matmul_bf16(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let amx = amx::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    let amx = false;
-    matmul_bf16_on(x, m, k, w, out, accumulate, amx);
+    matmul_bf16_on(x, m, k, w, out, accumulate, Bf16Path::best());
 }
 
-/// [`matmul_bf16`] on AMX tiles (`amx`, which must be available) or on the f32 kernels.
+/// Which instructions compute the bf16 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bf16Path {
+    /// AMX tiles (`TDPBF16PS`): Intel Xeon since Sapphire Rapids.
+    Amx,
+    /// AVX512-BF16's `VDPBF16PS`: 32 bf16 multiply-adds per instruction into 16 f32 sums, twice
+    /// an f32 FMA's work, from the same packed tiles (AMD Zen 4 and later, Intel Cooper Lake).
+    DotBf16,
+    /// f32 FMAs on the widened values (every other CPU).
+    F32Units,
+}
+
+impl Bf16Path {
+    /// The fastest path this CPU has.
+    pub(super) fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::available() {
+                return Self::Amx;
+            }
+            if dpbf16::available() {
+                return Self::DotBf16;
+            }
+        }
+        Self::F32Units
+    }
+
+    /// Every path this CPU can run, the portable one first (for tests).
+    #[cfg(test)]
+    pub(super) fn all_available() -> Vec<Self> {
+        let mut paths = vec![Self::F32Units];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if dpbf16::available() {
+                paths.push(Self::DotBf16);
+            }
+            if amx::available() {
+                paths.push(Self::Amx);
+            }
+        }
+        paths
+    }
+}
+
+/// [`matmul_bf16`] on the given path (which this CPU must have).
 pub(super) fn matmul_bf16_on(
     x: &[f32],
     m: usize,
@@ -178,7 +220,7 @@ pub(super) fn matmul_bf16_on(
     w: &Bf16Matrix,
     out: &mut [f32],
     accumulate: bool,
-    amx: bool,
+    path: Bf16Path,
 ) {
     let n = w.rows;
     assert!(
@@ -190,15 +232,33 @@ pub(super) fn matmul_bf16_on(
     }
     let (panels, tasks) = panel_tasks(m, n, k);
     #[cfg(target_arch = "x86_64")]
-    if amx {
-        assert!(amx::available(), "matmul_bf16_on: AMX is not available");
-        let x16 = amx::Inputs::new(x, m, k);
-        for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-            // SAFETY: AMX is available (asserted just above) and the ranges are inside `w`.
-            unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
-        });
-        return;
+    match path {
+        Bf16Path::Amx => {
+            assert!(amx::available(), "matmul_bf16_on: AMX is not available");
+            let x16 = amx::Inputs::new(x, m, k);
+            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+                // SAFETY: AMX is available (asserted just above) and the ranges are inside `w`.
+                unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
+            });
+            return;
+        }
+        Bf16Path::DotBf16 => {
+            assert!(
+                dpbf16::available(),
+                "matmul_bf16_on: AVX512-BF16 is not available"
+            );
+            let x16 = amx::Inputs::new(x, m, k);
+            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+                // SAFETY: AVX512-BF16 is available (asserted just above); the ranges are
+                // inside `w`.
+                unsafe { dpbf16::panels(&x16, w, first, count, outs, accumulate) }
+            });
+            return;
+        }
+        Bf16Path::F32Units => {}
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert_eq!(path, Bf16Path::F32Units, "matmul_bf16_on: not on this CPU");
     let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
     for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
         fallback::panels(&rounded, k, w, first, count, outs, accumulate)
@@ -228,14 +288,27 @@ pub(crate) fn matmul_bf16_tn(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if amx::available() {
-        let (panels, tasks) = panel_tasks(p, n, rows);
-        let x16 = amx::Inputs::transposed(a, rows, p);
-        for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-            // SAFETY: AMX is available (checked just above) and the ranges are inside `w`.
-            unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
-        });
-        return;
+    match Bf16Path::best() {
+        Bf16Path::Amx => {
+            let (panels, tasks) = panel_tasks(p, n, rows);
+            let x16 = amx::Inputs::transposed(a, rows, p);
+            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+                // SAFETY: AMX is available (`best` checked it) and the ranges are inside `w`.
+                unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
+            });
+            return;
+        }
+        Bf16Path::DotBf16 => {
+            let (panels, tasks) = panel_tasks(p, n, rows);
+            let x16 = amx::Inputs::transposed(a, rows, p);
+            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
+                // SAFETY: AVX512-BF16 is available (`best` checked it); the ranges are inside
+                // `w`.
+                unsafe { dpbf16::panels(&x16, w, first, count, outs, accumulate) }
+            });
+            return;
+        }
+        Bf16Path::F32Units => {}
     }
     let mut a_t = vec![0.0f32; a.len()];
     for (r, row) in a.chunks_exact(p).enumerate() {
@@ -243,7 +316,7 @@ pub(crate) fn matmul_bf16_tn(
             a_t[i * rows + r] = v;
         }
     }
-    matmul_bf16_on(&a_t, p, rows, w, out, accumulate, false);
+    matmul_bf16_on(&a_t, p, rows, w, out, accumulate, Bf16Path::F32Units);
 }
 
 /// The panels of an `[m, k] · [n, k]ᵀ` product and the parallel tasks they are split into
@@ -465,13 +538,13 @@ pub(super) mod amx {
 
     /// The inputs in bf16, `[m_pad, k_pad]` row-major (zero-padded to whole tiles).
     pub(crate) struct Inputs {
-        values: Vec<u16>,
+        pub(super) values: Vec<u16>,
         /// Input rows.
-        m: usize,
+        pub(super) m: usize,
         /// Rows per tile: `m` when under 16, else 16 (`m` padded to a multiple).
         tile_rows: usize,
         /// Values per row (`k` rounded up to [`CHUNK`]).
-        stride: usize,
+        pub(super) stride: usize,
     }
 
     impl Inputs {
@@ -684,5 +757,167 @@ pub(super) mod amx {
         }
         // SAFETY: releases the tile state this function configured.
         unsafe { asm!("tilerelease", options(nostack)) };
+    }
+}
+
+/// The products with AVX512-BF16's `VDPBF16PS` (`_mm512_dpbf16_ps`): for each of 16 f32 sums,
+/// `sum[n] += a[2n]·b[2n] + a[2n+1]·b[2n+1]` over bf16 pairs. A packed tile row (the weights of
+/// a panel's 16 rows at one pair of columns, interleaved) is exactly one such `b`, and the
+/// input pair `(x[2q], x[2q+1])` broadcast to all 16 lanes is `a`: one instruction does 32
+/// multiply-adds, an f32 FMA 16, and the weights are read at 2 bytes each.
+///
+/// Blocks of up to [`dpbf16::ROWS`] input rows × [`dpbf16::PANELS`] panels keep their sums in
+/// registers over the whole inner dimension; each weight vector feeds every row of the block
+/// and each broadcast input pair every panel.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod dpbf16 {
+    use std::arch::x86_64::{
+        __m512, __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_set1_epi32,
+        _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    use std::sync::OnceLock;
+
+    use super::amx::Inputs;
+    use super::{Bf16Matrix, CHUNK, PANEL, TILE};
+
+    /// Input rows per register block.
+    pub(crate) const ROWS: usize = 4;
+    /// Weight panels per register block (`ROWS × PANELS` sums of 16 lanes in registers).
+    pub(crate) const PANELS: usize = 4;
+
+    /// Whether the CPU has AVX-512F and AVX512-BF16 (and `KAIZEN_NO_AVX512` is not set).
+    pub(crate) fn available() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            super::super::avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+
+    /// Columns `first · 16 ..` of `count` panels of `bf16(x) · Wᵀ` into `outs` (each input
+    /// row's slice of those columns, starting at panel `first`); added to what `outs` hold
+    /// when `accumulate`.
+    ///
+    /// # Safety
+    /// [`available`] must have returned true; the panels must be inside `w`, and `x` must have
+    /// `w`'s inner dimension.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(crate) unsafe fn panels(
+        x: &Inputs,
+        w: &Bf16Matrix,
+        first: usize,
+        count: usize,
+        outs: &mut [&mut [f32]],
+        accumulate: bool,
+    ) {
+        let chunks = w.cols.div_ceil(CHUNK);
+        debug_assert!(x.stride == chunks * CHUNK);
+        // Pairs of columns, padding included (padded inputs and weights are zeros).
+        let pairs = chunks * CHUNK / 2;
+        let mut p = 0;
+        while p < count {
+            let np = PANELS.min(count - p);
+            let mut row = 0;
+            while row < x.m {
+                let nr = ROWS.min(x.m - row);
+                let block = Block {
+                    x,
+                    w,
+                    first_panel: first + p,
+                    first_row: row,
+                    pairs,
+                    chunks,
+                };
+                // SAFETY: the caller guarantees AVX512-BF16; rows `row..row + nr` are inputs
+                // and panels `first + p..first + p + np` are inside `w`.
+                let sums = unsafe {
+                    match (nr, np) {
+                        (4, 4) => block.sums::<4, 4>(),
+                        (4, 3) => block.sums::<4, 3>(),
+                        (4, 2) => block.sums::<4, 2>(),
+                        (4, _) => block.sums::<4, 1>(),
+                        (3, 4) => block.sums::<3, 4>(),
+                        (3, 3) => block.sums::<3, 3>(),
+                        (3, 2) => block.sums::<3, 2>(),
+                        (3, _) => block.sums::<3, 1>(),
+                        (2, 4) => block.sums::<2, 4>(),
+                        (2, 3) => block.sums::<2, 3>(),
+                        (2, 2) => block.sums::<2, 2>(),
+                        (2, _) => block.sums::<2, 1>(),
+                        (_, 4) => block.sums::<1, 4>(),
+                        (_, 3) => block.sums::<1, 3>(),
+                        (_, 2) => block.sums::<1, 2>(),
+                        (_, _) => block.sums::<1, 1>(),
+                    }
+                };
+                for (r, row_sums) in sums.iter().enumerate().take(nr) {
+                    let out = &mut outs[row + r];
+                    for (q, panel_sums) in row_sums.iter().enumerate().take(np) {
+                        let col0 = (p + q) * PANEL;
+                        let cols = PANEL.min(out.len() - col0);
+                        super::write(&mut out[col0..col0 + cols], &panel_sums[..cols], accumulate);
+                    }
+                }
+                row += nr;
+            }
+            p += np;
+        }
+    }
+
+    /// One register block's operands.
+    struct Block<'a> {
+        x: &'a Inputs,
+        w: &'a Bf16Matrix,
+        first_panel: usize,
+        first_row: usize,
+        pairs: usize,
+        chunks: usize,
+    }
+
+    impl Block<'_> {
+        /// The 16 sums of each of `R` input rows with each of `P` panels.
+        ///
+        /// # Safety
+        /// AVX512-BF16 must be available; rows `first_row..first_row + R` must be inputs
+        /// and panels `first_panel..first_panel + P` inside the matrix.
+        #[inline(never)]
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn sums<const R: usize, const P: usize>(&self) -> [[[f32; PANEL]; PANELS]; ROWS] {
+            let panel_len = self.chunks * TILE;
+            let inputs: [*const u16; R] = std::array::from_fn(|r| {
+                self.x.values[(self.first_row + r) * self.x.stride..].as_ptr()
+            });
+            let weights: [*const u16; P] = std::array::from_fn(|q| {
+                self.w.packed[(self.first_panel + q) * panel_len..].as_ptr()
+            });
+            let mut acc: [[__m512; P]; R] = [[_mm512_setzero_ps(); P]; R];
+            for pair in 0..self.pairs {
+                // Pair `pair` of a panel is tile row `pair % 16` of tile `pair / 16`: 32
+                // consecutive values at `pair · 32`, as `TILE = 16 · 32`.
+                let b: [__m512bh; P] = std::array::from_fn(|q| {
+                    // SAFETY: `pair · 32 + 32 ≤ panel_len` inside panel q.
+                    let v = unsafe { _mm512_loadu_si512(weights[q].add(pair * 2 * PANEL).cast()) };
+                    // SAFETY: a bit-cast between 512-bit vector types.
+                    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+                });
+                for r in 0..R {
+                    // SAFETY: `2 · pair + 1 < stride` inside row r (a u32 read of two u16).
+                    let two = unsafe { inputs[r].add(2 * pair).cast::<i32>().read_unaligned() };
+                    // SAFETY: a bit-cast between 512-bit vector types.
+                    let a =
+                        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(two)) };
+                    for q in 0..P {
+                        acc[r][q] = _mm512_dpbf16_ps(acc[r][q], a, b[q]);
+                    }
+                }
+            }
+            let mut out = [[[0.0f32; PANEL]; PANELS]; ROWS];
+            for r in 0..R {
+                for q in 0..P {
+                    // SAFETY: 16 f32 stores into a [f32; 16].
+                    unsafe { _mm512_storeu_ps(out[r][q].as_mut_ptr(), acc[r][q]) };
+                }
+            }
+            out
+        }
     }
 }

@@ -439,13 +439,13 @@ fn bf16_rounds_to_nearest_even_and_back() {
     }
 }
 
-/// bf16 products (AMX where this CPU has it, and the f32-unit path) equal bf16(x) ·
+/// bf16 products (on every path this CPU has: AMX, AVX512-BF16, the f32 units) equal bf16(x) ·
 /// unpacked(W)ᵀ summed in f64, for row counts under, at and past a tile of 16 rows and the
 /// tall (prefill) path, `k` a multiple of the 32-column tile, not, and odd, and `n` a multiple
 /// of the 16-row panel and not.
 #[test]
 fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
-    use super::bf16::{from_bf16, matmul_bf16_on, to_bf16};
+    use super::bf16::{Bf16Path, from_bf16, matmul_bf16_on, to_bf16};
     for (k, n) in [(96, 37), (70, 53), (67, 16)] {
         let w = random(n * k, 71);
         let b = Bf16Matrix::quantize(&w, k);
@@ -473,25 +473,20 @@ fn bf16_products_equal_rounded_inputs_times_the_unpacked_matrix() {
             let x = random(m * k, 72 + m as u64);
             let rounded: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
             let want = reference_matmul_transb(&rounded, m, k, &unpacked);
-            let mut amx_paths = vec![false];
-            #[cfg(target_arch = "x86_64")]
-            if super::bf16::amx::available() {
-                amx_paths.push(true);
-            }
-            for amx in amx_paths {
+            for path in Bf16Path::all_available() {
                 let mut got = vec![0.0; m * n];
-                matmul_bf16_on(&x, m, k, &b, &mut got, false, amx);
-                assert_close(&got, &want, 1e-5, &format!("bf16 m={m} k={k} amx={amx}"));
+                matmul_bf16_on(&x, m, k, &b, &mut got, false, path);
+                assert_close(&got, &want, 1e-5, &format!("bf16 m={m} k={k} {path:?}"));
                 // Accumulating adds the same product onto what is there.
                 let start = random(m * n, 90 + m as u64);
                 let mut acc = start.clone();
-                matmul_bf16_on(&x, m, k, &b, &mut acc, true, amx);
+                matmul_bf16_on(&x, m, k, &b, &mut acc, true, path);
                 let want_acc: Vec<f32> = start.iter().zip(&want).map(|(a, b)| a + b).collect();
                 assert_close(
                     &acc,
                     &want_acc,
                     1e-5,
-                    &format!("bf16 += m={m} k={k} amx={amx}"),
+                    &format!("bf16 += m={m} k={k} {path:?}"),
                 );
             }
         }

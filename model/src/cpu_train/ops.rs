@@ -50,13 +50,10 @@ impl TrainProducts {
         self.bf16.is_some()
     }
 
-    /// Whether bf16 products run on AMX tiles on this CPU (else on the f32 units, slower than
-    /// f32 products).
-    pub fn bf16_on_tiles() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::cpu_kernels::amx_available();
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+    /// Whether this CPU has instructions for bf16 products (AMX tiles or AVX512-BF16's
+    /// `VDPBF16PS`); without them they run on the f32 units, slower than f32 products.
+    pub fn bf16_accelerated() -> bool {
+        crate::cpu_kernels::bf16_accelerated()
     }
 }
 
