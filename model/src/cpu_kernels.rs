@@ -11,8 +11,8 @@
 //! columns that row can see.
 //!
 //! Each kernel has an AVX2 + FMA version (selected at run time) and a portable one; the decode
-//! products also have AVX-512 versions (`avx512`), and bf16 decode runs on Intel AMX tiles
-//! (`bf16`) where the CPU has them. All compute the same sums up to float reassociation (tests
+//! products also have AVX-512 versions (`avx512`), and bf16 products run on Intel AMX tiles or
+//! AVX512-BF16's `VDPBF16PS` (`bf16`) where the CPU has them. All compute the same sums up to float reassociation (tests
 //! compare them with each other, with f64 sums and with burn's results).
 //!
 //! The matrix products (and the skinny kernel attention shares) are in the `matmul` submodule,
@@ -121,7 +121,7 @@ fn column_runs(out: &mut [f32], n: usize, chunk: usize) -> Vec<(usize, usize, Ve
 
 /// Whether the AVX2 + FMA kernels can run (cached by the standard library).
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 

@@ -14,7 +14,7 @@
 //! - **Products** go to the packing GEMM (`gemm` crate), parallel over the rayon pool; weight
 //!   gradients accumulate straight into their buffers (`dW += dYᵀ·X`). With
 //!   [`TrainProducts::bf16`] (bf16 mixed precision) their operands are rounded to bfloat16
-//!   and summed in f32 on AMX tiles where the CPU has them.
+//!   and summed in f32 on AMX tiles or with AVX512-BF16 where the CPU has them.
 //! - **Attention** (causal, grouped-query) keeps only the log-sum-exp of each query's scores and
 //!   recomputes the probabilities in the backward pass (as FlashAttention does, Dao et al. 2022,
 //!   <https://arxiv.org/abs/2205.14135>), parallel over clusters.

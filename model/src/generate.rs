@@ -99,9 +99,10 @@ pub enum DecodeWeights {
     /// The projections (attention, MLP, output head) rounded to bfloat16, and their inputs
     /// rounded to bfloat16 at every product, summed in f32 (a GPU's bf16 matmul); norms,
     /// attention, biases and untied embeddings stay f32. 2 bytes per weight. On CPUs with
-    /// Intel AMX (Xeon since Sapphire Rapids) the products run on AMX tiles, so batched decode
-    /// and prefill are no longer bound by the FMA units; elsewhere the f32 kernels compute the
-    /// same sums. Behaviour log-probs are exactly this model's; the rounded inputs make it
+    /// Intel AMX (Xeon since Sapphire Rapids) the products run on AMX tiles, on CPUs with
+    /// AVX512-BF16 (AMD Zen 4, Intel Cooper Lake) on `VDPBF16PS` (twice an FMA's work, half the
+    /// bytes), so batched decode and prefill are no longer bound by the FMA units; elsewhere the
+    /// f32 kernels compute the same sums. Behaviour log-probs are exactly this model's; the rounded inputs make it
     /// differ from the f32 weights a learner scores by a gap `kaizen bench generate --bf16`
     /// reports (BENCHMARKS.md), which the importance ratio corrects.
     Bf16,

@@ -45,8 +45,8 @@ enum What {
         /// report gives the behaviour log-probs' gap to the f32 model scoring the same tokens.
         #[arg(long)]
         int8: bool,
-        /// Decode from bf16 projections and inputs (`actors.decode_weights = "bf16"`; AMX
-        /// tiles where the CPU has them).
+        /// Decode from bf16 projections and inputs (`actors.decode_weights = "bf16"`; on AMX
+        /// tiles or AVX512-BF16 where the CPU has them).
         #[arg(long, conflicts_with = "int8")]
         bf16: bool,
     },
