@@ -233,27 +233,10 @@ pub(super) fn matmul_bf16_on(
     let (panels, tasks) = panel_tasks(m, n, k);
     #[cfg(target_arch = "x86_64")]
     match path {
-        Bf16Path::Amx => {
-            assert!(amx::available(), "matmul_bf16_on: AMX is not available");
+        Bf16Path::Amx | Bf16Path::DotBf16 => {
             let x16 = amx::Inputs::new(x, m, k);
-            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-                // SAFETY: AMX is available (asserted just above) and the ranges are inside `w`.
-                unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
-            });
-            return;
-        }
-        Bf16Path::DotBf16 => {
-            assert!(
-                dpbf16::available(),
-                "matmul_bf16_on: AVX512-BF16 is not available"
-            );
-            let x16 = amx::Inputs::new(x, m, k);
-            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-                // SAFETY: AVX512-BF16 is available (asserted just above); the ranges are
-                // inside `w`.
-                unsafe { dpbf16::panels(&x16, w, first, count, outs, accumulate) }
-            });
-            return;
+            let on_amx = path == Bf16Path::Amx;
+            return packed_inputs_product(&x16, w, out, (panels, tasks), accumulate, on_amx);
         }
         Bf16Path::F32Units => {}
     }
@@ -289,24 +272,11 @@ pub(crate) fn matmul_bf16_tn(
     }
     #[cfg(target_arch = "x86_64")]
     match Bf16Path::best() {
-        Bf16Path::Amx => {
-            let (panels, tasks) = panel_tasks(p, n, rows);
+        path @ (Bf16Path::Amx | Bf16Path::DotBf16) => {
             let x16 = amx::Inputs::transposed(a, rows, p);
-            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-                // SAFETY: AMX is available (`best` checked it) and the ranges are inside `w`.
-                unsafe { amx::panels(&x16, w, first, count, outs, accumulate) }
-            });
-            return;
-        }
-        Bf16Path::DotBf16 => {
-            let (panels, tasks) = panel_tasks(p, n, rows);
-            let x16 = amx::Inputs::transposed(a, rows, p);
-            for_panel_ranges(out, n, panels, tasks, |first, count, outs| {
-                // SAFETY: AVX512-BF16 is available (`best` checked it); the ranges are inside
-                // `w`.
-                unsafe { dpbf16::panels(&x16, w, first, count, outs, accumulate) }
-            });
-            return;
+            let split = panel_tasks(p, n, rows);
+            let on_amx = path == Bf16Path::Amx;
+            return packed_inputs_product(&x16, w, out, split, accumulate, on_amx);
         }
         Bf16Path::F32Units => {}
     }
@@ -317,6 +287,36 @@ pub(crate) fn matmul_bf16_tn(
         }
     }
     matmul_bf16_on(&a_t, p, rows, w, out, accumulate, Bf16Path::F32Units);
+}
+
+/// `out (+)= x16 · Wᵀ` with the inputs already rounded to bf16, on AMX tiles (`on_amx`) or
+/// with `VDPBF16PS` (which this CPU must have), the panels split as `(panels, tasks)`.
+#[cfg(target_arch = "x86_64")]
+fn packed_inputs_product(
+    x16: &amx::Inputs,
+    w: &Bf16Matrix,
+    out: &mut [f32],
+    (panels, tasks): (usize, usize),
+    accumulate: bool,
+    on_amx: bool,
+) {
+    if on_amx {
+        assert!(amx::available(), "bf16 products: AMX is not available");
+    } else {
+        assert!(
+            dpbf16::available(),
+            "bf16 products: AVX512-BF16 is not available"
+        );
+    }
+    for_panel_ranges(out, w.rows, panels, tasks, |first, count, outs| {
+        if on_amx {
+            // SAFETY: AMX is available (asserted above); the ranges are inside `w`.
+            unsafe { amx::panels(x16, w, first, count, outs, accumulate) }
+        } else {
+            // SAFETY: AVX512-BF16 is available (asserted above); the ranges are inside `w`.
+            unsafe { dpbf16::panels(x16, w, first, count, outs, accumulate) }
+        }
+    });
 }
 
 /// The panels of an `[m, k] · [n, k]ᵀ` product and the parallel tasks they are split into
