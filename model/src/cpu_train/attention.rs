@@ -571,7 +571,14 @@ mod vector {
             let mut c0 = 0;
             while c0 < d {
                 let blocks = ((d - c0) / 8).min(3);
+                // Start from `out`: the sums then run in key order across the ranges, as one
+                // range would (sharing a prompt leaves the result bit for bit unchanged).
                 let mut acc = [[_mm256_setzero_ps(); 3]; H];
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    for (b, acc) in acc.iter_mut().enumerate().take(blocks) {
+                        *acc = _mm256_loadu_ps(out.add(h * d + c0 + 8 * b));
+                    }
+                }
                 for (n, j) in range.clone().enumerate() {
                     let row = rows.add(j * row_stride + c0);
                     let mut r = [_mm256_setzero_ps(); 3];
@@ -587,8 +594,7 @@ mod vector {
                 }
                 for (h, acc) in acc.iter().enumerate() {
                     for (b, acc) in acc.iter().enumerate().take(blocks) {
-                        let o = out.add(h * d + c0 + 8 * b);
-                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *acc));
+                        _mm256_storeu_ps(out.add(h * d + c0 + 8 * b), *acc);
                     }
                 }
                 c0 += 8 * blocks;
