@@ -110,6 +110,7 @@ fn tasks(packing: &Packing, dims: Dims) -> Vec<Task<'_>> {
     packing
         .clusters
         .iter()
+        .filter(|range| !range.is_empty()) // `kv_rows` needs a row
         .flat_map(|range| {
             (0..dims.kv_heads).map(move |kv_head| Task {
                 packing,
