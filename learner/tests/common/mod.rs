@@ -94,6 +94,15 @@ pub fn schedule() -> Schedule {
 /// A learner for `objective` on [`config`]'s model (seed 7, a value head when the objective
 /// needs one), AdamW without clipping, [`schedule`].
 pub fn learner_for(objective: ObjectiveConfig, learner: LearnerConfig) -> Learner {
+    learner_with_adam(objective, learner, AdamWConfig::default())
+}
+
+/// [`learner_for`] with the given AdamW settings (clipping always off).
+pub fn learner_with_adam(
+    objective: ObjectiveConfig,
+    learner: LearnerConfig,
+    adam: AdamWConfig,
+) -> Learner {
     let device = Device::default().autodiff();
     let mut model = Llama::init(&config(), &device, 7).unwrap();
     if objective.needs_value_head() {
@@ -103,7 +112,7 @@ pub fn learner_for(objective: ObjectiveConfig, learner: LearnerConfig) -> Learne
         model,
         AdamW::new(AdamWConfig {
             max_grad_norm: 0.0,
-            ..AdamWConfig::default()
+            ..adam
         }),
         schedule(),
         learner,
