@@ -92,6 +92,12 @@ impl Bf16Matrix {
             .enumerate()
             .for_each(|(panel, out)| {
                 let (r0, width) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
+                #[cfg(target_arch = "x86_64")]
+                if width == PANEL && super::avx512() {
+                    // SAFETY: AVX-512F is available; the panel has PANEL columns of `w` from r0.
+                    unsafe { pack::transposed_panel(w, cols, r0, out) };
+                    return;
+                }
                 for (c, w_row) in w.chunks_exact(cols).enumerate() {
                     let (chunk, within) = (c / CHUNK, c % CHUNK);
                     let base = chunk * TILE + (within / 2) * 2 * PANEL + within % 2;
@@ -368,6 +374,132 @@ fn for_panel_ranges(
     }
 }
 
+/// AVX-512 forms of the transposing packs: the same bits as [`to_bf16`] (round to nearest
+/// even in integer arithmetic, NaN to `0x7fc0`), 16 values per instruction instead of one.
+#[cfg(target_arch = "x86_64")]
+mod pack {
+    use std::arch::x86_64::{
+        __m256i, __m512, _CMP_UNORD_Q, _mm256_permute2x128_si256, _mm256_storeu_si256,
+        _mm256_unpackhi_epi16, _mm256_unpacklo_epi16, _mm512_add_epi32, _mm512_and_si512,
+        _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_cvtepi32_epi16, _mm512_i32gather_ps,
+        _mm512_loadu_ps, _mm512_mask_blend_epi32, _mm512_mullo_epi32, _mm512_set1_epi32,
+        _mm512_setr_epi32, _mm512_setzero_ps, _mm512_srli_epi32,
+    };
+
+    use super::{CHUNK, PANEL, TILE};
+
+    /// 16 f32 rounded to bf16 (the bits of [`super::to_bf16`] lane by lane).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round16(v: __m512) -> __m256i {
+        let bits = _mm512_castps_si512(v);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            bits,
+            _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd),
+        ));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(
+            nan,
+            rounded,
+            _mm512_set1_epi32(0x7fc0),
+        ))
+    }
+
+    /// `out[i] = to_bf16(row[i])` for every value of `row` (`out` at least as long).
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn round_row(row: &[f32], out: &mut [u16]) {
+        let (blocks, rest) = row.as_chunks::<PANEL>();
+        for (values, dst) in blocks.iter().zip(out.chunks_exact_mut(PANEL)) {
+            // SAFETY: 16 f32 read, 16 u16 written, both in bounds.
+            unsafe {
+                let rounded = round16(_mm512_loadu_ps(values.as_ptr()));
+                _mm256_storeu_si256(dst.as_mut_ptr().cast(), rounded);
+            }
+        }
+        let done = blocks.len() * PANEL;
+        for (o, &v) in out[done..].iter_mut().zip(rest) {
+            *o = super::to_bf16(v);
+        }
+    }
+
+    /// One whole panel of [`super::Bf16Matrix::quantize_transposed`]: columns `r0 .. r0 + 16`
+    /// of `w` (`[inner, cols]`) as the panel's 16 rows. Rows `c` and `c + 1` of `w` (one pair
+    /// of the packed columns) become 32 consecutive values: their 16 roundings interleaved.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `r0 + 16 <= cols`; `out` is the panel (`chunks · TILE`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transposed_panel(w: &[f32], cols: usize, r0: usize, out: &mut [u16]) {
+        let inner = w.len() / cols;
+        let row = |c: usize| -> __m512 {
+            if c < inner {
+                let values: &[f32; PANEL] = w[c * cols + r0..][..PANEL].try_into().unwrap();
+                // SAFETY: 16 f32 in bounds (the array reference above).
+                unsafe { _mm512_loadu_ps(values.as_ptr()) }
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
+        for c in (0..inner).step_by(2) {
+            let (even, odd) = (round16(row(c)), round16(row(c + 1)));
+            // unpack works in 128-bit halves: lo = pairs 0-3 | 8-11, hi = 4-7 | 12-15.
+            let lo = _mm256_unpacklo_epi16(even, odd);
+            let hi = _mm256_unpackhi_epi16(even, odd);
+            let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+            let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+            let (chunk, within) = (c / CHUNK, c % CHUNK);
+            let dst = &mut out[chunk * TILE + within * PANEL..][..2 * PANEL];
+            // SAFETY: `dst` holds 32 u16: two 256-bit stores.
+            unsafe {
+                _mm256_storeu_si256(dst.as_mut_ptr().cast(), first);
+                _mm256_storeu_si256(dst.as_mut_ptr().add(PANEL).cast(), second);
+            }
+        }
+    }
+
+    /// One whole block of [`super::amx::Inputs::transposed`]: columns `i0 .. i0 + 16` of `a`
+    /// (`[rows, p]`) as 16 input rows of `stride` values in `out`, 16 of `a`'s rows gathered
+    /// per instruction.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `i0 + 16 <= p`; `out` holds 16 rows of `stride >= rows`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transposed_inputs(
+        a: &[f32],
+        rows: usize,
+        p: usize,
+        i0: usize,
+        stride: usize,
+        out: &mut [u16],
+    ) {
+        assert!(i0 + PANEL <= p && a.len() == rows * p && out.len() >= PANEL * stride);
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(p as i32),
+        );
+        let whole = rows / PANEL * PANEL;
+        for r in (0..whole).step_by(PANEL) {
+            let base = a[r * p + i0..].as_ptr();
+            for j in 0..PANEL {
+                // SAFETY: rows r .. r + 16 at column i0 + j are inside `a`.
+                let v = unsafe { _mm512_i32gather_ps::<4>(offsets, base.add(j)) };
+                let dst = &mut out[j * stride + r..][..PANEL];
+                // SAFETY: `dst` holds 16 u16.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), round16(v)) };
+            }
+        }
+        for r in whole..rows {
+            for (j, &v) in a[r * p + i0..][..PANEL].iter().enumerate() {
+                out[j * stride + r] = super::to_bf16(v);
+            }
+        }
+    }
+}
+
 /// The products on the f32 units (CPUs without AMX), straight from the packed tiles: each tile
 /// row (one pair of columns of 16 weight rows, interleaved) is widened to f32 once and
 /// multiplied into up to `MR` input rows, 16 results per row kept in registers.
@@ -560,6 +692,11 @@ pub(super) mod amx {
                         .chunks_exact(k)
                         .zip(out.chunks_exact_mut(k.div_ceil(CHUNK) * CHUNK))
                     {
+                        if super::super::avx512() {
+                            // SAFETY: AVX-512F is available.
+                            unsafe { super::pack::round_row(row, out) };
+                            continue;
+                        }
                         for (o, &v) in out.iter_mut().zip(row) {
                             *o = to_bf16(v);
                         }
@@ -580,6 +717,11 @@ pub(super) mod amx {
                 .for_each(|(block, out)| {
                     let i0 = block * PANEL;
                     let width = PANEL.min(p.saturating_sub(i0));
+                    if width == PANEL && super::super::avx512() {
+                        // SAFETY: AVX-512F is available; columns i0..i0 + 16 are inside `a`.
+                        unsafe { super::pack::transposed_inputs(a, rows, p, i0, stride, out) };
+                        return;
+                    }
                     for (r, a_row) in a.chunks_exact(p).enumerate() {
                         for (j, &v) in a_row[i0..i0 + width].iter().enumerate() {
                             out[j * stride + r] = to_bf16(v);
@@ -587,6 +729,12 @@ pub(super) mod amx {
                     }
                 });
             inputs
+        }
+
+        /// The packed values (for tests).
+        #[cfg(test)]
+        pub(crate) fn values(&self) -> &[u16] {
+            &self.values
         }
 
         fn zeros(m: usize, k: usize) -> Self {

@@ -618,3 +618,77 @@ fn vectorised_exp_steps_match_the_portable_ones() {
         assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 }
+
+/// Values whose rounding has edge cases: NaN, ±∞, ±0, subnormals, ties to even, the largest
+/// finite f32 (rounds to ∞), mixed with ordinary ones.
+fn special_values(n: usize, seed: u64) -> Vec<f32> {
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-41,
+        f32::from_bits(0x3f80_8000), // halfway between two bf16: ties to even (down)
+        f32::from_bits(0x3f81_8000), // halfway: ties to even (up)
+        f32::MAX,
+    ];
+    random(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i % 3 == 0 {
+                specials[(i / 3) % specials.len()]
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// The transposing packs (AVX-512 on whole panels where the CPU has it, scalar elsewhere) give
+/// the same bits as packing the formed transpose with `to_bf16`, special values included.
+#[test]
+fn transposing_packs_give_the_bits_of_the_formed_transpose() {
+    use super::bf16::to_bf16;
+    for (inner, cols) in [(67, 37), (32, 48), (5, 16), (40, 33)] {
+        let w = special_values(inner * cols, 5 + inner as u64);
+        let mut w_t = vec![0.0; w.len()];
+        for r in 0..inner {
+            for c in 0..cols {
+                w_t[c * inner + r] = w[r * cols + c];
+            }
+        }
+        assert_eq!(
+            Bf16Matrix::quantize_transposed(&w, cols),
+            Bf16Matrix::quantize(&w_t, inner),
+            "quantize_transposed inner={inner} cols={cols}"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    for (rows, p) in [(5, 16), (16, 16), (37, 35), (70, 48)] {
+        use super::bf16::amx::Inputs;
+        let a = special_values(rows * p, 9 + rows as u64);
+        let mut a_t = vec![0.0; a.len()];
+        for r in 0..rows {
+            for i in 0..p {
+                a_t[i * rows + r] = a[r * p + i];
+            }
+        }
+        let got = Inputs::transposed(&a, rows, p);
+        let want = Inputs::new(&a_t, p, rows);
+        let (got, want) = (got.values(), want.values());
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "Inputs::transposed rows={rows} p={p} at {i}");
+        }
+        // Both hold every value as `to_bf16` rounds it (row i of the inputs is column i of a).
+        let stride = got.len() / p.div_ceil(16) / 16.min(p);
+        for i in 0..p {
+            for r in 0..rows {
+                assert_eq!(want[i * stride + r], to_bf16(a[r * p + i]), "({i}, {r})");
+            }
+        }
+    }
+}
