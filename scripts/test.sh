@@ -67,8 +67,21 @@ service = next(d for d in docs if d["kind"] == "Service")
 assert service["spec"]["clusterIP"] == "None", "the learner's Service is headless"
 PY
 
+step "NVRTC (CUDA 13, from PyPI) for the GPU kernels' compile test (kaizen-gpu: tests/nvrtc.rs; no GPU needed)"
+KAIZEN_NVRTC_PYTHON=$(kaizen_venv nvrtc "nvidia-cuda-nvrtc==13.0.88")
+nvrtc_lib=$("$KAIZEN_NVRTC_PYTHON" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
+[[ -e "$nvrtc_lib/libnvrtc.so.13" ]] || { echo "libnvrtc.so.13 not found in $nvrtc_lib" >&2; exit 1; }
+
 step "cargo test"
-cargo test --workspace --locked
+# LD_LIBRARY_PATH: cudarc loads NVRTC at run time (only libnvrtc lives in that directory).
+LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --workspace --locked
+
+step "the GPU feature: compile and link kaizen with --features gpu (cudarc; no CUDA needed), device scripts' syntax"
+cargo clippy --workspace --features gpu --all-targets --locked -- -D warnings
+# Compile and link every target with the feature. All targets, as in `cargo test` above, so the
+# libraries' builds are shared and only the kaizen crate itself is rebuilt (~40 s on 2 cores).
+cargo test --workspace --features gpu --locked --no-run
+for script in scripts/device/*.sh; do bash -n "$script"; done
 
 step "the data-parallel learner over MPI (feature mpi: mpirun -n 1..3; the tiny job as 4 processes)"
 cargo clippy --workspace --features mpi --all-targets --locked -- -D warnings

@@ -39,6 +39,10 @@ enum Command {
     Serve(commands::serve::Args),
     /// Plot metric curves of one or several runs, overlaid, to a PNG or SVG file.
     Report(commands::report::Args),
+    /// Check the GPU path on this machine (feature `gpu`): environment, logits parity with the
+    /// CPU path, NCCL bandwidth, decode tokens/s, as one JSON file.
+    #[cfg(feature = "gpu")]
+    DeviceCheck(commands::device_check::Args),
 }
 
 /// Whether console logs get ANSI colours: only on a terminal, and never when `NO_COLOR` is set
@@ -73,6 +77,8 @@ fn main() -> anyhow::Result<()> {
         Command::Report(args) => commands::report::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Launch(args) => commands::launch::run(args),
+        #[cfg(feature = "gpu")]
+        Command::DeviceCheck(args) => commands::device_check::run(args),
     }
 }
 

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod bench;
+#[cfg(feature = "gpu")]
+pub mod device_check;
 pub mod envs;
 pub mod eval;
 pub mod export;

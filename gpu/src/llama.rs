@@ -1,0 +1,644 @@
+//! The Llama-family forward pass on one GPU: NVRTC kernels ([`crate::kernels`]) for the
+//! element-wise and row work, cuBLAS SGEMM for the products, f32 throughout, one sequence at a
+//! time with a KV cache. It mirrors `kaizen-model`'s CPU path (`Llama::forward_hidden`,
+//! `Llama::logits`) operation by operation, so logits agree to float reassociation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use kaizen_model::{HostTensor, LlamaConfig};
+
+use crate::kernels::{self, BLOCK};
+use crate::{GpuError, Library, require};
+
+/// Longest attention span (cached + new positions) one `attention` block holds in shared
+/// memory: 48 KiB of scores less the reduction scratch.
+pub const MAX_ATTENTION_LEN: usize = 48 * 1024 / 4 - BLOCK as usize;
+
+/// Keys and values of the positions seen so far, per layer `[kv_heads, capacity, head_dim]`
+/// on the device. Owned by the caller, passed as `&mut` to [`GpuLlama::forward`].
+pub struct GpuKvCache {
+    keys: Vec<CudaSlice<f32>>,
+    values: Vec<CudaSlice<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl GpuKvCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+struct Kernels {
+    embed: CudaFunction,
+    rms_norm: CudaFunction,
+    rope: CudaFunction,
+    kv_append: CudaFunction,
+    attention: CudaFunction,
+    swiglu: CudaFunction,
+    add_inplace: CudaFunction,
+    add_bias: CudaFunction,
+}
+
+/// A projection `y = x Wᵀ (+ b)`, `W: [d_output, d_input]` on the device.
+struct Linear {
+    weight: CudaSlice<f32>,
+    bias: Option<CudaSlice<f32>>,
+    d_output: usize,
+    d_input: usize,
+}
+
+struct Layer {
+    input_layernorm: CudaSlice<f32>,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: CudaSlice<f32>,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// A Llama-family decoder (Llama, SmolLM2, Qwen2's attention bias) on one GPU.
+pub struct GpuLlama {
+    config: LlamaConfig,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+    /// `[vocab, hidden]`; also the output projection when embeddings are tied.
+    embed_tokens: CudaSlice<f32>,
+    layers: Vec<Layer>,
+    norm: CudaSlice<f32>,
+    lm_head: Option<Linear>,
+    /// RoPE tables `[max_position_embeddings, head_dim]`, computed as `kaizen_model::Rope`.
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    arch: String,
+}
+
+fn int(value: usize, what: &str) -> Result<i32, GpuError> {
+    i32::try_from(value).map_err(|_| GpuError::Input(format!("{what} = {value} exceeds i32")))
+}
+
+/// Launch shape of the grid-stride element-wise kernels.
+fn elementwise(len: usize) -> LaunchConfig {
+    let blocks = len.div_ceil(BLOCK as usize).clamp(1, 4096) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launch shape of the per-(token, head) kernels.
+fn per_head(n: usize, heads: usize, threads: u32, shared_mem_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n as u32, heads as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes,
+    }
+}
+
+impl GpuLlama {
+    /// Uploads a model's weights, named as in Hugging Face `LlamaForCausalLM`
+    /// (`kaizen_model::Llama::to_named` gives them), and compiles the kernels for the device's
+    /// architecture. Value heads are ignored.
+    ///
+    /// # Errors
+    /// [`GpuError::Input`] for an invalid config or a missing or misshaped tensor (named);
+    /// [`GpuError::Library`] when NVRTC or cuBLAS cannot be loaded; driver, compiler and cuBLAS
+    /// errors.
+    pub fn new(
+        context: &Arc<CudaContext>,
+        config: &LlamaConfig,
+        weights: &[(String, HostTensor)],
+    ) -> Result<Self, GpuError> {
+        config
+            .validate()
+            .map_err(|e| GpuError::Input(format!("model config: {e}")))?;
+        require(Library::Cublas)?;
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(|e| GpuError::driver("reading the compute capability", e))?;
+        // NVRTC takes a `&'static str`; one short string per model load.
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let ptx = kernels::compile(Some(arch))?;
+        let module = context
+            .load_module(ptx)
+            .map_err(|e| GpuError::driver("loading the compiled kernels", e))?;
+        let function = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| GpuError::driver(format!("finding kernel `{name}`"), e))
+        };
+        let kernels = Kernels {
+            embed: function("embed")?,
+            rms_norm: function("rms_norm")?,
+            rope: function("rope")?,
+            kv_append: function("kv_append")?,
+            attention: function("attention")?,
+            swiglu: function("swiglu")?,
+            add_inplace: function("add_inplace")?,
+            add_bias: function("add_bias")?,
+        };
+        let stream = context.default_stream();
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| GpuError::blas("creating a handle", e))?;
+
+        let by_name: HashMap<&str, &HostTensor> =
+            weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let upload = |name: &str, shape: &[usize]| -> Result<CudaSlice<f32>, GpuError> {
+            let t = by_name
+                .get(name)
+                .ok_or_else(|| GpuError::Input(format!("weight `{name}` is missing")))?;
+            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+                return Err(GpuError::Input(format!(
+                    "weight `{name}` has shape {:?} ({} values), expected {shape:?}",
+                    t.shape,
+                    t.data.len()
+                )));
+            }
+            stream
+                .clone_htod(&t.data)
+                .map_err(|e| GpuError::driver(format!("uploading `{name}`"), e))
+        };
+        let linear = |name: &str, d_output: usize, d_input: usize, bias: bool| {
+            Ok::<_, GpuError>(Linear {
+                weight: upload(&format!("{name}.weight"), &[d_output, d_input])?,
+                bias: if bias {
+                    Some(upload(&format!("{name}.bias"), &[d_output])?)
+                } else {
+                    None
+                },
+                d_output,
+                d_input,
+            })
+        };
+        let (h, hd) = (config.hidden_size, config.head_dim());
+        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
+        let inter = config.intermediate_size;
+        let bias = config.attention_bias;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: upload(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q_proj: linear(&format!("{p}.self_attn.q_proj"), heads * hd, h, bias)?,
+                k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_heads * hd, h, bias)?,
+                v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_heads * hd, h, bias)?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"), h, heads * hd, false)?,
+                post_attention_layernorm: upload(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+                gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
+                up_proj: linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(linear("lm_head", config.vocab_size, h, false)?)
+        };
+        let (cos, sin) = rope_tables(hd, config.max_position_embeddings, config.rope_theta);
+        Ok(Self {
+            embed_tokens: upload("model.embed_tokens.weight", &[config.vocab_size, h])?,
+            norm: upload("model.norm.weight", &[h])?,
+            layers,
+            lm_head,
+            cos: stream
+                .clone_htod(&cos)
+                .map_err(|e| GpuError::driver("uploading the RoPE table", e))?,
+            sin: stream
+                .clone_htod(&sin)
+                .map_err(|e| GpuError::driver("uploading the RoPE table", e))?,
+            config: config.clone(),
+            stream,
+            blas,
+            kernels,
+            arch: arch.to_string(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The virtual architecture the kernels were compiled for (`compute_90`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The stream every operation runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// An empty cache for `capacity` positions.
+    ///
+    /// # Errors
+    /// [`GpuError::Input`] when `capacity` exceeds `max_position_embeddings` or
+    /// [`MAX_ATTENTION_LEN`]; [`GpuError::Driver`] when the device is out of memory.
+    pub fn new_cache(&self, capacity: usize) -> Result<GpuKvCache, GpuError> {
+        let limit = self.config.max_position_embeddings.min(MAX_ATTENTION_LEN);
+        if capacity == 0 || capacity > limit {
+            return Err(GpuError::Input(format!(
+                "a KV cache of {capacity} positions: expected 1..={limit} \
+                 (max_position_embeddings {}, attention span {MAX_ATTENTION_LEN})",
+                self.config.max_position_embeddings
+            )));
+        }
+        let size = self.config.num_key_value_heads * capacity * self.config.head_dim();
+        let alloc = || {
+            self.stream
+                .alloc_zeros::<f32>(size)
+                .map_err(|e| GpuError::driver(format!("allocating a KV cache of {size} floats"), e))
+        };
+        let layers = self.config.num_hidden_layers;
+        Ok(GpuKvCache {
+            keys: (0..layers).map(|_| alloc()).collect::<Result<_, _>>()?,
+            values: (0..layers).map(|_| alloc()).collect::<Result<_, _>>()?,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Runs `tokens` (the next positions after the cached ones) through the model, extends the
+    /// cache, and returns the logits of every new position, on the device.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[n]` → returns `[n, vocab]` (row-major).
+    ///
+    /// # Errors
+    /// [`GpuError::Input`] for an empty call, a token outside the vocabulary or a cache too
+    /// small; driver and cuBLAS errors.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut GpuKvCache,
+    ) -> Result<CudaSlice<f32>, GpuError> {
+        let c = &self.config;
+        let n = tokens.len();
+        let vocab = c.vocab_size;
+        if n == 0 {
+            return Err(GpuError::Input("forward: no tokens".into()));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(GpuError::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size {vocab})"
+            )));
+        }
+        if cache.len + n > cache.capacity || cache.keys.len() != c.num_hidden_layers {
+            return Err(GpuError::Input(format!(
+                "{n} new tokens after {} cached do not fit a cache of {} positions and {} layers",
+                cache.len,
+                cache.capacity,
+                cache.keys.len()
+            )));
+        }
+        let (h, hd, inter) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let alloc = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len)
+                .map_err(|e| GpuError::driver(format!("allocating {len} floats"), e))
+        };
+        let launch = |what: &str, e| GpuError::driver(format!("launching `{what}`"), e);
+        let ids = self
+            .stream
+            .clone_htod(tokens)
+            .map_err(|e| GpuError::driver("uploading token ids", e))?;
+        let mut x = alloc(n * h)?;
+        let mut normed = alloc(n * h)?;
+        let mut q = alloc(n * heads * hd)?;
+        let mut k = alloc(n * kv_heads * hd)?;
+        let mut v = alloc(n * kv_heads * hd)?;
+        let mut attended = alloc(n * heads * hd)?;
+        let mut projected = alloc(n * h)?;
+        let mut gate = alloc(n * inter)?;
+        let mut up = alloc(n * inter)?;
+
+        let (h_i, hd_i) = (int(h, "hidden_size")?, int(hd, "head_dim")?);
+        let (heads_i, kv_i) = (int(heads, "heads")?, int(kv_heads, "kv heads")?);
+        let pos0 = int(cache.len, "cache length")?;
+        let cap = int(cache.capacity, "cache capacity")?;
+        let eps = c.rms_norm_eps as f32;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let span = int(cache.len + n, "attention span")? as u32;
+
+        // SAFETY (every launch below): the argument lists match the kernels' signatures in
+        // `kernels::SOURCE`, and every buffer is at least as long as the grid indexes:
+        // `x`/`normed`/`projected` n·h, `q`/`attended` n·heads·hd, `k`/`v` n·kv_heads·hd,
+        // caches kv_heads·capacity·hd with pos0 + n <= capacity (checked above), token ids
+        // below vocab (checked above), RoPE tables max_position_embeddings·hd >= capacity·hd.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.embed)
+                .arg(&mut x)
+                .arg(&self.embed_tokens)
+                .arg(&ids)
+                .arg(&h_i)
+                .launch(per_head(n, 1, BLOCK, 0))
+                .map_err(|e| launch("embed", e))?;
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.rms_norm(&mut normed, &x, &layer.input_layernorm, n, eps)?;
+            self.linear(&layer.q_proj, &normed, &mut q, n)?;
+            self.linear(&layer.k_proj, &normed, &mut k, n)?;
+            self.linear(&layer.v_proj, &normed, &mut v, n)?;
+            unsafe {
+                self.stream
+                    .launch_builder(&self.kernels.rope)
+                    .arg(&mut q)
+                    .arg(&self.cos)
+                    .arg(&self.sin)
+                    .arg(&pos0)
+                    .arg(&heads_i)
+                    .arg(&hd_i)
+                    .launch(per_head(n, heads, 64, 0))
+                    .map_err(|e| launch("rope", e))?;
+                self.stream
+                    .launch_builder(&self.kernels.rope)
+                    .arg(&mut k)
+                    .arg(&self.cos)
+                    .arg(&self.sin)
+                    .arg(&pos0)
+                    .arg(&kv_i)
+                    .arg(&hd_i)
+                    .launch(per_head(n, kv_heads, 64, 0))
+                    .map_err(|e| launch("rope", e))?;
+                self.stream
+                    .launch_builder(&self.kernels.kv_append)
+                    .arg(&mut cache.keys[l])
+                    .arg(&k)
+                    .arg(&pos0)
+                    .arg(&kv_i)
+                    .arg(&hd_i)
+                    .arg(&cap)
+                    .launch(per_head(n, kv_heads, 64, 0))
+                    .map_err(|e| launch("kv_append", e))?;
+                self.stream
+                    .launch_builder(&self.kernels.kv_append)
+                    .arg(&mut cache.values[l])
+                    .arg(&v)
+                    .arg(&pos0)
+                    .arg(&kv_i)
+                    .arg(&hd_i)
+                    .arg(&cap)
+                    .launch(per_head(n, kv_heads, 64, 0))
+                    .map_err(|e| launch("kv_append", e))?;
+                self.stream
+                    .launch_builder(&self.kernels.attention)
+                    .arg(&mut attended)
+                    .arg(&q)
+                    .arg(&cache.keys[l])
+                    .arg(&cache.values[l])
+                    .arg(&pos0)
+                    .arg(&heads_i)
+                    .arg(&kv_i)
+                    .arg(&hd_i)
+                    .arg(&cap)
+                    .arg(&scale)
+                    .launch(per_head(n, heads, BLOCK, span * 4))
+                    .map_err(|e| launch("attention", e))?;
+            }
+            self.linear(&layer.o_proj, &attended, &mut projected, n)?;
+            self.add_inplace(&mut x, &projected, n * h)?;
+            self.rms_norm(&mut normed, &x, &layer.post_attention_layernorm, n, eps)?;
+            self.linear(&layer.gate_proj, &normed, &mut gate, n)?;
+            self.linear(&layer.up_proj, &normed, &mut up, n)?;
+            let len = int(n * inter, "MLP width")?;
+            unsafe {
+                self.stream
+                    .launch_builder(&self.kernels.swiglu)
+                    .arg(&mut gate)
+                    .arg(&up)
+                    .arg(&len)
+                    .launch(elementwise(n * inter))
+                    .map_err(|e| launch("swiglu", e))?;
+            }
+            self.linear(&layer.down_proj, &gate, &mut projected, n)?;
+            self.add_inplace(&mut x, &projected, n * h)?;
+        }
+        cache.len += n;
+        self.rms_norm(&mut normed, &x, &self.norm, n, eps)?;
+        let mut logits = alloc(n * vocab)?;
+        match &self.lm_head {
+            Some(head) => self.linear(head, &normed, &mut logits, n)?,
+            // Tied embeddings: the output projection is the embedding matrix `[vocab, h]`.
+            None => self.matmul_t(&self.embed_tokens, &normed, &mut logits, n, vocab, h)?,
+        }
+        Ok(logits)
+    }
+
+    /// Logits of a whole sequence, on the host (a fresh cache of `tokens.len()` positions).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[n]` → returns `[n · vocab]`, row-major `[n, vocab]`.
+    ///
+    /// # Errors
+    /// As [`GpuLlama::forward`].
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+        let mut cache = self.new_cache(tokens.len().max(1))?;
+        let logits = self.forward(tokens, &mut cache)?;
+        self.stream
+            .clone_dtoh(&logits)
+            .map_err(|e| GpuError::driver("copying logits to the host", e))
+    }
+
+    /// Greedy decoding of one sequence: `prompt` then `new_tokens` arg-max tokens (each step
+    /// runs one position through the model and copies its logits row to the host).
+    ///
+    /// # Errors
+    /// As [`GpuLlama::forward`].
+    pub fn generate_greedy(&self, prompt: &[u32], new_tokens: usize) -> Result<Vec<u32>, GpuError> {
+        let vocab = self.config.vocab_size;
+        let mut cache = self.new_cache(prompt.len() + new_tokens)?;
+        let mut out = Vec::with_capacity(new_tokens);
+        let mut next = prompt.to_vec();
+        for _ in 0..new_tokens {
+            let logits = self.forward(&next, &mut cache)?;
+            let last = logits.slice((next.len() - 1) * vocab..next.len() * vocab);
+            let row = self
+                .stream
+                .clone_dtoh(&last)
+                .map_err(|e| GpuError::driver("copying logits to the host", e))?;
+            let token = row
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0 as u32;
+            out.push(token);
+            next = vec![token];
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        n: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        let h = int(self.config.hidden_size, "hidden_size")?;
+        // SAFETY: `x` and `out` hold n·h floats, `weight` h; one block of BLOCK threads a row.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.rms_norm)
+                .arg(out)
+                .arg(x)
+                .arg(weight)
+                .arg(&h)
+                .arg(&eps)
+                .launch(per_head(n, 1, BLOCK, 0))
+                .map_err(|e| GpuError::driver("launching `rms_norm`", e))?;
+        }
+        Ok(())
+    }
+
+    fn add_inplace(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        let len_i = int(len, "residual length")?;
+        // SAFETY: both buffers hold at least `len` floats.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.add_inplace)
+                .arg(x)
+                .arg(y)
+                .arg(&len_i)
+                .launch(elementwise(len))
+                .map_err(|e| GpuError::driver("launching `add_inplace`", e))?;
+        }
+        Ok(())
+    }
+
+    /// `y = x Wᵀ (+ b)` for `n` rows.
+    fn linear(
+        &self,
+        layer: &Linear,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        self.matmul_t(&layer.weight, x, y, n, layer.d_output, layer.d_input)?;
+        if let Some(bias) = &layer.bias {
+            let (rows, cols) = (int(n, "rows")?, int(layer.d_output, "d_output")?);
+            // SAFETY: `y` holds n·d_output floats, `bias` d_output.
+            unsafe {
+                self.stream
+                    .launch_builder(&self.kernels.add_bias)
+                    .arg(y)
+                    .arg(bias)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .launch(elementwise(n * layer.d_output))
+                    .map_err(|e| GpuError::driver("launching `add_bias`", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `y[n, d_out] = x[n, d_in] · w[d_out, d_in]ᵀ`, all row-major. In cuBLAS's column-major
+    /// terms that is `yᵀ (d_out × n) = op_T(w as d_in × d_out) · (x as d_in × n)`.
+    fn matmul_t(
+        &self,
+        w: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        n: usize,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<(), GpuError> {
+        let (m_i, n_i, k_i) = (
+            int(d_out, "d_output")?,
+            int(n, "rows")?,
+            int(d_in, "d_input")?,
+        );
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: m_i,
+            n: n_i,
+            k: k_i,
+            alpha: 1.0f32,
+            lda: k_i,
+            ldb: k_i,
+            beta: 0.0f32,
+            ldc: m_i,
+        };
+        // SAFETY: `w` holds d_out·d_in floats, `x` at least n·d_in and `y` at least n·d_out,
+        // matching the leading dimensions above.
+        unsafe { self.blas.gemm(cfg, w, x, y) }
+            .map_err(|e| GpuError::blas(format!("SGEMM {n}×{d_in} · ({d_out}×{d_in})ᵀ"), e))
+    }
+}
+
+/// The RoPE tables `[max_positions, head_dim]` (cos, sin), exactly as `kaizen_model::Rope`
+/// computes them: `θ_i = base^(-2i/d)` in f64 rounded to f32, `angle = p · θ_i` in f32, each
+/// half of a row repeating the `d/2` angles.
+fn rope_tables(head_dim: usize, max_positions: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| (1.0 / base.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .collect();
+    let mut cos = Vec::with_capacity(max_positions * head_dim);
+    let mut sin = Vec::with_capacity(max_positions * head_dim);
+    for p in 0..max_positions {
+        for _ in 0..2 {
+            for &f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_repeat_the_half_angles() {
+        let (cos, sin) = rope_tables(4, 3, 10_000.0);
+        assert_eq!(cos.len(), 12);
+        // position 0: no rotation.
+        assert_eq!(&cos[..4], &[1.0; 4]);
+        assert_eq!(&sin[..4], &[0.0; 4]);
+        // position 2, angles 2·θ_0 = 2 and 2·θ_1 = 2/100, repeated in each half.
+        let row = &sin[8..12];
+        assert_eq!(row[0], row[2]);
+        assert_eq!(row[1], row[3]);
+        assert!((row[0] - 2.0f32.sin()).abs() < 1e-7);
+        assert!((row[1] - 0.02f32.sin()).abs() < 1e-7);
+    }
+}
