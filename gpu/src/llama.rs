@@ -219,17 +219,19 @@ impl GpuLlama {
         } else {
             Some(linear("lm_head", config.vocab_size, h, false)?)
         };
-        let (cos, sin) = rope_tables(hd, config.max_position_embeddings, config.rope_theta);
+        // The CPU path's tables, so both rotate by the same f32 angles.
+        let rope = kaizen_model::Rope::new(hd, config.max_position_embeddings, config.rope_theta);
+        let (cos, sin) = rope.host_tables();
         Ok(Self {
             embed_tokens: upload("model.embed_tokens.weight", &[config.vocab_size, h])?,
             norm: upload("model.norm.weight", &[h])?,
             layers,
             lm_head,
             cos: stream
-                .clone_htod(&cos)
+                .clone_htod(cos)
                 .map_err(|e| GpuError::driver("uploading the RoPE table", e))?,
             sin: stream
-                .clone_htod(&sin)
+                .clone_htod(sin)
                 .map_err(|e| GpuError::driver("uploading the RoPE table", e))?,
             config: config.clone(),
             stream,
@@ -598,47 +600,5 @@ impl GpuLlama {
         // matching the leading dimensions above.
         unsafe { self.blas.gemm(cfg, w, x, y) }
             .map_err(|e| GpuError::blas(format!("SGEMM {n}×{d_in} · ({d_out}×{d_in})ᵀ"), e))
-    }
-}
-
-/// The RoPE tables `[max_positions, head_dim]` (cos, sin), exactly as `kaizen_model::Rope`
-/// computes them: `θ_i = base^(-2i/d)` in f64 rounded to f32, `angle = p · θ_i` in f32, each
-/// half of a row repeating the `d/2` angles.
-fn rope_tables(head_dim: usize, max_positions: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / base.powf((2 * i) as f64 / head_dim as f64)) as f32)
-        .collect();
-    let mut cos = Vec::with_capacity(max_positions * head_dim);
-    let mut sin = Vec::with_capacity(max_positions * head_dim);
-    for p in 0..max_positions {
-        for _ in 0..2 {
-            for &f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    (cos, sin)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rope_tables_repeat_the_half_angles() {
-        let (cos, sin) = rope_tables(4, 3, 10_000.0);
-        assert_eq!(cos.len(), 12);
-        // position 0: no rotation.
-        assert_eq!(&cos[..4], &[1.0; 4]);
-        assert_eq!(&sin[..4], &[0.0; 4]);
-        // position 2, angles 2·θ_0 = 2 and 2·θ_1 = 2/100, repeated in each half.
-        let row = &sin[8..12];
-        assert_eq!(row[0], row[2]);
-        assert_eq!(row[1], row[3]);
-        assert!((row[0] - 2.0f32.sin()).abs() < 1e-7);
-        assert!((row[1] - 0.02f32.sin()).abs() < 1e-7);
     }
 }

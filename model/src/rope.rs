@@ -54,6 +54,12 @@ impl Rope {
         self.max_positions
     }
 
+    /// The whole `cos` and `sin` tables, each `[max_positions, head_dim]` row-major, on the host
+    /// (for a device that keeps its own copy: the GPU forward pass).
+    pub fn host_tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// The `cos` and `sin` rows (`[head_dim]` each) of position `p`, on the host.
     ///
     /// # Panics
@@ -111,5 +117,28 @@ impl Rope {
         let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * cos.clone() + rotated * sin.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host tables (what the GPU pass uploads): row `p` holds `cos`/`sin` of `p · θ_i`,
+    /// `θ_i = base^(−2i/d)`, each half of the row repeating the `d/2` angles.
+    #[test]
+    fn host_tables_repeat_the_half_angles() {
+        let rope = Rope::new(4, 3, 10_000.0);
+        let (cos, sin) = rope.host_tables();
+        assert_eq!((cos.len(), sin.len()), (12, 12));
+        // Position 0: no rotation.
+        assert_eq!(&cos[..4], &[1.0; 4]);
+        assert_eq!(&sin[..4], &[0.0; 4]);
+        // Position 2: angles 2·θ_0 = 2 and 2·θ_1 = 2/100, repeated in each half.
+        let row = &sin[8..12];
+        assert_eq!((row[0], row[1]), (row[2], row[3]));
+        assert!((row[0] - 2.0f32.sin()).abs() < 1e-7);
+        assert!((row[1] - 0.02f32.sin()).abs() < 1e-7);
+        assert_eq!(rope.row(2).1, row);
     }
 }
