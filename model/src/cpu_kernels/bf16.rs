@@ -62,7 +62,14 @@ impl Bf16Matrix {
             .par_chunks_mut(chunks * TILE)
             .enumerate()
             .for_each(|(panel, out)| {
-                for r in 0..PANEL.min(rows - panel * PANEL) {
+                let height = PANEL.min(rows - panel * PANEL);
+                #[cfg(target_arch = "x86_64")]
+                if height == PANEL && super::avx512() {
+                    // SAFETY: AVX-512F is available; the panel's 16 rows are inside `w`.
+                    unsafe { pack::panel(&w[panel * PANEL * cols..][..PANEL * cols], out) };
+                    return;
+                }
+                for r in 0..height {
                     let row = &w[(panel * PANEL + r) * cols..][..cols];
                     for (c, &v) in row.iter().enumerate() {
                         let (chunk, within) = (c / CHUNK, c % CHUNK);
@@ -71,6 +78,26 @@ impl Bf16Matrix {
                     }
                 }
             });
+        Self { packed, rows, cols }
+    }
+
+    /// The packing of [`Bf16Matrix::quantize`] written value by value from the layout's
+    /// definition: the reference the vectorised packs are tested against.
+    #[cfg(test)]
+    pub(crate) fn quantize_reference(w: &[f32], cols: usize) -> Self {
+        let rows = w.len() / cols;
+        let chunks = cols.div_ceil(CHUNK);
+        let mut packed = vec![0u16; rows.div_ceil(PANEL) * chunks * TILE];
+        for (j, row) in w.chunks_exact(cols).enumerate() {
+            let (panel, r) = (j / PANEL, j % PANEL);
+            for (c, &v) in row.iter().enumerate() {
+                let (chunk, within) = (c / CHUNK, c % CHUNK);
+                packed[(panel * chunks + chunk) * TILE
+                    + (within / 2) * 2 * PANEL
+                    + r * 2
+                    + within % 2] = to_bf16(v);
+            }
+        }
         Self { packed, rows, cols }
     }
 
@@ -381,9 +408,10 @@ mod pack {
     use std::arch::x86_64::{
         __m256i, __m512, _CMP_UNORD_Q, _mm256_permute2x128_si256, _mm256_storeu_si256,
         _mm256_unpackhi_epi16, _mm256_unpacklo_epi16, _mm512_add_epi32, _mm512_and_si512,
-        _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_cvtepi32_epi16, _mm512_i32gather_ps,
-        _mm512_loadu_ps, _mm512_mask_blend_epi32, _mm512_mullo_epi32, _mm512_set1_epi32,
-        _mm512_setr_epi32, _mm512_setzero_ps, _mm512_srli_epi32,
+        _mm512_castps_si512, _mm512_castsi256_si512, _mm512_cmp_ps_mask, _mm512_cvtepi32_epi16,
+        _mm512_i32gather_epi32, _mm512_i32gather_ps, _mm512_inserti64x4, _mm512_loadu_ps,
+        _mm512_mask_blend_epi32, _mm512_mullo_epi32, _mm512_set1_epi32, _mm512_setr_epi32,
+        _mm512_setzero_ps, _mm512_srli_epi32, _mm512_storeu_si512,
     };
 
     use super::{CHUNK, PANEL, TILE};
@@ -423,6 +451,56 @@ mod pack {
         let done = blocks.len() * PANEL;
         for (o, &v) in out[done..].iter_mut().zip(rest) {
             *o = super::to_bf16(v);
+        }
+    }
+
+    /// One whole panel of [`super::Bf16Matrix::quantize`]: 16 rows of `cols` values
+    /// (`rows`, `[16, cols]`) into `out` (the panel, `chunks · TILE`). Each row's 32 values of
+    /// a chunk are rounded into 16 pairs (one 32-bit word each) in a 1 KiB scratch tile, and
+    /// tile row `t` (pair `t` of all 16 rows) is gathered from it with one instruction.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `rows.len()` is a multiple of 16 and `out` holds the panel.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn panel(rows: &[f32], out: &mut [u16]) {
+        let cols = rows.len() / PANEL;
+        let whole = cols / CHUNK;
+        assert!(out.len() >= cols.div_ceil(CHUNK) * TILE);
+        // Pair `t` of row `r` at word `r · 16 + t`.
+        let mut scratch = [0u32; PANEL * PANEL];
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(PANEL as i32),
+        );
+        for chunk in 0..whole {
+            for (r, words) in scratch.chunks_exact_mut(PANEL).enumerate() {
+                let values: &[f32; CHUNK] = rows[r * cols + chunk * CHUNK..][..CHUNK]
+                    .try_into()
+                    .unwrap();
+                // SAFETY: 32 f32 read (the array reference), 16 u32 written into `words`.
+                unsafe {
+                    let low = round16(_mm512_loadu_ps(values.as_ptr()));
+                    let high = round16(_mm512_loadu_ps(values.as_ptr().add(PANEL)));
+                    let pairs = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+                    _mm512_storeu_si512(words.as_mut_ptr().cast(), pairs);
+                }
+            }
+            let tiles = &mut out[chunk * TILE..][..TILE];
+            for t in 0..PANEL {
+                // SAFETY: words t, 16 + t, …, 240 + t of `scratch`; 32 u16 written to `tiles`.
+                unsafe {
+                    let pair = _mm512_i32gather_epi32::<4>(offsets, scratch.as_ptr().add(t).cast());
+                    _mm512_storeu_si512(tiles.as_mut_ptr().add(t * 2 * PANEL).cast(), pair);
+                }
+            }
+        }
+        // The last, partial chunk (zero-padded), value by value.
+        for (r, row) in rows.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate().skip(whole * CHUNK) {
+                let within = c % CHUNK;
+                out[whole * TILE + (within / 2) * 2 * PANEL + r * 2 + within % 2] =
+                    super::to_bf16(v);
+            }
         }
     }
 

@@ -647,11 +647,20 @@ fn special_values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The transposing packs (AVX-512 on whole panels where the CPU has it, scalar elsewhere) give
-/// the same bits as packing the formed transpose with `to_bf16`, special values included.
+/// The packs (AVX-512 on whole panels where the CPU has it, scalar elsewhere) give the bits of
+/// the layout's definition, and the transposing ones those of packing the formed transpose
+/// with `to_bf16`, special values included.
 #[test]
 fn transposing_packs_give_the_bits_of_the_formed_transpose() {
     use super::bf16::to_bf16;
+    for (rows, cols) in [(32, 64), (48, 96), (37, 70), (16, 40), (5, 33), (67, 576)] {
+        let w = special_values(rows * cols, 3 + rows as u64);
+        assert_eq!(
+            Bf16Matrix::quantize(&w, cols),
+            Bf16Matrix::quantize_reference(&w, cols),
+            "quantize rows={rows} cols={cols}"
+        );
+    }
     for (inner, cols) in [(67, 37), (32, 48), (5, 16), (40, 33)] {
         let w = special_values(inner * cols, 5 + inner as u64);
         let mut w_t = vec![0.0; w.len()];
