@@ -132,7 +132,12 @@ impl Accumulator {
     /// gradient tensors.
     pub(crate) fn step(self, optimizer: &mut AdamW, model: Llama, lr: f64) -> (Llama, StepReport) {
         match self {
-            Self::Cpu(grads, _) => optimizer.step_host(model, grads.into_host().collect(), lr),
+            Self::Cpu(grads, products) => {
+                // The step's bf16 weight packs (as large as the weights) are stale once the
+                // weights change: free them before the optimizer allocates the new weights.
+                drop(products);
+                optimizer.step_host(model, grads.into_host().collect(), lr)
+            }
             Self::Burn(mut acc) => optimizer.step(model, &acc.grads(), lr),
         }
     }

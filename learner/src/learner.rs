@@ -114,12 +114,13 @@ impl Learner {
     /// [`Learner::set_critic`].
     pub fn with_objective(
         model: Llama,
-        optimizer: AdamW,
+        mut optimizer: AdamW,
         schedule: Schedule,
         config: LearnerConfig,
         objective: ObjectiveConfig,
     ) -> Self {
         let reference = objective.needs_reference().then(|| model.valid());
+        optimizer.reserve(&model);
         Self {
             model,
             reference,
@@ -545,7 +546,8 @@ impl Learner {
     }
 
     /// Replaces the optimizer and schedule (e.g. after an SFT warm start, RL starts fresh).
-    pub fn reset_optimizer(&mut self, optimizer: AdamW, schedule: Schedule) {
+    pub fn reset_optimizer(&mut self, mut optimizer: AdamW, schedule: Schedule) {
+        optimizer.reserve(&self.model);
         self.optimizer = optimizer;
         self.schedule = schedule;
     }

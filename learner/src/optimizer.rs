@@ -100,6 +100,19 @@ impl AdamW {
         self.step
     }
 
+    /// Allocates zero moments for every float parameter of `model` that has none yet, as the
+    /// first update would. Called when a learner is built, so that the moments (twice the
+    /// model's size) are in place before the first step: allocated lazily, they would land
+    /// among the first step's buffers and push the second step's onto fresh pages (faulted in
+    /// and zeroed by the kernel; measured as a slower second step).
+    pub fn reserve(&mut self, model: &Llama) {
+        let mut reserve = Reserve {
+            optimizer: self,
+            path: Vec::new(),
+        };
+        model.visit(&mut reserve);
+    }
+
     /// Applies one update with learning rate `lr` and returns the updated model.
     ///
     /// `grads` hold the gradients of the (autodiff) model's parameters; parameters without a
@@ -239,6 +252,31 @@ impl ModuleVisitor for HostGrads<'_> {
     }
 }
 
+/// Zero moments for parameters without any ([`AdamW::reserve`]), keyed by the path
+/// [`Update`] gives them.
+struct Reserve<'a> {
+    optimizer: &'a mut AdamW,
+    path: Vec<String>,
+}
+
+impl ModuleVisitor for Reserve<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.shape().num_elements();
+        self.optimizer
+            .moments
+            .entry(self.path.join("."))
+            .or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
+    }
+}
+
 struct Update<'a> {
     optimizer: &'a mut AdamW,
     grads: HashMap<ParamId, Vec<f32>>,
@@ -263,22 +301,63 @@ struct Coefficients {
     eps: f32,
 }
 
-/// One fused AdamW update of `p` (see [`AdamW`]) with gradient `g` and moments `m`, `v`.
+/// One element of the fused AdamW update (see [`AdamW`]): the new parameter from the old one
+/// `p` and gradient `g`, updating the moments `m` and `v` in place.
+#[inline(always)]
+fn adamw_element(p: f32, g: f32, m: &mut f32, v: &mut f32, k: &Coefficients) -> f32 {
+    let g = g * k.clip;
+    *m = k.beta1 * *m + (1.0 - k.beta1) * g;
+    *v = k.beta2 * *v + (1.0 - k.beta2) * g * g;
+    let denom = v.sqrt() * k.inv_sqrt_bias2 + k.eps;
+    p * k.decay - k.step_size * *m / denom
+}
+
+/// One fused AdamW update of `p` in place (see [`AdamW`]) with gradient `g` and moments `m`,
+/// `v`: for parameters whose buffer the optimizer owns.
 fn fused_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Coefficients) {
-    let (one_m_b1, one_m_b2) = (1.0 - k.beta1, 1.0 - k.beta2);
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = g * k.clip;
-                *m = k.beta1 * *m + one_m_b1 * g;
-                *v = k.beta2 * *v + one_m_b2 * g * g;
-                let denom = v.sqrt() * k.inv_sqrt_bias2 + k.eps;
-                *p = *p * k.decay - k.step_size * *m / denom;
+                *p = adamw_element(*p, g, m, v, &k);
             }
         });
+}
+
+/// [`fused_update`] out of place: the updated parameters of `old` as a new buffer, read and
+/// written in one pass (no copy of `old` first). The parameters are shared with the weights
+/// published to the actors, so the update cannot overwrite them.
+fn fused_update_into(
+    old: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: Coefficients,
+) -> Vec<f32> {
+    let mut new = Vec::with_capacity(old.len());
+    new.spare_capacity_mut()[..old.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(old.par_chunks(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|((((new, old), g), m), v)| {
+            for ((((new, &p), &g), m), v) in new
+                .iter_mut()
+                .zip(old)
+                .zip(g)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                new.write(adamw_element(p, g, m, v, &k));
+            }
+        });
+    // SAFETY: every one of the first `old.len()` elements was written just above (the chunks
+    // of `old`, `g`, `m`, `v` and of the spare capacity cover the same `old.len()` indices).
+    unsafe { new.set_len(old.len()) };
+    new
 }
 
 impl ModuleMapper for Update<'_> {
@@ -299,22 +378,22 @@ impl ModuleMapper for Update<'_> {
         let shape = tensor.shape();
         let inner = tensor.inner();
         let (device, dtype) = (inner.device(), inner.dtype());
-        let mut p = host_f32(inner.into_data());
+        let n = shape.num_elements();
         let c = &self.optimizer.config;
         let t = self.optimizer.step as i32;
         let path = self.path.join(".");
         let (mut m, mut v) = match self.optimizer.moments.remove(&path) {
-            Some((m, v)) if m.len() == p.len() => (m, v),
+            Some((m, v)) if m.len() == n => (m, v),
             Some((m, _)) => {
                 tracing::warn!(
                     parameter = %path,
                     saved = m.len(),
-                    expected = p.len(),
+                    expected = n,
                     "optimizer moments do not fit the parameter; starting them from zero"
                 );
-                (vec![0.0; p.len()], vec![0.0; p.len()])
+                (vec![0.0; n], vec![0.0; n])
             }
-            None => (vec![0.0; p.len()], vec![0.0; p.len()]),
+            None => (vec![0.0; n], vec![0.0; n]),
         };
         let k = Coefficients {
             clip: self.clip_scale as f32,
@@ -329,7 +408,18 @@ impl ModuleMapper for Update<'_> {
             inv_sqrt_bias2: (1.0 / (1.0 - c.adam_beta2.powi(t)).sqrt()) as f32,
             eps: c.adam_epsilon as f32,
         };
-        fused_update(&mut p, &g, &mut m, &mut v, k);
+        // f32 parameters on the flex device are read in place (one pass writes the new
+        // buffer); any other is copied out, updated, and converted back.
+        let p = match kaizen_model::with_host_values(&inner, |old| {
+            fused_update_into(old, &g, &mut m, &mut v, k)
+        }) {
+            Some(p) => p,
+            None => {
+                let mut p = host_f32(inner.into_data());
+                fused_update(&mut p, &g, &mut m, &mut v, k);
+                p
+            }
+        };
         self.optimizer.moments.insert(path, (m, v));
         let data = TensorData::new(p, shape).convert_dtype(dtype);
         let updated = Tensor::<D>::from_inner(Tensor::from_data(data, &device));
@@ -427,6 +517,31 @@ mod tests {
                 e[2]
             );
         }
+    }
+
+    #[test]
+    fn the_update_out_of_place_equals_the_update_in_place() {
+        let n = 2 * CHUNK + 5;
+        let old: Vec<f32> = (0..n).map(|i| ((i % 31) as f32 - 15.0) / 20.0).collect();
+        let g: Vec<f32> = (0..n).map(|i| ((i % 11) as f32 - 5.0) / 7.0).collect();
+        let m0: Vec<f32> = (0..n).map(|i| (i % 5) as f32 / 100.0).collect();
+        let v0: Vec<f32> = (0..n).map(|i| (i % 3) as f32 / 1000.0).collect();
+        let k = Coefficients {
+            clip: 0.7,
+            beta1: 0.9,
+            beta2: 0.999,
+            decay: 0.999,
+            step_size: 1e-3,
+            inv_sqrt_bias2: 3.0,
+            eps: 1e-8,
+        };
+        let (mut p, mut m, mut v) = (old.clone(), m0.clone(), v0.clone());
+        fused_update(&mut p, &g, &mut m, &mut v, k);
+        let (mut m2, mut v2) = (m0, v0);
+        let p2 = fused_update_into(&old, &g, &mut m2, &mut v2, k);
+        assert_eq!(p2, p);
+        assert_eq!((m2, v2), (m, v));
+        assert_ne!(p, old, "the update moved the parameters");
     }
 
     #[test]

@@ -169,6 +169,37 @@ fn adamw_matches_the_torch_formula_for_two_steps() {
     assert_eq!(l.steps(), 1);
 }
 
+/// A learner's optimizer holds zero moments for every parameter before its first step (so
+/// that the first step's buffers, not the moments, are what the second step reuses), under
+/// the same names the first update gives them.
+#[test]
+fn the_optimizer_moments_exist_before_the_first_step_under_the_steps_names() {
+    let mut l = learner(1, LossType::Dapo);
+    let (step, before) = l.optimizer().state();
+    assert_eq!(step, 0);
+    assert!(!before.is_empty());
+    assert!(
+        before.iter().all(|(_, t)| t.data.iter().all(|&x| x == 0.0)),
+        "reserved moments are zero"
+    );
+    let count: usize = before.iter().map(|(_, t)| t.data.len()).sum();
+    let mut params = Values(Vec::new());
+    l.model().visit(&mut params);
+    let n: usize = params.0.iter().map(Vec::len).sum();
+    assert_eq!(count, 2 * n, "two moments for every parameter value");
+    l.rl_step(&batch(), WeightsVersion(0)).unwrap();
+    let (step, after) = l.optimizer().state();
+    assert_eq!(step, 1);
+    let names = |s: &[(String, kaizen_model::HostTensor)]| {
+        s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&after), names(&before));
+    assert!(
+        after.iter().any(|(_, t)| t.data.iter().any(|&x| x != 0.0)),
+        "the step wrote into the reserved moments"
+    );
+}
+
 /// kaizen's CPU training pass (the default) and burn's autodiff give the same step.
 #[test]
 fn the_cpu_training_pass_gives_burns_step() {

@@ -68,6 +68,17 @@ impl HostView {
     }
 }
 
+/// Calls `f` with the values of `tensor` (a float32, contiguous tensor on the flex device, its
+/// autodiff wrapper stripped by the caller), borrowed without a copy even when the buffer is
+/// shared; `None` (and `f` is not called) for any other tensor. The learner's optimizer reads
+/// the old parameters through this while writing the new ones.
+pub fn with_host_values<const D: usize, R>(
+    tensor: &Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    HostView::of_tensor(tensor.clone()).map(|view| f(view.data()))
+}
+
 /// A parameter as the CPU passes see it: its values ([`HostView`]), and for the training pass
 /// also its id ([`burn::module::ParamId`], to hand gradients back to burn's optimizer).
 pub(crate) trait WeightView: Sized {
