@@ -1,6 +1,8 @@
 //! The checks `scripts/device/check.sh` runs on a GPU machine, as one JSON summary: what the
-//! machine is, whether the GPU forward pass agrees with the CPU path, how fast NCCL reduces a
-//! SmolLM2-135M-sized gradient and how fast one sequence decodes.
+//! machine is, whether the GPU forward pass agrees with the CPU path, whether the GPU training
+//! pass's log-probs and gradients agree with the CPU training pass, how long a GRPO-shaped
+//! learner step takes on the GPU, how fast NCCL reduces a SmolLM2-135M-sized gradient and how
+//! fast one sequence decodes.
 //!
 //! Each section either holds its figures or `{"error": "..."}` (a panic inside a section is
 //! caught and recorded the same way), so one failure never hides the other results.
@@ -9,9 +11,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use kaizen_model::{Llama, LlamaConfig, Policy, smollm2_path};
+use kaizen_learner::AdamWConfig;
+use kaizen_model::{
+    CpuGrads, CpuScorePass, Llama, LlamaConfig, Policy, ScoreBatch, ScoreOptions, smollm2_path,
+};
 use serde_json::{Value, json};
 
+use crate::train::{
+    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, CudaOps, Gemm, HostOps, TrainModel,
+    TrainOps, Transpose,
+};
 use crate::{GpuError, GpuLlama, Library, NcclCollective, cuda_context, kernels};
 
 /// What to check and with which sizes.
@@ -33,6 +42,19 @@ pub struct Options {
     pub nccl_floats: usize,
     /// Timed repetitions of each all-reduce (after one warm-up).
     pub nccl_repeats: usize,
+    /// Largest `|logp_gpu − logp_cpu|` and largest per-parameter `‖g_gpu − g_cpu‖ / ‖g_cpu‖`
+    /// accepted by the training-pass parity check.
+    pub train_parity_bound: f32,
+    /// The GRPO-shaped step: prompts, generations per prompt, prompt and completion tokens.
+    pub grpo_prompts: usize,
+    /// Generations per prompt.
+    pub grpo_generations: usize,
+    /// Tokens per prompt.
+    pub grpo_prompt_tokens: usize,
+    /// Tokens per completion (all scored).
+    pub grpo_completion_tokens: usize,
+    /// Timed GRPO steps (after one warm-up).
+    pub grpo_steps: usize,
 }
 
 impl Default for Options {
@@ -45,6 +67,12 @@ impl Default for Options {
             decode_tokens: 128,
             nccl_floats: 134_515_008,
             nccl_repeats: 5,
+            train_parity_bound: 1e-3,
+            grpo_prompts: 8,
+            grpo_generations: 8,
+            grpo_prompt_tokens: 49,
+            grpo_completion_tokens: 64,
+            grpo_steps: 3,
         }
     }
 }
@@ -54,9 +82,11 @@ pub fn run(options: &Options) -> Value {
     let environment = section(environment);
     let kernels = section(|| compile_for_device(options.ordinal));
     let model = section(|| parity_and_decode(options));
+    let training = section(|| training(options));
     let nccl = section(|| nccl_bandwidth(options));
-    let parity_ok = model["parity"]["pass"].as_bool().unwrap_or(false);
-    let ran = [&environment, &kernels, &model, &nccl]
+    let parity_ok = model["parity"]["pass"].as_bool().unwrap_or(false)
+        && training["parity"]["pass"].as_bool().unwrap_or(false);
+    let ran = [&environment, &kernels, &model, &training, &nccl]
         .iter()
         .all(|s| s.get("error").is_none());
     json!({
@@ -64,9 +94,9 @@ pub fn run(options: &Options) -> Value {
         "environment": environment,
         "kernels": kernels,
         "model": model,
+        "training": training,
         "nccl": nccl,
         "not_measured": [
-            "gradient parity and one GRPO step on the GPU (kaizen has no GPU training pass yet)",
             "generation at batch 16/64 (GpuLlama decodes one sequence)",
             "PyTorch/TRL side by side",
         ],
@@ -149,31 +179,41 @@ fn compile_for_device(ordinal: usize) -> Result<Value, GpuError> {
     let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
     let start = Instant::now();
     let ptx = kernels::compile(Some(arch))?;
+    let train_ptx = crate::train::kernels::compile(Some(arch))?;
     let compile_s = start.elapsed().as_secs_f64();
-    let module = context
-        .load_module(ptx)
-        .map_err(|e| GpuError::driver("loading the PTX", e))?;
-    for name in kernels::NAMES {
-        module
-            .load_function(name)
-            .map_err(|e| GpuError::driver(format!("kernel `{name}`"), e))?;
+    for (ptx, names) in [
+        (ptx, &kernels::NAMES[..]),
+        (train_ptx, &crate::train::kernels::NAMES[..]),
+    ] {
+        let module = context
+            .load_module(ptx)
+            .map_err(|e| GpuError::driver("loading the PTX", e))?;
+        for name in names {
+            module
+                .load_function(name)
+                .map_err(|e| GpuError::driver(format!("kernel `{name}`"), e))?;
+        }
     }
-    Ok(json!({ "arch": arch, "compile_s": compile_s, "kernels": kernels::NAMES }))
+    Ok(json!({
+        "arch": arch,
+        "compile_s": compile_s,
+        "kernels": kernels::NAMES,
+        "training_kernels": crate::train::kernels::NAMES,
+    }))
 }
 
-/// The CPU model for `spec` and a label saying what it is.
-fn load_cpu_model(spec: &str) -> Result<(Llama, String), GpuError> {
-    let device = Device::default();
+/// The CPU model for `spec` on `device` and a label saying what it is.
+fn load_cpu_model(spec: &str, device: &Device) -> Result<(Llama, String), GpuError> {
     let random = || {
-        Llama::init(&LlamaConfig::smollm2_135m(), &device, 0)
+        Llama::init(&LlamaConfig::smollm2_135m(), device, 0)
             .map(|m| (m, "SmolLM2-135M shape, random weights (seed 0)".to_string()))
             .map_err(|e| GpuError::Input(format!("random model: {e}")))
     };
     match spec {
         "random" => random(),
         "auto" if !smollm2_path().is_file() => random(),
-        "auto" => load_policy("smollm2", &device),
-        spec => load_policy(spec, &device),
+        "auto" => load_policy("smollm2", device),
+        spec => load_policy(spec, device),
     }
 }
 
@@ -189,7 +229,7 @@ fn parity_and_decode(options: &Options) -> Result<Value, GpuError> {
     // The GPU first: without one, fail before spending seconds on the CPU model.
     let context = cuda_context(options.ordinal)?;
     let start = Instant::now();
-    let (cpu, label) = load_cpu_model(&options.model)?;
+    let (cpu, label) = load_cpu_model(&options.model, &Device::default())?;
     let load_s = start.elapsed().as_secs_f64();
     let config = cpu.config().clone();
     let vocab = config.vocab_size;
@@ -273,6 +313,427 @@ fn parity_and_decode(options: &Options) -> Result<Value, GpuError> {
     }))
 }
 
+/// `prompts` GRPO groups of `generations` rows each: a prompt of `prompt_tokens` shared by
+/// its group, then `completion_tokens` scored tokens, ids spread over the vocabulary (no
+/// tokenizer needed).
+fn grpo_batch(
+    vocab: usize,
+    prompts: usize,
+    generations: usize,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+) -> ScoreBatch {
+    let token = |i: usize| ((i * 7919 + 13) % vocab) as u32;
+    let mut batch = ScoreBatch {
+        sequences: Vec::new(),
+        loss_masks: Vec::new(),
+    };
+    for p in 0..prompts {
+        for g in 0..generations {
+            let mut seq: Vec<u32> = (0..prompt_tokens).map(|i| token(p * 1000 + i)).collect();
+            seq.extend((0..completion_tokens).map(|i| token(p * 1000 + g * 100 + i + 500)));
+            let mut mask = vec![false; prompt_tokens];
+            mask.extend(std::iter::repeat_n(true, completion_tokens));
+            batch.sequences.push(seq);
+            batch.loss_masks.push(mask);
+        }
+    }
+    batch
+}
+
+/// The GPU training pass (`crate::train`, CUDA) against the CPU training pass
+/// (`kaizen_model::CpuScorePass`) on SmolLM2 — log-probs and every parameter's gradient of
+/// `loss = Σ a_i logp_i` on a small GRPO batch — then one GRPO-shaped learner step on the GPU
+/// (forward, backward, AdamW), timed.
+///
+/// Estimated at under a minute on an H100: kernel compilation ~2 s, SmolLM2's CPU model (random
+/// weights, autodiff) ~5–10 s, the CPU pass on the small batch a few seconds, the GRPO step's
+/// ~6 TFLOP of f32 SGEMM well under a second per step, 4 steps.
+fn training(options: &Options) -> Result<Value, GpuError> {
+    // The GPU first: without one, fail before spending seconds on the CPU model.
+    let context = cuda_context(options.ordinal)?;
+    let start = Instant::now();
+    let ops = CudaOps::new(&context)?;
+    let compile_s = start.elapsed().as_secs_f64();
+    let kernels_vs_host = compare_kernels(&ops)?;
+    let device = Device::default().autodiff();
+    let start = Instant::now();
+    let (cpu, label) = load_cpu_model(&options.model, &device)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let config = cpu.config().clone();
+    let start = Instant::now();
+    let mut gpu = TrainModel::new(ops, &config, &cpu.to_named())?;
+    let upload_s = start.elapsed().as_secs_f64();
+
+    // Parity: 2 prompts x 2 generations, 24 + 24 tokens; the CPU pass shares the prompts.
+    let temperature = 0.9;
+    let batch = grpo_batch(config.vocab_size, 2, 2, 24, 24);
+    let score_options = ScoreOptions {
+        temperature,
+        with_entropy: false,
+        share_prefixes: true,
+    };
+    let start = Instant::now();
+    let (scores, pass) = CpuScorePass::forward(&cpu, &batch, &score_options)
+        .map_err(|e| GpuError::Input(format!("CPU pass: {e}")))?
+        .ok_or_else(|| {
+            GpuError::Input(format!(
+                "the CPU training pass does not apply to model `{label}` (not float32 flex)"
+            ))
+        })?;
+    let cpu_logprobs = scores
+        .logprobs
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| GpuError::Input(format!("CPU log-probs: {e:?}")))?;
+    let n = cpu_logprobs.len();
+    let weights: Vec<f32> = (0..n).map(|i| ((i as f32 + 1.0) * 0.731).sin()).collect();
+    let loss = (scores.logprobs
+        * Tensor::<1>::from_data(TensorData::new(weights.clone(), [n]), &device))
+    .sum();
+    let mut cpu_grads = CpuGrads::new(&cpu)
+        .ok_or_else(|| GpuError::Input("CPU gradient buffers: model not float32 flex".into()))?;
+    pass.backward(&loss.backward(), &mut cpu_grads)
+        .map_err(|e| GpuError::Input(format!("CPU backward: {e}")))?;
+    let cpu_grads: Vec<Vec<f32>> = cpu_grads.into_host().map(|(_, g)| g).collect();
+    let cpu_s = start.elapsed().as_secs_f64();
+    drop(cpu);
+
+    let start = Instant::now();
+    let (gpu_logprobs, act) = gpu.forward(&batch, temperature)?;
+    let mut grads = gpu.zero_grads()?;
+    gpu.backward(act, &weights, &mut grads)?;
+    let gpu_grads = gpu.download(&grads)?;
+    let gpu_s = start.elapsed().as_secs_f64();
+    let logprob_diff = gpu_logprobs
+        .iter()
+        .zip(&cpu_logprobs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let (mut worst_rel, mut worst_name, mut max_abs) = (0.0f32, String::new(), 0.0f32);
+    for ((name, g), c) in gpu_grads.iter().zip(&cpu_grads) {
+        let norm = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        let rel = if norm > 0.0 { err / norm } else { err };
+        if rel.is_nan() || rel > worst_rel {
+            (worst_rel, worst_name) = (rel, name.clone());
+        }
+        max_abs = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(max_abs, f32::max);
+    }
+    let bound = options.train_parity_bound;
+    let parity = json!({
+        "batch": "2 prompts x 2 generations, 24 prompt + 24 completion tokens",
+        "temperature": temperature,
+        "scored_tokens": n,
+        "logprob_max_abs_diff": logprob_diff,
+        "grad_max_abs_diff": max_abs,
+        "grad_max_rel_diff": worst_rel,
+        "grad_max_rel_diff_parameter": worst_name,
+        "grad_rel_diff_is": "per parameter ||g_gpu - g_cpu|| / ||g_cpu||",
+        "parameters": gpu_grads.len().min(cpu_grads.len()),
+        "same_parameter_count": gpu_grads.len() == cpu_grads.len(),
+        "bound": bound,
+        "cpu_pass_s": cpu_s,
+        "gpu_pass_s": gpu_s,
+        "pass": gpu_grads.len() == cpu_grads.len()
+            && logprob_diff.is_finite() && logprob_diff <= bound
+            && worst_rel.is_finite() && worst_rel <= bound,
+    });
+    drop((grads, gpu_grads, cpu_grads));
+
+    // The GRPO-shaped step: GRPO's loss gradient -A_g / (|o| · rows) per scored token.
+    let (prompts, generations) = (options.grpo_prompts, options.grpo_generations);
+    let batch = grpo_batch(
+        config.vocab_size,
+        prompts,
+        generations,
+        options.grpo_prompt_tokens,
+        options.grpo_completion_tokens,
+    );
+    let rows = prompts * generations;
+    let completion = options.grpo_completion_tokens;
+    let d_logprobs: Vec<f32> = (0..rows * completion)
+        .map(|i| {
+            let advantage =
+                ((i / completion) % generations) as f32 - (generations as f32 - 1.0) / 2.0;
+            -advantage / (completion * rows) as f32
+        })
+        .collect();
+    let adamw = AdamWConfig::default();
+    let mut state = gpu.adamw_state()?;
+    let mut step = || -> Result<[f64; 3], GpuError> {
+        let start = Instant::now();
+        let (_, act) = gpu.forward(&batch, 1.0)?;
+        let forward_s = start.elapsed().as_secs_f64();
+        let mut grads = gpu.zero_grads()?;
+        gpu.backward(act, &d_logprobs, &mut grads)?;
+        gpu.ops().synchronize()?;
+        let backward_s = start.elapsed().as_secs_f64() - forward_s;
+        gpu.adamw_step(&grads, &mut state, &adamw, 1e-6)?;
+        gpu.ops().synchronize()?;
+        Ok([forward_s, backward_s, start.elapsed().as_secs_f64()])
+    };
+    step()?; // warm-up: cuBLAS heuristics, first allocations
+    let mut times = (0..options.grpo_steps.max(1))
+        .map(|_| step())
+        .collect::<Result<Vec<_>, _>>()?;
+    times.sort_by(|a, b| a[2].total_cmp(&b[2]));
+    let [forward_s, backward_s, step_s] = times[times.len() / 2];
+    let sequence_tokens = rows * (options.grpo_prompt_tokens + completion);
+    let grpo = json!({
+        "rows": rows,
+        "prompts": prompts,
+        "generations": generations,
+        "prompt_tokens": options.grpo_prompt_tokens,
+        "completion_tokens": completion,
+        "scored_tokens": rows * completion,
+        "sequence_tokens": sequence_tokens,
+        "median_of": times.len(),
+        "forward_s": forward_s,
+        "backward_s": backward_s,
+        "step_s": step_s,
+        "tokens_per_s": sequence_tokens as f64 / step_s,
+        "note": "f32 (SGEMM, no TF32), rows scored in full, forward + backward + AdamW (global-norm clipping); log-probs copied to the host, loss gradient uploaded",
+    });
+    Ok(json!({
+        "model": label,
+        "arch": gpu.ops().arch(),
+        "compile_s": compile_s,
+        "cpu_load_s": load_s,
+        "gpu_upload_s": upload_s,
+        "kernels_vs_host": kernels_vs_host,
+        "parity": parity,
+        "grpo_step": grpo,
+    }))
+}
+
+/// Each training operation on `ops` against [`HostOps`] on the same small inputs (the
+/// kernels one by one, to locate a failure of the pass's parity): the largest
+/// `|cuda − host| / max(1, |host|)` per operation.
+fn compare_kernels(ops: &CudaOps) -> Result<Value, GpuError> {
+    let cuda = kernel_probe(ops)?;
+    let host = kernel_probe(&HostOps)?;
+    let mut out = serde_json::Map::new();
+    let mut worst = 0.0f32;
+    for ((name, c), (_, h)) in cuda.iter().zip(&host) {
+        let diff = if c.len() == h.len() {
+            c.iter()
+                .zip(h)
+                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                .fold(
+                    0.0f32,
+                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                )
+        } else {
+            f32::INFINITY
+        };
+        worst = worst.max(diff);
+        out.insert((*name).to_string(), json!(diff));
+    }
+    out.insert("max".into(), json!(worst));
+    out.insert("pass".into(), json!(worst <= 1e-4));
+    Ok(Value::Object(out))
+}
+
+/// Runs every [`TrainOps`] operation once on fixed small inputs (shapes that are not multiples
+/// of the kernels' block sizes, repeated scatter indices, two packed rows of attention with
+/// grouped-query heads) and returns each operation's outputs on the host.
+///
+/// # Errors
+/// The backend's errors.
+fn kernel_probe<O: TrainOps>(ops: &O) -> Result<Vec<(&'static str, Vec<f32>)>, GpuError> {
+    let values = |n: usize, seed: f32| -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + seed) * 0.377).sin()).collect()
+    };
+    let up = |n: usize, seed: f32| ops.upload(&values(n, seed));
+    let mut out = Vec::new();
+    // Products: y = x Wᵀ, dx = dy W, dW += dyᵀ x for x [5, 40], W [7, 40].
+    let (rows, d_in, d_out) = (5, 40, 7);
+    let (x, w, dy) = (
+        up(rows * d_in, 1.0)?,
+        up(d_out * d_in, 2.0)?,
+        up(rows * d_out, 3.0)?,
+    );
+    // The pass's three forms (see `train/pass.rs`), with α = 0.5 and β = 1.
+    let gemm = |transa, transb, m, n, k, lda, ldb, ldc| Gemm {
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        alpha: 0.5,
+        lda,
+        ldb,
+        beta: 1.0,
+        ldc,
+    };
+    let (t, no) = (Transpose::Yes, Transpose::No);
+    for (name, g, a, b, len) in [
+        (
+            "gemm_tn",
+            gemm(t, no, d_out, rows, d_in, d_in, d_in, d_out),
+            &w,
+            &x,
+            rows * d_out,
+        ),
+        (
+            "gemm_nn",
+            gemm(no, no, d_in, rows, d_out, d_in, d_out, d_in),
+            &w,
+            &dy,
+            rows * d_in,
+        ),
+        (
+            "gemm_nt",
+            gemm(no, t, d_in, d_out, rows, d_in, d_out, d_in),
+            &x,
+            &dy,
+            d_out * d_in,
+        ),
+    ] {
+        let mut c = up(len, 4.0)?;
+        ops.gemm(g, a, b, &mut c)?;
+        out.push((name, ops.download(&c)?));
+    }
+    // Rows: 130 rows of 300 (more than one block of columns and of weight-gradient rows).
+    let (rows, width) = (130, 300);
+    let x = up(rows * width, 5.0)?;
+    let gamma = up(width, 6.0)?;
+    let dy = up(rows * width, 7.0)?;
+    let index: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % 11).collect();
+    let index = ops.upload_index(&index)?;
+    let mut gathered = ops.alloc(rows * width)?;
+    ops.gather_rows(&mut gathered, &x, &index, rows, width)?;
+    out.push(("gather_rows", ops.download(&gathered)?));
+    let mut scattered = up(11 * width, 8.0)?;
+    ops.scatter_add_rows(&mut scattered, &dy, &index, rows, width)?;
+    out.push(("scatter_add_rows", ops.download(&scattered)?));
+    let mut normed = ops.alloc(rows * width)?;
+    let mut inv_rms = ops.alloc(rows)?;
+    ops.rms_norm(&mut normed, &mut inv_rms, &x, &gamma, rows, width, 1e-5)?;
+    out.push(("rms_norm", ops.download(&normed)?));
+    out.push(("rms_norm_inv_rms", ops.download(&inv_rms)?));
+    let mut dx = up(rows * width, 9.0)?;
+    ops.rms_norm_backward(&mut dx, &x, &inv_rms, &gamma, &dy, rows, width)?;
+    out.push(("rms_norm_backward", ops.download(&dx)?));
+    let mut d_gamma = up(width, 10.0)?;
+    ops.rms_norm_weight_grad(&mut d_gamma, &x, &inv_rms, &dy, rows, width)?;
+    out.push(("rms_norm_weight_grad", ops.download(&d_gamma)?));
+    let mut sums = up(width, 11.0)?;
+    ops.column_sums(&mut sums, &dy, rows, width)?;
+    out.push(("column_sums", ops.download(&sums)?));
+    let mut biased = up(rows * width, 12.0)?;
+    ops.add_bias(&mut biased, &gamma, rows, width)?;
+    ops.add(&mut biased, &dy, rows * width)?;
+    out.push(("add_bias_and_add", ops.download(&biased)?));
+    let (gate, upv, d_act) = (&x, &dy, &biased);
+    let mut act = ops.alloc(rows * width)?;
+    ops.swiglu(&mut act, gate, upv, rows * width)?;
+    out.push(("swiglu", ops.download(&act)?));
+    let (mut d_gate, mut d_up) = (ops.alloc(rows * width)?, ops.alloc(rows * width)?);
+    ops.swiglu_backward(&mut d_gate, &mut d_up, gate, upv, d_act, rows * width)?;
+    out.push(("swiglu_backward_gate", ops.download(&d_gate)?));
+    out.push(("swiglu_backward_up", ops.download(&d_up)?));
+    out.push((
+        "sum_squares",
+        vec![ops.sum_squares(&dy, rows * width)? as f32],
+    ));
+    let (mut p, mut m, mut v) = (
+        up(rows * width, 13.0)?,
+        up(rows * width, 14.0)?,
+        ops.alloc(rows * width)?,
+    );
+    let step = AdamWStep {
+        clip: 0.7,
+        beta1: 0.9,
+        beta2: 0.999,
+        decay: 0.999,
+        step_size: 1e-2,
+        inv_sqrt_bias2: 3.0,
+        eps: 1e-8,
+    };
+    ops.adamw(&mut p, &dy, &mut m, &mut v, rows * width, step)?;
+    out.push(("adamw", ops.download(&p)?));
+    // Log-softmax over a vocabulary of 300 (more than one block), 5 rows.
+    let (n, vocab) = (5, 300);
+    let targets = ops.upload_index(&[0, 299, 17, 256, 3])?;
+    let mut z = up(n * vocab, 15.0)?;
+    let (mut lse, mut logp) = (ops.alloc(n)?, ops.alloc(n)?);
+    ops.log_softmax(&mut z, &mut lse, &mut logp, &targets, n, vocab, 1.0 / 0.7)?;
+    out.push(("log_softmax", ops.download(&logp)?));
+    let d_logp = up(n, 16.0)?;
+    ops.log_softmax_backward(&mut z, &lse, &targets, &d_logp, n, vocab, 1.0 / 0.7)?;
+    out.push(("log_softmax_backward", ops.download(&z)?));
+    // Attention: two packed rows (3 and 6 tokens), 4 query heads over 2, d 8, positions 0...
+    let (tokens, heads, kv, d) = (9, 4, 2, 8);
+    let key_start = ops.upload_index(&[0, 0, 0, 3, 3, 3, 3, 3, 3])?;
+    let row_end = ops.upload_index(&[3, 3, 3, 9, 9, 9, 9, 9, 9])?;
+    let positions = ops.upload_index(&[0, 1, 2, 0, 1, 2, 3, 4, 5])?;
+    let shape = AttentionShape {
+        tokens,
+        heads,
+        kv_heads: kv,
+        head_dim: d,
+        scale: 1.0 / (d as f32).sqrt(),
+        longest_row: 6,
+    };
+    let (cos, sin) = (up(6 * d, 17.0)?, up(6 * d, 18.0)?);
+    let mut q = up(tokens * heads * d, 19.0)?;
+    ops.rope(&mut q, &cos, &sin, &positions, tokens, heads, d, false)?;
+    out.push(("rope", ops.download(&q)?));
+    let mut rotated_back = up(tokens * heads * d, 19.0)?;
+    ops.rope(
+        &mut rotated_back,
+        &cos,
+        &sin,
+        &positions,
+        tokens,
+        heads,
+        d,
+        true,
+    )?;
+    out.push(("rope_inverse", ops.download(&rotated_back)?));
+    let (k, v) = (up(tokens * kv * d, 20.0)?, up(tokens * kv * d, 21.0)?);
+    let mut attn = ops.alloc(tokens * heads * d)?;
+    let mut attn_lse = ops.alloc(tokens * heads)?;
+    ops.attention(&mut attn, &mut attn_lse, &q, &k, &v, &key_start, shape)?;
+    out.push(("attention", ops.download(&attn)?));
+    out.push(("attention_lse", ops.download(&attn_lse)?));
+    let d_out = up(tokens * heads * d, 22.0)?;
+    let mut dq = ops.alloc(tokens * heads * d)?;
+    let (mut dk, mut dv) = (ops.alloc(tokens * kv * d)?, ops.alloc(tokens * kv * d)?);
+    let mut delta = ops.alloc(tokens * heads)?;
+    let saved = AttentionSaved {
+        q: &q,
+        k: &k,
+        v: &v,
+        out: &attn,
+        lse: &attn_lse,
+    };
+    let rows = AttentionRows {
+        key_start: &key_start,
+        row_end: &row_end,
+    };
+    ops.attention_backward(
+        &mut dq, &mut dk, &mut dv, &mut delta, saved, &d_out, rows, shape,
+    )?;
+    out.push(("attention_backward_dq", ops.download(&dq)?));
+    out.push(("attention_backward_dk", ops.download(&dk)?));
+    out.push(("attention_backward_dv", ops.download(&dv)?));
+    out.push(("attention_backward_delta", ops.download(&delta)?));
+    Ok(out)
+}
+
 /// NCCL all-reduce of `nccl_floats` floats: on the device (algorithm bandwidth, single rank)
 /// and through the host-buffer [`kaizen_learner::Collective`] path; then whether NCCL accepts
 /// two ranks on one GPU.
@@ -347,5 +808,22 @@ fn two_ranks_on_one_gpu(ordinal: usize) -> Value {
         Ok(Ok(s)) => json!({ "result": s }),
         Ok(Err(e)) => json!({ "refused": e }),
         Err(_) => json!({ "refused": "no answer within 60 s (NCCL hung)" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel probe runs every operation on the host mirror, with finite outputs (on a GPU
+    /// the same probe runs on CUDA and is compared with these).
+    #[test]
+    fn the_kernel_probe_runs_every_operation_on_the_host() {
+        let outputs = kernel_probe(&HostOps).unwrap();
+        assert_eq!(outputs.len(), 26);
+        for (name, values) in outputs {
+            assert!(!values.is_empty(), "{name}");
+            assert!(values.iter().all(|v| v.is_finite()), "{name}: {values:?}");
+        }
     }
 }

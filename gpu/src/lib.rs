@@ -16,8 +16,13 @@
 //! - [`GpuLlama`]: the Llama-family forward pass on one GPU (those kernels plus cuBLAS SGEMM
 //!   for the projections), with its own KV cache, for logits parity with the CPU path and
 //!   greedy decoding.
+//! - [`train`]: the learner's training pass on one GPU (forward keeping its activations,
+//!   hand-written backward, fused AdamW), written once over [`train::TrainOps`] and run on
+//!   CUDA ([`train::CudaOps`]) or, for tests without a GPU, on the host
+//!   ([`train::HostOps`]).
 //! - [`device_check`]: the checks `scripts/device/check.sh` runs on a GPU machine (environment,
-//!   logits parity, NCCL bandwidth, decode tokens/s), as one JSON summary.
+//!   logits parity, training-pass parity and a GRPO step, NCCL bandwidth, decode tokens/s),
+//!   as one JSON summary.
 //!
 //! What is tested where: docs/gpu.md.
 #![warn(missing_docs)]
@@ -28,6 +33,7 @@ pub mod kernels;
 mod libraries;
 mod llama;
 mod nccl;
+pub mod train;
 
 pub use error::GpuError;
 pub use libraries::{Library, cuda_context, require};

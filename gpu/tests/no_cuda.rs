@@ -58,7 +58,7 @@ fn device_check_records_errors_instead_of_panicking() {
     };
     let summary = kaizen_gpu::device_check::run(&options);
     assert_eq!(summary["ok"], false);
-    for section in ["environment", "kernels", "model", "nccl"] {
+    for section in ["environment", "kernels", "model", "training", "nccl"] {
         let error = summary[section]["error"].as_str().unwrap_or_default();
         assert!(error.contains("libcuda"), "{section}: {error}");
     }

@@ -1,9 +1,9 @@
-//! The forward kernels compile with NVRTC — no GPU needed, only `libnvrtc.so.13` on
+//! The forward and training kernels compile with NVRTC — no GPU needed, only `libnvrtc.so.13` on
 //! `LD_LIBRARY_PATH` (`scripts/test.sh` installs PyPI's `nvidia-cuda-nvrtc` for it). Without
 //! NVRTC these tests fail when `KAIZEN_REQUIRE_SERVICES=1` (CI) and are skipped loudly
 //! otherwise.
 
-use kaizen_gpu::{GpuError, Library, kernels};
+use kaizen_gpu::{GpuError, Library, kernels, train};
 
 fn nvrtc() -> bool {
     if Library::Nvrtc.is_present() {
@@ -42,6 +42,26 @@ fn every_kernel_compiles_to_ptx_for_ampere_and_hopper() {
             assert!(
                 ptx.contains(&format!(".entry {name}(")),
                 "{arch}: kernel `{name}` missing from the PTX"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_training_kernel_compiles_to_ptx_for_ampere_and_hopper() {
+    if !nvrtc() {
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        let ptx = train::kernels::compile(Some(arch))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_src();
+        let target = arch.replace("compute_", "sm_");
+        assert!(ptx.contains(&format!(".target {target}")), "{arch}");
+        for name in train::kernels::NAMES {
+            assert!(
+                ptx.contains(&format!(".entry {name}(")),
+                "{arch}: training kernel `{name}` missing from the PTX"
             );
         }
     }

@@ -2,8 +2,10 @@
 # The GPU machine's check, self-contained, under 8 minutes:
 #   scripts/device/check.sh OUT.json
 # Writes one JSON summary to OUT.json: environment (GPU, driver, CUDA/NVRTC/NCCL versions, the
-# host's PyTorch), SmolLM2 logits parity GPU vs the CPU path (bound 1e-3), NCCL all-reduce
-# bandwidth for a 135M-float buffer, greedy decode tokens/s. Exits non-zero when a check failed.
+# host's PyTorch), SmolLM2 logits parity GPU vs the CPU path (bound 1e-3), the GPU training
+# pass's log-probs and gradients vs the CPU training pass (bound 1e-3), one GRPO-shaped learner
+# step on the GPU (64 rows, forward + backward + AdamW), NCCL all-reduce bandwidth for a
+# 135M-float buffer, greedy decode tokens/s. Exits non-zero when a check failed.
 #
 # Needs: an NVIDIA driver, and the CUDA 13 libraries that PyTorch cu130 wheels bring
 # (nvidia/cu13/lib: libnvrtc.so.13, libcublas.so.13; nvidia/nccl/lib: libnccl.so.2) in a Python
