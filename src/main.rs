@@ -2,6 +2,7 @@
 
 mod allocator;
 mod commands;
+mod learner_device;
 
 use std::io::IsTerminal;
 

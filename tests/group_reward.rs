@@ -73,6 +73,7 @@ fn a_registered_group_reward_sees_whole_groups_and_is_trained_on() {
         resume: None,
         launcher: Arc::new(kaizen_cluster::LocalLauncher),
         collective: None,
+        backend: None,
     };
 
     // Not registered: the run does not start, and the error names the group reward.

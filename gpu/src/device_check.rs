@@ -2,7 +2,8 @@
 //! machine is, whether the GPU forward pass agrees with the CPU path, whether the GPU training
 //! pass's log-probs and gradients agree with the CPU training pass, how long a GRPO-shaped
 //! learner step takes on the GPU, how fast NCCL reduces a SmolLM2-135M-sized gradient and how
-//! fast one sequence decodes.
+//! fast one sequence decodes, and how fast batches of 1, 16 and 64 rows sample (with the
+//! behaviour log-probs against the CPU path's).
 //!
 //! Each section either holds its figures or `{"error": "..."}` (a panic inside a section is
 //! caught and recorded the same way), so one failure never hides the other results.
@@ -13,10 +14,14 @@ use std::time::Instant;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kaizen_learner::AdamWConfig;
 use kaizen_model::{
-    CpuGrads, CpuScorePass, Llama, LlamaConfig, Policy, ScoreBatch, ScoreOptions, smollm2_path,
+    CpuGrads, CpuScorePass, GenerateOptions, GenerationRequest, Llama, LlamaConfig, Policy,
+    SamplingParams, ScoreBatch, ScoreOptions, generate, smollm2_path,
 };
 use serde_json::{Value, json};
 
+use crate::batch_decode::{BatchDecoder, DecodeOptions, DecodeRequest};
+use crate::decode_ops::{CudaDecodeOps, DecodeOps};
+use crate::sample::SampleParams;
 use crate::train::{
     AdamWStep, AttentionRows, AttentionSaved, AttentionShape, CudaOps, Gemm, HostOps, TrainModel,
     TrainOps, Transpose,
@@ -55,6 +60,13 @@ pub struct Options {
     pub grpo_completion_tokens: usize,
     /// Timed GRPO steps (after one warm-up).
     pub grpo_steps: usize,
+    /// Batched generation: `(prompts, generations per prompt)` of each timed batch (rows =
+    /// their product); prompts of `grpo_prompt_tokens`, `grpo_completion_tokens` new tokens.
+    pub generation_batches: Vec<(usize, usize)>,
+    /// Rows of each generation batch the CPU path scores for the log-prob gap.
+    pub generation_scored_rows: usize,
+    /// Largest `|logp_gpu − logp_cpu|` of a sampled token accepted.
+    pub generation_logprob_bound: f32,
 }
 
 impl Default for Options {
@@ -73,6 +85,9 @@ impl Default for Options {
             grpo_prompt_tokens: 49,
             grpo_completion_tokens: 64,
             grpo_steps: 3,
+            generation_batches: vec![(1, 1), (2, 8), (8, 8)],
+            generation_scored_rows: 3,
+            generation_logprob_bound: 2e-3,
         }
     }
 }
@@ -83,22 +98,31 @@ pub fn run(options: &Options) -> Value {
     let kernels = section(|| compile_for_device(options.ordinal));
     let model = section(|| parity_and_decode(options));
     let training = section(|| training(options));
+    let generation = section(|| generation(options));
     let nccl = section(|| nccl_bandwidth(options));
     let parity_ok = model["parity"]["pass"].as_bool().unwrap_or(false)
-        && training["parity"]["pass"].as_bool().unwrap_or(false);
-    let ran = [&environment, &kernels, &model, &training, &nccl]
-        .iter()
-        .all(|s| s.get("error").is_none());
+        && training["parity"]["pass"].as_bool().unwrap_or(false)
+        && generation["pass"].as_bool().unwrap_or(false);
+    let ran = [
+        &environment,
+        &kernels,
+        &model,
+        &training,
+        &generation,
+        &nccl,
+    ]
+    .iter()
+    .all(|s| s.get("error").is_none());
     json!({
         "ok": ran && parity_ok,
         "environment": environment,
         "kernels": kernels,
         "model": model,
         "training": training,
+        "generation": generation,
         "nccl": nccl,
         "not_measured": [
-            "generation at batch 16/64 (GpuLlama decodes one sequence)",
-            "PyTorch/TRL side by side",
+            "PyTorch/TRL side by side: scripts/device/reference.py, merged by check.sh",
         ],
     })
 }
@@ -517,6 +541,221 @@ fn training(options: &Options) -> Result<Value, GpuError> {
     }))
 }
 
+/// Batched sampling on the GPU ([`BatchDecoder`] on [`CudaDecodeOps`]): tokens/s at each of
+/// `generation_batches` (GRPO groups sharing their prompt, temperature 1, top-p 1, no EOS so
+/// every row samples `grpo_completion_tokens`), the largest gap between the GPU's behaviour
+/// log-probs and the CPU path's for the same tokens (a few rows of each batch, the whole
+/// sequence scored by `Llama::forward`), one small top-p batch checked the same way, and the
+/// greedy tokens of a small batch against kaizen's CPU generation.
+///
+/// Estimated at under a minute on an H100: model load and upload ~10 s, the three timed
+/// batches (each after a short warm-up) a few seconds, the CPU scoring of ~10 rows of 113
+/// tokens and 4 greedy rows of 16 tokens ~20 s.
+fn generation(options: &Options) -> Result<Value, GpuError> {
+    // The GPU first: without one, fail before spending seconds on the CPU model.
+    let context = cuda_context(options.ordinal)?;
+    let start = Instant::now();
+    let ops = CudaDecodeOps::new(&context)?;
+    let compile_s = start.elapsed().as_secs_f64();
+    let (cpu, label) = load_cpu_model(&options.model, &Device::default())?;
+    let mut out = generation_on(ops, &cpu, options)?;
+    out["model"] = json!(label);
+    out["compile_s"] = json!(compile_s);
+    Ok(out)
+}
+
+/// The larger of `a` and `b`, NaN if either is (a NaN gap must fail the check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// [`generation`]'s measurements on any [`DecodeOps`] backend (the host one in tests).
+fn generation_on<D: DecodeOps>(ops: D, cpu: &Llama, options: &Options) -> Result<Value, GpuError> {
+    let config = cpu.config().clone();
+    let vocab = config.vocab_size;
+    let start = Instant::now();
+    let decoder = BatchDecoder::new(ops, &config, &cpu.to_named())?;
+    let upload_s = start.elapsed().as_secs_f64();
+    let token = |i: usize| ((i * 7919 + 13) % vocab) as u32;
+    let requests = |prompts: usize, generations: usize, prompt_tokens: usize| {
+        (0..prompts * generations)
+            .map(|r| DecodeRequest {
+                prompt: (0..prompt_tokens)
+                    .map(|i| token((r / generations) * 1000 + i))
+                    .collect(),
+                seed: r as u64,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Log-probs of `completion` after `prompt` under the CPU model at (T, top-p), the way
+    // kaizen's sampler defines them (for top-p < 1: its draw `a` from the same kept set,
+    // shifted by the tempered logit gap).
+    let cpu_logprobs = |prompt: &[u32], completion: &[u32], t: f32, top_p: f32| {
+        let mut sequence = prompt.to_vec();
+        sequence.extend(completion);
+        let n = sequence.len();
+        let data: Vec<i64> = sequence.iter().map(|&t| i64::from(t)).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &cpu.device());
+        let logits = cpu
+            .forward(input)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| GpuError::Input(format!("CPU logits: {e:?}")))?;
+        let params = SamplingParams {
+            temperature: t,
+            top_p,
+            ..Default::default()
+        };
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        Ok::<_, GpuError>(
+            completion
+                .iter()
+                .enumerate()
+                .map(|(i, &tok)| {
+                    let row = &logits[(prompt.len() - 1 + i) * vocab..(prompt.len() + i) * vocab];
+                    let s = kaizen_model::sample(row, &params, &mut rng);
+                    s.logprob + (row[tok as usize] - row[s.token as usize]) / t
+                })
+                .collect::<Vec<f32>>(),
+        )
+    };
+    let gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, nan_max)
+    };
+    let timed = |requests: &[DecodeRequest], decode: &DecodeOptions| {
+        let start = Instant::now();
+        let out = decoder.generate(requests, decode)?;
+        decoder.ops().synchronize()?;
+        Ok::<_, GpuError>((out, start.elapsed().as_secs_f64()))
+    };
+
+    let new_tokens = options.grpo_completion_tokens;
+    let prompt_tokens = options.grpo_prompt_tokens;
+    let sampling = DecodeOptions {
+        sample: SampleParams::default(),
+        max_new_tokens: new_tokens,
+        eos_token_ids: Vec::new(),
+    };
+    let mut batches = Vec::new();
+    let mut worst = 0.0f32;
+    for &(prompts, generations) in &options.generation_batches {
+        let requests = requests(prompts, generations, prompt_tokens);
+        // Warm-up: first allocations, cuBLAS heuristics for this batch size.
+        timed(
+            &requests,
+            &DecodeOptions {
+                max_new_tokens: 4,
+                ..sampling.clone()
+            },
+        )?;
+        let ((completions, stats), seconds) = timed(&requests, &sampling)?;
+        let mut batch_gap = 0.0f32;
+        let step = (requests.len() / options.generation_scored_rows.max(1)).max(1);
+        for r in (0..requests.len())
+            .step_by(step)
+            .take(options.generation_scored_rows)
+        {
+            let cpu_lp = cpu_logprobs(&requests[r].prompt, &completions[r].tokens, 1.0, 1.0)?;
+            batch_gap = nan_max(batch_gap, gap(&completions[r].logprobs, &cpu_lp));
+        }
+        worst = nan_max(worst, batch_gap);
+        batches.push(json!({
+            "batch": requests.len(),
+            "prompts": prompts,
+            "generations": generations,
+            "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens,
+            "prefill_tokens": stats.prefill_tokens,
+            "sampled_tokens": stats.sampled_tokens,
+            "seconds": seconds,
+            "tokens_per_s": stats.sampled_tokens as f64 / seconds,
+            "logprob_max_abs_diff_vs_cpu": batch_gap,
+            "rows_scored_on_cpu": requests.len().min(options.generation_scored_rows),
+        }));
+    }
+
+    // Top-p on a small batch, checked the same way.
+    let top_p = DecodeOptions {
+        sample: SampleParams {
+            temperature: 0.8,
+            top_p: 0.9,
+        },
+        max_new_tokens: 16,
+        eos_token_ids: Vec::new(),
+    };
+    let small = requests(2, 2, 24);
+    let ((completions, _), _) = timed(&small, &top_p)?;
+    let mut top_p_gap = 0.0f32;
+    for (request, completion) in small.iter().zip(&completions) {
+        let cpu_lp = cpu_logprobs(&request.prompt, &completion.tokens, 0.8, 0.9)?;
+        top_p_gap = nan_max(top_p_gap, gap(&completion.logprobs, &cpu_lp));
+    }
+    worst = nan_max(worst, top_p_gap);
+
+    // Greedy tokens against kaizen's CPU generation (informational: near-ties may flip).
+    let greedy = DecodeOptions {
+        sample: SampleParams {
+            temperature: 0.0,
+            top_p: 1.0,
+        },
+        max_new_tokens: 16,
+        eos_token_ids: Vec::new(),
+    };
+    let ((ours, _), _) = timed(&small, &greedy)?;
+    let cpu_requests: Vec<GenerationRequest> = small
+        .iter()
+        .map(|r| GenerationRequest {
+            prompt: r.prompt.clone(),
+            params: SamplingParams::greedy(16),
+            session: None,
+        })
+        .collect();
+    let theirs = generate(cpu, None, &cpu_requests, &GenerateOptions::default())
+        .map_err(|e| GpuError::Input(format!("CPU generation: {e}")))?;
+    let same_tokens: usize = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| {
+            a.tokens
+                .iter()
+                .zip(&b.tokens)
+                .take_while(|(x, y)| x == y)
+                .count()
+        })
+        .sum();
+
+    let bound = options.generation_logprob_bound;
+    Ok(json!({
+        "gpu_upload_s": upload_s,
+        "batches": batches,
+        "sampling": "temperature 1, top-p 1, no EOS (every row samples new_tokens), prompts shared by each group (prefilled once)",
+        "top_p_check": {
+            "rows": small.len(),
+            "temperature": 0.8,
+            "top_p": 0.9,
+            "new_tokens": 16,
+            "logprob_max_abs_diff_vs_cpu": top_p_gap,
+        },
+        "greedy_vs_cpu_generate": {
+            "rows": small.len(),
+            "new_tokens": 16,
+            "same_leading_tokens": same_tokens,
+            "of": small.len() * 16,
+        },
+        "logprob_max_abs_diff_vs_cpu": worst,
+        "bound": bound,
+        "pass": worst.is_finite() && worst <= bound,
+        "note": "f32 (SGEMM, no TF32); per step one SGEMM per weight for all unfinished rows, sampling on the device, tokens and log-probs copied to the host",
+    }))
+}
+
 /// Each training operation on `ops` against [`HostOps`] on the same small inputs (the
 /// kernels one by one, to locate a failure of the pass's parity): the largest
 /// `|cuda − host| / max(1, |host|)` per operation.
@@ -825,5 +1064,47 @@ mod tests {
             assert!(!values.is_empty(), "{name}");
             assert!(values.iter().all(|v| v.is_finite()), "{name}: {values:?}");
         }
+    }
+
+    /// The generation section's measurements and CPU comparisons run end to end on the host
+    /// mirror (a tiny model, small batches): every figure present, log-probs within bound,
+    /// greedy tokens equal to kaizen's CPU generation.
+    #[test]
+    fn the_generation_section_runs_on_the_host_mirror() {
+        let config = LlamaConfig {
+            vocab_size: 300,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: None,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            value_head: false,
+            initializer_range: 0.2,
+        };
+        let cpu = Llama::init(&config, &Device::default(), 3).unwrap();
+        let options = Options {
+            generation_batches: vec![(1, 1), (2, 3)],
+            grpo_prompt_tokens: 9,
+            grpo_completion_tokens: 6,
+            ..Default::default()
+        };
+        let out = generation_on(HostOps, &cpu, &options).unwrap();
+        assert_eq!(out["pass"], true, "{out:#}");
+        let batches = out["batches"].as_array().unwrap();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1]["batch"], 6);
+        assert_eq!(batches[1]["sampled_tokens"], 36);
+        assert_eq!(batches[1]["prefill_tokens"], 18);
+        assert!(batches[1]["tokens_per_s"].as_f64().unwrap() > 0.0);
+        let worst = out["logprob_max_abs_diff_vs_cpu"].as_f64().unwrap();
+        assert!(worst < 1e-4, "{worst}");
+        let greedy = &out["greedy_vs_cpu_generate"];
+        assert_eq!(greedy["same_leading_tokens"], greedy["of"]);
     }
 }

@@ -27,12 +27,16 @@
 //! What is tested where: docs/gpu.md.
 #![warn(missing_docs)]
 
+pub mod batch_decode;
+pub mod decode_kernels;
+pub mod decode_ops;
 pub mod device_check;
 mod error;
 pub mod kernels;
 mod libraries;
 mod llama;
 mod nccl;
+pub mod sample;
 pub mod train;
 
 pub use error::GpuError;

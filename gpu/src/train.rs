@@ -15,8 +15,10 @@
 //! It mirrors `CpuScorePass` operation by operation, except that rows are scored in full
 //! (`packing.rs`: no shared-prompt prefixes) and that it has no value head or entropy.
 //! AdamW (`adamw.rs`) follows `kaizen_learner::AdamW`'s fused update and clipping.
+//! [`PassBackend`] (`backend.rs`) makes the pass the learner's `kaizen_learner::TrainBackend`.
 
 mod adamw;
+mod backend;
 mod cuda;
 mod host;
 pub mod kernels;
@@ -25,6 +27,7 @@ mod packing;
 mod pass;
 
 pub use adamw::AdamWState;
+pub use backend::PassBackend;
 pub use cuda::CudaOps;
 pub use host::HostOps;
 pub use ops::{

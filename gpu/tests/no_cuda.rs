@@ -58,9 +58,28 @@ fn device_check_records_errors_instead_of_panicking() {
     };
     let summary = kaizen_gpu::device_check::run(&options);
     assert_eq!(summary["ok"], false);
-    for section in ["environment", "kernels", "model", "training", "nccl"] {
+    for section in [
+        "environment",
+        "kernels",
+        "model",
+        "training",
+        "generation",
+        "nccl",
+    ] {
         let error = summary[section]["error"].as_str().unwrap_or_default();
         assert!(error.contains("libcuda"), "{section}: {error}");
     }
     assert_eq!(summary["environment"]["libraries_found"]["driver"], false);
+}
+
+#[test]
+fn the_batched_sampler_without_a_driver_is_a_library_error() {
+    if driver_present() {
+        return;
+    }
+    let e = cuda_context(0)
+        .and_then(|context| kaizen_gpu::decode_ops::CudaDecodeOps::new(&context))
+        .err()
+        .expect("no driver");
+    assert_names_the_driver(&e);
 }

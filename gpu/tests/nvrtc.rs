@@ -3,7 +3,7 @@
 //! NVRTC these tests fail when `KAIZEN_REQUIRE_SERVICES=1` (CI) and are skipped loudly
 //! otherwise.
 
-use kaizen_gpu::{GpuError, Library, kernels, train};
+use kaizen_gpu::{GpuError, Library, decode_kernels, kernels, train};
 
 fn nvrtc() -> bool {
     if Library::Nvrtc.is_present() {
@@ -62,6 +62,26 @@ fn every_training_kernel_compiles_to_ptx_for_ampere_and_hopper() {
             assert!(
                 ptx.contains(&format!(".entry {name}(")),
                 "{arch}: training kernel `{name}` missing from the PTX"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_decoding_kernel_compiles_to_ptx_for_ampere_and_hopper() {
+    if !nvrtc() {
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        let ptx = decode_kernels::compile(Some(arch))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_src();
+        let target = arch.replace("compute_", "sm_");
+        assert!(ptx.contains(&format!(".target {target}")), "{arch}");
+        for name in decode_kernels::NAMES {
+            assert!(
+                ptx.contains(&format!(".entry {name}(")),
+                "{arch}: decoding kernel `{name}` missing from the PTX"
             );
         }
     }

@@ -779,6 +779,36 @@ impl JobConfig {
         Ok((config, table))
     }
 
+    /// The options `learner.device = "cuda"` cannot run (the GPU pass scores log-probs only,
+    /// in f32), each named. `learner.share_prompt_prefix` is not among them: it changes how the
+    /// CPU pass computes the same log-probs, and the GPU pass scores every row in full.
+    fn check_cuda_learner(&self) -> Result<(), String> {
+        let refuse = |what: String| {
+            Err(format!(
+                "`learner.device = \"cuda\"`: {what} (the GPU training pass scores log-probs \
+                 only, in f32; docs/gpu.md)"
+            ))
+        };
+        if self.learner.bf16 {
+            return refuse("set `learner.bf16 = false` (no bf16 products on the GPU yet)".into());
+        }
+        let objective = self.objective_at(0);
+        if objective.needs_value_head() || objective.needs_critic() {
+            return refuse(format!(
+                "`algorithm = \"{}\"` needs a value head or critic, which the GPU pass does not \
+                 have; use `learner.device = \"cpu\"`",
+                objective.algorithm.name()
+            ));
+        }
+        if self.loss.entropy_coef != 0.0 {
+            return refuse(format!(
+                "set `loss.entropy_coef = 0` (got {}; the GPU pass computes no entropies)",
+                self.loss.entropy_coef
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values serde cannot.
     ///
     /// # Errors
@@ -851,6 +881,9 @@ impl JobConfig {
                  products are the CPU training pass's)"
                     .into(),
             );
+        }
+        if self.learner.device == crate::LearnerDevice::Cuda {
+            self.check_cuda_learner()?;
         }
         if !(self.optim.learning_rate.is_finite() && self.optim.learning_rate >= 0.0) {
             return Err(format!(

@@ -47,6 +47,10 @@ pub enum Error {
     /// step.
     #[error("data-parallel learner: {0}")]
     Collective(String),
+    /// The injected training backend (`TrainBackend`, e.g. the CUDA pass) failed or cannot
+    /// run this job's options.
+    #[error("learner backend: {0}")]
+    Backend(String),
     /// The actors stopped before the step's episodes came back.
     #[error("the actors stopped: {0}")]
     ActorsStopped(String),

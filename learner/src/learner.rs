@@ -11,7 +11,7 @@ use kaizen_model::{Llama, ScoreBatch, ScoreOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::accumulator::Accumulator;
+use crate::accumulator::{Accumulator, Backprop};
 use crate::collective::{Collective, SingleProcess};
 use crate::critic::Critic;
 use crate::objective::dpo::Dpo;
@@ -21,6 +21,7 @@ use crate::objective::{
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::samples::{Sample, build_samples, by_temperature, micro_batches};
 use crate::schedule::Schedule;
+use crate::train_backend::TrainBackend;
 
 /// Hyper-parameters of the learner's update (TRL `GRPOConfig` names where they exist).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +55,49 @@ pub struct LearnerConfig {
     /// products run on its tiles, several times faster than f32; elsewhere they run on the f32
     /// units and are slower than `false`. Needs `cpu_kernels`.
     pub bf16: bool,
+    /// Where the training pass (scoring, backward, AdamW) runs: `"cpu"`, or `"cuda"` for
+    /// `kaizen-gpu`'s pass on this rank's GPU (needs a build with `--features gpu`; the loss
+    /// is still built on the host; no value head, entropy bonus, `bf16` or
+    /// `share_prompt_prefix`). docs/gpu.md.
+    pub device: LearnerDevice,
+    /// How data-parallel learner ranks (`kaizen launch` under `mpirun`/`srun`) sum gradients:
+    /// `"mpi"` (the ranks' MPI group; feature `mpi`) or `"nccl"` (NCCL between the ranks'
+    /// GPUs, its id sent over that MPI group; features `gpu` and `mpi`).
+    pub collective: LearnerCollective,
+}
+
+/// Where the learner's training pass runs (`learner.device`; PyTorch / accelerate device
+/// names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LearnerDevice {
+    /// kaizen's CPU training pass (or burn's autodiff).
+    #[default]
+    Cpu,
+    /// kaizen-gpu's CUDA training pass on the rank's GPU (`LaunchEnv::local_rank`).
+    Cuda,
+}
+
+impl LearnerDevice {
+    /// The config value (`"cpu"`, `"cuda"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// The collective library data-parallel learner ranks sum gradients with
+/// (`learner.collective`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LearnerCollective {
+    /// MPI (`kaizen_cluster::MpiCollective`), on host buffers.
+    #[default]
+    Mpi,
+    /// NCCL (`kaizen_gpu::NcclCollective`), one GPU per rank.
+    Nccl,
 }
 
 impl Default for LearnerConfig {
@@ -66,6 +110,8 @@ impl Default for LearnerConfig {
             share_prompt_prefix: true,
             cpu_kernels: true,
             bf16: false,
+            device: LearnerDevice::Cpu,
+            collective: LearnerCollective::Mpi,
         }
     }
 }
@@ -83,6 +129,8 @@ pub struct Learner {
     critic: Option<Critic>,
     /// The data-parallel group (a group of one unless [`Learner::set_collective`]).
     collective: Box<dyn Collective>,
+    /// The training pass when it runs outside `model` (a GPU), [`Learner::set_backend`].
+    backend: Option<Box<dyn TrainBackend>>,
 }
 
 /// Metrics of one step, keyed by their logged names.
@@ -130,6 +178,7 @@ impl Learner {
             objective,
             critic: None,
             collective: Box::new(SingleProcess),
+            backend: None,
         }
     }
 
@@ -304,14 +353,18 @@ impl Learner {
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
         let parts =
             objective.micro_batches(used, self.config.gradient_accumulation_steps.max(world));
-        let mut accumulator = Accumulator::new(&self.model, &self.config);
+        let mut accumulator =
+            Accumulator::new(&self.model, &self.config, self.backend.as_deref_mut())?;
         // A separate critic is scored (and trained) alongside when the objective uses values.
         let critic = self
             .critic
             .as_ref()
             .filter(|_| objective.uses_values())
             .map(|c| c.model.clone());
-        let mut critic_acc = critic.as_ref().map(|c| Accumulator::new(c, &self.config));
+        let mut critic_acc = critic
+            .as_ref()
+            .map(|c| Accumulator::new(c, &self.config, None))
+            .transpose()?;
         let mut merged = MetricsAcc::default();
         let mut scored_tokens = 0usize;
         let uses_reference = objective.uses_reference();
@@ -331,7 +384,7 @@ impl Learner {
                 let forward_start = Instant::now();
                 let (scores, pass) = accumulator.score(&self.model, &score_batch, &options)?;
                 let n = scores.rows.len();
-                let (values, critic_pass) = match (&critic, &critic_acc) {
+                let (values, critic_pass) = match (&critic, &mut critic_acc) {
                     (Some(model), Some(acc)) => {
                         let options = ScoreOptions {
                             with_entropy: false,
@@ -340,7 +393,7 @@ impl Learner {
                         let (s, pass) = acc.score(model, &score_batch, &options)?;
                         (s.values, pass)
                     }
-                    _ => (scores.values.clone(), None),
+                    _ => (scores.values.clone(), Backprop::Burn),
                 };
                 let behavior: Vec<f32> = group
                     .iter()
@@ -403,13 +456,13 @@ impl Learner {
             acc.all_reduce(self.collective.as_ref())?;
         }
         let merged = merged.all_gather(self.collective.as_ref())?;
-        let scored_tokens = self.sum_across_ranks(scored_tokens as f64)?;
+        let scored_tokens = sum_across_ranks(self.collective.as_ref(), scored_tokens as f64)?;
         // Cloning a module shares its tensors; the update builds new ones.
-        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr);
+        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr)?;
         self.model = model;
         if let (Some(model), Some(acc), Some(c)) = (critic, critic_acc, self.critic.as_mut()) {
             let critic_lr = c.schedule.at(c.optimizer.step_count());
-            let (model, report) = acc.step(&mut c.optimizer, model, critic_lr);
+            let (model, report) = acc.step(&mut c.optimizer, model, critic_lr)?;
             c.model = model;
             metrics.insert("ppo/critic_grad_norm".into(), report.grad_norm);
             metrics.insert("ppo/critic_lr".into(), critic_lr);
@@ -425,26 +478,6 @@ impl Learner {
         metrics.insert("grad_clip_scale".into(), report.clip_scale);
         metrics.insert("learner_scored_tokens".into(), scored_tokens);
         Ok(metrics)
-    }
-
-    /// `value` summed over the data-parallel group (exact for counts below 2^53).
-    fn sum_across_ranks(&self, value: f64) -> Result<f64, Error> {
-        if self.collective.world_size() == 1 {
-            return Ok(value);
-        }
-        let mut sum = 0.0;
-        for (rank, bytes) in self
-            .collective
-            .all_gather_bytes(&value.to_le_bytes())?
-            .into_iter()
-            .enumerate()
-        {
-            let bytes: [u8; 8] = bytes
-                .try_into()
-                .map_err(|_| Error::Collective(format!("rank {rank} sent a malformed count")))?;
-            sum += f64::from_le_bytes(bytes);
-        }
-        Ok(sum)
     }
 
     /// Takes the learner out of its data-parallel group (it becomes a group of one) and returns
@@ -474,7 +507,8 @@ impl Learner {
         let start = Instant::now();
         let num_tokens: usize = samples.iter().map(Sample::trained_tokens).sum();
         let lr = self.schedule.at(self.optimizer.step_count());
-        let mut accumulator = Accumulator::new(&self.model, &self.config);
+        let mut accumulator =
+            Accumulator::new(&self.model, &self.config, self.backend.as_deref_mut())?;
         let mut loss = 0.0f64;
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
         let parts = micro_batches(samples, self.config.gradient_accumulation_steps.max(world));
@@ -493,9 +527,9 @@ impl Learner {
             accumulator.backward(&self.model, out.loss, pass)?;
         }
         accumulator.all_reduce(self.collective.as_ref())?;
-        let loss = self.sum_across_ranks(loss)?;
+        let loss = sum_across_ranks(self.collective.as_ref(), loss)?;
         // Cloning a module shares its tensors; the update builds new ones.
-        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr);
+        let (model, report) = accumulator.step(&mut self.optimizer, self.model.clone(), lr)?;
         self.model = model;
         let mut metrics = StepMetrics::new();
         metrics.insert("sft/loss".into(), loss);
@@ -556,4 +590,68 @@ impl Learner {
     pub fn optim_config(&self) -> AdamWConfig {
         self.optimizer.config().clone()
     }
+
+    /// Runs every following step's scoring pass, backward and AdamW update on `backend`
+    /// (`crate::TrainBackend`: e.g. `kaizen-gpu`'s CUDA pass), which must hold this learner's
+    /// current weights. The loss is still built here, on the backend's log-probs; after each
+    /// step the learner's model (what [`Learner::policy`] publishes and checkpoints save) is
+    /// rebuilt from the backend's weights, and the optimizer only counts the step (the moments
+    /// live on the backend).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] naming the option a backend cannot run: a value head or separate
+    /// critic (PPO), an entropy bonus (`loss.entropy_coef`), `learner.bf16`. The learner is
+    /// unchanged then. (`learner.share_prompt_prefix` only changes how the CPU pass computes the
+    /// same log-probs; a backend scores its rows as it does.)
+    pub fn set_backend(&mut self, backend: Box<dyn TrainBackend>) -> Result<(), Error> {
+        let name = backend.name().to_string();
+        let refuse = |what: &str| {
+            Err(Error::Backend(format!(
+                "the `{name}` learner backend scores log-probs only, in f32: {what}"
+            )))
+        };
+        if self.model.config().value_head || self.objective.needs_value_head() {
+            return refuse("it has no value head (PPO's critic); use `learner.device = \"cpu\"`");
+        }
+        if self.critic.is_some() || self.objective.needs_critic() {
+            return refuse(
+                "it does not train a separate PPO critic; use `learner.device = \"cpu\"`",
+            );
+        }
+        if self.objective.loss.entropy_coef != 0.0 {
+            return refuse(&format!(
+                "it has no entropies for the entropy bonus; set `loss.entropy_coef = 0` (got {})",
+                self.objective.loss.entropy_coef
+            ));
+        }
+        if self.config.bf16 {
+            return refuse("it has no bf16 products; set `learner.bf16 = false`");
+        }
+        self.backend = Some(backend);
+        Ok(())
+    }
+
+    /// The injected training backend's name, when one runs the steps.
+    pub fn backend(&self) -> Option<&str> {
+        self.backend.as_deref().map(TrainBackend::name)
+    }
+}
+
+/// `value` summed over the data-parallel group (exact for counts below 2^53).
+fn sum_across_ranks(collective: &dyn Collective, value: f64) -> Result<f64, Error> {
+    if collective.world_size() == 1 {
+        return Ok(value);
+    }
+    let mut sum = 0.0;
+    for (rank, bytes) in collective
+        .all_gather_bytes(&value.to_le_bytes())?
+        .into_iter()
+        .enumerate()
+    {
+        let bytes: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| Error::Collective(format!("rank {rank} sent a malformed count")))?;
+        sum += f64::from_le_bytes(bytes);
+    }
+    Ok(sum)
 }

@@ -12,6 +12,10 @@
 //!   step's targets and each micro-batch's loss (`kaizen-algorithms`), clips the global
 //!   gradient norm and updates the weights. [`ScoreConfig`] (`[score]`) switches the loss
 //!   between SCoRe's two stages.
+//! - A [`TrainBackend`] (`learner.device = "cuda"`: `kaizen-gpu`'s CUDA pass, injected by the
+//!   binary through [`TrainOptions::backend`]) takes over the scoring pass, its backward and
+//!   AdamW: the learner hands it each micro-batch, builds the loss on the log-probs it returns
+//!   and hands back `∂loss/∂logp`; after the step it reads the new weights back.
 //! - [`train`] runs a job: actors play the environments with the newest published weights
 //!   (the learner reaches them only through `kaizen-transport`'s [`kaizen_transport::Rollouts`]
 //!   and [`kaizen_transport::WeightSink`], started by a [`Launcher`]: in this process, or in
@@ -37,6 +41,7 @@ mod samples;
 mod schedule;
 mod score_stages;
 mod sft_data;
+mod train_backend;
 mod trainer;
 
 pub use checkpoint::{
@@ -53,7 +58,7 @@ pub use critic::Critic;
 pub use error::Error;
 pub use eval::{EVAL_GROUP_BIT, EVAL_SEED_OFFSET, EvalTarget, PairedAttempts, evaluate};
 pub use launcher::{ActorsSpec, Launcher, StartedActors};
-pub use learner::{Learner, LearnerConfig, StepMetrics};
+pub use learner::{Learner, LearnerCollective, LearnerConfig, LearnerDevice, StepMetrics};
 pub use objective::{Algorithm, ObjectiveConfig};
 pub use optimizer::{AdamW, AdamWConfig, StepReport};
 pub use preference_data::preference_pairs;
@@ -61,6 +66,7 @@ pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_
 pub use schedule::{Schedule, SchedulerType};
 pub use score_stages::{ScoreConfig, ScoreStage};
 pub use sft_data::{chat_samples, demonstration_samples};
+pub use train_backend::{BackendFactory, TrainBackend};
 pub use trainer::{
     EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, follow,
     is_training_group, load_policy, resolve_model_source, train,

@@ -100,6 +100,13 @@ impl AdamW {
         self.step
     }
 
+    /// Counts a step taken elsewhere (an injected `TrainBackend` keeps its own moments) and
+    /// frees this optimizer's moments, which that step made stale.
+    pub(crate) fn count_external_step(&mut self) {
+        self.step += 1;
+        self.moments.clear();
+    }
+
     /// Allocates zero moments for every float parameter of `model` that has none yet, as the
     /// first update would. Called when a learner is built, so that the moments (twice the
     /// model's size) are in place before the first step: allocated lazily, they would land

@@ -39,8 +39,8 @@ mod weights;
 pub use attention::Attention;
 pub use chat::{ChatTemplate, ChatThread, SMOLLM2_DEFAULT_SYSTEM};
 pub use config::LlamaConfig;
-pub use cpu_train::{CpuGrads, CpuScorePass, TrainProducts};
 pub use cpu_forward::with_host_values;
+pub use cpu_train::{CpuGrads, CpuScorePass, TrainProducts};
 pub use dequant::{GgmlType, dequantize};
 pub use error::{Error, Result};
 pub use generate::{

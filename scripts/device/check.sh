@@ -4,8 +4,12 @@
 # Writes one JSON summary to OUT.json: environment (GPU, driver, CUDA/NVRTC/NCCL versions, the
 # host's PyTorch), SmolLM2 logits parity GPU vs the CPU path (bound 1e-3), the GPU training
 # pass's log-probs and gradients vs the CPU training pass (bound 1e-3), one GRPO-shaped learner
-# step on the GPU (64 rows, forward + backward + AdamW), NCCL all-reduce bandwidth for a
-# 135M-float buffer, greedy decode tokens/s. Exits non-zero when a check failed.
+# step on the GPU (64 rows, forward + backward + AdamW), batched sampling tokens/s at batch 1, 16
+# and 64 (with the behaviour log-probs against the CPU path's), NCCL all-reduce bandwidth for a
+# 135M-float buffer, greedy decode tokens/s; then, in the time left of the 8 minutes,
+# scripts/device/reference.py (transformers `generate` at the same batches and one TRL GRPO step,
+# on the machine's own torch) merged in as "reference", with kaizen/torch ratios under
+# "side_by_side". Exits non-zero when a check failed (the reference never fails the check).
 #
 # Needs: an NVIDIA driver, and the CUDA 13 libraries that PyTorch cu130 wheels bring
 # (nvidia/cu13/lib: libnvrtc.so.13, libcublas.so.13; nvidia/nccl/lib: libnccl.so.2) in a Python
@@ -72,6 +76,7 @@ print(json.dumps(host))
 PY
 
 status=0
+started=$SECONDS
 timeout 420 "$bin" "$out" --model "${KAIZEN_DEVICE_MODEL:-auto}" || status=$?
 if [[ ! -s "$out" ]]; then
     echo "{\"ok\": false, \"error\": \"kaizen-device-check exited with status $status and wrote nothing (124: over 420 s)\"}" >"$out"
@@ -84,6 +89,51 @@ summary = json.load(open(out))
 summary.setdefault("environment", {})
 if isinstance(summary["environment"], dict):
     summary["environment"]["host"] = json.load(open(host))
+json.dump(summary, open(out, "w"), indent=2)
+PY
+
+# PyTorch side by side, in what is left of 8 minutes (465 s, leaving time for the merges).
+left=$((465 - (SECONDS - started)))
+reference_model=random
+case "${KAIZEN_DEVICE_MODEL:-auto}" in
+    *.gguf) reference_model="$KAIZEN_DEVICE_MODEL" ;;
+    auto|smollm2)
+        gguf="${KAIZEN_CACHE:-$HOME/.cache/kaizen}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        [[ -f "$gguf" ]] && reference_model="$gguf" ;;
+esac
+if ((left >= 30)); then
+    timeout "$left" "$python" scripts/device/reference.py "$work/reference.json" --model "$reference_model" \
+        || echo "check.sh: reference.py exited with status $? (124: over its $left s)" >&2
+fi
+[[ -s "$work/reference.json" ]] \
+    || echo "{\"error\": \"reference.py wrote nothing (budget $left s)\"}" >"$work/reference.json"
+"$python" - "$out" "$work/reference.json" <<'PY' || true
+import json, sys
+out, ref_path = sys.argv[1], sys.argv[2]
+summary, ref = json.load(open(out)), json.load(open(ref_path))
+summary["reference"] = ref
+side = {"ratios_are": "kaizen / torch: throughput ratio, > 1 means kaizen is faster"}
+try:
+    ours = {b["batch"]: b for b in summary.get("generation", {}).get("batches", [])}
+    theirs = {b["batch"]: b for b in ref.get("generation", {}).get("batches", [])}
+    side["generation_tokens_per_s"] = {
+        str(n): {"kaizen": ours[n]["tokens_per_s"], "torch": theirs[n]["tokens_per_s"],
+                 "ratio": ours[n]["tokens_per_s"] / theirs[n]["tokens_per_s"]}
+        for n in sorted(set(ours) & set(theirs))}
+    trl, step = ref.get("trl", {}), summary.get("training", {}).get("grpo_step", {})
+    if "learning_s" in trl and "step_s" in step:
+        # kaizen's GRPO step (forward + backward + AdamW) against TRL's learning part; kaizen's
+        # generation of the same 64 rows against TRL's generation part.
+        side["grpo_learning_s"] = {"kaizen": step["step_s"], "trl": trl["learning_s"],
+                                   "ratio": trl["learning_s"] / step["step_s"]}
+        if 64 in ours:
+            side["grpo_generation_s"] = {"kaizen": ours[64]["seconds"], "trl": trl["generation_s"],
+                                         "ratio": trl["generation_s"] / ours[64]["seconds"]}
+    else:
+        side["trl"] = trl.get("skipped") or trl.get("error") or "no TRL figures"
+except Exception as e:  # the side-by-side is informational
+    side["error"] = f"{type(e).__name__}: {e}"
+summary["side_by_side"] = side
 json.dump(summary, open(out, "w"), indent=2)
 PY
 echo "check.sh: wrote $out (status $status)" >&2

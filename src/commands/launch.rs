@@ -80,7 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // Learner ranks form an MPI group of their own (`mpirun -n L kaizen launch --role
     // learner`); MPI gives each its rank. A learner of one needs no MPI.
+    // The GPU of this process (`learner.device = "cuda"`, `learner.collective = "nccl"`).
+    let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
     let group = if role == Role::Learner {
+        crate::learner_device::check(&config)?;
         learner_group(&config)?
     } else {
         None
@@ -89,8 +92,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(group) if group.rank() > 0 => {
             let rank = group.rank();
             tracing::info!(rank, world = group.world_size(), "learner follower rank");
+            let collective = learner_group_box(&config, group, local_rank)?;
+            let backend = crate::learner_device::backend(&config, local_rank)?;
             let steps =
-                kaizen_learner::follow(&config, learner_group_box(group), &Device::default())?;
+                kaizen_learner::follow(&config, collective, &Device::default(), backend.as_ref())?;
             println!("learner rank {rank}: {steps} data-parallel steps");
             return Ok(());
         }
@@ -120,7 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let bind = SocketAddr::from(([0, 0, 0, 0], port));
             tracing::info!(%bind, fingerprint, "learner: serving the coordinator");
             let launcher = CoordinatorLauncher { bind, fingerprint };
-            let collective = group.map(learner_group_box);
+            let collective = group
+                .map(|g| learner_group_box(&config, g, local_rank))
+                .transpose()?;
             train::run_job(
                 &args.job,
                 &config_path,
@@ -185,9 +192,15 @@ fn learner_group(config: &kaizen_learner::JobConfig) -> anyhow::Result<Option<Mp
 #[cfg(feature = "mpi")]
 type MpiGroup = kaizen_cluster::MpiCollective;
 
+/// The learner ranks' collective: their MPI group, or NCCL met over it
+/// (`learner.collective`).
 #[cfg(feature = "mpi")]
-fn learner_group_box(group: MpiGroup) -> Box<dyn kaizen_learner::Collective> {
-    Box::new(group)
+fn learner_group_box(
+    config: &kaizen_learner::JobConfig,
+    group: MpiGroup,
+    local_rank: usize,
+) -> anyhow::Result<Box<dyn kaizen_learner::Collective>> {
+    crate::learner_device::collective(config, group, local_rank)
 }
 
 /// Without the `mpi` feature a learner is one rank.
@@ -220,6 +233,10 @@ impl NoGroup {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn learner_group_box(group: NoGroup) -> Box<dyn kaizen_learner::Collective> {
+fn learner_group_box(
+    _config: &kaizen_learner::JobConfig,
+    group: NoGroup,
+    _local_rank: usize,
+) -> anyhow::Result<Box<dyn kaizen_learner::Collective>> {
     match group {}
 }

@@ -70,6 +70,10 @@ pub(crate) fn run_job(
             );
         })?;
     }
+    // The GPU the learner's training pass uses (`learner.device = "cuda"`): the launcher's
+    // local rank, 0 for `kaizen train`.
+    let local_rank = kaizen_cluster::LaunchEnv::from_env()?.map_or(0, |e| e.local_rank);
+    let backend = crate::learner_device::backend(&config, local_rank)?;
     let options = TrainOptions {
         device: Device::default(),
         stop,
@@ -78,6 +82,7 @@ pub(crate) fn run_job(
         resume: args.resume.clone(),
         launcher,
         collective,
+        backend,
     };
     let summary = train(config, resolved, options)
         .with_context(|| format!("training job {}", config_path.display()))?;

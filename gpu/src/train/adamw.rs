@@ -20,6 +20,12 @@ impl<B> AdamWState<B> {
     pub fn step_count(&self) -> u64 {
         self.step
     }
+
+    /// Sets the steps taken (the next step's bias correction uses `steps + 1`), e.g. to
+    /// follow a learner whose optimizer was restored from a checkpoint.
+    pub fn set_step_count(&mut self, steps: u64) {
+        self.step = steps;
+    }
 }
 
 impl<O: TrainOps> TrainModel<O> {

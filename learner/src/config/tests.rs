@@ -421,3 +421,54 @@ fn learner_bf16_defaults_off_and_needs_the_cpu_pass() {
         "{err}"
     );
 }
+
+#[test]
+fn learner_device_and_collective_default_to_cpu_and_mpi_and_parse() {
+    let (c, _) = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[]).unwrap();
+    assert_eq!(c.learner.device, crate::LearnerDevice::Cpu);
+    assert_eq!(c.learner.collective, crate::LearnerCollective::Mpi);
+    let (c, _) = JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &[
+            "learner.device=\"cuda\"".into(),
+            "learner.collective=\"nccl\"".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.learner.device, crate::LearnerDevice::Cuda);
+    assert_eq!(c.learner.collective, crate::LearnerCollective::Nccl);
+    let err = JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &["learner.device=\"tpu\"".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
+}
+
+#[test]
+fn a_cuda_learner_refuses_the_options_the_gpu_pass_lacks_naming_them() {
+    let cuda = |more: &[&str]| {
+        let mut overrides = vec!["learner.device=\"cuda\"".to_string()];
+        overrides.extend(more.iter().map(|s| s.to_string()));
+        JobConfig::parse(MINIMAL, Path::new("job.toml"), &overrides)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    // The default `share_prompt_prefix = true` is accepted: the GPU pass scores rows in full.
+    cuda(&[]).unwrap();
+    cuda(&["learner.share_prompt_prefix=false"]).unwrap();
+    for (set, names) in [
+        ("learner.bf16=true", "learner.bf16"),
+        ("loss.entropy_coef=0.01", "loss.entropy_coef"),
+        ("algorithm=\"ppo\"", "ppo"),
+    ] {
+        let err = cuda(&[set]).unwrap_err();
+        assert!(
+            err.contains(names) && err.contains("learner.device"),
+            "{set}: {err}"
+        );
+    }
+}

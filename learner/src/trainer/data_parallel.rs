@@ -167,12 +167,17 @@ impl super::Run {
 /// steps taken. Rank 0 runs [`super::train`] with the same collective in
 /// [`super::TrainOptions::collective`].
 ///
+/// `backend` builds the training backend `learner.device` asks for (as
+/// [`super::TrainOptions::backend`]); `None` trains on the CPU.
+///
 /// # Errors
-/// Collective failures, malformed messages from rank 0, learner errors.
+/// Collective failures, malformed messages from rank 0, learner errors; `learner.device`
+/// other than `"cpu"` without a `backend`.
 pub fn follow(
     config: &JobConfig,
     collective: Box<dyn Collective>,
     device: &Device,
+    backend: Option<&crate::BackendFactory>,
 ) -> Result<u64, Error> {
     let train_device = device.clone().autodiff();
     let mut collective = Some(collective);
@@ -232,6 +237,7 @@ pub fn follow(
                     (None, None) => return Err(Error::Collective("no collective".into())),
                 };
                 next.set_collective(group);
+                super::attach_backend(&mut next, config, backend)?;
                 learner = Some(next);
             }
             STEP => {

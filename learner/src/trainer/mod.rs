@@ -77,6 +77,9 @@ pub struct TrainOptions {
     /// [`follow`]); `None` for a learner of one. RL steps are data-parallel; warm-start phases
     /// run on rank 0 alone, whose state the other ranks receive when RL starts.
     pub collective: Option<Box<dyn crate::Collective>>,
+    /// Builds the learner's training backend from its model when `learner.device` is not
+    /// `"cpu"` (the binary provides it: `kaizen-gpu`'s CUDA pass); `None` trains on the CPU.
+    pub backend: Option<crate::BackendFactory>,
 }
 
 /// Counts of episodes, so nothing is lost silently: at the end of a run `submitted = reported`
@@ -231,6 +234,7 @@ fn prepare(
     if let Some(reference) = resumed_reference {
         learner.set_reference(reference);
     }
+    attach_backend(&mut learner, config, options.backend.as_ref())?;
     let saved_critic = match &options.resume {
         Some(run_dir) => checkpoint::load_critic(&checkpoint::latest(run_dir)?)?,
         None => None,
@@ -294,6 +298,33 @@ fn prepare(
         weights,
         samples_file,
     })
+}
+
+/// Gives `learner` the training backend `learner.device` asks for, built by `factory`.
+///
+/// # Errors
+/// [`Error::Config`] naming `learner.device` when it is not `"cpu"` and no factory was given
+/// (a binary built without the feature); the factory's and [`Learner::set_backend`]'s errors.
+pub(crate) fn attach_backend(
+    learner: &mut Learner,
+    config: &JobConfig,
+    factory: Option<&crate::BackendFactory>,
+) -> Result<(), Error> {
+    match (config.learner.device, factory) {
+        (crate::LearnerDevice::Cpu, _) => Ok(()),
+        (device, None) => Err(Error::Config {
+            path: "[learner]".into(),
+            message: format!(
+                "`learner.device = \"{}\"` needs a kaizen built with `--features gpu` \
+                 (docs/gpu.md)",
+                device.name()
+            ),
+        }),
+        (_, Some(make)) => {
+            let backend = make(learner.model())?;
+            learner.set_backend(backend)
+        }
+    }
 }
 
 struct Run {
@@ -692,4 +723,69 @@ fn sampling_seed(run_seed: u64, task: u64) -> u64 {
 /// The counts of a group id: training groups only (evaluation groups have [`EVAL_GROUP_BIT`]).
 pub fn is_training_group(group_id: u64) -> bool {
     group_id & EVAL_GROUP_BIT == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::tensor::Device;
+    use kaizen_model::{Llama, LlamaConfig};
+
+    use super::*;
+    use crate::{AdamW, AdamWConfig, Schedule, SchedulerType};
+
+    const JOB: &str = "[run]\nexperiment = \"t\"\nmax_steps = 1\n[model]\nsource = \"tiny\"\n\
+                       [[env]]\nname = \"self_correct\"\n";
+
+    fn learner() -> Learner {
+        let model = Llama::init(&LlamaConfig::tiny(64), &Device::default().autodiff(), 1).unwrap();
+        let schedule = Schedule {
+            lr: 1e-3,
+            warmup_steps: 0,
+            total_steps: 1,
+            kind: SchedulerType::Constant,
+        };
+        Learner::with_objective(
+            model,
+            AdamW::new(AdamWConfig::default()),
+            schedule,
+            crate::LearnerConfig::default(),
+            crate::ObjectiveConfig::default(),
+        )
+    }
+
+    #[test]
+    fn a_cuda_learner_without_a_backend_factory_is_a_config_error_naming_the_key() {
+        let overrides = [
+            "learner.device=\"cuda\"".to_string(),
+            "learner.share_prompt_prefix=false".to_string(),
+        ];
+        let (config, _) = JobConfig::parse(JOB, Path::new("job.toml"), &overrides).unwrap();
+        let err = attach_backend(&mut learner(), &config, None).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { message, .. }
+                if message.contains("learner.device") && message.contains("--features gpu")),
+            "{err}"
+        );
+        let (cpu, _) = JobConfig::parse(JOB, Path::new("job.toml"), &[]).unwrap();
+        let mut l = learner();
+        attach_backend(&mut l, &cpu, None).unwrap();
+        assert!(l.backend().is_none());
+    }
+
+    #[test]
+    fn a_failing_backend_factory_is_reported_not_ignored() {
+        let overrides = [
+            "learner.device=\"cuda\"".to_string(),
+            "learner.share_prompt_prefix=false".to_string(),
+        ];
+        let (config, _) = JobConfig::parse(JOB, Path::new("job.toml"), &overrides).unwrap();
+        let factory: crate::BackendFactory =
+            Arc::new(|_: &Llama| Err(Error::Backend("no driver here".into())));
+        let mut l = learner();
+        let err = attach_backend(&mut l, &config, Some(&factory)).unwrap_err();
+        assert!(err.to_string().contains("no driver here"), "{err}");
+        assert!(l.backend().is_none());
+    }
 }
