@@ -14,10 +14,9 @@ use crate::GpuError;
 pub const NAMES: [&str; 4] = ["kv_write", "cached_attention", "copy_prefix", "sample_rows"];
 
 /// The CUDA C source of every kernel.
-pub const SOURCE: &str = r#"
-#define BLOCK 256
-#define NEG_INFINITY __int_as_float(0xff800000)
-
+pub const SOURCE: &str = concat!(
+    crate::kernels::prelude!(),
+    r#"
 // cache[(slot[r] * cap + pos[r]) * width + i] = x[r * width + i].  grid (rows), block (any).
 extern "C" __global__ void kv_write(float* cache, const float* x, const unsigned int* slot,
                                     const unsigned int* pos, int width, int cap) {
@@ -25,30 +24,6 @@ extern "C" __global__ void kv_write(float* cache, const float* x, const unsigned
     float* dst = cache + ((size_t)slot[r] * cap + pos[r]) * width;
     const float* src = x + (size_t)r * width;
     for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
-}
-
-__device__ float block_max_f(float v, float* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] = fmaxf(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    const float m = scratch[0];
-    __syncthreads();
-    return m;
-}
-
-__device__ float block_sum_f(float v, float* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-        __syncthreads();
-    }
-    const float s = scratch[0];
-    __syncthreads();
-    return s;
 }
 
 __device__ double block_sum_d(double v, double* scratch) {
@@ -86,14 +61,14 @@ extern "C" __global__ void cached_attention(float* out, const float* q, const fl
         scores[j] = dot * scale;
         m = fmaxf(m, scores[j]);
     }
-    m = block_max_f(m, scratch);
+    m = block_max(m, scratch);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < len; j += BLOCK) {
         const float e = expf(scores[j] - m);
         scores[j] = e;
         sum += e;
     }
-    const float inv_sum = 1.0f / block_sum_f(sum, scratch);
+    const float inv_sum = 1.0f / block_sum(sum, scratch);
     for (int i = threadIdx.x; i < hd; i += BLOCK) {
         float acc = 0.0f;
         for (int j = 0; j < len; ++j) acc += scores[j] * values[(size_t)j * width + i];
@@ -152,7 +127,7 @@ extern "C" __global__ void sample_rows(float* out, float* weights, const float* 
     const float inv_t = 1.0f / temperature;
     float m = NEG_INFINITY;
     for (int i = t; i < vocab; i += BLOCK) m = fmaxf(m, l[i]);
-    m = block_max_f(m, fscratch);
+    m = block_max(m, fscratch);
     double total = 0.0;
     for (int i = t; i < vocab; i += BLOCK) {
         const float e = expf((l[i] - m) * inv_t);
@@ -211,7 +186,8 @@ extern "C" __global__ void sample_rows(float* out, float* weights, const float* 
         out[2 * r + 1] = (float)(score - log(kept_mass));
     }
 }
-"#;
+"#
+);
 
 /// Compiles [`SOURCE`] to PTX for `arch` (options as [`crate::kernels::compile`]).
 ///

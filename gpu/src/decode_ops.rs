@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaSlice, PushKernelArg};
 
 use crate::GpuError;
 use crate::decode_kernels;
+use crate::launch::{Functions, grid, int, launch};
 use crate::sample::{SAMPLE_THREADS, SampleParams, TOP_P_BISECTIONS, sample_row};
-use crate::train::{CudaOps, HostOps, TrainOps};
+use crate::train::{Buffer, CudaOps, HostOps, TrainOps, fits};
 
 /// The buffers of a [`DecodeOps`] backend.
 pub type Buf<D> = <<D as DecodeOps>::Ops as TrainOps>::Buf;
@@ -67,6 +68,28 @@ pub trait DecodeOps {
         rows: usize,
         width: usize,
         capacity: usize,
+    ) -> Result<(), GpuError> {
+        fits("kv_write", "x", x.len(), rows * width)?;
+        fits("kv_write", "slot", slot.len(), rows)?;
+        fits("kv_write", "pos", pos.len(), rows)?;
+        self.raw_kv_write(cache, x, slot, pos, rows, width, capacity)
+    }
+
+    /// [`DecodeOps::kv_write`] after its buffer checks, which each backend implements;
+    /// callers use [`DecodeOps::kv_write`].
+    ///
+    /// # Errors
+    /// As [`DecodeOps::kv_write`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_kv_write(
+        &self,
+        cache: &mut Buf<Self>,
+        x: &Buf<Self>,
+        slot: &Index<Self>,
+        pos: &Index<Self>,
+        rows: usize,
+        width: usize,
+        capacity: usize,
     ) -> Result<(), GpuError>;
 
     /// Row `r`'s query (`q: [rows, heads·head_dim]`) attends to positions `0..=pos[r]` of slot
@@ -76,6 +99,37 @@ pub trait DecodeOps {
     /// As [`DecodeOps::kv_write`].
     #[allow(clippy::too_many_arguments)]
     fn cached_attention(
+        &self,
+        out: &mut Buf<Self>,
+        q: &Buf<Self>,
+        keys: &Buf<Self>,
+        values: &Buf<Self>,
+        slot: &Index<Self>,
+        pos: &Index<Self>,
+        s: CachedAttention,
+    ) -> Result<(), GpuError> {
+        fits(
+            "cached_attention",
+            "q",
+            q.len(),
+            s.rows * s.heads * s.head_dim,
+        )?;
+        fits(
+            "cached_attention",
+            "out",
+            out.len(),
+            s.rows * s.heads * s.head_dim,
+        )?;
+        self.raw_cached_attention(out, q, keys, values, slot, pos, s)
+    }
+
+    /// [`DecodeOps::cached_attention`] after its buffer checks, which each backend implements;
+    /// callers use [`DecodeOps::cached_attention`].
+    ///
+    /// # Errors
+    /// As [`DecodeOps::cached_attention`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_cached_attention(
         &self,
         out: &mut Buf<Self>,
         q: &Buf<Self>,
@@ -93,6 +147,27 @@ pub trait DecodeOps {
     /// As [`DecodeOps::kv_write`].
     #[allow(clippy::too_many_arguments)]
     fn copy_prefix(
+        &self,
+        cache: &mut Buf<Self>,
+        from: &Index<Self>,
+        to: &Index<Self>,
+        pairs: usize,
+        len: usize,
+        width: usize,
+        capacity: usize,
+    ) -> Result<(), GpuError> {
+        fits("copy_prefix", "from", from.len(), pairs)?;
+        fits("copy_prefix", "to", to.len(), pairs)?;
+        self.raw_copy_prefix(cache, from, to, pairs, len, width, capacity)
+    }
+
+    /// [`DecodeOps::copy_prefix`] after its buffer checks, which each backend implements;
+    /// callers use [`DecodeOps::copy_prefix`].
+    ///
+    /// # Errors
+    /// As [`DecodeOps::copy_prefix`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_copy_prefix(
         &self,
         cache: &mut Buf<Self>,
         from: &Index<Self>,
@@ -120,20 +195,30 @@ pub trait DecodeOps {
         rows: usize,
         vocab: usize,
         params: SampleParams,
-    ) -> Result<(), GpuError>;
-}
-
-fn fits(op: &str, buffer: &str, len: usize, need: usize) -> Result<(), GpuError> {
-    if len < need {
-        return Err(GpuError::Input(format!(
-            "{op}: `{buffer}` holds {len} values, the call needs {need}"
-        )));
+    ) -> Result<(), GpuError> {
+        fits("sample", "out", out.len(), 2 * rows)?;
+        fits("sample", "weights", weights.len(), rows * vocab)?;
+        fits("sample", "logits", logits.len(), rows * vocab)?;
+        fits("sample", "uniforms", uniforms.len(), rows)?;
+        self.raw_sample(out, weights, logits, uniforms, rows, vocab, params)
     }
-    Ok(())
-}
 
-fn int(value: usize, what: &str) -> Result<i32, GpuError> {
-    i32::try_from(value).map_err(|_| GpuError::Input(format!("{what} = {value} exceeds i32")))
+    /// [`DecodeOps::sample`] after its buffer checks, which each backend implements;
+    /// callers use [`DecodeOps::sample`].
+    ///
+    /// # Errors
+    /// As [`DecodeOps::sample`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_sample(
+        &self,
+        out: &mut Buf<Self>,
+        weights: &mut Buf<Self>,
+        logits: &Buf<Self>,
+        uniforms: &Buf<Self>,
+        rows: usize,
+        vocab: usize,
+        params: SampleParams,
+    ) -> Result<(), GpuError>;
 }
 
 impl DecodeOps for HostOps {
@@ -143,7 +228,7 @@ impl DecodeOps for HostOps {
         self
     }
 
-    fn kv_write(
+    fn raw_kv_write(
         &self,
         cache: &mut Vec<f32>,
         x: &Vec<f32>,
@@ -153,9 +238,6 @@ impl DecodeOps for HostOps {
         width: usize,
         capacity: usize,
     ) -> Result<(), GpuError> {
-        fits("kv_write", "x", x.len(), rows * width)?;
-        fits("kv_write", "slot", slot.len(), rows)?;
-        fits("kv_write", "pos", pos.len(), rows)?;
         for r in 0..rows {
             let dst = (slot[r] as usize * capacity + pos[r] as usize) * width;
             fits("kv_write", "cache", cache.len(), dst + width)?;
@@ -164,7 +246,7 @@ impl DecodeOps for HostOps {
         Ok(())
     }
 
-    fn cached_attention(
+    fn raw_cached_attention(
         &self,
         out: &mut Vec<f32>,
         q: &Vec<f32>,
@@ -175,8 +257,6 @@ impl DecodeOps for HostOps {
         s: CachedAttention,
     ) -> Result<(), GpuError> {
         let (hd, width) = (s.head_dim, s.kv_heads * s.head_dim);
-        fits("cached_attention", "q", q.len(), s.rows * s.heads * hd)?;
-        fits("cached_attention", "out", out.len(), s.rows * s.heads * hd)?;
         let group = s.heads / s.kv_heads;
         for r in 0..s.rows {
             let len = pos[r] as usize + 1;
@@ -220,7 +300,7 @@ impl DecodeOps for HostOps {
         Ok(())
     }
 
-    fn copy_prefix(
+    fn raw_copy_prefix(
         &self,
         cache: &mut Vec<f32>,
         from: &Vec<u32>,
@@ -230,8 +310,6 @@ impl DecodeOps for HostOps {
         width: usize,
         capacity: usize,
     ) -> Result<(), GpuError> {
-        fits("copy_prefix", "from", from.len(), pairs)?;
-        fits("copy_prefix", "to", to.len(), pairs)?;
         for p in 0..pairs {
             let (src, dst) = (
                 from[p] as usize * capacity * width,
@@ -248,7 +326,7 @@ impl DecodeOps for HostOps {
         Ok(())
     }
 
-    fn sample(
+    fn raw_sample(
         &self,
         out: &mut Vec<f32>,
         weights: &mut Vec<f32>,
@@ -258,10 +336,6 @@ impl DecodeOps for HostOps {
         vocab: usize,
         params: SampleParams,
     ) -> Result<(), GpuError> {
-        fits("sample", "out", out.len(), 2 * rows)?;
-        fits("sample", "weights", weights.len(), rows * vocab)?;
-        fits("sample", "logits", logits.len(), rows * vocab)?;
-        fits("sample", "uniforms", uniforms.len(), rows)?;
         for r in 0..rows {
             let (token, logprob) = sample_row(
                 &logits[r * vocab..(r + 1) * vocab],
@@ -279,7 +353,7 @@ impl DecodeOps for HostOps {
 /// [`DecodeOps`] on CUDA: the kernels of `decode_kernels.rs` on [`CudaOps`]'s stream.
 pub struct CudaDecodeOps {
     ops: CudaOps,
-    functions: Vec<CudaFunction>,
+    kernels: Functions,
 }
 
 impl CudaDecodeOps {
@@ -291,40 +365,14 @@ impl CudaDecodeOps {
         let ops = CudaOps::new(context)?;
         // NVRTC takes a `&'static str`; one short string per call.
         let arch: &'static str = Box::leak(ops.arch().to_string().into_boxed_str());
-        let module = context
-            .load_module(decode_kernels::compile(Some(arch))?)
-            .map_err(|e| GpuError::driver("loading the decoding kernels", e))?;
-        let functions = decode_kernels::NAMES
-            .iter()
-            .map(|name| {
-                module
-                    .load_function(name)
-                    .map_err(|e| GpuError::driver(format!("finding kernel `{name}`"), e))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { ops, functions })
+        let kernels = Functions::load(
+            context,
+            decode_kernels::compile(Some(arch))?,
+            &decode_kernels::NAMES,
+            "loading the decoding kernels",
+        )?;
+        Ok(Self { ops, kernels })
     }
-
-    fn function(&self, name: &str) -> &CudaFunction {
-        // NAMES and `functions` are built together in `new`: every name is there.
-        let i = decode_kernels::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .expect("a decoding kernel name");
-        &self.functions[i]
-    }
-}
-
-fn grid(x: usize, y: usize, threads: u32, shared_mem_bytes: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (x as u32, y as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes,
-    }
-}
-
-fn launch_error(name: &str, e: impl std::fmt::Display) -> GpuError {
-    GpuError::driver(format!("launching `{name}`"), e)
 }
 
 impl DecodeOps for CudaDecodeOps {
@@ -338,7 +386,7 @@ impl DecodeOps for CudaDecodeOps {
         self.ops.synchronize()
     }
 
-    fn kv_write(
+    fn raw_kv_write(
         &self,
         cache: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
@@ -348,29 +396,22 @@ impl DecodeOps for CudaDecodeOps {
         width: usize,
         capacity: usize,
     ) -> Result<(), GpuError> {
-        fits("kv_write", "x", x.len(), rows * width)?;
-        fits("kv_write", "slot", slot.len(), rows)?;
-        fits("kv_write", "pos", pos.len(), rows)?;
         let (w, cap) = (int(width, "width")?, int(capacity, "capacity")?);
         // SAFETY: `x` holds rows·width floats, `slot`/`pos` rows entries; the decoder keeps
         // every slot below the cache's slots and every position below its capacity.
         unsafe {
-            self.ops
-                .stream()
-                .launch_builder(self.function("kv_write"))
-                .arg(cache)
-                .arg(x)
-                .arg(slot)
-                .arg(pos)
-                .arg(&w)
-                .arg(&cap)
-                .launch(grid(rows, 1, 64, 0))
-                .map_err(|e| launch_error("kv_write", e))?;
+            launch!(
+                self.ops.stream(),
+                self.kernels,
+                "kv_write",
+                grid(rows, 1, 64, 0),
+                [cache, x, slot, pos, &w, &cap]
+            )?;
         }
         Ok(())
     }
 
-    fn cached_attention(
+    fn raw_cached_attention(
         &self,
         out: &mut CudaSlice<f32>,
         q: &CudaSlice<f32>,
@@ -380,18 +421,6 @@ impl DecodeOps for CudaDecodeOps {
         pos: &CudaSlice<u32>,
         s: CachedAttention,
     ) -> Result<(), GpuError> {
-        fits(
-            "cached_attention",
-            "q",
-            q.len(),
-            s.rows * s.heads * s.head_dim,
-        )?;
-        fits(
-            "cached_attention",
-            "out",
-            out.len(),
-            s.rows * s.heads * s.head_dim,
-        )?;
         if s.capacity > crate::llama::MAX_ATTENTION_LEN {
             return Err(GpuError::Input(format!(
                 "cached_attention: capacity {} exceeds {}",
@@ -404,27 +433,20 @@ impl DecodeOps for CudaDecodeOps {
         // SAFETY: `q`/`out` hold rows·heads·head_dim floats; `slot`/`pos` rows entries within
         // the cache (the decoder's bookkeeping); shared memory holds `capacity` scores.
         unsafe {
-            self.ops
-                .stream()
-                .launch_builder(self.function("cached_attention"))
-                .arg(out)
-                .arg(q)
-                .arg(keys)
-                .arg(values)
-                .arg(slot)
-                .arg(pos)
-                .arg(&heads)
-                .arg(&kv)
-                .arg(&hd)
-                .arg(&cap)
-                .arg(&s.scale)
-                .launch(grid(s.rows, s.heads, 256, (s.capacity * 4) as u32))
-                .map_err(|e| launch_error("cached_attention", e))?;
+            launch!(
+                self.ops.stream(),
+                self.kernels,
+                "cached_attention",
+                grid(s.rows, s.heads, 256, s.capacity),
+                [
+                    out, q, keys, values, slot, pos, &heads, &kv, &hd, &cap, &s.scale
+                ]
+            )?;
         }
         Ok(())
     }
 
-    fn copy_prefix(
+    fn raw_copy_prefix(
         &self,
         cache: &mut CudaSlice<f32>,
         from: &CudaSlice<u32>,
@@ -437,26 +459,21 @@ impl DecodeOps for CudaDecodeOps {
         if pairs == 0 || len == 0 {
             return Ok(());
         }
-        fits("copy_prefix", "from", from.len(), pairs)?;
-        fits("copy_prefix", "to", to.len(), pairs)?;
         let (w, cap) = (int(width, "width")?, int(capacity, "capacity")?);
         // SAFETY: `from`/`to` hold `pairs` slots of the cache, `len` <= capacity.
         unsafe {
-            self.ops
-                .stream()
-                .launch_builder(self.function("copy_prefix"))
-                .arg(cache)
-                .arg(from)
-                .arg(to)
-                .arg(&w)
-                .arg(&cap)
-                .launch(grid(pairs, len, 64, 0))
-                .map_err(|e| launch_error("copy_prefix", e))?;
+            launch!(
+                self.ops.stream(),
+                self.kernels,
+                "copy_prefix",
+                grid(pairs, len, 64, 0),
+                [cache, from, to, &w, &cap]
+            )?;
         }
         Ok(())
     }
 
-    fn sample(
+    fn raw_sample(
         &self,
         out: &mut CudaSlice<f32>,
         weights: &mut CudaSlice<f32>,
@@ -466,27 +483,26 @@ impl DecodeOps for CudaDecodeOps {
         vocab: usize,
         params: SampleParams,
     ) -> Result<(), GpuError> {
-        fits("sample", "out", out.len(), 2 * rows)?;
-        fits("sample", "weights", weights.len(), rows * vocab)?;
-        fits("sample", "logits", logits.len(), rows * vocab)?;
-        fits("sample", "uniforms", uniforms.len(), rows)?;
         let v = int(vocab, "vocab")?;
         let bisections = int(TOP_P_BISECTIONS, "bisections")?;
         // SAFETY: buffers sized above; one block of SAMPLE_THREADS (the kernel's BLOCK) a row.
         unsafe {
-            self.ops
-                .stream()
-                .launch_builder(self.function("sample_rows"))
-                .arg(out)
-                .arg(weights)
-                .arg(logits)
-                .arg(uniforms)
-                .arg(&v)
-                .arg(&params.temperature)
-                .arg(&params.top_p)
-                .arg(&bisections)
-                .launch(grid(rows, 1, SAMPLE_THREADS as u32, 0))
-                .map_err(|e| launch_error("sample_rows", e))?;
+            launch!(
+                self.ops.stream(),
+                self.kernels,
+                "sample_rows",
+                grid(rows, 1, SAMPLE_THREADS as u32, 0),
+                [
+                    out,
+                    weights,
+                    logits,
+                    uniforms,
+                    &v,
+                    &params.temperature,
+                    &params.top_p,
+                    &bisections
+                ]
+            )?;
         }
         Ok(())
     }

@@ -11,7 +11,8 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use crate::{GpuError, Library, require};
 
 /// Threads per block of the row kernels (`rms_norm`, `attention`); their shared-memory
-/// reductions assume exactly this many.
+/// reductions assume exactly this many. The `#define BLOCK` of the `prelude!` every CUDA source
+/// of the crate starts with.
 pub const BLOCK: u32 = 256;
 
 /// The kernels' entry points, in [`SOURCE`]'s order.
@@ -26,18 +27,15 @@ pub const NAMES: [&str; 8] = [
     "add_bias",
 ];
 
-/// The CUDA C source of every kernel (one translation unit, no `#include`: NVRTC needs no
-/// headers for it).
-pub const SOURCE: &str = r#"
+/// The CUDA C every kernel source starts with: `BLOCK` (threads per block of the row
+/// kernels, as [`BLOCK`]), `NEG_INFINITY`, and the block-wide reductions `block_sum` and
+/// `block_max` over exactly `BLOCK` threads. Each `SOURCE` is `concat!(prelude!(), ...)`, so
+/// it stays one translation unit with no `#include`.
+macro_rules! prelude {
+    () => {
+        r#"
 #define BLOCK 256
 #define NEG_INFINITY __int_as_float(0xff800000)
-
-// out[t, :] = table[ids[t], :].  grid (n), block (any).
-extern "C" __global__ void embed(float* out, const float* table, const unsigned int* ids, int h) {
-    const int t = blockIdx.x;
-    const float* row = table + (size_t)ids[t] * h;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) out[(size_t)t * h + j] = row[j];
-}
 
 // Block-wide sum over BLOCK threads; every thread gets the total.
 __device__ float block_sum(float v, float* scratch) {
@@ -63,6 +61,22 @@ __device__ float block_max(float v, float* scratch) {
     const float m = scratch[0];
     __syncthreads();
     return m;
+}
+"#
+    };
+}
+pub(crate) use prelude;
+
+/// The CUDA C source of every kernel (one translation unit, no `#include`: NVRTC needs no
+/// headers for it).
+pub const SOURCE: &str = concat!(
+    prelude!(),
+    r#"
+// out[t, :] = table[ids[t], :].  grid (n), block (any).
+extern "C" __global__ void embed(float* out, const float* table, const unsigned int* ids, int h) {
+    const int t = blockIdx.x;
+    const float* row = table + (size_t)ids[t] * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) out[(size_t)t * h + j] = row[j];
 }
 
 // RMSNorm: y = x / sqrt(mean(x^2) + eps) * w, per row.  grid (n), block (BLOCK).
@@ -154,7 +168,8 @@ extern "C" __global__ void add_inplace(float* x, const float* y, int len) {
 extern "C" __global__ void add_bias(float* x, const float* b, int rows, int cols) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * cols; i += gridDim.x * blockDim.x) x[i] += b[i % cols];
 }
-"#;
+"#
+);
 
 /// Compiles [`SOURCE`] to PTX for `arch` (`"sm_90"` for H100/H200; `None`: NVRTC's default).
 ///

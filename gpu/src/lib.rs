@@ -33,6 +33,7 @@ pub mod decode_ops;
 pub mod device_check;
 mod error;
 pub mod kernels;
+mod launch;
 mod libraries;
 mod llama;
 mod nccl;

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, PushKernelArg};
 use kaizen_model::{HostTensor, LlamaConfig};
 
 use crate::kernels::{self, BLOCK};
+use crate::launch::{Functions, elementwise, grid, int, launch};
 use crate::{GpuError, Library, require};
 
 /// Longest attention span (cached + new positions) one `attention` block holds in shared
@@ -46,17 +45,6 @@ impl GpuKvCache {
     }
 }
 
-struct Kernels {
-    embed: CudaFunction,
-    rms_norm: CudaFunction,
-    rope: CudaFunction,
-    kv_append: CudaFunction,
-    attention: CudaFunction,
-    swiglu: CudaFunction,
-    add_inplace: CudaFunction,
-    add_bias: CudaFunction,
-}
-
 /// A projection `y = x Wᵀ (+ b)`, `W: [d_output, d_input]` on the device.
 struct Linear {
     weight: CudaSlice<f32>,
@@ -82,7 +70,7 @@ pub struct GpuLlama {
     config: LlamaConfig,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
-    kernels: Kernels,
+    kernels: Functions,
     /// `[vocab, hidden]`; also the output projection when embeddings are tied.
     embed_tokens: CudaSlice<f32>,
     layers: Vec<Layer>,
@@ -92,29 +80,6 @@ pub struct GpuLlama {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
     arch: String,
-}
-
-fn int(value: usize, what: &str) -> Result<i32, GpuError> {
-    i32::try_from(value).map_err(|_| GpuError::Input(format!("{what} = {value} exceeds i32")))
-}
-
-/// Launch shape of the grid-stride element-wise kernels.
-fn elementwise(len: usize) -> LaunchConfig {
-    let blocks = len.div_ceil(BLOCK as usize).clamp(1, 4096) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Launch shape of the per-(token, head) kernels.
-fn per_head(n: usize, heads: usize, threads: u32, shared_mem_bytes: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n as u32, heads as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes,
-    }
 }
 
 impl GpuLlama {
@@ -141,24 +106,12 @@ impl GpuLlama {
         // NVRTC takes a `&'static str`; one short string per model load.
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let ptx = kernels::compile(Some(arch))?;
-        let module = context
-            .load_module(ptx)
-            .map_err(|e| GpuError::driver("loading the compiled kernels", e))?;
-        let function = |name: &str| {
-            module
-                .load_function(name)
-                .map_err(|e| GpuError::driver(format!("finding kernel `{name}`"), e))
-        };
-        let kernels = Kernels {
-            embed: function("embed")?,
-            rms_norm: function("rms_norm")?,
-            rope: function("rope")?,
-            kv_append: function("kv_append")?,
-            attention: function("attention")?,
-            swiglu: function("swiglu")?,
-            add_inplace: function("add_inplace")?,
-            add_bias: function("add_bias")?,
-        };
+        let kernels = Functions::load(
+            context,
+            ptx,
+            &kernels::NAMES,
+            "loading the compiled kernels",
+        )?;
         let stream = context.default_stream();
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| GpuError::blas("creating a handle", e))?;
@@ -325,7 +278,6 @@ impl GpuLlama {
                 .alloc_zeros::<f32>(len)
                 .map_err(|e| GpuError::driver(format!("allocating {len} floats"), e))
         };
-        let launch = |what: &str, e| GpuError::driver(format!("launching `{what}`"), e);
         let ids = self
             .stream
             .clone_htod(tokens)
@@ -346,7 +298,7 @@ impl GpuLlama {
         let cap = int(cache.capacity, "cache capacity")?;
         let eps = c.rms_norm_eps as f32;
         let scale = 1.0f32 / (hd as f32).sqrt();
-        let span = int(cache.len + n, "attention span")? as u32;
+        let span = int(cache.len + n, "attention span")? as usize;
 
         // SAFETY (every launch below): the argument lists match the kernels' signatures in
         // `kernels::SOURCE`, and every buffer is at least as long as the grid indexes:
@@ -354,14 +306,13 @@ impl GpuLlama {
         // caches kv_heads·capacity·hd with pos0 + n <= capacity (checked above), token ids
         // below vocab (checked above), RoPE tables max_position_embeddings·hd >= capacity·hd.
         unsafe {
-            self.stream
-                .launch_builder(&self.kernels.embed)
-                .arg(&mut x)
-                .arg(&self.embed_tokens)
-                .arg(&ids)
-                .arg(&h_i)
-                .launch(per_head(n, 1, BLOCK, 0))
-                .map_err(|e| launch("embed", e))?;
+            launch!(
+                self.stream,
+                self.kernels,
+                "embed",
+                grid(n, 1, BLOCK, 0),
+                [&mut x, &self.embed_tokens, &ids, &h_i]
+            )?;
         }
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&mut normed, &x, &layer.input_layernorm, n, eps)?;
@@ -369,60 +320,52 @@ impl GpuLlama {
             self.linear(&layer.k_proj, &normed, &mut k, n)?;
             self.linear(&layer.v_proj, &normed, &mut v, n)?;
             unsafe {
-                self.stream
-                    .launch_builder(&self.kernels.rope)
-                    .arg(&mut q)
-                    .arg(&self.cos)
-                    .arg(&self.sin)
-                    .arg(&pos0)
-                    .arg(&heads_i)
-                    .arg(&hd_i)
-                    .launch(per_head(n, heads, 64, 0))
-                    .map_err(|e| launch("rope", e))?;
-                self.stream
-                    .launch_builder(&self.kernels.rope)
-                    .arg(&mut k)
-                    .arg(&self.cos)
-                    .arg(&self.sin)
-                    .arg(&pos0)
-                    .arg(&kv_i)
-                    .arg(&hd_i)
-                    .launch(per_head(n, kv_heads, 64, 0))
-                    .map_err(|e| launch("rope", e))?;
-                self.stream
-                    .launch_builder(&self.kernels.kv_append)
-                    .arg(&mut cache.keys[l])
-                    .arg(&k)
-                    .arg(&pos0)
-                    .arg(&kv_i)
-                    .arg(&hd_i)
-                    .arg(&cap)
-                    .launch(per_head(n, kv_heads, 64, 0))
-                    .map_err(|e| launch("kv_append", e))?;
-                self.stream
-                    .launch_builder(&self.kernels.kv_append)
-                    .arg(&mut cache.values[l])
-                    .arg(&v)
-                    .arg(&pos0)
-                    .arg(&kv_i)
-                    .arg(&hd_i)
-                    .arg(&cap)
-                    .launch(per_head(n, kv_heads, 64, 0))
-                    .map_err(|e| launch("kv_append", e))?;
-                self.stream
-                    .launch_builder(&self.kernels.attention)
-                    .arg(&mut attended)
-                    .arg(&q)
-                    .arg(&cache.keys[l])
-                    .arg(&cache.values[l])
-                    .arg(&pos0)
-                    .arg(&heads_i)
-                    .arg(&kv_i)
-                    .arg(&hd_i)
-                    .arg(&cap)
-                    .arg(&scale)
-                    .launch(per_head(n, heads, BLOCK, span * 4))
-                    .map_err(|e| launch("attention", e))?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "rope",
+                    grid(n, heads, 64, 0),
+                    [&mut q, &self.cos, &self.sin, &pos0, &heads_i, &hd_i]
+                )?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "rope",
+                    grid(n, kv_heads, 64, 0),
+                    [&mut k, &self.cos, &self.sin, &pos0, &kv_i, &hd_i]
+                )?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "kv_append",
+                    grid(n, kv_heads, 64, 0),
+                    [&mut cache.keys[l], &k, &pos0, &kv_i, &hd_i, &cap]
+                )?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "kv_append",
+                    grid(n, kv_heads, 64, 0),
+                    [&mut cache.values[l], &v, &pos0, &kv_i, &hd_i, &cap]
+                )?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "attention",
+                    grid(n, heads, BLOCK, span),
+                    [
+                        &mut attended,
+                        &q,
+                        &cache.keys[l],
+                        &cache.values[l],
+                        &pos0,
+                        &heads_i,
+                        &kv_i,
+                        &hd_i,
+                        &cap,
+                        &scale
+                    ]
+                )?;
             }
             self.linear(&layer.o_proj, &attended, &mut projected, n)?;
             self.add_inplace(&mut x, &projected, n * h)?;
@@ -431,13 +374,13 @@ impl GpuLlama {
             self.linear(&layer.up_proj, &normed, &mut up, n)?;
             let len = int(n * inter, "MLP width")?;
             unsafe {
-                self.stream
-                    .launch_builder(&self.kernels.swiglu)
-                    .arg(&mut gate)
-                    .arg(&up)
-                    .arg(&len)
-                    .launch(elementwise(n * inter))
-                    .map_err(|e| launch("swiglu", e))?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "swiglu",
+                    elementwise(n * inter),
+                    [&mut gate, &up, &len]
+                )?;
             }
             self.linear(&layer.down_proj, &gate, &mut projected, n)?;
             self.add_inplace(&mut x, &projected, n * h)?;
@@ -509,15 +452,13 @@ impl GpuLlama {
         let h = int(self.config.hidden_size, "hidden_size")?;
         // SAFETY: `x` and `out` hold n·h floats, `weight` h; one block of BLOCK threads a row.
         unsafe {
-            self.stream
-                .launch_builder(&self.kernels.rms_norm)
-                .arg(out)
-                .arg(x)
-                .arg(weight)
-                .arg(&h)
-                .arg(&eps)
-                .launch(per_head(n, 1, BLOCK, 0))
-                .map_err(|e| GpuError::driver("launching `rms_norm`", e))?;
+            launch!(
+                self.stream,
+                self.kernels,
+                "rms_norm",
+                grid(n, 1, BLOCK, 0),
+                [out, x, weight, &h, &eps]
+            )?;
         }
         Ok(())
     }
@@ -531,13 +472,13 @@ impl GpuLlama {
         let len_i = int(len, "residual length")?;
         // SAFETY: both buffers hold at least `len` floats.
         unsafe {
-            self.stream
-                .launch_builder(&self.kernels.add_inplace)
-                .arg(x)
-                .arg(y)
-                .arg(&len_i)
-                .launch(elementwise(len))
-                .map_err(|e| GpuError::driver("launching `add_inplace`", e))?;
+            launch!(
+                self.stream,
+                self.kernels,
+                "add_inplace",
+                elementwise(len),
+                [x, y, &len_i]
+            )?;
         }
         Ok(())
     }
@@ -555,14 +496,13 @@ impl GpuLlama {
             let (rows, cols) = (int(n, "rows")?, int(layer.d_output, "d_output")?);
             // SAFETY: `y` holds n·d_output floats, `bias` d_output.
             unsafe {
-                self.stream
-                    .launch_builder(&self.kernels.add_bias)
-                    .arg(y)
-                    .arg(bias)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .launch(elementwise(n * layer.d_output))
-                    .map_err(|e| GpuError::driver("launching `add_bias`", e))?;
+                launch!(
+                    self.stream,
+                    self.kernels,
+                    "add_bias",
+                    elementwise(n * layer.d_output),
+                    [y, bias, &rows, &cols]
+                )?;
             }
         }
         Ok(())

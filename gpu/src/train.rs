@@ -30,7 +30,8 @@ pub use adamw::AdamWState;
 pub use backend::PassBackend;
 pub use cuda::CudaOps;
 pub use host::HostOps;
+pub(crate) use ops::fits;
 pub use ops::{
-    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, Gemm, TrainOps, Transpose,
+    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, Buffer, Gemm, TrainOps, Transpose,
 };
 pub use pass::{Activations, TrainModel, Weights, layout};

@@ -5,6 +5,9 @@
 //! driver's cache indexing (slots, positions, the prompt fork), row bookkeeping and the
 //! sampler's math on every CI run.
 
+#[path = "../../model/tests/common.rs"]
+mod model_common;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kaizen_gpu::batch_decode::{BatchDecoder, DecodeOptions, DecodeRequest, Finish};
 use kaizen_gpu::sample::SampleParams;
@@ -16,24 +19,13 @@ use kaizen_model::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// `model/tests/common.rs`'s tiny model: 2 layers of width 64, 4 query heads over 2 key-value
-/// heads (GQA), q/k/v biases; `tied` picks tied or untied output head.
+/// `model/tests/common.rs`'s tiny model (2 layers of width 64, 4 query heads over 2 key-value
+/// heads); `tied` picks a tied output head without biases or an untied one with q/k/v biases.
 fn tiny_config(tied: bool) -> LlamaConfig {
     LlamaConfig {
-        vocab_size: 300,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: None,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 256,
         tie_word_embeddings: tied,
         attention_bias: !tied,
-        value_head: false,
-        initializer_range: 0.2,
+        ..model_common::tiny_config()
     }
 }
 

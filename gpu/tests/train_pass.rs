@@ -4,31 +4,14 @@
 //! and its AdamW step is `kaizen_learner::AdamW`'s. No GPU needed: this checks the driver's
 //! sequence of operations, shapes, strides and product transposes on every CI run.
 
+#[path = "../../model/tests/common.rs"]
+mod model_common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use kaizen_gpu::train::{HostOps, TrainModel};
 use kaizen_learner::{AdamW, AdamWConfig};
 use kaizen_model::{CpuGrads, CpuScorePass, Llama, LlamaConfig, ScoreBatch, ScoreOptions};
-
-/// `model/tests/common.rs`'s tiny model: 2 layers of width 64, 4 query heads over 2 key-value
-/// heads (GQA), q/k/v biases, untied head.
-fn tiny_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 300,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: None,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 256,
-        tie_word_embeddings: false,
-        attention_bias: true,
-        value_head: false,
-        initializer_range: 0.2,
-    }
-}
+use model_common::tiny_config;
 
 /// Two GRPO groups sharing their prompts, rows of different lengths, a multi-turn row (scored,
 /// context, scored) and rows with unscored tokens after their last scored one

@@ -9,13 +9,20 @@
 
 use super::kernels::WEIGHT_GRAD_ROWS;
 use super::ops::{
-    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, Gemm, TrainOps, Transpose, fits,
+    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, Buffer, Gemm, TrainOps, Transpose,
+    fits,
 };
 use crate::GpuError;
 
 /// The training pass's operations on the host (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostOps;
+
+impl<T> Buffer for Vec<T> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
 
 impl TrainOps for HostOps {
     type Buf = Vec<f32>;
@@ -42,8 +49,13 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn gemm(&self, g: Gemm, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<(), GpuError> {
-        g.check(a.len(), b.len(), c.len())?;
+    fn raw_gemm(
+        &self,
+        g: Gemm,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        c: &mut Vec<f32>,
+    ) -> Result<(), GpuError> {
         // Column-major: element (i, j) of a matrix with leading dimension ld is at i + j·ld;
         // op(A)(i, l) is A(i, l) or A(l, i).
         let op_a = |i: usize, l: usize| match g.transa {
@@ -72,7 +84,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn gather_rows(
+    fn raw_gather_rows(
         &self,
         out: &mut Vec<f32>,
         src: &Vec<f32>,
@@ -80,8 +92,6 @@ impl TrainOps for HostOps {
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        fits("gather_rows", "out", out.len(), rows * width)?;
-        fits("gather_rows", "index", index.len(), rows)?;
         for r in 0..rows {
             let s = index[r] as usize;
             fits("gather_rows", "src", src.len(), (s + 1) * width)?;
@@ -90,7 +100,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn scatter_add_rows(
+    fn raw_scatter_add_rows(
         &self,
         dst: &mut Vec<f32>,
         src: &Vec<f32>,
@@ -98,8 +108,6 @@ impl TrainOps for HostOps {
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        fits("scatter_add_rows", "src", src.len(), rows * width)?;
-        fits("scatter_add_rows", "index", index.len(), rows)?;
         for r in 0..rows {
             let d = index[r] as usize;
             fits("scatter_add_rows", "dst", dst.len(), (d + 1) * width)?;
@@ -110,7 +118,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn rms_norm(
+    fn raw_rms_norm(
         &self,
         out: &mut Vec<f32>,
         inv_rms: &mut Vec<f32>,
@@ -120,14 +128,6 @@ impl TrainOps for HostOps {
         width: usize,
         eps: f32,
     ) -> Result<(), GpuError> {
-        for (name, len, need) in [
-            ("out", out.len(), rows * width),
-            ("x", x.len(), rows * width),
-            ("inv_rms", inv_rms.len(), rows),
-            ("gamma", gamma.len(), width),
-        ] {
-            fits("rms_norm", name, len, need)?;
-        }
         for r in 0..rows {
             let row = &x[r * width..(r + 1) * width];
             let s: f32 = row.iter().map(|v| v * v).sum();
@@ -140,7 +140,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn rms_norm_backward(
+    fn raw_rms_norm_backward(
         &self,
         dx: &mut Vec<f32>,
         x: &Vec<f32>,
@@ -150,15 +150,6 @@ impl TrainOps for HostOps {
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        for (name, len, need) in [
-            ("dx", dx.len(), rows * width),
-            ("x", x.len(), rows * width),
-            ("dy", dy.len(), rows * width),
-            ("inv_rms", inv_rms.len(), rows),
-            ("gamma", gamma.len(), width),
-        ] {
-            fits("rms_norm_backward", name, len, need)?;
-        }
         for r in 0..rows {
             let at = r * width;
             let inv = inv_rms[r];
@@ -174,7 +165,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn rms_norm_weight_grad(
+    fn raw_rms_norm_weight_grad(
         &self,
         d_gamma: &mut Vec<f32>,
         x: &Vec<f32>,
@@ -183,14 +174,6 @@ impl TrainOps for HostOps {
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        for (name, len, need) in [
-            ("d_gamma", d_gamma.len(), width),
-            ("x", x.len(), rows * width),
-            ("dy", dy.len(), rows * width),
-            ("inv_rms", inv_rms.len(), rows),
-        ] {
-            fits("rms_norm_weight_grad", name, len, need)?;
-        }
         // One partial sum per chunk of WEIGHT_GRAD_ROWS rows and column, then added (the
         // kernel's blocks and their atomic adds).
         for r0 in (0..rows).step_by(WEIGHT_GRAD_ROWS) {
@@ -205,15 +188,13 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn column_sums(
+    fn raw_column_sums(
         &self,
         out: &mut Vec<f32>,
         x: &Vec<f32>,
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        fits("column_sums", "out", out.len(), width)?;
-        fits("column_sums", "x", x.len(), rows * width)?;
         for r0 in (0..rows).step_by(WEIGHT_GRAD_ROWS) {
             for j in 0..width {
                 let mut s = 0.0f32;
@@ -226,31 +207,27 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn add_bias(
+    fn raw_add_bias(
         &self,
         x: &mut Vec<f32>,
         bias: &Vec<f32>,
         rows: usize,
         width: usize,
     ) -> Result<(), GpuError> {
-        fits("add_bias", "x", x.len(), rows * width)?;
-        fits("add_bias", "bias", bias.len(), width)?;
         for i in 0..rows * width {
             x[i] += bias[i % width];
         }
         Ok(())
     }
 
-    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<(), GpuError> {
-        fits("add", "x", x.len(), len)?;
-        fits("add", "y", y.len(), len)?;
+    fn raw_add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<(), GpuError> {
         for i in 0..len {
             x[i] += y[i];
         }
         Ok(())
     }
 
-    fn rope(
+    fn raw_rope(
         &self,
         x: &mut Vec<f32>,
         cos: &Vec<f32>,
@@ -261,8 +238,6 @@ impl TrainOps for HostOps {
         head_dim: usize,
         inverse: bool,
     ) -> Result<(), GpuError> {
-        fits("rope", "x", x.len(), rows * heads * head_dim)?;
-        fits("rope", "positions", positions.len(), rows)?;
         let half = head_dim / 2;
         for t in 0..rows {
             let p = positions[t] as usize;
@@ -290,7 +265,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn attention(
+    fn raw_attention(
         &self,
         out: &mut Vec<f32>,
         lse: &mut Vec<f32>,
@@ -308,16 +283,6 @@ impl TrainOps for HostOps {
             scale,
             longest_row,
         } = shape;
-        for (name, len, need) in [
-            ("out", out.len(), n * heads * d),
-            ("q", q.len(), n * heads * d),
-            ("k", k.len(), n * kv * d),
-            ("v", v.len(), n * kv * d),
-            ("lse", lse.len(), n * heads),
-        ] {
-            fits("attention", name, len, need)?;
-        }
-        fits("attention", "key_start", key_start.len(), n)?;
         let group = heads / kv;
         let mut scores = Vec::new();
         // One kernel block per (t, head).
@@ -358,7 +323,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn attention_backward(
+    fn raw_attention_backward(
         &self,
         dq: &mut Vec<f32>,
         dk: &mut Vec<f32>,
@@ -378,22 +343,6 @@ impl TrainOps for HostOps {
             longest_row,
         } = shape;
         let AttentionSaved { q, k, v, out, lse } = saved;
-        for (name, len, need) in [
-            ("dq", dq.len(), n * heads * d),
-            ("dk", dk.len(), n * kv * d),
-            ("dv", dv.len(), n * kv * d),
-            ("delta", delta.len(), n * heads),
-            ("q", q.len(), n * heads * d),
-            ("k", k.len(), n * kv * d),
-            ("v", v.len(), n * kv * d),
-            ("out", out.len(), n * heads * d),
-            ("d_out", d_out.len(), n * heads * d),
-            ("lse", lse.len(), n * heads),
-        ] {
-            fits("attention_backward", name, len, need)?;
-        }
-        fits("attention_backward", "key_start", rows.key_start.len(), n)?;
-        fits("attention_backward", "row_end", rows.row_end.len(), n)?;
         let group = heads / kv;
         let dot = |a: &[f32], b: &[f32]| {
             let mut s = 0.0f32;
@@ -465,16 +414,13 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn swiglu(
+    fn raw_swiglu(
         &self,
         act: &mut Vec<f32>,
         gate: &Vec<f32>,
         up: &Vec<f32>,
         len: usize,
     ) -> Result<(), GpuError> {
-        for (name, l) in [("act", act.len()), ("gate", gate.len()), ("up", up.len())] {
-            fits("swiglu", name, l, len)?;
-        }
         for i in 0..len {
             let g = gate[i];
             act[i] = g / (1.0 + (-g).exp()) * up[i];
@@ -482,7 +428,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn swiglu_backward(
+    fn raw_swiglu_backward(
         &self,
         d_gate: &mut Vec<f32>,
         d_up: &mut Vec<f32>,
@@ -491,15 +437,6 @@ impl TrainOps for HostOps {
         d_act: &Vec<f32>,
         len: usize,
     ) -> Result<(), GpuError> {
-        for (name, l) in [
-            ("d_gate", d_gate.len()),
-            ("d_up", d_up.len()),
-            ("gate", gate.len()),
-            ("up", up.len()),
-            ("d_act", d_act.len()),
-        ] {
-            fits("swiglu_backward", name, l, len)?;
-        }
         for i in 0..len {
             let (g, u, da) = (gate[i], up[i], d_act[i]);
             let s = 1.0 / (1.0 + (-g).exp());
@@ -509,7 +446,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn log_softmax(
+    fn raw_log_softmax(
         &self,
         z: &mut Vec<f32>,
         lse: &mut Vec<f32>,
@@ -519,10 +456,6 @@ impl TrainOps for HostOps {
         vocab: usize,
         inv_t: f32,
     ) -> Result<(), GpuError> {
-        fits("log_softmax", "z", z.len(), rows * vocab)?;
-        fits("log_softmax", "lse", lse.len(), rows)?;
-        fits("log_softmax", "logp", logp.len(), rows)?;
-        fits("log_softmax", "targets", targets.len(), rows)?;
         for r in 0..rows {
             let row = &mut z[r * vocab..(r + 1) * vocab];
             let mut m = f32::NEG_INFINITY;
@@ -538,7 +471,7 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn log_softmax_backward(
+    fn raw_log_softmax_backward(
         &self,
         z: &mut Vec<f32>,
         lse: &Vec<f32>,
@@ -548,10 +481,6 @@ impl TrainOps for HostOps {
         vocab: usize,
         inv_t: f32,
     ) -> Result<(), GpuError> {
-        fits("log_softmax_backward", "z", z.len(), rows * vocab)?;
-        fits("log_softmax_backward", "lse", lse.len(), rows)?;
-        fits("log_softmax_backward", "d_logp", d_logp.len(), rows)?;
-        fits("log_softmax_backward", "targets", targets.len(), rows)?;
         for r in 0..rows {
             let (g, l, x) = (d_logp[r], lse[r], targets[r] as usize);
             for j in 0..vocab {
@@ -563,14 +492,13 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
-    fn sum_squares(&self, x: &Vec<f32>, len: usize) -> Result<f64, GpuError> {
+    fn raw_sum_squares(&self, x: &Vec<f32>, len: usize) -> Result<f64, GpuError> {
         // Summed in f64 throughout (the kernel's per-block partials are f32): the clip factor
         // agrees to ~1e-7, and equals `kaizen_learner::AdamW`'s, which sums in f64.
-        fits("sum_squares", "x", x.len(), len)?;
         Ok(x[..len].iter().map(|&v| f64::from(v) * f64::from(v)).sum())
     }
 
-    fn adamw(
+    fn raw_adamw(
         &self,
         p: &mut Vec<f32>,
         g: &Vec<f32>,
@@ -579,14 +507,6 @@ impl TrainOps for HostOps {
         len: usize,
         k: AdamWStep,
     ) -> Result<(), GpuError> {
-        for (name, l) in [
-            ("p", p.len()),
-            ("g", g.len()),
-            ("m", m.len()),
-            ("v", v.len()),
-        ] {
-            fits("adamw", name, l, len)?;
-        }
         let (one_m_b1, one_m_b2) = (1.0 - k.beta1, 1.0 - k.beta2);
         for i in 0..len {
             let gi = g[i] * k.clip;
@@ -686,6 +606,27 @@ mod tests {
                 assert!((dw[o * d_in + i] - want).abs() < 1e-5);
             }
         }
+    }
+
+    /// The buffer checks are the trait's, ahead of either backend: a short buffer is an input
+    /// error naming the operation and the buffer, before any value is read.
+    #[test]
+    fn short_buffers_are_input_errors_naming_the_operation_and_buffer() {
+        let e = HostOps
+            .swiglu(&mut vec![0.0; 4], &vec![0.0; 3], &vec![0.0; 4], 4)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            GpuError::Input("swiglu: `gate` holds 3 values, the call needs 4".into()).to_string()
+        );
+        let e = HostOps
+            .gather_rows(&mut vec![0.0; 6], &vec![0.0; 6], &vec![0], 2, 3)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("gather_rows: `index` holds 1 values, the call needs 2"),
+            "{e}"
+        );
     }
 
     /// cuBLAS's argument rules are enforced on the host too: a leading dimension below the

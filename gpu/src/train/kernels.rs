@@ -5,8 +5,8 @@
 //! All tensors are row-major f32; `N` packed tokens, `h` hidden width, `d` head width.
 
 /// Threads per block of the row kernels; their shared-memory reductions assume exactly this
-/// many.
-pub const BLOCK: u32 = 256;
+/// many (the prelude's `BLOCK`, shared with the forward kernels).
+pub const BLOCK: u32 = crate::kernels::BLOCK;
 
 /// Rows summed by one block of the column-sum kernels (`rms_norm_weight_grad`,
 /// `column_sums`) before its atomic add.
@@ -39,36 +39,10 @@ pub const NAMES: [&str; 18] = [
 ];
 
 /// The CUDA C source of every training kernel (one translation unit, no `#include`).
-pub const SOURCE: &str = r#"
-#define BLOCK 256
+pub const SOURCE: &str = concat!(
+    crate::kernels::prelude!(),
+    r#"
 #define WEIGHT_GRAD_ROWS 64
-#define NEG_INFINITY __int_as_float(0xff800000)
-
-// Block-wide sum over BLOCK threads; every thread gets the total.
-__device__ float block_sum(float v, float* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-        __syncthreads();
-    }
-    const float total = scratch[0];
-    __syncthreads();
-    return total;
-}
-
-// Block-wide max over BLOCK threads; every thread gets it.
-__device__ float block_max(float v, float* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] = fmaxf(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    const float m = scratch[0];
-    __syncthreads();
-    return m;
-}
 
 // out[r, :] = src[index[r], :].  grid (rows), block (any).
 extern "C" __global__ void gather_rows(float* out, const float* src, const unsigned int* index, int width) {
@@ -351,7 +325,8 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, i
         p[i] = p[i] * decay - step_size * m[i] / denom;
     }
 }
-"#;
+"#
+);
 
 /// Compiles [`SOURCE`] to PTX for `arch` (`"compute_90"`; `None`: NVRTC's default), with the
 /// options of [`crate::kernels::compile`].

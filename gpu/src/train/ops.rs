@@ -3,9 +3,22 @@
 //! kernel, for tests) and [`super::CudaOps`] (NVRTC kernels and cuBLAS).
 //!
 //! Every buffer is row-major f32 (`Buf`) or u32 (`Index`); sizes are passed explicitly, as the
-//! CUDA kernels take them, and each backend checks that the buffers hold what the sizes say.
+//! CUDA kernels take them. Each operation is a provided method that checks, once for both
+//! backends, that the buffers hold what the sizes say (through [`Buffer::len`]), then calls
+//! the `raw_*` method the backend implements.
 
 use crate::GpuError;
+
+/// A backend's buffer, as the operations' checks see it: how many values it holds.
+pub trait Buffer {
+    /// Values held.
+    fn len(&self) -> usize;
+
+    /// Whether it holds no value.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Whether a cuBLAS operand is used as stored or transposed (`CUBLAS_OP_N` / `CUBLAS_OP_T`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +124,24 @@ pub struct AttentionShape {
     pub longest_row: usize,
 }
 
+impl AttentionShape {
+    /// Values of a query-shaped buffer, `[N, heads·head_dim]` (`q`, the output, their
+    /// gradients).
+    pub fn q_len(&self) -> usize {
+        self.tokens * self.heads * self.head_dim
+    }
+
+    /// Values of a key- or value-shaped buffer, `[N, kv_heads·head_dim]`.
+    pub fn kv_len(&self) -> usize {
+        self.tokens * self.kv_heads * self.head_dim
+    }
+
+    /// Values of a per-query-head buffer, `[N, heads]` (`lse`, `delta`).
+    pub fn lse_len(&self) -> usize {
+        self.tokens * self.heads
+    }
+}
+
 /// The per-step constants of the fused AdamW update, in f32, as
 /// `kaizen_learner::AdamW` computes them (see [`TrainOps::adamw`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,9 +169,9 @@ pub struct AdamWStep {
 /// say "adds" accumulate into their output, the others overwrite it.
 pub trait TrainOps {
     /// An f32 buffer.
-    type Buf;
+    type Buf: Buffer;
     /// A u32 buffer (token ids, positions, row bounds).
-    type Index;
+    type Index: Buffer;
 
     /// A zeroed buffer of `len` floats.
     ///
@@ -178,6 +209,22 @@ pub trait TrainOps {
         a: &Self::Buf,
         b: &Self::Buf,
         c: &mut Self::Buf,
+    ) -> Result<(), GpuError> {
+        g.check(a.len(), b.len(), c.len())?;
+        self.raw_gemm(g, a, b, c)
+    }
+
+    /// [`TrainOps::gemm`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::gemm`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::gemm`].
+    fn raw_gemm(
+        &self,
+        g: Gemm,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        c: &mut Self::Buf,
     ) -> Result<(), GpuError>;
 
     /// `out[r, :] = src[index[r], :]` for `r < rows` (kernel `gather_rows`).
@@ -185,6 +232,24 @@ pub trait TrainOps {
     /// # Errors
     /// Buffers smaller than the shapes say; launch errors.
     fn gather_rows(
+        &self,
+        out: &mut Self::Buf,
+        src: &Self::Buf,
+        index: &Self::Index,
+        rows: usize,
+        width: usize,
+    ) -> Result<(), GpuError> {
+        fits("gather_rows", "out", out.len(), rows * width)?;
+        fits("gather_rows", "index", index.len(), rows)?;
+        self.raw_gather_rows(out, src, index, rows, width)
+    }
+
+    /// [`TrainOps::gather_rows`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::gather_rows`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::gather_rows`].
+    fn raw_gather_rows(
         &self,
         out: &mut Self::Buf,
         src: &Self::Buf,
@@ -205,6 +270,24 @@ pub trait TrainOps {
         index: &Self::Index,
         rows: usize,
         width: usize,
+    ) -> Result<(), GpuError> {
+        fits("scatter_add_rows", "src", src.len(), rows * width)?;
+        fits("scatter_add_rows", "index", index.len(), rows)?;
+        self.raw_scatter_add_rows(dst, src, index, rows, width)
+    }
+
+    /// [`TrainOps::scatter_add_rows`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::scatter_add_rows`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::scatter_add_rows`].
+    fn raw_scatter_add_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        index: &Self::Index,
+        rows: usize,
+        width: usize,
     ) -> Result<(), GpuError>;
 
     /// RMSNorm keeping its statistics: `r = 1/√(mean(x²) + ε)` per row into `inv_rms`
@@ -214,6 +297,33 @@ pub trait TrainOps {
     /// As [`TrainOps::gather_rows`].
     #[allow(clippy::too_many_arguments)]
     fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        inv_rms: &mut Self::Buf,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        for (name, len, need) in [
+            ("out", out.len(), rows * width),
+            ("x", x.len(), rows * width),
+            ("inv_rms", inv_rms.len(), rows),
+            ("gamma", gamma.len(), width),
+        ] {
+            fits("rms_norm", name, len, need)?;
+        }
+        self.raw_rms_norm(out, inv_rms, x, gamma, rows, width, eps)
+    }
+
+    /// [`TrainOps::rms_norm`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::rms_norm`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::rms_norm`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_rms_norm(
         &self,
         out: &mut Self::Buf,
         inv_rms: &mut Self::Buf,
@@ -239,6 +349,34 @@ pub trait TrainOps {
         dy: &Self::Buf,
         rows: usize,
         width: usize,
+    ) -> Result<(), GpuError> {
+        for (name, len, need) in [
+            ("dx", dx.len(), rows * width),
+            ("x", x.len(), rows * width),
+            ("dy", dy.len(), rows * width),
+            ("inv_rms", inv_rms.len(), rows),
+            ("gamma", gamma.len(), width),
+        ] {
+            fits("rms_norm_backward", name, len, need)?;
+        }
+        self.raw_rms_norm_backward(dx, x, inv_rms, gamma, dy, rows, width)
+    }
+
+    /// [`TrainOps::rms_norm_backward`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::rms_norm_backward`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::rms_norm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_rms_norm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        x: &Self::Buf,
+        inv_rms: &Self::Buf,
+        gamma: &Self::Buf,
+        dy: &Self::Buf,
+        rows: usize,
+        width: usize,
     ) -> Result<(), GpuError>;
 
     /// RMSNorm's weight gradient, added to `d_gamma` (`[width]`): `dγ += Σ_rows dy ⊙ x · r`
@@ -247,6 +385,31 @@ pub trait TrainOps {
     /// # Errors
     /// As [`TrainOps::gather_rows`].
     fn rms_norm_weight_grad(
+        &self,
+        d_gamma: &mut Self::Buf,
+        x: &Self::Buf,
+        inv_rms: &Self::Buf,
+        dy: &Self::Buf,
+        rows: usize,
+        width: usize,
+    ) -> Result<(), GpuError> {
+        for (name, len, need) in [
+            ("d_gamma", d_gamma.len(), width),
+            ("x", x.len(), rows * width),
+            ("dy", dy.len(), rows * width),
+            ("inv_rms", inv_rms.len(), rows),
+        ] {
+            fits("rms_norm_weight_grad", name, len, need)?;
+        }
+        self.raw_rms_norm_weight_grad(d_gamma, x, inv_rms, dy, rows, width)
+    }
+
+    /// [`TrainOps::rms_norm_weight_grad`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::rms_norm_weight_grad`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::rms_norm_weight_grad`].
+    fn raw_rms_norm_weight_grad(
         &self,
         d_gamma: &mut Self::Buf,
         x: &Self::Buf,
@@ -266,6 +429,23 @@ pub trait TrainOps {
         x: &Self::Buf,
         rows: usize,
         width: usize,
+    ) -> Result<(), GpuError> {
+        fits("column_sums", "out", out.len(), width)?;
+        fits("column_sums", "x", x.len(), rows * width)?;
+        self.raw_column_sums(out, x, rows, width)
+    }
+
+    /// [`TrainOps::column_sums`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::column_sums`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::column_sums`].
+    fn raw_column_sums(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        width: usize,
     ) -> Result<(), GpuError>;
 
     /// `x[r, :] += bias` (kernel `bias_add`).
@@ -278,13 +458,41 @@ pub trait TrainOps {
         bias: &Self::Buf,
         rows: usize,
         width: usize,
+    ) -> Result<(), GpuError> {
+        fits("add_bias", "x", x.len(), rows * width)?;
+        fits("add_bias", "bias", bias.len(), width)?;
+        self.raw_add_bias(x, bias, rows, width)
+    }
+
+    /// [`TrainOps::add_bias`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::add_bias`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::add_bias`].
+    fn raw_add_bias(
+        &self,
+        x: &mut Self::Buf,
+        bias: &Self::Buf,
+        rows: usize,
+        width: usize,
     ) -> Result<(), GpuError>;
 
     /// `x[..len] += y[..len]` (kernel `residual_add`).
     ///
     /// # Errors
     /// As [`TrainOps::gather_rows`].
-    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<(), GpuError>;
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<(), GpuError> {
+        fits("add", "x", x.len(), len)?;
+        fits("add", "y", y.len(), len)?;
+        self.raw_add(x, y, len)
+    }
+
+    /// [`TrainOps::add`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::add`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::add`].
+    fn raw_add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<(), GpuError>;
 
     /// Rotary positions, HF "rotate half", on every head of every row of `x`
     /// (`[rows, heads·head_dim]`), row `r` at position `positions[r]` of the tables
@@ -305,6 +513,28 @@ pub trait TrainOps {
         heads: usize,
         head_dim: usize,
         inverse: bool,
+    ) -> Result<(), GpuError> {
+        fits("rope", "x", x.len(), rows * heads * head_dim)?;
+        fits("rope", "positions", positions.len(), rows)?;
+        self.raw_rope(x, cos, sin, positions, rows, heads, head_dim, inverse)
+    }
+
+    /// [`TrainOps::rope`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::rope`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::rope`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_rope(
+        &self,
+        x: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        positions: &Self::Index,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
     ) -> Result<(), GpuError>;
 
     /// Causal grouped-query attention over packed rows: query `t` attends to keys
@@ -316,6 +546,37 @@ pub trait TrainOps {
     /// As [`TrainOps::gather_rows`].
     #[allow(clippy::too_many_arguments)]
     fn attention(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        key_start: &Self::Index,
+        shape: AttentionShape,
+    ) -> Result<(), GpuError> {
+        let (n, queries, kv, per_head) =
+            (shape.tokens, shape.q_len(), shape.kv_len(), shape.lse_len());
+        for (name, len, need) in [
+            ("out", out.len(), queries),
+            ("q", q.len(), queries),
+            ("k", k.len(), kv),
+            ("v", v.len(), kv),
+            ("lse", lse.len(), per_head),
+        ] {
+            fits("attention", name, len, need)?;
+        }
+        fits("attention", "key_start", key_start.len(), n)?;
+        self.raw_attention(out, lse, q, k, v, key_start, shape)
+    }
+
+    /// [`TrainOps::attention`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::attention`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::attention`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_attention(
         &self,
         out: &mut Self::Buf,
         lse: &mut Self::Buf,
@@ -347,6 +608,45 @@ pub trait TrainOps {
         d_out: &Self::Buf,
         rows: AttentionRows<'_, Self::Index>,
         shape: AttentionShape,
+    ) -> Result<(), GpuError> {
+        let (n, queries, kv, per_head) =
+            (shape.tokens, shape.q_len(), shape.kv_len(), shape.lse_len());
+        let AttentionSaved { q, k, v, out, lse } = saved;
+        for (name, len, need) in [
+            ("dq", dq.len(), queries),
+            ("dk", dk.len(), kv),
+            ("dv", dv.len(), kv),
+            ("delta", delta.len(), per_head),
+            ("q", q.len(), queries),
+            ("k", k.len(), kv),
+            ("v", v.len(), kv),
+            ("out", out.len(), queries),
+            ("d_out", d_out.len(), queries),
+            ("lse", lse.len(), per_head),
+        ] {
+            fits("attention_backward", name, len, need)?;
+        }
+        fits("attention_backward", "key_start", rows.key_start.len(), n)?;
+        fits("attention_backward", "row_end", rows.row_end.len(), n)?;
+        self.raw_attention_backward(dq, dk, dv, delta, saved, d_out, rows, shape)
+    }
+
+    /// [`TrainOps::attention_backward`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::attention_backward`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::attention_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        delta: &mut Self::Buf,
+        saved: AttentionSaved<'_, Self::Buf>,
+        d_out: &Self::Buf,
+        rows: AttentionRows<'_, Self::Index>,
+        shape: AttentionShape,
     ) -> Result<(), GpuError>;
 
     /// SwiGLU keeping its inputs: `act = SiLU(gate) ⊙ up`, `SiLU(g) = g σ(g)` (kernel
@@ -355,6 +655,24 @@ pub trait TrainOps {
     /// # Errors
     /// As [`TrainOps::gather_rows`].
     fn swiglu(
+        &self,
+        act: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        for (name, l) in [("act", act.len()), ("gate", gate.len()), ("up", up.len())] {
+            fits("swiglu", name, l, len)?;
+        }
+        self.raw_swiglu(act, gate, up, len)
+    }
+
+    /// [`TrainOps::swiglu`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::swiglu`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::swiglu`].
+    fn raw_swiglu(
         &self,
         act: &mut Self::Buf,
         gate: &Self::Buf,
@@ -376,6 +694,33 @@ pub trait TrainOps {
         up: &Self::Buf,
         d_act: &Self::Buf,
         len: usize,
+    ) -> Result<(), GpuError> {
+        for (name, l) in [
+            ("d_gate", d_gate.len()),
+            ("d_up", d_up.len()),
+            ("gate", gate.len()),
+            ("up", up.len()),
+            ("d_act", d_act.len()),
+        ] {
+            fits("swiglu_backward", name, l, len)?;
+        }
+        self.raw_swiglu_backward(d_gate, d_up, gate, up, d_act, len)
+    }
+
+    /// [`TrainOps::swiglu_backward`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::swiglu_backward`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::swiglu_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_swiglu_backward(
+        &self,
+        d_gate: &mut Self::Buf,
+        d_up: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        d_act: &Self::Buf,
+        len: usize,
     ) -> Result<(), GpuError>;
 
     /// Log-softmax at temperature `T` and the target's log-prob, per row of `z`
@@ -386,6 +731,29 @@ pub trait TrainOps {
     /// As [`TrainOps::gather_rows`].
     #[allow(clippy::too_many_arguments)]
     fn log_softmax(
+        &self,
+        z: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        logp: &mut Self::Buf,
+        targets: &Self::Index,
+        rows: usize,
+        vocab: usize,
+        inv_t: f32,
+    ) -> Result<(), GpuError> {
+        fits("log_softmax", "z", z.len(), rows * vocab)?;
+        fits("log_softmax", "lse", lse.len(), rows)?;
+        fits("log_softmax", "logp", logp.len(), rows)?;
+        fits("log_softmax", "targets", targets.len(), rows)?;
+        self.raw_log_softmax(z, lse, logp, targets, rows, vocab, inv_t)
+    }
+
+    /// [`TrainOps::log_softmax`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::log_softmax`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::log_softmax`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_log_softmax(
         &self,
         z: &mut Self::Buf,
         lse: &mut Self::Buf,
@@ -412,6 +780,29 @@ pub trait TrainOps {
         rows: usize,
         vocab: usize,
         inv_t: f32,
+    ) -> Result<(), GpuError> {
+        fits("log_softmax_backward", "z", z.len(), rows * vocab)?;
+        fits("log_softmax_backward", "lse", lse.len(), rows)?;
+        fits("log_softmax_backward", "d_logp", d_logp.len(), rows)?;
+        fits("log_softmax_backward", "targets", targets.len(), rows)?;
+        self.raw_log_softmax_backward(z, lse, targets, d_logp, rows, vocab, inv_t)
+    }
+
+    /// [`TrainOps::log_softmax_backward`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::log_softmax_backward`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::log_softmax_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_log_softmax_backward(
+        &self,
+        z: &mut Self::Buf,
+        lse: &Self::Buf,
+        targets: &Self::Index,
+        d_logp: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        inv_t: f32,
     ) -> Result<(), GpuError>;
 
     /// `Σ x²` over the first `len` values (kernel `sum_squares`: f32 partial sums per block,
@@ -419,7 +810,17 @@ pub trait TrainOps {
     ///
     /// # Errors
     /// As [`TrainOps::gather_rows`].
-    fn sum_squares(&self, x: &Self::Buf, len: usize) -> Result<f64, GpuError>;
+    fn sum_squares(&self, x: &Self::Buf, len: usize) -> Result<f64, GpuError> {
+        fits("sum_squares", "x", x.len(), len)?;
+        self.raw_sum_squares(x, len)
+    }
+
+    /// [`TrainOps::sum_squares`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::sum_squares`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::sum_squares`].
+    fn raw_sum_squares(&self, x: &Self::Buf, len: usize) -> Result<f64, GpuError>;
 
     /// The fused AdamW update of `kaizen_learner::AdamW`, element-wise over `len` values:
     /// `g ← g · clip`, `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
@@ -429,6 +830,32 @@ pub trait TrainOps {
     /// As [`TrainOps::gather_rows`].
     #[allow(clippy::too_many_arguments)]
     fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        len: usize,
+        k: AdamWStep,
+    ) -> Result<(), GpuError> {
+        for (name, l) in [
+            ("p", p.len()),
+            ("g", g.len()),
+            ("m", m.len()),
+            ("v", v.len()),
+        ] {
+            fits("adamw", name, l, len)?;
+        }
+        self.raw_adamw(p, g, m, v, len, k)
+    }
+
+    /// [`TrainOps::adamw`] after its buffer checks, which each backend implements;
+    /// callers use [`TrainOps::adamw`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::adamw`].
+    #[allow(clippy::too_many_arguments)]
+    fn raw_adamw(
         &self,
         p: &mut Self::Buf,
         g: &Self::Buf,
