@@ -24,6 +24,7 @@ use kaizen_model::{HostTensor, LlamaConfig, Rope};
 
 use crate::GpuError;
 use crate::decode_ops::{Buf, CachedAttention, DecodeOps, Index};
+use crate::layer_weights::{Layer, LayerStack, Linear, load_layers};
 use crate::sample::{SampleParams, uniform};
 use crate::train::{Gemm, TrainOps, Transpose};
 
@@ -76,26 +77,6 @@ pub struct DecodeStats {
     pub decode_steps: usize,
     /// Tokens sampled, over all rows.
     pub sampled_tokens: usize,
-}
-
-/// `y = x Wᵀ (+ b)`, `W: [d_output, d_input]`.
-struct Linear<B> {
-    weight: B,
-    bias: Option<B>,
-    d_output: usize,
-    d_input: usize,
-}
-
-struct Layer<B> {
-    input_layernorm: B,
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
-    post_attention_layernorm: B,
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    down_proj: Linear<B>,
 }
 
 /// Keys and values of every slot, per layer `[slots, capacity, kv_heads·head_dim]`.
@@ -195,48 +176,8 @@ impl<D: DecodeOps> BatchDecoder<D> {
             }
             o.upload(&t.data)
         };
-        let linear = |name: &str, d_output: usize, d_input: usize, bias: bool| {
-            Ok::<_, GpuError>(Linear {
-                weight: upload(&format!("{name}.weight"), &[d_output, d_input])?,
-                bias: if bias {
-                    Some(upload(&format!("{name}.bias"), &[d_output])?)
-                } else {
-                    None
-                },
-                d_output,
-                d_input,
-            })
-        };
-        let (h, hd, inter) = (
-            config.hidden_size,
-            config.head_dim(),
-            config.intermediate_size,
-        );
-        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
-        let bias = config.attention_bias;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_layernorm: upload(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: linear(&format!("{p}.self_attn.q_proj"), heads * hd, h, bias)?,
-                k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_heads * hd, h, bias)?,
-                v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_heads * hd, h, bias)?,
-                o_proj: linear(&format!("{p}.self_attn.o_proj"), h, heads * hd, false)?,
-                post_attention_layernorm: upload(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
-                )?,
-                gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
-                up_proj: linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
-                down_proj: linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
-            });
-        }
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(linear("lm_head", config.vocab_size, h, false)?)
-        };
+        let LayerStack { layers, lm_head } = load_layers(config, upload)?;
+        let (h, hd) = (config.hidden_size, config.head_dim());
         // The CPU path's own tables, so both rotate by the same f32 angles.
         let rope = Rope::new(hd, config.max_position_embeddings, config.rope_theta);
         let (cos, sin) = rope.host_tables();

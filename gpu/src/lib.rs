@@ -34,6 +34,7 @@ pub mod device_check;
 mod error;
 pub mod kernels;
 mod launch;
+mod layer_weights;
 mod libraries;
 mod llama;
 mod nccl;

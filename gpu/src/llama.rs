@@ -3,7 +3,6 @@
 //! time with a KV cache. It mirrors `kaizen-model`'s CPU path (`Llama::forward_hidden`,
 //! `Llama::logits`) operation by operation, so logits agree to float reassociation.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
@@ -13,6 +12,7 @@ use kaizen_model::{HostTensor, LlamaConfig};
 
 use crate::kernels::{self, BLOCK};
 use crate::launch::{Functions, elementwise, grid, int, launch};
+use crate::layer_weights::{Layer, LayerStack, Linear, NamedTensors, load_layers};
 use crate::{GpuError, Library, require};
 
 /// Longest attention span (cached + new positions) one `attention` block holds in shared
@@ -45,26 +45,6 @@ impl GpuKvCache {
     }
 }
 
-/// A projection `y = x Wᵀ (+ b)`, `W: [d_output, d_input]` on the device.
-struct Linear {
-    weight: CudaSlice<f32>,
-    bias: Option<CudaSlice<f32>>,
-    d_output: usize,
-    d_input: usize,
-}
-
-struct Layer {
-    input_layernorm: CudaSlice<f32>,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    post_attention_layernorm: CudaSlice<f32>,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
 /// A Llama-family decoder (Llama, SmolLM2, Qwen2's attention bias) on one GPU.
 pub struct GpuLlama {
     config: LlamaConfig,
@@ -73,9 +53,9 @@ pub struct GpuLlama {
     kernels: Functions,
     /// `[vocab, hidden]`; also the output projection when embeddings are tied.
     embed_tokens: CudaSlice<f32>,
-    layers: Vec<Layer>,
+    layers: Vec<Layer<CudaSlice<f32>>>,
     norm: CudaSlice<f32>,
-    lm_head: Option<Linear>,
+    lm_head: Option<Linear<CudaSlice<f32>>>,
     /// RoPE tables `[max_position_embeddings, head_dim]`, computed as `kaizen_model::Rope`.
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
@@ -116,62 +96,14 @@ impl GpuLlama {
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| GpuError::blas("creating a handle", e))?;
 
-        let by_name: HashMap<&str, &HostTensor> =
-            weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let named = NamedTensors::new(weights);
         let upload = |name: &str, shape: &[usize]| -> Result<CudaSlice<f32>, GpuError> {
-            let t = by_name
-                .get(name)
-                .ok_or_else(|| GpuError::Input(format!("weight `{name}` is missing")))?;
-            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-                return Err(GpuError::Input(format!(
-                    "weight `{name}` has shape {:?} ({} values), expected {shape:?}",
-                    t.shape,
-                    t.data.len()
-                )));
-            }
             stream
-                .clone_htod(&t.data)
+                .clone_htod(named.get(name, shape)?)
                 .map_err(|e| GpuError::driver(format!("uploading `{name}`"), e))
         };
-        let linear = |name: &str, d_output: usize, d_input: usize, bias: bool| {
-            Ok::<_, GpuError>(Linear {
-                weight: upload(&format!("{name}.weight"), &[d_output, d_input])?,
-                bias: if bias {
-                    Some(upload(&format!("{name}.bias"), &[d_output])?)
-                } else {
-                    None
-                },
-                d_output,
-                d_input,
-            })
-        };
+        let LayerStack { layers, lm_head } = load_layers(config, upload)?;
         let (h, hd) = (config.hidden_size, config.head_dim());
-        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
-        let inter = config.intermediate_size;
-        let bias = config.attention_bias;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_layernorm: upload(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: linear(&format!("{p}.self_attn.q_proj"), heads * hd, h, bias)?,
-                k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_heads * hd, h, bias)?,
-                v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_heads * hd, h, bias)?,
-                o_proj: linear(&format!("{p}.self_attn.o_proj"), h, heads * hd, false)?,
-                post_attention_layernorm: upload(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
-                )?,
-                gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
-                up_proj: linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
-                down_proj: linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
-            });
-        }
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(linear("lm_head", config.vocab_size, h, false)?)
-        };
         // The CPU path's tables, so both rotate by the same f32 angles.
         let rope = kaizen_model::Rope::new(hd, config.max_position_embeddings, config.rope_theta);
         let (cos, sin) = rope.host_tables();
@@ -486,7 +418,7 @@ impl GpuLlama {
     /// `y = x Wᵀ (+ b)` for `n` rows.
     fn linear(
         &self,
-        layer: &Linear,
+        layer: &Linear<CudaSlice<f32>>,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
         n: usize,

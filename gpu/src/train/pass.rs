@@ -14,14 +14,13 @@
 //! | `dx = dy W` | `dxᵀ = Wᵀ dyᵀ` | N, N | `d_in, rows, d_out` | `W, d_in` | `dy, d_out` | `d_in` |
 //! | `dW += dyᵀ x` | `dWᵀ += xᵀ op_T(dyᵀ)` | N, T | `d_in, d_out, rows` | `x, d_in` | `dy, d_out` | `d_in` |
 
-use std::collections::HashMap;
-
 use kaizen_model::{HostTensor, LlamaConfig, ScoreBatch};
 
 use super::kernels::MAX_SHARED_FLOATS;
 use super::ops::{AttentionRows, AttentionSaved, AttentionShape, Gemm, TrainOps, Transpose};
 use super::packing::RowPacking;
 use crate::GpuError;
+use crate::layer_weights::NamedTensors;
 
 /// One buffer per parameter of a Llama-family model, in the order of
 /// `kaizen_model::CpuGrads` (embedding; per layer input norm, q, k, v, [q/k/v biases], o,
@@ -288,21 +287,8 @@ impl<O: TrainOps> TrainModel<O> {
                     .into(),
             ));
         }
-        let by_name: HashMap<&str, &HostTensor> =
-            weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let weights = Weights::build(config, |name, shape| {
-            let t = by_name
-                .get(name)
-                .ok_or_else(|| GpuError::Input(format!("weight `{name}` is missing")))?;
-            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-                return Err(GpuError::Input(format!(
-                    "weight `{name}` has shape {:?} ({} values), expected {shape:?}",
-                    t.shape,
-                    t.data.len()
-                )));
-            }
-            ops.upload(&t.data)
-        })?;
+        let named = NamedTensors::new(weights);
+        let weights = Weights::build(config, |name, shape| ops.upload(named.get(name, shape)?))?;
         let hd = config.head_dim();
         let rope = kaizen_model::Rope::new(hd, config.max_position_embeddings, config.rope_theta);
         let (cos, sin) = rope.host_tables();
