@@ -42,6 +42,16 @@ pub struct HouseholdConfig {
     /// `put soapbar 1 in/on shelf 1`. Unset: a reply must be an action.
     #[serde(default)]
     pub match_admissible: Option<f64>,
+    /// Solved example episodes shown before the task (ReAct's in-context examples on ALFWorld,
+    /// Yao et al. 2023, <https://arxiv.org/abs/2210.03629>, §4), as earlier turns of the
+    /// conversation: each is another room with a task of the episode's type (never the
+    /// episode's own task), its observations as user turns (admissible actions listed when
+    /// `admissible_actions` is on) and the scripted expert's actions as assistant turns. The
+    /// policy is never trained on them (they are prompt). A small chat model given the rules
+    /// alone answers in prose; earlier turns that are bare actions show it the reply format.
+    /// The rooms come from seeds derived from the episode's. 0: none.
+    #[serde(default)]
+    pub examples: usize,
 }
 
 fn default_max_steps() -> usize {
@@ -59,6 +69,7 @@ impl Default for HouseholdConfig {
             admissible_actions: true,
             task_types: Vec::new(),
             match_admissible: None,
+            examples: 0,
         }
     }
 }
@@ -67,6 +78,34 @@ const RULES: &str = "You are an agent in a household. Each turn, write one actio
 line of your reply. Actions: look, inventory, go to X, open X, close X, take X from Y, \
 put X in/on Y, clean X with Y, heat X with Y, cool X with Y, use X, examine X. You can carry \
 one object at a time.";
+
+/// Most solved examples an episode may show ([`HouseholdConfig::examples`]).
+pub const MAX_EXAMPLES: usize = 4;
+
+/// Expert actions an example shows at most (the expert needs at most ~12 in any room).
+const EXAMPLE_STEPS: usize = 30;
+
+/// The room of example `k` ([`HouseholdConfig::examples`]) for an episode of seed `seed` with task `goal` (type `kind`),
+/// before any action: from SplitMix64 draws of the pair, the first whose task differs from
+/// `goal` (so an example never solves the episode's own task).
+fn example_scene(seed: u64, k: usize, kind: TaskType, goal: &str) -> Scene {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1));
+    let mut scene = None;
+    for _ in 0..64 {
+        z = z.wrapping_add(0xE7A3_9D1C);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let candidate = Scene::generate(x, &[kind]);
+        let differs = candidate.task.describe() != goal;
+        scene = Some(candidate);
+        if differs {
+            break;
+        }
+    }
+    scene.unwrap_or_else(|| Scene::generate(seed ^ 1, &[kind]))
+}
 
 /// Makes `household` episodes.
 #[derive(Clone)]
@@ -78,7 +117,8 @@ impl HouseholdFactory {
     /// A factory with these settings.
     ///
     /// # Errors
-    /// [`Error::Params`] when `max_steps` is 0 or `match_admissible` is not in (0, 1].
+    /// [`Error::Params`] when `max_steps` is 0, `match_admissible` is not in (0, 1] or
+    /// `examples` is above [`MAX_EXAMPLES`].
     pub fn new(config: HouseholdConfig) -> Result<Self> {
         let bad = |message: String| Error::Params {
             env: "household".into(),
@@ -86,6 +126,13 @@ impl HouseholdFactory {
         };
         if config.max_steps == 0 {
             return Err(bad("`max_steps` must be at least 1".into()));
+        }
+        if config.examples > MAX_EXAMPLES {
+            return Err(bad(format!(
+                "`examples` must be at most {MAX_EXAMPLES} (each adds a solved episode to the \
+                 first prompt), got {}",
+                config.examples
+            )));
         }
         if let Some(t) = config.match_admissible
             && !(t > 0.0 && t <= 1.0)
@@ -136,6 +183,35 @@ struct Household {
 }
 
 impl Household {
+    /// Example `k` of an episode of seed `seed` in `episode`'s room, as conversation turns:
+    /// the room of [`example_scene`] solved by the scripted expert (the rules open example 0).
+    fn example_messages(&self, seed: u64, k: usize, episode: &Scene) -> Vec<Message> {
+        let mut scene = example_scene(seed, k, episode.task.kind, &episode.task.describe());
+        let intro = scene.introduction();
+        let head = if k == 0 {
+            format!("{RULES}\n\n{intro}")
+        } else {
+            format!("Next task. {intro}")
+        };
+        let mut out = vec![self.observation(&scene, head)];
+        for _ in 0..EXAMPLE_STEPS {
+            let Some(action) = scene.expert_action() else {
+                break;
+            };
+            let Some(parsed) = parse_action(&action) else {
+                break;
+            };
+            let text = scene.apply(&parsed);
+            out.push(Message::assistant(action));
+            out.push(if scene.goal_reached() {
+                Message::user(text)
+            } else {
+                self.observation(&scene, text)
+            });
+        }
+        out
+    }
+
     fn observation(&self, scene: &Scene, text: String) -> Message {
         if self.config.admissible_actions {
             let actions = scene.admissible_actions().join(", ");
@@ -178,10 +254,21 @@ impl Env for Household {
         self.steps = 0;
         self.invalid = 0;
         self.matched = 0;
-        let intro = format!("{RULES}\n\n{}", scene.introduction());
-        let first = self.observation(&scene, intro);
+        let mut messages = Vec::new();
+        for k in 0..self.config.examples {
+            messages.extend(self.example_messages(seed, k, &scene));
+        }
+        let intro = scene.introduction();
+        let first = match messages.pop() {
+            // The last example's closing observation and the new task share one user turn.
+            Some(last) => {
+                self.observation(&scene, format!("{}\n\nNext task. {intro}", last.content))
+            }
+            None => self.observation(&scene, format!("{RULES}\n\n{intro}")),
+        };
+        messages.push(first);
         self.scene = Some(scene);
-        Ok(Step::Request(self.dialogue.ask(AGENT, [first])))
+        Ok(Step::Request(self.dialogue.ask(AGENT, messages)))
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
@@ -372,6 +459,69 @@ mod tests {
                 .or_insert(0) += 1;
         }
         assert_eq!(per_type.len(), 6, "{per_type:?}");
+    }
+
+    #[tokio::test]
+    async fn examples_are_earlier_turns_solving_other_tasks_of_the_same_type() {
+        let config = |examples| HouseholdConfig {
+            examples,
+            ..HouseholdConfig::default()
+        };
+        for seed in 0..60u64 {
+            let mut env = HouseholdFactory::new(config(2)).unwrap().make();
+            let Step::Request(first) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let episode = Scene::generate(seed, &[]);
+            let messages = &first.messages;
+            assert!(messages[0].content.starts_with(RULES), "seed {seed}");
+            let last = &messages.last().unwrap().content;
+            assert!(
+                last.contains(&format!(
+                    "Next task. {}\n\nAdmissible actions: ",
+                    episode.introduction()
+                )),
+                "seed {seed}: the episode's own room comes last: {last}"
+            );
+            // Replaying each example's assistant turns in its room solves its task.
+            let mut solved = 0;
+            let mut scene = example_scene(seed, 0, episode.task.kind, &episode.task.describe());
+            for m in messages {
+                if m.role != kaizen_core::Role::Assistant {
+                    continue;
+                }
+                let observation = scene.apply(&parse_action(&m.content).unwrap());
+                assert_ne!(observation, NOTHING_HAPPENS, "seed {seed}: {}", m.content);
+                if scene.goal_reached() {
+                    assert_eq!(scene.task.kind, episode.task.kind, "seed {seed}");
+                    assert_ne!(
+                        scene.task.describe(),
+                        episode.task.describe(),
+                        "seed {seed}"
+                    );
+                    solved += 1;
+                    scene =
+                        example_scene(seed, solved, episode.task.kind, &episode.task.describe());
+                }
+            }
+            assert_eq!(solved, 2, "seed {seed}");
+            // The same seed always shows the same examples; without examples, one message.
+            let mut again = HouseholdFactory::new(config(2)).unwrap().make();
+            let Step::Request(second) = again.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(&second.messages, messages);
+            let mut plain = HouseholdFactory::new(config(0)).unwrap().make();
+            let Step::Request(plain) = plain.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(plain.messages.len(), 1);
+        }
+        let err = HouseholdFactory::new(config(MAX_EXAMPLES + 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("`examples`"), "{err}");
     }
 
     #[tokio::test]
