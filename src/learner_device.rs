@@ -162,6 +162,11 @@ impl kaizen_learner::Collective for NcclOverMpi {
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, kaizen_learner::Error> {
         self.nccl.all_gather_bytes(bytes)
     }
+
+    /// The NCCL communicator: the CUDA backend sums its gradient buckets on it in place.
+    fn device_collective(&self) -> Option<&dyn std::any::Any> {
+        self.nccl.device_collective()
+    }
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use crate::batch_decode::{BatchDecoder, DecodeOptions, DecodeRequest};
 use crate::decode_ops::{CudaDecodeOps, DecodeOps};
 use crate::sample::SampleParams;
 use crate::train::{
-    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, CudaOps, Gemm, HostOps, TrainModel,
-    TrainOps, Transpose,
+    AdamWStep, AttentionRows, AttentionSaved, AttentionShape, CudaOps, DEFAULT_BUCKET_BYTES, Gemm,
+    GradBuckets, HostOps, TrainModel, TrainOps, Transpose, layout,
 };
 use crate::{GpuError, GpuLlama, Library, NcclCollective, cuda_context, kernels};
 
@@ -102,7 +102,8 @@ pub fn run(options: &Options) -> Value {
     let nccl = section(|| nccl_bandwidth(options));
     let parity_ok = model["parity"]["pass"].as_bool().unwrap_or(false)
         && training["parity"]["pass"].as_bool().unwrap_or(false)
-        && generation["pass"].as_bool().unwrap_or(false);
+        && generation["pass"].as_bool().unwrap_or(false)
+        && nccl["bucketed"]["pass"].as_bool().unwrap_or(false);
     let ran = [
         &environment,
         &kernels,
@@ -970,12 +971,17 @@ fn kernel_probe<O: TrainOps>(ops: &O) -> Result<Vec<(&'static str, Vec<f32>)>, G
     out.push(("attention_backward_dk", ops.download(&dk)?));
     out.push(("attention_backward_dv", ops.download(&dv)?));
     out.push(("attention_backward_delta", ops.download(&delta)?));
+    // The all-reduce buckets' packing: 13 values from offset 3 into offset 5 of 20 zeros.
+    let mut packed = ops.alloc(20)?;
+    ops.copy(&up(17, 23.0)?, 3, &mut packed, 5, 13)?;
+    out.push(("copy", ops.download(&packed)?));
     Ok(out)
 }
 
 /// NCCL all-reduce of `nccl_floats` floats: on the device (algorithm bandwidth, single rank)
-/// and through the host-buffer [`kaizen_learner::Collective`] path; then whether NCCL accepts
-/// two ranks on one GPU.
+/// and through the host-buffer [`kaizen_learner::Collective`] path; the learner's bucketed
+/// gradient all-reduce on the device ([`bucketed_all_reduce`]); then whether NCCL accepts two
+/// ranks on one GPU.
 fn nccl_bandwidth(options: &Options) -> Result<Value, GpuError> {
     use kaizen_learner::Collective;
 
@@ -1009,6 +1015,7 @@ fn nccl_bandwidth(options: &Options) -> Result<Value, GpuError> {
         v[v.len() / 2]
     };
     let (device_s, host_s) = (median(device_s), median(host_s));
+    let bucketed = section(|| bucketed_all_reduce(options, &group));
     Ok(json!({
         "ranks": 1,
         "floats": floats,
@@ -1018,8 +1025,70 @@ fn nccl_bandwidth(options: &Options) -> Result<Value, GpuError> {
         "host_path_all_reduce_s": host_s,
         "host_path_gb_s": bytes as f64 / host_s / 1e9,
         "bucket_floats": crate::DEFAULT_BUCKET_ELEMS,
+        "bucketed": bucketed,
         "two_ranks_one_gpu": two_ranks_on_one_gpu(options.ordinal),
         "note": "one rank: NCCL copies within the device; the ring figure needs two GPUs",
+    }))
+}
+
+/// The learner's gradient all-reduce as `PassBackend<CudaOps>` runs it on NCCL
+/// ([`GradBuckets`]): SmolLM2-135M's parameters (their count and sizes) in buckets of
+/// [`DEFAULT_BUCKET_BYTES`], packed on the device, each summed in place by one `ncclAllReduce`,
+/// unpacked. One rank sums to the values themselves, so every gradient must come back
+/// unchanged (`pass`); the seconds are the median of `nccl_repeats` after a warm-up.
+fn bucketed_all_reduce(options: &Options, group: &NcclCollective) -> Result<Value, GpuError> {
+    let ops = CudaOps::new(&cuda_context(options.ordinal)?)?;
+    let lens: Vec<usize> = layout(&LlamaConfig::smollm2_135m())
+        .iter()
+        .map(|(_, shape)| shape.iter().product())
+        .collect();
+    let values = |p: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((p * 7919 + i) % 4093) as f32 / 4093.0 - 0.5)
+            .collect()
+    };
+    let mut grads = lens
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| ops.upload(&values(p, n)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut buckets = GradBuckets::new(lens.clone(), DEFAULT_BUCKET_BYTES);
+    let mut once = || -> Result<f64, GpuError> {
+        let start = Instant::now();
+        buckets
+            .all_reduce(&ops, grads.iter_mut().collect(), group)
+            .map_err(|e| GpuError::Nccl {
+                during: "the bucketed gradient all-reduce".into(),
+                message: e.to_string(),
+            })?;
+        ops.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    once()?;
+    let mut seconds = (0..options.nccl_repeats.max(1))
+        .map(|_| once())
+        .collect::<Result<Vec<_>, _>>()?;
+    seconds.sort_by(f64::total_cmp);
+    let mut changed = 0usize;
+    for (p, g) in grads.iter().enumerate() {
+        let back = ops.download(g)?;
+        changed += back
+            .iter()
+            .zip(values(p, lens[p]))
+            .filter(|(a, b)| **a != *b)
+            .count();
+    }
+    let floats: usize = lens.iter().sum();
+    let plan = buckets.buckets();
+    Ok(json!({
+        "parameters": lens.len(),
+        "floats": floats,
+        "bucket_bytes": DEFAULT_BUCKET_BYTES,
+        "buckets": plan.len(),
+        "packed_buckets": plan.iter().filter(|b| b.params.len() > 1).count(),
+        "seconds": seconds[seconds.len() / 2],
+        "changed_values": changed,
+        "pass": changed == 0,
     }))
 }
 
@@ -1059,7 +1128,7 @@ mod tests {
     #[test]
     fn the_kernel_probe_runs_every_operation_on_the_host() {
         let outputs = kernel_probe(&HostOps).unwrap();
-        assert_eq!(outputs.len(), 26);
+        assert_eq!(outputs.len(), 27);
         for (name, values) in outputs {
             assert!(!values.is_empty(), "{name}");
             assert!(values.iter().all(|v| v.is_finite()), "{name}: {values:?}");

@@ -5,7 +5,8 @@
 //! [`NcclCollective::all_reduce_sum`] is copied to the device, summed by `ncclAllReduce`, and
 //! copied back: the PCIe copies cost about as much as the reduction itself. A GPU learner
 //! whose gradients live on the device calls [`NcclCollective::all_reduce_sum_device`] instead,
-//! which reduces in place with no copy.
+//! which reduces in place with no copy: `train::PassBackend` on `CudaOps` finds it through
+//! [`Collective::device_collective`] and reduces its gradients in buckets packed on the device.
 //!
 //! **Meeting.** NCCL ranks meet through a 128-byte [`NcclId`] that rank 0 creates and every
 //! other rank receives over a channel the job already has. [`NcclCollective::over`] uses the
@@ -15,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 use kaizen_learner::{Collective, Error};
 
@@ -223,15 +224,21 @@ impl NcclCollective {
         Ok((code / 10_000, code / 100 % 100, code % 100))
     }
 
-    /// Sums `values` across ranks in place on the device (one `ncclAllReduce`, then a stream
-    /// synchronisation): the GPU learner's path, no host copies.
+    /// Sums `values` (a device buffer or a view of one: a [`CudaSlice`] or `CudaViewMut`)
+    /// across ranks in place on the device (one `ncclAllReduce`, then a stream
+    /// synchronisation): the GPU learner's path, no host copies. Work queued on another stream
+    /// of the same GPU that wrote `values` is waited for (cudarc orders a buffer's uses across
+    /// streams by events).
     ///
     /// # Shapes
     /// - `values`: any length, the same on every rank.
     ///
     /// # Errors
     /// [`GpuError::Nccl`] / [`GpuError::Driver`] when NCCL or the stream fails.
-    pub fn all_reduce_sum_device(&self, values: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+    pub fn all_reduce_sum_device(
+        &self,
+        values: &mut impl DevicePtrMut<f32>,
+    ) -> Result<(), GpuError> {
         let comms = self.lock()?;
         comms
             .comm
@@ -326,6 +333,13 @@ impl Collective for NcclCollective {
             comm.all_reduce_in_place(bucket, &ReduceOp::Sum).map(|_| ())
         })
         .map_err(|e| Error::Collective(e.to_string()))
+    }
+
+    /// This communicator: `kaizen_gpu::train::PassBackend` on [`crate::train::CudaOps`]
+    /// downcasts it and sums its gradient buckets in place with
+    /// [`NcclCollective::all_reduce_sum_device`].
+    fn device_collective(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     /// Lengths first (`ncclAllGather` of one u64 per rank), then every rank's bytes padded to

@@ -15,10 +15,12 @@
 //! It mirrors `CpuScorePass` operation by operation, except that rows are scored in full
 //! (`packing.rs`: no shared-prompt prefixes) and that it has no value head or entropy.
 //! AdamW (`adamw.rs`) follows `kaizen_learner::AdamW`'s fused update and clipping.
-//! [`PassBackend`] (`backend.rs`) makes the pass the learner's `kaizen_learner::TrainBackend`.
+//! [`PassBackend`] (`backend.rs`) makes the pass the learner's `kaizen_learner::TrainBackend`;
+//! its data-parallel gradient sum runs in buckets ([`GradBuckets`], `buckets.rs`).
 
 mod adamw;
 mod backend;
+mod buckets;
 mod cuda;
 mod host;
 pub mod kernels;
@@ -28,6 +30,7 @@ mod pass;
 
 pub use adamw::AdamWState;
 pub use backend::PassBackend;
+pub use buckets::{Bucket, DEFAULT_BUCKET_BYTES, GradBuckets};
 pub use cuda::CudaOps;
 pub use host::HostOps;
 pub(crate) use ops::fits;

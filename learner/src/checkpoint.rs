@@ -107,7 +107,13 @@ pub fn save(
 const CRITIC_DIR: &str = "critic";
 const CRITIC_OPTIMIZER: &str = "critic_optimizer.safetensors";
 
-fn write_optimizer(path: &Path, optimizer: &OptimizerState) -> Result<(), Error> {
+/// Writes an optimizer's state (`Learner::optimizer_state`: the step count and moments named
+/// `exp_avg.<path>` / `exp_avg_sq.<path>`) as a safetensors file with the step count in its
+/// metadata, atomically: a checkpoint's `optimizer.safetensors`.
+///
+/// # Errors
+/// [`Error::Model`] naming the file when it cannot be written.
+pub fn write_optimizer(path: &Path, optimizer: &OptimizerState) -> Result<(), Error> {
     let mut metadata = HashMap::new();
     metadata.insert("step".to_string(), optimizer.0.to_string());
     write_safetensors(path, &optimizer.1, Some(metadata))?;
@@ -128,7 +134,13 @@ pub fn load_critic(dir: &Path) -> Result<Option<(PathBuf, SavedMoments)>, Error>
     Ok(Some((model, read_optimizer(&dir.join(CRITIC_OPTIMIZER))?)))
 }
 
-fn read_optimizer(path: &Path) -> Result<SavedMoments, Error> {
+/// Reads an optimizer's state written by [`write_optimizer`]: the step count and the moments
+/// by name (for `AdamW::restore`).
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Model`] naming the file; [`Error::Checkpoint`] when it has no
+/// `step` metadata.
+pub fn read_optimizer(path: &Path) -> Result<SavedMoments, Error> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let step = safetensors_metadata_step(&bytes).ok_or_else(|| Error::Checkpoint {
         path: path.to_path_buf(),

@@ -30,6 +30,14 @@ pub trait Collective: Send {
     /// # Errors
     /// [`Error::Collective`] when the library reports a failure.
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error>;
+
+    /// This group as a collective over device memory, for a training backend whose gradients
+    /// live on a GPU (`TrainBackend::all_reduce`): the backend downcasts it to the type it
+    /// knows (`kaizen_gpu::NcclCollective`) and sums its buffers there in place, with no host
+    /// copy. `None` (the default): host slices only, through [`Collective::all_reduce_sum`].
+    fn device_collective(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// A group of one: the learner of a single-process job.

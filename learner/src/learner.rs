@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use kaizen_algorithms::{AdvantageConfig, DpoConfig, GrpoLossConfig, StepNormalizers, sft_loss};
 use kaizen_core::{Trajectory, WeightsVersion};
-use kaizen_model::{Llama, ScoreBatch, ScoreOptions};
+use kaizen_model::{HostTensor, Llama, ScoreBatch, ScoreOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -203,9 +203,39 @@ impl Learner {
         self.model.valid()
     }
 
-    /// The optimizer (for checkpoints).
+    /// The optimizer: its hyper-parameters and step count, and its moments unless a backend
+    /// holds them (use [`Learner::optimizer_state`] for checkpoints).
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer
+    }
+
+    /// The optimizer's step count and moments as a checkpoint saves them (`AdamW::state`'s
+    /// names: `exp_avg.<path>`, `exp_avg_sq.<path>`, flat): the CPU optimizer's, or with a
+    /// backend ([`Learner::set_backend`]) the backend's, read back and renamed, so a checkpoint
+    /// resumes on either pass. Before a backend's first step (a fresh or reset optimizer) there
+    /// are no moments (zero).
+    ///
+    /// # Errors
+    /// [`Error::Backend`]: the backend's copy errors, moments that do not fit the model (named),
+    /// or a backend whose step count is not the learner's.
+    pub fn optimizer_state(&self) -> Result<(u64, Vec<(String, HostTensor)>), Error> {
+        let Some(backend) = &self.backend else {
+            return Ok(self.optimizer.state());
+        };
+        let steps = self.optimizer.step_count();
+        if steps == 0 {
+            return Ok((0, Vec::new()));
+        }
+        let state = backend.optimizer_state()?;
+        if state.step != steps {
+            return Err(Error::Backend(format!(
+                "the `{}` backend has taken {} AdamW steps, the learner {steps}",
+                backend.name(),
+                state.step
+            )));
+        }
+        AdamW::state_of_backend(&self.model, state)
+            .map_err(|m| Error::Backend(format!("{}: optimizer state: {m}", backend.name())))
     }
 
     /// The learning-rate schedule.
@@ -579,9 +609,13 @@ impl Learner {
         self.reference.as_ref()
     }
 
-    /// Replaces the optimizer and schedule (e.g. after an SFT warm start, RL starts fresh).
+    /// Replaces the optimizer and schedule (e.g. after an SFT warm start, RL starts fresh). With
+    /// a backend, `optimizer` should be fresh (step 0): the backend restarts its moments at the
+    /// next step, and `optimizer`'s own moments are not used.
     pub fn reset_optimizer(&mut self, mut optimizer: AdamW, schedule: Schedule) {
-        optimizer.reserve(&self.model);
+        if self.backend.is_none() {
+            optimizer.reserve(&self.model);
+        }
         self.optimizer = optimizer;
         self.schedule = schedule;
     }
@@ -596,14 +630,17 @@ impl Learner {
     /// current weights. The loss is still built here, on the backend's log-probs; after each
     /// step the learner's model (what [`Learner::policy`] publishes and checkpoints save) is
     /// rebuilt from the backend's weights, and the optimizer only counts the step (the moments
-    /// live on the backend).
+    /// live on the backend). The optimizer's moments so far (a resumed run's, restored from its
+    /// checkpoint) move to the backend (`TrainBackend::set_optimizer_state`).
     ///
     /// # Errors
     /// [`Error::Backend`] naming the option a backend cannot run: a value head or separate
-    /// critic (PPO), an entropy bonus (`loss.entropy_coef`), `learner.bf16`. The learner is
-    /// unchanged then. (`learner.share_prompt_prefix` only changes how the CPU pass computes the
-    /// same log-probs; a backend scores its rows as it does.)
-    pub fn set_backend(&mut self, backend: Box<dyn TrainBackend>) -> Result<(), Error> {
+    /// critic (PPO), an entropy bonus (`loss.entropy_coef`), `learner.bf16`; naming the
+    /// optimizer moment (and the shape it should have) that does not fit the model or that the
+    /// backend refuses. The learner is unchanged then. (`learner.share_prompt_prefix` only
+    /// changes how the CPU pass computes the same log-probs; a backend scores its rows as it
+    /// does.)
+    pub fn set_backend(&mut self, mut backend: Box<dyn TrainBackend>) -> Result<(), Error> {
         let name = backend.name().to_string();
         let refuse = |what: &str| {
             Err(Error::Backend(format!(
@@ -626,6 +663,18 @@ impl Learner {
         }
         if self.config.bf16 {
             return refuse("it has no bf16 products; set `learner.bf16 = false`");
+        }
+        let moments = self.optimizer.take_moments_for(&self.model).map_err(|m| {
+            Error::Backend(format!(
+                "the optimizer state (a checkpoint's `optimizer.safetensors`) does not fit the \
+                 model: {m}"
+            ))
+        })?;
+        if moments.step > 0
+            && let Err(e) = backend.set_optimizer_state(&moments)
+        {
+            self.optimizer.put_back_moments(&self.model, moments);
+            return Err(e);
         }
         self.backend = Some(backend);
         Ok(())

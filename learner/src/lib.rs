@@ -45,7 +45,9 @@ mod train_backend;
 mod trainer;
 
 pub use checkpoint::{
-    TrainerState, checkpoints_dir, latest as latest_checkpoint, list as list_checkpoints,
+    OptimizerState, SavedMoments, TrainerState, checkpoints_dir, latest as latest_checkpoint,
+    list as list_checkpoints, read_optimizer as read_optimizer_state,
+    write_optimizer as write_optimizer_state,
 };
 pub use collective::{Collective, SingleProcess};
 pub use config::{
@@ -66,7 +68,7 @@ pub use samples::{Sample, SkippedThreads, build_samples, micro_batches, trained_
 pub use schedule::{Schedule, SchedulerType};
 pub use score_stages::{ScoreConfig, ScoreStage};
 pub use sft_data::{chat_samples, demonstration_samples};
-pub use train_backend::{BackendFactory, TrainBackend};
+pub use train_backend::{AdamWMoments, BackendFactory, ParamMoments, TrainBackend};
 pub use trainer::{
     EpisodeCounts, TrainOptions, TrainSummary, build_envs, evaluate_policy, follow,
     is_training_group, load_policy, resolve_model_source, train,

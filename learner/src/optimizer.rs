@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use kaizen_model::{HostTensor, Llama};
 
+use crate::train_backend::{AdamWMoments, ParamMoments};
+
 /// AdamW hyper-parameters (Hugging Face `TrainingArguments` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +242,188 @@ impl AdamW {
             step,
             moments,
         })
+    }
+}
+
+impl AdamW {
+    /// Moves this optimizer's step count and moments out, for a training backend that holds
+    /// `model`'s parameters: each parameter's moments under its Hugging Face name
+    /// (`Llama::to_named`'s, as `TrainBackend::weights` names them) and in its shape. At step 0
+    /// the moments are zero and none are moved (an empty list); a parameter without moments
+    /// gets zeros, as [`AdamW::step`] would start it. Put them back with
+    /// [`AdamW::put_back_moments`] if the backend refuses them.
+    ///
+    /// # Errors
+    /// Naming the moment (`exp_avg.<path>`) that has another number of values than its
+    /// parameter, with the parameter's shape, or that belongs to no parameter of `model`. The
+    /// optimizer is unchanged then.
+    pub(crate) fn take_moments_for(&mut self, model: &Llama) -> Result<AdamWMoments, String> {
+        let params = parameters(model);
+        if self.step == 0 {
+            self.moments.clear();
+            return Ok(AdamWMoments::default());
+        }
+        let known: HashMap<&str, &[usize]> = params
+            .iter()
+            .map(|p| (p.path.as_str(), p.shape.as_slice()))
+            .collect();
+        let mut paths: Vec<&String> = self.moments.keys().collect();
+        paths.sort();
+        for path in paths {
+            let (m, _) = &self.moments[path];
+            let Some(shape) = known.get(path.as_str()) else {
+                return Err(format!(
+                    "optimizer tensor `exp_avg.{path}` belongs to no parameter of the model"
+                ));
+            };
+            let n: usize = shape.iter().product();
+            if m.len() != n {
+                return Err(format!(
+                    "optimizer tensors `exp_avg.{path}` / `exp_avg_sq.{path}` have {} values, \
+                     expected {n}: the shape {shape:?} of `{}`",
+                    m.len(),
+                    hf_name(path)
+                ));
+            }
+        }
+        let params = params
+            .into_iter()
+            .map(|p| {
+                let n = p.shape.iter().product();
+                let (m, v) = self
+                    .moments
+                    .remove(&p.path)
+                    .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
+                ParamMoments {
+                    m: HostTensor::new(p.shape.clone(), m),
+                    v: HostTensor::new(p.shape, v),
+                    name: p.name,
+                }
+            })
+            .collect();
+        Ok(AdamWMoments {
+            step: self.step,
+            params,
+        })
+    }
+
+    /// Takes back the moments [`AdamW::take_moments_for`] moved out for `model` (a backend
+    /// refused them).
+    pub(crate) fn put_back_moments(&mut self, model: &Llama, moments: AdamWMoments) {
+        let paths: HashMap<String, String> = parameters(model)
+            .into_iter()
+            .map(|p| (p.name, p.path))
+            .collect();
+        for p in moments.params {
+            if let Some(path) = paths.get(&p.name) {
+                self.moments.insert(path.clone(), (p.m.data, p.v.data));
+            }
+        }
+    }
+
+    /// A training backend's AdamW state (`TrainBackend::optimizer_state`, by Hugging Face
+    /// name) in [`AdamW::state`]'s form (`exp_avg.<path>`, `exp_avg_sq.<path>`, flat, sorted by
+    /// path), for `model`'s parameters: the checkpoint a CPU learner writes.
+    ///
+    /// # Errors
+    /// Naming the backend's tensor that is no parameter of `model`, or whose moment has
+    /// another number of values than the parameter's shape (given).
+    pub(crate) fn state_of_backend(
+        model: &Llama,
+        moments: AdamWMoments,
+    ) -> Result<(u64, Vec<(String, HostTensor)>), String> {
+        let params: HashMap<String, (String, Vec<usize>)> = parameters(model)
+            .into_iter()
+            .map(|p| (p.name, (p.path, p.shape)))
+            .collect();
+        let mut by_path = Vec::with_capacity(moments.params.len());
+        for p in moments.params {
+            let Some((path, shape)) = params.get(&p.name) else {
+                return Err(format!(
+                    "the backend's moments of `{}` belong to no parameter of the model",
+                    p.name
+                ));
+            };
+            let n: usize = shape.iter().product();
+            for (what, t) in [("m", &p.m), ("v", &p.v)] {
+                if t.data.len() != n {
+                    return Err(format!(
+                        "the backend's moment {what} of `{}` has {} values, expected the \
+                         shape {shape:?}",
+                        p.name,
+                        t.data.len()
+                    ));
+                }
+            }
+            by_path.push((path.clone(), p.m.data, p.v.data));
+        }
+        by_path.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(2 * by_path.len());
+        for (path, m, v) in by_path {
+            out.push((format!("exp_avg.{path}"), HostTensor::new(vec![m.len()], m)));
+            out.push((
+                format!("exp_avg_sq.{path}"),
+                HostTensor::new(vec![v.len()], v),
+            ));
+        }
+        Ok((moments.step, out))
+    }
+}
+
+/// A float parameter of a model: its module path (the optimizer's key), its Hugging Face
+/// name and its shape.
+struct Parameter {
+    path: String,
+    name: String,
+    shape: Vec<usize>,
+}
+
+/// Every float parameter of `model`, in visiting order.
+fn parameters(model: &Llama) -> Vec<Parameter> {
+    let mut visitor = Parameters {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+struct Parameters {
+    path: Vec<String>,
+    out: Vec<Parameter>,
+}
+
+impl ModuleVisitor for Parameters {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        self.out.push(Parameter {
+            name: hf_name(&path),
+            shape: param.shape().to_vec(),
+            path,
+        });
+    }
+}
+
+/// The Hugging Face name (`Llama::to_named`) of the parameter at module path `path` (the
+/// optimizer's key): `embed_tokens` → `model.embed_tokens.weight`, `layers.…` and `norm.…`
+/// under `model.`, `value_head.…` → `v_head.summary.…` (TRL's name), `lm_head.…` as it is.
+fn hf_name(path: &str) -> String {
+    if path == "embed_tokens" {
+        "model.embed_tokens.weight".to_string()
+    } else if path.starts_with("layers.") || path.starts_with("norm.") {
+        format!("model.{path}")
+    } else if let Some(rest) = path.strip_prefix("value_head.") {
+        format!("v_head.summary.{rest}")
+    } else {
+        path.to_string()
     }
 }
 
@@ -549,6 +733,130 @@ mod tests {
         assert_eq!(p2, p);
         assert_eq!((m2, v2), (m, v));
         assert_ne!(p, old, "the update moved the parameters");
+    }
+
+    /// A 2-layer model: tied or not, with q/k/v biases or not, with a value head or not.
+    fn small_model(tied: bool, bias: bool, value_head: bool) -> Llama {
+        let mut c = kaizen_model::LlamaConfig::tiny(40);
+        c.hidden_size = 16;
+        c.intermediate_size = 24;
+        c.num_hidden_layers = 2;
+        c.tie_word_embeddings = tied;
+        c.attention_bias = bias;
+        let model = Llama::init(&c, &burn::tensor::Device::default(), 3).unwrap();
+        if value_head {
+            model.with_value_head(5).unwrap()
+        } else {
+            model
+        }
+    }
+
+    #[test]
+    fn every_parameter_path_maps_to_its_hugging_face_name_and_shape() {
+        for (tied, bias, value_head) in [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            let model = small_model(tied, bias, value_head);
+            let mut ours: Vec<(String, Vec<usize>)> = parameters(&model)
+                .into_iter()
+                .map(|p| (p.name, p.shape))
+                .collect();
+            let mut theirs: Vec<(String, Vec<usize>)> = model
+                .to_named()
+                .into_iter()
+                .map(|(name, t)| (name, t.shape))
+                .collect();
+            ours.sort();
+            theirs.sort();
+            assert_eq!(
+                ours, theirs,
+                "tied {tied}, bias {bias}, value head {value_head}"
+            );
+        }
+    }
+
+    /// An optimizer at step 3 whose moments are distinct values for every parameter of
+    /// `model`.
+    fn stepped(model: &Llama) -> AdamW {
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.reserve(model);
+        opt.step = 3;
+        for (i, (m, v)) in opt.moments.values_mut().enumerate() {
+            for (j, (m, v)) in m.iter_mut().zip(v.iter_mut()).enumerate() {
+                *m = (i * 1000 + j) as f32 * 1e-3;
+                *v = (i * 1000 + j) as f32 * 1e-4;
+            }
+        }
+        opt
+    }
+
+    #[test]
+    fn a_backends_moments_round_trip_to_the_cpu_optimizers_checkpoint_form() {
+        let model = small_model(false, true, false);
+        let mut opt = stepped(&model);
+        let saved = opt.state();
+        let moved = opt.take_moments_for(&model).unwrap();
+        assert!(opt.moments.is_empty(), "the moments moved to the backend");
+        assert_eq!(moved.step, 3);
+        let named: HashMap<String, HostTensor> = model.to_named().into_iter().collect();
+        assert_eq!(moved.params.len(), named.len());
+        for p in &moved.params {
+            assert_eq!(p.m.shape, named[&p.name].shape, "{}", p.name);
+            assert_eq!(p.v.shape, named[&p.name].shape, "{}", p.name);
+        }
+        assert_eq!(AdamW::state_of_backend(&model, moved).unwrap(), saved);
+        // At step 0 nothing moves: the backend's moments are zero.
+        let mut fresh = AdamW::new(AdamWConfig::default());
+        fresh.reserve(&model);
+        assert_eq!(
+            fresh.take_moments_for(&model).unwrap(),
+            AdamWMoments::default()
+        );
+    }
+
+    #[test]
+    fn moments_that_do_not_fit_the_model_are_named_with_the_shape_expected() {
+        let model = small_model(true, false, false);
+        let mut opt = stepped(&model);
+        let path = "layers.1.mlp.up_proj.weight";
+        opt.moments
+            .insert(path.into(), (vec![0.0; 3], vec![0.0; 3]));
+        let before = opt.state();
+        let err = opt.take_moments_for(&model).unwrap_err();
+        assert!(
+            err.contains("exp_avg.layers.1.mlp.up_proj.weight")
+                && err.contains("[24, 16]")
+                && err.contains("model.layers.1.mlp.up_proj.weight"),
+            "{err}"
+        );
+        assert_eq!(
+            opt.state(),
+            before,
+            "a refused take leaves the optimizer as it was"
+        );
+        opt.moments.remove(path);
+        opt.moments
+            .insert("layers.9.mlp.up_proj.weight".into(), (vec![0.0], vec![0.0]));
+        let err = opt.take_moments_for(&model).unwrap_err();
+        assert!(err.contains("exp_avg.layers.9.mlp.up_proj.weight"), "{err}");
+
+        let mut moved = stepped(&model).take_moments_for(&model).unwrap();
+        moved.params[2].v = HostTensor::new(vec![2], vec![0.0; 2]);
+        let name = moved.params[2].name.clone();
+        let err = AdamW::state_of_backend(&model, moved).unwrap_err();
+        assert!(err.contains(&name) && err.contains("moment v"), "{err}");
+    }
+
+    #[test]
+    fn moments_put_back_after_a_refusal_are_the_ones_taken() {
+        let model = small_model(true, false, false);
+        let mut opt = stepped(&model);
+        let before = opt.state();
+        let moved = opt.take_moments_for(&model).unwrap();
+        opt.put_back_moments(&model, moved);
+        assert_eq!(opt.state(), before);
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! it asks the backend to sum the gradients across the data-parallel group and to take the
 //! AdamW step, then reads the new weights back (for the actors and for checkpoints).
 //!
+//! AdamW's moments live on the backend too. A checkpoint reads them back
+//! ([`TrainBackend::optimizer_state`]) and saves them in the CPU learner's format
+//! (`optimizer.safetensors`: `exp_avg.<path>`, `exp_avg_sq.<path>`, the step count), and a
+//! resumed learner hands the saved ones to its new backend
+//! ([`TrainBackend::set_optimizer_state`], from `Learner::set_backend`): a checkpoint resumes
+//! on either pass.
+//!
 //! A backend scores log-probs only: no value head (PPO), no entropies (the entropy bonus),
 //! no shared prompt prefixes, f32 products (`Learner::set_backend` refuses the options that
 //! need more).
@@ -78,6 +85,45 @@ pub trait TrainBackend: Send {
     /// # Errors
     /// The backend's copy errors.
     fn weights(&self) -> Result<Vec<(String, HostTensor)>, Error>;
+
+    /// AdamW's state on the host: the steps taken and both moments of every parameter, named
+    /// and shaped as [`TrainBackend::weights`] names and shapes the parameters, in its order.
+    ///
+    /// # Errors
+    /// The backend's copy errors.
+    fn optimizer_state(&self) -> Result<AdamWMoments, Error>;
+
+    /// Replaces AdamW's state (a resumed run, a data-parallel follower): the next
+    /// [`TrainBackend::step`] continues from `state.step` steps and these moments.
+    /// `state.params` holds every parameter of [`TrainBackend::weights`] once, each moment in
+    /// the parameter's shape, in any order; empty, it means zero moments.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] naming the tensor (and the shape expected) that is missing, repeated,
+    /// misshaped or not a parameter; the backend's copy errors. The state is unchanged then.
+    fn set_optimizer_state(&mut self, state: &AdamWMoments) -> Result<(), Error>;
+}
+
+/// AdamW's moments of one parameter, as a [`TrainBackend`] holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamMoments {
+    /// The parameter's name, as [`TrainBackend::weights`] gives it
+    /// (`model.layers.0.mlp.up_proj.weight`).
+    pub name: String,
+    /// The first moment `m` (torch's `exp_avg`), in the parameter's shape.
+    pub m: HostTensor,
+    /// The second moment `v` (torch's `exp_avg_sq`), in the parameter's shape.
+    pub v: HostTensor,
+}
+
+/// A [`TrainBackend`]'s AdamW state: the steps taken (`t` of the last step; the next step is
+/// `step + 1`) and every parameter's moments (none: all zero).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdamWMoments {
+    /// Steps taken.
+    pub step: u64,
+    /// The moments, one entry per parameter.
+    pub params: Vec<ParamMoments>,
 }
 
 /// Builds a learner's backend from its current model (the trainer calls it once the learner

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use burn::tensor::Device;
-use kaizen_model::{Llama, LlamaConfig};
+use kaizen_model::{Llama, LlamaConfig, ScoreBatch};
 
 /// A small random model whose logits are peaked enough that greedy choices are stable under
 /// float reordering (weights ~ N(0, 0.2²)).
@@ -45,4 +45,39 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert!(a.len() == b.len() && !a.is_empty());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+/// Two GRPO groups sharing their prompts, rows of different lengths, a multi-turn row (scored,
+/// context, scored) and rows with unscored tokens after their last scored one.
+pub fn score_batch() -> ScoreBatch {
+    let prompt_a: Vec<u32> = vec![11, 12, 13, 14, 15, 16, 17];
+    let prompt_b: Vec<u32> = vec![40, 41, 42, 43];
+    let mut sequences = Vec::new();
+    let mut loss_masks = Vec::new();
+    let mut push = |prompt: &[u32], completion: &[u32], trailing: usize| {
+        let mut seq = prompt.to_vec();
+        seq.extend_from_slice(completion);
+        seq.extend(std::iter::repeat_n(7, trailing));
+        let mut mask = vec![false; prompt.len()];
+        mask.extend(std::iter::repeat_n(true, completion.len()));
+        mask.extend(std::iter::repeat_n(false, trailing));
+        sequences.push(seq);
+        loss_masks.push(mask);
+    };
+    push(&prompt_a, &[101, 102, 103, 104, 105], 0);
+    push(&prompt_a, &[120, 121], 2);
+    push(&prompt_a, &[130, 131, 132, 133, 134, 135, 136, 137], 0);
+    push(&prompt_b, &[200, 201, 202], 0);
+    push(&prompt_b, &[210], 3);
+    // A second turn: answer, feedback (context), revised answer.
+    let mut seq = prompt_b.clone();
+    seq.extend([220, 221, 222, 50, 51, 52, 223, 224]);
+    let mut mask = vec![false; prompt_b.len()];
+    mask.extend([true, true, true, false, false, false, true, true]);
+    sequences.push(seq);
+    loss_masks.push(mask);
+    ScoreBatch {
+        sequences,
+        loss_masks,
+    }
 }

@@ -6,7 +6,9 @@
 # pass's log-probs and gradients vs the CPU training pass (bound 1e-3), one GRPO-shaped learner
 # step on the GPU (64 rows, forward + backward + AdamW), batched sampling tokens/s at batch 1, 16
 # and 64 (with the behaviour log-probs against the CPU path's), NCCL all-reduce bandwidth for a
-# 135M-float buffer, greedy decode tokens/s; then, in the time left of the 8 minutes,
+# 135M-float buffer and the learner's gradient all-reduce in 25 MiB buckets packed on the device
+# (one rank: every value must come back unchanged), greedy decode tokens/s; then, in the time
+# left of the 8 minutes,
 # scripts/device/reference.py (transformers `generate` at the same batches and one TRL GRPO step,
 # on the machine's own torch) merged in as "reference", with kaizen/torch ratios under
 # "side_by_side". Exits non-zero when a check failed (the reference never fails the check).

@@ -2,11 +2,17 @@
 //! hyper-parameters, [`AdamWConfig`], same global-norm clipping, same f32 coefficients), one
 //! fused kernel per parameter, the moments living beside the weights.
 
-use kaizen_learner::{AdamWConfig, StepReport};
+use std::collections::HashMap;
+
+use kaizen_learner::{AdamWConfig, AdamWMoments, ParamMoments, StepReport};
+use kaizen_model::HostTensor;
 
 use super::ops::{AdamWStep, TrainOps};
 use super::pass::{TrainModel, Weights};
 use crate::GpuError;
+
+/// One of a parameter's saved moments, with its name for messages.
+type Moment = (&'static str, fn(&ParamMoments) -> &HostTensor);
 
 /// AdamW's moments (`m`, `v`, one buffer per parameter, zero at first) and step count.
 pub struct AdamWState<B> {
@@ -38,6 +44,106 @@ impl<O: TrainOps> TrainModel<O> {
             step: 0,
             m: self.zero_grads()?,
             v: self.zero_grads()?,
+        })
+    }
+
+    /// `state`'s step count and moments on the host, each moment named and shaped as its
+    /// parameter ([`super::layout`]'s order): a checkpoint's optimizer state.
+    ///
+    /// # Errors
+    /// Copy errors.
+    pub fn download_adamw(&self, state: &AdamWState<O::Buf>) -> Result<AdamWMoments, GpuError> {
+        let params = self
+            .layout
+            .iter()
+            .zip(state.m.tensors().into_iter().zip(state.v.tensors()))
+            .map(|((name, shape), (m, v))| {
+                let host = |b: &O::Buf| -> Result<HostTensor, GpuError> {
+                    let mut data = self.ops.download(b)?;
+                    // A backend may round an allocation up (CUDA: at least one float).
+                    data.truncate(shape.iter().product());
+                    Ok(HostTensor::new(shape.clone(), data))
+                };
+                Ok(ParamMoments {
+                    name: name.clone(),
+                    m: host(m)?,
+                    v: host(v)?,
+                })
+            })
+            .collect::<Result<_, GpuError>>()?;
+        Ok(AdamWMoments {
+            step: state.step,
+            params,
+        })
+    }
+
+    /// AdamW state uploaded from `saved` (a checkpoint's, by parameter name, in any order):
+    /// its step count and moments; zero moments when `saved` has none.
+    ///
+    /// # Errors
+    /// [`GpuError::Input`] naming the parameter and moment that is missing, repeated,
+    /// misshaped (with the shape expected) or not a parameter of this model; the backend's
+    /// allocation and copy errors.
+    pub fn upload_adamw(&self, saved: &AdamWMoments) -> Result<AdamWState<O::Buf>, GpuError> {
+        if saved.params.is_empty() {
+            let mut state = self.adamw_state()?;
+            state.step = saved.step;
+            return Ok(state);
+        }
+        let mut by_name: HashMap<&str, &ParamMoments> = HashMap::new();
+        for p in &saved.params {
+            if by_name.insert(p.name.as_str(), p).is_some() {
+                return Err(GpuError::Input(format!(
+                    "AdamW moments of `{}` are given twice",
+                    p.name
+                )));
+            }
+        }
+        let mut extra: Vec<&str> = by_name
+            .keys()
+            .copied()
+            .filter(|name| !self.layout.iter().any(|(n, _)| n == name))
+            .collect();
+        extra.sort_unstable();
+        if let Some(name) = extra.first() {
+            return Err(GpuError::Input(format!(
+                "AdamW moments of `{name}`, which is not a parameter of the model"
+            )));
+        }
+        // Each moment, with its name in messages.
+        let m: Moment = ("m", |p| &p.m);
+        let v: Moment = ("v", |p| &p.v);
+        let values = |name: &str, shape: &[usize], (which, pick): Moment| {
+            let p = by_name.get(name).ok_or_else(|| {
+                GpuError::Input(format!(
+                    "AdamW moments of `{name}` (shape {shape:?}) are missing"
+                ))
+            })?;
+            let t = pick(p);
+            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+                return Err(GpuError::Input(format!(
+                    "AdamW moment {which} of `{name}` has shape {:?} ({} values), expected \
+                     {shape:?}",
+                    t.shape,
+                    t.data.len()
+                )));
+            }
+            Ok(t.data.as_slice())
+        };
+        // Every moment is checked before any is uploaded.
+        for (name, shape) in &self.layout {
+            values(name, shape, m)?;
+            values(name, shape, v)?;
+        }
+        let upload = |moment: Moment| {
+            Weights::build(self.config(), |name, shape| {
+                self.ops.upload(values(name, shape, moment)?)
+            })
+        };
+        Ok(AdamWState {
+            step: saved.step,
+            m: upload(m)?,
+            v: upload(v)?,
         })
     }
 

@@ -18,7 +18,7 @@ use super::ops::{
     fits,
 };
 use crate::launch::{Functions, elementwise, grid, int, launch};
-use crate::{GpuError, Library, require};
+use crate::{GpuError, Library, NcclCollective, require};
 
 /// Blocks of `sum_squares` (its partial sums come back to the host).
 const SUM_BLOCKS: usize = 1024;
@@ -134,6 +134,57 @@ impl TrainOps for CudaOps {
         self.stream
             .memset_zeros(buf)
             .map_err(|e| GpuError::driver("zeroing a buffer", e))
+    }
+
+    fn raw_copy(
+        &self,
+        src: &CudaSlice<f32>,
+        src_offset: usize,
+        dst: &mut CudaSlice<f32>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let from = src.slice(src_offset..src_offset + len);
+        let mut to = dst.slice_mut(dst_offset..dst_offset + len);
+        self.stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(|e| GpuError::driver(format!("copying {len} floats on the device"), e))
+    }
+
+    /// On an [`NcclCollective`] (found through `Collective::device_collective`) of this GPU:
+    /// `ncclAllReduce` in place on `buf[..len]`, ordered after this stream's work by cudarc's
+    /// events (both are the GPU's default stream when built for the same ordinal); any other
+    /// group: `false`.
+    fn raw_all_reduce_sum(
+        &self,
+        buf: &mut CudaSlice<f32>,
+        len: usize,
+        group: &dyn kaizen_learner::Collective,
+    ) -> Result<bool, GpuError> {
+        let Some(nccl) = group
+            .device_collective()
+            .and_then(|d| d.downcast_ref::<NcclCollective>())
+        else {
+            return Ok(false);
+        };
+        let (ours, theirs) = (
+            self.stream.context().ordinal(),
+            nccl.stream().context().ordinal(),
+        );
+        if ours != theirs {
+            return Err(GpuError::Input(format!(
+                "the training pass runs on GPU {ours} but its NCCL communicator on GPU {theirs}: \
+                 build both for the rank's local GPU"
+            )));
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        nccl.all_reduce_sum_device(&mut buf.slice_mut(0..len))?;
+        Ok(true)
     }
 
     fn raw_gemm(

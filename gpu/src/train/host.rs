@@ -49,6 +49,28 @@ impl TrainOps for HostOps {
         Ok(())
     }
 
+    fn raw_copy(
+        &self,
+        src: &Vec<f32>,
+        src_offset: usize,
+        dst: &mut Vec<f32>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        dst[dst_offset..dst_offset + len].copy_from_slice(&src[src_offset..src_offset + len]);
+        Ok(())
+    }
+
+    /// Host buffers have no device collective: the caller's host path reduces them.
+    fn raw_all_reduce_sum(
+        &self,
+        _buf: &mut Vec<f32>,
+        _len: usize,
+        _group: &dyn kaizen_learner::Collective,
+    ) -> Result<bool, GpuError> {
+        Ok(false)
+    }
+
     fn raw_gemm(
         &self,
         g: Gemm,

@@ -199,6 +199,68 @@ pub trait TrainOps {
     /// A failed memset.
     fn zero(&self, buf: &mut Self::Buf) -> Result<(), GpuError>;
 
+    /// `dst[dst_offset..][..len] = src[src_offset..][..len]` (a device-to-device copy, no
+    /// kernel): packs gradients into an all-reduce bucket and back out.
+    ///
+    /// # Errors
+    /// Buffers smaller than the offsets and length say; copy errors.
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_offset: usize,
+        dst: &mut Self::Buf,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        fits("copy", "src", src.len(), src_offset + len)?;
+        fits("copy", "dst", dst.len(), dst_offset + len)?;
+        self.raw_copy(src, src_offset, dst, dst_offset, len)
+    }
+
+    /// [`TrainOps::copy`] after its buffer checks, which each backend implements; callers use
+    /// [`TrainOps::copy`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::copy`].
+    fn raw_copy(
+        &self,
+        src: &Self::Buf,
+        src_offset: usize,
+        dst: &mut Self::Buf,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), GpuError>;
+
+    /// Sums `buf[..len]` across `group`'s ranks in place in this backend's memory, when
+    /// `group` offers a device collective this backend reduces on
+    /// ([`kaizen_learner::Collective::device_collective`]: NCCL for `CudaOps`); returns
+    /// whether it did. `Ok(false)`: the caller goes through host copies and
+    /// [`kaizen_learner::Collective::all_reduce_sum`].
+    ///
+    /// # Errors
+    /// A buffer shorter than `len`; the collective's errors.
+    fn all_reduce_sum(
+        &self,
+        buf: &mut Self::Buf,
+        len: usize,
+        group: &dyn kaizen_learner::Collective,
+    ) -> Result<bool, GpuError> {
+        fits("all_reduce_sum", "buf", buf.len(), len)?;
+        self.raw_all_reduce_sum(buf, len, group)
+    }
+
+    /// [`TrainOps::all_reduce_sum`] after its buffer check, which each backend implements;
+    /// callers use [`TrainOps::all_reduce_sum`].
+    ///
+    /// # Errors
+    /// As [`TrainOps::all_reduce_sum`].
+    fn raw_all_reduce_sum(
+        &self,
+        buf: &mut Self::Buf,
+        len: usize,
+        group: &dyn kaizen_learner::Collective,
+    ) -> Result<bool, GpuError>;
+
     /// `cublasSgemm` with `g`'s arguments (see [`Gemm`]).
     ///
     /// # Errors

@@ -50,7 +50,7 @@ struct LayerWeights<B> {
 
 impl<B> Weights<B> {
     /// Builds every buffer in order with `make(hf_name, shape)`.
-    fn build(
+    pub(super) fn build(
         config: &LlamaConfig,
         mut make: impl FnMut(&str, &[usize]) -> Result<B, GpuError>,
     ) -> Result<Self, GpuError> {

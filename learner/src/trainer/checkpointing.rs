@@ -1,5 +1,5 @@
-//! Writing a checkpoint of the run: metrics flushed first, then policy, optimizer moments and
-//! the trainer's counters.
+//! Writing a checkpoint of the run: metrics flushed first, then policy, optimizer moments (the
+//! backend's, read back, when a `TrainBackend` trains) and the trainer's counters.
 
 use burn::module::Module;
 
@@ -32,7 +32,7 @@ impl Run {
         let dir = checkpoint::save(
             &self.run_dir,
             &policy,
-            self.learner.optimizer().state(),
+            self.learner.optimizer_state()?,
             critic.as_ref().map(|(p, o)| (p, o)),
             &self.state,
             self.config.checkpoint.keep,

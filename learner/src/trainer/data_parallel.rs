@@ -106,7 +106,8 @@ impl super::Run {
         let mut payload = Vec::new();
         let mut weights = Vec::new();
         push_tensors(self.learner.policy().to_named(), &mut weights, &mut payload);
-        let (optimizer_step, moments_named) = self.learner.optimizer().state();
+        // With a backend its moments, read back: each follower's backend gets them.
+        let (optimizer_step, moments_named) = self.learner.optimizer_state()?;
         let mut moments = Vec::new();
         push_tensors(moments_named, &mut moments, &mut payload);
         let reference = self.learner.reference().map(|r| {
