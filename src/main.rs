@@ -1,5 +1,6 @@
 //! `kaizen`: the command line. Thin: parses arguments, calls the library crates, reports errors.
 
+mod actors_device;
 mod allocator;
 mod commands;
 mod learner_device;

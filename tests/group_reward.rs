@@ -71,7 +71,7 @@ fn a_registered_group_reward_sees_whole_groups_and_is_trained_on() {
         progress: false,
         registry,
         resume: None,
-        launcher: Arc::new(kaizen_cluster::LocalLauncher),
+        launcher: Arc::new(kaizen_cluster::LocalLauncher::default()),
         collective: None,
         backend: None,
     };

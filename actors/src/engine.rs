@@ -12,6 +12,7 @@ use kaizen_model::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::rows::{DecodeDevice, DecodeRows};
 use crate::weights::{Published, WeightSubscriber};
 
 /// A finished generation and the weights version that produced it.
@@ -187,6 +188,11 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     /// What kept keys and values become when new weights arrive between turns.
     pub kv_across_versions: KvAcrossVersions,
+    /// Where the engine samples: `None` on kaizen's CPU decoding ([`DecodeBatch`], which keeps
+    /// keys and values between turns); `Some` on another device (`kaizen_gpu::actor_rows`
+    /// for a GPU), which builds the rows of each weights version from the published host
+    /// weights and keeps nothing between turns (`kv_cache_bytes` is then unused).
+    pub device: Option<Arc<dyn DecodeDevice>>,
 }
 
 /// What happens to an episode's kept keys and values when the weights change between its turns.
@@ -214,6 +220,7 @@ impl EngineConfig {
             max_env_wait,
             kv_cache_bytes: 0,
             kv_across_versions: KvAcrossVersions::Recompute,
+            device: None,
         }
     }
 }
@@ -234,7 +241,7 @@ struct Pending {
 
 struct Slot {
     version: WeightsVersion,
-    batch: DecodeBatch,
+    batch: Box<dyn DecodeRows>,
     /// Each row's caller.
     replies: HashMap<u64, Pending>,
     /// Rows of `replies` that stream their tokens.
@@ -250,20 +257,21 @@ impl Slot {
             let Some(pending) = self.replies.remove(&id) else {
                 continue;
             };
-            let completion = Completion {
+            let version = self.version;
+            let completion = generation.map(|generation| Completion {
                 generation,
-                version: self.version,
-            };
+                version,
+            });
             let delivered = match pending.sink {
                 // The episode is busy (back in its environment) from this moment, so the next
                 // step waits for its next request. If it is gone (e.g. timed out), the guard
                 // comes back with the failed send and is dropped, with what was kept for it.
-                Sink::Reply(reply) => reply.send(Ok((completion, gate.busy()))).is_ok(),
+                Sink::Reply(reply) => reply.send(completion.map(|c| (c, gate.busy()))).is_ok(),
                 Sink::Stream { choice, tx } => {
                     self.streaming -= 1;
                     tx.send(StreamEvent::Done {
                         choice,
-                        result: Ok(completion),
+                        result: completion,
                     })
                     .is_ok()
                 }
@@ -403,17 +411,16 @@ fn engine_loop(
                     // its buffers reuse their memory instead of faulting in fresh pages
                     // (about 1 s for SmolLM2's bf16 packs on a 2-core VM).
                     slots.retain(|s| s.batch.active() > 0);
-                    let mut batch = DecodeBatch::new(
-                        current.model.clone(),
-                        Some(tokenizer.clone()),
-                        config.generate.clone(),
-                    );
-                    if config.kv_cache_bytes > 0 {
-                        match kept {
-                            Some(store) => batch.set_prefix_cache(store),
-                            None => batch.enable_prefix_cache(config.kv_cache_bytes),
+                    let batch = match new_rows(&config, &current, &tokenizer, kept) {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            // The device could not take these weights: every job hears why.
+                            for job in jobs {
+                                reject(job.reply, e.clone());
+                            }
+                            continue;
                         }
-                    }
+                    };
                     let evicted_seen = batch.prefix_cache().map_or(0, |p| p.stats().evicted);
                     slots.push(Slot {
                         version: current.version,
@@ -462,6 +469,47 @@ fn engine_loop(
     }
 }
 
+/// The rows of the weights `current`: on `config.device` when set, else a CPU
+/// [`DecodeBatch`] keeping keys and values between turns (`kept`: those carried over from the
+/// previous version).
+fn new_rows(
+    config: &EngineConfig,
+    current: &Published,
+    tokenizer: &Arc<Tokenizer>,
+    kept: Option<kaizen_model::PrefixCache>,
+) -> Result<Box<dyn DecodeRows>, String> {
+    if let Some(device) = &config.device {
+        return device.rows(current, Some(tokenizer.clone()), &config.generate);
+    }
+    let mut batch = DecodeBatch::new(
+        current.model.clone(),
+        Some(tokenizer.clone()),
+        config.generate.clone(),
+    );
+    if config.kv_cache_bytes > 0 {
+        match kept {
+            Some(store) => batch.set_prefix_cache(store),
+            None => batch.enable_prefix_cache(config.kv_cache_bytes),
+        }
+    }
+    Ok(Box::new(batch))
+}
+
+/// Answers a job with an error alone.
+fn reject(sink: Sink, error: String) {
+    match sink {
+        Sink::Reply(reply) => {
+            let _ = reply.send(Err(error));
+        }
+        Sink::Stream { choice, tx } => {
+            let _ = tx.send(StreamEvent::Done {
+                choice,
+                result: Err(error),
+            });
+        }
+    }
+}
+
 /// Adds jobs to a slot's batch. A request the batch rejects (bad ids, too long) is answered
 /// with the error alone; the others proceed.
 fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCounters) {
@@ -496,17 +544,7 @@ fn admit(slot: &mut Slot, jobs: Vec<Job>, next_id: &mut u64, counters: &EngineCo
             for ((id, request), (_, pending)) in tagged.into_iter().zip(replies) {
                 match slot.batch.add(vec![(id, request)]) {
                     Ok(()) => accept(slot, id, pending),
-                    Err(e) => match pending.sink {
-                        Sink::Reply(reply) => {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                        Sink::Stream { choice, tx } => {
-                            let _ = tx.send(StreamEvent::Done {
-                                choice,
-                                result: Err(e.to_string()),
-                            });
-                        }
-                    },
+                    Err(e) => reject(pending.sink, e),
                 }
             }
         }

@@ -9,7 +9,10 @@
 //! - An episode's requests are rendered with the chat template into token threads (the model's
 //!   earlier turns kept as sampled ids) and sent to the actor's decode engine — a thread that
 //!   batches the pending requests of all the actor's episodes (continuous batching: rows leave
-//!   when they finish, new ones join between steps) and prefills identical prompts once.
+//!   when they finish, new ones join between steps) and prefills identical prompts once. It
+//!   samples on the CPU ([`kaizen_model::DecodeBatch`]) unless [`EngineConfig::device`] names
+//!   another [`DecodeDevice`] (`kaizen_gpu::actor_rows` for a GPU), reached through the
+//!   [`DecodeRows`] seam.
 //! - New weights ([`WeightPublisher::publish`]) are picked up between decode steps: rows
 //!   already decoding finish with the weights they started with, new rows use the new ones, and
 //!   every [`kaizen_core::Segment`] is stamped with its version.
@@ -22,6 +25,7 @@ mod engine;
 mod error;
 mod local;
 mod responder;
+mod rows;
 mod serving;
 mod weights;
 
@@ -31,6 +35,7 @@ pub use error::Error;
 pub use kaizen_envs::EnvSlot;
 pub use kaizen_transport::{EpisodeReport, EpisodeTask, SamplingConfig, derive_seed};
 pub use local::LocalActors;
+pub use rows::{DecodeDevice, DecodeRows};
 pub use serving::ServingEngine;
 pub use weights::{
     Published, WeightPublisher, WeightSubscriber, weight_broadcast, weight_broadcast_at,

@@ -12,6 +12,7 @@ use crate::engine::{
     StreamEvent, spawn_engine,
 };
 use crate::error::Error;
+use crate::rows::DecodeDevice;
 use crate::weights::{WeightPublisher, weight_broadcast};
 
 /// A decode engine serving independent requests (continuous batching: concurrent requests share
@@ -40,6 +41,21 @@ impl ServingEngine {
         tokenizer: Arc<Tokenizer>,
         generate: GenerateOptions,
     ) -> Result<Self, Error> {
+        Self::spawn_on(model, tokenizer, generate, None)
+    }
+
+    /// As [`ServingEngine::spawn`], sampling on `device` ([`crate::EngineConfig::device`]:
+    /// `None` is kaizen's CPU decoding). A device that cannot take the weights answers each
+    /// request with its error.
+    ///
+    /// # Errors
+    /// [`Error::Spawn`] if the thread cannot start.
+    pub fn spawn_on(
+        model: Llama,
+        tokenizer: Arc<Tokenizer>,
+        generate: GenerateOptions,
+        device: Option<Arc<dyn DecodeDevice>>,
+    ) -> Result<Self, Error> {
         let (weights, subscriber) = weight_broadcast(model);
         let counters = Arc::new(EngineCounters::default());
         let config = EngineConfig {
@@ -48,6 +64,7 @@ impl ServingEngine {
             max_env_wait: Some(Duration::ZERO),
             kv_cache_bytes: 0,
             kv_across_versions: KvAcrossVersions::Recompute,
+            device,
         };
         let (engine, thread) = spawn_engine(
             "kaizen-serve-engine".into(),

@@ -49,6 +49,7 @@ fn config(actors: usize) -> ActorConfig {
             max_env_wait: None,
             kv_cache_bytes: 64 << 20,
             kv_across_versions: Default::default(),
+            device: None,
         },
         results_capacity: 64,
     }

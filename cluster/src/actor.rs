@@ -43,6 +43,9 @@ pub struct ActorOptions {
     pub fingerprint: String,
     /// Device the actor decodes on.
     pub device: Device,
+    /// Where the actor's engines sample (`actors.device`; the binary builds it): `None` on
+    /// the CPU.
+    pub decode: Option<Arc<dyn kaizen_actors::DecodeDevice>>,
     /// Environments by name.
     pub registry: Registry,
 }
@@ -74,7 +77,15 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
         .map_err(|e| TransportError::Network(format!("tokio runtime: {e}")))?;
     let (slots, _) = build_envs(config, &options.registry)?;
     let policy = load_policy(config, &options.device)?;
-    let actors = actor_config(config, &policy.tokenizer);
+    if config.actors.device == kaizen_learner::ActorsDevice::Cuda && options.decode.is_none() {
+        return Err(ClusterError::Launch(
+            "`actors.device = \"cuda\"`: this actor process was given no GPU to sample on \
+             (the `kaizen` binary builds it with `--features gpu`)"
+                .into(),
+        ));
+    }
+    let mut actors = actor_config(config, &policy.tokenizer);
+    actors.engine.device = options.decode.clone();
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
         let mut link = Link::new(config, &options);

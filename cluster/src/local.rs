@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kaizen_actors::{ActorConfig, EngineConfig, KvAcrossVersions, LocalActors};
+use kaizen_actors::{ActorConfig, DecodeDevice, EngineConfig, KvAcrossVersions, LocalActors};
 use kaizen_envs::EpisodeLimits;
-use kaizen_learner::{ActorsSpec, Error, JobConfig, Launcher, Mode, StartedActors};
+use kaizen_learner::{ActorsDevice, ActorsSpec, Error, JobConfig, Launcher, Mode, StartedActors};
 use kaizen_model::{DecodeWeights, GenerateOptions, Tokenizer};
 
 /// Tokio worker threads of the actors' runtime (episodes are light; decode runs on the
@@ -51,18 +51,31 @@ pub fn actor_config(config: &JobConfig, tokenizer: &Tokenizer) -> ActorConfig {
 }
 
 /// Starts a job's actors in this process ([`LocalActors`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalLauncher;
+#[derive(Debug, Clone, Default)]
+pub struct LocalLauncher {
+    /// Where the actors sample (`actors.device`; the binary builds it): `None` on the CPU.
+    pub device: Option<Arc<dyn DecodeDevice>>,
+}
 
 impl Launcher for LocalLauncher {
     fn start(&self, spec: ActorsSpec<'_>) -> Result<StartedActors, Error> {
+        if spec.config.actors.device == ActorsDevice::Cuda && self.device.is_none() {
+            return Err(Error::Config {
+                path: "job config".into(),
+                message: "`actors.device = \"cuda\"`: this launcher was given no GPU to sample \
+                          on (the `kaizen` binary builds it with `--features gpu`)"
+                    .into(),
+            });
+        }
+        let mut config = actor_config(spec.config, spec.tokenizer);
+        config.engine.device = self.device.clone();
         let (actors, publisher) = LocalActors::spawn(
             spec.envs.to_vec(),
             Arc::new(spec.tokenizer.clone()),
             spec.template.clone(),
             spec.weights,
             spec.version,
-            actor_config(spec.config, spec.tokenizer),
+            config,
             WORKER_THREADS,
         )
         .map_err(kaizen_transport::Error::from)?;

@@ -199,6 +199,11 @@ impl<D: DecodeOps> BatchDecoder<D> {
         &self.ops
     }
 
+    /// The backend, the weights freed (to upload a newer version on it).
+    pub fn into_ops(self) -> D {
+        self.ops
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config

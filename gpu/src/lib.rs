@@ -20,6 +20,10 @@
 //!   hand-written backward, fused AdamW), written once over [`train::TrainOps`] and run on
 //!   CUDA ([`train::CudaOps`]) or, for tests without a GPU, on the host
 //!   ([`train::HostOps`]).
+//! - [`batch_decode`]: batched sampling (GRPO groups prefilled once, every row decoded
+//!   together, temperature/top-p sampling with behaviour log-probs on the device), and
+//!   [`actor_rows`]: that sampler as an actor engine's [`kaizen_actors::DecodeDevice`]
+//!   (`actors.device = "cuda"`).
 //! - [`device_check`]: the checks `scripts/device/check.sh` runs on a GPU machine (environment,
 //!   logits parity, training-pass parity and a GRPO step, NCCL bandwidth, decode tokens/s),
 //!   as one JSON summary.
@@ -27,6 +31,7 @@
 //! What is tested where: docs/gpu.md.
 #![warn(missing_docs)]
 
+pub mod actor_rows;
 pub mod batch_decode;
 pub mod decode_kernels;
 pub mod decode_ops;

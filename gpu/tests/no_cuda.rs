@@ -34,6 +34,8 @@ fn nccl_collective_without_a_driver_is_a_library_error() {
     // Over a bootstrap group rank 0 fails to create the id and still answers the exchange.
     assert_names_the_driver(&NcclCollective::over(&SingleProcess, 0, 1024).unwrap_err());
     assert_names_the_driver(&cuda_context(0).unwrap_err());
+    // The actors' GPU engine (`actors.device = "cuda"`).
+    assert_names_the_driver(&kaizen_gpu::actor_rows::cuda_device(0).unwrap_err());
 }
 
 #[test]

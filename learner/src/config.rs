@@ -250,6 +250,26 @@ pub struct ActorsConfig {
     /// off-policy gap (`logprob_gap_*` metrics) its importance ratio corrects. int8 is fastest
     /// at a few rows (memory-bound); bf16 on an AMX CPU at 8 rows and more (BENCHMARKS.md).
     pub decode_weights: DecodeWeightsConfig,
+    /// Where the actors sample: `"cpu"` (kaizen's CPU decoding) or `"cuda"` (the batched GPU
+    /// sampler, `kaizen_gpu::actor_rows`; needs the `gpu` feature and an NVIDIA driver, on GPU
+    /// 0 for `kaizen train`, the local rank's for an actor process). Each weights version the
+    /// learner publishes is uploaded from its host copy (no device-to-device broadcast).
+    /// `"cuda"` keeps nothing between turns (`kv_cache_mib` is unused: each turn prefills its
+    /// whole conversation, a searched branch too) and samples with temperature and top-p only:
+    /// it needs `kv_across_versions = "recompute"`, `decode_weights = "f32"`,
+    /// `sampling.top_k = 0` and `sampling.min_p = 0` (errors name the key otherwise).
+    pub device: ActorsDevice,
+}
+
+/// `actors.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorsDevice {
+    /// kaizen's CPU decoding.
+    #[default]
+    Cpu,
+    /// The batched GPU sampler (`--features gpu`).
+    Cuda,
 }
 
 /// `actors.decode_weights`.
@@ -286,6 +306,7 @@ impl Default for ActorsConfig {
             kv_cache_mib: 1024.0,
             kv_across_versions: KvAcrossVersions::Recompute,
             decode_weights: DecodeWeightsConfig::F32,
+            device: ActorsDevice::Cpu,
         }
     }
 }
@@ -779,6 +800,51 @@ impl JobConfig {
         Ok((config, table))
     }
 
+    /// The options `actors.device = "cuda"` cannot run (the GPU engine samples with
+    /// temperature and top-p, from f32 weights, and keeps no keys and values between turns),
+    /// each named.
+    fn check_cuda_actors(&self) -> Result<(), String> {
+        let refuse = |what: String| {
+            Err(format!(
+                "`actors.device = \"cuda\"`: {what} (the GPU sampler decodes f32 weights with \
+                 temperature and top-p and keeps no keys and values between turns; docs/gpu.md)"
+            ))
+        };
+        if self.actors.decode_weights != DecodeWeightsConfig::F32 {
+            return refuse(format!(
+                "set `actors.decode_weights = \"f32\"` (got {:?})",
+                self.actors.decode_weights
+            ));
+        }
+        if self.actors.kv_across_versions != KvAcrossVersions::Recompute {
+            return refuse("set `actors.kv_across_versions = \"recompute\"`".into());
+        }
+        if self.sampling.top_k != 0 {
+            return refuse(format!(
+                "set `sampling.top_k = 0` (got {})",
+                self.sampling.top_k
+            ));
+        }
+        if self.sampling.min_p != 0.0 {
+            return refuse(format!(
+                "set `sampling.min_p = 0` (got {})",
+                self.sampling.min_p
+            ));
+        }
+        let generated = self.sft.as_ref().and_then(|s| s.self_generated.as_ref());
+        let uses_certainty = self.grpo.reward_source == RewardSource::SelfCertainty
+            || generated.is_some_and(|g| g.select == Selection::SelfCertainty);
+        if uses_certainty {
+            return refuse(
+                "`grpo.reward_source = \"self_certainty\"` and `sft.self_generated.select = \
+                 \"self_certainty\"` need each completion's self-certainty, which the GPU \
+                 sampler does not compute"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The options `learner.device = "cuda"` cannot run (the GPU pass scores log-probs only,
     /// in f32), each named. `learner.share_prompt_prefix` is not among them: it changes how the
     /// CPU pass computes the same log-probs, and the GPU pass scores every row in full.
@@ -884,6 +950,9 @@ impl JobConfig {
         }
         if self.learner.device == crate::LearnerDevice::Cuda {
             self.check_cuda_learner()?;
+        }
+        if self.actors.device == ActorsDevice::Cuda {
+            self.check_cuda_actors()?;
         }
         if !(self.optim.learning_rate.is_finite() && self.optim.learning_rate >= 0.0) {
             return Err(format!(

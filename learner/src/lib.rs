@@ -51,10 +51,10 @@ pub use checkpoint::{
 };
 pub use collective::{Collective, SingleProcess};
 pub use config::{
-    ActorsConfig, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig, EvalConfig,
-    GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig, PreferenceConfig,
-    RelabelAs, RewardSource, RunConfig, Selection, SelfGeneratedConfig, SftConfig, TimeLimitScope,
-    expand_path, kaizen_cache,
+    ActorsConfig, ActorsDevice, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig,
+    EvalConfig, GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig,
+    PreferenceConfig, RelabelAs, RewardSource, RunConfig, Selection, SelfGeneratedConfig,
+    SftConfig, TimeLimitScope, expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

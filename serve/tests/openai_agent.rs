@@ -63,6 +63,7 @@ fn play(env: EnvSlot, episodes: u64) -> Vec<EpisodeReport> {
             max_env_wait: None,
             kv_cache_bytes: 64 << 20,
             kv_across_versions: Default::default(),
+            device: None,
         },
         results_capacity: 16,
     };

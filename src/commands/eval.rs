@@ -52,12 +52,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         policy
     };
-    let metrics = evaluate_policy(
-        &config,
-        &policy,
-        &super::registry(),
-        &kaizen_cluster::LocalLauncher,
-    )?;
+    let launcher = kaizen_cluster::LocalLauncher {
+        device: crate::actors_device::device(&config, 0)?,
+    };
+    let metrics = evaluate_policy(&config, &policy, &super::registry(), &launcher)?;
     if args.json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {

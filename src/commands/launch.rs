@@ -152,6 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     name,
                     fingerprint,
                     device: Device::default(),
+                    decode: crate::actors_device::device(&config, local_rank)?,
                     registry: super::registry(),
                 },
             )?;

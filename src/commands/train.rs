@@ -27,12 +27,17 @@ pub struct Args {
 /// Runs `kaizen train`: every part of the job in this process.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (config_path, config, resolved) = load(&args)?;
+    // The GPU the actors sample on (`actors.device = "cuda"`), as the learner's.
+    let local_rank = kaizen_cluster::LaunchEnv::from_env()?.map_or(0, |e| e.local_rank);
+    let launcher = kaizen_cluster::LocalLauncher {
+        device: crate::actors_device::device(&config, local_rank)?,
+    };
     run_job(
         &args,
         &config_path,
         config,
         resolved,
-        Arc::new(kaizen_cluster::LocalLauncher),
+        Arc::new(launcher),
         None,
     )
 }

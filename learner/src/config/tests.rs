@@ -472,3 +472,44 @@ fn a_cuda_learner_refuses_the_options_the_gpu_pass_lacks_naming_them() {
         );
     }
 }
+
+#[test]
+fn cuda_actors_refuse_the_options_the_gpu_sampler_lacks_naming_them() {
+    let (c, _) = JobConfig::parse(MINIMAL, Path::new("job.toml"), &[]).unwrap();
+    assert_eq!(c.actors.device, crate::ActorsDevice::Cpu);
+    let cuda = |more: &[&str]| {
+        let mut overrides = vec!["actors.device=\"cuda\"".to_string()];
+        overrides.extend(more.iter().map(|s| s.to_string()));
+        JobConfig::parse(MINIMAL, Path::new("job.toml"), &overrides)
+            .map(|(c, _)| c)
+            .map_err(|e| e.to_string())
+    };
+    // The default `kv_cache_mib` is accepted (unused on the GPU: it keeps nothing).
+    let c = cuda(&[]).unwrap();
+    assert_eq!(c.actors.device, crate::ActorsDevice::Cuda);
+    for (set, names) in [
+        ("actors.decode_weights=\"int8\"", "actors.decode_weights"),
+        ("actors.decode_weights=\"bf16\"", "actors.decode_weights"),
+        (
+            "actors.kv_across_versions=\"keep\"",
+            "actors.kv_across_versions",
+        ),
+        ("sampling.top_k=20", "sampling.top_k"),
+        ("sampling.min_p=0.1", "sampling.min_p"),
+        ("grpo.reward_source=\"self_certainty\"", "self_certainty"),
+    ] {
+        let err = cuda(&[set]).unwrap_err();
+        assert!(
+            err.contains(names) && err.contains("actors.device"),
+            "{set}: {err}"
+        );
+    }
+    let err = JobConfig::parse(
+        MINIMAL,
+        Path::new("job.toml"),
+        &["actors.device=\"tpu\"".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
+}
