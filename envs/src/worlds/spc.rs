@@ -23,8 +23,19 @@
 //! opposite of the critic's reward. A rewrite that is not actually wrong earns
 //! `invalid_penalty` (the critic still judges it, as a correct step); one that cannot be read
 //! as `expression = value` earns the penalty and ends the episode. Both agents are trainable.
+//!
+//! With `critic_tool`, the critic is asked to check the step with a Python program (program of
+//! thought as a critic's tool, as CRITIC (Gou et al. 2024, <https://arxiv.org/abs/2305.11738>)
+//! verifies with a code interpreter): the first ```python block of its reply runs in the
+//! sandbox, and the verdict is read from what it prints (`correct`/`incorrect`, `right`/
+//! `wrong`, or Python's `True`/`False`). A reply without a program is read as a verdict in
+//! words, as without the tool; a program that fails gives no verdict. Metrics
+//! `critic_program` (the share of critic turns that ran a program) and `program_limits`.
+//! Without the tool a 135M critic must redo multi-digit arithmetic in its head, which it
+//! cannot (BENCHMARKS.md, "SPC with SmolLM2").
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -34,8 +45,10 @@ use rand_chacha::ChaCha8Rng;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::strategies;
 use crate::problems::{Problem, ProblemGenerator, ProblemSet};
 use crate::rewards::math_expression::{self, Expr};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::{Dialogue, Env, EnvFactory, Error, Result, parse_params};
 
 /// The agent that rewrites a step to be wrong.
@@ -70,6 +83,23 @@ pub struct SpcConfig {
     /// `generator` are then unused.
     #[serde(default)]
     pub critic_set: Option<PathBuf>,
+    /// Balances the critic's judged steps between right and wrong (SPC balances its critic's
+    /// training data): a round that is not sneaky is planted while fewer wrong than right
+    /// steps have been shown to the critic by this factory's episodes so far, honest
+    /// otherwise. The share of wrong steps then stays near one half whatever the sneaky
+    /// agent's rewrites turn out to be (fixed `planted_probability` cannot follow them: with
+    /// 0.25 the critic's data drifted to 70% wrong as the sneaky agent improved). Rounds then
+    /// depend on the order episodes start in, not on their seed alone. Requires
+    /// `planted_probability = 0`.
+    #[serde(default)]
+    pub balance_critic: bool,
+    /// The critic checks the step with a Python program run in the sandbox, and its verdict
+    /// is what the program prints (see the module's documentation).
+    #[serde(default)]
+    pub critic_tool: bool,
+    /// The sandbox's limits for the critic's programs (`critic_tool`).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 /// One held-out critic question: a problem's step-by-step solution up to step `index` (0-based),
@@ -147,6 +177,9 @@ impl Default for SpcConfig {
             planted_probability: 0.0,
             invalid_penalty: default_invalid_penalty(),
             critic_set: None,
+            balance_critic: false,
+            critic_tool: false,
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -156,14 +189,20 @@ impl Default for SpcConfig {
 pub struct SpcFactory {
     shared: Arc<(ProblemSet, SpcConfig)>,
     critic_set: Option<Arc<Vec<CriticItem>>>,
+    sandbox: Option<Sandbox>,
+    judged: Arc<Judged>,
 }
+
+/// Steps shown to the critic by one factory's episodes: right (`[0]`) and wrong (`[1]`).
+type Judged = [AtomicU64; 2];
 
 impl SpcFactory {
     /// A factory over `problems` (each needs at least one step).
     ///
     /// # Errors
     /// [`Error::Params`] when `sneaky_probability` or `planted_probability` is outside [0, 1],
-    /// their sum is above 1, or the penalty is not finite.
+    /// their sum is above 1, the penalty is not finite, or (with `critic_tool`) a sandbox limit
+    /// is invalid.
     pub fn new(problems: ProblemSet, config: SpcConfig) -> Result<Self> {
         let bad = |message: &str| Error::Params {
             env: "spc".into(),
@@ -183,9 +222,25 @@ impl SpcFactory {
         if !config.invalid_penalty.is_finite() {
             return Err(bad("`invalid_penalty` must be a finite number"));
         }
+        if config.balance_critic && config.planted_probability > 0.0 {
+            return Err(bad(
+                "`balance_critic` chooses the planted rounds itself: set `planted_probability = 0`",
+            ));
+        }
+        let sandbox = if config.critic_tool {
+            config
+                .sandbox
+                .validate()
+                .map_err(|m| bad(&format!("`sandbox`: {m}")))?;
+            Some(Sandbox::new(config.sandbox.clone()))
+        } else {
+            None
+        };
         Ok(Self {
             shared: Arc::new((problems, config)),
             critic_set: None,
+            sandbox,
+            judged: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         })
     }
 
@@ -211,8 +266,12 @@ impl EnvFactory for SpcFactory {
         Box::new(Spc {
             shared: self.shared.clone(),
             critic_set: self.critic_set.clone(),
+            sandbox: self.sandbox.clone(),
+            judged: self.judged.clone(),
             round: None,
             dialogue: Dialogue::new(),
+            critic_program: None,
+            limits_broken: false,
         })
     }
 }
@@ -249,8 +308,16 @@ struct Round {
 struct Spc {
     shared: Arc<(ProblemSet, SpcConfig)>,
     critic_set: Option<Arc<Vec<CriticItem>>>,
+    /// Runs the critic's programs (`critic_tool`).
+    sandbox: Option<Sandbox>,
+    /// The factory's counts of the steps shown to the critic (`balance_critic`).
+    judged: Arc<Judged>,
     round: Option<Round>,
     dialogue: Dialogue,
+    /// With `critic_tool`: whether the critic's reply ran a program (`None` before it replied).
+    critic_program: Option<bool>,
+    /// With `critic_tool`: the critic's program broke a sandbox limit.
+    limits_broken: bool,
 }
 
 static STEP_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
@@ -307,6 +374,17 @@ fn parse_verdict(text: &str) -> Option<Truth> {
     } else {
         Truth::Incorrect
     })
+}
+
+/// The verdict a critic's program printed: its last non-empty line read as a verdict in words
+/// ([`parse_verdict`]), or Python's `True` (correct) / `False` (incorrect).
+fn printed_verdict(stdout: &str) -> Option<Truth> {
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+    match line.trim_matches(|c: char| !c.is_alphanumeric()) {
+        "True" => Some(Truth::Correct),
+        "False" => Some(Truth::Incorrect),
+        _ => parse_verdict(line),
+    }
 }
 
 /// `step` (`expression = value`) with its value moved by 2 to 9, up or down (a move that would
@@ -374,14 +452,29 @@ impl Spc {
         let k = round.index;
         let mut steps = round.problem.steps[..k].to_vec();
         steps.push(shown.clone());
+        let ask = if self.sandbox.is_some() {
+            format!(
+                "Is step {k} correct? Check it with a Python program in a ```python block that prints \
+                 `correct` if the step is right and `incorrect` if it is wrong:\n\
+                 ```python\nprint(\"correct\" if LEFT == RIGHT else \"incorrect\")\n```\n\
+                 with LEFT and RIGHT replaced by the two sides of step {k}.",
+                k = k + 1
+            )
+        } else {
+            format!(
+                "Is step {} correct? Reply with `Verdict: correct` or `Verdict: incorrect`, then one \
+                 sentence explaining why.",
+                k + 1
+            )
+        };
         let prompt = format!(
-            "Here is a math problem and a partial step-by-step solution.\n\nProblem: {}\n\nSolution:\n{}\n\n\
-             Is step {} correct? Reply with `Verdict: correct` or `Verdict: incorrect`, then one sentence explaining why.",
+            "Here is a math problem and a partial step-by-step solution.\n\nProblem: {}\n\nSolution:\n{}\n\n{ask}",
             round.problem.question,
             numbered(&steps),
-            k + 1
         );
         round.shown = Some(shown);
+        let wrong = Self::truth(round) == Truth::Incorrect;
+        self.judged[usize::from(wrong)].fetch_add(1, Ordering::Relaxed);
         Ok(Step::Request(
             self.dialogue.ask(CRITIC, [Message::user(prompt)]),
         ))
@@ -392,6 +485,36 @@ impl Spc {
             Truth::Incorrect
         } else {
             Truth::Correct
+        }
+    }
+
+    /// The critic's verdict on `text`: in words, or (with `critic_tool`) what the program in its
+    /// first ```python block printed; `None` when there is none, no program (with the tool) or
+    /// the program failed.
+    ///
+    /// # Errors
+    /// [`Error::Sandbox`] when the sandbox cannot start the interpreter or prepare its
+    /// directory (the episode ends as a `fault/sandbox` fault).
+    async fn critic_verdict(&mut self, text: &str) -> Result<Option<Truth>> {
+        let Some(sandbox) = &self.sandbox else {
+            return Ok(parse_verdict(text));
+        };
+        let Some(code) = strategies::program(text) else {
+            // The tool is the critic's only way to a verdict: words alone would let it fall
+            // back to a constant verdict in words (measured: its programs went from 56% to 11%
+            // of replies in 3 steps when words counted).
+            self.critic_program = Some(false);
+            return Ok(None);
+        };
+        self.critic_program = Some(true);
+        match sandbox.run_tests(code, &[]).await {
+            Ok(run) if run.load_error.is_none() => Ok(printed_verdict(&run.stdout)),
+            Ok(_) => Ok(None),
+            Err(e @ (SandboxError::Spawn { .. } | SandboxError::Io(_))) => Err(e.into()),
+            Err(_) => {
+                self.limits_broken = true;
+                Ok(None)
+            }
         }
     }
 
@@ -417,6 +540,12 @@ impl Spc {
                 Truth::Incorrect => "critic_correct@incorrect",
             };
             outcome.metrics.insert(key.into(), metric(r > 0.0));
+            if let Some(ran) = self.critic_program {
+                outcome.metrics.insert("critic_program".into(), metric(ran));
+                outcome
+                    .metrics
+                    .insert("program_limits".into(), metric(self.limits_broken));
+            }
         }
         if round.sneaky {
             let sneaky_reward = match (round.rewrite, critic_reward) {
@@ -455,6 +584,8 @@ impl Spc {
 #[async_trait]
 impl Env for Spc {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
+        self.critic_program = None;
+        self.limits_broken = false;
         if let Some(items) = self.critic_set.clone() {
             return self.reset_critic_item(&items[(seed % items.len() as u64) as usize]);
         }
@@ -481,10 +612,15 @@ impl Env for Spc {
         // Drawn only when planting is on, so that the rounds of `planted_probability = 0`
         // follow the same random stream as before it existed.
         let planted = !sneaky
-            && config.planted_probability > 0.0
-            && rng.random_bool(
-                (config.planted_probability / (1.0 - config.sneaky_probability)).min(1.0),
-            );
+            && if config.balance_critic {
+                let [right, wrong] = &*self.judged;
+                wrong.load(Ordering::Relaxed) < right.load(Ordering::Relaxed)
+            } else {
+                config.planted_probability > 0.0
+                    && rng.random_bool(
+                        (config.planted_probability / (1.0 - config.sneaky_probability)).min(1.0),
+                    )
+            };
         let planted_step =
             if planted {
                 Some(plant_error(&problem.steps[index], &value, &mut rng).ok_or_else(|| {
@@ -528,7 +664,8 @@ impl Env for Spc {
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
         self.dialogue.answer(agent, text)?;
         if agent.as_str() == CRITIC {
-            return self.finish(Some(parse_verdict(text)));
+            let verdict = self.critic_verdict(text).await?;
+            return self.finish(Some(verdict));
         }
         let round = self.round.as_mut().ok_or(Error::NoEpisode)?;
         let step = rewritten_step(text);
@@ -550,6 +687,19 @@ impl Env for Spc {
                 let (lhs, _) = original.rsplit_once('=')?;
                 let wrong = round.value.exact()?.to_f64() + 1.0;
                 Some(format!("{} = {wrong}", lhs.trim()))
+            }
+            _ if self.sandbox.is_some() => {
+                // Recompute the step and compare both of its sides with the true value (what
+                // `classify` checks).
+                let shown = round.shown.as_deref()?;
+                let (lhs, rhs) = shown.rsplit_once('=')?;
+                let lhs = lhs.rsplit('=').next().unwrap_or(lhs);
+                let truth = round.problem.steps[round.index].rsplit('=').next()?.trim();
+                Some(format!(
+                    "```python\nstep = {}\nprint(\"correct\" if step == {truth} and {} == {truth} else \"incorrect\")\n```",
+                    lhs.trim(),
+                    rhs.trim()
+                ))
             }
             _ => Some(match Self::truth(round) {
                 Truth::Correct => "Verdict: correct. The arithmetic checks out.".into(),
@@ -743,6 +893,168 @@ mod tests {
             err.contains("`planted_probability` must be at most 1"),
             "{err}"
         );
+    }
+
+    fn tool_factory() -> SpcFactory {
+        let config = SpcConfig {
+            sneaky_probability: 0.0,
+            planted_probability: 0.5,
+            critic_tool: true,
+            ..SpcConfig::default()
+        };
+        let generator = ProblemGenerator {
+            difficulty: crate::problems::Difficulty::Medium,
+            ..ProblemGenerator::default()
+        };
+        SpcFactory::new(ProblemSet::generated(generator), config).unwrap()
+    }
+
+    /// Plays one critic-only round of `tool_factory` at `seed` with the critic's `reply`.
+    async fn tool_round(seed: u64, reply: &str) -> (Outcome, String) {
+        let mut env = tool_factory().make();
+        let Step::Request(r) = env.reset(seed).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.agent.as_str(), CRITIC);
+        let prompt = r.messages[0].content.clone();
+        let Step::Done(o) = env.step(&r.agent, reply).await.unwrap() else {
+            panic!("one critic turn ends the round")
+        };
+        (o, prompt)
+    }
+
+    #[tokio::test]
+    async fn a_tool_using_critic_is_judged_by_what_its_program_prints() {
+        let mut seen = [0; 2];
+        for seed in 0..24 {
+            // The expert's program recomputes the step; it wins on right and wrong steps.
+            let mut env = tool_factory().make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            assert!(
+                r.messages[0]
+                    .content
+                    .contains("```python block that prints")
+            );
+            let program = env.expert_answer().unwrap();
+            assert!(program.starts_with("```python"), "{program}");
+            let Step::Done(o) = env.step(&r.agent, &program).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(o.metrics["critic_correct"], 1.0, "seed {seed}: {program}");
+            assert_eq!(o.metrics["critic_program"], 1.0);
+            assert_eq!(o.metrics["program_limits"], 0.0);
+            seen[usize::from(o.metrics["planted_round"] == 1.0)] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "both kinds of step: {seen:?}");
+
+        // Python's booleans are verdicts; a program that always says "correct" loses on a
+        // planted step; a failing program, or words without a program, give no verdict.
+        let mut planted_seed = None;
+        for seed in 0..64 {
+            let (o, _) = tool_round(seed, "Verdict: incorrect").await;
+            if o.metrics["planted_round"] == 1.0 {
+                planted_seed = Some(seed);
+                break;
+            }
+        }
+        let planted_seed = planted_seed.expect("a planted round in 64 seeds");
+        let cases: [(&str, f64, f64, f64); 5] = [
+            ("```python\nprint(1 + 1 == 3)\n```", 1.0, 0.0, 1.0),
+            ("```python\nprint(True)\n```", -1.0, 0.0, 1.0),
+            ("```python\nprint('correct')\n```", -1.0, 0.0, 1.0),
+            ("```python\nraise ValueError('no')\n```", -1.0, 1.0, 1.0),
+            ("Verdict: incorrect, the sum is off.", -1.0, 1.0, 0.0),
+        ];
+        for (reply, reward, unparsed, program) in cases {
+            let (o, _) = tool_round(planted_seed, reply).await;
+            assert_eq!(
+                o.rewards[&AgentId::new(CRITIC)],
+                vec![reward as f32],
+                "{reply}"
+            );
+            assert_eq!(o.metrics["critic_unparsed"], unparsed, "{reply}");
+            assert_eq!(o.metrics["critic_program"], program, "{reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn balancing_keeps_the_critics_steps_half_right_and_half_wrong() {
+        let generator = ProblemGenerator {
+            difficulty: crate::problems::Difficulty::Medium,
+            ..ProblemGenerator::default()
+        };
+        for sneaky_probability in [0.0, 0.5] {
+            let config = SpcConfig {
+                sneaky_probability,
+                balance_critic: true,
+                ..SpcConfig::default()
+            };
+            let factory = SpcFactory::new(ProblemSet::generated(generator), config).unwrap();
+            let (mut right, mut wrong, mut planted, mut sneaky) = (0usize, 0usize, 0, 0);
+            for seed in 0..60 {
+                // The expert's sneaky rewrites are always wrong: the balance must come from
+                // planting fewer rounds.
+                let ep = demonstrate(factory.make(), seed, EpisodeLimits::default()).await;
+                let o = ep.outcome().unwrap();
+                planted += usize::from(o.metrics["planted_round"] == 1.0);
+                sneaky += usize::from(o.metrics["sneaky_round"] == 1.0);
+                match o.info["truth"].as_str() {
+                    Some("correct") => right += 1,
+                    _ => wrong += 1,
+                }
+            }
+            // Only a run of sneaky rounds (always wrong here) can put it off balance.
+            assert!(
+                wrong.abs_diff(right) <= 4,
+                "p = {sneaky_probability}: {right} right, {wrong} wrong"
+            );
+            if sneaky_probability == 0.0 {
+                assert_eq!((right, wrong, planted), (30, 30, 30));
+            } else {
+                assert!(sneaky > 10 && planted < 60 - sneaky, "{sneaky} {planted}");
+            }
+        }
+        let err = SpcFactory::new(
+            ProblemSet::generated(generator),
+            SpcConfig {
+                balance_critic: true,
+                planted_probability: 0.1,
+                ..SpcConfig::default()
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("`balance_critic`"), "{err}");
+    }
+
+    #[test]
+    fn printed_verdicts_read_words_and_booleans_from_the_last_line() {
+        assert_eq!(printed_verdict("correct\n"), Some(Truth::Correct));
+        assert_eq!(printed_verdict("x\nincorrect\n\n"), Some(Truth::Incorrect));
+        assert_eq!(printed_verdict("True"), Some(Truth::Correct));
+        assert_eq!(printed_verdict("False\n"), Some(Truth::Incorrect));
+        assert_eq!(printed_verdict("-285"), None);
+        assert_eq!(printed_verdict(""), None);
+    }
+
+    #[test]
+    fn an_invalid_sandbox_limit_is_an_error_naming_it_only_with_the_tool() {
+        let generator = ProblemGenerator::default();
+        let mut config = SpcConfig {
+            critic_tool: true,
+            ..SpcConfig::default()
+        };
+        config.sandbox.timeout_seconds = 0.0;
+        let err = SpcFactory::new(ProblemSet::generated(generator), config.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("`sandbox`"), "{err}");
+        config.critic_tool = false;
+        assert!(SpcFactory::new(ProblemSet::generated(generator), config).is_ok());
     }
 
     #[test]
