@@ -5,17 +5,20 @@
 //! sampled tokens equal to the CPU model's scores of them, each new weights version uploaded
 //! and stamped, and the options the GPU sampler lacks refused by name. No GPU needed.
 
+#[path = "../../model/tests/common.rs"]
+mod model_common;
+
 use std::sync::Arc;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use kaizen_actors::{Completion, DecodeDevice, ServingEngine};
 use kaizen_core::{FinishReason, WeightsVersion};
 use kaizen_gpu::actor_rows::GpuDevice;
 use kaizen_gpu::train::HostOps;
 use kaizen_model::{
-    DecodeWeights, GenerateOptions, GenerationRequest, Llama, Policy, SamplingParams,
-    token_logprobs,
+    DecodeWeights, GenerateOptions, GenerationRequest, Policy, SamplingParams, token_logprobs,
 };
+use model_common::cpu_logits;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -127,18 +130,6 @@ fn converse(
         turns.push((std::mem::replace(&mut requests, next), completions));
     }
     turns
-}
-
-/// The CPU model's logits for `sequence`, `[len, vocab]`.
-fn cpu_logits(model: &Llama, sequence: &[u32]) -> Vec<f32> {
-    let data: Vec<i64> = sequence.iter().map(|&t| i64::from(t)).collect();
-    let n = data.len();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &model.device());
-    model
-        .forward(input)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -8,7 +8,7 @@
 #[path = "../../model/tests/common.rs"]
 mod model_common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use kaizen_gpu::batch_decode::{BatchDecoder, DecodeOptions, DecodeRequest, Finish};
 use kaizen_gpu::sample::SampleParams;
 use kaizen_gpu::train::HostOps;
@@ -16,6 +16,7 @@ use kaizen_model::{
     GenerateOptions, GenerationRequest, Llama, LlamaConfig, SamplingParams, generate,
     token_logprobs,
 };
+use model_common::cpu_logits;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -80,18 +81,6 @@ fn cpu_greedy(model: &Llama, requests: &[DecodeRequest], eos: Vec<u32>) -> Vec<V
         .into_iter()
         .map(|g| g.tokens)
         .collect()
-}
-
-/// The CPU model's logits for `sequence`, `[len, vocab]`.
-fn cpu_logits(model: &Llama, sequence: &[u32]) -> Vec<f32> {
-    let data: Vec<i64> = sequence.iter().map(|&t| i64::from(t)).collect();
-    let n = data.len();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &model.device());
-    model
-        .forward(input)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Shared helpers for the model tests.
 #![allow(dead_code)]
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use kaizen_model::{Llama, LlamaConfig, ScoreBatch};
 
 /// A small random model whose logits are peaked enough that greedy choices are stable under
@@ -80,4 +80,16 @@ pub fn score_batch() -> ScoreBatch {
         sequences,
         loss_masks,
     }
+}
+
+/// The CPU model's logits for `sequence`, `[len, vocab]`.
+pub fn cpu_logits(model: &Llama, sequence: &[u32]) -> Vec<f32> {
+    let data: Vec<i64> = sequence.iter().map(|&t| i64::from(t)).collect();
+    let n = data.len();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &model.device());
+    model
+        .forward(input)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
