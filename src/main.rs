@@ -4,6 +4,7 @@ mod actors_device;
 mod allocator;
 mod commands;
 mod learner_device;
+mod weights_groups;
 
 use std::io::IsTerminal;
 

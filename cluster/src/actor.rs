@@ -23,7 +23,7 @@ use kaizen_transport::wire::proto::{
     coordinator_message,
 };
 use kaizen_transport::wire::{
-    AssembledWeights, PROTOCOL_VERSION, WeightsAssembler, report_message, task_from_proto,
+    AssembledWeights, PROTOCOL_VERSION, WeightsReceiver, report_message, task_from_proto,
 };
 use kaizen_transport::{EpisodeTask, Error as TransportError};
 use tokio::sync::mpsc;
@@ -48,6 +48,10 @@ pub struct ActorOptions {
     pub decode: Option<Arc<dyn kaizen_actors::DecodeDevice>>,
     /// Environments by name.
     pub registry: Registry,
+    /// Weights groups this actor joins (`cluster.weights_transport = "nccl"`: NCCL on the
+    /// actor's GPU; the binary builds it): versions then arrive by the group's broadcast.
+    /// `None`: chunks over the weights stream only.
+    pub weights_groups: Option<Arc<dyn kaizen_transport::wire::WeightsGroups>>,
 }
 
 /// What an actor process did, when it ends.
@@ -94,7 +98,7 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
         // checkpoint), episodes its previous incarnation handed out are abandoned with the pool,
         // so none of them is reported to the new one.
         loop {
-            let (first, stream, joined) = link.first_weights(client.take()).await?;
+            let (first, stream, joined, receiver) = link.first_weights(client.take()).await?;
             let version = first.version;
             let model = to_model(first, &options.device).await?;
             let (publisher, _) = weight_broadcast_at(model, version);
@@ -111,7 +115,9 @@ pub fn run_actor(config: &JobConfig, options: ActorOptions) -> Result<ActorSumma
                 version = version.0,
                 "actor process playing"
             );
-            let outcome = link.serve(&pool, &publisher, joined, stream).await;
+            let outcome = link
+                .serve(&pool, &publisher, joined, (stream, receiver))
+                .await;
             let abandoned = pool.shutdown().await.len();
             match outcome? {
                 Served::Ended => {
@@ -279,6 +285,7 @@ impl<'a> Link<'a> {
             AssembledWeights,
             tonic::Streaming<WeightsChunk>,
             CoordinatorClient<Channel>,
+            WeightsReceiver,
         ),
         ClusterError,
     > {
@@ -290,9 +297,9 @@ impl<'a> Link<'a> {
                 None => self.join().await?.0,
             };
             match self.receive_weights(&mut c).await {
-                Ok((w, stream)) => {
+                Ok((w, stream, receiver)) => {
                     self.loaded.fetch_add(1, Ordering::Relaxed);
-                    return Ok((w, stream, c));
+                    return Ok((w, stream, c, receiver));
                 }
                 // A checksum or format error is the peer's fault, not the link's: final.
                 Err(e @ TransportError::Protocol { .. }) => return Err(e.into()),
@@ -310,7 +317,14 @@ impl<'a> Link<'a> {
     async fn receive_weights(
         &self,
         client: &mut CoordinatorClient<Channel>,
-    ) -> Result<(AssembledWeights, tonic::Streaming<WeightsChunk>), TransportError> {
+    ) -> Result<
+        (
+            AssembledWeights,
+            tonic::Streaming<WeightsChunk>,
+            WeightsReceiver,
+        ),
+        TransportError,
+    > {
         let silent = || {
             TransportError::Network(format!(
                 "the coordinator sent no weights for {:.1} s (cluster.peer_timeout_s)",
@@ -320,23 +334,33 @@ impl<'a> Link<'a> {
         let request = client.weights(WeightsRequest {
             actor_id: self.actor_id,
             have_version: u64::MAX,
+            group_capable: self.options.weights_groups.is_some(),
         });
         let mut stream = tokio::time::timeout(self.peer_timeout, request)
             .await
             .map_err(|_| silent())?
             .map_err(|s| TransportError::Network(s.message().to_string()))?
             .into_inner();
-        let mut assembler = WeightsAssembler::new(u64::MAX, self.options.coordinator.clone());
+        let mut receiver = self.receiver();
         loop {
             let chunk = tokio::time::timeout(self.peer_timeout, stream.message())
                 .await
                 .map_err(|_| silent())?
                 .map_err(|s| TransportError::Network(s.message().to_string()))?
                 .ok_or_else(|| TransportError::Network("weights stream ended".into()))?;
-            if let Some(w) = assembler.push(chunk)? {
-                return Ok((w, stream));
+            if let Some(w) = receiver.push(chunk).await? {
+                return Ok((w, stream, receiver));
             }
         }
+    }
+
+    /// A receiver for a new weights stream.
+    fn receiver(&self) -> WeightsReceiver {
+        WeightsReceiver::new(
+            self.options.coordinator.clone(),
+            self.options.weights_groups.clone(),
+            self.peer_timeout,
+        )
     }
 
     /// Sessions until the coordinator says the job is over or restarts.
@@ -345,7 +369,7 @@ impl<'a> Link<'a> {
         pool: &ActorPool,
         publisher: &WeightPublisher,
         joined: CoordinatorClient<Channel>,
-        weights: tonic::Streaming<WeightsChunk>,
+        weights: (tonic::Streaming<WeightsChunk>, WeightsReceiver),
     ) -> Result<Served, ClusterError> {
         // The first session continues the join and weights stream of `first_weights`.
         let mut client = Some(joined);
@@ -373,9 +397,10 @@ impl<'a> Link<'a> {
                     let request = c.weights(WeightsRequest {
                         actor_id: self.actor_id,
                         have_version: publisher.version().0,
+                        group_capable: self.options.weights_groups.is_some(),
                     });
                     match tokio::time::timeout(self.peer_timeout, request).await {
-                        Ok(Ok(r)) => Some(r.into_inner()),
+                        Ok(Ok(r)) => Some((r.into_inner(), self.receiver())),
                         Ok(Err(status)) => {
                             tracing::warn!(error = %status.message(), "weights stream refused");
                             None
@@ -391,12 +416,12 @@ impl<'a> Link<'a> {
             };
             let started = Instant::now();
             let done = match stream {
-                Some(stream) => {
+                Some((stream, receiver)) => {
                     let follower = tokio::spawn(follow_weights(
                         stream,
+                        receiver,
                         publisher.clone(),
                         self.options.device.clone(),
-                        self.options.coordinator.clone(),
                         self.loaded.clone(),
                     ));
                     let done = self
@@ -589,12 +614,11 @@ async fn feed(
 /// Loads every weights version the stream delivers into the local broadcast.
 async fn follow_weights(
     mut stream: tonic::Streaming<WeightsChunk>,
+    mut receiver: WeightsReceiver,
     publisher: WeightPublisher,
     device: Device,
-    peer: String,
     loaded: Arc<AtomicU64>,
 ) {
-    let mut assembler = WeightsAssembler::new(u64::MAX, peer);
     loop {
         let chunk = match stream.message().await {
             Ok(Some(c)) => c,
@@ -604,7 +628,7 @@ async fn follow_weights(
                 return;
             }
         };
-        match assembler.push(chunk) {
+        match receiver.push(chunk).await {
             Ok(Some(w)) => {
                 let version: WeightsVersion = w.version;
                 match to_model(w, &device).await {

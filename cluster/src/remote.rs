@@ -2,10 +2,11 @@
 //! [`Coordinator`] that actor processes join, and hands it to the training loop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kaizen_learner::{ActorsSpec, ClusterConfig, Error, Launcher, StartedActors};
-use kaizen_transport::wire::{Coordinator, CoordinatorConfig};
+use kaizen_transport::wire::{Coordinator, CoordinatorConfig, WeightsGroups};
 
 /// Starts a job's actors as actor processes that join a coordinator on `bind`.
 #[derive(Debug, Clone)]
@@ -14,6 +15,10 @@ pub struct CoordinatorLauncher {
     pub bind: SocketAddr,
     /// The job's configuration fingerprint ([`job_fingerprint`]).
     pub fingerprint: String,
+    /// Weights groups to form with group-capable actor processes
+    /// (`cluster.weights_transport = "nccl"`; the binary builds them): see
+    /// `kaizen_transport::wire::WeightsGroups`. `None`: weights go as chunks.
+    pub weights_groups: Option<Arc<dyn WeightsGroups>>,
 }
 
 impl Launcher for CoordinatorLauncher {
@@ -30,6 +35,7 @@ impl Launcher for CoordinatorLauncher {
                 env_names: spec.envs.iter().map(|e| e.name.clone()).collect(),
                 job_fingerprint: self.fingerprint.clone(),
                 shutdown_grace: Duration::from_secs_f64(cluster.shutdown_grace_s),
+                weights_groups: self.weights_groups.clone(),
             },
             &spec.weights,
             spec.version,

@@ -20,7 +20,7 @@ mod algorithm;
 mod cluster;
 mod overrides;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, WeightsTransport};
 
 use overrides::{apply_override, expand_table};
 pub use overrides::{expand_path, kaizen_cache};

@@ -54,7 +54,7 @@ pub use config::{
     ActorsConfig, ActorsDevice, CheckpointConfig, ClusterConfig, DecodeWeightsConfig, EnvConfig,
     EvalConfig, GrpoConfig, JobConfig, KvAcrossVersions, Mode, ModelConfig, OptimConfig,
     PreferenceConfig, RelabelAs, RewardSource, RunConfig, Selection, SelfGeneratedConfig,
-    SftConfig, TimeLimitScope, expand_path, kaizen_cache,
+    SftConfig, TimeLimitScope, WeightsTransport, expand_path, kaizen_cache,
 };
 pub use critic::Critic;
 pub use error::Error;

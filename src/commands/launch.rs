@@ -124,7 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("coordinator {coordinator:?}: expected host:port"))?;
             let bind = SocketAddr::from(([0, 0, 0, 0], port));
             tracing::info!(%bind, fingerprint, "learner: serving the coordinator");
-            let launcher = CoordinatorLauncher { bind, fingerprint };
+            let launcher = CoordinatorLauncher {
+                bind,
+                fingerprint,
+                weights_groups: crate::weights_groups::groups(&config, local_rank)?,
+            };
             let collective = group
                 .map(|g| learner_group_box(&config, g, local_rank))
                 .transpose()?;
@@ -154,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     device: Device::default(),
                     decode: crate::actors_device::device(&config, local_rank)?,
                     registry: super::registry(),
+                    weights_groups: crate::weights_groups::groups(&config, local_rank)?,
                 },
             )?;
             println!(

@@ -92,6 +92,7 @@ fn coordinator(model: &Llama, capacity: usize) -> Coordinator {
             env_names: vec!["self_correct".into()],
             job_fingerprint: "bench".into(),
             shutdown_grace: Duration::from_secs(1),
+            weights_groups: None,
         },
         model,
         WeightsVersion(0),
@@ -210,6 +211,7 @@ fn weights_pickup() {
             .weights(WeightsRequest {
                 actor_id: 0,
                 have_version: 0,
+                group_capable: false,
             })
             .await
             .expect("weights")

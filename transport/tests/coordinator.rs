@@ -8,39 +8,19 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use kaizen_core::{AgentId, FinishReason, Outcome, Segment, Trajectory, WeightsVersion};
-use kaizen_model::{Llama, LlamaConfig};
-use kaizen_transport::wire::proto::coordinator_client::CoordinatorClient;
 use kaizen_transport::wire::proto::{
     self, ActorMessage, CoordinatorMessage, JoinRequest, WeightsRequest, actor_message,
     coordinator_message,
 };
 use kaizen_transport::wire::{
-    Coordinator, CoordinatorConfig, PROTOCOL_VERSION, WeightsAssembler, report_message,
-    report_to_proto,
+    Coordinator, PROTOCOL_VERSION, WeightsAssembler, report_message, report_to_proto,
 };
 use kaizen_transport::{EpisodeReport, EpisodeTask, Rollouts, WeightSink};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-const FINGERPRINT: &str = "job-1";
-
-fn model(seed: u64) -> Llama {
-    Llama::init(&LlamaConfig::tiny(32), &Device::default(), seed).unwrap()
-}
-
-fn config(peer_timeout: Duration, results_capacity: usize) -> CoordinatorConfig {
-    CoordinatorConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peer_timeout,
-        results_capacity,
-        max_message_bytes: 64 * 1024,
-        weights_chunk_bytes: 4096,
-        env_names: vec!["self_correct".into()],
-        job_fingerprint: FINGERPRINT.into(),
-        shutdown_grace: Duration::from_millis(200),
-    }
-}
+mod common;
+use common::{FINGERPRINT, client, config, model, runtime};
 
 fn start(peer_timeout: Duration, results_capacity: usize) -> Coordinator {
     Coordinator::start(
@@ -102,13 +82,6 @@ struct FakeActor {
     inbound: tonic::Streaming<CoordinatorMessage>,
     /// Tasks that arrived while waiting for an ack.
     early: Vec<Vec<EpisodeTask>>,
-}
-
-async fn client(addr: SocketAddr) -> CoordinatorClient<Channel> {
-    CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-        .max_encoding_message_size(usize::MAX)
 }
 
 async fn join(addr: SocketAddr, name: &str) -> FakeActor {
@@ -194,14 +167,6 @@ fn decode(t: proto::Tasks) -> Vec<EpisodeTask> {
         .into_iter()
         .map(|t| kaizen_transport::wire::task_from_proto(t, "test").unwrap())
         .collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -561,6 +526,7 @@ fn weights_arrive_bit_exact_and_a_slow_subscriber_gets_the_newest() {
             .weights(WeightsRequest {
                 actor_id: 0,
                 have_version: u64::MAX,
+                group_capable: false,
             })
             .await
             .unwrap()

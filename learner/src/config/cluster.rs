@@ -29,6 +29,22 @@ pub struct ClusterConfig {
     pub weights_chunk_kib: usize,
     /// Longest the learner waits at the end for episodes still being played, seconds.
     pub shutdown_grace_s: f64,
+    /// How weight versions reach actor processes: `"grpc"` (chunks over each actor's weights
+    /// stream) or `"nccl"` (a broadcast in an NCCL group of the learner and the actor
+    /// processes that also set it, on GPU nodes; needs `--features gpu`; docs/cluster.md).
+    pub weights_transport: WeightsTransport,
+}
+
+/// `cluster.weights_transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsTransport {
+    /// Chunks over each actor process's gRPC weights stream.
+    #[default]
+    Grpc,
+    /// One NCCL broadcast per version to the actor processes that join the learner's weights
+    /// group (chunks for the others, and whenever the group fails).
+    Nccl,
 }
 
 impl ClusterConfig {
@@ -97,6 +113,7 @@ impl Default for ClusterConfig {
             max_message_mib: 64.0,
             weights_chunk_kib: 1024,
             shutdown_grace_s: 30.0,
+            weights_transport: WeightsTransport::Grpc,
         }
     }
 }

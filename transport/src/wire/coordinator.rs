@@ -25,6 +25,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::group::WeightsGroups;
+use super::group_hub::{GroupHub, Subscriber};
 use super::proto::coordinator_server::{Coordinator as CoordinatorService, CoordinatorServer};
 use super::proto::{
     self, ActorMessage, CoordinatorMessage, JoinReply, JoinRequest, WeightsChunk, WeightsRequest,
@@ -52,6 +54,10 @@ pub struct CoordinatorConfig {
     pub job_fingerprint: String,
     /// How long shutdown waits for outstanding episodes.
     pub shutdown_grace: Duration,
+    /// Weights groups (`cluster.weights_transport = "nccl"`): each version goes to the
+    /// group-capable actors by one broadcast, chunks stay for the others and the fallback
+    /// ([`super::group`]). `None`: chunks only.
+    pub weights_groups: Option<Arc<dyn WeightsGroups>>,
 }
 
 /// Transport counters of a coordinator (logged as `cluster/*`).
@@ -71,6 +77,14 @@ pub struct CoordinatorStats {
     pub refused: u64,
     /// Weight versions published.
     pub published: u64,
+    /// Versions delivered to a weights group by broadcast.
+    pub weights_by_group: u64,
+    /// Weights groups formed.
+    pub weights_groups_formed: u64,
+    /// Weights-group joins or broadcasts that failed (the version went as chunks).
+    pub weights_group_failures: u64,
+    /// Weights subscribers able to join a weights group, connected now.
+    pub weights_group_capable: u64,
 }
 
 struct Outstanding {
@@ -108,6 +122,10 @@ struct Shared {
     weights: watch::Sender<Option<Arc<EncodedWeights>>>,
     config: CoordinatorConfig,
     incarnation: u64,
+    /// The group-capable subscribers and their group, when `config.weights_groups` is set.
+    hub: Option<GroupHub>,
+    /// The coordinator's runtime, for publishes (which run on the learner's thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -242,6 +260,10 @@ impl Coordinator {
             }),
             results: results_tx,
             weights,
+            hub: config.weights_groups.clone().map(|groups| {
+                GroupHub::new(groups, config.peer_timeout, config.weights_chunk_bytes)
+            }),
+            runtime: runtime.handle().clone(),
             config: config.clone(),
             incarnation,
         });
@@ -344,9 +366,19 @@ impl Coordinator {
 
     /// Transport counters.
     pub fn stats(&self) -> CoordinatorStats {
+        let groups = self
+            .shared
+            .hub
+            .as_ref()
+            .map(GroupHub::counts)
+            .unwrap_or_default();
         let state = self.shared.lock();
         CoordinatorStats {
             actors: state.live().len() as u64,
+            weights_by_group: groups.by_group,
+            weights_groups_formed: groups.formed,
+            weights_group_failures: groups.failures,
+            weights_group_capable: groups.capable,
             ..state.stats
         }
     }
@@ -433,6 +465,8 @@ impl Rollouts for Coordinator {
             ("cluster/requeued", s.requeued),
             ("cluster/duplicates", s.duplicates),
             ("cluster/refused", s.refused),
+            ("cluster/weights_by_group", s.weights_by_group),
+            ("cluster/weights_group_failures", s.weights_group_failures),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v as f64))
@@ -493,6 +527,11 @@ impl WeightSink for CoordinatorWeights {
     fn publish(&self, model: Llama) -> Result<WeightsVersion, Error> {
         let version = WeightsVersion(self.shared.newest_version()).next();
         let encoded = EncodedWeights::encode(&model, version)?;
+        // Group members get it first (a header, then the broadcast); their streams' tasks
+        // then skip it. Everyone else gets chunks when the version is announced.
+        if let Some(hub) = &self.shared.hub {
+            hub.deliver(&self.shared.runtime, &encoded);
+        }
         self.shared.weights.send_replace(Some(Arc::new(encoded)));
         self.shared.lock().stats.published += 1;
         Ok(version)
@@ -692,27 +731,43 @@ impl CoordinatorService for Service {
         &self,
         request: Request<WeightsRequest>,
     ) -> Result<Response<Self::WeightsStream>, Status> {
-        let mut have = request.into_inner().have_version;
+        let request = request.into_inner();
+        let mut have = request.have_version;
         let mut latest = self.shared.weights.subscribe();
         let chunk_bytes = self.shared.config.weights_chunk_bytes.max(1);
         let (tx, rx) = mpsc::channel(4);
+        let subscriber = Subscriber::new(tx);
+        // A group-capable subscriber joins the hub: the next publish forms a group with it.
+        let shared = self.shared.clone();
+        let key = match &shared.hub {
+            Some(hub) if request.group_capable => Some(hub.register(subscriber.clone())),
+            _ => None,
+        };
         tokio::spawn(async move {
             loop {
                 let newest = latest.borrow_and_update().clone();
                 if let Some(w) = newest
                     && (have == u64::MAX || w.version().0 > have)
                 {
-                    for chunk in w.chunks(chunk_bytes) {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
+                    let version = w.version().0;
+                    let _writer = subscriber.writer.lock().await;
+                    if !subscriber.was_delivered(version) {
+                        for chunk in w.chunks(chunk_bytes) {
+                            if subscriber.tx.send(Ok(chunk)).await.is_err() {
+                                break;
+                            }
                         }
                     }
-                    have = w.version().0;
+                    have = version;
                     continue;
                 }
-                if latest.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = latest.changed() => if changed.is_err() { break },
+                    () = subscriber.tx.closed() => break,
                 }
+            }
+            if let (Some(hub), Some(key)) = (&shared.hub, key) {
+                hub.remove(key);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

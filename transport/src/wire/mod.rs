@@ -9,12 +9,17 @@ pub mod proto {
 
 mod convert;
 mod coordinator;
+mod group;
+mod group_hub;
+mod group_receiver;
 mod weights;
 
 pub use convert::{
     report_from_proto, report_message, report_to_proto, task_from_proto, task_to_proto,
 };
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, CoordinatorWeights};
+pub use group::{InProcessGroups, MAX_GROUP_FAILURES, WeightsGroup, WeightsGroups, bounded};
+pub use group_receiver::WeightsReceiver;
 pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler, extend_le, read_le};
 
 /// Version of the wire protocol; peers with another version are refused at join.

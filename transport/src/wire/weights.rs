@@ -84,6 +84,7 @@ impl EncodedWeights {
                 tensors,
                 payload_bytes,
                 crc32c: crc,
+                group_generation: 0,
             },
             segments,
         })
@@ -97,6 +98,27 @@ impl EncodedWeights {
     /// Size of the payload (all tensors), bytes.
     pub fn payload_bytes(&self) -> u64 {
         self.header.payload_bytes
+    }
+
+    /// The header chunk of a version delivered by weights group `generation`'s broadcast (no
+    /// data chunks follow it).
+    pub fn group_header(&self, generation: u64) -> WeightsChunk {
+        WeightsChunk {
+            body: Some(weights_chunk::Body::Header(WeightsHeader {
+                group_generation: generation,
+                ..self.header.clone()
+            })),
+        }
+    }
+
+    /// The payload as one buffer of f32 values (what a weights group broadcasts): every
+    /// tensor's values in header order.
+    pub fn payload(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.header.payload_bytes as usize / F32_BYTES);
+        for segment in &self.segments {
+            out.extend(read_le(segment));
+        }
+        out
     }
 
     /// The header chunk, then data chunks of at most `chunk_bytes` (at least 1) that together
@@ -322,6 +344,10 @@ impl WeightsAssembler {
                     Err(message) => Err(self.refuse(message)),
                 }
             }
+            Some(weights_chunk::Body::Invite(invite)) => Err(self.refuse(format!(
+                "a weights group invite (generation {}) in the middle of the weights data",
+                invite.generation
+            ))),
             Some(weights_chunk::Body::Data(data)) => {
                 let Some(p) = &mut self.current else {
                     return Err(self.refuse(format!(
@@ -329,6 +355,14 @@ impl WeightsAssembler {
                         data.len()
                     )));
                 };
+                if p.header.group_generation != 0 {
+                    let message = format!(
+                        "weights version {}: a data chunk, but its header said the payload comes \
+                         by weights group {}'s broadcast",
+                        p.header.version, p.header.group_generation
+                    );
+                    return Err(self.refuse(message));
+                }
                 let announced = p.header.payload_bytes;
                 let have = p.received;
                 if data.len() as u64 > announced.saturating_sub(have) {
@@ -344,6 +378,58 @@ impl WeightsAssembler {
                 self.complete()
             }
         }
+    }
+
+    /// The version being received by a weights group's broadcast, if any: its group
+    /// generation, version and number of f32 values (the buffer the broadcast fills).
+    pub fn awaiting_group(&self) -> Option<(u64, u64, usize)> {
+        let p = self.current.as_ref()?;
+        (p.header.group_generation != 0 && p.received == 0).then(|| {
+            (
+                p.header.group_generation,
+                p.header.version,
+                (p.header.payload_bytes / F32_BYTES as u64) as usize,
+            )
+        })
+    }
+
+    /// Takes the whole payload of a version whose header named a weights group (the values
+    /// its broadcast delivered); checks the size and the CRC-32C as for chunks.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] naming the peer: no such version is awaited, the size differs from
+    /// the header's, or the checksum does not match.
+    pub fn push_payload(&mut self, values: &[f32]) -> Result<Option<AssembledWeights>, Error> {
+        let Some((generation, version, expected)) = self.awaiting_group() else {
+            return Err(self.refuse(format!(
+                "a broadcast payload ({} values) while no version awaits one",
+                values.len()
+            )));
+        };
+        if values.len() != expected {
+            return Err(self.refuse(format!(
+                "weights version {version}: weights group {generation} delivered {} values, the \
+                 header announced {expected}",
+                values.len()
+            )));
+        }
+        let Some(p) = &mut self.current else {
+            return Ok(None);
+        };
+        if cfg!(target_endian = "little") {
+            p.write(bytemuck::cast_slice(values));
+        } else {
+            let mut le = Vec::with_capacity(values.len() * F32_BYTES);
+            extend_le(&mut le, values);
+            p.write(&le);
+        }
+        self.complete()
+    }
+
+    /// Drops the version being received (a weights group's broadcast failed: the coordinator
+    /// sends it again as chunks); returns its version, if there was one.
+    pub fn abandon(&mut self) -> Option<u64> {
+        self.current.take().map(|p| p.header.version)
     }
 
     /// Checks a header and prepares to receive its payload; the error says what is wrong.
