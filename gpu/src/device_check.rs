@@ -2,20 +2,26 @@
 //! machine is, whether the GPU forward pass agrees with the CPU path, whether the GPU training
 //! pass's log-probs and gradients agree with the CPU training pass, how long a GRPO-shaped
 //! learner step takes on the GPU, how fast NCCL reduces a SmolLM2-135M-sized gradient and how
-//! fast one sequence decodes, and how fast batches of 1, 16 and 64 rows sample (with the
-//! behaviour log-probs against the CPU path's).
+//! fast one sequence decodes, how fast batches of 1, 16 and 64 rows sample (with the
+//! behaviour log-probs against the CPU path's), and the actors' decode engine on the GPU on a
+//! multi-turn GRPO-shaped workload (greedy completions against the CPU engine's, behaviour
+//! log-probs against the CPU model's, tokens/s and episodes/s).
 //!
 //! Each section either holds its figures or `{"error": "..."}` (a panic inside a section is
 //! caught and recorded the same way), so one failure never hides the other results.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use kaizen_actors::{DecodeDevice, ServingEngine};
+use kaizen_core::Message;
 use kaizen_learner::AdamWConfig;
 use kaizen_model::{
-    CpuGrads, CpuScorePass, GenerateOptions, GenerationRequest, Llama, LlamaConfig, Policy,
-    SamplingParams, ScoreBatch, ScoreOptions, generate, smollm2_path,
+    ChatTemplate, ChatThread, CpuGrads, CpuScorePass, GenerateOptions, Generation,
+    GenerationRequest, Llama, LlamaConfig, Policy, SamplingParams, ScoreBatch, ScoreOptions,
+    Tokenizer, generate, smollm2_path, token_logprobs,
 };
 use serde_json::{Value, json};
 
@@ -67,6 +73,25 @@ pub struct Options {
     pub generation_scored_rows: usize,
     /// Largest `|logp_gpu − logp_cpu|` of a sampled token accepted.
     pub generation_logprob_bound: f32,
+    /// The actors section's workload: distinct prompts (questions)...
+    pub actors_prompts: usize,
+    /// ...each sampled by this many episodes (a GRPO group)...
+    pub actors_generations: usize,
+    /// ...for this many turns (each next prompt: the conversation, the completion as sampled
+    /// and a correction request)...
+    pub actors_turns: usize,
+    /// ...of at most this many tokens each.
+    pub actors_new_tokens: usize,
+    /// Groups of the workload decoded greedily on the CPU engine too, for the token-for-token
+    /// comparison.
+    pub actors_parity_prompts: usize,
+    /// Episodes of the sampled workload whose behaviour log-probs the CPU model scores.
+    pub actors_scored_rows: usize,
+    /// Largest `|logp_device − logp_cpu|` of an actor's sampled token accepted.
+    pub actors_logprob_bound: f32,
+    /// Longest the actors section may take (estimated at ~30 s on an H100 with SmolLM2-135M);
+    /// past it the section is an error and the check goes on.
+    pub actors_limit: Duration,
 }
 
 impl Default for Options {
@@ -88,6 +113,14 @@ impl Default for Options {
             generation_batches: vec![(1, 1), (2, 8), (8, 8)],
             generation_scored_rows: 3,
             generation_logprob_bound: 2e-3,
+            actors_prompts: 8,
+            actors_generations: 8,
+            actors_turns: 2,
+            actors_new_tokens: 64,
+            actors_parity_prompts: 2,
+            actors_scored_rows: 4,
+            actors_logprob_bound: 1e-3,
+            actors_limit: Duration::from_secs(150),
         }
     }
 }
@@ -99,10 +132,15 @@ pub fn run(options: &Options) -> Value {
     let model = section(|| parity_and_decode(options));
     let training = section(|| training(options));
     let generation = section(|| generation(options));
+    let actors = {
+        let options = options.clone();
+        section_within(options.actors_limit, move || actors(&options))
+    };
     let nccl = section(|| nccl_bandwidth(options));
     let parity_ok = model["parity"]["pass"].as_bool().unwrap_or(false)
         && training["parity"]["pass"].as_bool().unwrap_or(false)
         && generation["pass"].as_bool().unwrap_or(false)
+        && actors["parity_ok"].as_bool().unwrap_or(false)
         && nccl["bucketed"]["pass"].as_bool().unwrap_or(false);
     let ran = [
         &environment,
@@ -110,6 +148,7 @@ pub fn run(options: &Options) -> Value {
         &model,
         &training,
         &generation,
+        &actors,
         &nccl,
     ]
     .iter()
@@ -121,6 +160,7 @@ pub fn run(options: &Options) -> Value {
         "model": model,
         "training": training,
         "generation": generation,
+        "actors": actors,
         "nccl": nccl,
         "not_measured": [
             "PyTorch/TRL side by side: scripts/device/reference.py, merged by check.sh",
@@ -142,6 +182,22 @@ fn section(f: impl FnOnce() -> Result<Value, GpuError>) -> Value {
             json!({ "error": format!("panicked: {message}") })
         }
     }
+}
+
+/// [`section`] on its own thread, given `limit`: a section that hangs is recorded as an error
+/// instead of stalling the check until `check.sh`'s timeout, which would lose every section's
+/// results. The thread of a section past its limit is left running.
+fn section_within(
+    limit: Duration,
+    f: impl FnOnce() -> Result<Value, GpuError> + Send + 'static,
+) -> Value {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(section(f));
+    });
+    rx.recv_timeout(limit).unwrap_or_else(
+        |_| json!({ "error": format!("no answer within {} s", limit.as_secs_f64()) }),
+    )
 }
 
 /// Libraries found, driver and library versions, the GPU's name, capability and memory.
@@ -757,6 +813,512 @@ fn generation_on<D: DecodeOps>(ops: D, cpu: &Llama, options: &Options) -> Result
     }))
 }
 
+/// The user's second message of every workload episode: a self-correction request, as the
+/// self-correction job sends (`kaizen_envs`' `self_correct`, shortened).
+const CORRECTION: &str = "There might be an error in the solution above. Please correct it.";
+
+/// The question of workload prompt `p`.
+fn actors_question(p: usize) -> String {
+    format!("What is {} + {}?", 17 + 13 * p, 25 + 7 * p)
+}
+
+/// What the actors section decodes with: the model, its tokenizer, and its chat template
+/// (`None`: raw text).
+struct ActorPolicy {
+    model: Llama,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    label: String,
+}
+
+/// [`load_cpu_model`]'s model for `spec` with its tokenizer and chat template; random weights
+/// get the byte-level tokenizer and raw text.
+fn load_actor_policy(spec: &str, device: &Device) -> Result<ActorPolicy, GpuError> {
+    let spec = match spec {
+        "auto" if smollm2_path().is_file() => "smollm2",
+        "auto" => "random",
+        spec => spec,
+    };
+    if spec == "random" {
+        let (model, label) = load_cpu_model("random", device)?;
+        return Ok(ActorPolicy {
+            model,
+            tokenizer: Tokenizer::byte_level(),
+            template: None,
+            label: format!("{label}, byte-level tokenizer, raw text"),
+        });
+    }
+    let policy =
+        Policy::load(spec, device).map_err(|e| GpuError::Input(format!("model `{spec}`: {e}")))?;
+    Ok(ActorPolicy {
+        model: policy.model,
+        tokenizer: policy.tokenizer,
+        template: Some(policy.template),
+        label: format!("{spec}, its chat template"),
+    })
+}
+
+/// One workload episode's token thread: through the chat template, or raw text.
+enum Conversation {
+    Chat(ChatThread),
+    Raw(Vec<u32>),
+}
+
+impl Conversation {
+    /// The episode's first prompt: `question` as the user's message.
+    fn start(
+        tokenizer: &Tokenizer,
+        template: Option<&ChatTemplate>,
+        question: &str,
+    ) -> Result<Self, GpuError> {
+        let text = |e: kaizen_model::Error| GpuError::Input(format!("rendering the workload: {e}"));
+        Ok(match template {
+            Some(t) => Self::Chat(
+                ChatThread::start(t.clone(), tokenizer, &[Message::user(question)])
+                    .map_err(text)?,
+            ),
+            None => Self::Raw(
+                tokenizer
+                    .encode_text(&format!("{question}\n"))
+                    .map_err(text)?,
+            ),
+        })
+    }
+
+    /// Every id so far: the next turn's prompt.
+    fn tokens(&self) -> &[u32] {
+        match self {
+            Self::Chat(thread) => thread.tokens(),
+            Self::Raw(tokens) => tokens,
+        }
+    }
+
+    /// Appends `generation` as sampled, then [`CORRECTION`] as the user's next message.
+    fn continue_after(
+        &mut self,
+        tokenizer: &Tokenizer,
+        generation: &Generation,
+    ) -> Result<(), GpuError> {
+        let text = |e: kaizen_model::Error| GpuError::Input(format!("rendering the workload: {e}"));
+        match self {
+            Self::Chat(thread) => {
+                let said = generation.text.as_deref().unwrap_or_default();
+                thread
+                    .push_completion(tokenizer, &generation.tokens, said)
+                    .map_err(text)?;
+                let mut conversation = thread.messages().to_vec();
+                conversation.push(Message::user(CORRECTION));
+                thread
+                    .continue_with(tokenizer, &conversation)
+                    .map_err(text)?;
+            }
+            Self::Raw(tokens) => {
+                tokens.extend(&generation.tokens);
+                let correction = tokenizer.encode_text(&format!("\n{CORRECTION}\n"));
+                tokens.extend(correction.map_err(text)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One turn of a workload run: each episode's prompt and completion, and the turn's wall time.
+#[derive(Debug, Clone)]
+struct Turn {
+    prompts: Vec<Vec<u32>>,
+    generations: Vec<Generation>,
+    seconds: f64,
+}
+
+/// Runs `turns` turns of `conversations` on `engine` (named `name` in errors): each turn's
+/// requests are admitted together, as the requests of an actor's episodes, and each next
+/// prompt is the conversation with the completion as sampled and [`CORRECTION`]. Episode `r`
+/// samples turn `t` with `params(r, t)` and keeps session `r`.
+fn converse(
+    runtime: &tokio::runtime::Runtime,
+    engine: &ServingEngine,
+    name: &str,
+    tokenizer: &Tokenizer,
+    mut conversations: Vec<Conversation>,
+    turns: usize,
+    params: &dyn Fn(usize, usize) -> SamplingParams,
+) -> Result<Vec<Turn>, GpuError> {
+    let mut out = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let start = Instant::now();
+        if turn > 0 {
+            let previous: &Turn = &out[turn - 1];
+            for (c, g) in conversations.iter_mut().zip(&previous.generations) {
+                c.continue_after(tokenizer, g)?;
+            }
+        }
+        let prompts: Vec<Vec<u32>> = conversations.iter().map(|c| c.tokens().to_vec()).collect();
+        let requests = prompts
+            .iter()
+            .enumerate()
+            .map(|(r, prompt)| GenerationRequest {
+                prompt: prompt.clone(),
+                params: params(r, turn),
+                session: Some(r as u64),
+            })
+            .collect();
+        let generations = runtime
+            .block_on(engine.complete(requests))
+            .into_iter()
+            .enumerate()
+            .map(|(r, c)| {
+                c.map(|c| c.generation).map_err(|e| {
+                    GpuError::Input(format!("the {name} engine, turn {turn}, episode {r}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let seconds = start.elapsed().as_secs_f64();
+        out.push(Turn {
+            prompts,
+            generations,
+            seconds,
+        });
+    }
+    Ok(out)
+}
+
+/// Where a device engine's greedy episode first parts from the CPU engine's: the turn, the
+/// first differing token (`position`; the shorter length when one completion is the other's
+/// prefix) and the two tokens there (`None` past a completion's end).
+#[derive(Debug, Clone, PartialEq)]
+struct Divergence {
+    episode: usize,
+    turn: usize,
+    position: usize,
+    cpu_token: Option<u32>,
+    device_token: Option<u32>,
+}
+
+/// The device run's completions against the CPU run's, turn by turn: how many are equal
+/// (tokens, log-probs, finish reason), and each differing episode's first [`Divergence`].
+fn compare_greedy(cpu: &[Turn], device: &[Turn]) -> (usize, Vec<Divergence>) {
+    let mut equal = 0;
+    let mut divergences: Vec<Divergence> = Vec::new();
+    for (turn, (want, got)) in cpu.iter().zip(device).enumerate() {
+        for (episode, (w, g)) in want.generations.iter().zip(&got.generations).enumerate() {
+            if w.tokens == g.tokens
+                && w.logprobs == g.logprobs
+                && w.finish_reason == g.finish_reason
+            {
+                equal += 1;
+            } else if !divergences.iter().any(|d| d.episode == episode) {
+                let position = w
+                    .tokens
+                    .iter()
+                    .zip(&g.tokens)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                divergences.push(Divergence {
+                    episode,
+                    turn,
+                    position,
+                    cpu_token: w.tokens.get(position).copied(),
+                    device_token: g.tokens.get(position).copied(),
+                });
+            }
+        }
+    }
+    divergences.sort_by_key(|d| d.episode);
+    (equal, divergences)
+}
+
+/// The logits of `tokens` (one sequence) under the CPU model, `[n · vocab]`.
+fn cpu_logits(model: &Llama, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+    let n = tokens.len();
+    let data: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &model.device());
+    model
+        .forward(input)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| GpuError::Input(format!("CPU logits: {e:?}")))
+}
+
+/// The largest `|behaviour log-prob − log_softmax(CPU logits)[token]|` over every turn of
+/// episodes `rows` of a run sampled at temperature 1, top-p 1, and the tokens compared. Each
+/// episode is scored by one CPU forward of its last turn's sequence, which holds every earlier
+/// turn's prompt and completion.
+fn sampled_logprob_gap(
+    model: &Llama,
+    turns: &[Turn],
+    rows: &[usize],
+) -> Result<(f32, usize), GpuError> {
+    let vocab = model.config().vocab_size;
+    let Some(last) = turns.last() else {
+        return Ok((0.0, 0));
+    };
+    let (mut gap, mut scored) = (0.0f32, 0);
+    for &r in rows {
+        let mut sequence = last.prompts[r].clone();
+        sequence.extend(&last.generations[r].tokens);
+        let logits = cpu_logits(model, &sequence)?;
+        for (t, turn) in turns.iter().enumerate() {
+            let (prompt, g) = (&turn.prompts[r], &turn.generations[r]);
+            if !sequence.starts_with(prompt) || !sequence[prompt.len()..].starts_with(&g.tokens) {
+                return Err(GpuError::Input(format!(
+                    "episode {r}: turn {t}'s prompt and completion do not open its last turn"
+                )));
+            }
+            if g.logprobs.len() != g.tokens.len() {
+                gap = f32::NAN;
+            }
+            for (i, (&token, &logprob)) in g.tokens.iter().zip(&g.logprobs).enumerate() {
+                let at = prompt.len() - 1 + i;
+                let cpu = token_logprobs(&logits[at * vocab..(at + 1) * vocab], token, 0).logprob;
+                gap = nan_max(gap, (logprob - cpu).abs());
+                scored += 1;
+            }
+        }
+    }
+    Ok((gap, scored))
+}
+
+/// The actors' decode engine on the GPU (`kaizen_actors::ServingEngine` on
+/// [`crate::actor_rows::cuda_device`], what `actors.device = "cuda"` runs) on a GRPO-shaped
+/// multi-turn workload; see [`actors_on`].
+///
+/// Estimated at about 30 s on an H100 with SmolLM2-135M, within a minute: the CPU model
+/// ~5–10 s (random weights) or ~3 s (the GGUF), kernels ~2 s; the greedy subset (16 episodes
+/// × 2 turns × ≤ 64 tokens) ~5 s on the CPU engine (16 cores) and ~2 s on the GPU with the
+/// weights' upload; the sampled workload (64 × 2 × 64 = 8,192 tokens, each turn one batch of
+/// 64 rows at a few ms per step) under 5 s; the CPU scoring of 4 episodes of ~250 tokens
+/// ~5 s.
+fn actors(options: &Options) -> Result<Value, GpuError> {
+    // The GPU first: without one, fail before spending seconds on the CPU model.
+    let start = Instant::now();
+    let device = crate::actor_rows::cuda_device(options.ordinal)?;
+    let compile_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let policy = load_actor_policy(&options.model, &Device::default())?;
+    let load_s = start.elapsed().as_secs_f64();
+    let mut out = actors_on(device, &policy, options)?;
+    out["model"] = json!(policy.label);
+    out["compile_s"] = json!(compile_s);
+    out["cpu_load_s"] = json!(load_s);
+    Ok(out)
+}
+
+/// [`actors`]' measurements with the engine sampling on `device` (the host mirror in tests).
+///
+/// The workload: `actors_prompts` questions × `actors_generations` episodes each (a GRPO
+/// group), `actors_turns` turns; the next turn's prompt is the conversation, the completion
+/// as sampled and [`CORRECTION`] (the self-correction job's shape), through the policy's chat
+/// template when it has one. Three runs:
+///
+/// 1. greedy parity: the first `actors_parity_prompts` groups, greedy, stopping at the
+///    tokenizer's EOS ids, on the CPU engine and on `device`: every completion must be the
+///    CPU engine's (tokens, log-probs, finish reason), except an episode whose first
+///    divergence is a near tie (the CPU model's logits of the two tokens within
+///    `parity_bound`, where rounding may pick either);
+/// 2. the whole workload on `device` at temperature 1, top-p 1, without EOS (every turn
+///    samples `actors_new_tokens`: a fixed amount of work), timed after a warm-up admission
+///    (the weights' upload, first allocations): tokens/s and episodes/s;
+/// 3. sampled parity: `actors_scored_rows` of those episodes scored by the CPU model; the
+///    largest behaviour log-prob gap must be within `actors_logprob_bound`.
+///
+/// `parity_ok` holds when 1 and 3 do.
+fn actors_on(
+    device: Arc<dyn DecodeDevice>,
+    policy: &ActorPolicy,
+    options: &Options,
+) -> Result<Value, GpuError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| GpuError::Input(format!("starting a tokio runtime: {e}")))?;
+    let tokenizer = Arc::new(policy.tokenizer.clone());
+    let engine = |eos_token_ids: Vec<u32>, device: Option<Arc<dyn DecodeDevice>>| {
+        let generate = GenerateOptions {
+            eos_token_ids,
+            ..GenerateOptions::default()
+        };
+        ServingEngine::spawn_on(policy.model.clone(), tokenizer.clone(), generate, device)
+            .map_err(|e| GpuError::Input(format!("starting a decode engine: {e}")))
+    };
+    let generations = options.actors_generations.max(1);
+    let conversations = |prompts: usize| {
+        (0..prompts * generations)
+            .map(|r| {
+                let question = actors_question(r / generations);
+                Conversation::start(&policy.tokenizer, policy.template.as_ref(), &question)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (turns, new_tokens) = (options.actors_turns.max(1), options.actors_new_tokens);
+    let params = |temperature: f32| {
+        move |r: usize, turn: usize| SamplingParams {
+            temperature,
+            max_new_tokens: new_tokens,
+            seed: (turn * 1_000_000 + r) as u64,
+            ..SamplingParams::default()
+        }
+    };
+    let run = |engine: &ServingEngine, name: &str, prompts: usize, temperature: f32| {
+        converse(
+            &runtime,
+            engine,
+            name,
+            &policy.tokenizer,
+            conversations(prompts)?,
+            turns,
+            &params(temperature),
+        )
+    };
+
+    // 1. Greedy parity on the subset, EOS on.
+    let eos = policy.tokenizer.eos_token_ids().to_vec();
+    let subset = options
+        .actors_parity_prompts
+        .clamp(1, options.actors_prompts.max(1));
+    let cpu_run = run(&engine(eos.clone(), None)?, "CPU", subset, 0.0)?;
+    let device_run = run(
+        &engine(eos.clone(), Some(device.clone()))?,
+        "device",
+        subset,
+        0.0,
+    )?;
+    let (equal, divergences) = compare_greedy(&cpu_run, &device_run);
+    let vocab = policy.model.config().vocab_size;
+    let mut explained = 0;
+    let mut listed = Vec::new();
+    for d in &divergences {
+        // The CPU logits of the two tokens where the episode parts (its prompts agree so far).
+        let logit_gap = match (d.cpu_token, d.device_token) {
+            (Some(a), Some(b)) => {
+                let mut sequence = cpu_run[d.turn].prompts[d.episode].clone();
+                sequence.extend(&cpu_run[d.turn].generations[d.episode].tokens[..d.position]);
+                let logits = cpu_logits(&policy.model, &sequence)?;
+                let row = &logits[(sequence.len() - 1) * vocab..];
+                let logit = |t: u32| row.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                Some(logit(a) - logit(b))
+            }
+            _ => None,
+        };
+        let near_tie = logit_gap.is_some_and(|g| g.abs() <= options.parity_bound);
+        explained += usize::from(near_tie);
+        listed.push(json!({
+            "episode": d.episode,
+            "turn": d.turn,
+            "position": d.position,
+            "cpu_token": d.cpu_token,
+            "device_token": d.device_token,
+            "cpu_logit_gap": logit_gap,
+            "near_tie": near_tie,
+        }));
+    }
+    let greedy_rows = subset * generations * turns;
+    let ended_by_eos = device_run
+        .iter()
+        .flat_map(|t| &t.generations)
+        .filter(|g| g.finish_reason == kaizen_core::FinishReason::Eos)
+        .count();
+    let seconds = |run: &[Turn]| run.iter().map(|t| t.seconds).sum::<f64>();
+    let greedy_ok = explained == divergences.len();
+    let greedy = json!({
+        "episodes": subset * generations,
+        "turns": turns,
+        "eos_token_ids": eos,
+        "rows_ended_by_eos": ended_by_eos,
+        "divergences": listed,
+        "diverged_at_near_ties": explained,
+        "near_tie_bound": options.parity_bound,
+        "cpu_engine_s": seconds(&cpu_run),
+        "device_engine_s": seconds(&device_run),
+        "device_engine_s_includes": "the weights' upload and first allocations",
+        "ok": greedy_ok,
+    });
+    drop((cpu_run, device_run));
+
+    // 2. The whole workload, sampled, timed on the device after a warm-up admission.
+    let prompts = options.actors_prompts.max(1);
+    let episodes = prompts * generations;
+    let engine = engine(Vec::new(), Some(device))?;
+    let start = Instant::now();
+    let warm_up: Vec<GenerationRequest> = conversations(prompts)?
+        .iter()
+        .enumerate()
+        .map(|(r, c)| GenerationRequest {
+            prompt: c.tokens().to_vec(),
+            params: SamplingParams {
+                max_new_tokens: 4,
+                ..params(1.0)(r, 0)
+            },
+            session: None,
+        })
+        .collect();
+    for answer in runtime.block_on(engine.complete(warm_up)) {
+        answer.map_err(|e| GpuError::Input(format!("the device engine's warm-up: {e}")))?;
+    }
+    let warm_up_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let sampled = run(&engine, "device", prompts, 1.0)?;
+    let workload_s = start.elapsed().as_secs_f64();
+    let sampled_tokens: usize = sampled
+        .iter()
+        .flat_map(|t| &t.generations)
+        .map(|g| g.tokens.len())
+        .sum();
+    // Prompt tokens, and those of distinct prompts: what the device prefills (a group's
+    // identical prompts once). The engine's own counters see no prefill on a device that
+    // prefills inside its step.
+    let prompt_tokens: usize = sampled.iter().flat_map(|t| &t.prompts).map(Vec::len).sum();
+    let distinct_prompt_tokens: usize = sampled
+        .iter()
+        .map(|t| {
+            let distinct: std::collections::HashSet<&Vec<u32>> = t.prompts.iter().collect();
+            distinct.iter().map(|p| p.len()).sum::<usize>()
+        })
+        .sum();
+    let throughput = json!({
+        "episodes": episodes,
+        "prompts": prompts,
+        "generations": generations,
+        "turns": turns,
+        "new_tokens_per_turn": new_tokens,
+        "warm_up_s": warm_up_s,
+        "seconds": workload_s,
+        "turn_seconds": sampled.iter().map(|t| t.seconds).collect::<Vec<_>>(),
+        "sampled_tokens": sampled_tokens,
+        "prompt_tokens": prompt_tokens,
+        "distinct_prompt_tokens": distinct_prompt_tokens,
+        "tokens_per_s": sampled_tokens as f64 / workload_s,
+        "episodes_per_s": episodes as f64 / workload_s,
+        "sampling": "temperature 1, top-p 1, no EOS (every turn samples new_tokens), each turn's requests admitted together",
+    });
+    drop(engine);
+
+    // 3. The sampled episodes' behaviour log-probs against the CPU model's.
+    let scored = options.actors_scored_rows.min(episodes);
+    let step = (episodes / scored.max(1)).max(1);
+    let rows: Vec<usize> = (0..episodes).step_by(step).take(scored).collect();
+    let start = Instant::now();
+    let (gap, tokens_scored) = sampled_logprob_gap(&policy.model, &sampled, &rows)?;
+    let bound = options.actors_logprob_bound;
+    let sampled_ok = gap.is_finite() && gap <= bound;
+    Ok(json!({
+        "workload": {
+            "first_question": actors_question(0),
+            "next_turn": format!("the conversation, the completion as sampled, then the user: {CORRECTION:?}"),
+            "rendering": if policy.template.is_some() { "chat template" } else { "raw text" },
+        },
+        "greedy_rows": greedy_rows,
+        "greedy_rows_equal": equal,
+        "greedy": greedy,
+        "logprob_max_abs_diff_vs_cpu": gap,
+        "logprob_bound": bound,
+        "sampled_episodes_scored": rows.len(),
+        "sampled_tokens_scored": tokens_scored,
+        "cpu_scoring_s": start.elapsed().as_secs_f64(),
+        "throughput": throughput,
+        "parity_ok": greedy_ok && sampled_ok,
+        "note": "the actors' engine (kaizen_actors::ServingEngine) on the device: each turn one BatchDecoder::generate of all its rows, every turn prefilled in full (nothing kept between turns); f32",
+    }))
+}
+
 /// Each training operation on `ops` against [`HostOps`] on the same small inputs (the
 /// kernels one by one, to locate a failure of the pass's parity): the largest
 /// `|cuda − host| / max(1, |host|)` per operation.
@@ -1122,6 +1684,7 @@ fn two_ranks_on_one_gpu(ordinal: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actor_rows::GpuDevice;
 
     /// The kernel probe runs every operation on the host mirror, with finite outputs (on a GPU
     /// the same probe runs on CUDA and is compared with these).
@@ -1175,5 +1738,178 @@ mod tests {
         assert!(worst < 1e-4, "{worst}");
         let greedy = &out["greedy_vs_cpu_generate"];
         assert_eq!(greedy["same_leading_tokens"], greedy["of"]);
+    }
+
+    /// A section past its limit is recorded as an error; one within it gives its figures.
+    #[test]
+    fn a_section_past_its_limit_is_an_error() {
+        let slow = section_within(Duration::from_millis(20), || {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(json!({ "done": true }))
+        });
+        assert_eq!(slow["error"], "no answer within 0.02 s");
+        let quick = section_within(Duration::from_secs(10), || Ok(json!({ "done": true })));
+        assert_eq!(quick, json!({ "done": true }));
+    }
+
+    /// Without a driver the actors section fails first, naming it (no CPU model loaded).
+    #[test]
+    fn the_actors_section_without_a_driver_is_a_library_error() {
+        if Library::Driver.is_present() {
+            return;
+        }
+        let options = Options {
+            model: "random".into(),
+            ..Default::default()
+        };
+        let e = actors(&options).unwrap_err().to_string();
+        assert!(e.contains("libcuda"), "{e}");
+    }
+
+    /// The tiny policy (byte-level tokenizer) from `seed`, with ChatML or as raw text.
+    fn tiny_actor_policy(seed: u64, chat: bool) -> ActorPolicy {
+        let policy = Policy::tiny(&Device::default(), seed).unwrap();
+        ActorPolicy {
+            model: policy.model,
+            tokenizer: policy.tokenizer,
+            template: chat.then_some(policy.template),
+            label: "tiny".into(),
+        }
+    }
+
+    /// The actors section's workload, small: 2 prompts × 2 episodes, 2 turns of 6 tokens, one
+    /// group compared greedily, 2 episodes scored.
+    fn small_actor_workload() -> Options {
+        Options {
+            actors_prompts: 2,
+            actors_generations: 2,
+            actors_turns: 2,
+            actors_new_tokens: 6,
+            actors_parity_prompts: 1,
+            actors_scored_rows: 2,
+            ..Default::default()
+        }
+    }
+
+    fn host_device() -> Arc<dyn DecodeDevice> {
+        Arc::new(GpuDevice::new(|| Ok(HostOps)).unwrap())
+    }
+
+    /// The actors section runs end to end with the engine on the host mirror (the very code the
+    /// GPU machine runs on CUDA): every greedy completion is the CPU engine's, the sampled
+    /// behaviour log-probs are the CPU model's within 1e-4, and the throughput figures count
+    /// every sampled token.
+    #[test]
+    fn the_actors_section_runs_on_the_host_mirror() {
+        let policy = tiny_actor_policy(3, true);
+        let out = actors_on(host_device(), &policy, &small_actor_workload()).unwrap();
+        assert_eq!(out["parity_ok"], true, "{out:#}");
+        assert_eq!(out["workload"]["rendering"], "chat template");
+        // 1 group × 2 episodes × 2 turns, every completion compared and equal.
+        assert_eq!(out["greedy_rows"], 4);
+        assert_eq!(out["greedy_rows_equal"], 4);
+        assert_eq!(out["greedy"]["divergences"].as_array().unwrap().len(), 0);
+        let gap = out["logprob_max_abs_diff_vs_cpu"].as_f64().unwrap();
+        assert!(gap < 1e-4, "{gap}");
+        // 2 episodes × 2 turns × 6 tokens scored; 4 episodes × 2 turns × 6 tokens sampled.
+        assert_eq!(out["sampled_tokens_scored"], 24);
+        let throughput = &out["throughput"];
+        assert_eq!(throughput["sampled_tokens"], 48);
+        let distinct = throughput["distinct_prompt_tokens"].as_u64().unwrap();
+        assert!(distinct > 0 && distinct < throughput["prompt_tokens"].as_u64().unwrap());
+        assert!(throughput["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(throughput["episodes_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(throughput["turn_seconds"].as_array().unwrap().len(), 2);
+    }
+
+    /// A device that decodes other weights than the engine's (a deliberately wrong device).
+    #[derive(Debug)]
+    struct OtherWeights {
+        device: GpuDevice<HostOps>,
+        model: Llama,
+    }
+
+    impl DecodeDevice for OtherWeights {
+        fn rows(
+            &self,
+            weights: &kaizen_actors::Published,
+            tokenizer: Option<Arc<Tokenizer>>,
+            options: &GenerateOptions,
+        ) -> Result<Box<dyn kaizen_actors::DecodeRows>, String> {
+            let other = kaizen_actors::Published {
+                version: weights.version,
+                model: self.model.clone(),
+            };
+            self.device.rows(&other, tokenizer, options)
+        }
+    }
+
+    /// The same section fails its parity when the device decodes with other weights: greedy
+    /// completions differ from the CPU engine's (not at near ties) and the log-prob gap exceeds
+    /// its bound. Raw text (no chat template), as for random weights on the GPU machine.
+    #[test]
+    fn a_device_decoding_other_weights_fails_the_actors_parity() {
+        let policy = tiny_actor_policy(3, false);
+        let wrong = Arc::new(OtherWeights {
+            device: GpuDevice::new(|| Ok(HostOps)).unwrap(),
+            model: Policy::tiny(&Device::default(), 4).unwrap().model,
+        });
+        let out = actors_on(wrong, &policy, &small_actor_workload()).unwrap();
+        assert_eq!(out["parity_ok"], false, "{out:#}");
+        assert_eq!(out["workload"]["rendering"], "raw text");
+        assert_eq!(out["greedy_rows"], 4);
+        assert!(out["greedy_rows_equal"].as_u64().unwrap() < 4, "{out:#}");
+        assert_eq!(out["greedy"]["ok"], false);
+        let gap = out["logprob_max_abs_diff_vs_cpu"].as_f64().unwrap();
+        assert!(gap > 1e-3, "{gap}");
+        assert_eq!(out["throughput"]["sampled_tokens"], 48);
+    }
+
+    /// The greedy comparison counts equal completions and finds each differing episode's first
+    /// differing token, in the turn where it first differs.
+    #[test]
+    fn the_greedy_comparison_finds_where_an_episode_parts() {
+        let generation = |tokens: &[u32]| Generation {
+            tokens: tokens.to_vec(),
+            logprobs: vec![0.0; tokens.len()],
+            entropies: Vec::new(),
+            self_certainty: None,
+            token_logprobs: Vec::new(),
+            finish_reason: kaizen_core::FinishReason::Length,
+            text: None,
+        };
+        let turn = |rows: &[&[u32]]| Turn {
+            prompts: vec![vec![1]; rows.len()],
+            generations: rows.iter().map(|t| generation(t)).collect(),
+            seconds: 0.0,
+        };
+        let cpu = [turn(&[&[5, 6, 7], &[5, 6, 7]]), turn(&[&[8, 9], &[8, 9]])];
+        assert_eq!(compare_greedy(&cpu, &cpu), (4, Vec::new()));
+        // Episode 1 parts at its first turn's third token (and so differs in turn 2 too).
+        let device = [turn(&[&[5, 6, 7], &[5, 6, 3]]), turn(&[&[8, 9], &[4]])];
+        let (equal, divergences) = compare_greedy(&cpu, &device);
+        assert_eq!(equal, 2);
+        let first = Divergence {
+            episode: 1,
+            turn: 0,
+            position: 2,
+            cpu_token: Some(7),
+            device_token: Some(3),
+        };
+        assert_eq!(divergences, vec![first]);
+        // A completion that stops early parts where it ends; a wrong finish reason counts too.
+        let mut short = turn(&[&[5, 6, 7], &[5, 6]]);
+        short.generations[0].finish_reason = kaizen_core::FinishReason::Eos;
+        let (equal, divergences) = compare_greedy(&cpu[..1], &[short]);
+        assert_eq!(equal, 0);
+        assert_eq!(divergences.len(), 2);
+        assert_eq!(
+            (divergences[0].position, divergences[0].device_token),
+            (3, None)
+        );
+        assert_eq!(
+            (divergences[1].position, divergences[1].device_token),
+            (2, None)
+        );
     }
 }

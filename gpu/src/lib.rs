@@ -25,8 +25,8 @@
 //!   [`actor_rows`]: that sampler as an actor engine's [`kaizen_actors::DecodeDevice`]
 //!   (`actors.device = "cuda"`).
 //! - [`device_check`]: the checks `scripts/device/check.sh` runs on a GPU machine (environment,
-//!   logits parity, training-pass parity and a GRPO step, NCCL bandwidth, decode tokens/s),
-//!   as one JSON summary.
+//!   logits parity, training-pass parity and a GRPO step, NCCL bandwidth, decode tokens/s,
+//!   the actors' decode engine on a multi-turn workload), as one JSON summary.
 //!
 //! What is tested where: docs/gpu.md.
 #![warn(missing_docs)]

@@ -66,6 +66,7 @@ fn device_check_records_errors_instead_of_panicking() {
         "model",
         "training",
         "generation",
+        "actors",
         "nccl",
     ] {
         let error = summary[section]["error"].as_str().unwrap_or_default();

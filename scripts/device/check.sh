@@ -7,8 +7,11 @@
 # step on the GPU (64 rows, forward + backward + AdamW), batched sampling tokens/s at batch 1, 16
 # and 64 (with the behaviour log-probs against the CPU path's), NCCL all-reduce bandwidth for a
 # 135M-float buffer and the learner's gradient all-reduce in 25 MiB buckets packed on the device
-# (one rank: every value must come back unchanged), greedy decode tokens/s; then, in the time
-# left of the 8 minutes,
+# (one rank: every value must come back unchanged), greedy decode tokens/s, the actors' decode
+# engine on the GPU ("actors": 8 prompts x 8 episodes, 2 turns of 64 tokens, the second turn a
+# correction request; greedy completions of 2 groups equal to the CPU engine's, behaviour
+# log-probs of 4 sampled episodes within 1e-3 of the CPU model's, tokens/s and episodes/s; about
+# 30 s, cut off at 150 s); then, in the time left of the 8 minutes,
 # scripts/device/reference.py (transformers `generate` at the same batches and one TRL GRPO step,
 # on the machine's own torch) merged in as "reference", with kaizen/torch ratios under
 # "side_by_side". Exits non-zero when a check failed (the reference never fails the check).
