@@ -11,16 +11,21 @@
 # engine on the GPU ("actors": 8 prompts x 8 episodes, 2 turns of 64 tokens, the second turn a
 # correction request; greedy completions of 2 groups equal to the CPU engine's, behaviour
 # log-probs of 4 sampled episodes within 1e-3 of the CPU model's, tokens/s and episodes/s; about
-# 30 s, cut off at 150 s); then, in the time left of the 8 minutes,
+# 30 s, cut off at 150 s); the whole system on CUDA ("job": `kaizen train` of the tiny
+# self-correction job for 4 RL steps with actors and learner on the GPU, with the actors on the
+# GPU and the learner on the CPU — the CPU learner's log-probs of what the GPU sampled within 1e-2
+# of the behaviour log-probs — and on the CPU; at most 120 s, needs target/device/kaizen); then,
+# in the time left of the 8 minutes,
 # scripts/device/reference.py (transformers `generate` at the same batches and one TRL GRPO step,
 # on the machine's own torch) merged in as "reference", with kaizen/torch ratios under
 # "side_by_side". Exits non-zero when a check failed (the reference never fails the check).
 #
 # Needs: an NVIDIA driver, and the CUDA 13 libraries that PyTorch cu130 wheels bring
 # (nvidia/cu13/lib: libnvrtc.so.13, libcublas.so.13; nvidia/nccl/lib: libnccl.so.2) in a Python
-# that imports torch (or KAIZEN_CUDA_LIBS=dir1:dir2 naming them). No Rust toolchain: the binary
-# is built elsewhere by scripts/device/build.sh (target/device/kaizen-device-check) or named by
-# KAIZEN_DEVICE_CHECK. The model is SmolLM2-135M-Instruct from $KAIZEN_CACHE/models when present,
+# that imports torch (or KAIZEN_CUDA_LIBS=dir1:dir2 naming them). No Rust toolchain: the binaries
+# are built elsewhere by scripts/device/build.sh (target/device/kaizen-device-check and
+# target/device/kaizen, the CLI with `--features gpu`) or named by KAIZEN_DEVICE_CHECK and
+# KAIZEN_DEVICE_KAIZEN. The model is SmolLM2-135M-Instruct from $KAIZEN_CACHE/models when present,
 # else random weights of its shape (KAIZEN_DEVICE_MODEL overrides: random|smollm2|PATH).
 set -euo pipefail
 out="${1:?usage: scripts/device/check.sh OUT.json}"
@@ -95,6 +100,78 @@ summary.setdefault("environment", {})
 if isinstance(summary["environment"], dict):
     summary["environment"]["host"] = json.load(open(host))
 json.dump(summary, open(out, "w"), indent=2)
+PY
+
+# The whole system on CUDA: the tiny self-correction job (configs/self_correct_tiny.toml: SFT warm
+# start, GRPO, evaluations; byte-level tokenizer, random init, nothing to download) through the
+# `kaizen` binary built with `--features gpu`, 4 RL steps, three ways: actors and learner on the
+# GPU; actors on the GPU and the learner on the CPU (the learner then scores on the CPU what the
+# GPU sampled: `logprob_gap_max` is the sampler's behaviour log-probs against the CPU model's, in
+# a real job); both on the CPU. At most 120 s together, merged in as "job".
+kaizen="${KAIZEN_DEVICE_KAIZEN:-target/device/kaizen}"
+job_started=$SECONDS
+job_budget=$((465 - (SECONDS - started) - 60))
+((job_budget > 120)) && job_budget=120
+mkdir -p "$work/job"
+if [[ -x "$kaizen" ]]; then
+    for variant in cuda-cuda cuda-cpu cpu-cpu; do
+        actors_device=${variant%-*} learner_device=${variant#*-}
+        job_left=$((job_budget - (SECONDS - job_started)))
+        if ((job_left < 10)); then
+            echo "out of time (budget $job_budget s)" >"$work/job/$variant.log"
+            echo 124 >"$work/job/$variant.status"
+            continue
+        fi
+        job_status=0
+        timeout "$job_left" "$kaizen" train configs/self_correct_tiny.toml --no-progress \
+            --set run.max_steps=4 --set sft.steps=50 --set eval.num_problems=32 \
+            --set "actors.device=\"$actors_device\"" --set "learner.device=\"$learner_device\"" \
+            --set "tracking.runs_dir=\"$work/job/$variant\"" \
+            >"$work/job/$variant.log" 2>&1 || job_status=$?
+        echo "$job_status" >"$work/job/$variant.status"
+    done
+else
+    echo "check.sh: $kaizen is missing (scripts/device/build.sh builds it); no end-to-end job" >&2
+fi
+"$python" - "$out" "$work/job" "$kaizen" <<'PY' || status=1
+import glob, json, math, os, sys
+out, root, binary = sys.argv[1:4]
+summary = json.load(open(out))
+job = {"config": "configs/self_correct_tiny.toml, 4 RL steps, sft.steps = 50",
+       "logprob_gap_bound": 1e-2}
+if not os.path.exists(binary):
+    job["error"] = f"{binary} is missing: scripts/device/build.sh builds it"
+for variant in ("cuda-cuda", "cuda-cpu", "cpu-cpu"):
+    status_path = os.path.join(root, variant + ".status")
+    if not os.path.exists(status_path):
+        continue
+    entry = {"exit_status": int(open(status_path).read().strip() or -1)}
+    metrics = {}
+    for path in glob.glob(os.path.join(root, variant, "*", "*", "metrics.jsonl")):
+        for line in open(path):
+            m = json.loads(line)
+            metrics.setdefault(m["key"], []).append(m["value"])
+    for key in ("time/generation", "time/learning", "reward/mean", "loss", "logprob_gap_max",
+                "actor_tokens_per_s", "learner_tokens_per_s", "episodes/faulted"):
+        if key in metrics:
+            entry[key] = metrics[key]
+    for key in ("eval/self_correct/correct@t1", "eval/self_correct/correct@t2"):
+        if key in metrics:
+            entry[key + " (before RL, after)"] = [metrics[key][0], metrics[key][-1]]
+    finite = all(math.isfinite(v) for k in ("loss", "reward/mean") for v in metrics.get(k, [math.nan]))
+    entry["ok"] = entry["exit_status"] == 0 and finite and len(metrics.get("loss", [])) == 4
+    if not entry["ok"]:
+        log = open(os.path.join(root, variant + ".log"), errors="replace").read()
+        entry["log"] = log if len(log) <= 3000 else log[:1500] + "\n[...]\n" + log[-1500:]
+    job[variant] = entry
+gap = max(job.get("cuda-cpu", {}).get("logprob_gap_max", [math.inf]))
+job["cuda_sampler_vs_cpu_learner_gap_ok"] = gap <= job["logprob_gap_bound"]
+job["ok"] = all(job.get(v, {}).get("ok", False) for v in ("cuda-cuda", "cuda-cpu", "cpu-cpu")) \
+    and job["cuda_sampler_vs_cpu_learner_gap_ok"]
+summary["job"] = job
+summary["ok"] = bool(summary.get("ok")) and job["ok"]
+json.dump(summary, open(out, "w"), indent=2)
+sys.exit(0 if job["ok"] else 1)
 PY
 
 # PyTorch side by side, in what is left of 8 minutes (465 s, leaving time for the merges).
