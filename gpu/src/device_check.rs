@@ -319,19 +319,10 @@ fn parity_and_decode(options: &Options) -> Result<Value, GpuError> {
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
     let n = tokens.len();
-    let cpu_logits = |model: &Llama| -> Result<Vec<f32>, GpuError> {
-        let data: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(data, [1, n]), &model.device());
-        model
-            .forward(input)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| GpuError::Input(format!("CPU logits: {e:?}")))
-    };
-    let reference = cpu_logits(&cpu)?;
+    let reference = cpu_logits(&cpu, &tokens)?;
     let weights = cpu.to_named();
     let burn_ops = cpu.with_cpu_kernels(false);
-    let reference_burn = cpu_logits(&burn_ops)?;
+    let reference_burn = cpu_logits(&burn_ops, &tokens)?;
     drop(burn_ops);
 
     let start = Instant::now();

@@ -3,7 +3,7 @@
 //! enters): group-capable subscribers get each version by one broadcast and no data chunks,
 //! the others by chunks, all bit-exact; the group is re-formed when its members change; a
 //! member that does not join, or a broadcast that fails, sends the version as chunks; after
-//! `MAX_GROUP_FAILURES` the coordinator stops trying.
+//! `MAX_GROUP_FAILURES` the coordinator backs off for `BACKOFF_PUBLISHES` publishes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use kaizen_core::WeightsVersion;
 use kaizen_model::HostTensor;
 use kaizen_transport::wire::proto::{WeightsChunk, WeightsRequest, weights_chunk};
 use kaizen_transport::wire::{
-    Coordinator, CoordinatorConfig, InProcessGroups, MAX_GROUP_FAILURES, WeightsGroup,
-    WeightsGroups, WeightsReceiver,
+    BACKOFF_PUBLISHES, Coordinator, CoordinatorConfig, InProcessGroups, MAX_GROUP_FAILURES,
+    WeightsGroup, WeightsGroups, WeightsReceiver,
 };
 use kaizen_transport::{Error, WeightSink};
 use tokio::sync::mpsc;
@@ -92,6 +92,16 @@ fn next(rt: &tokio::runtime::Runtime, rx: &mut mpsc::UnboundedReceiver<Got>) -> 
     })
 }
 
+/// (groups formed, versions delivered by a group, group failures).
+fn group_counts(coordinator: &Coordinator) -> (u64, u64, u64) {
+    let s = coordinator.stats();
+    (
+        s.weights_groups_formed,
+        s.weights_by_group,
+        s.weights_group_failures,
+    )
+}
+
 /// Waits until the coordinator counts `n` group-capable subscribers.
 fn wait_capable(coordinator: &Coordinator, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,15 +145,11 @@ fn group_members_get_each_version_by_one_broadcast_and_others_by_chunks() {
         let got = next(&rt, &mut plain);
         assert!(got.by_chunks && got.tensors == expected);
     }
-    let stats = coordinator.stats();
     assert_eq!(
-        (
-            stats.weights_groups_formed,
-            stats.weights_by_group,
-            stats.weights_group_failures
-        ),
+        group_counts(&coordinator),
         (1, 2, 0),
-        "one group for both versions: {stats:?}"
+        "one group for both versions: {:?}",
+        coordinator.stats()
     );
 
     // A third member: a new group (world size 4) at the next publish; it got version 2 as
@@ -168,15 +174,11 @@ fn group_members_get_each_version_by_one_broadcast_and_others_by_chunks() {
         let got = next(&rt, rx);
         assert!(got.version == 4 && !got.by_chunks);
     }
-    let stats = coordinator.stats();
     assert_eq!(
-        (
-            stats.weights_groups_formed,
-            stats.weights_by_group,
-            stats.weights_group_failures
-        ),
+        group_counts(&coordinator),
         (3, 4, 0),
-        "{stats:?}"
+        "{:?}",
+        coordinator.stats()
     );
     assert_eq!(groups.groups_made(), 3);
 }
@@ -213,7 +215,7 @@ impl WeightsGroup for Broken {
 }
 
 #[test]
-fn a_failed_join_or_broadcast_sends_the_version_as_chunks_and_repeated_failures_stop_groups() {
+fn a_failed_join_or_broadcast_sends_the_version_as_chunks_and_repeated_failures_back_off() {
     let timeout = Duration::from_millis(400);
     let groups = InProcessGroups::new(timeout);
     let coordinator = start(Arc::new(groups.clone()), timeout);
@@ -230,15 +232,11 @@ fn a_failed_join_or_broadcast_sends_the_version_as_chunks_and_repeated_failures_
     sink.publish(model(2)).unwrap();
     let got = next(&rt, &mut joins);
     assert!(got.version == 1 && got.by_chunks && got.tensors == model(2).to_named());
-    let stats = coordinator.stats();
     assert_eq!(
-        (
-            stats.weights_groups_formed,
-            stats.weights_by_group,
-            stats.weights_group_failures
-        ),
+        group_counts(&coordinator),
         (1, 0, 1),
-        "{stats:?}"
+        "{:?}",
+        coordinator.stats()
     );
 
     // A subscriber that never joins: version 2's group cannot form, chunks follow, and that
@@ -279,21 +277,37 @@ fn a_failed_join_or_broadcast_sends_the_version_as_chunks_and_repeated_failures_
         "{stats:?}"
     );
 
-    // From now on: chunks only, no more invites, and publishing no longer waits on a group.
+    // The back-off: the next BACKOFF_PUBLISHES versions go as chunks only, with no invite, and
+    // publishing does not wait on a group; the one after tries a new group.
     let made = groups.groups_made();
-    let started = Instant::now();
-    sink.publish(model(4)).unwrap();
-    assert!(
-        started.elapsed() < timeout,
-        "publish waited on a disabled group"
-    );
-    let got = next(&rt, &mut joins);
-    assert!(got.version == 3 && got.by_chunks && got.tensors == model(4).to_named());
-    assert_eq!(rt.block_on(ignores.recv()).unwrap(), 3);
+    for k in 0..BACKOFF_PUBLISHES {
+        let started = Instant::now();
+        sink.publish(model(4 + k)).unwrap();
+        assert!(
+            started.elapsed() < timeout,
+            "publish waited on a group while backing off"
+        );
+        let got = next(&rt, &mut joins);
+        assert!(got.version == 3 + k && got.by_chunks && got.tensors == model(4 + k).to_named());
+        assert_eq!(rt.block_on(ignores.recv()).unwrap(), 3 + k);
+    }
     assert_eq!(
         groups.groups_made(),
         made,
-        "a group was formed after groups were disabled"
+        "a group was formed while backing off"
+    );
+    sink.publish(model(100)).unwrap();
+    let version = 3 + BACKOFF_PUBLISHES;
+    let got = next(&rt, &mut joins);
+    assert!(got.version == version && got.by_chunks && got.tensors == model(100).to_named());
+    assert_eq!(
+        groups.groups_made(),
+        made + 1,
+        "no new group after the back-off"
+    );
+    assert_eq!(
+        coordinator.stats().weights_group_failures,
+        u64::from(MAX_GROUP_FAILURES) + 1
     );
 }
 
@@ -349,4 +363,92 @@ fn a_group_header_followed_by_data_chunks_is_a_protocol_error() {
         };
         assert!(receiver.push(invite).await.unwrap().is_none());
     });
+}
+
+/// Rank 0's broadcast fails at once (an NCCL error returned, not a hang) while the member
+/// waits in its part of the broadcast for up to the peer timeout: the member still gets the
+/// version as chunks, whole, and the next one too (the fallback must not be cut off while the
+/// member is busy in its broadcast, leaving a partial version on its stream).
+#[test]
+fn a_root_broadcast_that_fails_at_once_still_delivers_the_version_whole() {
+    let timeout = Duration::from_millis(1000);
+    let groups = InProcessGroups::new(timeout);
+    let coordinator = start(Arc::new(FailingBroadcasts(groups.clone())), timeout);
+    let (addr, sink) = (coordinator.local_addr(), coordinator.weights());
+    let rt = runtime();
+    let (_member, mut member) = subscribe(&rt, addr, Some(Arc::new(groups.clone())), timeout);
+    assert!(next(&rt, &mut member).by_chunks);
+    wait_capable(&coordinator, 1);
+    for (version, seed) in [(1u64, 2u64), (2, 3)] {
+        sink.publish(model(seed)).unwrap();
+        let got = next(&rt, &mut member);
+        assert!(
+            got.version == version && got.by_chunks && got.tensors == model(seed).to_named(),
+            "version {version}: got {}",
+            got.version
+        );
+    }
+    assert_eq!(
+        coordinator.stats().weights_group_failures,
+        u64::from(MAX_GROUP_FAILURES)
+    );
+}
+
+/// A broadcast that reaches one member but fails for another: the coordinator sends the
+/// version as chunks to every member, and the member that already has it by the broadcast
+/// does not take it a second time.
+#[test]
+fn a_member_that_got_the_broadcast_does_not_take_the_fallback_chunks_again() {
+    let timeout = Duration::from_millis(600);
+    let groups = InProcessGroups::new(timeout);
+    let coordinator = start(Arc::new(groups.clone()), timeout);
+    let (addr, sink) = (coordinator.local_addr(), coordinator.weights());
+    let rt = runtime();
+    let (_good, mut good) = subscribe(&rt, addr, Some(Arc::new(groups.clone())), timeout);
+    assert!(next(&rt, &mut good).by_chunks);
+    let broken: Arc<dyn WeightsGroups> = Arc::new(FailingBroadcasts(groups.clone()));
+    let (_bad, mut bad) = subscribe(&rt, addr, Some(broken), timeout);
+    assert!(next(&rt, &mut bad).by_chunks);
+    wait_capable(&coordinator, 2);
+    sink.publish(model(2)).unwrap();
+    let got = next(&rt, &mut good);
+    assert!(got.version == 1 && !got.by_chunks && got.tensors == model(2).to_named());
+    let got = next(&rt, &mut bad);
+    assert!(got.version == 1 && got.by_chunks);
+    assert_eq!(coordinator.stats().weights_group_failures, 1);
+    sink.publish(model(3)).unwrap();
+    let got = next(&rt, &mut good);
+    assert_eq!(got.version, 2, "version 1 was taken twice");
+    assert_eq!(next(&rt, &mut bad).version, 2);
+}
+
+/// A reconnecting actor's new weights stream replaces its old one among the group's members
+/// (the old stream may linger half-open), by the actor id of its join.
+#[test]
+fn a_new_stream_of_the_same_actor_replaces_its_old_one_among_the_members() {
+    let timeout = Duration::from_secs(10);
+    let groups = Arc::new(InProcessGroups::new(timeout));
+    let coordinator = start(groups, timeout);
+    let addr = coordinator.local_addr();
+    let rt = runtime();
+    let open = |actor_id: u64| {
+        rt.block_on(async move {
+            let mut c = client(addr).await;
+            c.weights(WeightsRequest {
+                actor_id,
+                have_version: u64::MAX,
+                group_capable: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        })
+    };
+    let _old = open(7);
+    wait_capable(&coordinator, 1);
+    let _other = open(8);
+    wait_capable(&coordinator, 2);
+    let _new = open(7);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(coordinator.stats().weights_group_capable, 2);
 }

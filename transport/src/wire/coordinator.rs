@@ -260,9 +260,10 @@ impl Coordinator {
             }),
             results: results_tx,
             weights,
-            hub: config.weights_groups.clone().map(|groups| {
-                GroupHub::new(groups, config.peer_timeout, config.weights_chunk_bytes)
-            }),
+            hub: config
+                .weights_groups
+                .clone()
+                .map(|groups| GroupHub::new(groups, config.peer_timeout)),
             runtime: runtime.handle().clone(),
             config: config.clone(),
             incarnation,
@@ -740,7 +741,9 @@ impl CoordinatorService for Service {
         // A group-capable subscriber joins the hub: the next publish forms a group with it.
         let shared = self.shared.clone();
         let key = match &shared.hub {
-            Some(hub) if request.group_capable => Some(hub.register(subscriber.clone())),
+            Some(hub) if request.group_capable => {
+                Some(hub.register(request.actor_id, subscriber.clone()))
+            }
             _ => None,
         };
         tokio::spawn(async move {

@@ -23,9 +23,14 @@
 //! **Failures.** Every join and broadcast is bounded by the peer timeout. When one fails (a
 //! member died, NCCL could not connect) the coordinator drops the group, sends the version to
 //! every member again as chunks (its header with generation 0) and forms a new group at a later
-//! publish; after [`MAX_GROUP_FAILURES`] failures in a row it stops trying for the rest of the
-//! run and says so in the log. A member whose join or broadcast fails drops the group and waits
-//! for the chunks. A collective stuck in the library (a peer that died mid-broadcast) is left
+//! publish; after [`MAX_GROUP_FAILURES`] failures in a row it backs off — chunks only for the
+//! next [`BACKOFF_PUBLISHES`] publishes, doubling with each further failure up to
+//! [`MAX_BACKOFF_PUBLISHES`] — and says so in the log. A member whose join or broadcast fails
+//! drops the group and waits for the chunks. A member waits for a broadcast longer than the
+//! coordinator can take to start and finish it (`world_size + 1` peer timeouts: the headers go
+//! to the members one after another), so it never gives up on a broadcast the coordinator then
+//! counts as delivered. A subscriber that opens a new weights stream under the same actor id
+//! (a reconnect) replaces its old one among the members. A collective stuck in the library (a peer that died mid-broadcast) is left
 //! to its thread: the run goes on without it, the way the coordinator goes on without the dead
 //! member.
 
@@ -38,6 +43,13 @@ use crate::Error;
 /// Failures in a row after which a coordinator sends weights as chunks only, for the rest of
 /// the run.
 pub const MAX_GROUP_FAILURES: u32 = 2;
+
+/// Publishes that go as chunks only after [`MAX_GROUP_FAILURES`] failures in a row; doubled with
+/// each further failure, up to [`MAX_BACKOFF_PUBLISHES`].
+pub const BACKOFF_PUBLISHES: u64 = 8;
+
+/// The longest back-off, publishes.
+pub const MAX_BACKOFF_PUBLISHES: u64 = 128;
 
 /// Makes and joins weights groups: NCCL communicators in a GPU build (the root crate's
 /// `NcclWeightsGroups`), [`InProcessGroups`] for threads of one process.
@@ -126,6 +138,20 @@ struct Rendezvous {
     changed: Condvar,
 }
 
+impl Rendezvous {
+    /// Waits at most `left` for another rank to change the state.
+    fn wait<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, RendezvousState>,
+        left: Duration,
+    ) -> std::sync::MutexGuard<'a, RendezvousState> {
+        self.changed
+            .wait_timeout(state, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+}
+
 #[derive(Debug, Default)]
 struct RendezvousState {
     world_size: usize,
@@ -209,11 +235,7 @@ impl WeightsGroups for InProcessGroups {
                         state.joined
                     )));
                 }
-                state = rendezvous
-                    .changed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                state = rendezvous.wait(state, left);
             }
         }
         Ok(Box::new(InProcessGroup {
@@ -265,12 +287,7 @@ impl WeightsGroup for InProcessGroup {
                         self.name, self.world_size
                     )));
                 }
-                state = self
-                    .rendezvous
-                    .changed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                state = self.rendezvous.wait(state, left);
             }
             state.rounds.remove(&round);
             return Ok(());
@@ -299,12 +316,7 @@ impl WeightsGroup for InProcessGroup {
                     self.timeout.as_secs_f64()
                 )));
             }
-            state = self
-                .rendezvous
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.rendezvous.wait(state, left);
         }
     }
 

@@ -3,10 +3,12 @@
 //! them — a header naming the group, then one broadcast — with the fallback to chunks.
 //!
 //! Each subscriber's weights stream has one writer at a time: its own task (sending whole
-//! versions as chunks) or a publish (sending an invite, a header, or the fallback's chunks)
+//! versions as chunks, the fallback's included) or a publish (sending an invite or a header)
 //! takes the stream's `writer` lock for a whole sequence, so sequences never interleave. A
 //! publish marks a member's `delivered` version before the version is announced to the
-//! subscriber tasks, which then skip it.
+//! subscriber tasks, which then skip it. When the group fails, the publish puts the marks back,
+//! so each member's own task sends the version as chunks once it is announced: whole, however
+//! long the member is still busy in its part of the failed join or broadcast.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::EncodedWeights;
-use super::group::{MAX_GROUP_FAILURES, WeightsGroup, WeightsGroups, bounded};
+use super::group::{
+    BACKOFF_PUBLISHES, MAX_BACKOFF_PUBLISHES, MAX_GROUP_FAILURES, WeightsGroup, WeightsGroups,
+    bounded,
+};
 use super::proto::{GroupInvite, WeightsChunk, weights_chunk};
 use crate::Error;
 
@@ -27,6 +32,8 @@ pub(super) type ChunkSender = mpsc::Sender<Result<WeightsChunk, Status>>;
 /// One subscriber's stream, shared by its task and the publishing side.
 #[derive(Clone)]
 pub(super) struct Subscriber {
+    /// The actor's id from its join (0: none given).
+    pub actor_id: u64,
     pub tx: ChunkSender,
     /// Held for a whole sequence of messages (see the module docs).
     pub writer: Arc<tokio::sync::Mutex<()>>,
@@ -37,6 +44,7 @@ pub(super) struct Subscriber {
 impl Subscriber {
     pub fn new(tx: ChunkSender) -> Self {
         Self {
+            actor_id: 0,
             tx,
             writer: Arc::default(),
             delivered: Arc::new(AtomicU64::new(u64::MAX)),
@@ -65,7 +73,8 @@ struct Delivery {
     group: Option<Formed>,
     generation: u64,
     failures: u32,
-    disabled: bool,
+    /// Publishes still to go as chunks only (the back-off after repeated failures).
+    skip: u64,
 }
 
 /// Counters of the group delivery (in `CoordinatorStats`).
@@ -85,7 +94,6 @@ pub(super) struct GroupCounts {
 pub(super) struct GroupHub {
     groups: Arc<dyn WeightsGroups>,
     timeout: Duration,
-    chunk_bytes: usize,
     members: Mutex<(u64, BTreeMap<u64, Subscriber>)>,
     delivery: Mutex<Delivery>,
     counts: Mutex<GroupCounts>,
@@ -96,25 +104,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GroupHub {
-    /// A hub forming groups with `groups`; every wait is bounded by `timeout`, fallback
-    /// chunks are at most `chunk_bytes`.
-    pub fn new(groups: Arc<dyn WeightsGroups>, timeout: Duration, chunk_bytes: usize) -> Self {
+    /// A hub forming groups with `groups`; every wait is bounded by `timeout`.
+    pub fn new(groups: Arc<dyn WeightsGroups>, timeout: Duration) -> Self {
         Self {
             groups,
             timeout,
-            chunk_bytes: chunk_bytes.max(1),
             members: Mutex::default(),
             delivery: Mutex::default(),
             counts: Mutex::default(),
         }
     }
 
-    /// Adds a group-capable subscriber; returns its key for [`GroupHub::remove`].
-    pub fn register(&self, subscriber: Subscriber) -> u64 {
+    /// Adds a group-capable subscriber; returns its key for [`GroupHub::remove`]. An earlier
+    /// stream of the same actor (`actor_id` > 0: a reconnect, whose old stream may linger
+    /// half-open) leaves the members.
+    pub fn register(&self, actor_id: u64, subscriber: Subscriber) -> u64 {
         let mut members = lock(&self.members);
+        if actor_id > 0 {
+            members.1.retain(|_, s| s.actor_id != actor_id);
+        }
         members.0 += 1;
         let key = members.0;
-        members.1.insert(key, subscriber);
+        members.1.insert(
+            key,
+            Subscriber {
+                actor_id,
+                ..subscriber
+            },
+        );
         key
     }
 
@@ -132,12 +149,13 @@ impl GroupHub {
 
     /// Delivers `weights` to the group-capable subscribers through a group (formed or re-formed
     /// first when they changed). On any failure the members get the version as chunks
-    /// instead; versions are never lost. Blocks the caller (the learner's publish) for the
-    /// broadcast, at most about three peer timeouts on failure. Must not run on the
+    /// instead (by the members' own tasks, once the version is announced); versions are never
+    /// lost. Blocks the caller (the learner's publish) for the broadcast. Must not run on the
     /// coordinator's runtime (it blocks on it).
     pub fn deliver(&self, runtime: &tokio::runtime::Handle, weights: &EncodedWeights) {
         let mut delivery = lock(&self.delivery);
-        if delivery.disabled {
+        if delivery.skip > 0 {
+            delivery.skip -= 1;
             return;
         }
         let members: Vec<(u64, Subscriber)> = lock(&self.members)
@@ -150,6 +168,11 @@ impl GroupHub {
             return;
         }
         let version = weights.version().0;
+        // The members' marks before this version, put back if it goes as chunks.
+        let before: Vec<u64> = members
+            .iter()
+            .map(|(_, s)| s.delivered.load(Ordering::Acquire))
+            .collect();
         let result = self.form(runtime, &mut delivery, &members).and_then(|()| {
             let group = delivery.group.as_mut().ok_or_else(|| {
                 Error::Weights("the weights group is missing after forming it".into())
@@ -166,12 +189,14 @@ impl GroupHub {
                 delivery.failures += 1;
                 lock(&self.counts).failures += 1;
                 if delivery.failures >= MAX_GROUP_FAILURES {
-                    delivery.disabled = true;
+                    let doublings = (delivery.failures - MAX_GROUP_FAILURES).min(8);
+                    delivery.skip = (BACKOFF_PUBLISHES << doublings).min(MAX_BACKOFF_PUBLISHES);
                     tracing::error!(
                         error = %e,
                         failures = delivery.failures,
-                        "the weights group failed again: weights go as chunks for the rest of \
-                         the run"
+                        publishes = delivery.skip,
+                        "the weights group failed again: weights go as chunks for the next \
+                         publishes, then a new group is tried"
                     );
                 } else {
                     tracing::warn!(
@@ -181,7 +206,7 @@ impl GroupHub {
                          is formed at the next publish"
                     );
                 }
-                self.fall_back(runtime, &members, weights);
+                Self::fall_back(&members, &before);
             }
         }
     }
@@ -286,22 +311,16 @@ impl GroupHub {
         Ok(())
     }
 
-    /// Sends `weights` as chunks (its header with generation 0) to every member.
-    fn fall_back(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        members: &[(u64, Subscriber)],
-        weights: &EncodedWeights,
-    ) {
-        let version = weights.version().0;
-        for (key, subscriber) in members {
-            // The member's task must not send it again, whether this works or not: a member
-            // that cannot take it is gone or broken, and gets the newest version on reconnect.
-            subscriber.delivered.store(version, Ordering::Release);
-            let chunks = weights.chunks(self.chunk_bytes).collect::<Vec<_>>();
-            if let Err(e) = self.send(runtime, subscriber, chunks, Some(version)) {
-                tracing::warn!(subscriber = key, error = %e, "could not resend weights as chunks");
-            }
+    /// Leaves the version to the members' own tasks, as chunks (its header with generation
+    /// 0): puts back the `delivered` marks this publish set. A member's task sends the version
+    /// when it is announced, without a deadline, as for any subscriber: a member still blocked in
+    /// its part of the failed join or broadcast (up to the peer timeout) takes it whole
+    /// afterwards, and a member that is gone ends its task. (Sent from here within the peer
+    /// timeout, the chunks were cut off mid-version for such a member, whose stream then
+    /// refused every later version.)
+    fn fall_back(members: &[(u64, Subscriber)], before: &[u64]) {
+        for ((_, subscriber), mark) in members.iter().zip(before) {
+            subscriber.delivered.store(*mark, Ordering::Release);
         }
     }
 

@@ -19,6 +19,9 @@ pub struct WeightsReceiver {
     /// The group joined last: its generation and this rank's handle (`None` while a
     /// broadcast runs, or after one failed).
     group: Option<(u64, Box<dyn WeightsGroup>)>,
+    /// The version the last broadcast delivered: the coordinator sends it again as chunks when
+    /// the broadcast failed for another member, and that copy is dropped.
+    by_group: Option<u64>,
     timeout: Duration,
 }
 
@@ -34,6 +37,7 @@ impl WeightsReceiver {
             assembler: WeightsAssembler::new(u64::MAX, peer),
             groups,
             group: None,
+            by_group: None,
             timeout,
         }
     }
@@ -52,7 +56,7 @@ impl WeightsReceiver {
     ) -> Result<Option<AssembledWeights>, TransportError> {
         match chunk.body {
             Some(weights_chunk::Body::Invite(invite)) => {
-                self.group = None;
+                self.drop_group();
                 let Some(groups) = self.groups.clone() else {
                     tracing::warn!(
                         generation = invite.generation,
@@ -96,7 +100,11 @@ impl WeightsReceiver {
                 })?;
                 let values = self.assembler.awaiting_group().map_or(0, |(_, _, n)| n);
                 match self.receive(generation, version, values).await {
-                    Ok(payload) if done.is_none() => self.assembler.push_payload(&payload),
+                    Ok(payload) if done.is_none() => {
+                        let assembled = self.assembler.push_payload(&payload)?;
+                        self.by_group = assembled.as_ref().map(|w| w.version.0);
+                        Ok(assembled)
+                    }
                     Ok(_) => Ok(done),
                     Err(e) => {
                         tracing::warn!(
@@ -109,7 +117,16 @@ impl WeightsReceiver {
                     }
                 }
             }
-            _ => self.assembler.push(chunk),
+            _ => match self.assembler.push(chunk)? {
+                Some(w) if self.by_group == Some(w.version.0) => {
+                    tracing::debug!(
+                        version = w.version.0,
+                        "weights version already received by the group's broadcast; dropped"
+                    );
+                    Ok(None)
+                }
+                done => Ok(done),
+            },
         }
     }
 
@@ -123,14 +140,23 @@ impl WeightsReceiver {
         let handle = match self.group.take() {
             Some((g, handle)) if g == generation => handle,
             other => {
+                let held = other.as_ref().map(|(g, _)| *g);
+                if let Some((_, stale)) = other {
+                    // Releasing a communicator may block (NCCL): not on an async worker.
+                    tokio::task::spawn_blocking(move || drop(stale));
+                }
                 return Err(TransportError::Weights(format!(
                     "version {version} comes by weights group {generation}, but this actor holds \
                      {}",
-                    other.map_or_else(|| "no group".to_string(), |(g, _)| format!("group {g}"))
+                    held.map_or_else(|| "no group".to_string(), |g| format!("group {g}"))
                 )));
             }
         };
-        let timeout = self.timeout;
+        // Longer than the coordinator can take to start and finish the broadcast (its headers
+        // go to the members one after another, each within a peer timeout, then the broadcast
+        // within one more): a member never gives up on a broadcast the coordinator then counts
+        // as delivered.
+        let timeout = self.timeout * (handle.world_size() as u32 + 1);
         let what = format!("receiving weights version {version} from weights group {generation}");
         let (handle, payload) = blocking(move || {
             bounded(&what, timeout, move || {
@@ -143,6 +169,16 @@ impl WeightsReceiver {
         .await?;
         self.group = Some((generation, handle));
         Ok(payload)
+    }
+}
+
+impl WeightsReceiver {
+    /// Leaves the group held, releasing it off the async workers (releasing an NCCL
+    /// communicator may block).
+    fn drop_group(&mut self) {
+        if let Some((_, handle)) = self.group.take() {
+            tokio::task::spawn_blocking(move || drop(handle));
+        }
     }
 }
 

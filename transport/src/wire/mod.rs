@@ -18,7 +18,10 @@ pub use convert::{
     report_from_proto, report_message, report_to_proto, task_from_proto, task_to_proto,
 };
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, CoordinatorWeights};
-pub use group::{InProcessGroups, MAX_GROUP_FAILURES, WeightsGroup, WeightsGroups, bounded};
+pub use group::{
+    BACKOFF_PUBLISHES, InProcessGroups, MAX_BACKOFF_PUBLISHES, MAX_GROUP_FAILURES, WeightsGroup,
+    WeightsGroups, bounded,
+};
 pub use group_receiver::WeightsReceiver;
 pub use weights::{AssembledWeights, EncodedWeights, WeightsAssembler, extend_le, read_le};
 
