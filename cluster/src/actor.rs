@@ -417,16 +417,31 @@ impl<'a> Link<'a> {
             let started = Instant::now();
             let done = match stream {
                 Some((stream, receiver)) => {
-                    let follower = tokio::spawn(follow_weights(
+                    let mut follower = tokio::spawn(follow_weights(
                         stream,
                         receiver,
                         publisher.clone(),
                         self.options.device.clone(),
                         self.loaded.clone(),
                     ));
-                    let done = self
-                        .session(&mut c, pool, publisher, &results, &feed_tx)
-                        .await;
+                    // A weights stream that fails (refused, broken, a version that cannot be
+                    // loaded) ends the session: without it the actor would never hold the
+                    // versions later tasks are stamped with, and they would wait forever. The
+                    // reconnect opens a new stream, which starts with the newest version. A
+                    // stream the coordinator closes is left to the session (the job's end).
+                    let failed = async {
+                        match (&mut follower).await {
+                            Ok(Some(why)) => why,
+                            _ => std::future::pending().await,
+                        }
+                    };
+                    let done = tokio::select! {
+                        done = self.session(&mut c, pool, publisher, &results, &feed_tx) => done,
+                        why = failed => {
+                            tracing::warn!(reason = %why, "the weights stream failed; reconnecting");
+                            Ok(false)
+                        }
+                    };
                     follower.abort();
                     done
                 }
@@ -611,21 +626,23 @@ async fn feed(
     }
 }
 
-/// Loads every weights version the stream delivers into the local broadcast.
+/// Loads every weights version the stream delivers into the local broadcast, until the stream
+/// ends (`None`: the coordinator closed it) or fails (why: broken, refused, or a version that
+/// cannot be loaded).
 async fn follow_weights(
     mut stream: tonic::Streaming<WeightsChunk>,
     mut receiver: WeightsReceiver,
     publisher: WeightPublisher,
     device: Device,
     loaded: Arc<AtomicU64>,
-) {
+) -> Option<String> {
     loop {
         let chunk = match stream.message().await {
             Ok(Some(c)) => c,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(status) => {
                 tracing::warn!(error = %status.message(), "weights stream broken");
-                return;
+                return Some(format!("weights stream broken: {}", status.message()));
             }
         };
         match receiver.push(chunk).await {
@@ -637,13 +654,16 @@ async fn follow_weights(
                         loaded.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(version = version.0, "new weights");
                     }
-                    Err(e) => tracing::error!(error = %e, "refused a weights version"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "refused a weights version");
+                        return Some(format!("weights version {}: {e}", version.0));
+                    }
                 }
             }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "refused a weights stream");
-                return;
+                return Some(format!("refused the weights stream: {e}"));
             }
         }
     }
