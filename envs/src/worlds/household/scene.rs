@@ -474,6 +474,28 @@ impl Scene {
             .collect()
     }
 
+    /// The task's subgoals, in order, and whether each holds now: an object of the task's kind
+    /// held; for a task with a treatment (clean, heat, cool), an object of that kind treated
+    /// (held or not). ALFWorld-style progress, for `subgoal_reward`.
+    pub fn subgoals(&self) -> Vec<bool> {
+        let task = &self.task;
+        let held = self
+            .held()
+            .is_some_and(|h| self.objects[h].kind == task.object);
+        let mut out = vec![held];
+        if let Some(treatment) = task.kind.treatment() {
+            out.push(self.objects.iter().any(|o| {
+                o.kind == task.object
+                    && match treatment {
+                        Treatment::Clean => o.clean,
+                        Treatment::Heat => o.hot,
+                        Treatment::Cool => o.cool,
+                    }
+            }));
+        }
+        out
+    }
+
     /// Whether the task is achieved.
     pub fn goal_reached(&self) -> bool {
         let task = &self.task;

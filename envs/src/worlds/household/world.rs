@@ -52,6 +52,13 @@ pub struct HouseholdConfig {
     /// The rooms come from seeds derived from the episode's. 0: none.
     #[serde(default)]
     pub examples: usize,
+    /// A reward for each of the task's subgoals (`Scene::subgoals`: the task's object held;
+    /// for clean/heat/cool tasks, that object treated), given once per episode at the turn it is
+    /// first reached, in (0, 1); success still earns 1 at the last turn. Counted in `subgoals`
+    /// (the fraction reached). ALFWorld's reward is success only, which a small model's
+    /// sampled episodes may never reach; subgoals give its groups a signal. Unset: success only.
+    #[serde(default)]
+    pub subgoal_reward: Option<f64>,
 }
 
 fn default_max_steps() -> usize {
@@ -70,6 +77,7 @@ impl Default for HouseholdConfig {
             task_types: Vec::new(),
             match_admissible: None,
             examples: 0,
+            subgoal_reward: None,
         }
     }
 }
@@ -134,6 +142,13 @@ impl HouseholdFactory {
                 config.examples
             )));
         }
+        if let Some(r) = config.subgoal_reward
+            && !(r > 0.0 && r < 1.0)
+        {
+            return Err(bad(format!(
+                "`subgoal_reward` must be in (0, 1) (success earns 1), got {r}"
+            )));
+        }
         if let Some(t) = config.match_admissible
             && !(t > 0.0 && t <= 1.0)
         {
@@ -164,6 +179,8 @@ impl EnvFactory for HouseholdFactory {
             steps: 0,
             invalid: 0,
             matched: 0,
+            reached: Vec::new(),
+            turn_rewards: Vec::new(),
         })
     }
 
@@ -180,6 +197,10 @@ struct Household {
     steps: usize,
     invalid: usize,
     matched: usize,
+    /// Subgoals reached so far (`subgoal_reward`).
+    reached: Vec<bool>,
+    /// Each turn's subgoal rewards.
+    turn_rewards: Vec<f32>,
 }
 
 impl Household {
@@ -223,9 +244,10 @@ impl Household {
 
     fn done(&mut self, success: bool, scene: &Scene) -> Step {
         self.dialogue.finish();
-        let mut rewards = vec![0.0; self.steps];
+        let mut rewards = self.turn_rewards.clone();
+        rewards.resize(self.steps, 0.0);
         if success && let Some(last) = rewards.last_mut() {
-            *last = 1.0;
+            *last += 1.0;
         }
         let mut outcome = Outcome::single(AGENT, rewards)
             .with_metric("success", f64::from(u8::from(success)))
@@ -234,6 +256,13 @@ impl Household {
                 "invalid_actions",
                 self.invalid as f64 / self.steps.max(1) as f64,
             );
+        if self.config.subgoal_reward.is_some() {
+            let reached = self.reached.iter().filter(|&&r| r).count();
+            outcome = outcome.with_metric(
+                "subgoals",
+                reached as f64 / self.reached.len().max(1) as f64,
+            );
+        }
         if self.config.match_admissible.is_some() {
             outcome = outcome.with_metric(
                 "matched_actions",
@@ -254,6 +283,8 @@ impl Env for Household {
         self.steps = 0;
         self.invalid = 0;
         self.matched = 0;
+        self.reached = vec![false; scene.subgoals().len()];
+        self.turn_rewards.clear();
         let mut messages = Vec::new();
         for k in 0..self.config.examples {
             messages.extend(self.example_messages(seed, k, &scene));
@@ -290,6 +321,16 @@ impl Env for Household {
         if observation == NOTHING_HAPPENS {
             self.invalid += 1;
         }
+        let mut reward = 0.0;
+        if let Some(r) = self.config.subgoal_reward {
+            for (reached, now) in self.reached.iter_mut().zip(scene.subgoals()) {
+                if now && !*reached {
+                    *reached = true;
+                    reward += r as f32;
+                }
+            }
+        }
+        self.turn_rewards.push(reward);
         let step = if scene.goal_reached() {
             self.done(true, &scene)
         } else if self.steps >= self.config.max_steps {
@@ -427,6 +468,73 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert!(err.contains("match_admissible"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn subgoals_are_rewarded_once_at_the_turn_they_are_reached() {
+        let config = HouseholdConfig {
+            subgoal_reward: Some(0.25),
+            ..HouseholdConfig::default()
+        };
+        let factory = HouseholdFactory::new(config).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200u64 {
+            let ep = demonstrate(factory.make(), seed, EpisodeLimits::default()).await;
+            let outcome = ep.outcome().unwrap();
+            let rewards = &outcome.rewards[&AgentId::new(AGENT)];
+            // Replay the expert's actions: the turns where a subgoal first holds.
+            let mut scene = Scene::generate(seed, &[]);
+            let mut reached = vec![false; scene.subgoals().len()];
+            let mut expected = Vec::new();
+            for turn in &ep.turns {
+                scene.apply(&parse_action(&turn.answer).unwrap());
+                let mut r = 0.0;
+                for (was, now) in reached.iter_mut().zip(scene.subgoals()) {
+                    if now && !*was {
+                        *was = true;
+                        r += 0.25;
+                    }
+                }
+                expected.push(r);
+            }
+            *expected.last_mut().unwrap() += 1.0;
+            assert_eq!(rewards, &expected, "seed {seed}");
+            let subgoals = reached.len() as f32;
+            assert_eq!(
+                rewards.iter().sum::<f32>(),
+                1.0 + 0.25 * subgoals,
+                "seed {seed}"
+            );
+            assert_eq!(outcome.metrics["subgoals"], 1.0, "seed {seed}");
+            seen.insert(reached.len());
+        }
+        assert_eq!(seen, [1, 2].into(), "tasks with and without a treatment");
+        // An episode that reaches no subgoal earns nothing.
+        let mut env = factory.make();
+        env.reset(5).await.unwrap();
+        let mut last = None;
+        for _ in 0..HouseholdConfig::default().max_steps {
+            match env.step(&AgentId::new(AGENT), "look").await.unwrap() {
+                Step::Done(o) => {
+                    last = Some(o);
+                    break;
+                }
+                Step::Request(_) => {}
+            }
+        }
+        let o = last.unwrap();
+        assert!(o.rewards[&AgentId::new(AGENT)].iter().all(|&r| r == 0.0));
+        assert_eq!(o.metrics["subgoals"], 0.0);
+        for bad in [0.0, 1.0, f64::NAN] {
+            let e = HouseholdFactory::new(HouseholdConfig {
+                subgoal_reward: Some(bad),
+                ..HouseholdConfig::default()
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(e.contains("subgoal_reward"), "{e}");
         }
     }
 
