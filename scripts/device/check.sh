@@ -14,7 +14,9 @@
 # 30 s, cut off at 150 s); the whole system on CUDA ("job": `kaizen train` of the tiny
 # self-correction job for 4 RL steps with actors and learner on the GPU, with the actors on the
 # GPU and the learner on the CPU — the CPU learner's log-probs of what the GPU sampled within 1e-2
-# of the behaviour log-probs — and on the CPU; at most 120 s, needs target/device/kaizen); then,
+# of the behaviour log-probs —, with the actors on the CPU and the learner on the GPU — its first
+# SFT and GRPO steps' loss and gradient norm within 1e-3 of the CPU learner's on the same data —
+# and on the CPU; at most 150 s, needs target/device/kaizen); then,
 # in the time left of the 8 minutes,
 # scripts/device/reference.py (transformers `generate` at the same batches and one TRL GRPO step,
 # on the machine's own torch) merged in as "reference", with kaizen/torch ratios under
@@ -104,17 +106,21 @@ PY
 
 # The whole system on CUDA: the tiny self-correction job (configs/self_correct_tiny.toml: SFT warm
 # start, GRPO, evaluations; byte-level tokenizer, random init, nothing to download) through the
-# `kaizen` binary built with `--features gpu`, 4 RL steps, three ways: actors and learner on the
+# `kaizen` binary built with `--features gpu`, 4 RL steps, four ways: actors and learner on the
 # GPU; actors on the GPU and the learner on the CPU (the learner then scores on the CPU what the
 # GPU sampled: `logprob_gap_max` is the sampler's behaviour log-probs against the CPU model's, in
-# a real job); both on the CPU. At most 120 s together, merged in as "job".
+# a real job); actors on the CPU and the learner on the GPU, against both on the CPU (same seed:
+# the first SFT step trains both learners on the same demonstrations, and the first GRPO step on
+# the same episodes when both learners' warm starts sampled alike, so their loss and gradient
+# norm must agree: the GPU learner's step against the CPU learner's). At most 150 s together,
+# merged in as "job".
 kaizen="${KAIZEN_DEVICE_KAIZEN:-target/device/kaizen}"
 job_started=$SECONDS
 job_budget=$((465 - (SECONDS - started) - 60))
-((job_budget > 120)) && job_budget=120
+((job_budget > 150)) && job_budget=150
 mkdir -p "$work/job"
 if [[ -x "$kaizen" ]]; then
-    for variant in cuda-cuda cuda-cpu cpu-cpu; do
+    for variant in cuda-cuda cuda-cpu cpu-cuda cpu-cpu; do
         actors_device=${variant%-*} learner_device=${variant#*-}
         job_left=$((job_budget - (SECONDS - job_started)))
         if ((job_left < 10)); then
@@ -141,7 +147,9 @@ job = {"config": "configs/self_correct_tiny.toml, 4 RL steps, sft.steps = 50",
        "logprob_gap_bound": 1e-2}
 if not os.path.exists(binary):
     job["error"] = f"{binary} is missing: scripts/device/build.sh builds it"
-for variant in ("cuda-cuda", "cuda-cpu", "cpu-cpu"):
+variants = ("cuda-cuda", "cuda-cpu", "cpu-cuda", "cpu-cpu")
+series = {}
+for variant in variants:
     status_path = os.path.join(root, variant + ".status")
     if not os.path.exists(status_path):
         continue
@@ -151,6 +159,7 @@ for variant in ("cuda-cuda", "cuda-cpu", "cpu-cpu"):
         for line in open(path):
             m = json.loads(line)
             metrics.setdefault(m["key"], []).append(m["value"])
+    series[variant] = metrics
     for key in ("time/generation", "time/learning", "reward/mean", "loss", "logprob_gap_max",
                 "actor_tokens_per_s", "learner_tokens_per_s", "episodes/faulted"):
         if key in metrics:
@@ -166,8 +175,26 @@ for variant in ("cuda-cuda", "cuda-cpu", "cpu-cpu"):
     job[variant] = entry
 gap = max(job.get("cuda-cpu", {}).get("logprob_gap_max", [math.inf]))
 job["cuda_sampler_vs_cpu_learner_gap_ok"] = gap <= job["logprob_gap_bound"]
-job["ok"] = all(job.get(v, {}).get("ok", False) for v in ("cuda-cuda", "cuda-cpu", "cpu-cpu")) \
-    and job["cuda_sampler_vs_cpu_learner_gap_ok"]
+# The GPU learner's steps against the CPU learner's on the same data (rel. bound 1e-3).
+def rel(a, b):  # relative, absolute below 1 (a GRPO loss can be ~1e-4)
+    return abs(a - b) / max(abs(b), 1.0)
+gpu_l, cpu_l = series.get("cpu-cuda", {}), series.get("cpu-cpu", {})
+learner = {"bound": 1e-3, "note": "differences relative above 1, absolute below"}
+for key in ("sft/loss", "sft/grad_norm"):
+    if gpu_l.get(key) and cpu_l.get(key):
+        learner[key + " (first step: gpu, cpu, rel)"] = [gpu_l[key][0], cpu_l[key][0], rel(gpu_l[key][0], cpu_l[key][0])]
+same_episodes = all(gpu_l.get(k, [None])[0] == cpu_l.get(k, [None])[0] is not None
+                    for k in ("num_tokens", "reward/mean"))
+learner["first_grpo_step_same_episodes"] = same_episodes
+if same_episodes:
+    for key in ("loss", "grad_norm"):
+        if gpu_l.get(key) and cpu_l.get(key):
+            learner[key + " (first GRPO step: gpu, cpu, rel)"] = [gpu_l[key][0], cpu_l[key][0], rel(gpu_l[key][0], cpu_l[key][0])]
+checked = [v[2] for k, v in learner.items() if isinstance(v, list)]
+learner["ok"] = bool(checked) and all(r <= learner["bound"] for r in checked)
+job["gpu_learner_vs_cpu_learner"] = learner
+job["ok"] = all(job.get(v, {}).get("ok", False) for v in variants) \
+    and job["cuda_sampler_vs_cpu_learner_gap_ok"] and learner["ok"]
 summary["job"] = job
 summary["ok"] = bool(summary.get("ok")) and job["ok"]
 json.dump(summary, open(out, "w"), indent=2)
