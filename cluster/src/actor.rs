@@ -334,7 +334,9 @@ impl<'a> Link<'a> {
         let request = client.weights(WeightsRequest {
             actor_id: self.actor_id,
             have_version: u64::MAX,
-            group_capable: self.options.weights_groups.is_some(),
+            // The first version comes as chunks on a stream that joins no group: the actor is not
+            // ready to answer an invite before its pool runs (`serve` opens the one that does).
+            group_capable: false,
         });
         let mut stream = tokio::time::timeout(self.peer_timeout, request)
             .await
@@ -371,9 +373,10 @@ impl<'a> Link<'a> {
         joined: CoordinatorClient<Channel>,
         weights: (tonic::Streaming<WeightsChunk>, WeightsReceiver),
     ) -> Result<Served, ClusterError> {
-        // The first session continues the join and weights stream of `first_weights`.
+        // The first session continues the join and weights stream of `first_weights`; an actor
+        // that joins weights groups opens a new stream instead, now that its pool runs.
         let mut client = Some(joined);
-        let mut weights = Some(weights);
+        let mut weights = self.options.weights_groups.is_none().then_some(weights);
         // Tasks wait here until the actor holds the weights they were submitted with.
         let (feed_tx, feed_rx) = mpsc::unbounded_channel::<(u64, Vec<EpisodeTask>)>();
         let feeder = tokio::spawn(feed(feed_rx, pool_submitter(pool), publisher.clone()));

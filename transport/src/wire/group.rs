@@ -20,19 +20,19 @@
 //! checks against the header's CRC-32C exactly as chunks are checked. Subscribers that cannot
 //! join keep receiving chunks.
 //!
-//! **Failures.** Every join and broadcast is bounded by the peer timeout. When one fails (a
-//! member died, NCCL could not connect) the coordinator drops the group, sends the version to
-//! every member again as chunks (its header with generation 0) and forms a new group at a later
-//! publish; after [`MAX_GROUP_FAILURES`] failures in a row it backs off — chunks only for the
-//! next [`BACKOFF_PUBLISHES`] publishes, doubling with each further failure up to
-//! [`MAX_BACKOFF_PUBLISHES`] — and says so in the log. A member whose join or broadcast fails
-//! drops the group and waits for the chunks. A member waits for a broadcast longer than the
-//! coordinator can take to start and finish it (`world_size + 1` peer timeouts: the headers go
-//! to the members one after another), so it never gives up on a broadcast the coordinator then
-//! counts as delivered. A subscriber that opens a new weights stream under the same actor id
-//! (a reconnect) replaces its old one among the members. A collective stuck in the library (a peer that died mid-broadcast) is left
-//! to its thread: the run goes on without it, the way the coordinator goes on without the dead
-//! member.
+//! **Failures.** Every join and broadcast is bounded by the peer timeout. When one fails (a member
+//! died, NCCL could not connect) the coordinator drops the group, sends the version to every member
+//! again as chunks (its header with generation 0) and forms a new group at a later publish; after
+//! [`MAX_GROUP_FAILURES`] failures in a row it backs off — chunks only for the next
+//! [`BACKOFF_PUBLISHES`] publishes, doubling with each further failure up to
+//! [`MAX_BACKOFF_PUBLISHES`] — and says so in the log. A member whose join or broadcast fails drops
+//! the group and waits for the chunks. A member waits for a broadcast longer than the coordinator
+//! can take to start and finish it (three peer timeouts: the invites, and then the headers, go to
+//! all members at once within one), so it never gives up on a broadcast the coordinator then counts
+//! as delivered. A subscriber that opens a new weights stream under the same actor id (a reconnect)
+//! replaces its old one among the members. A collective stuck in the library (a peer that died
+//! mid-broadcast) is left to its thread: the run goes on without it, the way the coordinator goes
+//! on without the dead member.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};

@@ -236,7 +236,7 @@ impl GroupHub {
         std::thread::spawn(move || {
             let _ = tx.send(joining.join());
         });
-        for (rank, (_, subscriber)) in members.iter().enumerate() {
+        let invites = members.iter().enumerate().map(|(rank, (_, subscriber))| {
             let invite = WeightsChunk {
                 body: Some(weights_chunk::Body::Invite(GroupInvite {
                     generation,
@@ -245,9 +245,10 @@ impl GroupHub {
                     world_size: world_size as u32,
                 })),
             };
-            self.send(runtime, subscriber, vec![invite], None)
-                .map_err(|e| Error::Weights(format!("weights group {generation}: {e}")))?;
-        }
+            (subscriber.clone(), vec![invite])
+        });
+        self.send_all(runtime, invites.collect(), None)
+            .map_err(|e| Error::Weights(format!("weights group {generation}: {e}")))?;
         let handle = match rx.recv_timeout(self.timeout) {
             Ok(Ok(joined)) => joined?,
             Ok(Err(_)) => {
@@ -288,14 +289,11 @@ impl GroupHub {
     ) -> Result<(), Error> {
         let generation = group.generation;
         let version = weights.version().0;
-        for (_, subscriber) in members {
-            self.send(
-                runtime,
-                subscriber,
-                vec![weights.group_header(generation)],
-                Some(version),
-            )?;
-        }
+        let headers = members
+            .iter()
+            .map(|(_, subscriber)| (subscriber.clone(), vec![weights.group_header(generation)]))
+            .collect();
+        self.send_all(runtime, headers, Some(version))?;
         let mut handle = group.handle.take().ok_or_else(|| {
             Error::Weights(format!(
                 "weights group {generation}: no handle (a broadcast is stuck)"
@@ -324,37 +322,47 @@ impl GroupHub {
         }
     }
 
-    /// Sends `messages` to `subscriber` as one sequence (under its writer lock), within the
-    /// timeout; marks `delivered` with the lock held.
-    fn send(
+    /// Sends each member its messages as one sequence (under its writer lock), all members at
+    /// once and within one peer timeout together; marks each one's `delivered` with its lock
+    /// held.
+    fn send_all(
         &self,
         runtime: &tokio::runtime::Handle,
-        subscriber: &Subscriber,
-        messages: Vec<WeightsChunk>,
+        sends: Vec<(Subscriber, Vec<WeightsChunk>)>,
         delivered: Option<u64>,
     ) -> Result<(), Error> {
         let timeout = self.timeout;
         runtime.block_on(async {
-            let sequence = async {
-                let _writer = subscriber.writer.lock().await;
-                for m in messages {
-                    subscriber
-                        .tx
-                        .send(Ok(m))
-                        .await
-                        .map_err(|_| Error::Network("the subscriber's stream closed".into()))?;
-                }
-                if let Some(v) = delivered {
-                    subscriber.delivered.store(v, Ordering::Release);
+            let mut tasks = tokio::task::JoinSet::new();
+            for (subscriber, messages) in sends {
+                tasks.spawn(async move {
+                    let _writer = subscriber.writer.lock().await;
+                    for m in messages {
+                        subscriber.tx.send(Ok(m)).await.map_err(|_| {
+                            Error::Network("a member's weights stream closed".into())
+                        })?;
+                    }
+                    if let Some(v) = delivered {
+                        subscriber.delivered.store(v, Ordering::Release);
+                    }
+                    Ok::<(), Error>(())
+                });
+            }
+            let all = async {
+                while let Some(done) = tasks.join_next().await {
+                    done.map_err(|e| Error::Network(format!("sending to a member: {e}")))??;
                 }
                 Ok(())
             };
-            tokio::time::timeout(timeout, sequence).await.map_err(|_| {
+            let result = tokio::time::timeout(timeout, all).await.map_err(|_| {
                 Error::Network(format!(
-                    "a subscriber did not take its weights messages within {:.1} s",
+                    "a member did not take its weights messages within {:.1} s",
                     timeout.as_secs_f64()
                 ))
-            })?
+            })?;
+            // Sends still waiting are dropped with the set (before any was marked delivered).
+            tasks.abort_all();
+            result
         })
     }
 }

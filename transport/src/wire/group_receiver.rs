@@ -152,11 +152,10 @@ impl WeightsReceiver {
                 )));
             }
         };
-        // Longer than the coordinator can take to start and finish the broadcast (its headers
-        // go to the members one after another, each within a peer timeout, then the broadcast
-        // within one more): a member never gives up on a broadcast the coordinator then counts
-        // as delivered.
-        let timeout = self.timeout * (handle.world_size() as u32 + 1);
+        // Longer than the coordinator can take to start and finish the broadcast (the headers
+        // go to all members within one peer timeout, the broadcast within one more): a member
+        // never gives up on a broadcast the coordinator then counts as delivered.
+        let timeout = self.timeout * 3;
         let what = format!("receiving weights version {version} from weights group {generation}");
         let (handle, payload) = blocking(move || {
             bounded(&what, timeout, move || {
