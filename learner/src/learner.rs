@@ -275,10 +275,13 @@ impl Learner {
         let mut metrics = StepMetrics::new();
         metrics.insert("samples".into(), total as f64);
         metrics.insert("dropped_stale".into(), stale.len() as f64);
-        metrics.insert(
-            "skipped_threads".into(),
-            (skipped.untrained + skipped.mixed_temperature) as f64,
-        );
+        metrics.insert("skipped_threads".into(), skipped.untrained as f64);
+        if skipped.mixed_temperature > 0 {
+            metrics.insert(
+                "threads_split_by_temperature".into(),
+                skipped.mixed_temperature as f64,
+            );
+        }
         let lags: Vec<u64> = fresh.iter().map(|s| s.version.lag(newest)).collect();
         if let Some(&max_lag) = lags.iter().max() {
             metrics.insert("policy_lag_max".into(), max_lag as f64);

@@ -75,12 +75,13 @@ impl Sample {
     }
 }
 
-/// Why a thread did not become a sample.
+/// Why a thread did not become a sample, or became several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SkippedThreads {
     /// Threads without trainable segments (e.g. judging turns).
     pub untrained: usize,
-    /// Threads whose trained segments were sampled at different temperatures.
+    /// Threads whose trained segments were sampled at different temperatures; not skipped,
+    /// but split into one sample per temperature (see [`build_samples`]).
     pub mixed_temperature: usize,
 }
 
@@ -111,6 +112,13 @@ pub fn trained_mask(trajectories: &[Trajectory], samples: &[Sample]) -> Vec<Vec<
 /// has; its loss mask covers the completion tokens of its trainable segments, whose tokens take
 /// their segment's advantage. The prompt tokens of later turns (rendered environment messages)
 /// are context only.
+///
+/// A thread whose trainable segments were sampled at different temperatures (e.g.
+/// `self_correct`'s `temperatures = [0.3, 0.6]`) becomes one sequence per temperature, each
+/// with the whole thread as context and the loss on that temperature's segments only, since a
+/// forward pass scores at one temperature: the thread then costs one forward pass per
+/// temperature. `turns` and `trained_segments` stay the thread's in every part, so per-turn
+/// weights and rewards still see the turn's place in the conversation.
 pub fn build_samples(trajectories: &[Trajectory]) -> (Vec<Sample>, SkippedThreads) {
     let mut samples = Vec::new();
     let mut skipped = SkippedThreads::default();
@@ -125,67 +133,98 @@ pub fn build_samples(trajectories: &[Trajectory]) -> (Vec<Sample>, SkippedThread
                 .copied()
                 .filter(|&s| trajectory.segments[s].trainable)
                 .collect();
-            let Some(&first) = trained.first() else {
+            if trained.is_empty() {
                 skipped.untrained += 1;
                 continue;
-            };
-            let temperature = trajectory.segments[first].temperature;
-            if trained
-                .iter()
-                .any(|&s| trajectory.segments[s].temperature != temperature)
-            {
-                skipped.mixed_temperature += 1;
-                continue;
             }
-            let mut sample = Sample {
-                tokens: Vec::new(),
-                loss_mask: Vec::new(),
-                advantages: Vec::new(),
-                behavior_logprobs: Vec::new(),
-                turns: Vec::new(),
-                temperature,
-                trajectory: t,
-                trained_segments: trained.clone(),
-                version: trained
+            // The trained segments' temperatures, in order of first appearance.
+            let mut temperatures: Vec<f32> = Vec::new();
+            for &s in &trained {
+                let temperature = trajectory.segments[s].temperature;
+                if !temperatures
                     .iter()
-                    .map(|&s| trajectory.segments[s].weights_version)
-                    .min()
-                    .unwrap_or_default(),
-            };
-            let mut turn = 0u32;
-            for &s in segments {
-                let seg = &trajectory.segments[s];
-                let n_prompt = seg.prompt_tokens.len();
-                sample.turns.extend(std::iter::repeat_n(0, n_prompt));
-                sample.tokens.extend_from_slice(&seg.prompt_tokens);
-                sample
-                    .loss_mask
-                    .extend(std::iter::repeat_n(false, n_prompt));
-                sample.advantages.extend(std::iter::repeat_n(0.0, n_prompt));
-                sample
-                    .behavior_logprobs
-                    .extend(std::iter::repeat_n(0.0, n_prompt));
-                sample.tokens.extend_from_slice(&seg.completion_tokens);
-                for (i, _) in seg.completion_tokens.iter().enumerate() {
-                    sample.loss_mask.push(seg.trainable);
-                    sample.advantages.push(0.0);
-                    sample
-                        .behavior_logprobs
-                        .push(seg.behavior_logprobs.get(i).copied().unwrap_or(0.0));
-                    sample.turns.push(if seg.trainable { turn } else { 0 });
-                }
-                if seg.trainable {
-                    turn += 1;
+                    .any(|x| x.to_bits() == temperature.to_bits())
+                {
+                    temperatures.push(temperature);
                 }
             }
-            // The first token has no prefix to be predicted from.
-            if sample.loss_mask.first() == Some(&true) {
-                sample.loss_mask[0] = false;
+            if temperatures.len() > 1 {
+                skipped.mixed_temperature += 1;
             }
-            samples.push(sample);
+            for temperature in temperatures {
+                samples.push(thread_sample(
+                    trajectory,
+                    t,
+                    segments,
+                    &trained,
+                    temperature,
+                ));
+            }
         }
     }
     (samples, skipped)
+}
+
+/// The sequence of one thread (`segments`, in order) of trajectory `t`, with the loss on the
+/// completions of its `trained` segments sampled at `temperature`.
+fn thread_sample(
+    trajectory: &Trajectory,
+    t: usize,
+    segments: &[usize],
+    trained: &[usize],
+    temperature: f32,
+) -> Sample {
+    let at = |s: usize| trajectory.segments[s].temperature.to_bits() == temperature.to_bits();
+    let mut sample = Sample {
+        tokens: Vec::new(),
+        loss_mask: Vec::new(),
+        advantages: Vec::new(),
+        behavior_logprobs: Vec::new(),
+        turns: Vec::new(),
+        temperature,
+        trajectory: t,
+        trained_segments: trained.to_vec(),
+        version: trained
+            .iter()
+            .filter(|&&s| at(s))
+            .map(|&s| trajectory.segments[s].weights_version)
+            .min()
+            .unwrap_or_default(),
+    };
+    let mut turn = 0u32;
+    for &s in segments {
+        let seg = &trajectory.segments[s];
+        let n_prompt = seg.prompt_tokens.len();
+        sample.turns.extend(std::iter::repeat_n(0, n_prompt));
+        sample.tokens.extend_from_slice(&seg.prompt_tokens);
+        sample
+            .loss_mask
+            .extend(std::iter::repeat_n(false, n_prompt));
+        sample.advantages.extend(std::iter::repeat_n(0.0, n_prompt));
+        sample
+            .behavior_logprobs
+            .extend(std::iter::repeat_n(0.0, n_prompt));
+        sample.tokens.extend_from_slice(&seg.completion_tokens);
+        let trained_here = seg.trainable && at(s);
+        for i in 0..seg.completion_tokens.len() {
+            sample.loss_mask.push(trained_here);
+            sample.advantages.push(0.0);
+            sample.behavior_logprobs.push(if trained_here {
+                seg.behavior_logprobs.get(i).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            });
+            sample.turns.push(if trained_here { turn } else { 0 });
+        }
+        if seg.trainable {
+            turn += 1;
+        }
+    }
+    // The first token has no prefix to be predicted from.
+    if sample.loss_mask.first() == Some(&true) {
+        sample.loss_mask[0] = false;
+    }
+    sample
 }
 
 impl Sample {
@@ -312,6 +351,57 @@ mod tests {
         assert_eq!(s.version, WeightsVersion(3));
         assert_eq!(s.trained_tokens(), 4);
         assert!(!s.zero_signal());
+    }
+
+    #[test]
+    fn a_thread_sampled_at_two_temperatures_is_one_sequence_per_temperature() {
+        let mut first = segment(0, &[1, 2, 3], &[4, 5], true, 3);
+        first.temperature = 0.3;
+        let t = Trajectory {
+            id: 0,
+            env: "e".into(),
+            seed: 0,
+            group_id: 0,
+            segments: vec![first, segment(0, &[6], &[7, 2], true, 4)],
+            outcome: Outcome::default(),
+        };
+        let (mut samples, skipped) = build_samples(std::slice::from_ref(&t));
+        assert_eq!((skipped.untrained, skipped.mixed_temperature), (0, 1));
+        assert_eq!(samples.len(), 2);
+        for s in &mut samples {
+            s.assign_advantages(&[0.5, -1.0]);
+            // The whole thread is the context of both, and the turns keep their places.
+            assert_eq!(s.tokens, vec![1, 2, 3, 4, 5, 6, 7, 2]);
+            assert_eq!(s.trained_segments, vec![0, 1]);
+        }
+        let (cold, hot) = (&samples[0], &samples[1]);
+        assert_eq!((cold.temperature, hot.temperature), (0.3, 0.7));
+        assert_eq!(
+            cold.loss_mask,
+            vec![false, false, false, true, true, false, false, false]
+        );
+        assert_eq!(
+            hot.loss_mask,
+            vec![false, false, false, false, false, false, true, true]
+        );
+        assert_eq!(
+            cold.advantages,
+            vec![0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            hot.advantages,
+            vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
+        );
+        assert_eq!(hot.turns, vec![0, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(
+            hot.trained(&hot.behavior_logprobs).collect::<Vec<_>>(),
+            vec![-0.7, -0.2]
+        );
+        assert_eq!(
+            (cold.version, hot.version),
+            (WeightsVersion(3), WeightsVersion(4))
+        );
+        assert_eq!(trained_mask(&[t], &samples), vec![vec![true, true]]);
     }
 
     #[test]

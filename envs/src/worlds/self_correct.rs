@@ -62,6 +62,16 @@ pub struct SelfCorrectConfig {
     /// uses the job's `sampling.max_completion_length`. Entries must be ≥ 1.
     #[serde(default)]
     pub max_new_tokens: Vec<usize>,
+    /// Sampling temperature of each attempt: attempt `k` (0-based) is sampled at
+    /// `temperatures[min(k, len − 1)]` (the learner scores each turn at the temperature it was
+    /// sampled at), e.g. `[0.3, 0.6]` for first attempts near the greedy ones a held-out
+    /// evaluation sees, so that the second attempt learns to fix the errors the greedy first
+    /// attempt makes rather than the noise of a hotter sample. Empty (the default): every
+    /// attempt uses the job's `sampling.temperature` (or `[eval] temperature`). Set it in
+    /// `[env.params]` only: in `[env.eval_params]` it would override the evaluation's
+    /// temperature. Entries must be finite and ≥ 0 (0 = greedy).
+    #[serde(default)]
+    pub temperatures: Vec<f32>,
     /// Which wording of each problem is asked: `"question"` (the default); `"twin"`, the
     /// problem's rephrased twin (`Problem::twin`, same answer, written by a script), for
     /// Co-Reward's paired groups (`[[env]] twin = { ask = "twin" }` and `[grpo] reward_source
@@ -187,6 +197,7 @@ impl Default for SelfCorrectConfig {
             correction_prompt: default_correction_prompt(),
             verifier: None,
             max_new_tokens: Vec::new(),
+            temperatures: Vec::new(),
             ask: Ask::Question,
             strategies: Vec::new(),
             strategies_from: default_strategies_from(),
@@ -251,6 +262,17 @@ impl SelfCorrectFactory {
             return Err(Error::Params {
                 env: "self_correct".into(),
                 message: format!("`max_new_tokens[{k}]` must be at least 1, got 0"),
+            });
+        }
+        if let Some((k, t)) = config
+            .temperatures
+            .iter()
+            .enumerate()
+            .find(|(_, t)| !t.is_finite() || **t < 0.0)
+        {
+            return Err(Error::Params {
+                env: "self_correct".into(),
+                message: format!("`temperatures[{k}]` must be a finite number ≥ 0, got {t}"),
             });
         }
         let params = |message: String| Error::Params {
@@ -357,13 +379,20 @@ struct SelfCorrect {
 }
 
 impl SelfCorrect {
-    /// The solver's request for the next attempt, with that attempt's token budget.
+    /// The solver's request for the next attempt, with that attempt's token budget and
+    /// temperature.
     fn ask(&mut self, messages: Vec<Message>) -> Step {
-        let budgets = &self.shared.config.max_new_tokens;
+        let config = &self.shared.config;
+        let k = self.scores.len();
         let mut request = self.dialogue.ask(SOLVER, messages);
-        if !budgets.is_empty() {
-            let k = self.scores.len().min(budgets.len() - 1);
-            request.sampling.max_new_tokens = Some(budgets[k]);
+        let nth = |list_len: usize| k.min(list_len.saturating_sub(1));
+        if !config.max_new_tokens.is_empty() {
+            request.sampling.max_new_tokens =
+                Some(config.max_new_tokens[nth(config.max_new_tokens.len())]);
+        }
+        if !config.temperatures.is_empty() {
+            request.sampling.temperature =
+                Some(config.temperatures[nth(config.temperatures.len())]);
         }
         Step::Request(request)
     }
@@ -781,6 +810,26 @@ mod tests {
 
         let err = params_error("max_new_tokens = [24, 0]");
         assert!(err.contains("max_new_tokens[1]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn each_attempt_gets_its_temperature() {
+        let mut env = env_from("attempts = 3\ntemperatures = [0.3, 0.6]");
+        let mut temperatures = Vec::new();
+        let mut step = env.reset(1).await.unwrap();
+        while let Step::Request(r) = step {
+            temperatures.push(r.sampling.temperature);
+            step = env.step(&r.agent, "\\boxed{0}").await.unwrap();
+        }
+        assert_eq!(temperatures, [Some(0.3), Some(0.6), Some(0.6)]);
+
+        let (requests, _) = play(2, 1, &["a", "b"]).await;
+        assert!(requests.iter().all(|r| r.sampling.temperature.is_none()));
+
+        let err = params_error("temperatures = [0.3, -1.0]");
+        assert!(err.contains("temperatures[1]"), "{err}");
+        let err = params_error("temperatures = [nan]");
+        assert!(err.contains("temperatures[0]"), "{err}");
     }
 
     #[tokio::test]

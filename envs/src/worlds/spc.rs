@@ -100,6 +100,14 @@ pub struct SpcConfig {
     /// The sandbox's limits for the critic's programs (`critic_tool`).
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// With `critic_tool`: added to the critic's reward when its program gave a verdict and
+    /// transcribes the judged step, that is, every number of the shown step (unsigned, with
+    /// its multiplicity) is a number literal of the program. A shaping term outside the
+    /// zero-sum game (the sneaky agent's reward is unchanged), for a critic whose programs
+    /// run but mis-copy the step (BENCHMARKS.md, "SPC with a tool for the critic"); the
+    /// environment can check a transcription, not a verdict's reasoning. 0 turns it off.
+    #[serde(default)]
+    pub transcription_bonus: f32,
 }
 
 /// One held-out critic question: a problem's step-by-step solution up to step `index` (0-based),
@@ -180,6 +188,7 @@ impl Default for SpcConfig {
             balance_critic: false,
             critic_tool: false,
             sandbox: SandboxConfig::default(),
+            transcription_bonus: 0.0,
         }
     }
 }
@@ -221,6 +230,14 @@ impl SpcFactory {
         }
         if !config.invalid_penalty.is_finite() {
             return Err(bad("`invalid_penalty` must be a finite number"));
+        }
+        if !config.transcription_bonus.is_finite() {
+            return Err(bad("`transcription_bonus` must be a finite number"));
+        }
+        if config.transcription_bonus != 0.0 && !config.critic_tool {
+            return Err(bad(
+                "`transcription_bonus` rewards the critic's program: it needs `critic_tool = true`",
+            ));
         }
         if config.balance_critic && config.planted_probability > 0.0 {
             return Err(bad(
@@ -271,6 +288,7 @@ impl EnvFactory for SpcFactory {
             round: None,
             dialogue: Dialogue::new(),
             critic_program: None,
+            critic_faithful: None,
             limits_broken: false,
         })
     }
@@ -316,6 +334,9 @@ struct Spc {
     dialogue: Dialogue,
     /// With `critic_tool`: whether the critic's reply ran a program (`None` before it replied).
     critic_program: Option<bool>,
+    /// With `critic_tool`: whether the critic's program transcribes the shown step
+    /// ([`transcribes`]; `None` before it replied or without a program).
+    critic_faithful: Option<bool>,
     /// With `critic_tool`: the critic's program broke a sandbox limit.
     limits_broken: bool,
 }
@@ -385,6 +406,28 @@ fn printed_verdict(stdout: &str) -> Option<Truth> {
         "False" => Some(Truth::Incorrect),
         _ => parse_verdict(line),
     }
+}
+
+static NUMBER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d+(?:\.\d+)?").expect("valid regex"));
+
+/// Whether `program` transcribes `step`: every unsigned number literal of the step (`117 - 402
+/// = -284` has 117, 402 and 284) occurs among the program's number literals at least as
+/// often. Signs are left out because `- 402` and `-402` are both faithful copies.
+fn transcribes(program: &str, step: &str) -> bool {
+    let mut have: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for m in NUMBER.find_iter(program) {
+        *have.entry(m.as_str()).or_default() += 1;
+    }
+    let mut any = false;
+    for m in NUMBER.find_iter(step) {
+        any = true;
+        match have.get_mut(m.as_str()) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => return false,
+        }
+    }
+    any
 }
 
 /// `step` (`expression = value`) with its value moved by 2 to 9, up or down (a move that would
@@ -507,6 +550,8 @@ impl Spc {
             return Ok(None);
         };
         self.critic_program = Some(true);
+        let shown = self.round()?.shown.as_deref().unwrap_or_default();
+        self.critic_faithful = Some(transcribes(code, shown));
         match sandbox.run_tests(code, &[]).await {
             Ok(run) if run.load_error.is_none() => Ok(printed_verdict(&run.stdout)),
             Ok(_) => Ok(None),
@@ -526,7 +571,16 @@ impl Spc {
         let truth = Self::truth(round);
         let critic_reward = verdict.map(|v| if v == Some(truth) { 1.0 } else { -1.0 });
         if let Some(r) = critic_reward {
-            outcome.rewards.insert(AgentId::new(CRITIC), vec![r]);
+            // The shaping term: a program that gave a verdict and copied the step faithfully.
+            let faithful = self.critic_faithful == Some(true);
+            let bonus = if faithful && verdict.is_some_and(|v| v.is_some()) {
+                self.shared.1.transcription_bonus
+            } else {
+                0.0
+            };
+            outcome
+                .rewards
+                .insert(AgentId::new(CRITIC), vec![r + bonus]);
             outcome
                 .metrics
                 .insert("critic_correct".into(), metric(r > 0.0));
@@ -542,6 +596,9 @@ impl Spc {
             outcome.metrics.insert(key.into(), metric(r > 0.0));
             if let Some(ran) = self.critic_program {
                 outcome.metrics.insert("critic_program".into(), metric(ran));
+                outcome
+                    .metrics
+                    .insert("critic_faithful".into(), metric(faithful));
                 outcome
                     .metrics
                     .insert("program_limits".into(), metric(self.limits_broken));
@@ -585,6 +642,7 @@ impl Spc {
 impl Env for Spc {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
         self.critic_program = None;
+        self.critic_faithful = None;
         self.limits_broken = false;
         if let Some(items) = self.critic_set.clone() {
             return self.reset_critic_item(&items[(seed % items.len() as u64) as usize]);
@@ -977,6 +1035,82 @@ mod tests {
             assert_eq!(o.metrics["critic_unparsed"], unparsed, "{reply}");
             assert_eq!(o.metrics["critic_program"], program, "{reply}");
         }
+    }
+
+    #[test]
+    fn a_transcription_has_every_number_of_the_step() {
+        let step = "117 - 402 = -284";
+        assert!(transcribes(
+            "print(\"correct\" if 117 - 402 == -284 else \"incorrect\")",
+            step
+        ));
+        assert!(transcribes("a = 117\nb = -402\nprint(a + b == -284)", step));
+        // A number missing, mis-copied, or present fewer times than in the step.
+        assert!(!transcribes("print(117 - 402 == -285)", step));
+        assert!(!transcribes("print(117 - 42 == -284)", step));
+        assert!(!transcribes("print(7 + 7 == 14)", "7 + 7 = 14 + 7"));
+        assert!(!transcribes("print(LEFT == RIGHT)", step));
+        assert!(transcribes("print(2.5 * 2 == 5)", "2.5 * 2 = 5"));
+        assert!(!transcribes("print(True)", "no numbers"));
+    }
+
+    #[tokio::test]
+    async fn a_faithful_program_earns_the_transcription_bonus_whatever_its_verdict() {
+        let factory = |bonus: f32| {
+            let config = SpcConfig {
+                sneaky_probability: 0.0,
+                planted_probability: 0.5,
+                critic_tool: true,
+                transcription_bonus: bonus,
+                ..SpcConfig::default()
+            };
+            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap()
+        };
+        let play = |bonus: f32, seed: u64, reply: Option<&'static str>| async move {
+            let mut env = factory(bonus).make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let expert = env.expert_answer().unwrap();
+            let reply = reply.map_or(expert, str::to_string);
+            let Step::Done(o) = env.step(&r.agent, &reply).await.unwrap() else {
+                panic!()
+            };
+            (
+                o.rewards[&AgentId::new(CRITIC)][0],
+                o.metrics["critic_faithful"],
+            )
+        };
+        for seed in 0..8 {
+            // The expert copies the step's two sides: right, and faithful.
+            assert_eq!(play(0.5, seed, None).await, (1.5, 1.0), "seed {seed}");
+            assert_eq!(play(0.0, seed, None).await, (1.0, 1.0), "seed {seed}");
+            // A constant verdict copies nothing: no bonus, right or wrong.
+            let (r, faithful) = play(0.5, seed, Some("```python\nprint(True)\n```")).await;
+            assert!(r == 1.0 || r == -1.0, "{r}");
+            assert_eq!(faithful, 0.0);
+        }
+        // A program that fails gives no verdict and no bonus, faithful or not.
+        let mut env = factory(0.5).make();
+        let Step::Request(r) = env.reset(3).await.unwrap() else {
+            panic!()
+        };
+        let expert = env.expert_answer().unwrap();
+        let failing = expert.replace("print(", "raise ValueError(");
+        let Step::Done(o) = env.step(&r.agent, &failing).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "{failing}");
+        assert_eq!(o.metrics["critic_faithful"], 1.0);
+        // The bonus needs the tool, and a finite value.
+        let config = SpcConfig {
+            transcription_bonus: 0.5,
+            ..SpcConfig::default()
+        };
+        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("transcription_bonus"), "{e}");
     }
 
     #[tokio::test]
