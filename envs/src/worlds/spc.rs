@@ -108,6 +108,12 @@ pub struct SpcConfig {
     /// environment can check a transcription, not a verdict's reasoning. 0 turns it off.
     #[serde(default)]
     pub transcription_bonus: f32,
+    /// With `critic_tool`: a program that does not transcribe the judged step (see
+    /// `transcription_bonus`) gives no verdict, as a placeholder left in does: a program that
+    /// prints a constant does not check the step. Measured without it (BENCHMARKS.md), the
+    /// critic's programs became `print("Correct")`.
+    #[serde(default)]
+    pub require_transcription: bool,
 }
 
 /// One held-out critic question: a problem's step-by-step solution up to step `index` (0-based),
@@ -189,6 +195,7 @@ impl Default for SpcConfig {
             critic_tool: false,
             sandbox: SandboxConfig::default(),
             transcription_bonus: 0.0,
+            require_transcription: false,
         }
     }
 }
@@ -237,6 +244,11 @@ impl SpcFactory {
         if config.transcription_bonus != 0.0 && !config.critic_tool {
             return Err(bad(
                 "`transcription_bonus` rewards the critic's program: it needs `critic_tool = true`",
+            ));
+        }
+        if config.require_transcription && !config.critic_tool {
+            return Err(bad(
+                "`require_transcription` checks the critic's program: it needs `critic_tool = true`",
             ));
         }
         if config.balance_critic && config.planted_probability > 0.0 {
@@ -551,7 +563,11 @@ impl Spc {
         };
         self.critic_program = Some(true);
         let shown = self.round()?.shown.as_deref().unwrap_or_default();
-        self.critic_faithful = Some(transcribes(code, shown));
+        let faithful = transcribes(code, shown);
+        self.critic_faithful = Some(faithful);
+        if !faithful && self.shared.1.require_transcription {
+            return Ok(None);
+        }
         match sandbox.run_tests(code, &[]).await {
             Ok(run) if run.load_error.is_none() => Ok(printed_verdict(&run.stdout)),
             Ok(_) => Ok(None),
@@ -1102,6 +1118,40 @@ mod tests {
         };
         assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "{failing}");
         assert_eq!(o.metrics["critic_faithful"], 1.0);
+        // Required, a transcription is the only way to a verdict.
+        let config = SpcConfig {
+            sneaky_probability: 0.0,
+            planted_probability: 0.5,
+            critic_tool: true,
+            require_transcription: true,
+            ..SpcConfig::default()
+        };
+        let factory =
+            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap();
+        for seed in 0..8 {
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let Step::Done(o) = env
+                .step(&r.agent, "```python\nprint(True)\n```")
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "seed {seed}");
+            assert_eq!(o.metrics["critic_unparsed"], 1.0);
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let expert = env.expert_answer().unwrap();
+            let Step::Done(o) = env.step(&r.agent, &expert).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![1.0], "seed {seed}");
+        }
         // The bonus needs the tool, and a finite value.
         let config = SpcConfig {
             transcription_bonus: 0.5,
@@ -1111,6 +1161,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("transcription_bonus"), "{e}");
+        let config = SpcConfig {
+            require_transcription: true,
+            ..SpcConfig::default()
+        };
+        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("require_transcription"), "{e}");
     }
 
     #[tokio::test]
