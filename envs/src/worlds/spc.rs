@@ -114,6 +114,12 @@ pub struct SpcConfig {
     /// critic's programs became `print("Correct")`.
     #[serde(default)]
     pub require_transcription: bool,
+    /// With `critic_tool`: the prompt shows the program for an example step (`12 + 5 = 18`)
+    /// instead of the one-line form with `LEFT`/`RIGHT` placeholders. Alone, a runnable
+    /// example is what SmolLM2's critic learnt to copy (BENCHMARKS.md, run A); with
+    /// `require_transcription` a copy of the example gives no verdict.
+    #[serde(default)]
+    pub critic_example: bool,
 }
 
 /// One held-out critic question: a problem's step-by-step solution up to step `index` (0-based),
@@ -196,6 +202,7 @@ impl Default for SpcConfig {
             sandbox: SandboxConfig::default(),
             transcription_bonus: 0.0,
             require_transcription: false,
+            critic_example: false,
         }
     }
 }
@@ -244,6 +251,11 @@ impl SpcFactory {
         if config.transcription_bonus != 0.0 && !config.critic_tool {
             return Err(bad(
                 "`transcription_bonus` rewards the critic's program: it needs `critic_tool = true`",
+            ));
+        }
+        if config.critic_example && !config.critic_tool {
+            return Err(bad(
+                "`critic_example` shows an example program: it needs `critic_tool = true`",
             ));
         }
         if config.require_transcription && !config.critic_tool {
@@ -507,7 +519,16 @@ impl Spc {
         let k = round.index;
         let mut steps = round.problem.steps[..k].to_vec();
         steps.push(shown.clone());
-        let ask = if self.sandbox.is_some() {
+        let ask = if self.sandbox.is_some() && self.shared.1.critic_example {
+            format!(
+                "Is step {k} correct? Check it with a Python program in a ```python block that prints \
+                 `correct` if the step is right and `incorrect` if it is wrong. For example, for the \
+                 step `12 + 5 = 18` the program is:\n\
+                 ```python\nprint(\"correct\" if 12 + 5 == 18 else \"incorrect\")\n```\n\
+                 Write the program for step {k}.",
+                k = k + 1
+            )
+        } else if self.sandbox.is_some() {
             format!(
                 "Is step {k} correct? Check it with a Python program in a ```python block that prints \
                  `correct` if the step is right and `incorrect` if it is wrong:\n\
@@ -1169,6 +1190,53 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("require_transcription"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn with_the_example_a_copy_of_it_gives_no_verdict_and_a_transcription_does() {
+        let config = SpcConfig {
+            sneaky_probability: 0.0,
+            planted_probability: 0.5,
+            critic_tool: true,
+            require_transcription: true,
+            critic_example: true,
+            ..SpcConfig::default()
+        };
+        let factory =
+            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap();
+        let copy = "```python\nprint(\"correct\" if 12 + 5 == 18 else \"incorrect\")\n```";
+        for seed in 0..6 {
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let prompt = &r.messages[0].content;
+            assert!(
+                prompt.contains("12 + 5 == 18") && !prompt.contains("LEFT"),
+                "{prompt}"
+            );
+            let Step::Done(o) = env.step(&r.agent, copy).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(o.metrics["critic_unparsed"], 1.0, "seed {seed}");
+            let mut env = factory.make();
+            let Step::Request(r) = env.reset(seed).await.unwrap() else {
+                panic!()
+            };
+            let expert = env.expert_answer().unwrap();
+            let Step::Done(o) = env.step(&r.agent, &expert).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(o.metrics["critic_correct"], 1.0, "seed {seed}: {expert}");
+        }
+        let config = SpcConfig {
+            critic_example: true,
+            ..SpcConfig::default()
+        };
+        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("critic_example"), "{e}");
     }
 
     #[tokio::test]
