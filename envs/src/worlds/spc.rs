@@ -1074,6 +1074,28 @@ mod tests {
         }
     }
 
+    /// One critic-only round of `factory` at `seed`: the critic's `reply`, or the expert's
+    /// program when `None`.
+    async fn critic_reply(factory: &SpcFactory, seed: u64, reply: Option<&str>) -> Outcome {
+        let mut env = factory.make();
+        let Step::Request(r) = env.reset(seed).await.unwrap() else {
+            panic!()
+        };
+        let reply = reply.map_or_else(|| env.expert_answer().unwrap(), str::to_string);
+        let Step::Done(o) = env.step(&r.agent, &reply).await.unwrap() else {
+            panic!("one critic turn ends the round")
+        };
+        o
+    }
+
+    /// The error `config` is refused with.
+    fn refused(config: SpcConfig) -> String {
+        SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
+            .err()
+            .unwrap()
+            .to_string()
+    }
+
     #[test]
     fn a_transcription_has_every_number_of_the_step() {
         let step = "117 - 402 = -284";
@@ -1150,46 +1172,47 @@ mod tests {
         let factory =
             SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap();
         for seed in 0..8 {
-            let mut env = factory.make();
-            let Step::Request(r) = env.reset(seed).await.unwrap() else {
-                panic!()
-            };
-            let Step::Done(o) = env
-                .step(&r.agent, "```python\nprint(True)\n```")
-                .await
-                .unwrap()
-            else {
-                panic!()
-            };
+            let o = critic_reply(&factory, seed, Some("```python\nprint(True)\n```")).await;
             assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "seed {seed}");
             assert_eq!(o.metrics["critic_unparsed"], 1.0);
-            let mut env = factory.make();
-            let Step::Request(r) = env.reset(seed).await.unwrap() else {
-                panic!()
-            };
-            let expert = env.expert_answer().unwrap();
-            let Step::Done(o) = env.step(&r.agent, &expert).await.unwrap() else {
-                panic!()
-            };
+            let o = critic_reply(&factory, seed, None).await;
             assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![1.0], "seed {seed}");
         }
-        // The bonus needs the tool, and a finite value.
-        let config = SpcConfig {
-            transcription_bonus: 0.5,
-            ..SpcConfig::default()
-        };
-        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("transcription_bonus"), "{e}");
-        let config = SpcConfig {
-            require_transcription: true,
-            ..SpcConfig::default()
-        };
-        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("require_transcription"), "{e}");
+        // Each option needs the tool; the bonus a finite value.
+        for (config, field) in [
+            (
+                SpcConfig {
+                    transcription_bonus: 0.5,
+                    ..SpcConfig::default()
+                },
+                "transcription_bonus",
+            ),
+            (
+                SpcConfig {
+                    require_transcription: true,
+                    ..SpcConfig::default()
+                },
+                "require_transcription",
+            ),
+            (
+                SpcConfig {
+                    critic_example: true,
+                    ..SpcConfig::default()
+                },
+                "critic_example",
+            ),
+            (
+                SpcConfig {
+                    critic_tool: true,
+                    transcription_bonus: f32::NAN,
+                    ..SpcConfig::default()
+                },
+                "transcription_bonus",
+            ),
+        ] {
+            let e = refused(config);
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[tokio::test]
@@ -1215,28 +1238,11 @@ mod tests {
                 prompt.contains("12 + 5 == 18") && !prompt.contains("LEFT"),
                 "{prompt}"
             );
-            let Step::Done(o) = env.step(&r.agent, copy).await.unwrap() else {
-                panic!()
-            };
+            let o = critic_reply(&factory, seed, Some(copy)).await;
             assert_eq!(o.metrics["critic_unparsed"], 1.0, "seed {seed}");
-            let mut env = factory.make();
-            let Step::Request(r) = env.reset(seed).await.unwrap() else {
-                panic!()
-            };
-            let expert = env.expert_answer().unwrap();
-            let Step::Done(o) = env.step(&r.agent, &expert).await.unwrap() else {
-                panic!()
-            };
-            assert_eq!(o.metrics["critic_correct"], 1.0, "seed {seed}: {expert}");
+            let o = critic_reply(&factory, seed, None).await;
+            assert_eq!(o.metrics["critic_correct"], 1.0, "seed {seed}");
         }
-        let config = SpcConfig {
-            critic_example: true,
-            ..SpcConfig::default()
-        };
-        let e = SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config)
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("critic_example"), "{e}");
     }
 
     #[tokio::test]
