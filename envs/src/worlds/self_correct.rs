@@ -66,10 +66,12 @@ pub struct SelfCorrectConfig {
     /// `temperatures[min(k, len − 1)]` (the learner scores each turn at the temperature it was
     /// sampled at), e.g. `[0.3, 0.6]` for first attempts near the greedy ones a held-out
     /// evaluation sees, so that the second attempt learns to fix the errors the greedy first
-    /// attempt makes rather than the noise of a hotter sample. Empty (the default): every
-    /// attempt uses the job's `sampling.temperature` (or `[eval] temperature`). Set it in
-    /// `[env.params]` only: in `[env.eval_params]` it would override the evaluation's
-    /// temperature. Entries must be finite and ≥ 0 (0 = greedy).
+    /// attempt makes rather than the noise of a hotter sample (measured on the main job,
+    /// BENCHMARKS.md run 58: it left the second attempt almost nothing to fix). Empty (the
+    /// default): every attempt uses the job's `sampling.temperature` (or `[eval]
+    /// temperature`). Set it in `[env.params]` only: in `[env.eval_params]` it would override
+    /// the evaluation's temperature. Entries must be finite and > 0 (a trained turn is scored
+    /// at its temperature, and greedy has no log-probs to score).
     #[serde(default)]
     pub temperatures: Vec<f32>,
     /// Which wording of each problem is asked: `"question"` (the default); `"twin"`, the
@@ -268,11 +270,11 @@ impl SelfCorrectFactory {
             .temperatures
             .iter()
             .enumerate()
-            .find(|(_, t)| !t.is_finite() || **t < 0.0)
+            .find(|(_, t)| !(t.is_finite() && **t > 0.0))
         {
             return Err(Error::Params {
                 env: "self_correct".into(),
-                message: format!("`temperatures[{k}]` must be a finite number ≥ 0, got {t}"),
+                message: format!("`temperatures[{k}]` must be a finite number > 0, got {t}"),
             });
         }
         let params = |message: String| Error::Params {
@@ -830,6 +832,11 @@ mod tests {
         assert!(err.contains("temperatures[1]"), "{err}");
         let err = params_error("temperatures = [nan]");
         assert!(err.contains("temperatures[0]"), "{err}");
+        let err = params_error("temperatures = [0.0]");
+        assert!(
+            err.contains("temperatures[0]") && err.contains("> 0"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
