@@ -276,10 +276,10 @@ impl Learner {
         metrics.insert("samples".into(), total as f64);
         metrics.insert("dropped_stale".into(), stale.len() as f64);
         metrics.insert("skipped_threads".into(), skipped.untrained as f64);
-        if skipped.mixed_temperature > 0 {
+        if skipped.split_by_temperature > 0 {
             metrics.insert(
                 "threads_split_by_temperature".into(),
-                skipped.mixed_temperature as f64,
+                skipped.split_by_temperature as f64,
             );
         }
         let lags: Vec<u64> = fresh.iter().map(|s| s.version.lag(newest)).collect();

@@ -82,7 +82,7 @@ pub struct SkippedThreads {
     pub untrained: usize,
     /// Threads whose trained segments were sampled at different temperatures; not skipped,
     /// but split into one sample per temperature (see [`build_samples`]).
-    pub mixed_temperature: usize,
+    pub split_by_temperature: usize,
 }
 
 /// Which segments of `trajectories` have at least one token in the loss of `samples`:
@@ -149,7 +149,7 @@ pub fn build_samples(trajectories: &[Trajectory]) -> (Vec<Sample>, SkippedThread
                 }
             }
             if temperatures.len() > 1 {
-                skipped.mixed_temperature += 1;
+                skipped.split_by_temperature += 1;
             }
             for temperature in temperatures {
                 samples.push(thread_sample(
@@ -366,7 +366,7 @@ mod tests {
             outcome: Outcome::default(),
         };
         let (mut samples, skipped) = build_samples(std::slice::from_ref(&t));
-        assert_eq!((skipped.untrained, skipped.mixed_temperature), (0, 1));
+        assert_eq!((skipped.untrained, skipped.split_by_temperature), (0, 1));
         assert_eq!(samples.len(), 2);
         for s in &mut samples {
             s.assign_advantages(&[0.5, -1.0]);

@@ -1074,14 +1074,32 @@ mod tests {
         }
     }
 
-    /// One critic-only round of `factory` at `seed`: the critic's `reply`, or the expert's
-    /// program when `None`.
-    async fn critic_reply(factory: &SpcFactory, seed: u64, reply: Option<&str>) -> Outcome {
+    /// Critic-only rounds with the tool (half of them planted), default generator.
+    fn critic_config() -> SpcConfig {
+        SpcConfig {
+            sneaky_probability: 0.0,
+            planted_probability: 0.5,
+            critic_tool: true,
+            ..SpcConfig::default()
+        }
+    }
+
+    fn critic_factory(config: SpcConfig) -> SpcFactory {
+        SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap()
+    }
+
+    /// One critic-only round of `factory` at `seed`; the critic replies `reply(expert)`, where
+    /// `expert` is the expert's program for the round.
+    async fn critic_reply(
+        factory: &SpcFactory,
+        seed: u64,
+        reply: impl FnOnce(String) -> String,
+    ) -> Outcome {
         let mut env = factory.make();
         let Step::Request(r) = env.reset(seed).await.unwrap() else {
             panic!()
         };
-        let reply = reply.map_or_else(|| env.expert_answer().unwrap(), str::to_string);
+        let reply = reply(env.expert_answer().unwrap());
         let Step::Done(o) = env.step(&r.agent, &reply).await.unwrap() else {
             panic!("one critic turn ends the round")
         };
@@ -1115,67 +1133,45 @@ mod tests {
 
     #[tokio::test]
     async fn a_faithful_program_earns_the_transcription_bonus_whatever_its_verdict() {
-        let factory = |bonus: f32| {
-            let config = SpcConfig {
-                sneaky_probability: 0.0,
-                planted_probability: 0.5,
-                critic_tool: true,
-                transcription_bonus: bonus,
-                ..SpcConfig::default()
-            };
-            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap()
-        };
-        let play = |bonus: f32, seed: u64, reply: Option<&'static str>| async move {
-            let mut env = factory(bonus).make();
-            let Step::Request(r) = env.reset(seed).await.unwrap() else {
-                panic!()
-            };
-            let expert = env.expert_answer().unwrap();
-            let reply = reply.map_or(expert, str::to_string);
-            let Step::Done(o) = env.step(&r.agent, &reply).await.unwrap() else {
-                panic!()
-            };
+        let constant = |_| "```python\nprint(True)\n```".to_string();
+        let critic = |o: &Outcome| {
             (
                 o.rewards[&AgentId::new(CRITIC)][0],
                 o.metrics["critic_faithful"],
             )
         };
+        let factory = |bonus: f32| {
+            critic_factory(SpcConfig {
+                transcription_bonus: bonus,
+                ..critic_config()
+            })
+        };
+        let (with_bonus, without) = (factory(0.5), factory(0.0));
         for seed in 0..8 {
             // The expert copies the step's two sides: right, and faithful.
-            assert_eq!(play(0.5, seed, None).await, (1.5, 1.0), "seed {seed}");
-            assert_eq!(play(0.0, seed, None).await, (1.0, 1.0), "seed {seed}");
+            let o = critic_reply(&with_bonus, seed, |e| e).await;
+            assert_eq!(critic(&o), (1.5, 1.0), "seed {seed}");
+            let o = critic_reply(&without, seed, |e| e).await;
+            assert_eq!(critic(&o), (1.0, 1.0), "seed {seed}");
             // A constant verdict copies nothing: no bonus, right or wrong.
-            let (r, faithful) = play(0.5, seed, Some("```python\nprint(True)\n```")).await;
+            let (r, faithful) = critic(&critic_reply(&with_bonus, seed, constant).await);
             assert!(r == 1.0 || r == -1.0, "{r}");
             assert_eq!(faithful, 0.0);
         }
         // A program that fails gives no verdict and no bonus, faithful or not.
-        let mut env = factory(0.5).make();
-        let Step::Request(r) = env.reset(3).await.unwrap() else {
-            panic!()
-        };
-        let expert = env.expert_answer().unwrap();
-        let failing = expert.replace("print(", "raise ValueError(");
-        let Step::Done(o) = env.step(&r.agent, &failing).await.unwrap() else {
-            panic!()
-        };
-        assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "{failing}");
+        let o = critic_reply(&with_bonus, 3, |e| e.replace("print(", "raise ValueError(")).await;
+        assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0]);
         assert_eq!(o.metrics["critic_faithful"], 1.0);
         // Required, a transcription is the only way to a verdict.
-        let config = SpcConfig {
-            sneaky_probability: 0.0,
-            planted_probability: 0.5,
-            critic_tool: true,
+        let required = critic_factory(SpcConfig {
             require_transcription: true,
-            ..SpcConfig::default()
-        };
-        let factory =
-            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap();
+            ..critic_config()
+        });
         for seed in 0..8 {
-            let o = critic_reply(&factory, seed, Some("```python\nprint(True)\n```")).await;
+            let o = critic_reply(&required, seed, constant).await;
             assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![-1.0], "seed {seed}");
             assert_eq!(o.metrics["critic_unparsed"], 1.0);
-            let o = critic_reply(&factory, seed, None).await;
+            let o = critic_reply(&required, seed, |e| e).await;
             assert_eq!(o.rewards[&AgentId::new(CRITIC)], vec![1.0], "seed {seed}");
         }
         // Each option needs the tool; the bonus a finite value.
@@ -1217,16 +1213,11 @@ mod tests {
 
     #[tokio::test]
     async fn with_the_example_a_copy_of_it_gives_no_verdict_and_a_transcription_does() {
-        let config = SpcConfig {
-            sneaky_probability: 0.0,
-            planted_probability: 0.5,
-            critic_tool: true,
+        let factory = critic_factory(SpcConfig {
             require_transcription: true,
             critic_example: true,
-            ..SpcConfig::default()
-        };
-        let factory =
-            SpcFactory::new(ProblemSet::generated(ProblemGenerator::default()), config).unwrap();
+            ..critic_config()
+        });
         let copy = "```python\nprint(\"correct\" if 12 + 5 == 18 else \"incorrect\")\n```";
         for seed in 0..6 {
             let mut env = factory.make();
@@ -1238,9 +1229,9 @@ mod tests {
                 prompt.contains("12 + 5 == 18") && !prompt.contains("LEFT"),
                 "{prompt}"
             );
-            let o = critic_reply(&factory, seed, Some(copy)).await;
+            let o = critic_reply(&factory, seed, |_| copy.to_string()).await;
             assert_eq!(o.metrics["critic_unparsed"], 1.0, "seed {seed}");
-            let o = critic_reply(&factory, seed, None).await;
+            let o = critic_reply(&factory, seed, |e| e).await;
             assert_eq!(o.metrics["critic_correct"], 1.0, "seed {seed}");
         }
     }
