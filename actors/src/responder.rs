@@ -85,11 +85,17 @@ impl Responder for PolicyResponder {
                 self.sampling.max_prompt_length
             ));
         }
-        let params = self.sampling.resolve(
+        let mut params = self.sampling.resolve(
             &self.task_sampling,
             &request.sampling,
             derive_seed(self.sampling_seed, turn as u64),
         );
+        if !request.sampling.choices.is_empty() {
+            params.choices = encode_choices(&tok, &request.sampling.choices)?;
+            let longest = params.choices.iter().map(Vec::len).max().unwrap_or(0);
+            // Room for the longest choice and its end-of-turn id.
+            params.max_new_tokens = params.max_new_tokens.max(longest + 1);
+        }
         let temperature = params.temperature;
         let (reply, answer) = oneshot::channel();
         // Queue the request, then stop counting this episode as busy: in that order the engine,
@@ -200,6 +206,25 @@ impl Branching for PolicyResponder {
             segments: self.segments.clone(),
         }
     }
+}
+
+/// The token ids of each of a request's `choices` as a reply's completion (plain text: a
+/// special-token string in a choice stays text).
+///
+/// # Errors
+/// A choice that is empty or encodes to no ids, naming it.
+fn encode_choices(tok: &Tokenizer, choices: &[String]) -> Result<Vec<Vec<u32>>, String> {
+    choices
+        .iter()
+        .enumerate()
+        .map(|(i, text)| match tok.encode_text(text) {
+            Ok(ids) if !ids.is_empty() => Ok(ids),
+            Ok(_) => Err(format!(
+                "sampling.choices[{i}] is empty: each choice needs text"
+            )),
+            Err(e) => Err(format!("sampling.choices[{i}] ({text:?}): {e}")),
+        })
+        .collect()
 }
 
 fn set_busy(busy: &BusySlot, guard: Option<BusyGuard>) {

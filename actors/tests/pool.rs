@@ -454,3 +454,31 @@ fn a_searched_episode_forks_env_and_kv_cache_and_accounts_for_every_rollout() {
         assert_eq!(back_tree.path, tree.path);
     }
 }
+
+#[test]
+fn a_guided_choice_turn_answers_with_one_of_the_choices_verbatim() {
+    let params = "max_steps = 3\nchoose_admissible = true\nadmissible_actions = false";
+    let env = builtin("household", params);
+    let tasks: Vec<EpisodeTask> = (0..6).map(|g| task(g, g, 0)).collect();
+    let mut cfg = config(1);
+    cfg.engine.generate.eos_token_ids = vec![258]; // the tiny tokenizer's `<|im_end|>`
+    let (reports, _, _) = play_with(vec![env], tasks, cfg);
+    for report in &reports {
+        let trajectory = report.result.as_ref().unwrap();
+        assert!((1..=3).contains(&report.turns.len()));
+        assert_eq!(report.metrics["invalid_actions"], 0.0, "{:?}", report.turns);
+        for (turn, segment) in report.turns.iter().zip(&trajectory.segments) {
+            let choices = &turn.request.sampling.choices;
+            assert!(
+                choices.contains(&turn.answer),
+                "{:?} not in {choices:?}",
+                turn.answer
+            );
+            // The action's bytes, then the end of turn, sampled from the constrained
+            // distribution (log-probs ≤ 0, the forced end certain).
+            assert_eq!(segment.completion_tokens.last(), Some(&258));
+            assert_eq!(segment.completion_tokens.len(), turn.answer.len() + 1);
+            assert!(segment.behavior_logprobs.iter().all(|&l| l <= 0.0));
+        }
+    }
+}

@@ -60,6 +60,15 @@ pub struct SamplingOverrides {
     /// Extra stop strings for this turn (the text stops before them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// When non-empty, the reply must be one of these texts (vLLM's `guided_choice`; an agent's
+    /// admissible actions): the actor encodes each as the reply's tokens and samples only ids
+    /// that continue a choice, then the end-of-turn id, so every reply is a choice verbatim.
+    /// The turn's token budget grows to fit the longest choice. The learner trains the
+    /// unconstrained policy's log-probs of the sampled ids; the behaviour log-probs are those of
+    /// the constrained distribution actually sampled from. CPU decoding only. Empty texts are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }
 
 /// What an environment asks of a model: the next turn of one agent.

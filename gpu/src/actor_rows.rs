@@ -178,6 +178,7 @@ impl<D: DecodeOps> GpuRows<D> {
             (p.min_p != 0.0, "`min_p`"),
             (!p.stop.is_empty(), "`stop` strings"),
             (p.top_logprobs.is_some(), "`top_logprobs`"),
+            (!p.choices.is_empty(), "`choices`"),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(bad, _)| *bad) {
             return Err(format!(

@@ -12,7 +12,9 @@ use crate::cpu_forward::{self, CpuWeights, QuantizedWeights};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, token_tensor};
 use crate::prefix_cache::PrefixCache;
-use crate::sampler::{Sampled, SamplingParams, TokenLogprobs, sample, token_logprobs};
+use crate::sampler::{
+    Sampled, SamplingParams, TokenLogprobs, allowed_next, sample, sample_among, token_logprobs,
+};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -484,7 +486,9 @@ impl DecodeBatch {
         self.stats.decode_steps += 1;
         // Rows sample independently (each has its own generator), so a wide batch draws them
         // in parallel: over a 49k vocabulary the softmax is ~0.1 ms a row.
-        let draw = |(row, logits): (&mut Row, &[f32])| (!row.finished()).then(|| draw(row, logits));
+        let eos = &self.options.eos_token_ids;
+        let draw =
+            |(row, logits): (&mut Row, &[f32])| (!row.finished()).then(|| draw(row, logits, eos));
         let drawn: Vec<Option<Drawn>> = self
             .rows
             .par_iter_mut()
@@ -582,7 +586,7 @@ impl DecodeBatch {
     }
 
     fn sample_into(&mut self, row: &mut Row, logits: &[f32]) {
-        let s = draw(row, logits);
+        let s = draw(row, logits, &self.options.eos_token_ids);
         Self::record(
             row,
             s,
@@ -613,6 +617,11 @@ impl DecodeBatch {
         let reason = if options.eos_token_ids.contains(&s.token) {
             Some(FinishReason::Eos)
         } else if !row.params.stop.is_empty() && stop_index(row, tokenizer).is_some() {
+            Some(FinishReason::Stop)
+        } else if !row.params.choices.is_empty()
+            && allowed_next(&row.params.choices, &row.tokens, &options.eos_token_ids).is_empty()
+        {
+            // A whole choice that nothing extends, and no EOS id to end it with.
             Some(FinishReason::Stop)
         } else if row.tokens.len() >= row.params.max_new_tokens
             || row.prompt_len + row.tokens.len() >= max_positions
@@ -684,9 +693,15 @@ impl DecodeBatch {
 /// A sampled token and, when the row asks for them, its untempered log-probs.
 type Drawn = (Sampled, Option<TokenLogprobs>);
 
-/// Samples the row's next token from `logits` (`[vocab]`).
-fn draw(row: &mut Row, logits: &[f32]) -> Drawn {
-    let s = sample(logits, &row.params, &mut row.rng);
+/// Samples the row's next token from `logits` (`[vocab]`): among the ids that continue one of
+/// its [`SamplingParams::choices`] (an `eos` id once a choice is whole) when it has any.
+fn draw(row: &mut Row, logits: &[f32], eos: &[u32]) -> Drawn {
+    let s = if row.params.choices.is_empty() {
+        sample(logits, &row.params, &mut row.rng)
+    } else {
+        let allowed = allowed_next(&row.params.choices, &row.tokens, eos);
+        sample_among(logits, &allowed, &row.params, &mut row.rng)
+    };
     let top = row
         .params
         .top_logprobs

@@ -36,6 +36,13 @@ pub struct SamplingParams {
     /// OpenAI's `logprobs` and vLLM's default raw log-probs report) and the `k ≤ 20` most
     /// likely tokens with theirs ([`TokenLogprobs`]). `None` (the default) costs nothing.
     pub top_logprobs: Option<usize>,
+    /// When non-empty, the completion must be one of these token sequences (vLLM's
+    /// `guided_choice`, over ids): each step samples only among the ids that continue a choice
+    /// the completion is still a prefix of, and an EOS id once it is a whole choice
+    /// ([`allowed_next`], [`sample_among`]). A choice longer than `max_new_tokens` is cut by
+    /// the length limit. Empty (the default): no constraint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Vec<u32>>,
 }
 
 impl Default for SamplingParams {
@@ -49,6 +56,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             seed: 0,
             top_logprobs: None,
+            choices: Vec::new(),
         }
     }
 }
@@ -94,6 +102,11 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::Sampling("`stop` strings must not be empty".into()));
+        }
+        if let Some(i) = self.choices.iter().position(Vec::is_empty) {
+            return Err(Error::Sampling(format!(
+                "`choices[{i}]` is empty: each choice needs at least one token"
+            )));
         }
         if let Some(k) = self.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return Err(Error::Sampling(format!(
@@ -201,13 +214,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
         weights.resize(logits.len(), 0.0);
         blocks.clear();
         let sums = cpu_kernels::exp_weights(logits, max, inv_t, weights, blocks);
-        let log_total = sums.total.ln();
-        // H = -Σ p log p with log p_i = log w_i - log Σw.
-        let entropy = log_total - sums.weighted / sums.total;
-        // KL(U ‖ p) = -log V - mean_i log p_i, with mean_i log w_i = (mean_i l_i - max) / T.
-        let vocab = logits.len() as f64;
-        let mean_log_w = (mean(logits) - max as f64) * inv_t as f64;
-        let self_certainty = log_total - mean_log_w - vocab.ln();
+        let (entropy, self_certainty) = spread(&sums, logits, max, inv_t);
 
         let kept = kept_set(weights, sums.total, params);
         let kept_mass: f64 = match &kept {
@@ -226,6 +233,104 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
             self_certainty: self_certainty as f32,
         }
     })
+}
+
+/// The entropy `H = −Σ p log p` and the self-certainty `KL(U ‖ p)` (nats) of
+/// `p = softmax(logits / T)`, from its unnormalised weights' sums
+/// ([`cpu_kernels::exp_weights`] with shift `max` and scale `inv_t = 1/T`).
+fn spread(sums: &cpu_kernels::ExpSums, logits: &[f32], max: f32, inv_t: f32) -> (f64, f64) {
+    let log_total = sums.total.ln();
+    // H = -Σ p log p with log p_i = log w_i - log Σw.
+    let entropy = log_total - sums.weighted / sums.total;
+    // KL(U ‖ p) = -log V - mean_i log p_i, with mean_i log w_i = (mean_i l_i - max) / T.
+    let vocab = logits.len() as f64;
+    let mean_log_w = (mean(logits) - max as f64) * inv_t as f64;
+    (entropy, log_total - mean_log_w - vocab.ln())
+}
+
+/// The ids that may follow `sampled` when the completion must be one of `choices`
+/// ([`SamplingParams::choices`]): the next id of every choice that `sampled` is a proper prefix
+/// of, and every `eos` id when `sampled` is itself a choice. Sorted, without repeats; empty
+/// when `sampled` leads to no choice (or is a whole choice and `eos` is empty).
+pub fn allowed_next(choices: &[Vec<u32>], sampled: &[u32], eos: &[u32]) -> Vec<u32> {
+    let mut allowed = Vec::new();
+    for choice in choices.iter().filter(|c| c.starts_with(sampled)) {
+        match choice.get(sampled.len()) {
+            Some(&next) => allowed.push(next),
+            None => allowed.extend_from_slice(eos),
+        }
+    }
+    allowed.sort_unstable();
+    allowed.dedup();
+    allowed
+}
+
+/// Samples one token among `allowed` ids only (guided choice, [`SamplingParams::choices`]):
+/// [`sample`] with every other logit at −∞. With `T = temperature`, `q = softmax(l_A / T)` over
+/// the allowed set `A`, truncated by top-k / top-p / min-p to `K ⊆ A` as in [`sample`]; the
+/// token is drawn from `q` on `K` renormalised, and `logprob = log q(token) − log Σ_{j∈K} q(j)`
+/// is its log-prob under that constrained distribution (`0` when only one id is allowed or
+/// decoding is greedy). `entropy` and `self_certainty` are those of the whole
+/// `softmax(logits / T)`, as for an unconstrained token: the quantities the learner's scoring
+/// of the unconstrained policy computes. Greedy decoding takes the allowed id with the largest
+/// logit (the lowest id on ties). Ids outside the vocabulary are ignored; with no allowed id
+/// left this is [`sample`]. Draws one `f64` from `rng` when not greedy, as [`sample`].
+pub fn sample_among(
+    logits: &[f32],
+    allowed: &[u32],
+    params: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+) -> Sampled {
+    let ids: Vec<usize> = allowed
+        .iter()
+        .map(|&t| t as usize)
+        .filter(|&t| t < logits.len())
+        .collect();
+    let Some(&first) = ids.first() else {
+        return sample(logits, params, rng);
+    };
+    let best = ids.iter().copied().fold(first, |b, i| {
+        if logits[i] > logits[b] || (logits[i] == logits[b] && i < b) {
+            i
+        } else {
+            b
+        }
+    });
+    if params.is_greedy() {
+        return Sampled {
+            token: best as u32,
+            logprob: 0.0,
+            entropy: 0.0,
+            self_certainty: 0.0,
+        };
+    }
+    let inv_t = 1.0 / params.temperature;
+    let top = logits[best];
+    // log q_i (unnormalised) and q_i for the allowed ids, in `ids` order.
+    let scores: Vec<f64> = ids
+        .iter()
+        .map(|&i| f64::from((logits[i] - top) * inv_t))
+        .collect();
+    let weights: Vec<f32> = scores.iter().map(|&s| s.exp() as f32).collect();
+    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let kept: Vec<usize> =
+        kept_set(&weights, total, params).unwrap_or_else(|| (0..ids.len()).collect());
+    let kept_mass: f64 = kept.iter().map(|&k| f64::from(weights[k])).sum();
+    let target = rng.random::<f64>() * kept_mass;
+    let k = pick(kept.iter().map(|&k| (k, weights[k])), target);
+    let (entropy, self_certainty) = SCRATCH.with_borrow_mut(|(full, blocks)| {
+        let max = cpu_kernels::max(logits);
+        full.resize(logits.len(), 0.0);
+        blocks.clear();
+        let sums = cpu_kernels::exp_weights(logits, max, inv_t, full, blocks);
+        spread(&sums, logits, max, inv_t)
+    });
+    Sampled {
+        token: ids[k] as u32,
+        logprob: (scores[k] - kept_mass.ln()) as f32,
+        entropy: entropy as f32,
+        self_certainty: self_certainty as f32,
+    }
 }
 
 /// The mean of a row of logits, summed in 16 f32 lanes per 4,096-value block and the blocks
@@ -409,6 +514,79 @@ mod tests {
             .collect();
         let s: f64 = w.iter().sum();
         w.iter().map(|x| x / s).collect()
+    }
+
+    #[test]
+    fn allowed_next_follows_the_choices_sharing_the_prefix() {
+        let choices = vec![vec![5, 6, 7], vec![5, 6], vec![5, 9], vec![8]];
+        let eos = [0, 1];
+        assert_eq!(allowed_next(&choices, &[], &eos), vec![5, 8]);
+        assert_eq!(allowed_next(&choices, &[5], &eos), vec![6, 9]);
+        // [5, 6] is a whole choice and a prefix of [5, 6, 7].
+        assert_eq!(allowed_next(&choices, &[5, 6], &eos), vec![0, 1, 7]);
+        assert_eq!(allowed_next(&choices, &[8], &eos), vec![0, 1]);
+        assert_eq!(allowed_next(&choices, &[8], &[]), Vec::<u32>::new());
+        assert_eq!(allowed_next(&choices, &[4], &eos), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn sampling_among_allowed_ids_renormalises_over_them() {
+        let logits: Vec<f32> = (0..3000).map(|i| ((i * 37) % 101) as f32 / 13.0).collect();
+        let allowed = [3u32, 10, 2999];
+        let t = 0.8;
+        let params = SamplingParams {
+            temperature: t,
+            ..SamplingParams::default()
+        };
+        // q = softmax(l_A / T) over the allowed ids only.
+        let w: Vec<f64> = allowed
+            .iter()
+            .map(|&i| (f64::from(logits[i as usize]) / f64::from(t)).exp())
+            .collect();
+        let z: f64 = w.iter().sum();
+        let full = sample(&logits, &params, &mut rng(1));
+        let mut counts = [0usize; 3];
+        let mut r = rng(5);
+        let n = 20_000;
+        for _ in 0..n {
+            let s = sample_among(&logits, &allowed, &params, &mut r);
+            let k = allowed
+                .iter()
+                .position(|&a| a == s.token)
+                .expect("an allowed id");
+            counts[k] += 1;
+            assert!((f64::from(s.logprob) - (w[k] / z).ln()).abs() < 1e-4);
+            // Entropy and self-certainty are the whole distribution's.
+            assert!((s.entropy - full.entropy).abs() < 1e-4);
+            assert!((s.self_certainty - full.self_certainty).abs() < 1e-4);
+        }
+        for k in 0..3 {
+            let freq = counts[k] as f64 / n as f64;
+            assert!(
+                (freq - w[k] / z).abs() < 0.015,
+                "id {}: {freq} vs {}",
+                allowed[k],
+                w[k] / z
+            );
+        }
+        // Greedy: the allowed id with the largest logit; one allowed id has log-prob 0.
+        let g = sample_among(&logits, &allowed, &SamplingParams::greedy(4), &mut rng(0));
+        let best = *allowed
+            .iter()
+            .max_by(|&&a, &&b| logits[a as usize].total_cmp(&logits[b as usize]))
+            .unwrap();
+        assert_eq!(g.token, best);
+        let one = sample_among(&logits, &[10], &params, &mut rng(2));
+        assert_eq!((one.token, one.logprob), (10, 0.0));
+        // top-k applies within the allowed set.
+        let top1 = SamplingParams {
+            top_k: 1,
+            ..params.clone()
+        };
+        assert_eq!(
+            sample_among(&logits, &allowed, &top1, &mut rng(3)).token,
+            best
+        );
     }
 
     #[test]

@@ -289,3 +289,78 @@ fn generation_stops_at_the_context_length() {
     assert_eq!(out[0].finish_reason, FinishReason::Length);
     assert!(250 + out[0].tokens.len() <= 256);
 }
+
+#[test]
+fn guided_choice_completions_are_always_one_of_the_choices() {
+    let model = tiny_model(&device(), 16);
+    let eos = 7;
+    let options = GenerateOptions {
+        eos_token_ids: vec![eos],
+        ..GenerateOptions::default()
+    };
+    // Shared prefixes, one choice a prefix of another, and a choice the random model would
+    // rarely write.
+    let choices: Vec<Vec<u32>> = vec![
+        vec![40, 41, 42],
+        vec![40, 41],
+        vec![40, 99, 3, 250],
+        vec![255],
+    ];
+    let requests: Vec<_> = (0..48)
+        .map(|seed| {
+            let params = SamplingParams {
+                temperature: 1.5,
+                max_new_tokens: 8,
+                seed,
+                choices: choices.clone(),
+                ..SamplingParams::default()
+            };
+            request(vec![1, 2, (seed % 200) as u32], params)
+        })
+        .collect();
+    let out = generate(&model, None, &requests, &options).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for g in &out {
+        assert_eq!(g.finish_reason, FinishReason::Eos, "{:?}", g.tokens);
+        let (last, reply) = g.tokens.split_last().unwrap();
+        assert_eq!(*last, eos);
+        assert!(
+            choices.contains(&reply.to_vec()),
+            "{reply:?} is not a choice"
+        );
+        // The forced end of a choice that nothing extends has probability 1.
+        if reply == [255] || reply == [40, 99, 3, 250] || reply == [40, 41, 42] {
+            assert_eq!(*g.logprobs.last().unwrap(), 0.0);
+        }
+        assert!(g.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()));
+        seen.insert(reply.to_vec());
+    }
+    assert!(seen.len() >= 3, "sampling at T 1.5 reached only {seen:?}");
+
+    // Greedy decoding picks the same choice as the batch's greedy row alone, and without an
+    // EOS id a whole choice that nothing extends ends the row.
+    let greedy = SamplingParams {
+        choices: vec![vec![255, 254], vec![3]],
+        ..SamplingParams::greedy(8)
+    };
+    let out = generate(
+        &model,
+        None,
+        &[request(vec![5, 6], greedy)],
+        &GenerateOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    assert!(
+        out[0].tokens == [255, 254] || out[0].tokens == [3],
+        "{:?}",
+        out[0].tokens
+    );
+
+    let bad = SamplingParams {
+        choices: vec![vec![1], vec![]],
+        ..SamplingParams::default()
+    };
+    let err = generate(&model, None, &[request(vec![1], bad)], &options).unwrap_err();
+    assert!(err.to_string().contains("choices[1]"), "{err}");
+}

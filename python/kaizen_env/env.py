@@ -58,7 +58,8 @@ def request(agent, messages, trainable=True, sampling=None):
 
     To continue an agent's conversation, send its earlier messages unchanged, then its answer
     as ``assistant(text)``, then the new messages: kaizen then keeps the tokens it sampled.
-    ``sampling`` may set temperature, top_p, top_k, min_p, max_new_tokens, stop.
+    ``sampling`` may set temperature, top_p, top_k, min_p, max_new_tokens, stop, and
+    choices (the reply must be one of these texts).
     """
     return {
         "kind": "request",

@@ -166,6 +166,9 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     /// Only empty (or absent) is accepted.
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// vLLM's extension: the completion must be one of these texts (each non-empty); the
+    /// sampler draws only tokens that continue a choice, then the end of the turn.
+    pub guided_choice: Option<Vec<String>>,
 }
 
 pub use kaizen_core::openai_chat::{

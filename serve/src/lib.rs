@@ -206,6 +206,7 @@ impl AppState {
             None => room,
         };
         let stop = api::Stop::strings(sampling.stop.clone())?;
+        let choices = self.guided_choices(sampling.guided_choice.as_deref())?;
         let seed = sampling.seed.map_or(request_seed, |s| s as u64);
         let params: Vec<SamplingParams> = (0..n)
             .map(|i| SamplingParams {
@@ -215,10 +216,39 @@ impl AppState {
                 stop: stop.clone(),
                 seed: kaizen_transport::derive_seed(seed, i as u64),
                 top_logprobs,
+                choices: choices.clone(),
                 ..SamplingParams::default()
             })
             .collect();
         Ok(params)
+    }
+
+    /// The token ids of each `guided_choice` text (encoded as plain text), checked.
+    fn guided_choices(&self, texts: Option<&[String]>) -> Result<Vec<Vec<u32>>, ApiError> {
+        let Some(texts) = texts else {
+            return Ok(Vec::new());
+        };
+        if texts.is_empty() {
+            return Err(ApiError::invalid(
+                "guided_choice",
+                "`guided_choice` must list at least one choice",
+            ));
+        }
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| match self.model.tokenizer.encode_text(text) {
+                Ok(ids) if !ids.is_empty() => Ok(ids),
+                Ok(_) => Err(ApiError::invalid(
+                    "guided_choice",
+                    format!("`guided_choice[{i}]` is empty"),
+                )),
+                Err(e) => Err(ApiError::invalid(
+                    "guided_choice",
+                    format!("`guided_choice[{i}]`: {e}"),
+                )),
+            })
+            .collect()
     }
 }
 

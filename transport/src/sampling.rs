@@ -59,6 +59,8 @@ impl SamplingConfig {
             stop,
             seed,
             top_logprobs: None,
+            // Texts become token sequences where a tokenizer is at hand (the responder).
+            choices: Vec::new(),
         }
     }
 }

@@ -44,6 +44,7 @@ fn sampling_to_proto(s: &SamplingOverrides) -> proto::SamplingOverrides {
         min_p: s.min_p,
         max_new_tokens: s.max_new_tokens.map(|n| n as u64),
         stop: s.stop.clone(),
+        choices: s.choices.clone(),
     }
 }
 
@@ -64,6 +65,7 @@ fn sampling_from_proto(
             .map(|n| to_usize(n, "task.sampling.max_new_tokens", peer))
             .transpose()?,
         stop: s.stop,
+        choices: s.choices,
     })
 }
 
@@ -562,6 +564,7 @@ mod tests {
                 min_p: Some(f32::MIN_POSITIVE / 2.0),
                 max_new_tokens: Some(17),
                 stop: vec!["\n\n".into(), "</answer>".into()],
+                choices: vec!["go to desk 1".into(), "look".into()],
             },
             hint_turns: vec![2],
             search: None,

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kaizen_core::{AgentId, Message, Outcome, Step};
+use kaizen_core::{AgentId, Message, Outcome, SamplingOverrides, Step};
 use serde::{Deserialize, Serialize};
 
 use super::actions::{NOTHING_HAPPENS, parse_action};
@@ -59,6 +59,20 @@ pub struct HouseholdConfig {
     /// sampled episodes may never reach; subgoals give its groups a signal. Unset: success only.
     #[serde(default)]
     pub subgoal_reward: Option<f64>,
+    /// Each reply must be one of the admissible actions that change the room or the agent's
+    /// hands (all but `look`, `inventory` and `examine X`, which only describe it): every
+    /// request carries them as its
+    /// `sampling.choices` (guided choice, as vLLM's `guided_choice`), so the actor samples the
+    /// policy's distribution restricted, token by token, to the actions' continuations. Every
+    /// action is then valid and the policy still chooses which: a policy over the admissible
+    /// actions as in GLAM (Carta et al. 2023, <https://arxiv.org/abs/2302.02662>), which
+    /// normalises each action's likelihood over the set instead. The learner trains the
+    /// unconstrained log-probs of the chosen action's tokens. A small model that answers in
+    /// prose otherwise never acts. With `admissible_actions` on, the observation then lists
+    /// only the choices other than `go to` ("Actions here: take book 1 from shelf 1, …, or go
+    /// to a receptacle."): the room description already names every receptacle.
+    #[serde(default)]
+    pub choose_admissible: bool,
 }
 
 fn default_max_steps() -> usize {
@@ -78,6 +92,7 @@ impl Default for HouseholdConfig {
             match_admissible: None,
             examples: 0,
             subgoal_reward: None,
+            choose_admissible: false,
         }
     }
 }
@@ -234,12 +249,41 @@ impl Household {
     }
 
     fn observation(&self, scene: &Scene, text: String) -> Message {
-        if self.config.admissible_actions {
+        if self.config.admissible_actions && self.config.choose_admissible {
+            // The reply is constrained to the choices anyway: list the ones at hand, not the
+            // `go to` of every receptacle the room description already names (a quarter of
+            // the prompt tokens, and SmolLM2 takes the task's object 5x as often when the
+            // `take` is listed).
+            let here: Vec<String> = choices(scene)
+                .into_iter()
+                .filter(|a| !a.starts_with("go to "))
+                .collect();
+            let line = if here.is_empty() {
+                "Actions: go to a receptacle.".to_string()
+            } else {
+                format!("Actions here: {}, or go to a receptacle.", here.join(", "))
+            };
+            Message::user(format!("{text}\n\n{line}"))
+        } else if self.config.admissible_actions {
             let actions = scene.admissible_actions().join(", ");
             Message::user(format!("{text}\n\nAdmissible actions: {actions}"))
         } else {
             Message::user(text)
         }
+    }
+
+    /// The agent's next turn after `messages`, its reply constrained to the admissible actions
+    /// when `choose_admissible` is on.
+    fn ask(&mut self, scene: &Scene, messages: Vec<Message>) -> Step {
+        let request = self.dialogue.ask(AGENT, messages);
+        Step::Request(if self.config.choose_admissible {
+            request.with_sampling(SamplingOverrides {
+                choices: choices(scene),
+                ..SamplingOverrides::default()
+            })
+        } else {
+            request
+        })
     }
 
     fn done(&mut self, success: bool, scene: &Scene) -> Step {
@@ -298,8 +342,9 @@ impl Env for Household {
             None => self.observation(&scene, format!("{RULES}\n\n{intro}")),
         };
         messages.push(first);
+        let step = self.ask(&scene, messages);
         self.scene = Some(scene);
-        Ok(Step::Request(self.dialogue.ask(AGENT, messages)))
+        Ok(step)
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
@@ -337,7 +382,7 @@ impl Env for Household {
             self.done(false, &scene)
         } else {
             let message = self.observation(&scene, observation);
-            Step::Request(self.dialogue.ask(AGENT, [message]))
+            self.ask(&scene, vec![message])
         };
         self.scene = Some(scene);
         Ok(step)
@@ -351,6 +396,18 @@ impl Env for Household {
     fn fork(&self) -> Option<Box<dyn Env>> {
         Some(Box::new(self.clone()))
     }
+}
+
+/// The choices of a `choose_admissible` turn: the admissible actions that can change the room
+/// or what the agent holds, in their order. `look`, `inventory` and `examine X` only describe
+/// what the observations already show; SmolLM2-135M-Instruct, asked to "look at the book under
+/// the desklamp", samples `look` at almost every turn when it is offered.
+fn choices(scene: &Scene) -> Vec<String> {
+    scene
+        .admissible_actions()
+        .into_iter()
+        .filter(|a| a != "look" && a != "inventory" && !a.starts_with("examine "))
+        .collect()
 }
 
 /// The admissible action whose words best match the last non-empty line of `text`: the highest
@@ -536,6 +593,71 @@ mod tests {
             .to_string();
             assert!(e.contains("subgoal_reward"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn choose_admissible_makes_every_request_a_choice_among_the_admissible_actions() {
+        let factory = HouseholdFactory::new(HouseholdConfig {
+            choose_admissible: true,
+            ..HouseholdConfig::default()
+        })
+        .unwrap();
+        let informational = |a: &str| a == "look" || a == "inventory" || a.starts_with("examine ");
+        for seed in 0..20 {
+            let mut env = factory.make();
+            let mut step = env.reset(seed).await.unwrap();
+            let mut turns = 0;
+            while let Step::Request(request) = step {
+                let choices = &request.sampling.choices;
+                assert!(!choices.is_empty() && !choices.iter().any(|a| informational(a)));
+                // Every choice acts; the listing names the choices other than `go to`.
+                for choice in choices {
+                    let mut fork = env.fork().unwrap();
+                    let reply = fork.step(&request.agent, choice).await.unwrap();
+                    if let Step::Request(r) = reply {
+                        let seen = &r.messages.last().unwrap().content;
+                        assert!(!seen.starts_with(NOTHING_HAPPENS), "{choice}: {seen}");
+                    }
+                }
+                let shown = &request.messages.last().unwrap().content;
+                let listed = shown.rsplit("\n\n").next().unwrap();
+                let here: Vec<&String> = choices
+                    .iter()
+                    .filter(|a| !a.starts_with("go to "))
+                    .collect();
+                if here.is_empty() {
+                    assert_eq!(listed, "Actions: go to a receptacle.");
+                } else {
+                    let names: Vec<&str> = here.iter().map(|a| a.as_str()).collect();
+                    let want =
+                        format!("Actions here: {}, or go to a receptacle.", names.join(", "));
+                    assert_eq!(listed, want);
+                }
+                let action = env.expert_answer().unwrap();
+                assert!(choices.contains(&action), "seed {seed}: {action}");
+                step = env.step(&request.agent, &action).await.unwrap();
+                turns += 1;
+            }
+            let Step::Done(outcome) = step else {
+                unreachable!()
+            };
+            assert!(turns > 0);
+            assert_eq!(outcome.metrics["success"], 1.0, "seed {seed}");
+            assert_eq!(outcome.metrics["invalid_actions"], 0.0);
+        }
+        // Off (the default), requests carry no choices and list every admissible action.
+        let mut env = HouseholdFactory::new(HouseholdConfig::default())
+            .unwrap()
+            .make();
+        let Step::Request(request) = env.reset(0).await.unwrap() else {
+            unreachable!()
+        };
+        assert!(request.sampling.choices.is_empty());
+        let shown = &request.messages.last().unwrap().content;
+        assert!(
+            shown.contains("Admissible actions: look, inventory, go to "),
+            "{shown}"
+        );
     }
 
     #[tokio::test]
