@@ -476,23 +476,35 @@ impl Scene {
 
     /// The task's subgoals, in order, and whether each holds now: an object of the task's kind
     /// held; for a task with a treatment (clean, heat, cool), an object of that kind treated
-    /// (held or not). ALFWorld-style progress, for `subgoal_reward`.
+    /// (held or not); then the agent at the goal's place with that object (treated) in hand: a
+    /// receptacle of the task's kind, or for `look_at_obj_in_light` the one the desk lamp is on.
+    /// The last step (put it down, switch the lamp on) is the task itself. ALFWorld-style
+    /// progress, for `subgoal_reward`.
     pub fn subgoals(&self) -> Vec<bool> {
         let task = &self.task;
-        let held = self
-            .held()
-            .is_some_and(|h| self.objects[h].kind == task.object);
-        let mut out = vec![held];
-        if let Some(treatment) = task.kind.treatment() {
-            out.push(self.objects.iter().any(|o| {
-                o.kind == task.object
-                    && match treatment {
-                        Treatment::Clean => o.clean,
-                        Treatment::Heat => o.hot,
-                        Treatment::Cool => o.cool,
-                    }
-            }));
+        let treated = |o: &Object| match task.kind.treatment() {
+            Some(Treatment::Clean) => o.clean,
+            Some(Treatment::Heat) => o.hot,
+            Some(Treatment::Cool) => o.cool,
+            None => true,
+        };
+        let held = self.held().map(|h| &self.objects[h]);
+        let mut out = vec![held.is_some_and(|o| o.kind == task.object)];
+        if task.kind.treatment().is_some() {
+            out.push(
+                self.objects
+                    .iter()
+                    .any(|o| o.kind == task.object && treated(o)),
+            );
         }
+        let at_goal = self.at.is_some_and(|r| match task.kind {
+            TaskType::LookAtObjInLight => self
+                .contents(r)
+                .iter()
+                .any(|&i| self.objects[i].kind == "desklamp"),
+            _ => Some(self.receptacles[r].kind) == task.receptacle,
+        });
+        out.push(at_goal && held.is_some_and(|o| o.kind == task.object && treated(o)));
         out
     }
 

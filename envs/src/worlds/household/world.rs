@@ -53,9 +53,10 @@ pub struct HouseholdConfig {
     #[serde(default)]
     pub examples: usize,
     /// A reward for each of the task's subgoals (`Scene::subgoals`: the task's object held;
-    /// for clean/heat/cool tasks, that object treated), given once per episode at the turn it is
-    /// first reached, in (0, 1); success still earns 1 at the last turn. Counted in `subgoals`
-    /// (the fraction reached). ALFWorld's reward is success only, which a small model's
+    /// for clean/heat/cool tasks, that object treated; then the agent with it in hand at the
+    /// place the task ends), given once per episode at the turn it is first reached, in (0, 1);
+    /// success still earns 1 at the last turn. Counted in `subgoals` (the fraction reached) and
+    /// `object_held` (the first). ALFWorld's reward is success only, which a small model's
     /// sampled episodes may never reach; subgoals give its groups a signal. Unset: success only.
     #[serde(default)]
     pub subgoal_reward: Option<f64>,
@@ -302,10 +303,15 @@ impl Household {
             );
         if self.config.subgoal_reward.is_some() {
             let reached = self.reached.iter().filter(|&&r| r).count();
-            outcome = outcome.with_metric(
-                "subgoals",
-                reached as f64 / self.reached.len().max(1) as f64,
-            );
+            outcome = outcome
+                .with_metric(
+                    "subgoals",
+                    reached as f64 / self.reached.len().max(1) as f64,
+                )
+                .with_metric(
+                    "object_held",
+                    f64::from(u8::from(self.reached.first() == Some(&true))),
+                );
         }
         if self.config.match_admissible.is_some() {
             outcome = outcome.with_metric(
@@ -544,17 +550,37 @@ mod tests {
             let mut scene = Scene::generate(seed, &[]);
             let mut reached = vec![false; scene.subgoals().len()];
             let mut expected = Vec::new();
-            for turn in &ep.turns {
+            let mut at_goal_turn = None;
+            for (t, turn) in ep.turns.iter().enumerate() {
                 scene.apply(&parse_action(&turn.answer).unwrap());
                 let mut r = 0.0;
-                for (was, now) in reached.iter_mut().zip(scene.subgoals()) {
-                    if now && !*was {
+                let now = scene.subgoals();
+                for (was, now) in reached.iter_mut().zip(&now) {
+                    if *now && !*was {
                         *was = true;
                         r += 0.25;
                     }
                 }
+                if at_goal_turn.is_none() && now.last() == Some(&true) {
+                    at_goal_turn = Some(t);
+                }
                 expected.push(r);
             }
+            // The last subgoal, at the goal's place with the object, is reached by walking
+            // there with it (or taking it there) before the task's own last action.
+            let last = ep.turns.len() - 1;
+            let t = at_goal_turn.unwrap_or_else(|| panic!("seed {seed}: never at the goal"));
+            assert!(t < last, "seed {seed}: at the goal only at the end");
+            let answer = &ep.turns[t].answer;
+            assert!(
+                answer.starts_with("go to ") || answer.starts_with("take "),
+                "seed {seed}: {answer}"
+            );
+            let finish = &ep.turns[last].answer;
+            assert!(
+                finish.starts_with("put ") || finish.starts_with("use "),
+                "seed {seed}: {finish}"
+            );
             *expected.last_mut().unwrap() += 1.0;
             assert_eq!(rewards, &expected, "seed {seed}");
             let subgoals = reached.len() as f32;
@@ -564,9 +590,10 @@ mod tests {
                 "seed {seed}"
             );
             assert_eq!(outcome.metrics["subgoals"], 1.0, "seed {seed}");
+            assert_eq!(outcome.metrics["object_held"], 1.0, "seed {seed}");
             seen.insert(reached.len());
         }
-        assert_eq!(seen, [1, 2].into(), "tasks with and without a treatment");
+        assert_eq!(seen, [2, 3].into(), "tasks with and without a treatment");
         // An episode that reaches no subgoal earns nothing.
         let mut env = factory.make();
         env.reset(5).await.unwrap();
@@ -583,6 +610,7 @@ mod tests {
         let o = last.unwrap();
         assert!(o.rewards[&AgentId::new(AGENT)].iter().all(|&r| r == 0.0));
         assert_eq!(o.metrics["subgoals"], 0.0);
+        assert_eq!(o.metrics["object_held"], 0.0);
         for bad in [0.0, 1.0, f64::NAN] {
             let e = HouseholdFactory::new(HouseholdConfig {
                 subgoal_reward: Some(bad),
