@@ -230,6 +230,8 @@ fn added(turns: &[Turn], k: usize) -> &[kaizen_core::Message] {
 
 /// The reflection conversation: `bad` up to its `k`-th answer (the error) and the environment's
 /// reply to it, the revision turn with `good`'s `k`-th answer, then `good`'s remaining turns.
+/// The revision turn opens with [`REVISION`] unless that turn was asked under guided choice
+/// (its request's `sampling.choices`), where a reply can only be a choice.
 /// `None` when the failed rollout ended at its error (nothing was observed after it).
 fn splice(bad: &[Turn], good: &[Turn], k: usize) -> Option<serde_json::Value> {
     let message = |m: &kaizen_core::Message| {
@@ -251,7 +253,14 @@ fn splice(bad: &[Turn], good: &[Turn], k: usize) -> Option<serde_json::Value> {
         return None;
     }
     messages.extend(observed.iter().map(message));
-    messages.push(assistant(&format!("{REVISION}\n{}", good[k - 1].answer), 1));
+    // A turn answered under guided choice (`sampling.choices`) can only be one of its choices:
+    // its revision is the successful action alone, which the policy can write there.
+    let revision = if good[k - 1].request.sampling.choices.is_empty() {
+        format!("{REVISION}\n{}", good[k - 1].answer)
+    } else {
+        good[k - 1].answer.clone()
+    };
+    messages.push(assistant(&revision, 1));
     for t in k..good.len() {
         messages.extend(added(good, t).iter().map(message));
         messages.push(assistant(&good[t].answer, 1));
@@ -424,6 +433,24 @@ mod tests {
         assert_eq!(text[5], ("assistant".into(), "take x".into(), Some(1)));
         assert_eq!(text[7], ("assistant".into(), "put x".into(), Some(1)));
         assert_eq!(text.len(), 8);
+        // Under guided choice the revision is the bare action: the only reply a choice allows.
+        let mut guided = report();
+        let choose = |turns: &mut Vec<Turn>| {
+            for turn in turns {
+                turn.request.sampling.choices = vec!["go a".into(), "go b".into()];
+            }
+        };
+        choose(&mut guided.turns);
+        if let Some(tree) = &mut guided.tree {
+            for rollout in &mut tree.rollouts {
+                choose(&mut rollout.turns);
+            }
+        }
+        let (guided_lines, _) = reflections(&[guided], 1.0, true);
+        let revision = &guided_lines[0]["messages"][3];
+        assert_eq!(revision["content"], "go b");
+        assert_eq!(revision["weight"], 1);
+        assert_eq!(guided_lines[0]["messages"].as_array().unwrap().len(), 8);
         // Returns that are not 0/1: the dead end's summed returns (say three failures at 0.5)
         // pass the threshold, yet nothing through it succeeded — still the first error.
         let mut partial = report();
