@@ -482,20 +482,10 @@ impl Scene {
     /// progress, for `subgoal_reward`.
     pub fn subgoals(&self) -> Vec<bool> {
         let task = &self.task;
-        let treated = |o: &Object| match task.kind.treatment() {
-            Some(Treatment::Clean) => o.clean,
-            Some(Treatment::Heat) => o.hot,
-            Some(Treatment::Cool) => o.cool,
-            None => true,
-        };
         let held = self.held().map(|h| &self.objects[h]);
         let mut out = vec![held.is_some_and(|o| o.kind == task.object)];
         if task.kind.treatment().is_some() {
-            out.push(
-                self.objects
-                    .iter()
-                    .any(|o| o.kind == task.object && treated(o)),
-            );
+            out.push(self.objects.iter().any(|o| self.is_ready(o)));
         }
         let at_goal = self.at.is_some_and(|r| match task.kind {
             TaskType::LookAtObjInLight => self
@@ -504,22 +494,25 @@ impl Scene {
                 .any(|&i| self.objects[i].kind == "desklamp"),
             _ => Some(self.receptacles[r].kind) == task.receptacle,
         });
-        out.push(at_goal && held.is_some_and(|o| o.kind == task.object && treated(o)));
+        out.push(at_goal && held.is_some_and(|o| self.is_ready(o)));
         out
+    }
+
+    /// Whether `o` is what the task asks to place or look at: an object of the task's kind,
+    /// with the task's treatment (clean, heat, cool) when it has one.
+    fn is_ready(&self, o: &Object) -> bool {
+        o.kind == self.task.object
+            && match self.task.kind.treatment() {
+                Some(Treatment::Clean) => o.clean,
+                Some(Treatment::Heat) => o.hot,
+                Some(Treatment::Cool) => o.cool,
+                None => true,
+            }
     }
 
     /// Whether the task is achieved.
     pub fn goal_reached(&self) -> bool {
         let task = &self.task;
-        let matches = |o: &Object| {
-            o.kind == task.object
-                && match task.kind.treatment() {
-                    Some(Treatment::Clean) => o.clean,
-                    Some(Treatment::Heat) => o.hot,
-                    Some(Treatment::Cool) => o.cool,
-                    None => true,
-                }
-        };
         match task.kind {
             TaskType::LookAtObjInLight => {
                 let holding = self
@@ -543,7 +536,7 @@ impl Scene {
                         && self
                             .contents(r)
                             .iter()
-                            .filter(|&&i| matches(&self.objects[i]))
+                            .filter(|&&i| self.is_ready(&self.objects[i]))
                             .count()
                             >= needed
                 })
