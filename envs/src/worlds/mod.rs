@@ -26,7 +26,7 @@ pub use self_correct::{Ask, SOLVER, SelfCorrectConfig, SelfCorrectFactory};
 pub use self_verify::{SelfVerifyConfig, SelfVerifyFactory, Verdict, parse_verdict};
 pub use spc::{CRITIC, CriticItem, SNEAKY, SpcConfig, SpcFactory};
 pub use translate::{
-    Direction, JUDGE, SentenceToTranslate, TRANSLATOR, TranslateConfig, TranslateFactory,
+    Direction, JUDGE, Judge, SentenceToTranslate, TRANSLATOR, TranslateConfig, TranslateFactory,
     read_pairs,
 };
 

@@ -4,7 +4,9 @@
 //! Turn 1: the `translator` translates a source sentence. Turn 2: a judging request (agent
 //! `judge`, `trainable = false`, greedy) asks the same policy to score the translation from 0
 //! to 100 against the source, without the reference. The translator's reward is score / 100;
-//! a score that cannot be parsed gives 0 and `judge_unparsed = 1`. When a reference exists,
+//! a score that cannot be parsed gives 0 and `judge_unparsed = 1`. With `judge = "round_trip"`
+//! ([`Judge::RoundTrip`]) the judging turn instead asks the policy to translate the translation
+//! back, and the reward is chrF(back-translation, source) / 100. When a reference exists,
 //! chrF and BLEU (sacrebleu-exact) are reported as metrics, never as rewards.
 //!
 //! Reference-free signs of reward hacking are logged with every episode: `source_chrf`, the
@@ -41,6 +43,23 @@ pub const JUDGE: &str = "judge";
 /// The top of the judge's scale.
 const MAX_SCORE: f64 = 100.0;
 
+/// Who judges the translation, and how; both judges are the policy itself, answering an
+/// untrained, greedy turn without the reference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judge {
+    /// SSR-Zero (Yang et al. 2025, §3): the policy rates the translation from 0 to 100 against
+    /// the source; reward = score / 100.
+    #[default]
+    Score,
+    /// Round-trip consistency (dual learning, He et al. 2016, <https://arxiv.org/abs/1611.00179>):
+    /// the policy translates its translation back into the source language, and
+    /// reward = chrF(back-translation, source) / 100 ∈ [0, 1]. A judge a small model can do
+    /// (translating) instead of one it cannot (rating). Copying the source round-trips
+    /// perfectly, so this judge needs `max_source_chrf`.
+    RoundTrip,
+}
+
 /// Which way the built-in language pair is translated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Direction {
@@ -72,6 +91,14 @@ pub struct TranslateConfig {
     /// Example pairs (from other seeds of the built-in generator) shown before the sentence.
     #[serde(default)]
     pub shots: usize,
+    /// Who judges ([`Judge`]): `"score"` (SSR-Zero's 0–100 rating, the default) or
+    /// `"round_trip"` (chrF of the policy's back-translation against the source).
+    #[serde(default)]
+    pub judge: Judge,
+    /// The translation is one line: the translator's turn stops at its first newline (a stop
+    /// string), as an interface message or a sentence is written. Off by default.
+    #[serde(default)]
+    pub single_line: bool,
     /// Token budget of the judging turn.
     #[serde(default = "default_judge_max_tokens")]
     pub judge_max_tokens: usize,
@@ -79,6 +106,13 @@ pub struct TranslateConfig {
     /// whatever the judge says (`copy_guarded = 1`). Unset: no guard.
     #[serde(default)]
     pub max_source_chrf: Option<f64>,
+    /// Soft guard against partial copies (a judge that rewards what the translation shares
+    /// with the source, such as [`Judge::RoundTrip`]): the reward is multiplied by
+    /// (1 − source_chrf / 100)^p for this p ≥ 0 (0, the default: off). At p = 2 the reward's
+    /// within-group rank correlation with `source_chrf` was ≈ 0 on SmolLM2's samples
+    /// (BENCHMARKS.md, SSR-Zero with a round-trip judge).
+    #[serde(default)]
+    pub source_overlap_penalty: f64,
     /// Guard: a translation with fewer characters than this many per source character earns 0
     /// whatever the judge says (`length_guarded = 1`). Against the hack of a few words a weak
     /// judge answers with a number (BENCHMARKS.md, SSR-Zero: `length_ratio` 3.99 → 0.31).
@@ -107,8 +141,11 @@ impl Default for TranslateConfig {
             source_language: None,
             target_language: None,
             shots: 0,
+            judge: Judge::default(),
+            single_line: false,
             judge_max_tokens: default_judge_max_tokens(),
             max_source_chrf: None,
+            source_overlap_penalty: 0.0,
             min_length_ratio: None,
             max_length_ratio: None,
             judge_fractions: false,
@@ -230,6 +267,12 @@ impl TranslateFactory {
         {
             return Err(bad("`max_source_chrf` must be in (0, 100] (a chrF score)"));
         }
+        if !(config.source_overlap_penalty.is_finite() && config.source_overlap_penalty >= 0.0) {
+            return Err(bad(&format!(
+                "`source_overlap_penalty` must be a finite exponent >= 0, got {}",
+                config.source_overlap_penalty
+            )));
+        }
         for (field, ratio) in [
             ("min_length_ratio", config.min_length_ratio),
             ("max_length_ratio", config.max_length_ratio),
@@ -302,13 +345,22 @@ impl Translate {
     fn judge_request(&mut self, translation: &str) -> Result<Step> {
         let s = &self.shared;
         let source = &self.sentence.as_ref().ok_or(Error::NoEpisode)?.source;
-        let prompt = format!(
-            "You are judging a translation from {} to {}.\n\nSource: {source}\nTranslation: {}\n\n\
-             Rate the translation's accuracy and fluency from 0 to 100. Reply in the form `Score: N`.",
-            s.source_language,
-            s.target_language,
-            translation.trim()
-        );
+        let prompt = match s.config.judge {
+            Judge::Score => format!(
+                "You are judging a translation from {} to {}.\n\nSource: {source}\nTranslation: {}\n\n\
+                 Rate the translation's accuracy and fluency from 0 to 100. Reply in the form `Score: N`.",
+                s.source_language,
+                s.target_language,
+                translation.trim()
+            ),
+            // The translator's own prompt, the other way round: no hint of the source.
+            Judge::RoundTrip => translation_prompt(
+                &s.target_language,
+                &s.source_language,
+                "",
+                translation.trim(),
+            ),
+        };
         let sampling = SamplingOverrides {
             temperature: Some(0.0),
             max_new_tokens: Some(s.config.judge_max_tokens),
@@ -326,10 +378,17 @@ impl Translate {
         let sentence = self.sentence.as_ref().ok_or(Error::NoEpisode)?;
         let translation = self.translation.as_deref().unwrap_or("").trim();
         let config = &self.shared.config;
-        let score = if config.judge_fractions {
-            parse_judge_score_reading_fractions(judge_text, MAX_SCORE)
-        } else {
-            parse_judge_score(judge_text, MAX_SCORE)
+        let score = match config.judge {
+            Judge::Score if config.judge_fractions => {
+                parse_judge_score_reading_fractions(judge_text, MAX_SCORE)
+            }
+            Judge::Score => parse_judge_score(judge_text, MAX_SCORE),
+            // The first line: a back-translation that runs on past the sentence is cut there.
+            Judge::RoundTrip => {
+                let back = judge_text.trim().lines().next().unwrap_or("").trim();
+                (!back.is_empty())
+                    .then(|| ChrF::default().sentence(back, &sentence.source) / MAX_SCORE)
+            }
         };
         let judged = score.unwrap_or(0.0);
         let source_chrf = ChrF::default().sentence(translation, &sentence.source);
@@ -344,6 +403,8 @@ impl Translate {
                 .is_some_and(|max| length_ratio > max);
         let reward = if guarded || length_guarded {
             0.0
+        } else if config.source_overlap_penalty > 0.0 {
+            judged * (1.0 - source_chrf / 100.0).max(0.0).powf(config.source_overlap_penalty)
         } else {
             judged
         };
@@ -384,34 +445,44 @@ impl Translate {
     }
 }
 
+/// The request to translate `text` from `from` to `to` after the example pairs `shots`
+/// (each `"{from}: ..\n{to}: ..\n\n"`), ending with `"{to}:"` for the reply.
+fn translation_prompt(from: &str, to: &str, shots: &str, text: &str) -> String {
+    format!(
+        "Translate the following sentence from {from} to {to}. Reply with the translation only.\n\n\
+         {shots}{from}: {text}\n{to}:"
+    )
+}
+
 #[async_trait]
 impl Env for Translate {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
         let s = self.shared.clone();
         let sentence = s.sentence(seed);
-        let mut prompt = format!(
-            "Translate the following sentence from {} to {}. Reply with the translation only.\n\n",
-            s.source_language, s.target_language
-        );
+        let mut shots = String::new();
         for k in 1..=s.config.shots as u64 {
             let example = s.sentence(seed.wrapping_add(k.wrapping_mul(0x9E37_79B9)));
             if let Some(reference) = &example.reference {
-                prompt.push_str(&format!(
+                shots.push_str(&format!(
                     "{}: {}\n{}: {reference}\n\n",
                     s.source_language, example.source, s.target_language
                 ));
             }
         }
-        prompt.push_str(&format!(
-            "{}: {}\n{}:",
-            s.source_language, sentence.source, s.target_language
-        ));
+        let prompt = translation_prompt(
+            &s.source_language,
+            &s.target_language,
+            &shots,
+            &sentence.source,
+        );
         self.dialogue = Dialogue::new();
         self.sentence = Some(sentence);
         self.translation = None;
-        Ok(Step::Request(
-            self.dialogue.ask(TRANSLATOR, [Message::user(prompt)]),
-        ))
+        let mut request = self.dialogue.ask(TRANSLATOR, [Message::user(prompt)]);
+        if s.config.single_line {
+            request.sampling.stop.push("\n".into());
+        }
+        Ok(Step::Request(request))
     }
 
     async fn step(&mut self, agent: &AgentId, text: &str) -> Result<Step> {
@@ -428,10 +499,14 @@ impl Env for Translate {
         let reference = self.sentence.as_ref()?.reference.as_ref()?;
         match self.dialogue.pending()?.as_str() {
             TRANSLATOR => Some(reference.clone()),
-            _ => {
-                let chrf = ChrF::default().sentence(self.translation.as_deref()?.trim(), reference);
-                Some(format!("Score: {}", chrf.round()))
-            }
+            _ => match self.shared.config.judge {
+                Judge::Score => {
+                    let chrf =
+                        ChrF::default().sentence(self.translation.as_deref()?.trim(), reference);
+                    Some(format!("Score: {}", chrf.round()))
+                }
+                Judge::RoundTrip => Some(self.sentence.as_ref()?.source.clone()),
+            },
         }
     }
 }
@@ -471,6 +546,7 @@ mod tests {
         assert_eq!(o.metrics["chrf"], 100.0);
         assert!((o.metrics["bleu"] - 100.0).abs() < 1e-9);
         assert_eq!(o.metrics["judge_unparsed"], 0.0);
+        assert!(requests[0].sampling.stop.is_empty(), "several lines by default");
         let judging = &requests[1];
         assert!(!judging.trainable);
         assert_eq!(judging.sampling.temperature, Some(0.0));
@@ -484,6 +560,89 @@ mod tests {
             !requests[1].messages[0].content.contains(&reference),
             "the judge never sees the reference"
         );
+    }
+
+    #[tokio::test]
+    async fn the_round_trip_judge_back_translates_without_the_source_and_scores_chrf() {
+        let config = TranslateConfig {
+            judge: Judge::RoundTrip,
+            max_source_chrf: Some(60.0),
+            single_line: true,
+            ..TranslateConfig::default()
+        };
+        let factory = TranslateFactory::new(config, None).unwrap();
+        let pair = sentence_pair(5);
+        let (o, requests) = play(&factory, 5, &pair.zelan, &pair.english).await;
+        assert_eq!(requests[0].sampling.stop, vec!["\n".to_string()]);
+        assert!(requests[1].sampling.stop.is_empty());
+        let judging = &requests[1];
+        assert_eq!(judging.agent, AgentId::new(JUDGE));
+        assert!(!judging.trainable);
+        assert_eq!(judging.sampling.temperature, Some(0.0));
+        let asked = &judging.messages[0].content;
+        assert!(
+            asked.contains("from Zelan to English") && asked.contains(&pair.zelan),
+            "{asked}"
+        );
+        assert!(
+            !asked.contains(&pair.english),
+            "the back-translator never sees the source"
+        );
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![1.0]);
+        assert_eq!(o.metrics["judge_score"], 1.0);
+        assert_eq!(o.metrics["judge_unparsed"], 0.0);
+
+        // Only the first line counts; a worse back-translation scores less.
+        let words: Vec<&str> = pair.english.split(' ').collect();
+        let half = words[..words.len() / 2].join(" ");
+        let (o, _) = play(&factory, 5, &pair.zelan, &format!("{half}\n{}", pair.english)).await;
+        let reward = f64::from(o.rewards[&AgentId::new(TRANSLATOR)][0]);
+        let want = ChrF::default().sentence(&half, &pair.english) / 100.0;
+        assert!((reward - want).abs() < 1e-6 && reward < 1.0, "{reward} {want}");
+
+        // Copying the source round-trips perfectly; the copy guard zeroes it.
+        let (o, _) = play(&factory, 5, &pair.english, &pair.english).await;
+        assert_eq!(o.metrics["judge_score"], 1.0);
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.0]);
+        // The soft guard scales the reward by (1 - source_chrf / 100)^p.
+        let partial = format!("{} {}", pair.zelan, words[0]);
+        let penalised = TranslateFactory::new(
+            TranslateConfig {
+                judge: Judge::RoundTrip,
+                source_overlap_penalty: 2.0,
+                ..TranslateConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        let (o, _) = play(&penalised, 5, &partial, &pair.english).await;
+        let overlap = o.metrics["source_chrf"];
+        assert!(overlap > 0.0, "{overlap}");
+        let want = (1.0 - overlap / 100.0).powi(2);
+        let reward = f64::from(o.rewards[&AgentId::new(TRANSLATOR)][0]);
+        assert!((reward - want).abs() < 1e-6, "{reward} {want}");
+        assert_eq!(o.metrics["judge_score"], 1.0, "the judge's score is logged unscaled");
+        // An empty back-translation is no judgement.
+        let (o, _) = play(&factory, 5, &pair.zelan, "  ").await;
+        assert_eq!(o.metrics["judge_unparsed"], 1.0);
+        assert_eq!(o.rewards[&AgentId::new(TRANSLATOR)], vec![0.0]);
+
+        let mut params = toml::Table::new();
+        params.insert("judge".into(), "round_trip".into());
+        assert!(TranslateFactory::from_params("translate", &params).is_ok());
+        params.insert("source_overlap_penalty".into(), (-1.0).into());
+        let err = TranslateFactory::from_params("translate", &params)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("source_overlap_penalty"), "{err}");
+        params.remove("source_overlap_penalty");
+        params.insert("judge".into(), "vibes".into());
+        let err = TranslateFactory::from_params("translate", &params)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("judge"), "{err}");
     }
 
     #[tokio::test]
