@@ -58,6 +58,9 @@ pub enum Judge {
     /// (translating) instead of one it cannot (rating). Copying the source round-trips
     /// perfectly, so this judge needs `max_source_chrf`.
     RoundTrip,
+    /// No judging turn: every translation the guards pass earns 1 (times the
+    /// `source_overlap_penalty` factor). An ablation that measures what the guards alone teach.
+    None,
 }
 
 /// Which way the built-in language pair is translated.
@@ -91,8 +94,9 @@ pub struct TranslateConfig {
     /// Example pairs (from other seeds of the built-in generator) shown before the sentence.
     #[serde(default)]
     pub shots: usize,
-    /// Who judges ([`Judge`]): `"score"` (SSR-Zero's 0–100 rating, the default) or
-    /// `"round_trip"` (chrF of the policy's back-translation against the source).
+    /// Who judges ([`Judge`]): `"score"` (SSR-Zero's 0–100 rating, the default),
+    /// `"round_trip"` (chrF of the policy's back-translation against the source) or `"none"`
+    /// (the guards alone, an ablation).
     #[serde(default)]
     pub judge: Judge,
     /// The translation is one line: the translator's turn stops at its first newline (a stop
@@ -360,6 +364,7 @@ impl Translate {
                 "",
                 translation.trim(),
             ),
+            Judge::None => return Err(Error::NoEpisode),
         };
         let sampling = SamplingOverrides {
             temperature: Some(0.0),
@@ -389,6 +394,7 @@ impl Translate {
                 (!back.is_empty())
                     .then(|| ChrF::default().sentence(back, &sentence.source) / MAX_SCORE)
             }
+            Judge::None => Some(1.0),
         };
         let judged = score.unwrap_or(0.0);
         let source_chrf = ChrF::default().sentence(translation, &sentence.source);
@@ -404,12 +410,17 @@ impl Translate {
         let reward = if guarded || length_guarded {
             0.0
         } else if config.source_overlap_penalty > 0.0 {
-            judged * (1.0 - source_chrf / 100.0).max(0.0).powf(config.source_overlap_penalty)
+            judged
+                * (1.0 - source_chrf / 100.0)
+                    .max(0.0)
+                    .powf(config.source_overlap_penalty)
         } else {
             judged
         };
         let mut outcome = Outcome::single(TRANSLATOR, vec![reward as f32]);
-        outcome.rewards.insert(AgentId::new(JUDGE), vec![0.0]);
+        if config.judge != Judge::None {
+            outcome.rewards.insert(AgentId::new(JUDGE), vec![0.0]);
+        }
         outcome.metrics.insert("judge_score".into(), judged);
         outcome.metrics.insert("source_chrf".into(), source_chrf);
         outcome.metrics.insert("length_ratio".into(), length_ratio);
@@ -489,7 +500,9 @@ impl Env for Translate {
         self.dialogue.answer(agent, text)?;
         if self.translation.is_none() {
             self.translation = Some(text.to_string());
-            return self.judge_request(text);
+            if self.shared.config.judge != Judge::None {
+                return self.judge_request(text);
+            }
         }
         self.dialogue.finish();
         Ok(Step::Done(self.outcome(text)?))
@@ -506,6 +519,7 @@ impl Env for Translate {
                     Some(format!("Score: {}", chrf.round()))
                 }
                 Judge::RoundTrip => Some(self.sentence.as_ref()?.source.clone()),
+                Judge::None => None,
             },
         }
     }
@@ -546,7 +560,10 @@ mod tests {
         assert_eq!(o.metrics["chrf"], 100.0);
         assert!((o.metrics["bleu"] - 100.0).abs() < 1e-9);
         assert_eq!(o.metrics["judge_unparsed"], 0.0);
-        assert!(requests[0].sampling.stop.is_empty(), "several lines by default");
+        assert!(
+            requests[0].sampling.stop.is_empty(),
+            "several lines by default"
+        );
         let judging = &requests[1];
         assert!(!judging.trainable);
         assert_eq!(judging.sampling.temperature, Some(0.0));
@@ -595,10 +612,19 @@ mod tests {
         // Only the first line counts; a worse back-translation scores less.
         let words: Vec<&str> = pair.english.split(' ').collect();
         let half = words[..words.len() / 2].join(" ");
-        let (o, _) = play(&factory, 5, &pair.zelan, &format!("{half}\n{}", pair.english)).await;
+        let (o, _) = play(
+            &factory,
+            5,
+            &pair.zelan,
+            &format!("{half}\n{}", pair.english),
+        )
+        .await;
         let reward = f64::from(o.rewards[&AgentId::new(TRANSLATOR)][0]);
         let want = ChrF::default().sentence(&half, &pair.english) / 100.0;
-        assert!((reward - want).abs() < 1e-6 && reward < 1.0, "{reward} {want}");
+        assert!(
+            (reward - want).abs() < 1e-6 && reward < 1.0,
+            "{reward} {want}"
+        );
 
         // Copying the source round-trips perfectly; the copy guard zeroes it.
         let (o, _) = play(&factory, 5, &pair.english, &pair.english).await;
@@ -621,7 +647,10 @@ mod tests {
         let want = (1.0 - overlap / 100.0).powi(2);
         let reward = f64::from(o.rewards[&AgentId::new(TRANSLATOR)][0]);
         assert!((reward - want).abs() < 1e-6, "{reward} {want}");
-        assert_eq!(o.metrics["judge_score"], 1.0, "the judge's score is logged unscaled");
+        assert_eq!(
+            o.metrics["judge_score"], 1.0,
+            "the judge's score is logged unscaled"
+        );
         // An empty back-translation is no judgement.
         let (o, _) = play(&factory, 5, &pair.zelan, "  ").await;
         assert_eq!(o.metrics["judge_unparsed"], 1.0);
@@ -630,6 +659,40 @@ mod tests {
         let mut params = toml::Table::new();
         params.insert("judge".into(), "round_trip".into());
         assert!(TranslateFactory::from_params("translate", &params).is_ok());
+        // Without a judge the episode ends at the translation, and the guards alone reward.
+        let unjudged = TranslateFactory::new(
+            TranslateConfig {
+                judge: Judge::None,
+                max_source_chrf: Some(60.0),
+                source_overlap_penalty: 2.0,
+                ..TranslateConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        for (text, copied) in [
+            (&pair.zelan, false),
+            (&partial, false),
+            (&pair.english, true),
+        ] {
+            let mut env = unjudged.make();
+            let Step::Request(first) = env.reset(5).await.unwrap() else {
+                panic!()
+            };
+            let Step::Done(o) = env.step(&first.agent, text).await.unwrap() else {
+                panic!("no judging turn")
+            };
+            let reward = f64::from(o.rewards[&AgentId::new(TRANSLATOR)][0]);
+            let overlap = o.metrics["source_chrf"];
+            let want = if copied {
+                0.0
+            } else {
+                (1.0 - overlap / 100.0).powi(2)
+            };
+            assert!((reward - want).abs() < 1e-6, "{text}: {reward} {want}");
+            assert!(!o.rewards.contains_key(&AgentId::new(JUDGE)));
+        }
+
         params.insert("source_overlap_penalty".into(), (-1.0).into());
         let err = TranslateFactory::from_params("translate", &params)
             .err()
