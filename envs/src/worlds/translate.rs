@@ -43,8 +43,8 @@ pub const JUDGE: &str = "judge";
 /// The top of the judge's scale.
 const MAX_SCORE: f64 = 100.0;
 
-/// Who judges the translation, and how; both judges are the policy itself, answering an
-/// untrained, greedy turn without the reference.
+/// Who judges the translation, and how. A judge is the policy itself, answering an untrained,
+/// greedy turn without the reference.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Judge {
@@ -346,7 +346,8 @@ struct Translate {
 }
 
 impl Translate {
-    fn judge_request(&mut self, translation: &str) -> Result<Step> {
+    /// The judging turn, or `None` for [`Judge::None`] (the episode ends at the translation).
+    fn judge_request(&mut self, translation: &str) -> Result<Option<Step>> {
         let s = &self.shared;
         let source = &self.sentence.as_ref().ok_or(Error::NoEpisode)?.source;
         let prompt = match s.config.judge {
@@ -364,7 +365,7 @@ impl Translate {
                 "",
                 translation.trim(),
             ),
-            Judge::None => return Err(Error::NoEpisode),
+            Judge::None => return Ok(None),
         };
         let sampling = SamplingOverrides {
             temperature: Some(0.0),
@@ -376,7 +377,7 @@ impl Translate {
             .ask(JUDGE, [Message::user(prompt)])
             .untrained()
             .with_sampling(sampling);
-        Ok(Step::Request(request))
+        Ok(Some(Step::Request(request)))
     }
 
     fn outcome(&self, judge_text: &str) -> Result<Outcome> {
@@ -500,8 +501,8 @@ impl Env for Translate {
         self.dialogue.answer(agent, text)?;
         if self.translation.is_none() {
             self.translation = Some(text.to_string());
-            if self.shared.config.judge != Judge::None {
-                return self.judge_request(text);
+            if let Some(judging) = self.judge_request(text)? {
+                return Ok(judging);
             }
         }
         self.dialogue.finish();
