@@ -74,6 +74,13 @@ pub struct HouseholdConfig {
     /// to a receptacle."): the room description already names every receptacle.
     #[serde(default)]
     pub choose_admissible: bool,
+    /// Added to every episode's seed before its room and task are generated. Training and an
+    /// evaluation with `[env.eval_params]` both number their tasks from seed 0, so a held-out
+    /// variant of this generated world must set it, or it evaluates the training tasks.
+    /// `1099511627776` (2^40, `kaizen_learner::EVAL_SEED_OFFSET`) gives the tasks an
+    /// evaluation without `eval_params` draws. 0 by default.
+    #[serde(default)]
+    pub seed_offset: u64,
 }
 
 fn default_max_steps() -> usize {
@@ -94,6 +101,7 @@ impl Default for HouseholdConfig {
             examples: 0,
             subgoal_reward: None,
             choose_admissible: false,
+            seed_offset: 0,
         }
     }
 }
@@ -328,6 +336,7 @@ impl Household {
 #[async_trait]
 impl Env for Household {
     async fn reset(&mut self, seed: u64) -> Result<Step> {
+        let seed = seed.wrapping_add(self.config.seed_offset);
         let scene = Scene::generate(seed, &self.config.task_types);
         self.dialogue = Dialogue::new();
         self.steps = 0;
@@ -621,6 +630,30 @@ mod tests {
             .to_string();
             assert!(e.contains("subgoal_reward"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn seed_offset_moves_every_task_to_another_seed() {
+        let first = |offset: u64, seed: u64| async move {
+            let factory = HouseholdFactory::new(HouseholdConfig {
+                seed_offset: offset,
+                ..HouseholdConfig::default()
+            })
+            .unwrap();
+            let Step::Request(r) = factory.make().reset(seed).await.unwrap() else {
+                panic!()
+            };
+            r.messages.last().unwrap().content.clone()
+        };
+        let offset = 1 << 40;
+        let mut differ = 0;
+        for seed in 0..8 {
+            assert_eq!(first(offset, seed).await, first(0, offset + seed).await);
+            differ += usize::from(first(offset, seed).await != first(0, seed).await);
+        }
+        assert_eq!(differ, 8, "an offset split shares no task with seeds 0..8");
+        let params: toml::Table = toml::from_str("seed_offset = 1099511627776").unwrap();
+        assert!(HouseholdFactory::from_params("household", &params).is_ok());
     }
 
     #[tokio::test]
