@@ -277,6 +277,11 @@ impl TranslateFactory {
                 config.source_overlap_penalty
             )));
         }
+        if config.judge_fractions && config.judge != Judge::Score {
+            return Err(bad(
+                "`judge_fractions` reads the rating judge's score; it needs `judge = \"score\"`",
+            ));
+        }
         for (field, ratio) in [
             ("min_length_ratio", config.min_length_ratio),
             ("max_length_ratio", config.max_length_ratio),
@@ -410,13 +415,12 @@ impl Translate {
                 .is_some_and(|max| length_ratio > max);
         let reward = if guarded || length_guarded {
             0.0
-        } else if config.source_overlap_penalty > 0.0 {
+        } else {
+            // x^0 = 1: no penalty by default.
             judged
                 * (1.0 - source_chrf / 100.0)
                     .max(0.0)
                     .powf(config.source_overlap_penalty)
-        } else {
-            judged
         };
         let mut outcome = Outcome::single(TRANSLATOR, vec![reward as f32]);
         if config.judge != Judge::None {
@@ -701,6 +705,13 @@ mod tests {
             .to_string();
         assert!(err.contains("source_overlap_penalty"), "{err}");
         params.remove("source_overlap_penalty");
+        params.insert("judge_fractions".into(), true.into());
+        let err = TranslateFactory::from_params("translate", &params)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("judge_fractions"), "{err}");
+        params.remove("judge_fractions");
         params.insert("judge".into(), "vibes".into());
         let err = TranslateFactory::from_params("translate", &params)
             .err()
