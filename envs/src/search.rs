@@ -4,16 +4,17 @@
 //! A node is the state after a sequence of answers (the root: after `reset`). Each iteration
 //! selects a node by UCT, forks its environment and its responder (the policy's conversation and
 //! kept keys and values), samples one answer there, which makes or revisits a child, and plays
-//! on to the end of the episode (a *rollout*); the rollout's return is backed up along its path.
-//! A node's value is the mean return of the rollouts through it — with 0/1 rewards, the share of
-//! them that succeed: ReST-MCTS*'s per-step value (Zhang et al. 2024,
+//! on to the end of the episode (a *rollout*); the rollout's return is backed up along its path,
+//! each node taking the part earned from the answer that led to it on. A node's value is the
+//! mean of those returns ([`TreeNode::value`]) — with 0/1 rewards, the share of the rollouts
+//! through it that succeed: ReST-MCTS*'s per-step value (Zhang et al. 2024,
 //! <https://arxiv.org/abs/2406.03816>, §3.2), usable as a process reward.
 //!
 //! Rollout 0 is exactly the ordinary episode of the same seeds: it starts at the root with the
 //! responder's own sampling stream. The others sample from their own streams
 //! ([`Branching::branch`]).
 
-use kaizen_core::{Outcome, Step};
+use kaizen_core::{AgentId, Outcome, Step};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{StepOwned, call_env, check_outcome, respond};
@@ -88,15 +89,22 @@ pub struct TreeNode {
     pub action: Option<String>,
     /// Rollouts through this node.
     pub visits: u32,
-    /// Sum of those rollouts' returns.
+    /// Sum of those rollouts' returns from the answer that led here on (the root: the whole
+    /// return); see [`TreeNode::value`].
     pub value_sum: f64,
     /// Whether the episode ended here.
     pub terminal: bool,
 }
 
 impl TreeNode {
-    /// Mean return of the rollouts through this node (with 0/1 rewards: the share that
-    /// succeeded); `None` before any.
+    /// Mean return of the rollouts through this node, counted from the answer that led here:
+    /// that turn's reward and every later one, Q(s, a) of the parent's state s and this
+    /// node's action a (the root: the whole return, V of the first state). With a reward only
+    /// at the end (0/1) it is the share of the rollouts through here that succeeded. With
+    /// rewards along the way (`household`'s subgoals) a reward earned before this node's
+    /// action is not counted: a step is worth what it and its successors earn, as in MCTS
+    /// with intermediate rewards. Siblings share their prefix, so UCT's choice among them is
+    /// the same either way. `None` before any rollout.
     pub fn value(&self) -> Option<f64> {
         (self.visits > 0).then(|| self.value_sum / f64::from(self.visits))
     }
@@ -126,6 +134,39 @@ pub struct SearchOutcome<R> {
 /// What a rollout is worth: the sum of every agent's rewards (0 for a fault).
 pub fn episode_return(end: &std::result::Result<Outcome, Fault>) -> f64 {
     end.as_ref().map_or(0.0, outcome_return)
+}
+
+/// The reward of each of `turns` in `outcome`, in turn order: an agent's k-th turn takes its
+/// k-th reward (0 where it has none, e.g. an agent that is not trained).
+pub fn turn_rewards(outcome: &Outcome, turns: &[Turn]) -> Vec<f64> {
+    let mut index: std::collections::BTreeMap<&AgentId, usize> = Default::default();
+    turns
+        .iter()
+        .map(|turn| {
+            let k = index.entry(&turn.request.agent).or_default();
+            let r = outcome
+                .rewards
+                .get(&turn.request.agent)
+                .and_then(|r| r.get(*k))
+                .map_or(0.0, |&r| f64::from(r));
+            *k += 1;
+            r
+        })
+        .collect()
+}
+
+/// The return from each turn of `turns` on (`out[t]` = the sum of the turns' rewards from `t`;
+/// `out[turns.len()]` = 0); every agent's rewards count, as in [`outcome_return`]. Rewards not
+/// tied to a turn (an agent with more rewards than turns) are added to the first entry, so
+/// `out[0]` is the whole return.
+pub fn returns_to_go(outcome: &Outcome, turns: &[Turn]) -> Vec<f64> {
+    let per_turn = turn_rewards(outcome, turns);
+    let mut out = vec![0.0; per_turn.len() + 1];
+    for t in (0..per_turn.len()).rev() {
+        out[t] = out[t + 1] + per_turn[t];
+    }
+    out[0] += outcome_return(outcome) - per_turn.iter().sum::<f64>();
+    out
 }
 
 /// The sum of every agent's rewards in `outcome`.
@@ -211,10 +252,13 @@ impl<R: Branching> Tree<R> {
         path
     }
 
-    fn backup(&mut self, path: &[usize], ret: f64) {
-        for &n in path {
+    /// Adds a rollout along `path` (node `path[j]` has depth j: the state after answer j-1);
+    /// `to_go[t]` is its return from turn t on, `to_go[0]` the whole return (a faulted rollout:
+    /// empty, every node backs up 0).
+    fn backup(&mut self, path: &[usize], to_go: &[f64]) {
+        for (j, &n) in path.iter().enumerate() {
             self.nodes[n].visits += 1;
-            self.nodes[n].value_sum += ret;
+            self.nodes[n].value_sum += to_go.get(j.saturating_sub(1)).copied().unwrap_or(0.0);
         }
     }
 }
@@ -290,7 +334,11 @@ pub async fn search_episode<R: Branching>(
         };
         let index = rollouts.len() as u32;
         let (path, episode, responder) = roll_out(&mut tree, n, index, seed, limits, spec).await;
-        tree.backup(&path, episode_return(&episode.end));
+        let to_go = episode
+            .end
+            .as_ref()
+            .map_or_else(|_| Vec::new(), |o| returns_to_go(o, &episode.turns));
+        tree.backup(&path, &to_go);
         rollouts.push(Rollout {
             path,
             episode,
@@ -575,6 +623,84 @@ mod tests {
         // Per-step values follow the path.
         let values = step_values(&out.nodes, &out.rollouts[0].path);
         assert_eq!(values.len(), out.rollouts[0].path.len() - 1);
+    }
+
+    #[tokio::test]
+    async fn a_reward_along_the_way_counts_for_the_nodes_at_and_before_its_turn_only() {
+        // Rewards on every turn: 0.25 for each `R`, and 1 at the end for `R L R`.
+        #[derive(Clone, Default)]
+        struct Shaped(Path);
+        #[async_trait]
+        impl Env for Shaped {
+            async fn reset(&mut self, seed: u64) -> crate::Result<Step> {
+                self.0.reset(seed).await
+            }
+            async fn step(&mut self, agent: &AgentId, text: &str) -> crate::Result<Step> {
+                let step = self.0.step(agent, text).await?;
+                Ok(match step {
+                    Step::Done(mut o) => {
+                        let r = o.rewards.get_mut(agent).unwrap();
+                        for (r, a) in r.iter_mut().zip(&self.0.answers) {
+                            *r += if a == "R" { 0.25 } else { 0.0 };
+                        }
+                        Step::Done(o)
+                    }
+                    other => other,
+                })
+            }
+            fn fork(&self) -> Option<Box<dyn Env>> {
+                Some(Box::new(self.clone()))
+            }
+        }
+        let env = Box::new(Shaped(Path {
+            forkable: true,
+            ..Path::default()
+        }));
+        let coin = Coin {
+            rollout: 0,
+            turn: 0,
+        };
+        let out = search_episode(env, 1, coin, EpisodeLimits::default(), &spec(12)).await;
+        let mut through: BTreeMap<usize, (u32, f64)> = BTreeMap::new();
+        for r in &out.rollouts {
+            let o = r.episode.end.as_ref().unwrap();
+            let per_turn = turn_rewards(o, &r.episode.turns);
+            assert_eq!(per_turn.len(), 3);
+            for (t, a) in r.episode.turns.iter().enumerate() {
+                let win = u8::from(t == 2 && per_turn.iter().sum::<f64>() >= 1.0);
+                let r_a = if a.answer == "R" { 0.25 } else { 0.0 };
+                assert_eq!(per_turn[t], r_a + f64::from(win));
+            }
+            let to_go = returns_to_go(o, &r.episode.turns);
+            assert_eq!(to_go[0], episode_return(&r.episode.end));
+            for (j, &n) in r.path.iter().enumerate() {
+                // The root takes the whole return; node j (after answer j-1) the return from
+                // turn j-1 on, so a reward earned before that answer is not its value.
+                let from = j.saturating_sub(1);
+                let e = through.entry(n).or_default();
+                e.0 += 1;
+                e.1 += per_turn[from..].iter().sum::<f64>();
+            }
+        }
+        let mut whole: BTreeMap<usize, f64> = BTreeMap::new();
+        for r in &out.rollouts {
+            for &n in &r.path {
+                *whole.entry(n).or_default() += episode_return(&r.episode.end);
+            }
+        }
+        for (n, node) in out.nodes.iter().enumerate() {
+            let (visits, sum) = through[&n];
+            assert_eq!(node.visits, visits, "node {n}");
+            assert!((node.value_sum - sum).abs() < 1e-9, "node {n}");
+        }
+        // Some node below an earlier reward is worth less than the whole returns through it.
+        assert!(
+            out.nodes
+                .iter()
+                .enumerate()
+                .any(|(n, node)| node.value_sum + 1e-9 < whole[&n]),
+            "the search reached no reward before a node's own answer"
+        );
     }
 
     #[tokio::test]

@@ -6,10 +6,12 @@
 //!   others (`EpisodeReport::tree`); each becomes a report the round's filter sees like any
 //!   episode, so none is lost.
 //! - **Process rewards** (Zhang et al. 2024, "ReST-MCTS*", §3.2): with `process_rewards`, the
-//!   reward of each turn the tree holds becomes the value of the state it led to — the share of
-//!   the tree's rollouts through that state that succeeded — and later turns get the rollout's
-//!   return. A filter at `min_reward` then keeps the steps from which the policy usually
-//!   succeeds, not only the last action of a success.
+//!   reward of each turn the tree holds becomes the value of the state it led to — the mean
+//!   return, from that turn on, of the tree's rollouts through that state (with 0/1 rewards,
+//!   the share that succeeded; [`TreeNode::value`]) — and later turns get the rollout's own
+//!   return from that turn on. A filter at `min_reward` then keeps the steps from which the
+//!   policy usually succeeds (or, with rewards along the way, earns at least that much), not
+//!   only the last action of a success.
 //! - **Reflection** (Yuan et al. 2025, "Agent-R: Training Language Model Agents to Reflect via
 //!   Iterative Self-Training", §3.2): a failed rollout is cut at its first error — the first
 //!   state on its path from which no rollout succeeded, whose parent state has a successful
@@ -20,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kaizen_envs::Turn;
-use kaizen_envs::search::{TreeNode, outcome_return};
+use kaizen_envs::search::{TreeNode, outcome_return, returns_to_go};
 use kaizen_transport::EpisodeReport;
 
 /// The revision signal that starts a reflection turn, before the action that succeeded.
@@ -39,7 +41,7 @@ pub(super) fn expand(report: &EpisodeReport, process_rewards: bool) -> Vec<Episo
         .map(|(path, result, metrics, turns)| {
             let mut result = result.clone();
             if process_rewards && let Ok(t) = &mut result {
-                let ret = outcome_return(&t.outcome);
+                let to_go = returns_to_go(&t.outcome, turns);
                 let mut index: BTreeMap<kaizen_core::AgentId, usize> = BTreeMap::new();
                 for (k, turn) in turns.iter().enumerate() {
                     let i = index.entry(turn.request.agent.clone()).or_default();
@@ -47,7 +49,7 @@ pub(super) fn expand(report: &EpisodeReport, process_rewards: bool) -> Vec<Episo
                         .get(k + 1)
                         .and_then(|&n| tree.nodes.get(n))
                         .and_then(TreeNode::value)
-                        .unwrap_or(ret);
+                        .unwrap_or(to_go[k]);
                     if let Some(r) = t
                         .outcome
                         .rewards

@@ -81,6 +81,13 @@ pub struct HouseholdConfig {
     /// evaluation without `eval_params` draws. 0 by default.
     #[serde(default)]
     pub seed_offset: u64,
+    /// Every observation after the first ends with the task again ("Your task is to: put a
+    /// book in/on shelf."). The room's introduction states it once, at the top of a
+    /// conversation that grows by two turns an action; agent prompts for small models restate
+    /// the goal next to the latest observation for the same reason (the goal is where the
+    /// model attends). Off by default (ALFWorld states it once).
+    #[serde(default)]
+    pub repeat_task: bool,
 }
 
 fn default_max_steps() -> usize {
@@ -102,6 +109,7 @@ impl Default for HouseholdConfig {
             subgoal_reward: None,
             choose_admissible: false,
             seed_offset: 0,
+            repeat_task: false,
         }
     }
 }
@@ -251,10 +259,19 @@ impl Household {
             out.push(if scene.goal_reached() {
                 Message::user(text)
             } else {
-                self.observation(&scene, text)
+                self.observation(&scene, self.remind(&scene, text))
             });
         }
         out
+    }
+
+    /// `text` with the task restated after it when `repeat_task` is on.
+    fn remind(&self, scene: &Scene, text: String) -> String {
+        if self.config.repeat_task {
+            format!("{text}\n\nYour task is to: {}", scene.task.describe())
+        } else {
+            text
+        }
     }
 
     fn observation(&self, scene: &Scene, text: String) -> Message {
@@ -396,7 +413,7 @@ impl Env for Household {
         } else if self.steps >= self.config.max_steps {
             self.done(false, &scene)
         } else {
-            let message = self.observation(&scene, observation);
+            let message = self.observation(&scene, self.remind(&scene, observation));
             self.ask(&scene, vec![message])
         };
         self.scene = Some(scene);
@@ -653,6 +670,46 @@ mod tests {
         }
         assert_eq!(differ, 8, "an offset split shares no task with seeds 0..8");
         let params: toml::Table = toml::from_str("seed_offset = 1099511627776").unwrap();
+        assert!(HouseholdFactory::from_params("household", &params).is_ok());
+    }
+
+    #[tokio::test]
+    async fn repeat_task_restates_the_task_after_every_observation_but_the_first() {
+        let play = |repeat_task: bool| async move {
+            let factory = HouseholdFactory::new(HouseholdConfig {
+                repeat_task,
+                ..HouseholdConfig::default()
+            })
+            .unwrap();
+            let mut env = factory.make();
+            let Step::Request(first) = env.reset(5).await.unwrap() else {
+                panic!()
+            };
+            let Step::Request(second) = env.step(&first.agent, "inventory").await.unwrap() else {
+                panic!()
+            };
+            let intro = first.messages.last().unwrap().content.clone();
+            (intro, second.messages.last().unwrap().content.clone())
+        };
+        let (intro, plain) = play(false).await;
+        let (intro_again, reminded) = play(true).await;
+        assert_eq!(
+            intro, intro_again,
+            "the first observation states the task once either way"
+        );
+        let task = intro
+            .split("Your task is to: ")
+            .nth(1)
+            .and_then(|t| t.lines().next())
+            .unwrap()
+            .to_string();
+        assert!(!plain.contains(&task), "{plain}");
+        assert!(
+            reminded.starts_with(plain.split("\n\n").next().unwrap())
+                && reminded.contains(&format!("Your task is to: {task}")),
+            "{reminded}"
+        );
+        let params: toml::Table = toml::from_str("repeat_task = true").unwrap();
         assert!(HouseholdFactory::from_params("household", &params).is_ok());
     }
 
