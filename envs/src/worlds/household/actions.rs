@@ -139,11 +139,16 @@ impl Scene {
     pub fn introduction(&self) -> String {
         let names: Vec<&str> = self.receptacles.iter().map(|r| r.name.as_str()).collect();
         format!(
-            "You are in the middle of a {}. Looking quickly around you, you see {}.\n\nYour task is to: {}",
+            "You are in the middle of a {}. Looking quickly around you, you see {}.\n\n{}",
             self.room,
             list(&names),
-            self.task.describe()
+            self.task_line()
         )
+    }
+
+    /// The task as the introduction states it ("Your task is to: put a book in/on shelf.").
+    pub fn task_line(&self) -> String {
+        format!("Your task is to: {}", self.task.describe())
     }
 
     /// Whether the agent stands at receptacle `r` and can reach inside it.

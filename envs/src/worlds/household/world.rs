@@ -268,7 +268,7 @@ impl Household {
     /// `text` with the task restated after it when `repeat_task` is on.
     fn remind(&self, scene: &Scene, text: String) -> String {
         if self.config.repeat_task {
-            format!("{text}\n\nYour task is to: {}", scene.task.describe())
+            format!("{text}\n\n{}", scene.task_line())
         } else {
             text
         }
